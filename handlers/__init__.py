@@ -1,0 +1,1 @@
+"""Business logic: validation beyond types, permissions, transactions, what to tell whom."""

@@ -1,0 +1,176 @@
+"""Accounts and sign-in: register, login with lockout, guests, tokens, roles.
+
+Passwords are hashed with argon2 (argon2-cffi's recommended parameters). Tokens are 32
+random bytes; only their SHA-256 is stored, so a database leak does not leak sessions,
+and a lookup is one indexed equality (argon2 would make every socket connect cost ~50 ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from uuid import UUID
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from handlers.core import Actor, Core
+from handlers.errors import ApiError
+from storage import audit, connections, users
+
+ROLES = ("student", "mentor", "agent", "admin", "guest")
+_hasher = PasswordHasher()
+# Verified when the email is unknown, so that a wrong email costs as long as a wrong password.
+_DUMMY_HASH = _hasher.hash("studyhall-timing-equaliser")
+
+
+def public_user(row: dict[str, Any]) -> dict[str, Any]:
+    """The protocol's user object: never the hash or the lockout counters."""
+    return {"id": row["id"], "name": row["name"], "role": row["role"]}
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+async def hash_password(password: str) -> str:
+    # argon2 is deliberately slow (~50 ms): keep it off the event loop.
+    return await asyncio.to_thread(_hasher.hash, password)
+
+
+async def _verify_password(password_hash: str | None, password: str) -> bool:
+    def verify() -> bool:
+        try:
+            return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    return await asyncio.to_thread(verify)
+
+
+async def _issue_token(core: Core, conn: Any, user_id: UUID, role: str) -> str:
+    hours = core.settings.guest_token_ttl_hours if role == "guest" else core.settings.token_ttl_hours
+    token = secrets.token_urlsafe(32)
+    await users.insert_token(conn, user_id, hash_token(token), datetime.now(timezone.utc) + timedelta(hours=hours))
+    return token
+
+
+async def register(core: Core, *, email: str, password: str, name: str, ip: str | None) -> dict[str, Any]:
+    password_hash = await hash_password(password)
+    async with core.db.transaction() as conn:
+        row = await users.insert_user(conn, email=email, name=name, role="student", password_hash=password_hash)
+        if row is None:
+            raise ApiError("conflict", "An account with this email already exists.")
+        token = await _issue_token(core, conn, row["id"], row["role"])
+        await audit.record(conn, "user.register", actor_id=row["id"], target_type="user", target_id=row["id"], ip=ip)
+    return {"user": public_user(row), "token": token}
+
+
+async def create_user(core: Core, *, email: str, password: str, name: str, role: str) -> dict[str, Any]:
+    """Make an account from the command line (the first admin, staff)."""
+    if role not in ROLES:
+        raise ApiError("bad_request", f"role must be one of {', '.join(ROLES)}")
+    password_hash = await hash_password(password)
+    async with core.db.transaction() as conn:
+        row = await users.insert_user(conn, email=email, name=name, role=role, password_hash=password_hash)
+        if row is None:
+            raise ApiError("conflict", "An account with this email already exists.")
+        await audit.record(conn, "user.create", target_type="user", target_id=row["id"], details={"role": role, "via": "cli"})
+    return public_user(row)
+
+
+async def login(core: Core, *, email: str, password: str, ip: str | None) -> dict[str, Any]:
+    """Sign in. Five failures in a row lock the account for the configured minutes.
+
+    Failures are written (and committed) before the error is raised, so the audit log
+    and the lockout counter see every attempt.
+    """
+    s = core.settings
+    async with core.db.connection() as conn:
+        row = await users.get_user_by_email(conn, email)
+    if row and row["locked_until"] and row["locked_until"] > datetime.now(timezone.utc):
+        async with core.db.transaction() as conn:
+            await audit.record(conn, "login.locked", actor_id=row["id"], target_type="user", target_id=row["id"], ip=ip)
+        raise ApiError("unauthorized", "This account is locked after too many failed sign-ins. Try again later.")
+
+    if row is None or not await _verify_password(row["password_hash"], password):
+        async with core.db.transaction() as conn:
+            details: dict[str, Any] = {"email": email.lower()}
+            if row is not None:
+                state = await users.record_failed_login(
+                    conn, row["id"], max_attempts=s.lockout_attempts,
+                    lock_until=datetime.now(timezone.utc) + timedelta(minutes=s.lockout_minutes),
+                )
+                details["locked"] = state["locked_until"] is not None and state["failed_logins"] == 0
+            await audit.record(
+                conn, "login.failed", actor_id=row["id"] if row else None, target_type="user",
+                target_id=row["id"] if row else None, ip=ip, details=details,
+            )
+        raise ApiError("unauthorized", "Wrong email or password.")
+
+    async with core.db.transaction() as conn:
+        await users.reset_failed_logins(conn, row["id"])
+        token = await _issue_token(core, conn, row["id"], row["role"])
+        await audit.record(conn, "login.success", actor_id=row["id"], target_type="user", target_id=row["id"], ip=ip)
+    return {"user": public_user(row), "token": token}
+
+
+async def guest(core: Core, *, name: str | None, ip: str | None) -> dict[str, Any]:
+    async with core.db.transaction() as conn:
+        row = await users.insert_user(conn, email=None, name=name or "Guest", role="guest", password_hash=None)
+        assert row is not None
+        token = await _issue_token(core, conn, row["id"], "guest")
+        await audit.record(conn, "login.guest", actor_id=row["id"], target_type="user", target_id=row["id"], ip=ip)
+    return {"user": public_user(row), "token": token}
+
+
+async def authenticate(core: Core, token: str | None, sid: str | None = None) -> Actor:
+    """The actor behind a token; `unauthorized` for a missing, unknown, expired or revoked one."""
+    if not token or not isinstance(token, str) or len(token) > 200:
+        raise ApiError("unauthorized", "A valid token is required.")
+    async with core.db.connection() as conn:
+        row = await users.find_token_user(conn, hash_token(token))
+    if row is None:
+        raise ApiError("unauthorized", "This token is unknown, expired or revoked.")
+    return Actor(user_id=row["id"], role=row["role"], name=row["name"], token_id=row["token_id"], sid=sid)
+
+
+async def logout(core: Core, actor: Actor, *, ip: str | None) -> None:
+    """Revoke the token and drop its open sockets on every instance."""
+    async with core.db.transaction() as conn:
+        await users.revoke_token(conn, actor.token_id)
+        await audit.record(conn, "logout", actor_id=actor.user_id, target_type="user", target_id=actor.user_id, ip=ip)
+        sids = await connections.sids_for_token(conn, [actor.token_id])
+    await core.events.disconnect_sids(sids)
+
+
+async def me(core: Core, actor: Actor) -> dict[str, Any]:
+    async with core.db.connection() as conn:
+        row = await users.get_user(conn, actor.user_id)
+    if row is None:
+        raise ApiError("unauthorized", "This account no longer exists.")
+    return {"user": public_user(row)}
+
+
+async def set_role(core: Core, actor: Actor, user_id: UUID, role: str, *, ip: str | None) -> dict[str, Any]:
+    if actor.role != "admin":
+        raise ApiError("forbidden", "Only an admin can change roles.")
+    if role not in ROLES:
+        raise ApiError("bad_request", f"role must be one of {', '.join(ROLES)}")
+    async with core.db.transaction() as conn:
+        before = await users.get_user(conn, user_id)
+        if before is None:
+            raise ApiError("not_found", "No such user.")
+        row = await users.set_role(conn, user_id, role)
+        assert row is not None
+        await audit.record(
+            conn, "user.role", actor_id=actor.user_id, target_type="user", target_id=user_id, ip=ip,
+            details={"from": before["role"], "to": role},
+        )
+        # Open sockets carry the old role: close them so the client reconnects with the new one.
+        token_sids = await connections.sids_for_token(conn, await users.live_token_ids(conn, user_id))
+    await core.events.disconnect_sids(token_sids)
+    return {"user": public_user(row)}

@@ -1,0 +1,66 @@
+"""The objects every handler needs, built once per app in server/app.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from handlers.events import Events
+from server.config import Settings
+from storage.db import Database
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who sent an event or a request."""
+
+    user_id: UUID
+    role: str
+    name: str
+    token_id: UUID
+    sid: str | None = None
+
+    @property
+    def is_staff(self) -> bool:
+        return self.role in ("agent", "admin")
+
+    def user_dict(self) -> dict[str, Any]:
+        return {"id": self.user_id, "name": self.name, "role": self.role}
+
+
+@dataclass
+class Core:
+    """Shared services: settings, database, event emitter, and feature services.
+
+    Features attach their own service objects to `services` by name at startup
+    (e.g. "tutor", "rooms", "tickets"), so handlers can reach each other without
+    import cycles or module-level state.
+    """
+
+    settings: Settings
+    db: Database
+    events: Events
+    instance_id: UUID
+    services: dict[str, Any] = field(default_factory=dict)
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coro: Awaitable[Any], *, name: str | None = None) -> asyncio.Task[Any]:
+        """Run work in the background, keeping a reference so it is not garbage collected."""
+        task = asyncio.ensure_future(coro)
+        if name:
+            task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def cancel_background(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+Hook = Callable[..., Awaitable[Any]]

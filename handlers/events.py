@@ -1,0 +1,40 @@
+"""How handlers tell clients about things, without knowing about Socket.IO.
+
+The transport (server/realtime.py) implements this. Handlers call it only after the
+transaction that made the change has committed, so nobody hears of a rolled-back row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+from uuid import UUID
+
+
+def user_room(user_id: UUID | str) -> str:
+    return f"user:{user_id}"
+
+
+def conversation_room(conversation_id: UUID | str) -> str:
+    """Sockets that joined a live room's chat (room conversations fan out to joined sockets)."""
+    return f"conv:{conversation_id}"
+
+
+STAFF_ROOM = "staff"  # sockets of agents and admins
+
+
+class Events(Protocol):
+    async def to_users(self, user_ids: Iterable[UUID | str], event: str, data: dict[str, Any]) -> None:
+        """Every socket of these users, on every instance."""
+
+    async def to_rooms(self, rooms: Iterable[str], event: str, data: dict[str, Any]) -> None:
+        """Every socket in these Socket.IO rooms, on every instance (each socket once)."""
+
+    async def join_user_sockets(self, user_id: UUID | str, room: str) -> None:
+        """Make every socket of a user, on every instance, enter a room."""
+
+    async def leave_user_sockets(self, user_id: UUID | str, room: str) -> None:
+        """Make every socket of a user, on every instance, leave a room."""
+
+    async def disconnect_sids(self, sids: Iterable[str]) -> None:
+        """Close these sockets wherever they are connected."""

@@ -1,0 +1,1 @@
+"""Transport: the aiohttp app, HTTP routes, Socket.IO events, CLI."""

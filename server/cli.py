@@ -1,0 +1,153 @@
+"""The `studyhall` command: serve, migrate, createuser, ingest, reindex."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from server.config import Settings
+from server.logs import setup_logging
+
+log = logging.getLogger("studyhall")
+
+
+@asynccontextmanager
+async def database_url(settings: Settings) -> AsyncIterator[str]:
+    """The configured database, or the embedded one started for the command's duration."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from storage.embedded import EmbeddedPostgres
+
+    embedded = EmbeddedPostgres(Path(settings.data_dir))
+    url = await asyncio.to_thread(embedded.start)
+    try:
+        yield url
+    finally:
+        await asyncio.to_thread(embedded.stop)
+
+
+@asynccontextmanager
+async def core_for_command(settings: Settings) -> AsyncIterator[Any]:
+    """A Core without a web server, for commands that run handlers (createuser, ingest)."""
+    import uuid
+
+    from handlers.core import Core
+    from storage.db import Database
+    from storage.migrate import migrate
+
+    class NoEvents:
+        async def to_users(self, *a: Any, **k: Any) -> None: ...
+        async def to_rooms(self, *a: Any, **k: Any) -> None: ...
+        async def join_user_sockets(self, *a: Any, **k: Any) -> None: ...
+        async def leave_user_sockets(self, *a: Any, **k: Any) -> None: ...
+        async def disconnect_sids(self, *a: Any, **k: Any) -> None: ...
+
+    async with database_url(settings) as url:
+        await migrate(url)
+        db = await Database.connect(url, min_size=1, max_size=4)
+        try:
+            yield Core(settings=settings, db=db, events=NoEvents(), instance_id=uuid.uuid4())
+        finally:
+            await db.close()
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from server.app import create_app
+
+    settings = settings.with_(host=args.host or settings.host, port=args.port or settings.port)
+    app = create_app(settings)
+    log.info("Studyhall listening", extra={"url": f"http://{settings.host}:{settings.port}"})
+    print(f"Studyhall on http://{settings.host}:{settings.port}", file=sys.stderr)
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from storage.migrate import migrate
+
+    async def run() -> list[int]:
+        async with database_url(settings) as url:
+            return await migrate(url)
+
+    applied = asyncio.run(run())
+    print(f"applied migrations: {applied}" if applied else "database is up to date")
+    return 0
+
+
+def cmd_createuser(args: argparse.Namespace, settings: Settings) -> int:
+    from handlers import auth
+    from handlers.errors import ApiError
+
+    async def run() -> dict[str, Any]:
+        async with core_for_command(settings) as core:
+            return await auth.create_user(core, email=args.email, password=args.password, name=args.name, role=args.role)
+
+    try:
+        user = asyncio.run(run())
+    except ApiError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return 1
+    print(f"created {user['role']} {user['name']} ({user['id']})")
+    return 0
+
+
+def _run_async(fn: Callable[[Any], Awaitable[int]], settings: Settings) -> int:
+    async def run() -> int:
+        async with core_for_command(settings) as core:
+            return await fn(core)
+
+    return asyncio.run(run())
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from handlers.knowledge import ingest_paths_command
+
+    return _run_async(lambda core: ingest_paths_command(core, [Path(p) for p in args.paths], course=args.course), settings)
+
+
+def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
+    from handlers.knowledge import reindex_command
+
+    return _run_async(lambda core: reindex_command(core), settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="studyhall", description="Realtime chat and AI tutoring server.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", help="address to listen on (STUDYHALL_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (STUDYHALL_PORT, default 8080)")
+    serve.set_defaults(func=cmd_serve)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    cu = sub.add_parser("createuser", help="create an account (the first admin, staff)")
+    cu.add_argument("--email", required=True)
+    cu.add_argument("--password", required=True)
+    cu.add_argument("--name", required=True)
+    cu.add_argument("--role", required=True, choices=["admin", "mentor", "agent", "student"])
+    cu.set_defaults(func=cmd_createuser)
+    ing = sub.add_parser("ingest", help="add documents (files and folders) to the knowledge base")
+    ing.add_argument("paths", nargs="+")
+    ing.add_argument("--course", help="course the documents belong to")
+    ing.set_defaults(func=cmd_ingest)
+    sub.add_parser("reindex", help="re-embed chunks after a change of embedding model").set_defaults(func=cmd_reindex)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    setup_logging(settings.log_level, settings.log_json)
+    return int(args.func(args, settings) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

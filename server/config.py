@@ -1,0 +1,149 @@
+"""Settings, read once from environment variables.
+
+Every setting has an environment variable; the README lists them all. Nothing else in the
+code reads the environment, so a test can build a `Settings` by hand and run several
+differently configured instances in one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def default_data_dir() -> Path:
+    """Per-user data directory: XDG data home for users, /var/lib for root.
+
+    Root gets /var/lib/studyhall because the embedded PostgreSQL must run as an
+    unprivileged system user, which cannot traverse /root without opening it up.
+    """
+    if os.geteuid() == 0:
+        return Path("/var/lib/studyhall")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "studyhall"
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be a whole number, got {raw!r}") from exc
+
+
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _bool(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an instance needs to know about its deployment."""
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Socket.IO / Redis channel: instances sharing a Redis and a channel share users.
+    redis_channel: str = "studyhall"
+    static_dir: Path | None = None
+    cors_origins: str = "*"
+
+    # Accounts
+    token_ttl_hours: int = 24 * 30
+    guest_token_ttl_hours: int = 24 * 7
+    lockout_attempts: int = 5
+    lockout_minutes: int = 15
+
+    # Limits
+    max_frame_bytes: int = 1_000_000
+    max_http_body_bytes: int = 1_000_000
+    max_upload_bytes: int = 20_000_000
+    max_content_bytes: int = 16 * 1024
+    rate_limit_per_second: float = 30.0
+    rate_limit_burst: int = 60
+    presence_grace_seconds: float = 5.0
+
+    # AI tutor (see rag/)
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_timeout_seconds: float = 30.0
+    llm_max_attempts: int = 3
+    embedder: str = "hashing"
+    embedding_model: str = "text-embedding-3-small"
+    embedding_base_url: str | None = None
+    embedding_api_key: str | None = None
+
+    # Live rooms and tickets
+    room_host_grace_seconds: float = 120.0
+    room_leave_grace_seconds: float = 5.0
+    ticket_auto_assign: bool = False
+    ticket_agent_limit: int = 5
+    sla_check_seconds: float = 30.0
+
+    log_level: str = "INFO"
+    log_json: bool | None = None  # None: JSON when stderr is not a terminal
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        e = dict(os.environ if env is None else env)
+        d = cls()
+        return cls(
+            database_url=e.get("DATABASE_URL") or None,
+            redis_url=e.get("REDIS_URL") or None,
+            data_dir=Path(e["STUDYHALL_DATA_DIR"]) if e.get("STUDYHALL_DATA_DIR") else d.data_dir,
+            host=e.get("STUDYHALL_HOST") or d.host,
+            port=_int(e, "STUDYHALL_PORT", d.port),
+            redis_channel=e.get("STUDYHALL_REDIS_CHANNEL") or d.redis_channel,
+            static_dir=Path(e["STUDYHALL_STATIC_DIR"]) if e.get("STUDYHALL_STATIC_DIR") else None,
+            cors_origins=e.get("STUDYHALL_CORS_ORIGINS") or d.cors_origins,
+            token_ttl_hours=_int(e, "STUDYHALL_TOKEN_TTL_HOURS", d.token_ttl_hours),
+            guest_token_ttl_hours=_int(e, "STUDYHALL_GUEST_TOKEN_TTL_HOURS", d.guest_token_ttl_hours),
+            lockout_attempts=_int(e, "STUDYHALL_LOCKOUT_ATTEMPTS", d.lockout_attempts),
+            lockout_minutes=_int(e, "STUDYHALL_LOCKOUT_MINUTES", d.lockout_minutes),
+            rate_limit_per_second=_float(e, "STUDYHALL_RATE_LIMIT", d.rate_limit_per_second),
+            rate_limit_burst=_int(e, "STUDYHALL_RATE_BURST", d.rate_limit_burst),
+            presence_grace_seconds=_float(e, "STUDYHALL_PRESENCE_GRACE", d.presence_grace_seconds),
+            max_upload_bytes=_int(e, "STUDYHALL_MAX_UPLOAD_BYTES", d.max_upload_bytes),
+            llm_base_url=e.get("STUDYHALL_LLM_BASE_URL") or e.get("OPENAI_BASE_URL") or None,
+            llm_api_key=e.get("STUDYHALL_LLM_API_KEY") or e.get("OPENAI_API_KEY") or None,
+            llm_model=e.get("STUDYHALL_LLM_MODEL") or d.llm_model,
+            llm_timeout_seconds=_float(e, "STUDYHALL_LLM_TIMEOUT", d.llm_timeout_seconds),
+            llm_max_attempts=_int(e, "STUDYHALL_LLM_MAX_ATTEMPTS", d.llm_max_attempts),
+            embedder=e.get("STUDYHALL_EMBEDDER") or d.embedder,
+            embedding_model=e.get("STUDYHALL_EMBEDDING_MODEL") or d.embedding_model,
+            embedding_base_url=e.get("STUDYHALL_EMBEDDING_BASE_URL") or None,
+            embedding_api_key=e.get("STUDYHALL_EMBEDDING_API_KEY") or None,
+            room_host_grace_seconds=_float(e, "STUDYHALL_ROOM_HOST_GRACE", d.room_host_grace_seconds),
+            room_leave_grace_seconds=_float(e, "STUDYHALL_ROOM_LEAVE_GRACE", d.room_leave_grace_seconds),
+            ticket_auto_assign=_bool(e, "STUDYHALL_TICKET_AUTO_ASSIGN", d.ticket_auto_assign),
+            ticket_agent_limit=_int(e, "STUDYHALL_TICKET_AGENT_LIMIT", d.ticket_agent_limit),
+            sla_check_seconds=_float(e, "STUDYHALL_SLA_CHECK_SECONDS", d.sla_check_seconds),
+            log_level=(e.get("STUDYHALL_LOG_LEVEL") or d.log_level).upper(),
+            log_json=_bool(e, "STUDYHALL_LOG_JSON", False) if e.get("STUDYHALL_LOG_JSON") else None,
+        )
+
+    def with_(self, **changes: object) -> "Settings":
+        """A copy with some fields changed (tests run several instances side by side)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def llm_configured(self) -> bool:
+        return bool(self.llm_base_url or self.llm_api_key)

@@ -1,0 +1,172 @@
+"""Socket.IO transport: connect/disconnect, and one entry point for every client event.
+
+Every event goes through `_dispatch`: rate limit, schema validation, role check, the
+handler, and the ack `{ok: true, ...}` or `{ok: false, error: {code, message}}`. A bad
+event never disconnects the client. Events from one socket are handled in the order
+sent: python-socketio runs each event as its own task, so each socket has a FIFO lock
+(asyncio.Lock wakes waiters in order, and tasks start in the order events arrived).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import socketio
+from pydantic import BaseModel, ValidationError
+
+from handlers import auth
+from handlers.core import Actor, Core
+from handlers.errors import ApiError
+from handlers.events import STAFF_ROOM, user_room
+from server.metrics import Metrics
+from server.validation import validation_message
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Core, Actor, Any], Awaitable[dict[str, Any] | None]]
+ConnectionHook = Callable[[Core, Actor], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """One client event: its payload schema, who may send it, and its handler."""
+
+    name: str
+    handler: Handler
+    schema: type[BaseModel] | None = None
+    roles: frozenset[str] | None = None  # None: any signed-in user
+
+
+@dataclass
+class TokenBucket:
+    rate: float
+    burst: float
+    tokens: float = 0.0
+    updated: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+@dataclass
+class SocketState:
+    actor: Actor
+    bucket: TokenBucket
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def error_ack(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
+class Gateway:
+    """Binds a Core to a Socket.IO server."""
+
+    def __init__(self, sio: socketio.AsyncServer, core: Core, metrics: Metrics) -> None:
+        self.sio = sio
+        self.core = core
+        self.metrics = metrics
+        self.specs: dict[str, EventSpec] = {}
+        self.sockets: dict[str, SocketState] = {}
+        self.on_connect: list[ConnectionHook] = []
+        self.on_disconnect: list[ConnectionHook] = []
+        sio.on("connect", self._connect)
+        sio.on("disconnect", self._disconnect)
+        sio.on("*", self._dispatch)
+
+    def add_events(self, specs: Iterable[EventSpec]) -> None:
+        for spec in specs:
+            if spec.name in self.specs:
+                raise RuntimeError(f"event {spec.name!r} registered twice")
+            self.specs[spec.name] = spec
+
+    def actor(self, sid: str) -> Actor | None:
+        state = self.sockets.get(sid)
+        return state.actor if state else None
+
+    def local_sids(self) -> list[str]:
+        return list(self.sockets)
+
+    async def _connect(self, sid: str, environ: dict[str, Any], auth_data: Any = None) -> None:
+        token = auth_data.get("token") if isinstance(auth_data, dict) else None
+        try:
+            actor = await auth.authenticate(self.core, token, sid=sid)
+        except ApiError as err:
+            self.metrics.event_errors.labels(err.code, "connect").inc()
+            raise socketio.exceptions.ConnectionRefusedError(err.message, err.to_dict()) from None
+        s = self.core.settings
+        self.sockets[sid] = SocketState(actor, TokenBucket(s.rate_limit_per_second, s.rate_limit_burst))
+        await self.sio.enter_room(sid, user_room(actor.user_id))
+        if actor.is_staff:
+            await self.sio.enter_room(sid, STAFF_ROOM)
+        self.metrics.connections.inc()
+        for hook in self.on_connect:
+            try:
+                await hook(self.core, actor)
+            except Exception:
+                log.exception("connect hook failed", extra={"hook": getattr(hook, "__qualname__", str(hook))})
+
+    async def _disconnect(self, sid: str, *_reason: Any) -> None:
+        state = self.sockets.pop(sid, None)
+        if state is None:
+            return
+        self.metrics.connections.dec()
+        for hook in self.on_disconnect:
+            try:
+                await hook(self.core, state.actor)
+            except Exception:
+                log.exception("disconnect hook failed", extra={"hook": getattr(hook, "__qualname__", str(hook))})
+
+    async def _dispatch(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
+        state = self.sockets.get(sid)
+        if state is None:
+            return error_ack("unauthorized", "Not connected.")
+        spec = self.specs.get(event)
+        if spec is None:
+            self.metrics.event_errors.labels("bad_request", "socket").inc()
+            return error_ack("bad_request", f"Unknown event {event!r}.")
+        if not state.bucket.take():
+            self.metrics.event_errors.labels("rate_limited", "socket").inc()
+            return error_ack("rate_limited", "Too many events; slow down.")
+        async with state.lock:
+            return await self._run(spec, state, args)
+
+    async def _run(self, spec: EventSpec, state: SocketState, args: tuple[Any, ...]) -> dict[str, Any]:
+        started = time.perf_counter()
+        self.metrics.events.labels(spec.name).inc()
+        actor = self.actor(state.actor.sid or "") or state.actor
+        try:
+            if spec.roles is not None and actor.role not in spec.roles:
+                raise ApiError("forbidden", f"{spec.name} is not allowed for role {actor.role}.")
+            payload: Any = args[0] if args else {}
+            if spec.schema is not None:
+                try:
+                    payload = spec.schema.model_validate(payload if payload is not None else {})
+                except ValidationError as exc:
+                    too_large = any(e.get("type") == "too_large" for e in exc.errors())
+                    raise ApiError("too_large" if too_large else "bad_request", validation_message(exc)) from None
+            result = await spec.handler(self.core, actor, payload)
+            return {"ok": True, **(result or {})}
+        except ApiError as err:
+            self.metrics.event_errors.labels(err.code, "socket").inc()
+            return {"ok": False, "error": err.to_dict()}
+        except Exception:
+            log.exception("event handler failed", extra={"event": spec.name})
+            self.metrics.event_errors.labels("internal", "socket").inc()
+            return error_ack("internal", "Something went wrong on the server.")
+        finally:
+            self.metrics.event_latency.labels(spec.name).observe(time.perf_counter() - started)

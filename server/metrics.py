@@ -1,0 +1,34 @@
+"""Prometheus metrics, one registry per app (no global state; tests run several apps)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.connections = Gauge("studyhall_socket_connections", "Open Socket.IO connections", registry=r)
+        self.events = Counter("studyhall_socket_events_total", "Socket.IO events handled", ["event"], registry=r)
+        self.event_errors = Counter("studyhall_errors_total", "Errors returned, by protocol code", ["code", "via"], registry=r)
+        self.event_latency = Histogram(
+            "studyhall_socket_event_seconds", "Socket.IO event handling time", ["event"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.http_latency = Histogram(
+            "studyhall_http_request_seconds", "HTTP request latency", ["method", "route", "status"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.messages = Counter("studyhall_messages_total", "Messages committed", ["kind"], registry=r)
+        self.fanout_degraded = Counter(
+            "studyhall_fanout_degraded_total", "Times Redis fan-out was found down", registry=r
+        )
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,117 @@
+"""The Socket.IO server and the event emitter handlers use.
+
+With REDIS_URL the server uses python-socketio's AsyncRedisManager, which delivers to
+local sockets first and then publishes for the other instances. Redis is only a doorbell:
+a publish that fails is lost, so a watcher notices Redis outages and, when Redis is back,
+tells this instance's sockets to `resync` (recover by seq through `sync`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+from uuid import UUID
+
+import socketio
+
+from handlers.events import user_room
+from server.config import Settings
+from server.jsonutil import OrjsonModule
+from server.metrics import Metrics
+from storage import connections
+from storage.db import Database
+
+log = logging.getLogger(__name__)
+
+
+def create_sio(settings: Settings) -> socketio.AsyncServer:
+    manager = None
+    if settings.redis_url:
+        manager = socketio.AsyncRedisManager(
+            settings.redis_url,
+            channel=settings.redis_channel,
+            redis_options={"socket_timeout": 5, "socket_connect_timeout": 2, "health_check_interval": 10},
+        )
+    return socketio.AsyncServer(
+        async_mode="aiohttp",
+        client_manager=manager,
+        json=OrjsonModule,
+        cors_allowed_origins=settings.cors_origins if settings.cors_origins != "*" else "*",
+        max_http_buffer_size=settings.max_frame_bytes,
+        ping_interval=20,
+        ping_timeout=20,
+        logger=False,
+        engineio_logger=False,
+    )
+
+
+class SocketEvents:
+    """`handlers.events.Events` over python-socketio."""
+
+    def __init__(self, sio: socketio.AsyncServer, db: Database, metrics: Metrics) -> None:
+        self.sio = sio
+        self.db = db
+        self.metrics = metrics
+
+    async def _emit(self, event: str, data: dict[str, Any], to: list[str]) -> None:
+        if not to:
+            return
+        try:
+            await self.sio.emit(event, data, to=to if len(to) > 1 else to[0])
+        except Exception:
+            # The change is committed; clients recover it by seq. Never fail the caller.
+            self.metrics.fanout_degraded.inc()
+            log.exception("fan-out failed", extra={"event": event})
+
+    async def to_users(self, user_ids: Iterable[UUID | str], event: str, data: dict[str, Any]) -> None:
+        await self._emit(event, data, [user_room(u) for u in dict.fromkeys(user_ids)])
+
+    async def to_rooms(self, rooms: Iterable[str], event: str, data: dict[str, Any]) -> None:
+        await self._emit(event, data, list(dict.fromkeys(rooms)))
+
+    async def _user_sids(self, user_id: UUID | str) -> list[str]:
+        async with self.db.connection() as conn:
+            return await connections.sids_for_user(conn, UUID(str(user_id)))
+
+    async def join_user_sockets(self, user_id: UUID | str, room: str) -> None:
+        for sid in await self._user_sids(user_id):
+            await self.sio.enter_room(sid, room)
+
+    async def leave_user_sockets(self, user_id: UUID | str, room: str) -> None:
+        for sid in await self._user_sids(user_id):
+            await self.sio.leave_room(sid, room)
+
+    async def disconnect_sids(self, sids: Iterable[str]) -> None:
+        for sid in sids:
+            try:
+                await self.sio.disconnect(sid)
+            except Exception:
+                log.exception("disconnect failed", extra={"sid": sid})
+
+
+async def watch_redis(settings: Settings, sio: socketio.AsyncServer, metrics: Metrics, interval: float = 1.0) -> None:
+    """Ping Redis; after an outage, tell local sockets to resync once the listener is back."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    healthy = True
+    try:
+        while True:
+            try:
+                await client.ping()
+                if not healthy:
+                    healthy = True
+                    log.warning("Redis is back; asking local clients to resync")
+                    # python-socketio's listener retries after 1, 2, 4 ... s: give it time to resubscribe.
+                    await asyncio.sleep(3)
+                    await sio.emit("resync", {"reason": "fanout_restored"}, ignore_queue=True)
+            except Exception as exc:
+                if healthy:
+                    healthy = False
+                    metrics.fanout_degraded.inc()
+                    log.error("Redis unreachable: fan-out between instances degraded; messages still commit", extra={"error": str(exc)})
+            await asyncio.sleep(interval)
+    finally:
+        await client.aclose()

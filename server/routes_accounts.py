@@ -1,0 +1,108 @@
+"""HTTP: sign-in, accounts, health and metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from aiohttp import web
+from pydantic import EmailStr, Field
+
+from handlers import auth
+from handlers.errors import ApiError
+from server.http import client_ip, core_of, read_json, require_actor
+from server.jsonutil import json_response
+from server.keys import METRICS
+from server.validation import Name, Payload
+
+Password = Annotated[str, Field(min_length=8, max_length=256)]
+
+
+class RegisterBody(Payload):
+    email: EmailStr
+    password: Password
+    name: Name
+
+
+class LoginBody(Payload):
+    email: Annotated[str, Field(min_length=3, max_length=320)]
+    password: Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class GuestBody(Payload):
+    name: Name | None = None
+
+
+class RoleBody(Payload):
+    role: str
+
+
+async def register(request: web.Request) -> web.Response:
+    body = await read_json(request, RegisterBody)
+    result = await auth.register(core_of(request), email=str(body.email), password=body.password, name=body.name, ip=client_ip(request))
+    return json_response(result, status=201)
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await read_json(request, LoginBody)
+    return json_response(await auth.login(core_of(request), email=body.email, password=body.password, ip=client_ip(request)))
+
+
+async def guest(request: web.Request) -> web.Response:
+    body = await read_json(request, GuestBody)
+    return json_response(await auth.guest(core_of(request), name=body.name, ip=client_ip(request)), status=201)
+
+
+async def logout(request: web.Request) -> web.Response:
+    actor = await require_actor(request)
+    await auth.logout(core_of(request), actor, ip=client_ip(request))
+    return web.Response(status=204)
+
+
+async def me(request: web.Request) -> web.Response:
+    actor = await require_actor(request)
+    return json_response(await auth.me(core_of(request), actor))
+
+
+async def set_role(request: web.Request) -> web.Response:
+    actor = await require_actor(request)
+    try:
+        user_id = UUID(request.match_info["id"])
+    except ValueError:
+        raise ApiError("not_found", "No such user.") from None
+    body = await read_json(request, RoleBody)
+    return json_response(await auth.set_role(core_of(request), actor, user_id, body.role, ip=client_ip(request)))
+
+
+async def health(request: web.Request) -> web.Response:
+    core = core_of(request)
+    database = "ok" if await core.db.ping() else "down"
+    redis_state = "disabled"
+    if core.settings.redis_url:
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(core.settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            redis_state = "ok" if await client.ping() else "down"
+        except Exception:
+            redis_state = "down"
+        finally:
+            await client.aclose()
+    status = "ok" if database == "ok" and redis_state != "down" else "degraded"
+    return json_response({"status": status, "database": database, "redis": redis_state}, status=200 if database == "ok" else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/api/auth/register", register)
+    app.router.add_post("/api/auth/login", login)
+    app.router.add_post("/api/auth/guest", guest)
+    app.router.add_post("/api/auth/logout", logout)
+    app.router.add_get("/api/me", me)
+    app.router.add_put("/api/users/{id}/role", set_role)
+    app.router.add_get("/api/health", health)
+    app.router.add_get("/metrics", metrics)

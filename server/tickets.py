@@ -1,0 +1,9 @@
+"""Transport for the tickets feature (routes and Socket.IO events)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+def setup(app: web.Application) -> None:
+    """Add routes; called by the app factory before startup."""

@@ -1,0 +1,164 @@
+"""Conversations and their members."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+CONV_COLUMNS = "c.id, c.kind, c.title, c.status, c.mode, c.context, c.created_by, c.last_seq, c.created_at"
+
+
+async def presence_audience(conn: asyncpg.Connection, user_id: UUID) -> list[UUID]:
+    """Users who should hear this user's presence: conversation partners (not live rooms) and followers."""
+    rows = await conn.fetch(
+        """SELECT m2.user_id FROM conversation_members m1
+               JOIN conversations c ON c.id = m1.conversation_id AND c.kind <> 'room'
+               JOIN conversation_members m2 ON m2.conversation_id = m1.conversation_id
+           WHERE m1.user_id = $1 AND m2.user_id <> $1
+           UNION
+           SELECT user_id FROM favorites WHERE target_user_id = $1""",
+        user_id,
+    )
+    return [r["user_id"] for r in rows]
+
+
+async def insert_conversation(
+    conn: asyncpg.Connection,
+    *,
+    kind: str,
+    title: str | None,
+    created_by: UUID | None,
+    mode: str | None = None,
+    context: dict[str, Any] | None = None,
+    direct_key: str | None = None,
+) -> dict[str, Any] | None:
+    """Insert; None when a direct conversation for the same pair already exists."""
+    row = await conn.fetchrow(
+        """INSERT INTO conversations AS c (kind, title, created_by, mode, context, direct_key)
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (direct_key) DO NOTHING
+           RETURNING """ + CONV_COLUMNS,
+        kind, title, created_by, mode, context or {}, direct_key,
+    )
+    return dict(row) if row else None
+
+
+async def get_by_direct_key(conn: asyncpg.Connection, direct_key: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(f"SELECT {CONV_COLUMNS} FROM conversations c WHERE c.direct_key = $1", direct_key)
+    return dict(row) if row else None
+
+
+async def get(conn: asyncpg.Connection, conversation_id: UUID, *, for_update: bool = False) -> dict[str, Any] | None:
+    lock = " FOR UPDATE" if for_update else ""
+    row = await conn.fetchrow(f"SELECT {CONV_COLUMNS} FROM conversations c WHERE c.id = $1{lock}", conversation_id)
+    return dict(row) if row else None
+
+
+async def get_with_membership(conn: asyncpg.Connection, conversation_id: UUID, user_id: UUID) -> dict[str, Any] | None:
+    """The conversation plus `is_member`, `member_role` and `last_read_seq` for one user."""
+    row = await conn.fetchrow(
+        f"""SELECT {CONV_COLUMNS}, m.user_id IS NOT NULL AS is_member, m.member_role,
+                   coalesce(m.last_read_seq, 0) AS last_read_seq
+            FROM conversations c LEFT JOIN conversation_members m ON m.conversation_id = c.id AND m.user_id = $2
+            WHERE c.id = $1""",
+        conversation_id, user_id,
+    )
+    return dict(row) if row else None
+
+
+async def add_members(conn: asyncpg.Connection, conversation_id: UUID, user_ids: list[UUID], member_role: str = "member") -> list[UUID]:
+    """Add members (existing ones untouched); returns who was newly added."""
+    rows = await conn.fetch(
+        """INSERT INTO conversation_members (conversation_id, user_id, member_role, last_read_seq)
+           SELECT $1, u, $3, (SELECT last_seq FROM conversations WHERE id = $1) FROM unnest($2::uuid[]) AS u
+           ON CONFLICT DO NOTHING RETURNING user_id""",
+        conversation_id, user_ids, member_role,
+    )
+    return [r["user_id"] for r in rows]
+
+
+async def remove_member(conn: asyncpg.Connection, conversation_id: UUID, user_id: UUID) -> bool:
+    status = await conn.execute(
+        "DELETE FROM conversation_members WHERE conversation_id = $1 AND user_id = $2", conversation_id, user_id
+    )
+    return status.endswith(" 1")
+
+
+async def member_ids(conn: asyncpg.Connection, conversation_id: UUID) -> list[UUID]:
+    rows = await conn.fetch("SELECT user_id FROM conversation_members WHERE conversation_id = $1", conversation_id)
+    return [r["user_id"] for r in rows]
+
+
+async def members(conn: asyncpg.Connection, conversation_ids: list[UUID]) -> dict[UUID, list[dict[str, Any]]]:
+    """Members of several conversations as protocol user objects, keyed by conversation."""
+    rows = await conn.fetch(
+        """SELECT m.conversation_id, u.id, u.name, u.role FROM conversation_members m
+           JOIN users u ON u.id = m.user_id WHERE m.conversation_id = ANY($1::uuid[])
+           ORDER BY m.joined_at, u.id""",
+        conversation_ids,
+    )
+    out: dict[UUID, list[dict[str, Any]]] = {cid: [] for cid in conversation_ids}
+    for r in rows:
+        out[r["conversation_id"]].append({"id": r["id"], "name": r["name"], "role": r["role"]})
+    return out
+
+
+async def list_for_user(conn: asyncpg.Connection, user_id: UUID, *, limit: int = 200) -> list[dict[str, Any]]:
+    """The user's conversations, most recently active first, with unread counts."""
+    rows = await conn.fetch(
+        f"""SELECT {CONV_COLUMNS},
+                   (SELECT count(*) FROM messages msg
+                     WHERE msg.conversation_id = c.id AND msg.seq > m.last_read_seq
+                       AND msg.deleted = false AND msg.sender_id IS DISTINCT FROM $1) AS unread
+            FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id
+            WHERE m.user_id = $1 AND c.kind <> 'room'
+            ORDER BY c.updated_at DESC LIMIT $2""",
+        user_id, limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def unread_count(conn: asyncpg.Connection, conversation_id: UUID, user_id: UUID) -> int:
+    return await conn.fetchval(
+        """SELECT count(*) FROM messages msg JOIN conversation_members m
+               ON m.conversation_id = msg.conversation_id AND m.user_id = $2
+           WHERE msg.conversation_id = $1 AND msg.seq > m.last_read_seq
+             AND msg.deleted = false AND msg.sender_id IS DISTINCT FROM $2""",
+        conversation_id, user_id,
+    )
+
+
+async def set_read(conn: asyncpg.Connection, conversation_id: UUID, user_id: UUID, seq: int) -> int | None:
+    """Move the read marker forward only (never back); returns the marker, None if not a member."""
+    return await conn.fetchval(
+        """UPDATE conversation_members SET last_read_seq = GREATEST(last_read_seq,
+               LEAST($3, (SELECT last_seq FROM conversations WHERE id = $1)))
+           WHERE conversation_id = $1 AND user_id = $2 RETURNING last_read_seq""",
+        conversation_id, user_id, seq,
+    )
+
+
+async def set_mode(conn: asyncpg.Connection, conversation_id: UUID, mode: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        f"UPDATE conversations c SET mode = $2, updated_at = now() WHERE id = $1 RETURNING {CONV_COLUMNS}",
+        conversation_id, mode,
+    )
+    return dict(row) if row else None
+
+
+async def set_status(conn: asyncpg.Connection, conversation_id: UUID, status: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        f"UPDATE conversations c SET status = $2, updated_at = now() WHERE id = $1 RETURNING {CONV_COLUMNS}",
+        conversation_id, status,
+    )
+    return dict(row) if row else None
+
+
+async def member_conversation_ids(conn: asyncpg.Connection, user_id: UUID, conversation_ids: list[UUID]) -> set[UUID]:
+    """Which of these conversations the user is a member of."""
+    rows = await conn.fetch(
+        "SELECT conversation_id FROM conversation_members WHERE user_id = $1 AND conversation_id = ANY($2::uuid[])",
+        user_id, conversation_ids,
+    )
+    return {r["conversation_id"] for r in rows}

@@ -1,0 +1,109 @@
+"""Users, sign-in tokens, lockout counters."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+USER_COLUMNS = "id, email, name, role, password_hash, failed_logins, locked_until, created_at"
+
+
+async def insert_user(
+    conn: asyncpg.Connection, *, email: str | None, name: str, role: str, password_hash: str | None
+) -> dict[str, Any] | None:
+    """Insert a user; None when the email is taken."""
+    row = await conn.fetchrow(
+        f"""INSERT INTO users (email, name, role, password_hash) VALUES ($1, $2, $3, $4)
+            ON CONFLICT DO NOTHING RETURNING {USER_COLUMNS}""",
+        email, name, role, password_hash,
+    )
+    return dict(row) if row else None
+
+
+async def get_user(conn: asyncpg.Connection, user_id: UUID) -> dict[str, Any] | None:
+    row = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1", user_id)
+    return dict(row) if row else None
+
+
+async def get_users(conn: asyncpg.Connection, user_ids: list[UUID]) -> list[dict[str, Any]]:
+    rows = await conn.fetch(f"SELECT {USER_COLUMNS} FROM users WHERE id = ANY($1::uuid[])", user_ids)
+    return [dict(r) for r in rows]
+
+
+async def get_user_by_email(conn: asyncpg.Connection, email: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE lower(email) = lower($1)", email)
+    return dict(row) if row else None
+
+
+async def record_failed_login(
+    conn: asyncpg.Connection, user_id: UUID, *, max_attempts: int, lock_until: datetime
+) -> dict[str, Any]:
+    """Count one failure; at `max_attempts` lock the account and reset the count."""
+    row = await conn.fetchrow(
+        """UPDATE users SET
+               failed_logins = CASE WHEN failed_logins + 1 >= $2 THEN 0 ELSE failed_logins + 1 END,
+               locked_until = CASE WHEN failed_logins + 1 >= $2 THEN $3 ELSE locked_until END
+           WHERE id = $1 RETURNING failed_logins, locked_until""",
+        user_id, max_attempts, lock_until,
+    )
+    return dict(row)
+
+
+async def reset_failed_logins(conn: asyncpg.Connection, user_id: UUID) -> None:
+    await conn.execute("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1", user_id)
+
+
+async def set_role(conn: asyncpg.Connection, user_id: UUID, role: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(f"UPDATE users SET role = $2 WHERE id = $1 RETURNING {USER_COLUMNS}", user_id, role)
+    return dict(row) if row else None
+
+
+async def set_password(conn: asyncpg.Connection, user_id: UUID, password_hash: str) -> None:
+    await conn.execute("UPDATE users SET password_hash = $2 WHERE id = $1", user_id, password_hash)
+
+
+async def list_staff(conn: asyncpg.Connection, roles: tuple[str, ...] = ("agent", "admin")) -> list[dict[str, Any]]:
+    rows = await conn.fetch(f"SELECT {USER_COLUMNS} FROM users WHERE role = ANY($1::text[])", list(roles))
+    return [dict(r) for r in rows]
+
+
+# Tokens ---------------------------------------------------------------------------------
+
+async def insert_token(
+    conn: asyncpg.Connection, user_id: UUID, token_hash: bytes, expires_at: datetime
+) -> UUID:
+    return await conn.fetchval(
+        "INSERT INTO auth_tokens (user_id, token_hash, expires_at) VALUES ($1, $2, $3) RETURNING id",
+        user_id, token_hash, expires_at,
+    )
+
+
+async def find_token_user(conn: asyncpg.Connection, token_hash: bytes) -> dict[str, Any] | None:
+    """The live token's user (None when unknown, expired or revoked), with the token id."""
+    row = await conn.fetchrow(
+        f"""SELECT t.id AS token_id, t.expires_at, {', '.join('u.' + c for c in USER_COLUMNS.split(', '))}
+            FROM auth_tokens t JOIN users u ON u.id = t.user_id
+            WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND t.expires_at > now()""",
+        token_hash,
+    )
+    return dict(row) if row else None
+
+
+async def revoke_token(conn: asyncpg.Connection, token_id: UUID) -> None:
+    await conn.execute("UPDATE auth_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", token_id)
+
+
+async def revoke_user_tokens(conn: asyncpg.Connection, user_id: UUID) -> list[UUID]:
+    rows = await conn.fetch(
+        "UPDATE auth_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
+        user_id,
+    )
+    return [r["id"] for r in rows]
+
+
+async def live_token_ids(conn: asyncpg.Connection, user_id: UUID) -> list[UUID]:
+    rows = await conn.fetch("SELECT id FROM auth_tokens WHERE user_id = $1 AND revoked_at IS NULL", user_id)
+    return [r["id"] for r in rows]

@@ -1,0 +1,112 @@
+"""Fixtures: a real PostgreSQL and Redis for the session, a fresh database per test,
+real servers on real ports, and real Socket.IO clients."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from server.app import create_app
+from server.config import Settings
+from storage.db import Database
+from storage.embedded import free_port
+from tests.client import Api, Instance
+from tests.services import Postgres, RedisServer
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    pg = Postgres.start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer | None]:
+    """The session's shared Redis (tests that restart Redis start their own)."""
+    if os.environ.get("TEST_REDIS_URL"):
+        yield None
+        return
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer | None) -> str:
+    return os.environ.get("TEST_REDIS_URL") or redis_server.url  # type: ignore[union-attr]
+
+
+@pytest.fixture
+async def database_url(postgres: Postgres) -> AsyncIterator[str]:
+    name = await postgres.create_database()
+    yield postgres.url(name)
+    await postgres.drop_database(name)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = await Database.connect(database_url, min_size=1, max_size=5)
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+def base_settings(database_url: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        data_dir=Path(tempfile.gettempdir()) / "studyhall-test-unused",
+        presence_grace_seconds=0.3,
+        room_leave_grace_seconds=0.3,
+        log_json=False,
+    )
+
+
+@pytest.fixture
+async def start_instance(base_settings: Settings) -> AsyncIterator[Any]:
+    """Start real servers on loopback ports: `await start_instance(**setting_overrides)`."""
+    runners: list[web.AppRunner] = []
+
+    async def start(**overrides: Any) -> Instance:
+        settings = base_settings.with_(port=free_port(), **overrides)
+        app = create_app(settings)
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", settings.port).start()
+        runners.append(runner)
+        return Instance(f"http://127.0.0.1:{settings.port}", app, runner)
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def server(start_instance: Any) -> Instance:
+    """One instance, no Redis."""
+    return await start_instance()
+
+
+@pytest.fixture
+async def cluster(start_instance: Any, redis_url: str) -> list[Instance]:
+    """Two instances sharing one Redis on a channel private to this test."""
+    channel = f"studyhall-test-{uuid.uuid4().hex[:8]}"
+    return [await start_instance(redis_url=redis_url, redis_channel=channel) for _ in range(2)]
+
+
+@pytest.fixture
+async def api(server: Instance) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as session:
+        client = Api(session, server.url)
+        yield client
+        await client.close_sockets()
