@@ -1,0 +1,122 @@
+"""Embedders: the offline hashing default, the OpenAI one against a real local server,
+and the factory's errors."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rag.embeddings import (
+    EmbedderUnavailable,
+    HashingEmbedder,
+    OpenAIEmbedder,
+    make_embedder,
+)
+from tests.fakellm import FakeLLM, hashed_embedding
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b))
+
+
+async def test_hashing_is_default_unit_length_and_named() -> None:
+    embedder = make_embedder()
+    assert isinstance(embedder, HashingEmbedder)
+    assert (embedder.name, embedder.dim) == ("hashing-384-v1", 384)
+    [vec] = await embedder.embed(["Mitochondria are the powerhouse of the cell."])
+    assert len(vec) == 384
+    assert math.isclose(math.sqrt(sum(v * v for v in vec)), 1.0, rel_tol=1e-9)
+    [empty] = await embedder.embed(["the of and"])  # only stopwords: no direction at all
+    assert not any(empty)
+    assert make_embedder("hashing", dim=128).name == "hashing-128-v1"
+
+
+def test_hashing_is_deterministic_across_processes() -> None:
+    text = "Ohm's law relates voltage, current and resistance."
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from rag.embeddings import HashingEmbedder;"
+        f"print(repr(HashingEmbedder().embed_one({text!r})))"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, check=True,
+            env={"PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(outputs) == 1
+    assert eval(outputs.pop()) == HashingEmbedder().embed_one(text)
+
+
+async def test_hashing_puts_related_texts_closer_than_unrelated() -> None:
+    embedder = HashingEmbedder()
+    docs = {
+        "pip": "Install Python packages with pip inside a virtual environment.",
+        "photo": "Photosynthesis turns sunlight, water and carbon dioxide into glucose in plant leaves.",
+        "revolution": "The French Revolution began in 1789 with the storming of the Bastille.",
+        "ohm": "Ohm's law: the current through a resistor equals voltage divided by resistance.",
+    }
+    vectors = dict(zip(docs, await embedder.embed(list(docs.values()))))
+    queries = {
+        "pip": "how do I install a package using pip",
+        "photo": "how do plants make glucose from sunlight",
+        "revolution": "when did the revolution in France start",
+        "ohm": "relationship between voltage current and resistors",
+    }
+    for expected, query in queries.items():
+        [q] = await embedder.embed([query])
+        ranked = sorted(vectors, key=lambda name: -cosine(q, vectors[name]))
+        assert ranked[0] == expected, (query, ranked)
+    # Morphology through character n-grams: inflected forms stay close.
+    [a, b, c] = await embedder.embed(["installing the packages", "install a package", "bake a chocolate cake"])
+    assert cosine(a, b) > 0.5 > cosine(a, c)
+
+
+async def test_openai_embedder_batches_in_order_through_real_client() -> None:
+    async with FakeLLM(embedding_dim=16) as server:
+        embedder = make_embedder(
+            "openai", model="local-embed", dim=16, base_url=server.base_url, api_key="k", batch_size=3
+        )
+        assert isinstance(embedder, OpenAIEmbedder)
+        assert (embedder.name, embedder.dim) == ("openai:local-embed", 16)
+        texts = [f"text number {i}" for i in range(7)] + [""]
+        vectors = await embedder.embed(texts)
+        requests = [r.json for r in server.requests if r.path == "/v1/embeddings"]
+        assert [len(r["input"]) for r in requests] == [3, 3, 2]
+        assert all(r["model"] == "local-embed" and "dimensions" not in r for r in requests)
+        assert requests[-1]["input"][-1] == " "  # the API rejects empty inputs
+        for text, vec in zip(texts[:-1], vectors):
+            assert vec == pytest.approx(hashed_embedding(text, 16), abs=1e-6)
+
+
+async def test_openai_embedder_asks_for_shortened_v3_vectors_and_checks_dims() -> None:
+    async with FakeLLM(embedding_dim=16) as server:
+        short = make_embedder("openai", model="text-embedding-3-small", dim=64, base_url=server.base_url)
+        assert (short.name, short.dim) == ("openai:text-embedding-3-small@64", 64)
+        [vec] = await short.embed(["hello"])
+        assert len(vec) == 64 and server.requests[-1].json["dimensions"] == 64
+
+        wrong = make_embedder("openai", model="local-embed", dim=32, base_url=server.base_url)
+        with pytest.raises(RuntimeError, match="returned 16 dims, expected 32"):
+            await wrong.embed(["hello"])
+
+
+def test_factory_errors() -> None:
+    with pytest.raises(EmbedderUnavailable, match="dimension"):
+        make_embedder("openai", model="some-local-model", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(EmbedderUnavailable, match="unknown embedder 'word2vec'"):
+        make_embedder("word2vec")
+
+
+def test_sentence_transformers_without_the_extra_explains_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A None entry in sys.modules makes `import sentence_transformers` raise ImportError,
+    # exactly as on an install without the optional extra.
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    with pytest.raises(EmbedderUnavailable, match=r"pip install 'studyhall\[local-embeddings\]'"):
+        make_embedder("sentence-transformers")
