@@ -1,0 +1,229 @@
+"""The knowledge base: ingest documents, hybrid search, reindex after a model change.
+
+Search is hybrid: the nearest chunks by embedding and the best full-text matches are
+fused by reciprocal rank fusion (RRF, k=60). RRF needs no score calibration between the two
+lists, and each half covers the other's blind spot: full text finds exact names, codes and
+rare words; vectors find paraphrases.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from rag.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP_TOKENS, chunk_text
+from rag.embeddings import Embedder
+from rag.extract import EmptyDocument, content_hash, extract, normalize_text
+from storage import documents as store
+from storage.db import Database
+
+RRF_K = 60
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One chunk of the fused ranking.
+
+    `score` is the RRF score (rank-based, comparable only within one search). `similarity`
+    (cosine to the query, None if the chunk was not among the vector candidates) and
+    `text_rank` (ts_rank_cd, None if no query word matched) let callers judge absolute
+    relevance, e.g. to decide that nothing relevant was found.
+    """
+
+    chunk_id: UUID
+    document_id: UUID
+    title: str
+    content: str
+    score: float
+    heading_path: list[str] = field(default_factory=list)
+    similarity: float | None = None
+    text_rank: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "chunk_id": str(self.chunk_id),
+            "document_id": str(self.document_id),
+            "title": self.title,
+            "content": self.content,
+            "score": self.score,
+            "heading_path": self.heading_path,
+            "similarity": self.similarity,
+            "text_rank": self.text_rank,
+        }
+
+
+def embedding_input(heading_path: list[str], content: str) -> str:
+    """What gets embedded: the heading path gives a chunk the context of its section."""
+    return " > ".join(heading_path) + "\n\n" + content if heading_path else content
+
+
+def fuse(vector_hits: list[store.ChunkHit], text_hits: list[store.ChunkHit], k: int, rrf_k: int = RRF_K) -> list[SearchResult]:
+    """Reciprocal rank fusion: score = sum over lists of 1 / (rrf_k + rank)."""
+    scores: dict[UUID, float] = {}
+    hits: dict[UUID, store.ChunkHit] = {}
+    similarity: dict[UUID, float] = {}
+    text_rank: dict[UUID, float] = {}
+    for ranked, side in ((vector_hits, similarity), (text_hits, text_rank)):
+        for rank, hit in enumerate(ranked, start=1):
+            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + 1.0 / (rrf_k + rank)
+            hits.setdefault(hit.chunk_id, hit)
+            side[hit.chunk_id] = hit.score
+    order = sorted(scores, key=lambda cid: (-scores[cid], -similarity.get(cid, -1.0), str(cid)))
+    return [
+        SearchResult(
+            chunk_id=cid, document_id=hits[cid].document_id, title=hits[cid].title,
+            content=hits[cid].content, score=scores[cid], heading_path=hits[cid].heading_path,
+            similarity=similarity.get(cid), text_rank=text_rank.get(cid),
+        )
+        for cid in order[:k]
+    ]
+
+
+class KnowledgeBase:
+    """Documents and chunks in PostgreSQL, embedded by one active `Embedder`."""
+
+    def __init__(
+        self,
+        db: Database,
+        embedder: Embedder,
+        *,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        overlap_tokens: int = DEFAULT_OVERLAP_TOKENS,
+        embed_batch: int = 64,
+    ) -> None:
+        self.db = db
+        self.embedder = embedder
+        self.max_tokens = max_tokens
+        self.overlap_tokens = overlap_tokens
+        self.embed_batch = embed_batch
+
+    async def _embed(self, texts: list[str]) -> list[list[float]]:
+        vectors: list[list[float]] = []
+        for first in range(0, len(texts), self.embed_batch):
+            vectors.extend(await self.embedder.embed(texts[first:first + self.embed_batch]))
+        return vectors
+
+    async def ingest_text(
+        self,
+        title: str | None,
+        text: str,
+        *,
+        source: str | None = None,
+        language: str | None = None,
+        course: str | None = None,
+        created_by: UUID | None = None,
+    ) -> tuple[store.DocumentRow, bool]:
+        """Store a document; `(existing, False)` if the same normalised text is stored already."""
+        text = normalize_text(text)
+        if not text:
+            raise EmptyDocument("the document has no text")
+        digest = content_hash(text)
+        async with self.db.connection() as conn:
+            existing = await store.get_document_by_hash(conn, digest)
+        if existing is not None:
+            return existing, False
+        # Chunking a long document takes about a second per MB of text: keep it off the loop.
+        chunks = await asyncio.to_thread(chunk_text, text, self.max_tokens, self.overlap_tokens)
+        vectors = await self._embed([embedding_input(c.heading_path, c.content) for c in chunks])
+        new_chunks = [
+            store.NewChunk(c.index, c.content, c.start_char, c.end_char, c.token_count, c.heading_path, v)
+            for c, v in zip(chunks, vectors, strict=True)
+        ]
+        title = (title or "").strip() or text.split("\n", 1)[0][:120]
+        async with self.db.transaction() as conn:
+            return await store.insert_document(
+                conn, title=title, content=text, content_hash=digest, chunks=new_chunks,
+                embedding_model=self.embedder.name, source=source, language=language,
+                course=course, created_by=created_by,
+            )
+
+    async def ingest_file(
+        self,
+        data: bytes | str | Path,
+        filename: str | None = None,
+        *,
+        title: str | None = None,
+        source: str | None = None,
+        language: str | None = None,
+        course: str | None = None,
+        created_by: UUID | None = None,
+    ) -> tuple[store.DocumentRow, bool]:
+        """Extract a .txt/.md/.html/.pdf (a path, or bytes plus its file name) and store it."""
+        if isinstance(data, (str, Path)):
+            path = Path(data)
+            data, filename = await asyncio.to_thread(path.read_bytes), filename or path.name
+            source = source or str(path)
+        if not filename:
+            raise ValueError("filename is needed to tell the file type of raw bytes")
+        extracted = await asyncio.to_thread(extract, data, filename)  # pypdf can be slow
+        return await self.ingest_text(
+            title or extracted.title, extracted.text, source=source or filename,
+            language=language, course=course, created_by=created_by,
+        )
+
+    async def search(self, q: str, k: int = 5, course: str | None = None) -> list[SearchResult]:
+        """Hybrid search: vector and full-text candidates fused by RRF, best `k` returned."""
+        if not q.strip() or k <= 0:
+            return []
+        candidates = max(4 * k, 20)
+        [query_vector] = await self.embedder.embed([q])
+        async with self.db.connection() as conn:
+            vector_hits = []
+            if any(query_vector):  # an all-zero query (only stopwords) has no direction
+                vector_hits = await store.search_vector(
+                    conn, query_vector, model=self.embedder.name, dim=self.embedder.dim,
+                    k=candidates, course=course,
+                )
+            text_hits = await store.search_text(conn, q, k=candidates, course=course)
+        return fuse(vector_hits, text_hits, k)
+
+    async def ensure_index(self) -> str:
+        """Create the active model's HNSW index if missing (cheap when it exists)."""
+        async with self.db.connection() as conn:
+            return await store.ensure_vector_index(conn, self.embedder.name, self.embedder.dim)
+
+    async def pending_reindex(self) -> int:
+        """Chunks not embedded by the active model (invisible to vector search until reindexed)."""
+        async with self.db.connection() as conn:
+            return await store.count_chunks_to_embed(conn, self.embedder.name)
+
+    async def reindex(self, progress: Callable[[int, int], None] | None = None, batch: int = 128) -> int:
+        """Re-embed every chunk the active model did not embed; returns how many.
+
+        `progress(done, total)` is called after each batch. Each batch commits on its own,
+        so an interrupted reindex resumes where it stopped.
+        """
+        total = await self.pending_reindex()
+        done = 0
+        while True:
+            async with self.db.connection() as conn:
+                todo = await store.chunks_to_embed(conn, self.embedder.name, limit=batch)
+            if not todo:
+                break
+            vectors = await self._embed([embedding_input(c.heading_path, c.content) for c in todo])
+            async with self.db.transaction() as conn:
+                await store.update_embeddings(
+                    conn, self.embedder.name, [(c.id, v) for c, v in zip(todo, vectors, strict=True)]
+                )
+            done += len(todo)
+            if progress is not None:
+                progress(done, max(total, done))
+        await self.ensure_index()
+        return done
+
+    async def delete(self, document_id: UUID) -> bool:
+        async with self.db.transaction() as conn:
+            return await store.delete_document(conn, document_id)
+
+    async def get_document(self, document_id: UUID, *, with_content: bool = False) -> store.DocumentRow | None:
+        async with self.db.connection() as conn:
+            return await store.get_document(conn, document_id, with_content=with_content)
+
+    async def list_documents(
+        self, *, course: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[store.DocumentRow]:
+        async with self.db.connection() as conn:
+            return await store.list_documents(conn, course=course, limit=limit, offset=offset)

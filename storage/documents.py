@@ -1,0 +1,306 @@
+"""SQL for the knowledge base: documents, chunks, vector and full-text search.
+
+Vectors are sent as pgvector text literals through a `$n::text::vector` cast, so these
+functions work whether or not the connection has pgvector's binary codec registered.
+
+`chunks.embedding` has no fixed dimension (the embedding model can change), so each model
+gets a partial HNSW index over `embedding::vector(dim)`. A query only uses that index when
+it repeats the same cast and the same `embedding_model = '<literal>'` predicate; the model
+name and dimension are therefore written into the SQL as literals, never as parameters.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+# Full-text search configuration; must match the generated `chunks.tsv` column (0003).
+TS_CONFIG = "english"
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    """A stored document, without its text unless asked for."""
+
+    id: UUID
+    title: str
+    source: str | None
+    language: str | None
+    course: str | None
+    content_hash: str
+    created_by: UUID | None
+    created_at: datetime
+    chunk_count: int
+    content: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (ids as strings, ISO time), as the HTTP API returns it."""
+        out: dict[str, Any] = {
+            "id": str(self.id),
+            "title": self.title,
+            "source": self.source,
+            "language": self.language,
+            "course": self.course,
+            "content_hash": self.content_hash,
+            "created_by": str(self.created_by) if self.created_by else None,
+            "created_at": self.created_at.isoformat(),
+            "chunk_count": self.chunk_count,
+        }
+        if self.content is not None:
+            out["content"] = self.content
+        return out
+
+
+@dataclass(frozen=True)
+class NewChunk:
+    """A chunk to insert, with its embedding already computed."""
+
+    chunk_index: int
+    content: str
+    start_char: int
+    end_char: int
+    token_count: int
+    heading_path: list[str]
+    embedding: Sequence[float]
+
+
+@dataclass(frozen=True)
+class ChunkHit:
+    """One chunk found by a search, with that search's own score (higher is better)."""
+
+    chunk_id: UUID
+    document_id: UUID
+    title: str
+    content: str
+    heading_path: list[str]
+    score: float
+
+
+@dataclass(frozen=True)
+class ChunkToEmbed:
+    id: UUID
+    content: str
+    heading_path: list[str]
+
+
+def vector_literal(values: Sequence[float]) -> str:
+    """pgvector's text form, e.g. `[0.1,-0.2]`."""
+    return "[" + ",".join(repr(float(v)) for v in values) + "]"
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def vector_index_name(model: str) -> str:
+    """Index name for a model's partial HNSW index, e.g. `chunks_hnsw_hashing_384_v1`."""
+    slug = re.sub(r"[^a-z0-9]+", "_", model.lower()).strip("_")
+    if len(slug) > 40 or slug != model.lower().replace("-", "_"):
+        slug = f"{slug[:40]}_{hashlib.sha1(model.encode()).hexdigest()[:8]}"
+    return f"chunks_hnsw_{slug}"
+
+
+def _check_dim(dim: int) -> int:
+    if not isinstance(dim, int) or not 0 < dim <= 16000:
+        raise ValueError(f"bad embedding dimension {dim!r}")
+    return dim
+
+
+_DOC_COLUMNS = """d.id, d.title, d.source, d.language, d.course, d.content_hash, d.created_by,
+    d.created_at, (SELECT count(*) FROM chunks c WHERE c.document_id = d.id) AS chunk_count"""
+
+
+def _document(row: asyncpg.Record, with_content: bool = False) -> DocumentRow:
+    return DocumentRow(
+        id=row["id"], title=row["title"], source=row["source"], language=row["language"],
+        course=row["course"], content_hash=row["content_hash"], created_by=row["created_by"],
+        created_at=row["created_at"], chunk_count=row["chunk_count"],
+        content=row["content"] if with_content else None,
+    )
+
+
+async def get_document_by_hash(conn: asyncpg.Connection, content_hash: str) -> DocumentRow | None:
+    row = await conn.fetchrow(f"SELECT {_DOC_COLUMNS} FROM documents d WHERE d.content_hash = $1", content_hash)
+    return _document(row) if row else None
+
+
+async def insert_document(
+    conn: asyncpg.Connection,
+    *,
+    title: str,
+    content: str,
+    content_hash: str,
+    chunks: Sequence[NewChunk],
+    embedding_model: str,
+    source: str | None = None,
+    language: str | None = None,
+    course: str | None = None,
+    created_by: UUID | None = None,
+) -> tuple[DocumentRow, bool]:
+    """Insert a document and its chunks atomically; `(existing, False)` if the hash exists."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            """INSERT INTO documents (title, source, language, course, content_hash, content, created_by)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)
+               ON CONFLICT (content_hash) DO NOTHING
+               RETURNING id""",
+            title, source, language, course, content_hash, content, created_by,
+        )
+        if row is None:
+            existing = await get_document_by_hash(conn, content_hash)
+            assert existing is not None
+            return existing, False
+        await conn.executemany(
+            """INSERT INTO chunks (document_id, chunk_index, content, start_char, end_char, token_count,
+                                   heading_path, course, embedding_model, embedding)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::vector)""",
+            [
+                (row["id"], c.chunk_index, c.content, c.start_char, c.end_char, c.token_count,
+                 list(c.heading_path), course, embedding_model, vector_literal(c.embedding))
+                for c in chunks
+            ],
+        )
+        document = await get_document(conn, row["id"])
+        assert document is not None
+        return document, True
+
+
+async def get_document(conn: asyncpg.Connection, document_id: UUID, *, with_content: bool = False) -> DocumentRow | None:
+    extra = ", d.content" if with_content else ""
+    row = await conn.fetchrow(f"SELECT {_DOC_COLUMNS}{extra} FROM documents d WHERE d.id = $1", document_id)
+    return _document(row, with_content) if row else None
+
+
+async def list_documents(
+    conn: asyncpg.Connection, *, course: str | None = None, limit: int = 100, offset: int = 0
+) -> list[DocumentRow]:
+    """Newest first; `course` keeps only that course's documents."""
+    rows = await conn.fetch(
+        f"""SELECT {_DOC_COLUMNS} FROM documents d
+            WHERE ($1::text IS NULL OR d.course = $1)
+            ORDER BY d.created_at DESC, d.id LIMIT $2 OFFSET $3""",
+        course, limit, offset,
+    )
+    return [_document(r) for r in rows]
+
+
+async def delete_document(conn: asyncpg.Connection, document_id: UUID) -> bool:
+    """Delete a document (its chunks go with it); False if there was none."""
+    return await conn.fetchval("DELETE FROM documents WHERE id = $1 RETURNING true", document_id) is not None
+
+
+async def ensure_vector_index(conn: asyncpg.Connection, model: str, dim: int) -> str:
+    """Create the partial HNSW index for `model` if missing; returns its name.
+
+    Building takes a write lock on `chunks` for the duration: call it after a reindex,
+    not on every request.
+    """
+    name = vector_index_name(model)
+    await conn.execute(
+        f"""CREATE INDEX IF NOT EXISTS {name} ON chunks
+            USING hnsw ((embedding::vector({_check_dim(dim)})) vector_cosine_ops)
+            WHERE embedding_model = {_sql_literal(model)}"""
+    )
+    return name
+
+
+def vector_search_sql(model: str, dim: int) -> str:
+    """The nearest-neighbour query, shaped to match the model's partial HNSW index."""
+    vec = f"embedding::vector({_check_dim(dim)})"
+    return f"""
+        SELECT c.id, c.document_id, d.title, c.content, c.heading_path, c.distance
+        FROM (
+            SELECT id, document_id, content, heading_path,
+                   {vec} <=> $1::text::vector({dim}) AS distance
+            FROM chunks
+            WHERE embedding_model = {_sql_literal(model)}
+              AND ($3::text IS NULL OR course = $3 OR course IS NULL)
+            ORDER BY {vec} <=> $1::text::vector({dim})
+            LIMIT $2
+        ) c
+        JOIN documents d ON d.id = c.document_id
+        ORDER BY c.distance"""
+
+
+async def search_vector(
+    conn: asyncpg.Connection,
+    embedding: Sequence[float],
+    *,
+    model: str,
+    dim: int,
+    k: int = 20,
+    course: str | None = None,
+) -> list[ChunkHit]:
+    """The `k` chunks nearest to `embedding` (cosine), score = cosine similarity.
+
+    With a course filter, HNSW iterative scan (pgvector >= 0.8) keeps walking the graph
+    until `k` matching rows are found instead of returning fewer.
+    """
+    if len(embedding) != dim:
+        raise ValueError(f"query embedding has {len(embedding)} dims, model {model} has {dim}")
+    async with conn.transaction():
+        if course is not None:
+            await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        rows = await conn.fetch(vector_search_sql(model, dim), vector_literal(embedding), k, course)
+    return [
+        ChunkHit(r["id"], r["document_id"], r["title"], r["content"], list(r["heading_path"]), 1.0 - r["distance"])
+        for r in rows
+    ]
+
+
+async def search_text(conn: asyncpg.Connection, query: str, *, k: int = 20, course: str | None = None) -> list[ChunkHit]:
+    """Full-text top `k`, any query word counting (OR), ranked by `ts_rank_cd`.
+
+    OR rather than websearch's AND: a student's question rarely has every word in one chunk.
+    """
+    rows = await conn.fetch(
+        f"""WITH q AS (
+                SELECT (string_agg(quote_literal(lexeme), ' | '))::tsquery AS query
+                FROM unnest(to_tsvector('{TS_CONFIG}', $1))
+            )
+            SELECT c.id, c.document_id, d.title, c.content, c.heading_path,
+                   ts_rank_cd(c.tsv, q.query) AS rank
+            FROM q, chunks c JOIN documents d ON d.id = c.document_id
+            WHERE c.tsv @@ q.query
+              AND ($3::text IS NULL OR c.course = $3 OR c.course IS NULL)
+            ORDER BY rank DESC, c.id
+            LIMIT $2""",
+        query, k, course,
+    )
+    return [
+        ChunkHit(r["id"], r["document_id"], r["title"], r["content"], list(r["heading_path"]), float(r["rank"]))
+        for r in rows
+    ]
+
+
+async def chunks_to_embed(conn: asyncpg.Connection, model: str, *, limit: int = 256) -> list[ChunkToEmbed]:
+    """Chunks not yet embedded by `model` (a batch for `reindex`)."""
+    rows = await conn.fetch(
+        """SELECT id, content, heading_path FROM chunks
+           WHERE embedding_model IS DISTINCT FROM $1 OR embedding IS NULL
+           ORDER BY id LIMIT $2""",
+        model, limit,
+    )
+    return [ChunkToEmbed(r["id"], r["content"], list(r["heading_path"])) for r in rows]
+
+
+async def count_chunks_to_embed(conn: asyncpg.Connection, model: str) -> int:
+    return await conn.fetchval(
+        "SELECT count(*) FROM chunks WHERE embedding_model IS DISTINCT FROM $1 OR embedding IS NULL", model
+    )
+
+
+async def update_embeddings(
+    conn: asyncpg.Connection, model: str, embeddings: Sequence[tuple[UUID, Sequence[float]]]
+) -> None:
+    """Store new embeddings made by `model`."""
+    await conn.executemany(
+        "UPDATE chunks SET embedding = $2::text::vector, embedding_model = $3 WHERE id = $1",
+        [(chunk_id, vector_literal(vec), model) for chunk_id, vec in embeddings],
+    )

@@ -1,0 +1,273 @@
+"""The knowledge base on a real PostgreSQL with pgvector: ingest, dedupe, hybrid search,
+course filter, delete, reindex, and the HNSW index actually serving vector queries."""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from rag.embeddings import HashingEmbedder, make_embedder
+from rag.extract import EmptyDocument
+from rag.ingest import ingest_paths
+from rag.retrieval import KnowledgeBase, fuse
+from storage import documents as store
+from storage.db import Database
+from tests.fakellm import FakeLLM
+
+CORPUS = {
+    "Photosynthesis": (
+        "biology",
+        """# Photosynthesis
+
+Plants capture light energy in their chloroplasts. The green pigment chlorophyll absorbs
+mostly red and blue light and reflects green, which is why leaves look green.
+
+## The light reactions
+
+In the thylakoid membranes, light splits water molecules. This releases oxygen as a
+by-product and produces ATP and NADPH, the energy carriers used later.
+
+## The Calvin cycle
+
+In the stroma, the enzyme RuBisCO fixes carbon dioxide from the air. Using ATP and NADPH,
+the cycle builds three-carbon sugars that the plant turns into glucose and starch.
+""",
+    ),
+    "Ohm's law": (
+        "physics",
+        """# Ohm's law
+
+The current through a conductor is proportional to the voltage across it: V = I × R.
+Resistance is measured in ohms.
+
+## Series and parallel circuits
+
+Resistors in series add up: the total resistance is R1 + R2. In parallel, the reciprocals
+add, so the total resistance is smaller than the smallest resistor.
+""",
+    ),
+    "The French Revolution": (
+        "history",
+        """# The French Revolution
+
+The revolution began in 1789 when the Estates-General met at Versailles. On 14 July 1789
+a crowd stormed the Bastille, a royal fortress and prison in Paris.
+
+## The Terror
+
+Between 1793 and 1794 the Committee of Public Safety, led by Robespierre, executed
+thousands of suspected enemies of the revolution by guillotine.
+""",
+    ),
+    "Python virtual environments": (
+        None,
+        """# Virtual environments
+
+Create an isolated environment with `python -m venv .venv` and activate it before you
+install packages with pip. Each project keeps its own dependency versions this way.
+""",
+    ),
+}
+
+
+@pytest.fixture
+async def kb(db: Database) -> KnowledgeBase:
+    return KnowledgeBase(db, HashingEmbedder(), max_tokens=80, overlap_tokens=15)
+
+
+async def ingest_corpus(kb: KnowledgeBase) -> dict[str, store.DocumentRow]:
+    out = {}
+    for title, (course, text) in CORPUS.items():
+        document, created = await kb.ingest_text(title, text, course=course, source=f"{title}.md")
+        assert created
+        out[title] = document
+    return out
+
+
+async def test_ingest_stores_document_and_chunks_and_dedupes(kb: KnowledgeBase, db: Database) -> None:
+    async with db.connection() as conn:
+        user_id = await conn.fetchval("INSERT INTO users (name, role) VALUES ('Mia', 'mentor') RETURNING id")
+    title, (course, text) = "Photosynthesis", CORPUS["Photosynthesis"]
+    document, created = await kb.ingest_text(title, text, course=course, created_by=user_id, language="en")
+    assert created and document.chunk_count >= 3
+    assert (document.title, document.course, document.created_by, document.language) == (title, course, user_id, "en")
+
+    # The same text again, with Windows line ends and trailing spaces: the same document.
+    again, created_again = await kb.ingest_text("Another title", text.replace("\n", "  \r\n"), course="other")
+    assert not created_again and again.id == document.id
+    async with db.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM documents") == 1
+        rows = await conn.fetch(
+            "SELECT chunk_index, content, start_char, end_char, heading_path, course, embedding_model,"
+            " vector_dims(embedding) AS dims FROM chunks ORDER BY chunk_index"
+        )
+        stored = await conn.fetchval("SELECT content FROM documents WHERE id = $1", document.id)
+    assert len(rows) == document.chunk_count
+    for row in rows:
+        assert stored[row["start_char"]:row["end_char"]] == row["content"]
+        assert (row["course"], row["embedding_model"], row["dims"]) == ("biology", "hashing-384-v1", 384)
+    assert ["Photosynthesis", "The Calvin cycle"] in [list(r["heading_path"]) for r in rows]
+
+    listed = await kb.list_documents()
+    assert [d.id for d in listed] == [document.id]
+    assert listed[0].as_dict()["created_by"] == str(user_id)
+    full = await kb.get_document(document.id, with_content=True)
+    assert full is not None and full.content == stored
+
+    # The uploader's account going away keeps the document.
+    async with db.connection() as conn:
+        await conn.execute("DELETE FROM users WHERE id = $1", user_id)
+    kept = await kb.get_document(document.id)
+    assert kept is not None and kept.created_by is None
+
+
+async def test_empty_document_is_refused(kb: KnowledgeBase) -> None:
+    with pytest.raises(EmptyDocument):
+        await kb.ingest_text("Nothing", " \n\x00\n ")
+
+
+async def test_delete_cascades_to_chunks(kb: KnowledgeBase, db: Database) -> None:
+    docs = await ingest_corpus(kb)
+    victim = docs["Ohm's law"]
+    assert await kb.delete(victim.id) is True
+    assert await kb.delete(victim.id) is False
+    async with db.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM chunks WHERE document_id = $1", victim.id) == 0
+        assert await conn.fetchval("SELECT count(*) FROM chunks") > 0
+    assert all(r.document_id != victim.id for r in await kb.search("resistors in series and parallel", k=10))
+
+
+@pytest.mark.parametrize(
+    ("question", "title", "needle"),
+    [
+        ("What does RuBisCO do with carbon dioxide?", "Photosynthesis", "RuBisCO fixes carbon dioxide"),
+        ("why do leaves look green", "Photosynthesis", "chlorophyll absorbs"),
+        ("total resistance of resistors in parallel", "Ohm's law", "In parallel, the reciprocals"),
+        ("when was the Bastille stormed", "The French Revolution", "stormed the Bastille"),
+        ("who led the committee of public safety", "The French Revolution", "Robespierre"),
+        ("how do I make a venv before installing with pip", "Python virtual environments", "python -m venv"),
+    ],
+)
+async def test_hybrid_search_finds_the_right_chunk(kb: KnowledgeBase, question: str, title: str, needle: str) -> None:
+    docs = await ingest_corpus(kb)
+    results = await kb.search(question, k=3)
+    assert results, question
+    best = results[0]
+    assert (best.title, best.document_id) == (title, docs[title].id)
+    assert needle in best.content.replace("\n", " ")
+    assert best.score > 0 and best.similarity is not None
+    assert set(best.as_dict()) >= {"chunk_id", "document_id", "title", "content", "score", "heading_path"}
+
+
+async def test_each_half_of_hybrid_search_contributes(kb: KnowledgeBase, db: Database) -> None:
+    await ingest_corpus(kb)
+    [qv] = await kb.embedder.embed(["photosynthesis light reactions oxygen"])
+    async with db.connection() as conn:
+        vector_hits = await store.search_vector(conn, qv, model=kb.embedder.name, dim=kb.embedder.dim, k=5)
+        text_hits = await store.search_text(conn, "thylakoid", k=5)
+        nothing = await store.search_text(conn, "the of and", k=5)  # only stopwords
+    assert vector_hits and vector_hits[0].heading_path == ["Photosynthesis", "The light reactions"]
+    assert [h.score for h in vector_hits] == sorted((h.score for h in vector_hits), reverse=True)
+    assert len(text_hits) == 1 and "thylakoid" in text_hits[0].content
+    assert nothing == []
+    # A rare exact word is found by full text even when the vector side ranks it low.
+    results = await kb.search("thylakoid", k=1)
+    assert "thylakoid" in results[0].content and results[0].text_rank is not None
+
+
+def test_rrf_fusion_rewards_agreement() -> None:
+    def hit(n: int, score: float) -> store.ChunkHit:
+        return store.ChunkHit(uuid.UUID(int=n), uuid.UUID(int=100), "t", f"c{n}", [], score)
+
+    fused = fuse([hit(1, 0.9), hit(2, 0.8), hit(3, 0.7)], [hit(3, 2.0), hit(4, 1.0)], k=10)
+    assert [r.content for r in fused] == ["c3", "c1", "c2", "c4"]
+    assert fused[0].score == pytest.approx(1 / 63 + 1 / 61)
+    assert (fused[0].similarity, fused[0].text_rank) == (0.7, 2.0)
+    assert fused[3].similarity is None
+
+
+async def test_course_filter(kb: KnowledgeBase) -> None:
+    docs = await ingest_corpus(kb)
+    question = "Bastille 1789 revolution"
+    assert (await kb.search(question, k=1))[0].document_id == docs["The French Revolution"].id
+    in_physics = await kb.search(question, k=10, course="physics")
+    titles = {r.title for r in in_physics}
+    # Only physics and course-less (general) material: never another course's.
+    assert titles <= {"Ohm's law", "Python virtual environments"}
+    assert (await kb.search("voltage current resistance", k=1, course="physics"))[0].title == "Ohm's law"
+    assert {d.title for d in await kb.list_documents(course="history")} == {"The French Revolution"}
+
+
+async def test_reindex_with_another_embedder(kb: KnowledgeBase, db: Database) -> None:
+    docs = await ingest_corpus(kb)
+    async with FakeLLM(embedding_dim=32) as server:
+        other = make_embedder("openai", model="local-embed", dim=32, base_url=server.base_url, batch_size=5)
+        kb2 = KnowledgeBase(db, other)
+        total = await kb2.pending_reindex()
+        assert total > 0
+        # Before reindexing, the new model's vector search sees nothing: only full text answers.
+        assert all(r.similarity is None for r in await kb2.search("Bastille", k=3))
+
+        seen: list[tuple[int, int]] = []
+        assert await kb2.reindex(progress=lambda done, of: seen.append((done, of)), batch=4) == total
+        assert seen[-1] == (total, total)
+        assert await kb2.pending_reindex() == 0
+        async with db.connection() as conn:
+            models = await conn.fetch("SELECT DISTINCT embedding_model, vector_dims(embedding) AS d FROM chunks")
+            index = await conn.fetchval(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = $1", store.vector_index_name(other.name)
+            )
+        assert [(r["embedding_model"], r["d"]) for r in models] == [("openai:local-embed", 32)]
+        assert index is not None and "vector(32)" in index and "openai:local-embed" in index
+
+        results = await kb2.search("Bastille prison Paris", k=3)
+        assert results[0].document_id == docs["The French Revolution"].id
+        assert results[0].similarity is not None
+        # Newly ingested text is embedded by the new model straight away.
+        new_doc, _ = await kb2.ingest_text("Cells", "Cells are the smallest unit of life.")
+        assert await kb2.pending_reindex() == 0 and new_doc.chunk_count == 1
+
+    # Switching back re-embeds everything with the hashing model again.
+    assert await kb.reindex() == total + 1
+
+
+async def test_vector_query_uses_the_hnsw_index(kb: KnowledgeBase, db: Database) -> None:
+    await ingest_corpus(kb)
+    [qv] = await kb.embedder.embed(["light energy in chloroplasts"])
+    sql = store.vector_search_sql(kb.embedder.name, kb.embedder.dim)
+    async with db.transaction() as conn:
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(
+            r[0] for r in await conn.fetch("EXPLAIN " + sql, store.vector_literal(qv), 5, "biology")
+        )
+    assert "chunks_hnsw_hashing_384_v1" in plan, plan
+    # ensure_vector_index is idempotent and names the default index as the migration does.
+    assert await kb.ensure_index() == "chunks_hnsw_hashing_384_v1"
+
+
+async def test_ingest_paths_walks_folders_and_counts(kb: KnowledgeBase, tmp_path: Path) -> None:
+    from tests.test_extract import make_pdf
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "ohm.md").write_text(CORPUS["Ohm's law"][1])
+    (tmp_path / "notes" / "copy-of-ohm.md").write_text(CORPUS["Ohm's law"][1])
+    (tmp_path / "notes" / "page.html").write_text("<h1>Acids</h1><p>Acids have a pH below 7.</p>")
+    (tmp_path / "notes" / "waves.pdf").write_bytes(make_pdf(["Waves", "Sound is a longitudinal wave."]))
+    (tmp_path / "notes" / "empty.txt").write_text("   \n")
+    (tmp_path / "notes" / "image.png").write_bytes(b"\x89PNG")
+    (tmp_path / "notes" / ".hidden.md").write_text("secret")
+    single = tmp_path / "single.txt"
+    single.write_text("Mitochondria make ATP.")
+
+    report = await ingest_paths(kb, [tmp_path / "notes", single], course="science", show_progress=False)
+    assert (report.added, report.duplicates) == (4, 1)
+    assert list(report.failed) == [str(tmp_path / "notes" / "empty.txt")]
+    titles = {d.title: d for d in await kb.list_documents()}
+    assert set(titles) == {"Ohm's law", "Acids", "Waves", "Mitochondria make ATP."}
+    assert all(d.course == "science" for d in titles.values())
+    assert titles["Waves"].source == str(tmp_path / "notes" / "waves.pdf")
+    assert report.chunks == sum(d.chunk_count for d in titles.values())
+    assert (await kb.search("longitudinal sound wave", k=1))[0].title == "Waves"
+    with pytest.raises(FileNotFoundError):
+        await ingest_paths(kb, [tmp_path / "missing"], show_progress=False)
