@@ -245,3 +245,37 @@ async def test_fake_server_embeddings_and_models(llm: FakeLLM) -> None:
     assert math.isclose(sum(x * x for x in a), 1.0, rel_tol=1e-6)
     assert [d.embedding for d in default.data][0] == pytest.approx(a, abs=1e-6)
     assert [m.id for m in models.data] == ["fake-model"]
+
+
+async def test_tutor_flow_prompt_reaches_the_model_and_citations_resolve() -> None:
+    """The way the tutor handler uses these pieces together, end to end over HTTP."""
+    from rag.decide import SentinelFilter, model_cannot_help
+    from rag.prompts import Passage, build_messages, cited_passages, system_prompt
+    from tests.fakellm import echo_passages
+
+    passages = [
+        Passage("c1", "d1", "Light reactions", "Light splits water in the thylakoids.", 0.8),
+        Passage("c2", "d2", "Calvin cycle", "The Calvin cycle fixes carbon dioxide.", 0.7),
+    ]
+    built = build_messages(system_prompt("lesson"), [], passages, "How do plants use light?", 2000)
+    async with FakeLLM(reply=echo_passages) as llm, ChatModel(config(llm)) as model:
+        guard, shown = SentinelFilter(), []
+        async with model.stream(built.messages) as answer:
+            async for delta in answer:
+                shown.append(guard.feed(delta))
+        shown.append(guard.flush())
+        prompt = llm.chat_requests[-1]["messages"][-1]["content"]
+        assert '[1] (chunk c1, "Light reactions")' in prompt
+        assert "Light splits water in the thylakoids." in prompt
+        assert "".join(shown) == answer.result.text == "According to the course material [1] [2]."
+        assert cited_passages(answer.result.text, built.passages) == passages
+        assert not guard.triggered and not model_cannot_help(answer.result.text)
+
+        empty = build_messages(system_prompt("lesson"), [], [], "How do plants use light?", 2000)
+        guard, shown = SentinelFilter(), []
+        async with model.stream(empty.messages) as answer:
+            async for delta in answer:
+                shown.append(guard.feed(delta))
+        shown.append(guard.flush())
+        assert guard.triggered and "".join(shown) == ""  # the student never sees the sentinel
+        assert model_cannot_help(answer.result.text)
