@@ -65,6 +65,7 @@ class LLMConfig:
     backoff_max: float = 8.0
     temperature: float | None = 0.3
     max_tokens: int | None = 800
+    stream_usage: bool = True  # ask for usage in the stream; off for servers that reject it
     prices: Mapping[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
 
     @classmethod
@@ -88,6 +89,7 @@ class LLMConfig:
             max_attempts=int(env.get("STUDYHALL_LLM_MAX_ATTEMPTS", defaults.max_attempts)),
             total_timeout=float(env.get("STUDYHALL_LLM_TOTAL_TIMEOUT", defaults.total_timeout)),
             max_tokens=int(max_tokens) if max_tokens else defaults.max_tokens,
+            stream_usage=env.get("STUDYHALL_LLM_STREAM_USAGE", "1").lower() not in ("0", "false", "no"),
             prices=prices,
         )
 
@@ -304,9 +306,10 @@ class ChatStream:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         deadline = loop.time() + config.total_timeout
-        args = model._request_args(
-            self._messages, stream=True, stream_options={"include_usage": True}
-        )
+        extra: dict[str, Any] = {"stream": True}
+        if config.stream_usage:
+            extra["stream_options"] = {"include_usage": True}
+        args = model._request_args(self._messages, **extra)
         attempt = 0
         parts: list[str] = []
         while True:

@@ -75,6 +75,13 @@ async def test_usage_is_counted_when_the_server_sends_none() -> None:
     assert result.prompt_tokens > count_tokens("You are a tutor.What is photosynthesis?")
 
 
+async def test_stream_usage_can_be_switched_off(llm: FakeLLM) -> None:
+    async with ChatModel(config(llm, stream_usage=False)) as model:
+        deltas, result = await collect(model)
+    assert "stream_options" not in llm.chat_requests[-1]
+    assert "".join(deltas) == REPLY and result.usage_estimated is True
+
+
 async def test_cost_uses_the_price_table(llm: FakeLLM) -> None:
     async with ChatModel(config(llm, prices={"fake-model": (1.0, 4.0)})) as model:
         _, result = await collect(model)
