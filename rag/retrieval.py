@@ -198,11 +198,13 @@ class KnowledgeBase:
         """
         total = await self.pending_reindex()
         done = 0
+        after: UUID | None = None
         while True:
             async with self.db.connection() as conn:
-                todo = await store.chunks_to_embed(conn, self.embedder.name, limit=batch)
+                todo = await store.chunks_to_embed(conn, self.embedder.name, after=after, limit=batch)
             if not todo:
                 break
+            after = todo[-1].id
             vectors = await self._embed([embedding_input(c.heading_path, c.content) for c in todo])
             async with self.db.transaction() as conn:
                 await store.update_embeddings(

@@ -245,8 +245,14 @@ async def search_vector(
     if len(embedding) != dim:
         raise ValueError(f"query embedding has {len(embedding)} dims, model {model} has {dim}")
     async with conn.transaction():
-        if course is not None:
-            await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        # HNSW returns at most ef_search rows; iterative scan exists from pgvector 0.8 on.
+        await conn.execute(
+            """SELECT set_config('hnsw.ef_search', $1, true),
+                      CASE WHEN $2 AND string_to_array(extversion, '.')::int[] >= '{0,8}'
+                           THEN set_config('hnsw.iterative_scan', 'relaxed_order', true) END
+               FROM pg_extension WHERE extname = 'vector'""",
+            str(min(max(40, k), 1000)), course is not None,
+        )
         rows = await conn.fetch(vector_search_sql(model, dim), vector_literal(embedding), k, course)
     return [
         ChunkHit(r["id"], r["document_id"], r["title"], r["content"], list(r["heading_path"]), 1.0 - r["distance"])
@@ -279,13 +285,17 @@ async def search_text(conn: asyncpg.Connection, query: str, *, k: int = 20, cour
     ]
 
 
-async def chunks_to_embed(conn: asyncpg.Connection, model: str, *, limit: int = 256) -> list[ChunkToEmbed]:
-    """Chunks not yet embedded by `model` (a batch for `reindex`)."""
+async def chunks_to_embed(
+    conn: asyncpg.Connection, model: str, *, after: UUID | None = None, limit: int = 256
+) -> list[ChunkToEmbed]:
+    """A batch of chunks not embedded by `model`, in id order after `after` (keyset paging,
+    so a reindex of N chunks reads the table once rather than once per batch)."""
     rows = await conn.fetch(
         """SELECT id, content, heading_path FROM chunks
-           WHERE embedding_model IS DISTINCT FROM $1 OR embedding IS NULL
-           ORDER BY id LIMIT $2""",
-        model, limit,
+           WHERE (embedding_model IS DISTINCT FROM $1 OR embedding IS NULL)
+             AND ($2::uuid IS NULL OR id > $2)
+           ORDER BY id LIMIT $3""",
+        model, after, limit,
     )
     return [ChunkToEmbed(r["id"], r["content"], list(r["heading_path"])) for r in rows]
 

@@ -237,7 +237,7 @@ async def test_vector_query_uses_the_hnsw_index(kb: KnowledgeBase, db: Database)
     [qv] = await kb.embedder.embed(["light energy in chloroplasts"])
     sql = store.vector_search_sql(kb.embedder.name, kb.embedder.dim)
     async with db.transaction() as conn:
-        await conn.execute("SET LOCAL enable_seqscan = off")
+        await conn.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
         plan = "\n".join(
             r[0] for r in await conn.fetch("EXPLAIN " + sql, store.vector_literal(qv), 5, "biology")
         )
@@ -271,3 +271,17 @@ async def test_ingest_paths_walks_folders_and_counts(kb: KnowledgeBase, tmp_path
     assert (await kb.search("longitudinal sound wave", k=1))[0].title == "Waves"
     with pytest.raises(FileNotFoundError):
         await ingest_paths(kb, [tmp_path / "missing"], show_progress=False)
+
+
+async def test_course_filter_still_fills_k_through_the_index(kb: KnowledgeBase, db: Database) -> None:
+    """With a filter, HNSW alone would stop after ef_search rows of other courses; the
+    iterative scan keeps going until k matching rows are found."""
+    many = "\n\n".join(f"# Topic {i}\n\nVoltage and current in circuit number {i}." for i in range(120))
+    await kb.ingest_text("Circuits", many, course="physics")
+    await kb.ingest_text("Poems", "# Odes\n\nAn ode to autumn.\n\n# Sonnets\n\nA sonnet about the sea.", course="poetry")
+    [qv] = await kb.embedder.embed(["voltage and current in a circuit"])
+    async with db.connection() as conn:
+        # Make the planner take the HNSW index (on so few rows it would rather filter and sort).
+        await conn.execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+        hits = await store.search_vector(conn, qv, model=kb.embedder.name, dim=kb.embedder.dim, k=2, course="poetry")
+    assert sorted(h.heading_path[0] for h in hits) == ["Odes", "Sonnets"]

@@ -38,7 +38,6 @@ CREATE TABLE chunks (
 );
 CREATE INDEX chunks_tsv_idx ON chunks USING gin (tsv);
 CREATE INDEX chunks_course_idx ON chunks (course);
-CREATE INDEX chunks_embedding_model_idx ON chunks (embedding_model);
 -- The default embedder (hashing-384-v1). Name and shape must match
 -- storage.documents.vector_index_name / ensure_vector_index.
 CREATE INDEX chunks_hnsw_hashing_384_v1 ON chunks
