@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import os
 import re
 import unicodedata
 from collections import Counter
@@ -166,7 +167,9 @@ class OpenAIEmbedder:
         self.model = model
         self.batch_size = batch_size
         self.max_input_tokens = max_input_tokens
-        self._client = client or openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "unused")
+        # Like the openai client itself, fall back to OPENAI_API_KEY; local servers need none.
+        api_key = api_key or os.environ.get("OPENAI_API_KEY") or "unused"
+        self._client = client or openai.AsyncOpenAI(base_url=base_url, api_key=api_key)
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         vectors: list[list[float]] = []

@@ -60,7 +60,9 @@ def embedding_input(heading_path: list[str], content: str) -> str:
     return " > ".join(heading_path) + "\n\n" + content if heading_path else content
 
 
-def fuse(vector_hits: list[store.ChunkHit], text_hits: list[store.ChunkHit], k: int, rrf_k: int = RRF_K) -> list[SearchResult]:
+def fuse(
+    vector_hits: list[store.ChunkHit], text_hits: list[store.ChunkHit], k: int, rrf_k: int = RRF_K
+) -> list[SearchResult]:
     """Reciprocal rank fusion: score = sum over lists of 1 / (rrf_k + rank)."""
     scores: dict[UUID, float] = {}
     hits: dict[UUID, store.ChunkHit] = {}

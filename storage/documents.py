@@ -171,7 +171,9 @@ async def insert_document(
         return document, True
 
 
-async def get_document(conn: asyncpg.Connection, document_id: UUID, *, with_content: bool = False) -> DocumentRow | None:
+async def get_document(
+    conn: asyncpg.Connection, document_id: UUID, *, with_content: bool = False
+) -> DocumentRow | None:
     extra = ", d.content" if with_content else ""
     row = await conn.fetchrow(f"SELECT {_DOC_COLUMNS}{extra} FROM documents d WHERE d.id = $1", document_id)
     return _document(row, with_content) if row else None
@@ -260,7 +262,9 @@ async def search_vector(
     ]
 
 
-async def search_text(conn: asyncpg.Connection, query: str, *, k: int = 20, course: str | None = None) -> list[ChunkHit]:
+async def search_text(
+    conn: asyncpg.Connection, query: str, *, k: int = 20, course: str | None = None
+) -> list[ChunkHit]:
     """Full-text top `k`, any query word counting (OR), ranked by `ts_rank_cd`.
 
     OR rather than websearch's AND: a student's question rarely has every word in one chunk.

@@ -2,6 +2,7 @@
 course filter, delete, reindex, and the HNSW index actually serving vector queries."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -120,6 +121,16 @@ async def test_ingest_stores_document_and_chunks_and_dedupes(kb: KnowledgeBase, 
         await conn.execute("DELETE FROM users WHERE id = $1", user_id)
     kept = await kb.get_document(document.id)
     assert kept is not None and kept.created_by is None
+
+
+async def test_concurrent_uploads_of_the_same_text_store_one_document(kb: KnowledgeBase, db: Database) -> None:
+    course, text = CORPUS["Ohm's law"]
+    results = await asyncio.gather(*(kb.ingest_text(f"copy {i}", text, course=course) for i in range(4)))
+    assert sorted(created for _, created in results) == [False, False, False, True]
+    assert len({document.id for document, _ in results}) == 1
+    async with db.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM documents") == 1
+        assert await conn.fetchval("SELECT count(*) FROM chunks") == results[0][0].chunk_count
 
 
 async def test_empty_document_is_refused(kb: KnowledgeBase) -> None:
@@ -278,7 +289,8 @@ async def test_course_filter_still_fills_k_through_the_index(kb: KnowledgeBase, 
     iterative scan keeps going until k matching rows are found."""
     many = "\n\n".join(f"# Topic {i}\n\nVoltage and current in circuit number {i}." for i in range(120))
     await kb.ingest_text("Circuits", many, course="physics")
-    await kb.ingest_text("Poems", "# Odes\n\nAn ode to autumn.\n\n# Sonnets\n\nA sonnet about the sea.", course="poetry")
+    poems = "# Odes\n\nAn ode to autumn.\n\n# Sonnets\n\nA sonnet about the sea."
+    await kb.ingest_text("Poems", poems, course="poetry")
     [qv] = await kb.embedder.embed(["voltage and current in a circuit"])
     async with db.connection() as conn:
         # Make the planner take the HNSW index (on so few rows it would rather filter and sort).
