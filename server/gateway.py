@@ -135,13 +135,13 @@ class Gateway:
         state = self.sockets.get(sid)
         if state is None:
             return error_ack("unauthorized", "Not connected.")
+        if not state.bucket.take():
+            self.metrics.event_errors.labels("rate_limited", "socket").inc()
+            return error_ack("rate_limited", "Too many events; slow down.")
         spec = self.specs.get(event)
         if spec is None:
             self.metrics.event_errors.labels("bad_request", "socket").inc()
             return error_ack("bad_request", f"Unknown event {event!r}.")
-        if not state.bucket.take():
-            self.metrics.event_errors.labels("rate_limited", "socket").inc()
-            return error_ack("rate_limited", "Too many events; slow down.")
         async with state.lock:
             return await self._run(spec, state, args)
 

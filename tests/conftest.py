@@ -80,7 +80,7 @@ async def start_instance(base_settings: Settings) -> AsyncIterator[Any]:
     async def start(**overrides: Any) -> Instance:
         settings = base_settings.with_(port=free_port(), **overrides)
         app = create_app(settings)
-        runner = web.AppRunner(app, handle_signals=False)
+        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", settings.port).start()
         runners.append(runner)

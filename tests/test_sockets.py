@@ -17,7 +17,8 @@ async def test_bad_tokens_are_refused_with_unauthorized(api: Api, token) -> None
     sock.client.on("connect_error", lambda data: errors.append(data))
     with pytest.raises(socketio.exceptions.ConnectionError):
         await sock.connect()
-    assert errors and errors[0]["code"] == "unauthorized" and errors[0]["message"]
+    # socket.io-client exposes this as err.message and err.data = {code, message}.
+    assert errors and errors[0]["data"]["code"] == "unauthorized" and errors[0]["data"]["message"]
 
 
 async def test_unknown_event_and_malformed_payloads_keep_the_connection(api: Api) -> None:

@@ -1,0 +1,167 @@
+"""The one message pipeline: every message in Studyhall is written and delivered here.
+
+Thread messages, tutor questions and answers, live-room chat, agent replies and system
+notices all go through `commit_message`: the row is committed with the conversation's
+next seq, and only then is `message:new` fanned out and are the after-commit hooks run
+(the tutor answers, tickets reopen). Who may read or write a conversation depends on its
+kind, through a `KindPolicy`; features register theirs (live rooms do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from uuid import UUID
+
+import asyncpg
+
+from handlers.core import Actor, Core
+from handlers.errors import ApiError
+from handlers.events import conversation_room
+from storage import conversations, messages
+
+log = logging.getLogger(__name__)
+
+AfterCommit = Callable[[Core, dict[str, Any], dict[str, Any]], Awaitable[None]]
+
+
+class KindPolicy(Protocol):
+    """Access rules for one kind of conversation."""
+
+    async def check_read(self, core: Core, conn: asyncpg.Connection, conv: dict[str, Any], actor: Actor) -> None: ...
+
+    async def check_send(self, core: Core, conn: asyncpg.Connection, conv: dict[str, Any], actor: Actor) -> None: ...
+
+    def fans_out_to_members(self, conv: dict[str, Any]) -> bool: ...
+
+
+class MemberPolicy:
+    """Direct, group and tutor conversations: members read and write; others learn nothing."""
+
+    async def check_read(self, core: Core, conn: asyncpg.Connection, conv: dict[str, Any], actor: Actor) -> None:
+        if not conv.get("is_member"):
+            raise ApiError("not_found", "No such conversation.")
+
+    async def check_send(self, core: Core, conn: asyncpg.Connection, conv: dict[str, Any], actor: Actor) -> None:
+        await self.check_read(core, conn, conv, actor)
+
+    def fans_out_to_members(self, conv: dict[str, Any]) -> bool:
+        return True
+
+
+class KeyedLocks:
+    """One asyncio.Lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Any, asyncio.Lock] = {}
+        self._users: dict[Any, int] = defaultdict(int)
+
+    @asynccontextmanager
+    async def hold(self, key: Any) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._users[key] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[key] -= 1
+            if self._users[key] == 0:
+                del self._users[key]
+                self._locks.pop(key, None)
+
+
+@dataclass
+class Pipeline:
+    policies: dict[str, KindPolicy] = field(default_factory=dict)
+    after_commit: list[AfterCommit] = field(default_factory=list)
+    # Per conversation, on this instance: commit and fan-out in seq order.
+    locks: KeyedLocks = field(default_factory=KeyedLocks)
+    # (user_id, conversation_id) -> when `typing: true` was last passed on.
+    typing_sent: dict[tuple[UUID, UUID], float] = field(default_factory=dict)
+
+    def policy(self, kind: str) -> KindPolicy:
+        return self.policies.get(kind) or self.policies["_members"]
+
+
+def install(core: Core) -> Pipeline:
+    pipeline = Pipeline()
+    pipeline.policies["_members"] = MemberPolicy()
+    core.services["pipeline"] = pipeline
+    return pipeline
+
+
+def get_pipeline(core: Core) -> Pipeline:
+    return core.services["pipeline"]
+
+
+async def load_conversation(core: Core, conn: asyncpg.Connection, conversation_id: UUID, actor: Actor, *, send: bool = False) -> dict[str, Any]:
+    """The conversation if the actor may read (or send to) it; `not_found` otherwise."""
+    conv = await conversations.get_with_membership(conn, conversation_id, actor.user_id)
+    if conv is None:
+        raise ApiError("not_found", "No such conversation.")
+    policy = get_pipeline(core).policy(conv["kind"])
+    if send:
+        await policy.check_send(core, conn, conv, actor)
+    else:
+        await policy.check_read(core, conn, conv, actor)
+    return conv
+
+
+async def fan_out(core: Core, conv: dict[str, Any], event: str, data: dict[str, Any], member_ids: list[UUID] | None = None) -> None:
+    """Deliver an event about a conversation to whoever follows it."""
+    if get_pipeline(core).policy(conv["kind"]).fans_out_to_members(conv):
+        if member_ids is None:
+            async with core.db.connection() as conn:
+                member_ids = await conversations.member_ids(conn, conv["id"])
+        await core.events.to_users(member_ids, event, data)
+    else:
+        await core.events.to_rooms([conversation_room(conv["id"])], event, data)
+
+
+async def commit_message(
+    core: Core,
+    conversation_id: UUID,
+    *,
+    sender: Actor | None,
+    role: str,
+    content: str,
+    client_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    check_access: bool = True,
+) -> tuple[dict[str, Any], bool]:
+    """Commit a message with the next seq, then fan it out. Returns (message, duplicate).
+
+    `sender=None` is the system or the AI tutor. A duplicate (retried client_id) is
+    returned as first committed and delivered to nobody again.
+    """
+    pipeline = get_pipeline(core)
+    async with pipeline.locks.hold(conversation_id):
+        async with core.db.connection() as conn:
+            if check_access and sender is not None:
+                conv = await load_conversation(core, conn, conversation_id, sender, send=True)
+            else:
+                conv = await conversations.get(conn, conversation_id)
+                if conv is None:
+                    raise ApiError("not_found", "No such conversation.")
+            message, duplicate = await messages.insert(
+                conn, conversation_id=conversation_id, sender_id=sender.user_id if sender else None,
+                role=role, content=content, client_id=client_id, metadata=metadata,
+            )
+            member_ids = None
+            if not duplicate and pipeline.policy(conv["kind"]).fans_out_to_members(conv):
+                member_ids = await conversations.member_ids(conn, conversation_id)
+        if not duplicate:
+            await fan_out(core, conv, "message:new", {"message": message}, member_ids)
+    if not duplicate:
+        conv["last_seq"] = message["seq"]
+        for hook in pipeline.after_commit:
+            try:
+                await hook(core, conv, message)
+            except Exception:
+                log.exception("after-commit hook failed", extra={"conversation_id": str(conversation_id)})
+    return message, duplicate

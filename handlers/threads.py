@@ -1,0 +1,181 @@
+"""Conversations and messages as clients see them: create, send, edit, delete, typing,
+read markers, history and recovery by seq."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from uuid import UUID
+
+from handlers.core import Actor, Core
+from handlers.errors import ApiError
+from handlers.pipeline import commit_message, fan_out, get_pipeline, load_conversation
+from storage import conversations, messages, users
+
+MAX_GROUP_MEMBERS = 100
+SYNC_PAGE = 200  # messages per conversation in one sync answer; past it, complete: false
+TYPING_EVERY_SECONDS = 2.0
+
+
+def conversation_out(conv: dict[str, Any], members: list[dict[str, Any]], unread: int = 0) -> dict[str, Any]:
+    """The protocol's conversation object."""
+    return {
+        "id": conv["id"], "kind": conv["kind"], "title": conv["title"], "status": conv["status"],
+        "mode": conv["mode"], "members": members, "last_seq": conv["last_seq"], "unread": unread,
+        "context": conv["context"], "created_at": conv["created_at"],
+    }
+
+
+async def describe(core: Core, conversation_id: UUID, user_id: UUID | None = None) -> dict[str, Any]:
+    """A conversation object (unread for `user_id`) read fresh from the database."""
+    async with core.db.connection() as conn:
+        conv = await conversations.get(conn, conversation_id)
+        if conv is None:
+            raise ApiError("not_found", "No such conversation.")
+        members = (await conversations.members(conn, [conversation_id]))[conversation_id]
+        unread = await conversations.unread_count(conn, conversation_id, user_id) if user_id else 0
+    return conversation_out(conv, members, unread)
+
+
+async def announce_conversation(core: Core, conversation_id: UUID, event: str = "conversation:updated") -> dict[str, Any]:
+    """Send a conversation's new state to its members (each gets it without per-user unread)."""
+    conv = await describe(core, conversation_id)
+    await core.events.to_users([m["id"] for m in conv["members"]], event, {"conversation": conv})
+    return conv
+
+
+async def create(core: Core, actor: Actor, *, kind: str, member_ids: list[UUID], title: str | None) -> dict[str, Any]:
+    if actor.role == "guest":
+        raise ApiError("forbidden", "Guests cannot start threads; sign up first.")
+    others = [m for m in dict.fromkeys(member_ids) if m != actor.user_id]
+    if kind == "direct" and len(others) != 1:
+        raise ApiError("bad_request", "A direct conversation has exactly one other member.")
+    if kind == "group" and not 1 <= len(others) <= MAX_GROUP_MEMBERS - 1:
+        raise ApiError("bad_request", f"A group has 2 to {MAX_GROUP_MEMBERS} members.")
+    everyone = [actor.user_id, *others]
+    direct_key = ":".join(sorted(str(u) for u in everyone)) if kind == "direct" else None
+    async with core.db.transaction() as conn:
+        found = await users.get_users(conn, others)
+        if len(found) != len(others):
+            raise ApiError("bad_request", "Some member_ids are not users.")
+        conv = await conversations.insert_conversation(conn, kind=kind, title=title, created_by=actor.user_id, direct_key=direct_key)
+        created = conv is not None
+        if conv is None:
+            assert direct_key is not None
+            conv = await conversations.get_by_direct_key(conn, direct_key)
+            assert conv is not None
+        else:
+            await conversations.add_members(conn, conv["id"], everyone)
+    out = await describe(core, conv["id"], actor.user_id)
+    if created:
+        await core.events.to_users(everyone, "conversation:new", {"conversation": {**out, "unread": 0}})
+    return {"conversation": out}
+
+
+async def list_mine(core: Core, actor: Actor) -> dict[str, Any]:
+    async with core.db.connection() as conn:
+        rows = await conversations.list_for_user(conn, actor.user_id)
+        members = await conversations.members(conn, [r["id"] for r in rows])
+    return {"conversations": [conversation_out(r, members[r["id"]], r["unread"]) for r in rows]}
+
+
+async def send(core: Core, actor: Actor, *, conversation_id: UUID, content: str, client_id: str) -> dict[str, Any]:
+    async with core.db.connection() as conn:
+        conv = await load_conversation(core, conn, conversation_id, actor, send=True)
+    role = "agent" if actor.is_staff and conv["kind"] == "tutor" else "user"
+    message, _ = await commit_message(core, conversation_id, sender=actor, role=role, content=content, client_id=client_id)
+    return {"message": message}
+
+
+async def _own_message(core: Core, actor: Actor, message_id: UUID, *, staff_may: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    async with core.db.connection() as conn:
+        msg = await messages.get(conn, message_id)
+        if msg is None:
+            raise ApiError("not_found", "No such message.")
+        conv = await load_conversation(core, conn, msg["conversation_id"], actor)
+    if msg["sender_id"] != actor.user_id and not (staff_may and actor.is_staff):
+        raise ApiError("forbidden", "Only the sender may change this message.")
+    if msg["deleted"]:
+        raise ApiError("conflict", "This message was deleted.")
+    return msg, conv
+
+
+async def edit(core: Core, actor: Actor, *, message_id: UUID, content: str) -> dict[str, Any]:
+    _, conv = await _own_message(core, actor, message_id, staff_may=False)
+    async with core.db.connection() as conn:
+        msg = await messages.edit(conn, message_id, content)
+    if msg is None:
+        raise ApiError("conflict", "This message was deleted.")
+    await fan_out(core, conv, "message:updated", {"message": msg})
+    return {"message": msg}
+
+
+async def delete(core: Core, actor: Actor, *, message_id: UUID) -> dict[str, Any]:
+    _, conv = await _own_message(core, actor, message_id, staff_may=True)
+    async with core.db.connection() as conn:
+        msg = await messages.soft_delete(conn, message_id)
+    assert msg is not None
+    await fan_out(core, conv, "message:updated", {"message": msg})
+    return {"message": msg}
+
+
+async def typing(core: Core, actor: Actor, *, conversation_id: UUID, is_typing: bool) -> dict[str, Any]:
+    """Never stored. `typing: true` is passed on at most every 2 s per user and conversation."""
+    async with core.db.connection() as conn:
+        conv = await load_conversation(core, conn, conversation_id, actor, send=True)
+    throttle = get_pipeline(core).typing_sent
+    key = (actor.user_id, conversation_id)
+    now = time.monotonic()
+    if is_typing and now - throttle.get(key, 0.0) < TYPING_EVERY_SECONDS:
+        return {}
+    if is_typing:
+        throttle[key] = now
+    else:
+        throttle.pop(key, None)
+    data = {"conversation_id": conversation_id, "user_id": actor.user_id, "typing": is_typing}
+    await _to_others(core, conv, actor, "typing", data)
+    return {}
+
+
+async def _to_others(core: Core, conv: dict[str, Any], actor: Actor, event: str, data: dict[str, Any]) -> None:
+    async with core.db.connection() as conn:
+        member_ids = await conversations.member_ids(conn, conv["id"])
+    if conv["kind"] == "room":
+        await fan_out(core, conv, event, data)
+    else:
+        await core.events.to_users([m for m in member_ids if m != actor.user_id], event, data)
+
+
+async def read(core: Core, actor: Actor, *, conversation_id: UUID, seq: int) -> dict[str, Any]:
+    async with core.db.connection() as conn:
+        conv = await load_conversation(core, conn, conversation_id, actor)
+        marker = await conversations.set_read(conn, conversation_id, actor.user_id, seq)
+    if marker is None:  # a live-room participant who is not a stored member: nothing to keep
+        return {}
+    await _to_others(core, conv, actor, "read", {"conversation_id": conversation_id, "user_id": actor.user_id, "seq": marker})
+    return {}
+
+
+async def history(core: Core, actor: Actor, *, conversation_id: UUID, before_seq: int | None, limit: int) -> dict[str, Any]:
+    async with core.db.connection() as conn:
+        await load_conversation(core, conn, conversation_id, actor)
+        msgs, has_more = await messages.history(conn, conversation_id, before_seq=before_seq, limit=limit)
+    return {"messages": msgs, "has_more": has_more}
+
+
+async def sync(core: Core, actor: Actor, *, since: dict[UUID, int]) -> dict[str, Any]:
+    """What the client missed, per conversation it may read; others are left out silently."""
+    readable: dict[UUID, int] = {}
+    async with core.db.connection() as conn:
+        for conversation_id, last_seq in since.items():
+            try:
+                await load_conversation(core, conn, conversation_id, actor)
+            except ApiError:
+                continue
+            readable[conversation_id] = last_seq
+        found = await messages.since(conn, readable, limit=SYNC_PAGE)
+    return {
+        "conversations": {
+            str(cid): {"messages": msgs, "complete": complete} for cid, (msgs, complete) in found.items()
+        }
+    }
