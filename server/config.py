@@ -90,6 +90,9 @@ class Settings:
     embedding_model: str = "text-embedding-3-small"
     embedding_base_url: str | None = None
     embedding_api_key: str | None = None
+    embedding_dim: int | None = None
+    tutor_history_messages: int = 12
+    tutor_prompt_budget_tokens: int = 3000
 
     # Live rooms and tickets
     room_host_grace_seconds: float = 120.0
@@ -131,6 +134,9 @@ class Settings:
             embedding_model=e.get("STUDYHALL_EMBEDDING_MODEL") or d.embedding_model,
             embedding_base_url=e.get("STUDYHALL_EMBEDDING_BASE_URL") or None,
             embedding_api_key=e.get("STUDYHALL_EMBEDDING_API_KEY") or None,
+            embedding_dim=_int(e, "STUDYHALL_EMBEDDING_DIM", 0) or None,
+            tutor_history_messages=_int(e, "STUDYHALL_TUTOR_HISTORY", d.tutor_history_messages),
+            tutor_prompt_budget_tokens=_int(e, "STUDYHALL_TUTOR_PROMPT_BUDGET", d.tutor_prompt_budget_tokens),
             room_host_grace_seconds=_float(e, "STUDYHALL_ROOM_HOST_GRACE", d.room_host_grace_seconds),
             room_leave_grace_seconds=_float(e, "STUDYHALL_ROOM_LEAVE_GRACE", d.room_leave_grace_seconds),
             ticket_auto_assign=_bool(e, "STUDYHALL_TICKET_AUTO_ASSIGN", d.ticket_auto_assign),
