@@ -83,9 +83,9 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
         async with db.connection() as conn:
             await connections.register_instance(conn, core.instance_id)
         yield
-        await core.cancel_background()
         for sid in gateway.local_sids():
             await sio.disconnect(sid, ignore_queue=True)
+        await core.cancel_background()
         async with db.connection() as conn:
             await connections.remove_instance(conn, core.instance_id)
         await db.close()

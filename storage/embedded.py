@@ -67,12 +67,30 @@ class EmbeddedPostgres:
     port: int = 5432
     listen_tcp: bool = False
     _runner: pwd.struct_passwd | None = None
+    _bin: Path | None = None
     _socket_dir: Path | None = None
     _started_here: bool = False
 
     @property
     def pgdata(self) -> Path:
         return self.data_dir / "pgdata"
+
+    @property
+    def bin(self) -> Path:
+        return self._bin or _bin_dir()
+
+    def _reachable_binaries(self) -> Path:
+        """The server binaries, copied next to the data when the system user cannot reach
+        the installed ones (a virtualenv under /root, say) rather than opening up /root."""
+        installed = _bin_dir()
+        if _traversable_by_others(installed):
+            return installed
+        copy = self.data_dir / "pginstall"
+        if not (copy / "bin" / "postgres").exists():
+            log.info("copying PostgreSQL binaries where the postgres user can run them", extra={"to": str(copy)})
+            shutil.copytree(installed.parent, copy, symlinks=True, dirs_exist_ok=True)
+            os.chmod(copy, 0o755)
+        return copy / "bin"
 
     def _run(self, args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         user = self._runner.pw_name if self._runner else None
@@ -82,14 +100,13 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             self._runner = _ensure_system_user()
-            for path in (self.data_dir, _bin_dir()):
-                if not _traversable_by_others(path):
-                    raise RuntimeError(
-                        f"The embedded PostgreSQL runs as the system user {SYSTEM_USER!r}, which cannot "
-                        f"reach {path}. Set STUDYHALL_DATA_DIR to a folder outside private home "
-                        "directories (e.g. /var/lib/studyhall) and install Studyhall in a "
-                        "virtual environment there too, or set DATABASE_URL."
-                    )
+            if not _traversable_by_others(self.data_dir):
+                raise RuntimeError(
+                    f"The embedded PostgreSQL runs as the system user {SYSTEM_USER!r}, which cannot "
+                    f"reach {self.data_dir}. Set STUDYHALL_DATA_DIR to a folder outside private home "
+                    "directories (the default for root is /var/lib/studyhall), or set DATABASE_URL."
+                )
+            self._bin = self._reachable_binaries()
         sock = self.data_dir / "run"
         if len(str(sock / ".s.PGSQL.00000")) > _MAX_SOCKET_PATH:
             sock = Path(tempfile.mkdtemp(prefix="studyhall-pg-"))
@@ -108,7 +125,7 @@ class EmbeddedPostgres:
         log.info("initialising embedded PostgreSQL", extra={"pgdata": str(self.pgdata)})
         self._run(
             [
-                str(_bin_dir() / "initdb"),
+                str(self.bin / "initdb"),
                 "-D", str(self.pgdata),
                 "--auth=trust",
                 "--encoding=UTF8",
@@ -119,7 +136,7 @@ class EmbeddedPostgres:
 
     def _is_running(self) -> bool:
         try:
-            self._run([str(_bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "status"])
+            self._run([str(self.bin / "pg_ctl"), "-D", str(self.pgdata), "status"])
             return True
         except subprocess.CalledProcessError:
             return False
@@ -138,7 +155,7 @@ class EmbeddedPostgres:
                 os.chown(log_file, self._runner.pw_uid, self._runner.pw_gid)
             try:
                 self._run(
-                    [str(_bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60",
+                    [str(self.bin / "pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60",
                      "-l", str(log_file), "-o", opts, "start"]
                 )
             except subprocess.CalledProcessError as exc:
@@ -157,7 +174,7 @@ class EmbeddedPostgres:
         if not self._started_here:
             return
         try:
-            self._run([str(_bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"])
+            self._run([str(self.bin / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"])
         except subprocess.CalledProcessError as exc:
             log.warning("embedded PostgreSQL did not stop cleanly: %s", exc.stderr)
         self._started_here = False
