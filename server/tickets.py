@@ -1,9 +1,138 @@
-"""Transport for the tickets feature (routes and Socket.IO events)."""
+"""Transport for support tickets: agent events, the queue's HTTP routes, the SLA watcher."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+from uuid import UUID
+
 from aiohttp import web
+from pydantic import Field
+
+from handlers import tickets_queue
+from handlers.core import Actor, Core
+from handlers.errors import ApiError
+from handlers.pipeline import get_pipeline
+from handlers.tickets import TicketService
+from server.gateway import EventSpec, Gateway
+from server.http import core_of, query_int, require_actor
+from server.jsonutil import json_response
+from server.keys import CORE
+from server.validation import Content, Payload
+
+STAFF = frozenset({"agent", "admin"})
+STAFF_ROLES = ("agent", "admin")
+Reason = Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class TicketRef(Payload):
+    ticket_id: UUID
+
+
+class CreateTicket(Payload):
+    conversation_id: UUID
+    reason: Reason
+    priority: Literal["low", "normal", "high", "urgent"] | None = None
+    category: Annotated[str, Field(min_length=1, max_length=50)] | None = None
+
+
+class Note(Payload):
+    ticket_id: UUID
+    content: Content
+
+
+class Transfer(Payload):
+    ticket_id: UUID
+    agent_id: UUID
+
+
+class Resolve(Payload):
+    ticket_id: UUID
+    resolution: Annotated[str, Field(max_length=4000)] | None = None
+    handback: Literal["ai", "close"]
+
+
+def _service(core: Core) -> TicketService:
+    return core.services["tickets"]
+
+
+async def on_create(core: Core, actor: Actor, p: CreateTicket) -> dict:
+    ticket = await _service(core).escalate(
+        core, conversation_id=p.conversation_id, reason=p.reason, escalated_by=actor, source="staff",
+        category=p.category, priority=p.priority,
+    )
+    return {"ticket": ticket}
+
+
+async def on_claim(core: Core, actor: Actor, p: TicketRef) -> dict:
+    return await _service(core).claim(core, actor, p.ticket_id)
+
+
+async def on_note(core: Core, actor: Actor, p: Note) -> dict:
+    return await _service(core).add_note(core, actor, p.ticket_id, p.content)
+
+
+async def on_transfer(core: Core, actor: Actor, p: Transfer) -> dict:
+    return await _service(core).transfer(core, actor, p.ticket_id, p.agent_id)
+
+
+async def on_resolve(core: Core, actor: Actor, p: Resolve) -> dict:
+    resolution = p.resolution.strip() if p.resolution and p.resolution.strip() else None
+    return await _service(core).resolve(core, actor, p.ticket_id, resolution=resolution, handback=p.handback)
+
+
+EVENTS = [
+    EventSpec("ticket:create", on_create, CreateTicket, roles=STAFF),
+    EventSpec("ticket:claim", on_claim, TicketRef, roles=STAFF),
+    EventSpec("ticket:note", on_note, Note, roles=STAFF),
+    EventSpec("ticket:transfer", on_transfer, Transfer, roles=STAFF),
+    EventSpec("ticket:resolve", on_resolve, Resolve, roles=STAFF),
+]
+
+
+async def list_tickets(request: web.Request) -> web.Response:
+    actor = await require_actor(request, roles=STAFF_ROLES)
+    limit = query_int(request, "limit", 100, lo=1, hi=500)
+    assert limit is not None
+    result = await tickets_queue.list_queue(
+        core_of(request), actor, status=request.query.get("status"), assigned=request.query.get("assigned"), limit=limit
+    )
+    return json_response(result)
+
+
+async def get_ticket(request: web.Request) -> web.Response:
+    await require_actor(request, roles=STAFF_ROLES)
+    try:
+        ticket_id = UUID(request.match_info["id"])
+    except ValueError:
+        raise ApiError("not_found", "No such ticket.") from None
+    return json_response(await tickets_queue.detail(core_of(request), ticket_id))
+
+
+async def list_priorities(request: web.Request) -> web.Response:
+    await require_actor(request, roles=STAFF_ROLES)
+    return json_response(await tickets_queue.priorities(core_of(request)))
+
+
+async def _watch_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(tickets_queue.watch(app[CORE]))
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def setup(app: web.Application) -> None:
-    """Add routes; called by the app factory before startup."""
+    """Routes and the SLA/auto-assignment watcher (its ctx runs after the core's)."""
+    app.router.add_get("/api/tickets", list_tickets)
+    app.router.add_get("/api/ticket-priorities", list_priorities)
+    app.router.add_get("/api/tickets/{id}", get_ticket)
+    app.cleanup_ctx.append(_watch_ctx)
+
+
+def bind(app: web.Application, core: Core, gateway: Gateway) -> None:
+    service = TicketService()
+    core.services["tickets"] = service
+    gateway.add_events(EVENTS)
+    get_pipeline(core).after_commit.append(service.reopen_after_close)
+    gateway.on_connect.append(tickets_queue.agent_connected)
