@@ -1,9 +1,172 @@
-"""Transport for the rooms feature (routes and Socket.IO events)."""
+"""Transport for live rooms: HTTP routes for sessions and favorites, Socket.IO room events."""
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
 from aiohttp import web
+from pydantic import Field
+
+from handlers import rooms, rooms_live
+from handlers.core import Actor, Core
+from handlers.errors import ApiError
+from handlers.pipeline import get_pipeline
+from server.gateway import EventSpec, Gateway
+from server.http import core_of, query_int, read_json, require_actor
+from server.jsonutil import json_response
+from server.keys import SIO
+from server.validation import Payload, Title
+
+SessionType = Annotated[str, Field(min_length=1, max_length=50)]
+
+
+class CreateSession(Payload):
+    title: Title
+    max_participants: Annotated[int, Field(ge=1, le=10_000)]
+    scheduled_start_time: datetime | None = None
+    type: SessionType = "lecture"
+    is_featured: bool = False
+
+
+class FavoriteBody(Payload):
+    user_id: UUID
+    notify_when_online: bool = True
+
+
+class RoomRef(Payload):
+    live_session_id: UUID
+
+
+class Hand(Payload):
+    live_session_id: UUID
+    raised: bool
+
+
+class Moderate(Payload):
+    live_session_id: UUID
+    user_id: UUID
+    action: Literal["mute", "unmute", "kick", "ban"]
+
+
+# --- Socket.IO ----------------------------------------------------------------------
+
+async def on_join(core: Core, actor: Actor, p: RoomRef) -> dict:
+    return await rooms_live.join(core, actor, p.live_session_id)
+
+
+async def on_leave(core: Core, actor: Actor, p: RoomRef) -> dict:
+    return await rooms_live.leave(core, actor, p.live_session_id)
+
+
+async def on_hand(core: Core, actor: Actor, p: Hand) -> dict:
+    return await rooms_live.hand(core, actor, p.live_session_id, p.raised)
+
+
+async def on_moderate(core: Core, actor: Actor, p: Moderate) -> dict:
+    return await rooms_live.moderate(core, actor, p.live_session_id, p.user_id, p.action)
+
+
+EVENTS = [
+    EventSpec("room:join", on_join, RoomRef),
+    EventSpec("room:leave", on_leave, RoomRef),
+    EventSpec("room:hand", on_hand, Hand),
+    EventSpec("room:moderate", on_moderate, Moderate),
+]
+
+
+# --- HTTP ---------------------------------------------------------------------------
+
+def _uuid(request: web.Request, key: str, what: str) -> UUID:
+    try:
+        return UUID(request.match_info[key])
+    except ValueError:
+        raise ApiError("not_found", f"No such {what}.") from None
+
+
+async def create_session(request: web.Request) -> web.Response:
+    actor = await require_actor(request, roles=rooms.CREATOR_ROLES)
+    body = await read_json(request, CreateSession)
+    result = await rooms.create(
+        core_of(request), actor, title=body.title, type=body.type, scheduled_start_time=body.scheduled_start_time,
+        max_participants=body.max_participants, is_featured=body.is_featured,
+    )
+    return json_response(result, status=201)
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    actor = await require_actor(request)
+    host_raw = request.query.get("host_id")
+    try:
+        host_id = UUID(host_raw) if host_raw else None
+    except ValueError:
+        raise ApiError("bad_request", "host_id must be a UUID.") from None
+    limit = query_int(request, "limit", 100, lo=1, hi=500)
+    assert limit is not None
+    status = request.query.get("status") or None
+    return json_response(await rooms.list_sessions(core_of(request), actor, status=status, host_id=host_id, limit=limit))
+
+
+async def get_session(request: web.Request) -> web.Response:
+    actor = await require_actor(request)
+    return json_response(await rooms.get(core_of(request), actor, _uuid(request, "id", "live session")))
+
+
+def _status_route(action: str):  # type: ignore[no-untyped-def]
+    async def route(request: web.Request) -> web.Response:
+        actor = await require_actor(request)
+        session_id = _uuid(request, "id", "live session")
+        return json_response(await rooms.change_status(core_of(request), actor, session_id, action))
+
+    route.__name__ = f"{action}_session"
+    return route
+
+
+async def add_favorite(request: web.Request) -> web.Response:
+    actor = await require_actor(request)
+    body = await read_json(request, FavoriteBody)
+    result = await rooms.favorite(core_of(request), actor, user_id=body.user_id, notify_when_online=body.notify_when_online)
+    return json_response(result, status=201)
+
+
+async def remove_favorite(request: web.Request) -> web.Response:
+    actor = await require_actor(request)
+    await rooms.unfavorite(core_of(request), actor, user_id=_uuid(request, "user_id", "favorite"))
+    return web.Response(status=204)
+
+
+async def list_favorites(request: web.Request) -> web.Response:
+    actor = await require_actor(request)
+    return json_response(await rooms.list_favorites(core_of(request), actor))
 
 
 def setup(app: web.Application) -> None:
     """Add routes; called by the app factory before startup."""
+    app.router.add_post("/api/live-sessions", create_session)
+    app.router.add_get("/api/live-sessions", list_sessions)
+    app.router.add_get("/api/live-sessions/{id}", get_session)
+    for action in rooms.TRANSITIONS:
+        app.router.add_post(f"/api/live-sessions/{{id}}/{action}", _status_route(action))
+    app.router.add_post("/api/favorites", add_favorite)
+    app.router.add_get("/api/favorites", list_favorites)
+    app.router.add_delete("/api/favorites/{user_id}", remove_favorite)
+
+
+def bind(app: web.Application, core: Core, gateway: Gateway) -> None:
+    """Room chat policy, events, connect/disconnect hooks, and the sweeper."""
+    sio = app[SIO]
+
+    async def enter_socket(sid: str, room: str) -> None:
+        if sid in gateway.sockets:
+            await sio.enter_room(sid, room)
+
+    async def close_socket_room(room: str) -> None:
+        await sio.close_room(room)
+
+    core.services["rooms"] = rooms.RoomService(enter_socket=enter_socket, close_socket_room=close_socket_room)
+    get_pipeline(core).policies["room"] = rooms_live.RoomPolicy()
+    gateway.add_events(EVENTS)
+    gateway.on_connect.append(rooms_live.socket_connected)
+    gateway.on_disconnect.append(rooms_live.socket_disconnected)
+    core.spawn(rooms_live.sweep_forever(core), name="room-sweeper")

@@ -1,0 +1,271 @@
+"""Inside a live room: join, leave, hands, moderation, the chat policy, and seats freed
+when people go away.
+
+A room place belongs to a user, not to a socket: joining from one tab puts every socket
+of that user (on every instance, and any tab opened later) into the room's chat, and the
+user takes one seat however many tabs they have. Leaving from any tab leaves for all of
+them. The place is freed when the user leaves, is kicked or banned, the room ends, or the
+user has had no socket anywhere for `room_leave_grace_seconds`.
+
+Seats: the host never takes one (a full room cannot lock its host out), everyone else
+does; `current_participants` counts present users other than the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from handlers import rooms as sessions
+from handlers.core import Actor, Core
+from handlers.errors import ApiError
+from handlers.events import conversation_room
+from storage import audit, connections, messages, rooms, users
+
+log = logging.getLogger(__name__)
+
+RECENT_MESSAGES = 50
+MODERATION_ACTIONS = {"mute": "muted", "unmute": "unmuted", "kick": "kicked", "ban": "banned"}
+# Timers fire a little after the grace so the database clock has certainly passed it.
+TIMER_SLACK_SECONDS = 0.05
+
+
+class RoomPolicy:
+    """Room chat: read and write while joined (not kicked or banned); writes only while the
+    room is live and the sender is not muted. The host and admins may always read, and
+    write while live. Messages go to the sockets in the room, not to stored members."""
+
+    async def _state(self, conn: asyncpg.Connection, conv: dict[str, Any], actor: Actor) -> dict[str, Any]:
+        state = await rooms.session_for_conversation(conn, conv["id"], actor.user_id)
+        if state is None:
+            raise ApiError("not_found", "No such conversation.")
+        return state
+
+    async def check_read(self, core: Core, conn: asyncpg.Connection, conv: dict[str, Any], actor: Actor) -> None:
+        state = await self._state(conn, conv, actor)
+        if sessions.may_moderate(actor, state):
+            return
+        if state["banned"]:
+            raise ApiError("forbidden", "You are banned from this room.")
+        if not state["present"]:
+            raise ApiError("forbidden", "Join the room to read its chat.")
+
+    async def check_send(self, core: Core, conn: asyncpg.Connection, conv: dict[str, Any], actor: Actor) -> None:
+        state = await self._state(conn, conv, actor)
+        if state["status"] != "live":
+            raise ApiError("not_live", f"The room is {state['status']}.")
+        if sessions.may_moderate(actor, state):
+            return
+        if state["banned"]:
+            raise ApiError("forbidden", "You are banned from this room.")
+        if not state["present"]:
+            raise ApiError("forbidden", "Join the room to chat.")
+        if state["muted"]:
+            raise ApiError("forbidden", "You are muted in this room.")
+
+    def fans_out_to_members(self, conv: dict[str, Any]) -> bool:
+        return False
+
+
+async def _announce(core: Core, session: dict[str, Any], user: dict[str, Any], action: str) -> None:
+    await core.events.to_rooms(
+        sessions.audience(session), "room:participant", {"live_session_id": session["id"], "user": user, "action": action}
+    )
+
+
+async def join(core: Core, actor: Actor, session_id: UUID) -> dict[str, Any]:
+    """Take a seat (or find the one already held) under the session row lock."""
+    async with core.db.transaction() as conn:
+        locked = await rooms.lock_session(conn, session_id)
+        if locked is None:
+            raise ApiError("not_found", "No such live session.")
+        if locked["status"] != "live":
+            raise ApiError("not_live", f"The room is {locked['status']}.")
+        place = await rooms.get_participant(conn, session_id, actor.user_id)
+        if place is not None and place["banned"]:
+            raise ApiError("forbidden", "You are banned from this room.")
+        arrived = place is None or place["left_at"] is not None
+        if arrived:
+            if actor.user_id != locked["host_id"]:
+                taken = await rooms.count_present(conn, session_id, locked["host_id"])
+                if taken >= locked["max_participants"]:
+                    raise ApiError("room_full", "The room is full.")
+            await rooms.enter(conn, session_id, actor.user_id)
+        else:
+            await rooms.mark_back(conn, session_id, actor.user_id)
+    # Enter the chat before reading recent messages: anything committed after the read is
+    # fanned out after it, to sockets that are already in the room. No gap.
+    await core.events.join_user_sockets(actor.user_id, conversation_room(locked["conversation_id"]))
+    async with core.db.connection() as conn:
+        row = await rooms.get_session(conn, session_id)
+        present = await rooms.participants(conn, session_id)
+        recent = await messages.recent(conn, locked["conversation_id"], RECENT_MESSAGES)
+    assert row is not None
+    if arrived:
+        me = next((p for p in present if p["id"] == actor.user_id), None)
+        if me is not None:
+            await _announce(core, row, me, "joined")
+        sessions.schedule_update(core, session_id)
+    return {"live_session": sessions.session_out(row), "participants": present, "messages": recent}
+
+
+async def _seat_freed(core: Core, session_id: UUID, user_id: UUID, action: str, *, remove_sockets: bool) -> None:
+    """Tell the room someone is gone; take their sockets out of its chat."""
+    async with core.db.connection() as conn:
+        row = await rooms.get_session(conn, session_id)
+        user = await rooms.participant_out(conn, session_id, user_id)
+    if row is None or user is None:
+        return
+    await _announce(core, row, user, action)
+    if remove_sockets:
+        await core.events.leave_user_sockets(user_id, conversation_room(row["conversation_id"]))
+    sessions.schedule_update(core, session_id)
+
+
+async def leave(core: Core, actor: Actor, session_id: UUID) -> dict[str, Any]:
+    await sessions.load(core, session_id)
+    async with core.db.connection() as conn:
+        left = await rooms.leave(conn, session_id, actor.user_id)
+    if left:
+        await _seat_freed(core, session_id, actor.user_id, "left", remove_sockets=True)
+    return {}
+
+
+async def hand(core: Core, actor: Actor, session_id: UUID, raised: bool) -> dict[str, Any]:
+    session = await sessions.load(core, session_id)
+    if session["status"] != "live":
+        raise ApiError("not_live", f"The room is {session['status']}.")
+    async with core.db.transaction() as conn:
+        changed = await rooms.set_flag(conn, session_id, actor.user_id, "hand_raised", raised, present_only=True)
+        user = await rooms.participant_out(conn, session_id, actor.user_id)
+    if changed is None:
+        raise ApiError("forbidden", "Join the room first.")
+    if changed and user is not None:
+        await _announce(core, session, user, "hand_raised" if raised else "hand_lowered")
+    return {}
+
+
+async def moderate(core: Core, actor: Actor, session_id: UUID, user_id: UUID, action: str) -> dict[str, Any]:
+    """mute | unmute | kick | ban, by the host or an admin. A kicked user may rejoin; a banned one may not."""
+    async with core.db.transaction() as conn:
+        locked = await rooms.lock_session(conn, session_id)
+        if locked is None:
+            raise ApiError("not_found", "No such live session.")
+        if not sessions.may_moderate(actor, locked):
+            raise ApiError("forbidden", "Only the host or an admin may moderate this room.")
+        if locked["status"] != "live":
+            raise ApiError("not_live", f"The room is {locked['status']}.")
+        if user_id == locked["host_id"] or user_id == actor.user_id:
+            raise ApiError("forbidden", "The host cannot be moderated.")
+        changed: bool | None
+        if action in ("mute", "unmute"):
+            changed = await rooms.set_flag(conn, session_id, user_id, "muted", action == "mute", present_only=False)
+            if changed is None:
+                raise ApiError("not_found", "That user has not been in this room.")
+        elif action == "kick":
+            changed = await rooms.kick(conn, session_id, user_id)
+            if not changed:
+                raise ApiError("not_found", "That user is not in this room.")
+        else:
+            if await users.get_user(conn, user_id) is None:
+                raise ApiError("not_found", "No such user.")
+            changed = await rooms.ban(conn, session_id, user_id)
+        await audit.record(
+            conn, f"room.{action}", actor_id=actor.user_id, target_type="user", target_id=user_id,
+            details={"live_session_id": str(session_id)},
+        )
+    verb = MODERATION_ACTIONS[action]
+    if action in ("mute", "unmute"):
+        if changed:
+            async with core.db.connection() as conn:
+                row = await rooms.get_session(conn, session_id)
+                user = await rooms.participant_out(conn, session_id, user_id)
+            if row is not None and user is not None:
+                await _announce(core, row, user, verb)
+    elif action == "kick" or changed:  # a ban of someone present removes them like a kick
+        await _seat_freed(core, session_id, user_id, verb, remove_sockets=True)
+    else:  # banned before ever joining, or after leaving: tell the room, no seat changes
+        async with core.db.connection() as conn:
+            row = await rooms.get_session(conn, session_id)
+            user = await rooms.participant_out(conn, session_id, user_id)
+        if row is not None and user is not None:
+            await _announce(core, row, user, verb)
+    return {}
+
+
+# --- sockets coming and going -------------------------------------------------------
+
+async def socket_connected(core: Core, actor: Actor) -> None:
+    """A new socket of a user who is in rooms enters their chats; the grace clocks stop."""
+    async with core.db.connection() as conn:
+        chats = await rooms.mark_user_back(conn, actor.user_id)
+    if actor.sid is not None:
+        for conversation_id in chats:
+            await sessions.service(core).enter_socket(actor.sid, conversation_room(conversation_id))
+
+
+async def socket_disconnected(core: Core, actor: Actor) -> None:
+    """The user's last socket anywhere closed: start the leave and host grace clocks."""
+    async with core.db.connection() as conn:
+        if await connections.count_for_user(conn, actor.user_id) > 0:
+            return
+        present, hosting = await rooms.mark_user_away(conn, actor.user_id)
+    s = core.settings
+    if present:
+        core.spawn(_after(core, s.room_leave_grace_seconds, expire_seats, actor.user_id), name=f"room-leave:{actor.user_id}")
+    if hosting:
+        core.spawn(_after(core, s.room_host_grace_seconds, end_abandoned, actor.user_id), name=f"room-host:{actor.user_id}")
+
+
+async def _after(core: Core, delay: float, action: Any, user_id: UUID) -> None:
+    await asyncio.sleep(delay + TIMER_SLACK_SECONDS)
+    try:
+        await action(core, user_id)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("room grace timer failed", extra={"user_id": str(user_id)})
+
+
+async def expire_seats(core: Core, user_id: UUID | None = None) -> None:
+    """Free the seats of users away past the grace (one user, or everyone for the sweeper)."""
+    async with core.db.connection() as conn:
+        freed = await rooms.expire_away(conn, core.settings.room_leave_grace_seconds, user_id)
+    for session_id, uid in freed:
+        await _seat_freed(core, session_id, uid, "left", remove_sockets=False)
+
+
+async def end_abandoned(core: Core, host_id: UUID | None = None) -> None:
+    """End live rooms whose host has been gone past the host grace."""
+    async with core.db.connection() as conn:
+        due = await rooms.hosts_gone(conn, core.settings.room_host_grace_seconds, host_id)
+    for session_id in due:
+        try:
+            await sessions.change_status(core, None, session_id, "end")
+            log.info("room ended: host gone", extra={"live_session_id": str(session_id)})
+        except ApiError:
+            pass  # another instance ended it first
+
+
+def sweep_interval(core: Core) -> float:
+    return max(1.0, min(10.0, core.settings.room_leave_grace_seconds))
+
+
+async def sweep_forever(core: Core) -> None:
+    """Safety net for instances that died without running disconnect hooks: people with no
+    socket anywhere start their grace clocks here, and expired ones are freed/ended."""
+    while True:
+        await asyncio.sleep(sweep_interval(core))
+        try:
+            async with core.db.connection() as conn:
+                await rooms.mark_socketless_away(conn)
+            await expire_seats(core)
+            await end_abandoned(core)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("room sweep failed")
