@@ -231,7 +231,7 @@ async def tutor_decisions(conn: asyncpg.Connection, conversation_id: UUID, *, li
         return []
     rows = await conn.fetch(
         """SELECT to_jsonb(d) AS row FROM tutor_decisions d WHERE d.conversation_id = $1
-           ORDER BY to_jsonb(d)->>'created_at' NULLS LAST LIMIT $2""",
+           ORDER BY d.created_at, d.id LIMIT $2""",
         conversation_id, limit,
     )
     return [r["row"] for r in rows]
