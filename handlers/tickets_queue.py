@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 STATUSES = ("open", "assigned", "resolved", "closed")
 TRANSCRIPT_LIMIT = 1000  # messages in a ticket's detail; `messages_complete` says if that was all
 SWEEP_BATCH = 50
+MIN_WATCH_SECONDS = 0.05  # a zero setting must not turn the watcher into a busy loop
 
 
 def parse_statuses(raw: str | None) -> list[str] | None:
@@ -152,8 +153,9 @@ async def agent_connected(core: Core, actor: Actor) -> None:
 
 async def watch(core: Core) -> None:
     """Background loop on every instance; the SLA sweep's advisory lock lets one work at a time."""
+    interval = max(core.settings.sla_check_seconds, MIN_WATCH_SECONDS)
     while True:
-        await asyncio.sleep(core.settings.sla_check_seconds)
+        await asyncio.sleep(interval)
         try:
             await check_sla(core)
             if core.settings.ticket_auto_assign:
