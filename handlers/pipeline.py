@@ -128,16 +128,22 @@ async def commit_message(
     conversation_id: UUID,
     *,
     sender: Actor | None,
-    role: str,
+    role: str | None,
     content: str,
     client_id: str | None = None,
     metadata: dict[str, Any] | None = None,
     check_access: bool = True,
+    message_id: UUID | None = None,
+    require_mode: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Commit a message with the next seq, then fan it out. Returns (message, duplicate).
 
-    `sender=None` is the system or the AI tutor. A duplicate (retried client_id) is
-    returned as first committed and delivered to nobody again.
+    `sender=None` is the system or the AI tutor. `role=None` derives it from the sender:
+    staff in a tutor conversation write as `agent`, everyone else as `user`. A duplicate
+    (retried client_id) is returned as first committed and delivered to nobody again.
+    `message_id` and `require_mode` go to `messages.insert`: the tutor commits under the id
+    it streamed with, only while the conversation is still in mode `ai` (else
+    `messages.ModeChanged` is raised and nothing is committed).
     """
     pipeline = get_pipeline(core)
     async with pipeline.locks.hold(conversation_id):
@@ -145,16 +151,17 @@ async def commit_message(
             if check_access and sender is not None:
                 conv = await load_conversation(core, conn, conversation_id, sender, send=True)
             else:
-                conv = await conversations.get(conn, conversation_id)
+                conv = await conversations.get_with_membership(conn, conversation_id, sender.user_id if sender else None)
                 if conv is None:
                     raise ApiError("not_found", "No such conversation.")
+            if role is None:
+                role = "agent" if sender is not None and sender.is_staff and conv["kind"] == "tutor" else "user"
             message, duplicate = await messages.insert(
                 conn, conversation_id=conversation_id, sender_id=sender.user_id if sender else None,
                 role=role, content=content, client_id=client_id, metadata=metadata,
+                message_id=message_id, require_mode=require_mode,
             )
-            member_ids = None
-            if not duplicate and pipeline.policy(conv["kind"]).fans_out_to_members(conv):
-                member_ids = await conversations.member_ids(conn, conversation_id)
+            member_ids = conv["member_ids"] if pipeline.policy(conv["kind"]).fans_out_to_members(conv) else None
         if not duplicate:
             await fan_out(core, conv, "message:new", {"message": message}, member_ids)
     if not duplicate:

@@ -80,10 +80,7 @@ async def list_mine(core: Core, actor: Actor) -> dict[str, Any]:
 
 
 async def send(core: Core, actor: Actor, *, conversation_id: UUID, content: str, client_id: str) -> dict[str, Any]:
-    async with core.db.connection() as conn:
-        conv = await load_conversation(core, conn, conversation_id, actor, send=True)
-    role = "agent" if actor.is_staff and conv["kind"] == "tutor" else "user"
-    message, _ = await commit_message(core, conversation_id, sender=actor, role=role, content=content, client_id=client_id)
+    message, _ = await commit_message(core, conversation_id, sender=actor, role=None, content=content, client_id=client_id)
     return {"message": message}
 
 

@@ -55,11 +55,15 @@ async def get(conn: asyncpg.Connection, conversation_id: UUID, *, for_update: bo
     return dict(row) if row else None
 
 
-async def get_with_membership(conn: asyncpg.Connection, conversation_id: UUID, user_id: UUID) -> dict[str, Any] | None:
-    """The conversation plus `is_member`, `member_role` and `last_read_seq` for one user."""
+async def get_with_membership(conn: asyncpg.Connection, conversation_id: UUID, user_id: UUID | None) -> dict[str, Any] | None:
+    """The conversation plus `is_member`, `member_role` and `last_read_seq` for one user,
+    and `member_ids` (empty for live rooms, whose audience is whoever joined): one round
+    trip for everything a send needs before its insert."""
     row = await conn.fetchrow(
         f"""SELECT {CONV_COLUMNS}, m.user_id IS NOT NULL AS is_member, m.member_role,
-                   coalesce(m.last_read_seq, 0) AS last_read_seq
+                   coalesce(m.last_read_seq, 0) AS last_read_seq,
+                   CASE WHEN c.kind = 'room' THEN ARRAY[]::uuid[] ELSE
+                       ARRAY(SELECT user_id FROM conversation_members WHERE conversation_id = c.id) END AS member_ids
             FROM conversations c LEFT JOIN conversation_members m ON m.conversation_id = c.id AND m.user_id = $2
             WHERE c.id = $1""",
         conversation_id, user_id,
