@@ -18,7 +18,7 @@ from aiohttp import web
 
 from handlers import presence
 from handlers.core import Core
-from server import routes_accounts, routes_static, threads
+from server import pages, routes_accounts, routes_static, threads
 from server import documents as documents_feature
 from server import rooms as rooms_feature
 from server import tickets as tickets_feature
@@ -36,7 +36,9 @@ from storage.migrate import migrate
 
 log = logging.getLogger(__name__)
 
-FEATURES = (routes_accounts, threads, documents_feature, tutor_feature, rooms_feature, tickets_feature, routes_static)
+FEATURES = (
+    routes_accounts, threads, documents_feature, tutor_feature, rooms_feature, tickets_feature, pages, routes_static,
+)
 HEARTBEAT_SECONDS = 10.0
 DEAD_AFTER_SECONDS = 45.0
 
