@@ -21,6 +21,12 @@ export function h(tag, props = {}, ...children) {
 
 export const $ = (selector, root = document) => root.querySelector(selector);
 
+/** Replace an element's children, skipping null/false (conditional parts). */
+export function fill(el, ...children) {
+  el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+  return el;
+}
+
 export function formatTime(iso) {
   if (!iso) return "";
   const d = new Date(iso);
@@ -116,11 +122,21 @@ export class MessageList {
       return el;
     }
     if (old) old.remove();
-    const after = [...this.ol.children].find((c) => c.dataset.seq && Number(c.dataset.seq) > msg.seq);
-    const firstLoose = [...this.ol.children].find((c) => !c.dataset.seq);
+    this.insertAt(el, msg.seq);
+    return el;
+  }
+
+  /**
+   * Put an element at position `pos` among committed messages (by seq). Other items,
+   * such as an agent's internal notes, carry `data-pos` (e.g. 4.5: after message 4).
+   */
+  insertAt(el, pos) {
+    const at = (c) => c.dataset.seq ?? c.dataset.pos;
+    const children = [...this.ol.children];
+    const after = children.find((c) => at(c) !== undefined && Number(at(c)) > pos);
+    const firstLoose = children.find((c) => at(c) === undefined);
     this.ol.insertBefore(el, after || firstLoose || null);
     this._stickToBottom();
-    return el;
   }
 
   pending(entry) {
