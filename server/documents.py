@@ -1,9 +1,169 @@
-"""Transport for the documents feature (routes and Socket.IO events)."""
+"""Transport for the knowledge base: document upload, listing, deletion, and search."""
 
 from __future__ import annotations
 
-from aiohttp import web
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated
+from uuid import UUID
+
+import orjson
+from aiohttp import BodyPartReader, web
+from pydantic import Field, ValidationError
+
+from handlers import knowledge
+from handlers.core import Core
+from handlers.errors import ApiError
+from server.gateway import Gateway
+from server.http import client_ip, core_of, query_int, require_actor
+from server.jsonutil import json_response
+from server.keys import CORE
+from server.validation import Payload, Title, validation_message
+
+log = logging.getLogger(__name__)
+
+Short = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class NewDocument(Payload):
+    title: Title | None = None
+    content: Annotated[str, Field(min_length=1)]
+    source: Annotated[str, Field(max_length=1000)] | None = None
+    language: Annotated[str, Field(max_length=20)] | None = None
+    course: Short | None = None
+
+
+class FileFields(Payload):
+    title: Title | None = None
+    source: Annotated[str, Field(max_length=1000)] | None = None
+    language: Annotated[str, Field(max_length=20)] | None = None
+    course: Short | None = None
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError("too_large", f"The document is over {limit} bytes.")
+
+
+async def _read_limited(part: BodyPartReader, limit: int) -> bytes:
+    data = bytearray()
+    while chunk := await part.read_chunk(64 * 1024):
+        data += chunk
+        if len(data) > limit:
+            raise _too_large(limit)
+    return bytes(data)
+
+
+async def _from_multipart(request: web.Request, limit: int) -> tuple[FileFields, bytes, str]:
+    reader = await request.multipart()
+    fields: dict[str, str] = {}
+    file: tuple[bytes, str] | None = None
+    async for part in reader:
+        if not isinstance(part, BodyPartReader):
+            continue
+        if part.name == "file":
+            if not part.filename:
+                raise ApiError("bad_request", "The file part needs a file name (its extension tells the type).")
+            file = (await _read_limited(part, limit), part.filename)
+        elif part.name in FileFields.model_fields:
+            fields[part.name] = (await _read_limited(part, 10_000)).decode("utf-8", "replace")
+    if file is None:
+        raise ApiError("bad_request", "Send a multipart field named file.")
+    try:
+        meta = FileFields.model_validate({k: v for k, v in fields.items() if v != ""})
+    except ValidationError as exc:
+        raise ApiError("bad_request", validation_message(exc)) from None
+    return meta, file[0], file[1]
+
+
+async def _from_json(request: web.Request) -> NewDocument:
+    # request.read() reads the whole body (StreamReader.read(n) may return only part of
+    # it) and stops at the app's client_max_size, which is max_upload_bytes.
+    raw = await request.read()
+    try:
+        return NewDocument.model_validate(orjson.loads(raw or b"{}"))
+    except orjson.JSONDecodeError:
+        raise ApiError("bad_request", "The body is not valid JSON.") from None
+    except ValidationError as exc:
+        raise ApiError("bad_request", validation_message(exc)) from None
+
+
+async def create_document(request: web.Request) -> web.Response:
+    actor = await require_actor(request, knowledge.EDITOR_ROLES)
+    core = core_of(request)
+    limit = core.settings.max_upload_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    if request.content_type == "application/x-www-form-urlencoded":
+        raise ApiError("bad_request", "Upload a file as multipart/form-data (field file), or send JSON.")
+    if request.content_type.startswith("multipart/"):
+        meta, data, filename = await _from_multipart(request, limit)
+        document, created = await knowledge.add_document(
+            core, actor, title=meta.title, file=data, filename=filename, source=meta.source,
+            language=meta.language, course=meta.course, ip=client_ip(request),
+        )
+    else:
+        body = await _from_json(request)
+        document, created = await knowledge.add_document(
+            core, actor, title=body.title, content=body.content, source=body.source,
+            language=body.language, course=body.course, ip=client_ip(request),
+        )
+    return json_response({"document": document, "created": created}, status=201 if created else 200)
+
+
+async def list_documents(request: web.Request) -> web.Response:
+    await require_actor(request, knowledge.EDITOR_ROLES)
+    limit = query_int(request, "limit", 100, lo=1, hi=500)
+    offset = query_int(request, "offset", 0, lo=0, hi=10**9)
+    course = request.query.get("course") or None
+    documents = await knowledge.list_documents(core_of(request), course=course, limit=limit or 100, offset=offset or 0)
+    return json_response({"documents": documents})
+
+
+def _document_id(request: web.Request) -> UUID:
+    try:
+        return UUID(request.match_info["id"])
+    except ValueError:
+        raise ApiError("not_found", "No such document.") from None
+
+
+async def get_document(request: web.Request) -> web.Response:
+    await require_actor(request, knowledge.EDITOR_ROLES)
+    return json_response({"document": await knowledge.get_document(core_of(request), _document_id(request))})
+
+
+async def delete_document(request: web.Request) -> web.Response:
+    actor = await require_actor(request, knowledge.EDITOR_ROLES)
+    document = await knowledge.delete_document(core_of(request), actor, _document_id(request), ip=client_ip(request))
+    return json_response({"document": document, "deleted": True})
+
+
+async def search(request: web.Request) -> web.Response:
+    await require_actor(request)
+    k = query_int(request, "k", 5, lo=1, hi=knowledge.MAX_K)
+    results = await knowledge.search(
+        core_of(request), request.query.get("q", ""), k=k or 5, course=request.query.get("course") or None
+    )
+    return json_response({"results": [r.as_dict() for r in results]})
+
+
+async def _index_ctx(app: web.Application) -> AsyncIterator[None]:
+    """After the core is up: make sure the active embedder's vector index exists."""
+    kb = app[CORE].services.get("kb")
+    if kb is not None:
+        await knowledge.check_index(kb)
+    yield
 
 
 def setup(app: web.Application) -> None:
     """Add routes; called by the app factory before startup."""
+    app.router.add_post("/api/documents", create_document)
+    app.router.add_get("/api/documents", list_documents)
+    app.router.add_get("/api/documents/{id}", get_document)
+    app.router.add_delete("/api/documents/{id}", delete_document)
+    app.router.add_get("/api/search", search)
+    app.cleanup_ctx.append(_index_ctx)
+
+
+def bind(app: web.Application, core: Core, gateway: Gateway) -> None:
+    """One knowledge base per app, its embedder chosen by Settings."""
+    core.services["kb"] = knowledge.knowledge_base(core.settings, core.db)

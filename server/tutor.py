@@ -1,9 +1,118 @@
-"""Transport for the tutor feature (routes and Socket.IO events)."""
+"""Transport for the tutor: tutor:start / tutor:stop / tutor:escalate, usage and decision
+routes, and the service's lifecycle (pipeline hook, recovery loop, shutdown)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
 from aiohttp import web
+from pydantic import Field
+
+from handlers import tutor
+from handlers.core import Actor, Core
+from handlers.errors import ApiError
+from handlers.knowledge import kb_of
+from handlers.pipeline import get_pipeline
+from server.gateway import EventSpec, Gateway
+from server.http import core_of, require_actor
+from server.jsonutil import json_response
+from server.keys import CORE
+from server.validation import Payload, Title
+
+Short = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class StartTutor(Payload):
+    title: Title | None = None
+    course: Short | None = None
+    lesson: Short | None = None
+    session_type: Literal["lesson", "interactive", "exam_prep"] | None = None
+    socratic: bool | None = None
+
+
+class TutorRef(Payload):
+    conversation_id: UUID
+
+
+class EscalateTutor(Payload):
+    conversation_id: UUID
+    reason: Annotated[str, Field(max_length=2000)] | None = None
+
+
+async def on_start(core: Core, actor: Actor, p: StartTutor) -> dict:
+    return await tutor.start(
+        core, actor, title=p.title, course=p.course, lesson=p.lesson, session_type=p.session_type, socratic=p.socratic
+    )
+
+
+async def on_stop(core: Core, actor: Actor, p: TutorRef) -> dict:
+    return await tutor.stop(core, actor, conversation_id=p.conversation_id)
+
+
+async def on_escalate(core: Core, actor: Actor, p: EscalateTutor) -> dict:
+    return await tutor.escalate(core, actor, conversation_id=p.conversation_id, reason=p.reason)
+
+
+EVENTS = [
+    EventSpec("tutor:start", on_start, StartTutor),
+    EventSpec("tutor:stop", on_stop, TutorRef),
+    EventSpec("tutor:escalate", on_escalate, EscalateTutor),
+]
+
+
+def _uuid(raw: str | None, what: str) -> UUID | None:
+    if not raw:
+        return None
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise ApiError("bad_request", f"{what} must be a UUID.") from None
+
+
+async def get_usage(request: web.Request) -> web.Response:
+    """`GET /api/usage?user_id=&since=`: your model usage, or any user's for an admin."""
+    actor = await require_actor(request)
+    since = None
+    if raw := request.query.get("since"):
+        try:
+            since = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise ApiError("bad_request", "since must be an ISO-8601 time.") from None
+    result = await tutor.usage(core_of(request), actor, user_id=_uuid(request.query.get("user_id"), "user_id"), since=since)
+    return json_response(result)
+
+
+async def get_decisions(request: web.Request) -> web.Response:
+    """`GET /api/tutor/{conversation_id}/decisions`: the tutor's decision log."""
+    actor = await require_actor(request)
+    conversation_id = _uuid(request.match_info["id"], "id")
+    assert conversation_id is not None
+    return json_response(await tutor.decisions(core_of(request), actor, conversation_id=conversation_id))
+
+
+async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Crash recovery while the app runs; close workers, locks and the model client after."""
+    service = tutor.service_of(app[CORE])
+    task = asyncio.create_task(service.recovery_loop(), name="tutor-recovery")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await service.close()
 
 
 def setup(app: web.Application) -> None:
     """Add routes; called by the app factory before startup."""
+    app.router.add_get("/api/usage", get_usage)
+    app.router.add_get("/api/tutor/{id}/decisions", get_decisions)
+    app.cleanup_ctx.append(_service_ctx)
+
+
+def bind(app: web.Application, core: Core, gateway: Gateway) -> None:
+    """Install the tutor service and its pipeline hook; register the tutor events."""
+    core.services["tutor"] = tutor.TutorService(core, kb_of(core), tutor.chat_model_from_settings(core.settings))
+    get_pipeline(core).after_commit.append(tutor.on_message_committed)
+    gateway.add_events(EVENTS)

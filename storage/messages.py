@@ -19,17 +19,21 @@ WITH existing AS (
     WHERE conversation_id = $1 AND sender_id = $2 AND client_id = $5
 ), bump AS (
     UPDATE conversations SET last_seq = last_seq + 1, updated_at = now()
-    WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM existing)
+    WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM existing) AND ($8::text IS NULL OR mode = $8)
     RETURNING last_seq
 ), ins AS (
-    INSERT INTO messages (conversation_id, seq, sender_id, role, content, client_id, metadata)
-    SELECT $1, bump.last_seq, $2, $3, $4, $5, $6 FROM bump
+    INSERT INTO messages (id, conversation_id, seq, sender_id, role, content, client_id, metadata)
+    SELECT coalesce($7::uuid, gen_random_uuid()), $1, bump.last_seq, $2, $3, $4, $5, $6 FROM bump
     RETURNING {MSG_COLUMNS}
 )
 SELECT {MSG_COLUMNS}, false AS duplicate FROM ins
 UNION ALL
 SELECT {MSG_COLUMNS}, true AS duplicate FROM existing
 """
+
+
+class ModeChanged(LookupError):
+    """`require_mode` was given and the conversation is no longer in that mode."""
 
 
 async def insert(
@@ -41,16 +45,27 @@ async def insert(
     content: str,
     client_id: str | None,
     metadata: dict[str, Any] | None = None,
+    message_id: UUID | None = None,
+    require_mode: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Commit-ready insert with the next seq; returns (message, duplicate)."""
+    """Commit-ready insert with the next seq; returns (message, duplicate).
+
+    `message_id` gives the row a chosen id (the tutor streams deltas under an id picked
+    before the answer exists). `require_mode` inserts only while the conversation is in
+    that mode, checked in the same statement, else raises ModeChanged.
+    """
     for attempt in range(2):
         try:
-            row = await conn.fetchrow(_INSERT, conversation_id, sender_id, role, content, client_id, metadata or {})
+            row = await conn.fetchrow(
+                _INSERT, conversation_id, sender_id, role, content, client_id, metadata or {}, message_id, require_mode
+            )
         except asyncpg.UniqueViolationError:
             if attempt:
                 raise
             continue
         if row is None:
+            if require_mode is not None and await conn.fetchval("SELECT true FROM conversations WHERE id = $1", conversation_id):
+                raise ModeChanged(f"conversation {conversation_id} is not in mode {require_mode}")
             raise LookupError(f"conversation {conversation_id} does not exist")
         message = dict(row)
         duplicate = message.pop("duplicate")

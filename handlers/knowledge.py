@@ -1,0 +1,187 @@
+"""The knowledge base as the app and the command line use it: build it from Settings,
+add, list, delete and search documents, and the `ingest` / `reindex` commands.
+
+The storage, chunking, embedding and search themselves live in `rag/` (KnowledgeBase);
+this module adds who may do what, error mapping and the audit trail.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import openai
+from tqdm import tqdm
+
+from handlers.core import Actor, Core
+from handlers.errors import ApiError
+from rag.embeddings import EmbedderUnavailable, Embedder, make_embedder
+from rag.extract import DocumentError
+from rag.ingest import ingest_paths
+from rag.retrieval import KnowledgeBase, SearchResult
+from server.config import Settings
+from storage import audit
+from storage.db import Database
+
+log = logging.getLogger(__name__)
+
+EDITOR_ROLES = ("mentor", "agent", "admin")
+MAX_K = 50
+
+
+def embedder_from_settings(settings: Settings) -> Embedder:
+    """The embedder named by STUDYHALL_EMBEDDER; the openai one falls back to the LLM's URL and key."""
+    kind = settings.embedder
+    if kind == "hashing":
+        return make_embedder("hashing", **({"dim": settings.embedding_dim} if settings.embedding_dim else {}))
+    if kind == "openai":
+        return make_embedder(
+            "openai",
+            model=settings.embedding_model,
+            base_url=settings.embedding_base_url or settings.llm_base_url,
+            api_key=settings.embedding_api_key or settings.llm_api_key,
+            dim=settings.embedding_dim,
+        )
+    options: dict[str, Any] = {}
+    if settings.embedding_model != Settings.embedding_model:  # an explicit local model path
+        options["model_path"] = settings.embedding_model
+    return make_embedder(kind, **options)
+
+
+def knowledge_base(settings: Settings, db: Database) -> KnowledgeBase:
+    return KnowledgeBase(db, embedder_from_settings(settings))
+
+
+def kb_of(core: Core) -> KnowledgeBase:
+    """The app's knowledge base (installed at startup by server/documents.py)."""
+    kb = core.services.get("kb")
+    if kb is None:
+        raise ApiError("unavailable", "The knowledge base is not available.")
+    return kb
+
+
+async def check_index(kb: KnowledgeBase) -> int:
+    """Startup check: the active model's vector index exists; returns chunks awaiting reindex."""
+    await kb.ensure_index()
+    pending = await kb.pending_reindex()
+    if pending:
+        log.warning(
+            "chunks embedded by another model are invisible to vector search until `studyhall reindex`",
+            extra={"pending_chunks": pending, "embedder": kb.embedder.name},
+        )
+    return pending
+
+
+def _embedder_failed(exc: Exception) -> ApiError:
+    log.warning("embedder failed", extra={"error": str(exc)})
+    return ApiError("unavailable", "The embedding service is unavailable; try again later.")
+
+
+async def add_document(
+    core: Core,
+    actor: Actor,
+    *,
+    title: str | None,
+    content: str | None = None,
+    file: bytes | None = None,
+    filename: str | None = None,
+    source: str | None = None,
+    language: str | None = None,
+    course: str | None = None,
+    ip: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Store text or an uploaded file; returns (document, created). Same text twice → created False."""
+    kb = kb_of(core)
+    try:
+        if file is not None:
+            document, created = await kb.ingest_file(
+                file, filename, title=title, source=source, language=language, course=course,
+                created_by=actor.user_id,
+            )
+        else:
+            document, created = await kb.ingest_text(
+                title, content or "", source=source, language=language, course=course, created_by=actor.user_id,
+            )
+    except DocumentError as exc:
+        raise ApiError("bad_request", str(exc)) from None
+    except (openai.OpenAIError, EmbedderUnavailable) as exc:
+        raise _embedder_failed(exc) from None
+    if created:
+        async with core.db.connection() as conn:
+            await audit.record(
+                conn, "document.create", actor_id=actor.user_id, target_type="document", target_id=document.id,
+                ip=ip, details={"title": document.title, "course": document.course, "chunks": document.chunk_count},
+            )
+    return document.as_dict(), created
+
+
+async def list_documents(core: Core, *, course: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
+    rows = await kb_of(core).list_documents(course=course, limit=limit, offset=offset)
+    return [d.as_dict() for d in rows]
+
+
+async def get_document(core: Core, document_id: UUID) -> dict[str, Any]:
+    document = await kb_of(core).get_document(document_id, with_content=True)
+    if document is None:
+        raise ApiError("not_found", "No such document.")
+    return document.as_dict()
+
+
+async def delete_document(core: Core, actor: Actor, document_id: UUID, *, ip: str | None = None) -> dict[str, Any]:
+    kb = kb_of(core)
+    document = await kb.get_document(document_id)
+    if document is None or not await kb.delete(document_id):
+        raise ApiError("not_found", "No such document.")
+    async with core.db.connection() as conn:
+        await audit.record(
+            conn, "document.delete", actor_id=actor.user_id, target_type="document", target_id=document_id,
+            ip=ip, details={"title": document.title},
+        )
+    return document.as_dict()
+
+
+async def search(core: Core, q: str, *, k: int = 5, course: str | None = None) -> list[SearchResult]:
+    if not q.strip():
+        raise ApiError("bad_request", "q must not be empty.")
+    if not 1 <= k <= MAX_K:
+        raise ApiError("bad_request", f"k must be between 1 and {MAX_K}.")
+    try:
+        return await kb_of(core).search(q, k=k, course=course)
+    except (openai.OpenAIError, EmbedderUnavailable) as exc:
+        raise _embedder_failed(exc) from None
+
+
+# ---- command line -------------------------------------------------------------------
+
+async def ingest_paths_command(core: Core, paths: list[Path], course: str | None) -> int:
+    """`studyhall ingest PATH…`: 0 when every file was stored (or already was), 1 if some
+    failed, 2 if a path does not exist."""
+    kb = core.services.get("kb") or knowledge_base(core.settings, core.db)
+    await kb.ensure_index()
+    try:
+        report = await ingest_paths(kb, paths, course, show_progress=sys.stderr.isatty())
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"added {report.added} document(s) ({report.chunks} chunks), {report.duplicates} already stored")
+    for path, reason in report.failed.items():
+        print(f"failed: {path}: {reason}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+async def reindex_command(core: Core) -> int:
+    """`studyhall reindex`: re-embed what the configured embedder did not embed."""
+    kb = core.services.get("kb") or knowledge_base(core.settings, core.db)
+    total = await kb.pending_reindex()
+    with tqdm(total=total, unit="chunk", desc="reindex", disable=not sys.stderr.isatty()) as bar:
+
+        def progress(done: int, of: int) -> None:
+            bar.total = of
+            bar.update(done - bar.n)
+
+        done = await kb.reindex(progress)
+    print(f"re-embedded {done} chunk(s) with {kb.embedder.name}")
+    return 0

@@ -1,0 +1,448 @@
+"""How the tutor handles one student message: decide, retrieve, stream, commit, log.
+
+Runs inside the conversation's worker (handlers/tutor.py), which holds the conversation's
+advisory lock, so one answer at a time per conversation across all instances. Nothing
+here blocks a student's send: the pipeline hook only queues the message.
+
+Every outcome commits exactly one tutor message whose `metadata.reply_to` is the student
+message, which is what marks it answered (for crash recovery and for the other instances),
+except a cut-off by a mode change: then a person has taken over and the AI says nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import unicodedata
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from handlers import tutor_texts
+from handlers.pipeline import commit_message
+from rag.decide import Decision, SentinelFilter, decide, model_cannot_help
+from rag.embeddings import STOPWORDS
+from rag.llm import ModelUnavailable, StreamResult, count_message_tokens
+from rag.offline import OfflineStream, stream_offline
+from rag.prompts import SESSION_TYPES, Passage, build_messages, cited_passages, system_prompt
+from rag.retrieval import SearchResult
+from rag.tokens import count_tokens
+from storage import conversations, messages
+from storage import tutor as store
+
+if TYPE_CHECKING:
+    from handlers.tutor import TutorService
+
+log = logging.getLogger(__name__)
+
+RETRIEVE_K = 5
+HISTORY_SLACK = 20  # extra rows read, for later questions that are skipped
+CANNOT_HELP = Decision("escalate", "model_cannot_help", 0.7, "model_cannot_help")
+
+
+@dataclass
+class Job:
+    """A student message waiting for the tutor."""
+
+    conversation_id: UUID
+    message_id: UUID
+    seq: int
+    enqueued_at: float = field(default_factory=time.perf_counter)
+    recovered: bool = False
+
+
+@dataclass
+class LiveAnswer:
+    """The message this instance is handling in a conversation; `stop()` cuts its stream."""
+
+    conversation_id: UUID
+    answer_id: UUID = field(default_factory=uuid.uuid4)
+    task: asyncio.Task[Any] | None = None
+    shown: list[str] = field(default_factory=list)
+    cut: str | None = None  # "stopped" (tutor:stop) | "mode_changed" | "cancelled"
+    stream_started: float | None = None
+    first_raw: float | None = None
+    first_delta: float | None = None
+
+    def stop(self, reason: str) -> None:
+        if self.cut is None:
+            self.cut = reason
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.shown)
+
+
+# ---- relevance ----------------------------------------------------------------------------
+
+_TERM = re.compile(r"\w+", re.UNICODE)
+_ASKING = frozenset(
+    "explain describe define tell mean means meaning give example examples please know help understand "
+    "expliquer explique expliquez définir comment pourquoi quoi est-ce exemple aide".split()
+)
+
+
+def _key(word: str) -> str:
+    if len(word) > 3 and word.endswith("s"):
+        word = word[:-1]
+    return word[:5]
+
+
+def _terms(text: str) -> set[str]:
+    text = unicodedata.normalize("NFKD", text.casefold())
+    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    return {_key(w) for w in _TERM.findall(text) if len(w) > 2 and w not in STOPWORDS and w not in _ASKING}
+
+
+def relevance(question: str, hit: SearchResult) -> float:
+    """How well a hit covers the question, 0..1, comparable across embedders.
+
+    RRF scores are ranks, not relevance. Cosine similarity depends on the embedder (the
+    offline hashing one gives 0.25-0.4 for a right answer). So: the larger of the cosine
+    and the share of the question's content words (prefix-matched, so plurals and
+    inflections count) found in the chunk's title, headings and text.
+    """
+    asked = _terms(question)
+    coverage = 0.0
+    if asked:
+        found = _terms(" ".join([hit.title, *hit.heading_path, hit.content]))
+        coverage = len(asked & found) / len(asked)
+    return round(max(hit.similarity or 0.0, coverage), 3)
+
+
+def prior_messages(recent: Sequence[dict[str, Any]], question_seq: int, limit: int) -> list[dict[str, Any]]:
+    """What came before the question: earlier messages, plus tutor and staff messages
+    committed after it (two quick questions: answering the second, the first one's answer
+    has a higher seq than the second question but belongs before it). Later student
+    questions are not history yet."""
+    kept = [m for m in recent if m["seq"] < question_seq or (m["seq"] > question_seq and m["role"] != "user")]
+    return kept[-limit:] if limit > 0 else []
+
+
+def history_turns(history: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """Earlier messages as chat turns; a staff member's words are marked as theirs."""
+    turns = []
+    for m in history:
+        content = (m["content"] or "").strip()
+        if m["deleted"] or not content:
+            continue
+        if m["role"] == "user":
+            turns.append({"role": "user", "content": content})
+        elif m["role"] == "assistant":
+            turns.append({"role": "assistant", "content": content})
+        elif m["role"] == "agent":
+            turns.append({"role": "assistant", "content": f"(a staff member wrote) {content}"})
+    return turns
+
+
+def _ms(start: float | None, end: float | None) -> float | None:
+    return round((end - start) * 1000, 2) if start is not None and end is not None else None
+
+
+class Turn:
+    """One student message being handled."""
+
+    def __init__(self, svc: TutorService, job: Job, conv: dict[str, Any], msg: dict[str, Any], member_ids: list[UUID]) -> None:
+        self.svc = svc
+        self.core = svc.core
+        self.job = job
+        self.conv = conv
+        self.msg = msg
+        self.cid: UUID = conv["id"]
+        self.member_ids = member_ids
+        self.question: str = msg["content"]
+        self.context: dict[str, Any] = conv["context"] or {}
+        self.live = LiveAnswer(self.cid)
+        self.decision = Decision("answer", "relevant_material", 0.0)
+
+    # ---- building blocks ------------------------------------------------------------
+    async def commit(self, content: str, metadata: dict[str, Any], *, use_answer_id: bool = True) -> dict[str, Any] | None:
+        """Commit the tutor's message (under the streamed id), only while mode is still `ai`."""
+        meta = {"reply_to": str(self.msg["id"]), "decision": self.decision.as_dict(), **metadata}
+        try:
+            message, _ = await commit_message(
+                self.core, self.cid, sender=None, role="assistant", content=content, metadata=meta,
+                message_id=self.live.answer_id if use_answer_id else None, require_mode="ai",
+            )
+        except messages.ModeChanged:
+            return None
+        return message
+
+    async def log(self, outcome: str, answer_id: UUID | None, *, usage: StreamResult | None = None,
+                  details: dict[str, Any] | None = None) -> None:
+        """The decision log row, and the user's usage when a model was called, together."""
+        d = self.decision
+        latency = round((time.perf_counter() - self.job.enqueued_at) * 1000)
+        async with self.core.db.transaction() as conn:
+            await store.log_decision(
+                conn, conversation_id=self.cid, message_id=self.msg["id"], answer_id=answer_id,
+                action=d.action, reason=d.reason, confidence=d.confidence, category=d.category, urgent=d.urgent,
+                outcome=outcome, model=usage.model if usage else "rules",
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                latency_ms=latency, details=details,
+            )
+            if usage is not None and usage.model != "offline-extractive":
+                await store.record_usage(
+                    conn, user_id=self.msg["sender_id"], conversation_id=self.cid, message_id=answer_id,
+                    model=usage.model, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                    cost_usd=usage.cost_usd, estimated=usage.usage_estimated,
+                )
+
+    async def tell_cancelled(self) -> None:
+        """Deltas were shown but no message will follow: clients drop the streamed text."""
+        if self.live.shown:
+            await self.core.events.to_users(self.member_ids, "message:cancelled", {
+                "conversation_id": self.cid, "message_id": self.live.answer_id, "reason": self.live.cut or "mode_changed",
+            })
+
+    async def emit(self, text: str) -> None:
+        if self.live.first_delta is None:
+            self.live.first_delta = time.perf_counter()
+        self.live.shown.append(text)
+        await self.core.events.to_users(self.member_ids, "message:delta", {
+            "conversation_id": self.cid, "message_id": self.live.answer_id, "delta": text,
+        })
+
+    # ---- the three decisions ----------------------------------------------------------
+    async def clarify(self) -> None:
+        message = await self.commit(tutor_texts.clarify(self.question, self.context.get("lesson")), {"model": "rules"})
+        await self.log("clarified" if message else "cut_off", message["id"] if message else None)
+
+    async def escalate(self, usage: StreamResult | None = None) -> None:
+        """Tell the student, then open the ticket (mode becomes `waiting` once it exists)."""
+        d = self.decision
+        tickets = self.core.services.get("tickets")
+        content = tutor_texts.escalation(self.question, d.category, person_reachable=tickets is not None)
+        message = await self.commit(content, {"model": usage.model if usage else "rules",
+                                              "escalation": {"category": d.category, "urgent": d.urgent}})
+        if message is None:  # a person took over meanwhile: nothing more to do
+            await self.tell_cancelled()
+            await self.log("cut_off", None, usage=usage)
+            return
+        ticket: dict[str, Any] | None = None
+        if tickets is not None:
+            try:
+                ticket = await tickets.escalate(
+                    self.core, conversation_id=self.cid, reason=d.reason, escalated_by=None,
+                    source="tutor", urgent=d.urgent, category=d.category,
+                )
+            except Exception:
+                log.exception("escalation to a person failed", extra={"conversation_id": str(self.cid), "urgent": d.urgent})
+        elif d.urgent:
+            log.error("urgent escalation but no tickets service", extra={"conversation_id": str(self.cid)})
+        await self.log("escalated", message["id"], usage=usage,
+                       details={"ticket_id": str(ticket["id"]) if ticket else None})
+
+    async def answer(self, passages: list[Passage], history: list[dict[str, Any]]) -> None:
+        """Stream the answer as deltas, watching for tutor:stop and mode changes, then commit."""
+        live = self.live
+        try:
+            stream, built_passages, prompt = self._open_stream(passages, history)
+        except Exception as exc:  # e.g. a prompt budget too small for the system prompt
+            log.error("could not build the tutor prompt", exc_info=exc, extra={"conversation_id": str(self.cid)})
+            await self._failed("internal error", [])
+            return
+        async with self.core.db.connection() as conn:
+            await store.start_stream(conn, self.cid, live.answer_id, self.core.instance_id)
+        try:
+            live.task = asyncio.create_task(self._consume(stream))
+            if live.cut:
+                live.task.cancel()
+            await self._watch()
+        finally:
+            if live.task is not None and not live.task.done():
+                live.task.cancel()
+            async with self.core.db.connection() as conn:
+                await store.end_stream(conn, self.cid, live.answer_id)
+        passages_shown = stream.passages if isinstance(stream, OfflineStream) else built_passages
+        await self._finish(live.task, isinstance(stream, OfflineStream), passages_shown, prompt)
+
+    def _open_stream(self, passages: list[Passage], history: list[dict[str, Any]]) -> tuple[Any, list[Passage], list[dict[str, str]]]:
+        """The model's stream (or the offline one), the passages in its prompt, and the prompt."""
+        model = self.svc.model
+        if model is None:
+            return stream_offline(self.question, passages), [], []
+        session_type = self.context.get("session_type")
+        built = build_messages(
+            system_prompt(
+                session_type if session_type in SESSION_TYPES else "interactive",
+                socratic=bool(self.context.get("socratic")),
+                course=self.context.get("course"), lesson=self.context.get("lesson"),
+            ),
+            history_turns(history), passages, self.question, self.core.settings.tutor_prompt_budget_tokens,
+        )
+        return model.stream(built.messages), built.passages, built.messages
+
+    # ---- streaming internals ----------------------------------------------------------
+    async def _consume(self, stream: Any) -> tuple[StreamResult, bool]:
+        guard = SentinelFilter()
+        self.live.stream_started = time.perf_counter()
+        async with stream:
+            async for delta in stream:
+                if self.live.first_raw is None:
+                    self.live.first_raw = time.perf_counter()
+                if shown := guard.feed(delta):
+                    await self.emit(shown)
+            if tail := guard.flush():
+                await self.emit(tail)
+        return stream.result, guard.triggered
+
+    async def _watch(self) -> None:
+        """Wait for the stream, polling mode and stop requests (other instances) meanwhile."""
+        task = self.live.task
+        assert task is not None
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=self.svc.poll_seconds)
+            if done:
+                return
+            try:
+                async with self.core.db.connection() as conn:
+                    mode, stop = await store.stream_status(conn, self.cid, self.live.answer_id)
+            except Exception:
+                log.warning("tutor stream poll failed", exc_info=True)
+                continue
+            if mode != "ai":
+                self.live.stop("mode_changed")
+            elif stop:
+                self.live.stop("stopped")
+
+    def _estimate(self, prompt: list[dict[str, str]], text: str) -> StreamResult | None:
+        """Usage of a stream that did not finish (stopped or broken): counted locally."""
+        model = self.svc.model
+        if model is None:
+            return None
+        prompt_tokens = count_message_tokens(prompt) if prompt else 0
+        completion_tokens = count_tokens(text)
+        price_in, price_out = model.config.price(model.config.model)
+        return StreamResult(
+            text=text, model=model.config.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+            usage_estimated=True, latency_ms=_ms(self.live.stream_started, time.perf_counter()) or 0,
+            first_token_ms=None, cost_usd=(prompt_tokens * price_in + completion_tokens * price_out) / 1_000_000,
+        )
+
+    def _timings(self) -> dict[str, float | None]:
+        """Where the time went: `first_delta_ms - model_first_token_ms` is the tutor's own."""
+        live, start = self.live, self.job.enqueued_at
+        return {
+            "prepare_ms": _ms(start, live.stream_started),
+            "model_first_token_ms": _ms(live.stream_started, live.first_raw),
+            "first_delta_ms": _ms(start, live.first_delta),
+        }
+
+    def _usage_meta(self, usage: StreamResult | None) -> dict[str, Any]:
+        if usage is None:
+            return {}
+        return {
+            "model": usage.model, "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "cost_usd": usage.cost_usd, "usage_estimated": usage.usage_estimated, "model_latency_ms": usage.latency_ms,
+        }
+
+    async def _finish(self, task: asyncio.Task[Any] | None, offline: bool, passages: list[Passage],
+                      prompt: list[dict[str, str]]) -> None:
+        live = self.live
+        assert task is not None
+        if task.cancelled():
+            await self._stopped(prompt, passages)
+            return
+        error = task.exception()
+        if error is not None:
+            if not isinstance(error, ModelUnavailable):
+                log.error("tutor answer failed", exc_info=error, extra={"conversation_id": str(self.cid)})
+            await self._failed(error.reason if isinstance(error, ModelUnavailable) else "internal error", prompt)
+            return
+        result, sentinel = task.result()
+        if sentinel or model_cannot_help(result.text):
+            self.decision = CANNOT_HELP
+            await self.escalate(usage=result)
+            return
+        cited = passages if offline else cited_passages(result.text, passages)
+        message = await self.commit(result.text.strip() or tutor_texts.text("unavailable", self.question), {
+            **self._base_meta(), **self._usage_meta(result), "citations": [p.citation() for p in cited],
+        })
+        if message is None:
+            await self.tell_cancelled()
+            await self.log("cut_off", None, usage=result, details={"reason": "mode_changed"})
+            return
+        await self.log("answered", message["id"], usage=result)
+
+    def _base_meta(self) -> dict[str, Any]:
+        return {"latency_ms": round((time.perf_counter() - self.job.enqueued_at) * 1000), "timings": self._timings()}
+
+    async def _stopped(self, prompt: list[dict[str, str]], passages: list[Passage]) -> None:
+        """tutor:stop keeps what was shown, marked stopped; a mode change keeps nothing."""
+        live = self.live
+        usage = self._estimate(prompt, live.text)
+        if live.cut == "stopped":
+            cited = cited_passages(live.text, passages)
+            message = await self.commit(
+                live.text if live.text.strip() else tutor_texts.text("stopped", self.question),
+                {**self._base_meta(), **self._usage_meta(usage), "model": self.svc.model_name,
+                 "citations": [p.citation() for p in cited], "stopped": True},
+            )
+            if message is not None:
+                await self.log("stopped", message["id"], usage=usage)
+                return
+        await self.tell_cancelled()
+        await self.log("cut_off", None, usage=usage, details={"reason": live.cut})
+
+    async def _failed(self, reason: str, prompt: list[dict[str, str]]) -> None:
+        """The model is unavailable (after its bounded retries): say so clearly, keep any partial."""
+        live = self.live
+        usage = self._estimate(prompt, live.text) if live.text else None
+        content = (f"{live.text.rstrip()}\n\n{tutor_texts.text('interrupted', self.question)}" if live.text.strip()
+                   else tutor_texts.text("unavailable", self.question))
+        message = await self.commit(content, {
+            **self._base_meta(), **self._usage_meta(usage), "model": self.svc.model_name, "citations": [],
+            "error": reason,
+        })
+        if message is None:
+            await self.tell_cancelled()
+        await self.log("failed" if message else "cut_off", message["id"] if message else None,
+                       usage=usage, details={"error": reason})
+
+
+async def handle(svc: TutorService, job: Job) -> None:
+    """Answer one student message, unless it is answered already or the AI is not in charge."""
+    core = svc.core
+    async with core.db.connection() as conn:
+        conv = await conversations.get(conn, job.conversation_id)
+        msg = await messages.get(conn, job.message_id)
+        if (conv is None or conv["kind"] != "tutor" or conv["mode"] != "ai" or conv["status"] != "open"
+                or msg is None or msg["deleted"] or msg["role"] != "user" or msg["conversation_id"] != conv["id"]):
+            return
+        if await store.is_answered(conn, conv["id"], msg["seq"], msg["id"]):
+            return
+        history = prior_messages(
+            await messages.recent(conn, conv["id"], core.settings.tutor_history_messages + HISTORY_SLACK),
+            msg["seq"], core.settings.tutor_history_messages,
+        )
+        previous = await store.decisions(conn, conv["id"], limit=1)
+        member_ids = await conversations.member_ids(conn, conv["id"])
+    turn = Turn(svc, job, conv, msg, member_ids)
+    svc.live[conv["id"]] = turn.live
+    try:
+        hits: list[SearchResult] = []
+        try:
+            hits = await svc.kb.search(turn.question, k=RETRIEVE_K, course=turn.context.get("course"))
+        except Exception:
+            log.warning("retrieval failed; answering without course material", exc_info=True)
+        passages = [
+            Passage(str(h.chunk_id), str(h.document_id), h.title, h.content, relevance(turn.question, h)) for h in hits
+        ]
+        turn.decision = decide(turn.question, previous, passages)
+        if turn.decision.action == "escalate":
+            await turn.escalate()
+        elif turn.decision.action == "clarify":
+            await turn.clarify()
+        else:
+            await turn.answer(passages, history)
+    finally:
+        if svc.live.get(conv["id"]) is turn.live:
+            del svc.live[conv["id"]]

@@ -1,0 +1,150 @@
+"""The documents API and search over HTTP, against a real server and PostgreSQL:
+each upload format, dedupe, roles, listing by course, deletion, and search."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from storage.db import Database
+from tests.client import Api, User
+from tests.test_extract import make_pdf
+
+PHOTOSYNTHESIS = """# Photosynthesis
+
+Plants capture light energy in their chloroplasts. The green pigment chlorophyll absorbs
+mostly red and blue light.
+
+## The Calvin cycle
+
+In the stroma, the enzyme RuBisCO fixes carbon dioxide from the air and builds sugars.
+"""
+
+HTML = """<html><head><title>Ohm's law</title><style>p{color:red}</style></head>
+<body><nav>Home | Courses</nav><h1>Ohm's law</h1>
+<p>The current through a conductor is proportional to the voltage: V = I x R.</p>
+<h2>Resistors in series</h2><p>Resistors in series add up: the total is R1 + R2.</p>
+<script>alert("never indexed")</script></body></html>"""
+
+
+async def _upload(api: Api, user: User, filename: str, data: bytes, **fields: str) -> tuple[int, dict]:
+    form = aiohttp.FormData()
+    for name, value in fields.items():
+        form.add_field(name, value)
+    form.add_field("file", data, filename=filename, content_type="application/octet-stream")
+    return await api.request("POST", "/api/documents", user, data=form)
+
+
+async def test_upload_each_format_and_dedupe(api: Api, db: Database) -> None:
+    mentor = await api.staff(db, "mentor")
+    status, body = await api.request("POST", "/api/documents", mentor, json={
+        "title": "Photosynthesis notes", "content": PHOTOSYNTHESIS, "course": "biology", "language": "en",
+    })
+    assert status == 201, body
+    doc = body["document"]
+    assert doc["title"] == "Photosynthesis notes" and doc["course"] == "biology" and doc["chunk_count"] >= 1
+
+    # The same text again (CRLF line ends) is the same document: 200, nothing new stored.
+    status, again = await api.request("POST", "/api/documents", mentor, json={
+        "title": "A copy", "content": PHOTOSYNTHESIS.replace("\n", "\r\n"),
+    })
+    assert status == 200 and again["document"]["id"] == doc["id"] and again["created"] is False
+
+    uploads = {
+        "notes.txt": b"Mitochondria are the powerhouse of the cell. They make ATP by respiration.",
+        "waves.md": b"# Waves\n\nSound is a longitudinal wave that needs a medium to travel.",
+        "ohm.html": HTML.encode(),
+        "gravity.pdf": make_pdf(["Gravity pulls masses together.", "On Earth it accelerates objects at 9.8 m/s2."]),
+    }
+    ids = {}
+    for name, data in uploads.items():
+        status, body = await _upload(api, mentor, name, data, course="physics")
+        assert status == 201, (name, body)
+        ids[name] = body["document"]["id"]
+        assert body["document"]["source"] == name and body["document"]["course"] == "physics"
+    status, same = await _upload(api, mentor, "again.pdf", uploads["gravity.pdf"])
+    assert status == 200 and same["document"]["id"] == ids["gravity.pdf"]
+
+    # Extraction really happened: HTML lost its script and nav, PDF text is searchable.
+    status, full = await api.request("GET", f"/api/documents/{ids['ohm.html']}", mentor)
+    assert status == 200 and "proportional to the voltage" in full["document"]["content"]
+    assert "alert" not in full["document"]["content"] and "Courses" not in full["document"]["content"]
+    status, found = await api.request("GET", "/api/search", mentor, params={"q": "acceleration of gravity on Earth"})
+    assert status == 200 and found["results"][0]["document_id"] == ids["gravity.pdf"]
+
+    status, listed = await api.request("GET", "/api/documents", mentor, params={"course": "physics"})
+    assert status == 200 and {d["id"] for d in listed["documents"]} == set(ids.values())
+
+
+async def test_bad_uploads_are_bad_requests(api: Api, db: Database) -> None:
+    admin = await api.staff(db, "admin")
+    status, body = await _upload(api, admin, "slides.pptx", b"PK\x03\x04 not supported")
+    assert status == 400 and body["error"]["code"] == "bad_request"
+    status, body = await _upload(api, admin, "broken.pdf", b"%PDF-1.4 this is not a pdf")
+    assert status == 400 and body["error"]["code"] == "bad_request"
+    status, body = await api.request("POST", "/api/documents", admin, json={"title": "Empty", "content": "   \n "})
+    assert status == 400 and body["error"]["code"] == "bad_request"
+    status, body = await api.request("POST", "/api/documents", admin, json={"content": 42})
+    assert status == 400
+    for multipart in (True, False):
+        form = aiohttp.FormData(default_to_multipart=multipart)
+        form.add_field("title", "no file")
+        status, body = await api.request("POST", "/api/documents", admin, data=form)
+        assert status == 400 and "file" in body["error"]["message"], body
+
+
+async def test_roles_and_delete(api: Api, db: Database) -> None:
+    student = await api.register("Sam")
+    agent = await api.staff(db, "agent")
+    status, body = await api.request("POST", "/api/documents", student, json={"title": "x", "content": "Some text."})
+    assert status == 403 and body["error"]["code"] == "forbidden"
+    status, _ = await api.request("GET", "/api/documents", student)
+    assert status == 403
+    status, _ = await api.request("GET", "/api/search", None, params={"q": "cells"})
+    assert status == 401
+
+    status, body = await api.request("POST", "/api/documents", agent, json={
+        "title": "Cells", "content": "Mitochondria make ATP. Ribosomes build proteins from amino acids.",
+    })
+    assert status == 201
+    doc_id = body["document"]["id"]
+    # Students may search (the tutor's material is theirs to read) but not delete.
+    status, found = await api.request("GET", "/api/search", student, params={"q": "what builds proteins", "k": "3"})
+    assert status == 200 and found["results"][0]["document_id"] == doc_id
+    hit = found["results"][0]
+    assert {"chunk_id", "document_id", "title", "content", "score"} <= hit.keys() and "Ribosomes" in hit["content"]
+    status, _ = await api.request("DELETE", f"/api/documents/{doc_id}", student)
+    assert status == 403
+
+    status, body = await api.request("DELETE", f"/api/documents/{doc_id}", agent)
+    assert status == 200 and body["document"]["id"] == doc_id
+    status, found = await api.request("GET", "/api/search", student, params={"q": "what builds proteins"})
+    assert status == 200 and found["results"] == []
+    status, body = await api.request("DELETE", f"/api/documents/{doc_id}", agent)
+    assert status == 404 and body["error"]["code"] == "not_found"
+    status, _ = await api.request("DELETE", "/api/documents/not-a-uuid", agent)
+    assert status == 404
+
+
+async def test_search_course_filter_and_parameters(api: Api, db: Database) -> None:
+    mentor = await api.staff(db, "mentor")
+    student = await api.register("Sue")
+    texts = {
+        "biology": "Enzymes speed up chemical reactions in living cells without being used up.",
+        "chemistry": "Catalysts speed up chemical reactions and are not consumed by them.",
+        None: "General study tips: space your revision and test yourself on reactions.",
+    }
+    ids = {}
+    for course, content in texts.items():
+        payload = {"title": f"{course} notes", "content": content, **({"course": course} if course else {})}
+        status, body = await api.request("POST", "/api/documents", mentor, json=payload)
+        assert status == 201
+        ids[course] = body["document"]["id"]
+    status, found = await api.request("GET", "/api/search", student, params={"q": "speed up reactions", "course": "biology"})
+    got = {r["document_id"] for r in found["results"]}
+    # The course's own documents plus general ones; never another course's.
+    assert ids["biology"] in got and ids["chemistry"] not in got
+    status, found = await api.request("GET", "/api/search", student, params={"q": "speed up reactions", "k": "1"})
+    assert len(found["results"]) == 1
+    for bad in ({"q": ""}, {"q": "x", "k": "0"}, {"q": "x", "k": "abc"}, {"q": "x", "k": "51"}):
+        status, body = await api.request("GET", "/api/search", student, params=bad)
+        assert status == 400 and body["error"]["code"] == "bad_request", bad
