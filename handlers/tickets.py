@@ -29,7 +29,10 @@ from storage import tickets as store
 
 log = logging.getLogger(__name__)
 
+# Where an escalation came from: tutor (its decision), user (tutor:escalate), staff, reopen.
 SOURCES = frozenset({"tutor", "user", "staff", "reopen", "system"})
+SOURCE_ALIASES = {"student": "user", "guest": "user", "agent": "staff", "admin": "staff"}
+MAX_SOURCE_CHARS = 30
 PRIORITIES = ("low", "normal", "high", "urgent")
 REOPEN_REASON = "reopened_after_close"
 MAX_REASON_CHARS = 500
@@ -126,8 +129,7 @@ class TicketService:
         category: str | None = None,
         priority: str | None = None,
     ) -> dict[str, Any]:
-        if source not in SOURCES:
-            raise ValueError(f"unknown escalation source {source!r}")
+        source = SOURCE_ALIASES.get(source, source)[:MAX_SOURCE_CHARS] or "system"
         if priority is not None and priority not in PRIORITIES:
             raise ApiError("bad_request", f"priority must be one of {', '.join(PRIORITIES)}.")
         reason = (reason or "").strip()[:MAX_REASON_CHARS] or "escalated"
