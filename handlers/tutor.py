@@ -39,6 +39,7 @@ from storage import tutor as store
 log = logging.getLogger(__name__)
 
 SESSION_TYPES = ("lesson", "interactive", "exam_prep")
+SOURCE_ALIASES = {"student": "user", "agent": "staff"}
 
 
 def chat_model_from_settings(settings: Settings) -> ChatModel | None:
@@ -309,10 +310,16 @@ async def escalate(core: Core, actor: Actor, *, conversation_id: UUID, reason: s
         raise ApiError("unavailable", "Handing over to a person is not available on this server.")
     urgent = bool(reason) and safety_concern(reason or "")
     category = "safety" if urgent else "human_request"
-    ticket = await tickets.escalate(
-        core, conversation_id=conversation_id, reason=reason or "requested by the student",
-        escalated_by=actor, source="agent" if actor.is_staff else "student", urgent=urgent, category=category,
-    )
+    source = "agent" if actor.is_staff else "student"
+    kwargs: dict[str, Any] = {
+        "conversation_id": conversation_id, "reason": reason or "requested by the student",
+        "escalated_by": actor, "urgent": urgent, "category": category,
+    }
+    try:
+        ticket = await tickets.escalate(core, source=source, **kwargs)
+    except ValueError:
+        # The tickets feature may name these sources "user" / "staff"; same meaning.
+        ticket = await tickets.escalate(core, source=SOURCE_ALIASES[source], **kwargs)
     await service_of(core).cancel(conversation_id)  # the mode has changed: the AI stops here too
     async with core.db.connection() as conn:
         await store.log_decision(
