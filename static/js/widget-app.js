@@ -1,0 +1,314 @@
+// The embeddable tutor chat. Lives in a shadow root so the host page's CSS and ours never
+// mix. Streams answers, shows sources, hands over to a person, and recovers every missed
+// message by seq after the network drops (see timeline.js).
+import { ApiError, Http, Live } from "./client.js";
+import { h, MessageList } from "./dom.js";
+import { Typing } from "./common.js";
+import { Outbox, Recovery } from "./timeline.js";
+
+const MODE_TEXT = {
+  ai: "AI tutor · answers from your course material",
+  waiting: "Waiting for a person — we have told the support team",
+  human: "A person is helping you",
+};
+
+function chatIcon() {
+  const span = h("span", { class: "launcher-icon", "aria-hidden": "true" });
+  span.innerHTML = '<svg width="20" height="20" viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" stroke-linejoin="round"><path d="M21 12a8 8 0 0 1-11.6 7.1L4 20l1-4.6A8 8 0 1 1 21 12z"/></svg>';
+  return span;
+}
+
+/** Guest identity and conversation, kept per server so a reopen shows the history. */
+class Store {
+  constructor(server) { this.key = `studyhall-widget:${server}`; }
+  get() { try { return JSON.parse(localStorage.getItem(this.key) || "{}"); } catch { return {}; } }
+  set(patch) { localStorage.setItem(this.key, JSON.stringify({ ...this.get(), ...patch })); }
+  clear() { localStorage.removeItem(this.key); }
+}
+
+async function identify(options, store) {
+  if (options.token) {
+    const { user } = await new Http(options.server, options.token).get("/api/me");
+    return { token: options.token, user, guest: false };
+  }
+  const saved = store.get();
+  if (saved.token) {
+    try {
+      const { user } = await new Http(options.server, saved.token).get("/api/me");
+      return { token: saved.token, user, guest: true };
+    } catch (err) {
+      if (!(err instanceof ApiError) || err.status !== 401) throw err;
+      store.clear(); // expired guest: start over as a new guest
+    }
+  }
+  const { token, user } = await new Http(options.server).post("/api/auth/guest", {});
+  store.set({ token, user, conversation_id: null });
+  return { token, user, guest: true };
+}
+
+export async function mount(options) {
+  const host = h("div", { id: "studyhall-widget", style: "visibility:hidden" });
+  document.body.append(host);
+  const root = host.attachShadow({ mode: "open" });
+  const css = h("link", { rel: "stylesheet", href: new URL("css/widget.css", options.assets).href });
+  css.addEventListener("load", () => { host.style.visibility = "visible"; });
+  root.append(css);
+  const widget = new Widget(root, options);
+  if (options.open) widget.open();
+  return widget;
+}
+
+class Widget {
+  constructor(root, options) {
+    this.root = root;
+    this.options = options;
+    this.store = new Store(options.server);
+    this.conversation = null;
+    this.names = new Map();
+    this.unread = 0;
+    this.readSeq = 0; // highest seq another member (the agent) has read
+    this.started = null;
+    this.build();
+  }
+
+  build() {
+    this.badge = h("span", { class: "badge", hidden: true, "aria-label": "unread messages" });
+    this.launcher = h("button", { type: "button", class: "launcher", "aria-expanded": "false", "aria-controls": "sh-panel", onclick: () => this.toggle() },
+      chatIcon(), h("span", { class: "launcher-text" }, "Ask the tutor"), this.badge);
+    this.modeEl = h("p", { class: "mode", id: "sh-mode" }, MODE_TEXT.ai);
+    this.connEl = h("span", { class: "conn", role: "status", hidden: true });
+    this.noticeEl = h("div", { class: "notice", role: "status", hidden: true });
+    this.messagesEl = h("ol", { class: "messages", id: "sh-messages", "aria-label": "Conversation" });
+    this.olderBtn = h("button", { type: "button", class: "older", hidden: true, onclick: () => this.loadOlder() }, "Show earlier messages");
+    this.scroll = h("div", { class: "scroll", "data-scroll": "" }, this.olderBtn, this.messagesEl);
+    this.typingEl = h("div", { class: "typing", "aria-live": "polite" });
+    this.humanBtn = h("button", { type: "button", class: "human", onclick: () => this.escalate() }, "Talk to a person");
+    this.stopBtn = h("button", { type: "button", class: "stop", hidden: true, onclick: () => this.stop() }, "Stop answer");
+    this.newBtn = h("button", { type: "button", class: "human", hidden: true, onclick: () => this.startNew() }, "Start a new conversation");
+    this.input = h("textarea", { id: "sh-input", rows: "2", placeholder: "Ask a question…", disabled: true });
+    this.sendBtn = h("button", { type: "submit", class: "send", disabled: true }, "Send");
+    this.composer = h("form", { class: "composer" },
+      h("label", { for: "sh-input", class: "sr-only" }, "Your question"), this.input, this.sendBtn);
+    this.panel = h("section", { id: "sh-panel", class: "panel", role: "dialog", "aria-labelledby": "sh-title", "aria-describedby": "sh-mode", hidden: true },
+      h("header", {},
+        h("div", { class: "titles" }, h("h2", { id: "sh-title" }, this.options.title), this.modeEl),
+        this.connEl,
+        h("button", { type: "button", class: "close", "aria-label": "Close chat", onclick: () => this.close() }, "×")),
+      this.noticeEl, this.scroll, this.typingEl,
+      h("div", { class: "actions" }, this.humanBtn, this.stopBtn, this.newBtn),
+      this.composer);
+    this.root.append(this.launcher, this.panel);
+
+    this.composer.addEventListener("submit", (ev) => { ev.preventDefault(); this.send(); });
+    this.input.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); this.send(); }
+    });
+    this.input.addEventListener("input", () => this.conversation && this.typing?.sendTyping(this.conversation.id));
+    this.panel.addEventListener("keydown", (ev) => { if (ev.key === "Escape") this.close(); });
+  }
+
+  // ---- opening and connecting ---------------------------------------------------------
+  toggle() { this.panel.hidden ? this.open() : this.close(); }
+
+  open() {
+    this.panel.hidden = false;
+    this.launcher.setAttribute("aria-expanded", "true");
+    this.unread = 0;
+    this.renderBadge();
+    this.input.focus();
+    this.started ??= this.start().catch((err) => {
+      this.started = null;
+      this.notice(`The tutor is unavailable: ${err.message}`, true);
+    });
+    this.markRead();
+  }
+
+  close() {
+    this.panel.hidden = true;
+    this.launcher.setAttribute("aria-expanded", "false");
+    this.launcher.focus();
+  }
+
+  async start() {
+    this.notice("Connecting…");
+    this.identity = await identify(this.options, this.store);
+    this.names.set(this.identity.user.id, this.identity.user.name);
+    this.http = new Http(this.options.server, this.identity.token);
+    this.live = new Live(this.options.server, this.identity.token, { onStatus: (s) => this.status(s) });
+    this.recovery = new Recovery(this.live);
+    this.view = new MessageList(this.messagesEl, { selfId: this.identity.user.id, names: this.names, onRetry: (id) => this.outbox.retry(id) });
+    this.outbox = new Outbox(this.live, this.recovery, { onChange: (e) => this.view.pending(e) });
+    this.typing = new Typing(this.live, this.typingEl, this.names);
+    this.live.on("message:delta", (d) => this.onDelta(d));
+    this.live.on("message:new", ({ message }) => this.onMessage(message));
+    this.live.on("conversation:updated", ({ conversation }) => this.onConversation(conversation));
+    this.live.on("conversation:new", ({ conversation }) => this.onConversation(conversation));
+    this.live.on("read", ({ conversation_id, user_id, seq }) => {
+      if (conversation_id === this.conversation?.id && user_id !== this.identity.user.id) {
+        this.readSeq = Math.max(this.readSeq, seq);
+        this.renderSeen();
+      }
+    });
+    this.live.on("disconnect", () => this.messagesEl.querySelectorAll(".draft .msg-note").forEach((n) => { n.textContent = "connection lost — the full answer will follow"; }));
+    await this.openConversation();
+  }
+
+  /** Resume the stored (or latest open) tutor conversation, or start one. */
+  async openConversation() {
+    const savedId = this.store.get().conversation_id;
+    const { conversations } = await this.http.get("/api/conversations");
+    const tutor = conversations.filter((c) => c.kind === "tutor");
+    let conv = tutor.find((c) => c.id === savedId) || tutor.find((c) => c.status === "open");
+    if (!conv) {
+      const payload = { title: this.options.title };
+      if (this.options.course) payload.course = this.options.course;
+      if (this.options.lesson) payload.lesson = this.options.lesson;
+      conv = (await this.live.call("tutor:start", payload)).conversation;
+    }
+    await this.show(conv);
+  }
+
+  async show(conv) {
+    this.conversation = conv;
+    this.store.set({ conversation_id: conv.id });
+    this.onConversation(conv);
+    this.view.clear();
+    this.typing.watch(conv.id);
+    const timeline = await this.recovery.follow(conv.id);
+    this.timeline = timeline;
+    timeline.list().forEach((m) => this.view.upsert(m));
+    this.olderBtn.hidden = !timeline.hasOlder;
+    timeline.subscribe((m) => {
+      this.view.upsert(m);
+      this.renderSeen();
+    });
+    this.notice(null);
+    this.input.disabled = this.sendBtn.disabled = conv.status === "closed";
+    if (!this.panel.hidden) this.input.focus();
+    this.markRead();
+  }
+
+  async startNew() {
+    this.store.set({ conversation_id: null });
+    const payload = { title: this.options.title };
+    if (this.options.course) payload.course = this.options.course;
+    const { conversation } = await this.live.call("tutor:start", payload);
+    await this.show(conversation);
+  }
+
+  async loadOlder() {
+    await this.recovery.loadOlder(this.conversation.id);
+    this.timeline.list().forEach((m) => this.view.upsert(m));
+    this.olderBtn.hidden = !this.timeline.hasOlder;
+  }
+
+  // ---- live events --------------------------------------------------------------------
+  onDelta({ conversation_id, message_id, delta }) {
+    if (conversation_id !== this.conversation?.id) return;
+    this.view.delta(message_id, delta);
+    this.stopBtn.hidden = false;
+    this.stopBtn.dataset.conversationId = conversation_id;
+  }
+
+  onMessage(message) {
+    if (message.conversation_id !== this.conversation?.id) return;
+    if (message.role === "assistant" && !this.messagesEl.querySelector(".draft")) this.stopBtn.hidden = true;
+    if (message.sender_id) this.typing.stopped(message.sender_id);
+    if (message.sender_id !== this.identity.user.id) {
+      if (this.panel.hidden) {
+        this.unread += 1;
+        this.renderBadge();
+      } else {
+        this.markRead();
+      }
+    }
+  }
+
+  onConversation(conv) {
+    if (this.conversation && conv.id !== this.conversation.id) return;
+    this.conversation = { ...this.conversation, ...conv };
+    conv.members?.forEach((m) => this.names.set(m.id, m.name));
+    const agent = conv.members?.find((m) => m.role === "agent" || m.role === "admin");
+    let text = MODE_TEXT[conv.mode] || MODE_TEXT.ai;
+    if (conv.mode === "human" && agent) text = `${agent.name} (support) is helping you`;
+    if (conv.status === "closed") text = "This conversation is closed";
+    this.modeEl.textContent = text;
+    this.panel.dataset.mode = conv.status === "closed" ? "closed" : conv.mode || "ai";
+    this.humanBtn.hidden = conv.status === "closed" || conv.mode === "human";
+    this.humanBtn.disabled = conv.mode !== "ai";
+    this.humanBtn.textContent = conv.mode === "waiting" ? "A person is on the way…" : "Talk to a person";
+    this.newBtn.hidden = conv.status !== "closed";
+    this.input.disabled = this.sendBtn.disabled = conv.status === "closed";
+    if (conv.mode !== "ai") {
+      this.view?.dropDrafts(); // the AI stopped when a person was asked for
+      this.stopBtn.hidden = true;
+    }
+  }
+
+  // ---- actions ------------------------------------------------------------------------
+  send() {
+    const text = this.input.value.trim();
+    if (!text || !this.conversation || this.input.disabled) return;
+    this.outbox.send(this.conversation.id, text);
+    this.typing.sendStop(this.conversation.id);
+    this.input.value = "";
+    this.input.focus();
+  }
+
+  async escalate() {
+    this.humanBtn.disabled = true;
+    try {
+      await this.live.call("tutor:escalate", { conversation_id: this.conversation.id, reason: "The student asked for a person from the chat widget." });
+      this.onConversation({ ...this.conversation, mode: this.conversation.mode === "human" ? "human" : "waiting" });
+    } catch (err) {
+      this.humanBtn.disabled = false;
+      this.notice(`Could not reach a person: ${err.message}`, true);
+    }
+  }
+
+  async stop() {
+    this.stopBtn.hidden = true;
+    await this.live.call("tutor:stop", { conversation_id: this.conversation.id }).catch(() => {});
+  }
+
+  markRead() {
+    if (this.panel.hidden || !this.timeline?.lastSeq || !this.live?.connected) return;
+    if (this.timeline.lastSeq <= (this.sentRead || 0)) return;
+    this.sentRead = this.timeline.lastSeq;
+    this.live.call("read", { conversation_id: this.conversation.id, seq: this.timeline.lastSeq }).catch(() => { this.sentRead = 0; });
+  }
+
+  // ---- rendering helpers --------------------------------------------------------------
+  status(status) {
+    if (status === "unauthorized" && !this.options.token) {
+      this.store.clear(); // the guest token expired: come back as a new guest
+      this.live.close();
+      this.started = null;
+      this.notice("Your session expired; reopen the chat to start again.", true);
+      return;
+    }
+    this.connEl.hidden = status === "online";
+    this.connEl.dataset.status = status;
+    this.connEl.textContent = status === "online" ? "" : status === "unauthorized" ? "Signed out" : "Reconnecting…";
+    if (status === "online") this.markRead();
+  }
+
+  notice(text, warn = false) {
+    this.noticeEl.hidden = !text;
+    this.noticeEl.textContent = text || "";
+    this.noticeEl.classList.toggle("warn", warn);
+  }
+
+  renderBadge() {
+    this.badge.hidden = this.unread === 0;
+    this.badge.textContent = String(this.unread);
+    this.badge.setAttribute("aria-label", `${this.unread} unread messages`);
+  }
+
+  renderSeen() {
+    this.messagesEl.querySelectorAll(".seen").forEach((el) => el.remove());
+    if (!this.readSeq) return;
+    const mine = [...this.messagesEl.querySelectorAll("li.msg-mine[data-seq]")].filter((el) => Number(el.dataset.seq) <= this.readSeq);
+    mine.at(-1)?.append(h("div", { class: "seen msg-note" }, "Seen"));
+  }
+}
