@@ -1,6 +1,6 @@
 """Browser-test kit: Debian's Chromium driven by Playwright against real Studyhall servers.
 
-Import the fixtures into a test module (`from tests.pagekit import browser, pages_app`).
+Import the fixtures into a test module (`from tests.pagekit import browser`).
 Every page opened through `open_page` records uncaught JavaScript errors and failed
 console errors; `assert_clean(page)` fails a test on any of them.
 """
@@ -14,8 +14,6 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
-import server.app
-from server import pages
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts"
@@ -25,14 +23,6 @@ CHROMIUM_ARGS = [
 ]
 PHONE = {"width": 375, "height": 740}
 DESKTOP = {"width": 1280, "height": 860}
-
-
-@pytest.fixture(autouse=True)
-def pages_app(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Servers started by these tests include server/pages.py (the vendor bundle, CORS),
-    whether or not the app factory lists it yet."""
-    if pages not in server.app.FEATURES:
-        monkeypatch.setattr(server.app, "FEATURES", (pages, *server.app.FEATURES))
 
 
 @pytest.fixture

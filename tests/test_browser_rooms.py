@@ -6,7 +6,7 @@ from __future__ import annotations
 from playwright.async_api import Page, expect
 
 from tests.client import Api, Instance
-from tests.pagekit import PHONE, assert_clean, browser, open_page, pages_app, screenshot, sign_in  # noqa: F401
+from tests.pagekit import PHONE, assert_clean, browser, open_page, screenshot, sign_in  # noqa: F401
 
 TITLE = "Algebra office hours"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from playwright.async_api import expect
 
 from tests.client import Api, Instance
-from tests.pagekit import PHONE, assert_clean, browser, open_page, pages_app, screenshot, seqs, sign_in  # noqa: F401
+from tests.pagekit import PHONE, assert_clean, browser, open_page, screenshot, seqs, sign_in  # noqa: F401
 
 
 async def test_direct_thread_between_two_browsers(browser, server: Instance, api: Api) -> None:  # noqa: F811

@@ -170,6 +170,12 @@ export class MessageList {
     this._stickToBottom();
   }
 
+  /** A streamed answer that will not be committed (e.g. a person took over): remove it. */
+  dropDraft(messageId) {
+    const el = this._byData("id", messageId);
+    if (el?.classList.contains("draft")) el.remove();
+  }
+
   dropDrafts() {
     this.ol.querySelectorAll(".draft").forEach((el) => el.remove());
   }

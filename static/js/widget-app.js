@@ -141,6 +141,11 @@ class Widget {
     this.typing = new Typing(this.live, this.typingEl, this.names);
     this.live.on("message:delta", (d) => this.onDelta(d));
     this.live.on("message:new", ({ message }) => this.onMessage(message));
+    this.live.on("message:cancelled", ({ conversation_id, message_id }) => {
+      if (conversation_id !== this.conversation?.id) return;
+      this.view.dropDraft(message_id);
+      if (!this.messagesEl.querySelector(".draft")) this.stopBtn.hidden = true;
+    });
     this.live.on("conversation:updated", ({ conversation }) => this.onConversation(conversation));
     this.live.on("conversation:new", ({ conversation }) => this.onConversation(conversation));
     this.live.on("read", ({ conversation_id, user_id, seq }) => {
