@@ -68,7 +68,13 @@ export class Live {
       reconnectionDelayMax: 3000,
     });
     this.socket.on("connect", () => this.onStatus("online"));
-    this.socket.on("disconnect", () => this.onStatus("offline"));
+    this.socket.on("disconnect", (reason) => {
+      this.onStatus("offline");
+      // socket.io-client does not reconnect by itself after the server closed the socket
+      // (a restart or deploy closes them all): come back after a short random pause. If
+      // the token was revoked, the next connect is refused and `unauthorized` ends it.
+      if (reason === "io server disconnect") setTimeout(() => this.socket.connect(), 500 + Math.random() * 1500);
+    });
     this.socket.io.on("reconnect_attempt", () => this.onStatus("connecting"));
     this.socket.on("connect_error", (err) => {
       if (err?.data?.code === "unauthorized") {

@@ -127,30 +127,31 @@ export class Recovery {
       this.again = true;
       return this.syncing;
     }
-    this.syncing = (async () => {
-      try {
-        do {
-          this.again = false;
-          const since = {};
-          for (const t of this.timelines.values()) if (t.loaded) since[t.id] = t.lastSeq;
-          if (!Object.keys(since).length) break;
-          const { conversations } = await this.live.call("sync", { since });
-          for (const [cid, { messages, complete }] of Object.entries(conversations)) {
-            const t = this.timelines.get(cid);
-            if (!t) continue;
-            messages.forEach((m) => t.add(m));
-            if (!complete) this.again = true;
-          }
-        } while (this.again);
-        this.onRecovered();
-      } catch (err) {
-        if (!(err instanceof ApiError) || !isRetryable(err)) throw err;
-        // Offline again: the next `connect` syncs.
-      } finally {
-        this.syncing = null;
-      }
-    })();
+    // `.finally` runs after this assignment even when the loop finishes synchronously.
+    this.syncing = this._syncLoop().finally(() => { this.syncing = null; });
     return this.syncing;
+  }
+
+  async _syncLoop() {
+    try {
+      do {
+        this.again = false;
+        const since = {};
+        for (const t of this.timelines.values()) if (t.loaded) since[t.id] = t.lastSeq;
+        if (!Object.keys(since).length) return;
+        const { conversations } = await this.live.call("sync", { since });
+        for (const [cid, { messages, complete }] of Object.entries(conversations)) {
+          const t = this.timelines.get(cid);
+          if (!t) continue;
+          messages.forEach((m) => t.add(m));
+          if (!complete) this.again = true;
+        }
+      } while (this.again);
+      this.onRecovered();
+    } catch (err) {
+      if (!(err instanceof ApiError) || !isRetryable(err)) throw err;
+      // Offline again: the next `connect` syncs.
+    }
   }
 }
 
