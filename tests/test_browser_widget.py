@@ -111,7 +111,7 @@ async def test_guest_asks_tutor_then_agent_takes_over_and_hands_back(browser, st
         assert "keep it simple" not in await w.inner_text()
         await screenshot(guest, "widget-agent")
         await console.evaluate("window.scrollTo(0, 0)")
-        await screenshot(console, "console")
+        await screenshot(console, "console", full_page=True)
 
         # Resolve and hand back: the AI answers again.
         await console.get_by_label("After resolving").select_option("ai")
