@@ -102,3 +102,35 @@ async def run(browser: Any, first: Instance, port: int, settings: Settings, runn
     assert shown.count("Are you still there?") == 1
     await screenshot(guest, "widget-recovered")
     assert_clean(guest)
+
+
+async def test_widget_fills_a_seq_gap_without_reconnecting(browser, start_instance, db) -> None:  # noqa: F811
+    """Two instances with no Redis between them: what the agent writes through the other
+    instance never reaches the widget live. The next message that does arrive jumps in seq;
+    the widget asks `sync` for the hole and shows everything once, in order."""
+    near, far = await start_instance(), await start_instance()
+    async with aiohttp.ClientSession() as http:
+        api = Api(http, near.url)
+        agent = await api.staff(db, "agent", "Alex")
+        guest = await open_page(browser, near.url + "/static/demo.html")
+        w = guest.locator("#studyhall-widget")
+        await w.get_by_role("button", name="Ask the tutor").click()
+        await expect(guest.get_by_label("Your question")).to_be_enabled()
+        await w.get_by_role("button", name="Talk to a person").click()
+        await expect(w.locator("#sh-mode")).to_contain_text("Waiting for a person")
+        sock = await api.socket(agent)
+        _, body = await api.request("GET", "/api/tickets", agent)
+        cid = body["tickets"][0]["conversation_id"]
+        await sock.ok("ticket:claim", {"ticket_id": body["tickets"][0]["id"]})
+
+        far_sock = await api.socket(agent, url=far.url)
+        for i in range(3):
+            await far_sock.ok("message:send", {"conversation_id": cid, "content": f"Missed {i}", "client_id": f"m{i}"})
+        await sock.ok("message:send", {"conversation_id": cid, "content": "Seen live", "client_id": "live"})
+
+        bodies = w.locator("li[data-seq] .msg-body")
+        await expect(bodies.last).to_have_text("Seen live")
+        _, history = await api.request("GET", f"/api/conversations/{cid}/messages", agent)
+        await expect(bodies).to_have_text([m["content"] for m in history["messages"]])
+        assert await seqs(guest, "#studyhall-widget #sh-messages") == list(range(1, len(history["messages"]) + 1))
+        assert_clean(guest)
