@@ -207,15 +207,21 @@ function renderDecisions(decisions) {
 }
 
 async function select(id) {
+  let detail;
+  try {
+    detail = await http.get(`/api/tickets/${id}`);
+  } catch (err) {
+    announce($("#announcer"), `Could not open the ticket: ${err.message}`);
+    return;
+  }
   selected?.unsubscribe?.();
-  const detail = await http.get(`/api/tickets/${id}`);
   const t = detail.ticket;
   tickets.set(t.id, t);
   detail.conversation?.members?.forEach((m) => names.set(m.id, m.name));
   selected = { ticket: t, conversation: detail.conversation };
   renderQueue();
   detailEl.replaceChildren(headerEl, actionsEl,
-    h("div", { class: "split", style: "grid-template-columns: 1fr 260px" },
+    h("div", { class: "split split-detail" },
       h("div", { class: "chat" }, transcript, typingEl, composer),
       h("div", {}, h("h3", {}, "AI decisions"), decisionsEl)));
   renderHeader();

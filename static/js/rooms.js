@@ -89,6 +89,7 @@ async function refreshLobby() {
   const { live_sessions: liveNow } = await http.get("/api/live-sessions?status=live");
   liveList.replaceChildren(...(liveNow.length ? liveNow.map((s) => roomLine(s, [
     h("button", { type: "button", class: "primary", "aria-label": `Join ${s.title}`, onclick: () => enter(s) }, "Join"),
+    s.host_id !== me.id ? h("button", { type: "button", class: "link", onclick: () => follow(s) }, `Tell me when ${s.host?.name || "this mentor"} goes live`) : null,
   ])) : [h("li", { class: "empty" }, "No live rooms right now.")]));
   if (!canHost) return;
   const { live_sessions: mine } = await http.get(`/api/live-sessions?host_id=${me.id}`);
@@ -98,6 +99,16 @@ async function refreshLobby() {
     s.status === "live" ? h("button", { type: "button", "aria-label": `Enter ${s.title}`, onclick: () => enter(s) }, "Enter") : null,
     s.status === "live" ? h("button", { type: "button", class: "danger", "aria-label": `End ${s.title}`, onclick: () => lifecycle(s, "end") }, "End") : null,
   ])) : [h("li", { class: "empty" }, "You have no rooms yet.")]));
+}
+
+/** Favorite the host with notify_when_online: `live:started` tells us about their next room. */
+async function follow(s) {
+  try {
+    await http.post("/api/favorites", { user_id: s.host_id, notify_when_online: true });
+    notice(`You will be told when ${s.host?.name || "this mentor"} starts a room.`);
+  } catch (err) {
+    notice(err.message, true);
+  }
 }
 
 function showLobby() {
@@ -280,8 +291,12 @@ live.on("room:ended", ({ live_session_id }) => {
 });
 
 live.on("live:started", ({ live_session }) => {
-  say(`${live_session.host?.name || "A mentor"} started ${live_session.title}`);
-  if (!room) refreshLobby().catch(() => {});
+  const text = `${live_session.host?.name || "A mentor"} started “${live_session.title}”.`;
+  say(text);
+  if (!room) {
+    notice(text);
+    refreshLobby().catch(() => {});
+  }
 });
 
 // After a reconnect the server puts our new socket back in the room's chat; sync fills gaps.
