@@ -1,0 +1,184 @@
+"""Broadcast to big rooms: encode once, write one pre-built websocket frame per socket.
+
+python-socketio's `AsyncManager.emit` encodes a broadcast once but then makes one asyncio
+task per recipient; each task queues the packet for the socket's writer task, which
+UTF-8-encodes it again, builds a frame header and writes it (and compresses it again
+per socket when the client negotiated permessage-deflate). For a room of 1,000 that is
+thousands of task switches and syscalls per message.
+
+`FastFanout` replaces that local delivery step (and only it): the Socket.IO packet, the
+Engine.IO packet and the websocket frame bytes are built once per emit, then appended
+to each websocket recipient's pending output; one `transport.write` per socket per
+event-loop turn flushes everything that socket got in that turn. Sockets on long-polling,
+still upgrading or still connecting, and emits with callbacks or binary data, go the
+stock way. Frames are sent uncompressed (RFC 7692 allows uncompressed messages on a
+deflate connection), which also saves the per-socket compression.
+
+A socket whose unsent output passes `MAX_BUFFERED_BYTES` is a consumer that cannot keep
+up: it is closed (the client reconnects and recovers by seq) rather than letting the
+server's memory grow without bound.
+
+Ordering: frames to one socket leave in emit order. Acks still go through Engine.IO's
+queue, so an event may overtake an ack queued just before it (clients already dedupe by
+seq; nothing in the protocol depends on acks coming before events).
+
+Wiring (server/realtime.py's `create_sio`): build the manager with `create_manager(
+settings)` and pass it as `client_manager`, then call `install(sio)` once after
+creating the server. With Redis the manager is python-socketio's AsyncRedisManager with
+this local step swapped in, so each instance still publishes once and delivers locally
+with the fast path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import socketio
+from engineio import packet as eio_packet
+from engineio.async_drivers.aiohttp import WebSocket as EngineWebSocket
+from socketio import packet as sio_packet
+
+log = logging.getLogger(__name__)
+
+MAX_BUFFERED_BYTES = 8 * 1024 * 1024
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented, uncompressed websocket text frame (RFC 6455 §5.2)."""
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
+
+
+class Outbox:
+    """Frames waiting for the end of this event-loop turn, grouped by transport."""
+
+    def __init__(self) -> None:
+        self.pending: dict[asyncio.Transport, list[bytes]] = {}
+        self.scheduled = False
+        self.slow_consumers_closed = 0
+
+    def put(self, transport: asyncio.Transport, frame: bytes) -> None:
+        frames = self.pending.get(transport)
+        if frames is None:
+            self.pending[transport] = [frame]
+        else:
+            frames.append(frame)
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        pending, self.pending = self.pending, {}
+        for transport, frames in pending.items():
+            if transport.is_closing():
+                continue
+            transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+            if transport.get_write_buffer_size() > MAX_BUFFERED_BYTES:
+                self.slow_consumers_closed += 1
+                log.warning("closing a socket that cannot keep up with its events")
+                transport.abort()
+
+
+class FastFanout(socketio.AsyncManager):
+    """AsyncManager whose local delivery writes pre-built frames (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.websockets: dict[str, asyncio.Transport] = {}  # eio sid -> its websocket's transport
+        self.outbox = Outbox()
+
+    def _transport(self, sid: str, eio_sid: str, namespace: str) -> asyncio.Transport | None:
+        """The socket's websocket transport when the fast path is safe for it, else None."""
+        transport = self.websockets.get(eio_sid)
+        if transport is None or transport.is_closing():
+            return None
+        sock = self.server.eio.sockets.get(eio_sid)
+        if sock is None or not sock.upgraded or sock.upgrading or sock.closed:
+            return None
+        if sid in self.pending_connect.get(namespace, ()):  # its CONNECT packet is not out yet
+            return None
+        return transport
+
+    async def emit(self, event: str, data: Any, namespace: str, room: Any = None, skip_sid: Any = None,
+                   callback: Any = None, to: Any = None, **kwargs: Any) -> None:
+        room = to or room
+        if callback is not None or namespace not in self.rooms:
+            return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs)
+        args = list(data) if isinstance(data, tuple) else ([data] if data is not None else [])
+        pkt = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args])
+        encoded = pkt.encode()
+        if isinstance(encoded, list):  # binary attachments: leave them to python-socketio
+            return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, **kwargs)
+        eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        frame = text_frame(eio_pkt.encode().encode("utf-8"))
+        skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
+        slow: list[str] = []
+        for sid, eio_sid in self.get_participants(namespace, room):
+            if sid in skip:
+                continue
+            transport = self._transport(sid, eio_sid, namespace)
+            if transport is None:
+                slow.append(eio_sid)
+            else:
+                self.outbox.put(transport, frame)
+        for eio_sid in slow:  # queue puts; nothing here waits on the network
+            await self.server._send_eio_packet(eio_sid, eio_pkt)
+
+
+class FastRedisFanout(socketio.AsyncRedisManager, FastFanout):
+    """AsyncRedisManager (publish once, deliver on every instance) with FastFanout's local step.
+
+    MRO: AsyncRedisManager → AsyncPubSubManager → FastFanout → AsyncManager, so the pub/sub
+    manager's `super().emit` for local delivery lands in FastFanout.emit.
+    """
+
+
+def create_manager(settings: Any) -> socketio.AsyncManager:
+    """The client manager for `socketio.AsyncServer(client_manager=...)`."""
+    if settings.redis_url:
+        return FastRedisFanout(
+            settings.redis_url,
+            channel=settings.redis_channel,
+            redis_options={"socket_timeout": 5, "socket_connect_timeout": 2, "health_check_interval": 10},
+        )
+    return FastFanout()
+
+
+def install(sio: socketio.AsyncServer) -> None:
+    """Let the manager find each socket's websocket: wrap Engine.IO's aiohttp websocket driver
+    (on this server only) so every websocket registers its transport while it is open."""
+    manager = sio.manager
+    if not isinstance(manager, FastFanout):
+        raise TypeError("install() needs a server built with create_manager()")
+    eio = sio.eio
+
+    class TrackedWebSocket(EngineWebSocket):  # type: ignore[misc]
+        def __init__(self, handler: Callable[[Any], Any], server: Any) -> None:
+            engine_socket = getattr(handler, "__self__", None)
+
+            async def tracked(ws: Any) -> None:
+                eio_sid = getattr(engine_socket, "sid", None)
+                writer = getattr(ws._sock, "_writer", None)  # aiohttp's WebSocketWriter, set by prepare()
+                transport = writer.transport if writer is not None else None
+                if eio_sid is not None and transport is not None:
+                    manager.websockets[eio_sid] = transport
+                try:
+                    await handler(ws)
+                finally:
+                    if eio_sid is not None:
+                        manager.websockets.pop(eio_sid, None)
+
+            super().__init__(tracked, server)
+
+    eio._async = {**eio._async, "websocket": TrackedWebSocket}
