@@ -48,10 +48,20 @@ class Core:
     events: Events
     instance_id: UUID
     services: dict[str, Any] = field(default_factory=dict)
+    closing: bool = False
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def spawn(self, coro: Awaitable[Any], *, name: str | None = None) -> asyncio.Task[Any]:
-        """Run work in the background, keeping a reference so it is not garbage collected."""
+        """Run work in the background, keeping a reference so it is not garbage collected.
+
+        Once the instance is shutting down nothing new starts (the pool is about to close):
+        the coroutine is dropped and an already-cancelled task returned."""
+        if self.closing:
+            if asyncio.iscoroutine(coro):
+                coro.close()
+            task = asyncio.ensure_future(asyncio.sleep(0))
+            task.cancel()
+            return task
         task = asyncio.ensure_future(coro)
         if name:
             task.set_name(name)
@@ -65,10 +75,13 @@ class Core:
             log.error("background task failed", exc_info=task.exception(), extra={"task": task.get_name()})
 
     async def cancel_background(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.closing = True
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._tasks.difference_update(tasks)
 
 
 Hook = Callable[..., Awaitable[Any]]

@@ -85,6 +85,7 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
         async with db.connection() as conn:
             await connections.register_instance(conn, core.instance_id)
         yield
+        core.closing = True
         for sid in gateway.local_sids():
             await sio.disconnect(sid, ignore_queue=True)
         await core.cancel_background()
