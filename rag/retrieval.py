@@ -171,15 +171,23 @@ class KnowledgeBase:
         if not q.strip() or k <= 0:
             return []
         candidates = max(4 * k, 20)
-        [query_vector] = await self.embedder.embed([q])
-        async with self.db.connection() as conn:
-            vector_hits = []
-            if any(query_vector):  # an all-zero query (only stopwords) has no direction
-                vector_hits = await store.search_vector(
+
+        async def vector_side() -> list[store.ChunkHit]:
+            [query_vector] = await self.embedder.embed([q])
+            if not any(query_vector):  # an all-zero query (only stopwords) has no direction
+                return []
+            async with self.db.connection() as conn:
+                return await store.search_vector(
                     conn, query_vector, model=self.embedder.name, dim=self.embedder.dim,
                     k=candidates, course=course,
                 )
-            text_hits = await store.search_text(conn, q, k=candidates, course=course)
+
+        async def text_side() -> list[store.ChunkHit]:
+            async with self.db.connection() as conn:
+                return await store.search_text(conn, q, k=candidates, course=course)
+
+        # The two halves run at once, on two connections: latency is the slower, not the sum.
+        vector_hits, text_hits = await asyncio.gather(vector_side(), text_side())
         return fuse(vector_hits, text_hits, k)
 
     async def ensure_index(self) -> str:
