@@ -6,7 +6,7 @@ from __future__ import annotations
 from playwright.async_api import expect
 
 from tests.client import Api, Instance
-from tests.pagekit import assert_clean, browser, open_page, sign_in  # noqa: F401
+from tests.pagekit import PHONE, assert_clean, browser, open_page, screenshot, sign_in  # noqa: F401
 
 
 async def test_queue_order_claim_transfer_close(browser, server: Instance, api: Api, db) -> None:  # noqa: F811
@@ -14,7 +14,7 @@ async def test_queue_order_claim_transfer_close(browser, server: Instance, api: 
     bea = await api.staff(db, "agent", "Bea")
     page_a = await open_page(browser, server.url + "/static/console.html")
     await sign_in(page_a, alex.email)
-    page_b = await open_page(browser, server.url + "/static/console.html")
+    page_b = await open_page(browser, server.url + "/static/console.html", viewport=PHONE)
     await sign_in(page_b, bea.email)
 
     # Two guests' tutor conversations are escalated by staff: a low one, then an urgent one.
@@ -40,7 +40,7 @@ async def test_queue_order_claim_transfer_close(browser, server: Instance, api: 
     await page_a.get_by_label("Transfer to agent (user id)").fill(bea.id)
     await page_a.get_by_role("button", name="Transfer").click()
     await expect(page_a.locator("#ticket-header")).to_contain_text("assigned to Bea")
-    await expect(page_a.get_by_role("button", name="Take over")).to_be_visible()  # no longer Alex's
+    await expect(page_a.get_by_role("button", name="Transfer")).to_be_hidden()  # no longer Alex's to move
 
     # Bea sees it as hers (live update), opens it and closes the conversation.
     await page_b.get_by_label("Mine").check()
@@ -49,6 +49,7 @@ async def test_queue_order_claim_transfer_close(browser, server: Instance, api: 
     await expect(mine).to_contain_text("yours")
     await mine.click()
     await expect(page_b.locator("#messages li.msg-system").last).to_contain_text("Bea")
+    await screenshot(page_b, "console-phone", full_page=True)
     await page_b.get_by_label("After resolving").select_option("close")
     await page_b.get_by_role("button", name="Resolve").click()
     await expect(page_b.locator("#ticket-status")).to_have_text("closed")

@@ -2,7 +2,7 @@
 // decisions and sources, replies, internal notes, claim, transfer and resolve.
 import { requireSession, userBadge } from "./auth.js";
 import { Http, Live } from "./client.js";
-import { $, announce, fill, formatDateTime, formatTime, h, MessageList, relative } from "./dom.js";
+import { $, announce, formatDateTime, formatTime, h, MessageList, relative } from "./dom.js";
 import { connectionBadge, Typing } from "./common.js";
 import { Outbox, Recovery } from "./timeline.js";
 
@@ -71,7 +71,14 @@ async function loadQueue() {
   renderQueue();
 }
 
-function upsertTicket(t, { isNew = false } = {}) {
+/** Newer of two states of a ticket (events and acks can arrive out of order). */
+function newest(a, b) {
+  if (!a) return b;
+  return (a.updated_at || "") > (b.updated_at || "") ? a : b;
+}
+
+function upsertTicket(incoming, { isNew = false } = {}) {
+  const t = newest(tickets.get(incoming.id), incoming);
   tickets.set(t.id, t);
   renderQueue();
   if (isNew) announce($("#announcer"), `New ticket ${t.number}: ${t.subject || ""}`);
@@ -79,7 +86,8 @@ function upsertTicket(t, { isNew = false } = {}) {
     const wasMember = selected.ticket.assigned_to === me.id;
     selected.ticket = t;
     renderHeader();
-    if (!wasMember && t.assigned_to === me.id) select(t.id); // now a member: follow live
+    // Now a member of the conversation: live messages flow; sync what came meanwhile.
+    if (!wasMember && t.assigned_to === me.id) recovery.sync();
   }
 }
 
@@ -137,6 +145,21 @@ function setComposeMode() {
 modeReply.addEventListener("change", setComposeMode);
 modeNote.addEventListener("change", setComposeMode);
 
+// The action bar is built once, so typed values and focus survive ticket updates.
+const transferInput = h("input", { id: "transfer-to", placeholder: "agent user id", "aria-label": "Transfer to agent (user id)" });
+const resolutionInput = h("input", { id: "resolution", placeholder: "Resolution (optional)", "aria-label": "Resolution" });
+const handbackSelect = h("select", { id: "handback", "aria-label": "After resolving" },
+  h("option", { value: "ai" }, "Hand back to the AI tutor"), h("option", { value: "close" }, "Close the conversation"));
+const actions = {
+  claim: h("button", { type: "button", class: "primary", onclick: () => act("ticket:claim", { ticket_id: selected.ticket.id }) }, "Claim"),
+  transfer: h("span", { class: "row" }, transferInput,
+    h("button", { type: "button", onclick: () => transferInput.value.trim() && act("ticket:transfer", { ticket_id: selected.ticket.id, agent_id: transferInput.value.trim() }) }, "Transfer")),
+  resolve: h("span", { class: "row" }, resolutionInput, handbackSelect,
+    h("button", { type: "button", class: "primary", onclick: () => act("ticket:resolve", { ticket_id: selected.ticket.id, handback: handbackSelect.value, resolution: resolutionInput.value.trim() || undefined }) }, "Resolve")),
+  finished: h("span", { class: "muted" }),
+};
+actionsEl.append(actions.claim, actions.transfer, actions.resolve, actions.finished);
+
 function renderHeader() {
   if (!selected) return;
   const t = selected.ticket;
@@ -152,17 +175,12 @@ function renderHeader() {
       h("span", { class: "muted" }, `${slaText(t)} · ${user ? `from ${user.name}` : ""} · opened ${formatDateTime(t.created_at)}`)),
     h("p", { class: "muted" }, `Why: ${t.escalation_reason || "—"}${t.category ? ` · category: ${t.category}` : ""}${t.assigned_to ? ` · assigned to ${t.assigned_to === me.id ? "you" : names.get(t.assigned_to) || t.assigned_to}` : ""}`));
 
-  const transferInput = h("input", { id: "transfer-to", placeholder: "agent user id", "aria-label": "Transfer to agent (user id)" });
-  const resolution = h("input", { id: "resolution", placeholder: "Resolution (optional)", "aria-label": "Resolution" });
-  const handback = h("select", { id: "handback", "aria-label": "After resolving" },
-    h("option", { value: "ai" }, "Hand back to the AI tutor"), h("option", { value: "close" }, "Close the conversation"));
-  fill(actionsEl,
-    active && !mine ? h("button", { type: "button", class: "primary", onclick: () => act("ticket:claim", { ticket_id: t.id }) }, t.assigned_to ? "Take over" : "Claim") : null,
-    active && (mine || me.role === "admin") ? h("span", { class: "row" }, transferInput,
-      h("button", { type: "button", onclick: () => transferInput.value.trim() && act("ticket:transfer", { ticket_id: t.id, agent_id: transferInput.value.trim() }) }, "Transfer")) : null,
-    active && (mine || me.role === "admin") ? h("span", { class: "row" }, resolution, handback,
-      h("button", { type: "button", class: "primary", onclick: () => act("ticket:resolve", { ticket_id: t.id, handback: handback.value, resolution: resolution.value.trim() || undefined }) }, "Resolve")) : null,
-    active ? null : h("span", { class: "muted" }, `This ticket is ${t.status}${t.handback ? ` (handed back: ${t.handback})` : ""}.`));
+  const holder = mine || me.role === "admin";
+  actions.claim.hidden = !(active && !t.assigned_to); // a held ticket moves by transfer
+  actions.transfer.hidden = !(active && holder);
+  actions.resolve.hidden = !(active && holder);
+  actions.finished.hidden = active;
+  actions.finished.textContent = `This ticket is ${t.status}${t.handback ? ` (handed back: ${t.handback})` : ""}.`;
   const canReply = mine && active;
   input.disabled = modeReply.checked && !canReply;
   sendBtn.disabled = input.disabled;
@@ -215,8 +233,9 @@ async function select(id) {
     return;
   }
   selected?.unsubscribe?.();
-  const t = detail.ticket;
+  const t = newest(tickets.get(id), detail.ticket);
   tickets.set(t.id, t);
+  transferInput.value = resolutionInput.value = "";
   detail.conversation?.members?.forEach((m) => names.set(m.id, m.name));
   selected = { ticket: t, conversation: detail.conversation };
   renderQueue();
