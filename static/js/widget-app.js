@@ -188,7 +188,7 @@ class Widget {
       this.renderSeen();
     });
     this.notice(null);
-    this.input.disabled = this.sendBtn.disabled = conv.status === "closed";
+    this.input.disabled = this.sendBtn.disabled = false;
     if (!this.panel.hidden) this.input.focus();
     this.markRead();
   }
@@ -236,14 +236,14 @@ class Widget {
     const agent = conv.members?.find((m) => m.role === "agent" || m.role === "admin");
     let text = MODE_TEXT[conv.mode] || MODE_TEXT.ai;
     if (conv.mode === "human" && agent) text = `${agent.name} (support) is helping you`;
-    if (conv.status === "closed") text = "This conversation is closed";
+    // Writing again in a closed conversation reopens it with a new ticket (server side).
+    if (conv.status === "closed") text = "Closed by support · write again if you still need help";
     this.modeEl.textContent = text;
     this.panel.dataset.mode = conv.status === "closed" ? "closed" : conv.mode || "ai";
     this.humanBtn.hidden = conv.status === "closed" || conv.mode === "human";
     this.humanBtn.disabled = conv.mode !== "ai";
     this.humanBtn.textContent = conv.mode === "waiting" ? "A person is on the way…" : "Talk to a person";
     this.newBtn.hidden = conv.status !== "closed";
-    this.input.disabled = this.sendBtn.disabled = conv.status === "closed";
     if (conv.mode !== "ai") {
       this.view?.dropDrafts(); // the AI stopped when a person was asked for
       this.stopBtn.hidden = true;
