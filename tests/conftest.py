@@ -78,7 +78,7 @@ async def start_instance(base_settings: Settings) -> AsyncIterator[Any]:
     runners: list[web.AppRunner] = []
 
     async def start(**overrides: Any) -> Instance:
-        settings = base_settings.with_(port=free_port(), **overrides)
+        settings = base_settings.with_(**{"port": free_port(), **overrides})
         app = create_app(settings)
         runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
