@@ -231,7 +231,7 @@ async def scale(pg: Postgres, n: int, pool: list[tuple[str, list[str], list[floa
                         await conn.execute("SET LOCAL enable_indexscan = off")  # bench: force the exact scan
                         exact = {h.chunk_id for h in await store.search_vector(conn, vec, model=emb.name, dim=emb.dim, k=k)}
                 recalls.append(len(approx & exact) / max(1, len(exact)))
-            print(f"  HNSW recall@{k} vs exact (ef_search {max(40, k)}): {statistics.mean(recalls):.3f} "
+            print(f"  HNSW recall@{k} vs exact (ef_search {max(store.EF_SEARCH_MIN, k)}): {statistics.mean(recalls):.3f} "
                   f"(min {min(recalls):.2f}, {len(recalls)} queries)")
     finally:
         await db.close()

@@ -249,12 +249,14 @@ class Turn:
             log.error("could not build the tutor prompt", exc_info=exc, extra={"conversation_id": str(self.cid)})
             await self._failed("internal error", [])
             return
-        async with self.core.db.connection() as conn:
-            await store.start_stream(conn, self.cid, live.answer_id, self.core.instance_id)
         try:
             live.task = asyncio.create_task(self._consume(stream))
             if live.cut:
                 live.task.cancel()
+            # Written while the model request is in flight: only tutor:stop sent to another
+            # instance needs the row; one sent in the millisecond before it exists is missed.
+            async with self.core.db.connection() as conn:
+                await store.start_stream(conn, self.cid, live.answer_id, self.core.instance_id)
             await self._watch()
         finally:
             if live.task is not None and not live.task.done():
@@ -419,20 +421,28 @@ async def handle(svc: TutorService, job: Job) -> None:
             return
         if await store.is_answered(conn, conv["id"], msg["seq"], msg["id"]):
             return
-        history = prior_messages(
-            await messages.recent(conn, conv["id"], core.settings.tutor_history_messages + HISTORY_SLACK),
-            msg["seq"], core.settings.tutor_history_messages,
-        )
-        previous = await store.decisions(conn, conv["id"], limit=1)
-        member_ids = await conversations.member_ids(conn, conv["id"])
+    context = conv["context"] or {}
+
+    async def retrieve() -> list[SearchResult]:
+        try:
+            return await svc.kb.search(msg["content"], k=RETRIEVE_K, course=context.get("course"))
+        except Exception:
+            log.warning("retrieval failed; answering without course material", exc_info=True)
+            return []
+
+    async def load() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[UUID]]:
+        limit = core.settings.tutor_history_messages
+        async with core.db.connection() as conn:
+            recent = await messages.recent(conn, conv["id"], limit + HISTORY_SLACK)
+            previous = await store.decisions(conn, conv["id"], limit=1)
+            member_ids = await conversations.member_ids(conn, conv["id"])
+        return prior_messages(recent, msg["seq"], limit), previous, member_ids
+
+    # Retrieval is most of the time before the model call: overlap it with the reads.
+    hits, (history, previous, member_ids) = await asyncio.gather(retrieve(), load())
     turn = Turn(svc, job, conv, msg, member_ids)
     svc.live[conv["id"]] = turn.live
     try:
-        hits: list[SearchResult] = []
-        try:
-            hits = await svc.kb.search(turn.question, k=RETRIEVE_K, course=turn.context.get("course"))
-        except Exception:
-            log.warning("retrieval failed; answering without course material", exc_info=True)
         passages = [
             Passage(str(h.chunk_id), str(h.document_id), h.title, h.content, relevance(turn.question, h)) for h in hits
         ]
