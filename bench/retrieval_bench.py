@@ -144,14 +144,12 @@ async def quality_and_ingest(pg: Postgres, docs: Path) -> tuple[list[str], list[
               f"= {report.chunks / took:.0f} chunks/s ({len(report.failed)} failed, {report.duplicates} duplicates)")
         questions = await build_questions(kb)
         await evaluate(kb, questions)
-        # A pool of real chunks with their vectors, for the synthetic scale corpora.
+        # Every real chunk with its vector: the material of the synthetic scale corpora.
         pool: list[tuple[str, list[str], list[float]]] = []
         for doc in await kb.list_documents(limit=100_000):
             full = await kb.get_document(doc.id, with_content=True)
             assert full is not None and full.content is not None
             pool.extend((c.content, c.heading_path, []) for c in chunk_text(full.content))
-        rng = random.Random(1)
-        pool = rng.sample(pool, min(4000, len(pool)))
         vectors = await kb.embedder.embed([embedding_input(h, c) for c, h, _ in pool])
         pool = [(c, h, v) for (c, h, _), v in zip(pool, vectors)]
         return [q.text for q in questions], pool

@@ -162,13 +162,13 @@ class Turn:
         self.decision = Decision("answer", "relevant_material", 0.0)
 
     # ---- building blocks ------------------------------------------------------------
-    async def commit(self, content: str, metadata: dict[str, Any], *, use_answer_id: bool = True) -> dict[str, Any] | None:
+    async def commit(self, content: str, metadata: dict[str, Any]) -> dict[str, Any] | None:
         """Commit the tutor's message (under the streamed id), only while mode is still `ai`."""
         meta = {"reply_to": str(self.msg["id"]), "decision": self.decision.as_dict(), **metadata}
         try:
             message, _ = await commit_message(
                 self.core, self.cid, sender=None, role="assistant", content=content, metadata=meta,
-                message_id=self.live.answer_id if use_answer_id else None, require_mode="ai",
+                message_id=self.live.answer_id, require_mode="ai",
             )
         except messages.ModeChanged:
             return None

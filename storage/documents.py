@@ -22,9 +22,10 @@ import asyncpg
 
 # Full-text search configuration; must match the generated `chunks.tsv` column (0003).
 TS_CONFIG = "english"
-# hnsw.ef_search floor: pgvector's default 40 gave recall@10 0.81 at 100k chunks, 100 gave
-# 0.92, 200 gave 0.97 for about 4 ms more at p95 (bench/retrieval_bench.py).
-EF_SEARCH_MIN = 200
+# hnsw.ef_search floor. On 100k chunks (bench/retrieval_bench.py) recall@10 against exact
+# search was 0.81 with pgvector's default 40, 0.93 with 200, 0.95 with 400 and 0.98 with
+# 800, the vector query's p95 going from about 7 to 17 to 26 ms.
+EF_SEARCH_MIN = 400
 
 
 @dataclass(frozen=True)
