@@ -10,14 +10,14 @@ instances and driven from `--workers` separate processes (bench/rooms_client.py)
 
 Per configuration:
   connect  all participants connect (50 at a time per worker);
-  join     all send `room:join` at once (100 in flight per worker); joins/s is
+  join     all send `room:join` at once (--join-concurrency in flight per worker); joins/s is
            participants / wall time from the first join sent to the last ack. Every join
            also broadcasts `room:participant` to everyone already in (n²/2 deliveries);
   chat     for each offered rate R (messages/s, spread over --senders participants on
            both instances, open loop), R × participants deliveries/s are offered for
            --seconds; reported: deliveries/s achieved (delivered / time from the first
            send to the last delivery), latency p50/p99/max, loss. The ladder stops once p99
-           passes 2 s (the server is past saturation).
+           passes 2 s (the server is past saturation) or messages are lost.
 
 Everything shares the machine's cores (2 here): servers, PostgreSQL, Redis and the load
 generators. Figures are lower bounds; the server CPU column says how busy the servers were.
@@ -142,6 +142,7 @@ class Workers:
             proc.start()
             self.pipes.append(parent)
             self.procs.append(proc)
+        self.pids = [p.pid for p in self.procs]
 
     async def all(self, cmd: str, per_worker: list[dict[str, Any]] | dict[str, Any]) -> list[dict[str, Any]]:
         params = per_worker if isinstance(per_worker, list) else [per_worker] * len(self.pipes)
@@ -176,7 +177,7 @@ async def configuration(instances: int, kind: str, fanout: str, args: argparse.N
 
             cpu0 = cpu_seconds(pids)
             profile(pids[0], "join")
-            r = await workers.all("join", {"concurrency": 100})
+            r = await workers.all("join", {"concurrency": args.join_concurrency})
             wall = max(x["end"] for x in r) - min(x["start"] for x in r)
             codes: dict[str, int] = {}
             for x in r:
@@ -185,7 +186,8 @@ async def configuration(instances: int, kind: str, fanout: str, args: argparse.N
             lat = [v for x in r for v in x["latencies"]]
             result.update({"joined": codes.get("ok", 0), "join codes": codes, "joins/s": codes.get("ok", 0) / wall,
                            "join p50 ms": pct(lat, 50), "join p99 ms": pct(lat, 99),
-                           "join server cpu %": 100 * (cpu_seconds(pids) - cpu0) / wall})
+                           "join server cpu %": 100 * (cpu_seconds(pids) - cpu0) / wall,
+                           "lost after join": sum(x["counts"].get("connections lost", 0) for x in r)})
             await asyncio.sleep(1.0)  # let the last room:participant / room:updated broadcasts drain
 
             # Senders: spread over workers (each worker's clients alternate instances).
@@ -195,10 +197,11 @@ async def configuration(instances: int, kind: str, fanout: str, args: argparse.N
                 tag = f"r{rate:g}-{uuid.uuid4().hex[:4]}"
                 params = [{"senders": list(range(per_worker_senders)), "per_sender_rate": rate / (per_worker_senders * args.workers),
                            "seconds": args.seconds, "tag": tag, "quiet": 1.0} for _ in range(args.workers)]
-                cpu0, t0 = cpu_seconds(pids), time.monotonic()
+                cpu0, wcpu0, t0 = cpu_seconds(pids), cpu_seconds(workers.pids), time.monotonic()
                 profile(pids[0], f"chat-{rate:g}")
                 r = await workers.all("chat", params)
-                cpu = cpu_seconds(pids) - cpu0
+                cpu, wcpu = cpu_seconds(pids) - cpu0, cpu_seconds(workers.pids) - wcpu0
+                acklat = [v for x in r for v in x["ack_latencies"]]
                 sent = sum(x["sent"] for x in r)
                 lat = [v for x in r for v in x["latencies"]]
                 span = max(x["last_delivery"] for x in r) - min(x["start"] for x in r)
@@ -208,13 +211,19 @@ async def configuration(instances: int, kind: str, fanout: str, args: argparse.N
                     "loss %": 100 * (1 - len(lat) / (sent * n)) if sent else 0.0,
                     "p50 ms": pct(lat, 50), "p99 ms": pct(lat, 99), "max ms": max(lat) * 1000 if lat else float("nan"),
                     "server cpu %": 100 * cpu / (time.monotonic() - t0),
+                    "cpu us/delivery": 1e6 * cpu / len(lat) if lat else float("nan"),
+                    "load gen cpu %": 100 * wcpu / (time.monotonic() - t0),
+                    "ack p50 ms": pct(acklat, 50), "ack p99 ms": pct(acklat, 99),
                     "acks": {k: sum(x["acks"].get(k, 0) for x in r) for k in {k for x in r for k in x["acks"]}},
                 }
+                row["lost"] = sum(x["counts"].get("connections lost", 0) for x in r)
                 result["chat"].append(row)
                 print(f"  {instances} inst {kind} {fanout}: rate {rate:g}/s → {row['delivered/s']:,.0f} deliveries/s, "
                       f"p50 {row['p50 ms']:.0f} ms, p99 {row['p99 ms']:.0f} ms, loss {row['loss %']:.2f}%, "
-                      f"server cpu {row['server cpu %']:.0f}%", flush=True)
-                if row["p99 ms"] > 2000:
+                      f"server cpu {row['server cpu %']:.0f}% ({row['cpu us/delivery']:.1f} µs/delivery), "
+                      f"send ack p50 {row['ack p50 ms']:.0f} ms p99 {row['ack p99 ms']:.0f} ms, load gen cpu {row['load gen cpu %']:.0f}%, "
+                      f"connections lost so far {row['lost']}", flush=True)
+                if row["p99 ms"] > 2000 or row["loss %"] > 0 or row["lost"]:
                     break
         finally:
             await workers.close()
@@ -237,6 +246,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--senders", type=int, default=20)
+    parser.add_argument("--join-concurrency", type=int, default=100, help="room:join calls in flight per worker")
     args = parser.parse_args()
 
     pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="studyhall-bench-pg-")), port=free_port(), listen_tcp=True)
@@ -252,21 +262,21 @@ async def main() -> None:
                 r = await configuration(instances, kind, fanout, args, database_url, redis.url)
                 print(f"  connected {r['connected']} ({r['connects/s']:,.0f}/s); joined {r['joined']} "
                       f"{r['join codes']} at {r['joins/s']:,.0f} joins/s (ack p50 {r['join p50 ms']:.0f} ms, "
-                      f"p99 {r['join p99 ms']:.0f} ms, server cpu {r['join server cpu %']:.0f}%)", flush=True)
+                      f"p99 {r['join p99 ms']:.0f} ms, server cpu {r['join server cpu %']:.0f}%, connections lost {r['lost after join']})", flush=True)
                 results.append(r)
     finally:
         redis.stop()
         pg.destroy()
 
     print()
-    print("| instances | fan-out | clients | participants | joins/s | offered msg/s | offered deliveries/s | delivered/s | p50 ms | p99 ms | max ms | loss | server CPU |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| instances | fan-out | clients | participants | joins/s | offered msg/s | offered deliveries/s | delivered/s | p50 ms | p99 ms | max ms | loss | server CPU | server CPU µs/delivery |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         for i, c in enumerate(r["chat"]):
             joins = f"{r['joins/s']:,.0f}" if i == 0 else ""
             print(f"| {r['instances']} | {r['fanout']} | {r['client']} | {r['joined']} | {joins} | {c['offered msg/s']:g} | {c['offered deliveries/s']:,.0f} "
                   f"| {c['delivered/s']:,.0f} | {c['p50 ms']:.0f} | {c['p99 ms']:.0f} | {c['max ms']:.0f} | {c['loss %']:.2f}% "
-                  f"| {c['server cpu %']:.0f}% |")
+                  f"| {c['server cpu %']:.0f}% | {c['cpu us/delivery']:.1f} |")
 
 
 if __name__ == "__main__":

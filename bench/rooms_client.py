@@ -3,9 +3,10 @@
 Two client kinds, the same protocol:
   sio  python-socketio's AsyncClient (what the brief asks for; heavy: ~tens of µs of
        client CPU per received event, which on a 2-core machine competes with the server);
-  raw  a minimal Engine.IO 4 / Socket.IO 5 client over one aiohttp websocket (connect
-       with auth, answer pings, emit with ack, receive events), so that receiving costs
-       the load generator little and the figures say more about the server.
+  raw  a minimal Engine.IO 4 / Socket.IO 5 client on a bare asyncio Protocol speaking
+       websocket (connect with auth, answer pings, emit with ack, receive events), so that
+       receiving costs the load generator a few µs per frame and the figures say more
+       about the server.
 
 Times are CLOCK_MONOTONIC, which on Linux is one clock for every process on the machine,
 so a sender in one worker and a receiver in another measure latency on the same clock.
@@ -14,8 +15,11 @@ so a sender in one worker and a receiver in another measure latency on the same 
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
+import os
 import random
+import struct
 import time
 from array import array
 from collections import Counter
@@ -23,7 +27,6 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-import aiohttp
 import orjson
 import socketio
 
@@ -46,8 +49,12 @@ class SioParticipant:
         async def on_any(event: str, data: Any = None) -> None:
             counts[event] += 1
 
+        async def on_disconnect(*_: Any) -> None:
+            counts["connections lost"] += 1
+
         self.sio.on("message:new", on_new)
         self.sio.on("*", on_any)
+        self.sio.on("disconnect", on_disconnect)
 
     async def connect(self) -> None:
         await self.sio.connect(self.url, auth={"token": self.token}, transports=["websocket"], wait_timeout=30)
@@ -59,70 +66,146 @@ class SioParticipant:
         await self.sio.disconnect()
 
 
+class _RawProtocol(asyncio.Protocol):
+    """A websocket client on a bare asyncio Protocol: frames are parsed straight from the
+    received bytes, with no per-frame futures or queues, so that 1,000 participants cost
+    the load generator little. Client frames are masked with a zero key (RFC 6455 requires
+    the mask bit, not a random key) and no extension is offered, so frames arrive plain."""
+
+    def __init__(self, owner: "RawParticipant", host: str, path: str) -> None:
+        self.owner, self.host, self.path = owner, host, path
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.handshake_done = False
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.transport.write((
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode())
+
+    def send_text(self, text: str) -> None:
+        assert self.transport is not None
+        payload = text.encode()
+        n = len(payload)
+        if n < 126:
+            header = struct.pack("!BB", 0x81, 0x80 | n)
+        elif n < 65536:
+            header = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+        else:
+            header = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
+        self.transport.write(header + b"\0\0\0\0" + payload)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        if not self.handshake_done:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                raise ConnectionError(bytes(buf[:end]).decode(errors="replace"))
+            del buf[:end + 4]
+            self.handshake_done = True
+        pos, size = 0, len(buf)
+        while size - pos >= 2:
+            b0, n = buf[pos], buf[pos + 1] & 0x7F
+            head = 2
+            if n == 126:
+                if size - pos < 4:
+                    break
+                n, head = struct.unpack_from("!H", buf, pos + 2)[0], 4
+            elif n == 127:
+                if size - pos < 10:
+                    break
+                n, head = struct.unpack_from("!Q", buf, pos + 2)[0], 10
+            if size - pos < head + n:
+                break
+            opcode = b0 & 0x0F
+            if opcode == 0x1:
+                self.owner.frame(bytes(buf[pos + head:pos + head + n]))
+            elif opcode == 0x8:
+                self.transport.close()  # type: ignore[union-attr]
+            pos += head + n
+        del buf[:pos]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.owner.lost()
+
+
 class RawParticipant:
     """Just enough Socket.IO: `0` open, `40` connect with auth, `2`/`3` ping/pong, `42` events, `43` acks."""
 
-    def __init__(self, url: str, token: str, sink: Sink, counts: Counter[str], http: aiohttp.ClientSession) -> None:
-        self.url, self.token, self.sink, self.counts, self.http = url, token, sink, counts, http
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
+    MESSAGE_NEW = b'42["message:new"'
+    CLIENT_ID = b'"client_id":"'
+
+    def __init__(self, url: str, token: str, sink: Sink, counts: Counter[str]) -> None:
+        self.url, self.token, self.sink, self.counts = url, token, sink, counts
+        self.proto: _RawProtocol | None = None
         self.ids = itertools.count()
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.connected: asyncio.Future[None] | None = None
-        self.reader: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
-        ws_url = self.url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
-        self.ws = await self.http.ws_connect(ws_url, autoping=True, max_msg_size=0)
-        self.connected = asyncio.get_running_loop().create_future()
-        self.reader = asyncio.create_task(self._read())
+        loop = asyncio.get_running_loop()
+        host_port = self.url.split("://", 1)[1]
+        host, port = host_port.rsplit(":", 1)
+        self.connected = loop.create_future()
+        _, self.proto = await loop.create_connection(
+            lambda: _RawProtocol(self, host_port, "/socket.io/?EIO=4&transport=websocket"), host, int(port)
+        )
         await asyncio.wait_for(self.connected, 30)
 
-    async def _read(self) -> None:
-        assert self.ws is not None and self.connected is not None
-        async for msg in self.ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                continue
-            d: str = msg.data
-            if d == "2":
-                await self.ws.send_str("3")
-            elif d.startswith("42"):
-                if d.startswith('42["message:new"'):
-                    self.counts["message:new"] += 1
-                    self.sink(orjson.loads(d[2:])[1]["message"]["client_id"] or "")
-                else:
-                    self.counts[d[4:d.index('"', 4)]] += 1
-            elif d.startswith("43"):
-                i = 2
-                while d[i].isdigit():
-                    i += 1
-                fut = self.pending.pop(int(d[2:i]), None)
-                if fut is not None and not fut.done():
-                    fut.set_result(orjson.loads(d[i:])[0])
-            elif d.startswith("40"):
-                if not self.connected.done():
-                    self.connected.set_result(None)
-            elif d.startswith("44"):
-                if not self.connected.done():
-                    self.connected.set_exception(ConnectionError(d[2:]))
-            elif d.startswith("0"):
-                await self.ws.send_str("40" + orjson.dumps({"token": self.token}).decode())
+    def frame(self, d: bytes) -> None:
+        assert self.proto is not None and self.connected is not None
+        if d.startswith(b"42"):
+            if d.startswith(self.MESSAGE_NEW):
+                self.counts["message:new"] += 1
+                i = d.find(self.CLIENT_ID) + len(self.CLIENT_ID)
+                self.sink(d[i:d.index(b'"', i)].decode())
+            else:
+                self.counts[d[4:d.index(b'"', 4)].decode()] += 1
+        elif d == b"2":
+            self.proto.send_text("3")
+        elif d.startswith(b"43"):
+            i = 2
+            while 48 <= d[i] <= 57:
+                i += 1
+            fut = self.pending.pop(int(d[2:i]), None)
+            if fut is not None and not fut.done():
+                fut.set_result(orjson.loads(d[i:])[0])
+        elif d.startswith(b"40"):
+            if not self.connected.done():
+                self.connected.set_result(None)
+        elif d.startswith(b"44"):
+            if not self.connected.done():
+                self.connected.set_exception(ConnectionError(d[2:].decode()))
+        elif d.startswith(b"0"):
+            self.proto.send_text("40" + orjson.dumps({"token": self.token}).decode())
+
+    def lost(self) -> None:
+        self.counts["connections lost"] += 1
         for fut in self.pending.values():
             if not fut.done():
                 fut.set_exception(ConnectionError("closed"))
 
     async def call(self, event: str, data: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
-        assert self.ws is not None
+        assert self.proto is not None
         ack_id = next(self.ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[ack_id] = fut
-        await self.ws.send_str(f"42{ack_id}" + orjson.dumps([event, data]).decode())
+        self.proto.send_text(f"42{ack_id}" + orjson.dumps([event, data]).decode())
         return await asyncio.wait_for(fut, timeout)
 
     async def close(self) -> None:
-        if self.ws is not None:
-            await self.ws.close()
-        if self.reader is not None:
-            await asyncio.gather(self.reader, return_exceptions=True)
+        if self.proto is not None and self.proto.transport is not None:
+            self.proto.transport.close()
+            await self.proto.closed
 
 
 class Worker:
@@ -135,7 +218,6 @@ class Worker:
         self.tag = ""
         self.latencies = array("d")
         self.last_delivery = 0.0
-        self.http: aiohttp.ClientSession | None = None
         self.people: list[Any] = []
 
     def sink(self, client_id: str) -> None:
@@ -147,10 +229,9 @@ class Worker:
         self.last_delivery = t
 
     async def connect(self, concurrency: int) -> dict[str, Any]:
-        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         for url, token in self.creds:
             if self.kind == "raw":
-                self.people.append(RawParticipant(url, token, self.sink, self.counts, self.http))
+                self.people.append(RawParticipant(url, token, self.sink, self.counts))
             else:
                 self.people.append(SioParticipant(url, token, self.sink, self.counts))
         sem = asyncio.Semaphore(concurrency)
@@ -177,7 +258,7 @@ class Worker:
             async with sem:
                 t = now()
                 try:
-                    ack = await p.call("room:join", {"live_session_id": self.session_id})
+                    ack = await p.call("room:join", {"live_session_id": self.session_id}, timeout=300)
                 except Exception as exc:
                     codes[type(exc).__name__] += 1
                     return
@@ -192,6 +273,7 @@ class Worker:
         """Open loop: each sender sends every 1/rate s (random phase) without waiting for acks."""
         self.tag, self.latencies, self.last_delivery = tag, array("d"), 0.0
         acks: Counter[str] = Counter()
+        ack_lat = array("d")
         sent = 0
         tasks: set[asyncio.Task[Any]] = set()
         start = now()
@@ -199,10 +281,12 @@ class Worker:
 
         async def send(p: Any, n: int) -> None:
             try:
+                t = now()
                 ack = await p.call("message:send", {
                     "conversation_id": self.conversation_id, "content": f"bench message {n}",
-                    "client_id": f"{tag}|{now():.6f}|{id(p)}-{n}",
+                    "client_id": f"{tag}|{t:.6f}|{id(p)}-{n}",
                 })
+                ack_lat.append(now() - t)
                 acks["ok" if ack.get("ok") else ack["error"]["code"]] += 1
             except Exception as exc:
                 acks[type(exc).__name__] += 1
@@ -229,13 +313,11 @@ class Worker:
         while len(self.latencies) != seen:
             seen = len(self.latencies)
             await asyncio.sleep(quiet)
-        return {"sent": sent, "acks": dict(acks), "start": start, "last_delivery": self.last_delivery,
+        return {"sent": sent, "acks": dict(acks), "ack_latencies": ack_lat.tolist(), "start": start, "last_delivery": self.last_delivery,
                 "latencies": self.latencies.tolist()}
 
     async def close(self) -> None:
         await asyncio.gather(*(p.close() for p in self.people), return_exceptions=True)
-        if self.http is not None:
-            await self.http.close()
 
 
 def run_worker(conn: Connection, kind: str, creds: list[tuple[str, str]], session_id: str, conversation_id: str) -> None:

@@ -160,7 +160,7 @@ async def moderate(core: Core, actor: Actor, session_id: UUID, user_id: UUID, ac
         if locked["status"] != "live":
             raise ApiError("not_live", f"The room is {locked['status']}.")
         if user_id == locked["host_id"] or user_id == actor.user_id:
-            raise ApiError("forbidden", "The host cannot be moderated.")
+            raise ApiError("forbidden", "Neither the host nor yourself can be moderated.")
         changed: bool | None
         if action in ("mute", "unmute"):
             changed = await rooms.set_flag(conn, session_id, user_id, "muted", action == "mute", present_only=False)

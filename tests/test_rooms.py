@@ -427,5 +427,14 @@ async def test_sixty_race_for_fifty_seats_across_two_instances(cluster: list, db
             taker = next(s for s in outside if s.url == cluster[0].url)
             await taker.ok("room:join", {"live_session_id": session["id"]})
             assert await _current(api, mentor, session["id"]) == 50
+            # The host (on instance 1) kicks someone connected to instance 0: their socket
+            # there leaves the chat too.
+            victim_sock, victim = next((s, u) for s, u, a in zip(socks, users, acks)
+                                       if a["ok"] and s.url == cluster[0].url and s is not taker)
+            await host.ok("room:moderate", {"live_session_id": session["id"], "user_id": victim.id, "action": "kick"})
+            await victim_sock.wait_for("room:participant", lambda d: d["action"] == "kicked" and d["user"]["id"] == victim.id)
+            msg = (await host.ok("message:send", {"conversation_id": session["conversation_id"], "content": "after kick", "client_id": "k1"}))["message"]
+            await taker.wait_for("message:new", lambda d: d["message"]["id"] == msg["id"])
+            await victim_sock.expect_none("message:new", lambda d: d["message"]["id"] == msg["id"], within=0.3)
         finally:
             await api.close_sockets()
