@@ -139,7 +139,7 @@ async def commit_message(
     """Commit a message with the next seq, then fan it out. Returns (message, duplicate).
 
     `sender=None` is the system or the AI tutor. `role=None` derives it from the sender:
-    staff in a tutor conversation write as `agent`, everyone else as `user`. A duplicate
+    staff who joined as the conversation's agent write as `agent`, everyone else as `user`. A duplicate
     (retried client_id) is returned as first committed and delivered to nobody again.
     `message_id` and `require_mode` go to `messages.insert`: the tutor commits under the id
     it streamed with, only while the conversation is still in mode `ai` (else
@@ -155,7 +155,9 @@ async def commit_message(
                 if conv is None:
                     raise ApiError("not_found", "No such conversation.")
             if role is None:
-                role = "agent" if sender is not None and sender.is_staff and conv["kind"] == "tutor" else "user"
+                # An agent who took a conversation over writes as `agent`; staff who started
+                # a tutor conversation of their own are its student and write as `user`.
+                role = "agent" if sender is not None and sender.is_staff and conv.get("member_role") == "agent" else "user"
             message, duplicate = await messages.insert(
                 conn, conversation_id=conversation_id, sender_id=sender.user_id if sender else None,
                 role=role, content=content, client_id=client_id, metadata=metadata,

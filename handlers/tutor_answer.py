@@ -444,7 +444,8 @@ async def handle(svc: TutorService, job: Job) -> None:
     svc.live[conv["id"]] = turn.live
     try:
         passages = [
-            Passage(str(h.chunk_id), str(h.document_id), h.title, h.content, relevance(turn.question, h)) for h in hits
+            Passage(str(h.chunk_id), str(h.document_id), h.title, h.content, relevance(turn.question, h), h.source)
+            for h in hits
         ]
         turn.decision = decide(turn.question, previous, passages)
         if turn.decision.action == "escalate":

@@ -78,6 +78,7 @@ class Passage:
     title: str
     content: str
     score: float
+    source: str | None = None
 
     @classmethod
     def from_mapping(cls, row: Mapping[str, object]) -> Passage:
@@ -88,6 +89,7 @@ class Passage:
             title=str(row.get("title") or ""),
             content=str(row["content"]),
             score=float(row.get("score") or 0.0),  # type: ignore[arg-type]
+            source=str(row["source"]) if row.get("source") else None,
         )
 
     def citation(self) -> dict[str, object]:
@@ -97,6 +99,7 @@ class Passage:
             "document_id": self.document_id,
             "title": self.title,
             "score": self.score,
+            "source": self.source,
         }
 
 

@@ -41,6 +41,7 @@ class SearchResult:
     heading_path: list[str] = field(default_factory=list)
     similarity: float | None = None
     text_rank: float | None = None
+    source: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +53,7 @@ class SearchResult:
             "heading_path": self.heading_path,
             "similarity": self.similarity,
             "text_rank": self.text_rank,
+            "source": self.source,
         }
 
 
@@ -78,7 +80,7 @@ def fuse(
         SearchResult(
             chunk_id=cid, document_id=hits[cid].document_id, title=hits[cid].title,
             content=hits[cid].content, score=scores[cid], heading_path=hits[cid].heading_path,
-            similarity=similarity.get(cid), text_rank=text_rank.get(cid),
+            similarity=similarity.get(cid), text_rank=text_rank.get(cid), source=hits[cid].source,
         )
         for cid in order[:k]
     ]

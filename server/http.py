@@ -82,9 +82,13 @@ async def read_json(request: web.Request, model: type[M]) -> M:
     limit = core_of(request).settings.max_http_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ApiError("too_large", f"The body is over {limit} bytes.")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise ApiError("too_large", f"The body is over {limit} bytes.")
+    # One read() may return only part of the body: read until EOF, stopping past the limit.
+    buffer = bytearray()
+    while chunk := await request.content.read(64 * 1024):
+        buffer.extend(chunk)
+        if len(buffer) > limit:
+            raise ApiError("too_large", f"The body is over {limit} bytes.")
+    raw = bytes(buffer)
     try:
         data: Any = orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError:

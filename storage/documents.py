@@ -84,6 +84,7 @@ class ChunkHit:
     content: str
     heading_path: list[str]
     score: float
+    source: str | None = None  # the document's source (a URL or a citation), for links
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ def vector_search_sql(model: str, dim: int) -> str:
     """The nearest-neighbour query, shaped to match the model's partial HNSW index."""
     vec = f"embedding::vector({_check_dim(dim)})"
     return f"""
-        SELECT c.id, c.document_id, d.title, c.content, c.heading_path, c.distance
+        SELECT c.id, c.document_id, d.title, d.source, c.content, c.heading_path, c.distance
         FROM (
             SELECT id, document_id, content, heading_path,
                    {vec} <=> $1::text::vector({dim}) AS distance
@@ -264,7 +265,7 @@ async def search_vector(
         )
         rows = await conn.fetch(vector_search_sql(model, dim), vector_literal(embedding), k, course)
     return [
-        ChunkHit(r["id"], r["document_id"], r["title"], r["content"], list(r["heading_path"]), 1.0 - r["distance"])
+        ChunkHit(r["id"], r["document_id"], r["title"], r["content"], list(r["heading_path"]), 1.0 - r["distance"], r["source"])
         for r in rows
     ]
 
@@ -281,7 +282,7 @@ async def search_text(
     """
     rows = await conn.fetch(
         f"""WITH q AS (SELECT plainto_tsquery('{TS_CONFIG}', $1) AS query)
-            SELECT c.id, c.document_id, d.title, c.content, c.heading_path,
+            SELECT c.id, c.document_id, d.title, d.source, c.content, c.heading_path,
                    ts_rank_cd(c.tsv, q.query) AS rank
             FROM q, chunks c JOIN documents d ON d.id = c.document_id
             WHERE c.tsv @@ q.query
@@ -291,7 +292,7 @@ async def search_text(
         query, k, course,
     )
     return [
-        ChunkHit(r["id"], r["document_id"], r["title"], r["content"], list(r["heading_path"]), float(r["rank"]))
+        ChunkHit(r["id"], r["document_id"], r["title"], r["content"], list(r["heading_path"]), float(r["rank"]), r["source"])
         for r in rows
     ]
 

@@ -76,6 +76,7 @@ async def test_guest_asks_tutor_then_agent_takes_over_and_hands_back(browser, st
         await expect(draft).to_have_count(0)
         citation = final.locator(".citations li")
         await expect(citation).to_have_text(DOC["title"])
+        await expect(citation.get_by_role("link", name=DOC["title"])).to_have_attribute("href", DOC["source"])
         await screenshot(guest, "widget-answer")
 
         # Talk to a person: the AI stops, the guest is told, the console gets the ticket live.

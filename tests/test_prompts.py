@@ -115,4 +115,6 @@ def test_cited_passages_follow_the_answer() -> None:
 def test_passage_from_search_result_and_citation() -> None:
     row = {"chunk_id": "c", "document_id": "d", "title": "T", "content": "x", "score": 0.5}
     p = Passage.from_mapping(row)
-    assert p.citation() == {"chunk_id": "c", "document_id": "d", "title": "T", "score": 0.5}
+    assert p.citation() == {"chunk_id": "c", "document_id": "d", "title": "T", "score": 0.5, "source": None}
+    linked = Passage.from_mapping({**row, "source": "https://example.org/notes"})
+    assert linked.citation()["source"] == "https://example.org/notes"

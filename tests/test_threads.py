@@ -181,3 +181,17 @@ async def test_guests_cannot_start_threads(api: Api) -> None:
     sock = await api.socket(g)
     ack = await sock.call("conversation:create", {"kind": "direct", "member_ids": [other.id]})
     assert ack["error"]["code"] == "forbidden"
+
+
+async def test_staff_write_as_agent_only_where_they_joined_as_agent(api: Api, db) -> None:
+    agent = await api.staff(db, "agent")
+    sock = await api.socket(agent)
+    # An agent's own tutor conversation: they are its student.
+    conv = (await sock.ok("tutor:start", {"title": "my own question"}))["conversation"]
+    msg = (await sock.ok("message:send", {"conversation_id": conv["id"], "content": "What is osmosis?", "client_id": "a1"}))["message"]
+    assert msg["role"] == "user"
+    # A direct thread between staff and a student: also plain `user`.
+    student = await api.register("Stu")
+    direct = (await sock.ok("conversation:create", {"kind": "direct", "member_ids": [student.id]}))["conversation"]
+    msg = (await sock.ok("message:send", {"conversation_id": direct["id"], "content": "hello", "client_id": "a2"}))["message"]
+    assert msg["role"] == "user"
