@@ -269,14 +269,16 @@ async def main() -> None:
         pg.destroy()
 
     print()
-    print("| instances | fan-out | clients | participants | joins/s | offered msg/s | offered deliveries/s | delivered/s | p50 ms | p99 ms | max ms | loss | server CPU | server CPU µs/delivery |")
+    print("| instances | fan-out | clients | participants | joins/s | offered msg/s | offered deliveries/s | delivered/s "
+          "| deliver p50 / p99 ms | send ack p50 / p99 ms | loss | server CPU | server CPU µs/delivery | load gen CPU |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         for i, c in enumerate(r["chat"]):
             joins = f"{r['joins/s']:,.0f}" if i == 0 else ""
-            print(f"| {r['instances']} | {r['fanout']} | {r['client']} | {r['joined']} | {joins} | {c['offered msg/s']:g} | {c['offered deliveries/s']:,.0f} "
-                  f"| {c['delivered/s']:,.0f} | {c['p50 ms']:.0f} | {c['p99 ms']:.0f} | {c['max ms']:.0f} | {c['loss %']:.2f}% "
-                  f"| {c['server cpu %']:.0f}% | {c['cpu us/delivery']:.1f} |")
+            print(f"| {r['instances']} | {r['fanout']} | {r['client']} | {r['joined']} | {joins} | {c['offered msg/s']:g} "
+                  f"| {c['offered deliveries/s']:,.0f} | {c['delivered/s']:,.0f} | {c['p50 ms']:.0f} / {c['p99 ms']:.0f} "
+                  f"| {c['ack p50 ms']:.0f} / {c['ack p99 ms']:.0f} | {c['loss %']:.2f}% | {c['server cpu %']:.0f}% "
+                  f"| {c['cpu us/delivery']:.1f} | {c['load gen cpu %']:.0f}% |")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ CREATOR_ROLES = ("mentor", "admin")
 # room:updated is coalesced per room on each instance: a burst of joins sends one update
 # with the final count instead of one per join to every participant.
 UPDATE_COALESCE_SECONDS = 0.1
-# (action, from, to)
+# action -> (from status, to status)
 TRANSITIONS = {"start": ("scheduled", "live"), "end": ("live", "ended"), "cancel": ("scheduled", "cancelled")}
 
 
