@@ -57,11 +57,10 @@ def start_servers(n: int, database_url: str, redis_url: str | None, channel: str
         port = free_port()
         env = {**os.environ, "DATABASE_URL": database_url, "STUDYHALL_PORT": str(port),
                "STUDYHALL_RATE_LIMIT": "100000", "STUDYHALL_RATE_BURST": "100000", "STUDYHALL_LOG_LEVEL": "WARNING",
-               "STUDYHALL_REDIS_CHANNEL": channel, "STUDYHALL_ROOM_HOST_GRACE": "600"}
+               "STUDYHALL_REDIS_CHANNEL": channel, "STUDYHALL_ROOM_HOST_GRACE": "600", "STUDYHALL_FANOUT": fanout}
         if redis_url:
             env["REDIS_URL"] = redis_url
-        cmd = [sys.executable, "-m", "server", "serve"] if fanout == "stock" else [sys.executable, "bench/rooms_server.py"]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         out.append((proc, f"http://127.0.0.1:{port}"))
     return out
@@ -241,7 +240,7 @@ async def main() -> None:
     parser.add_argument("--instances", choices=["1", "2", "both"], default="both")
     parser.add_argument("--client", choices=["sio", "raw", "both"], default="sio")
     parser.add_argument("--fanout", choices=["stock", "fast", "both"], default="both",
-                        help="stock: python-socketio's emit; fast: server/fanout.py (via bench/rooms_server.py)")
+                        help="STUDYHALL_FANOUT: stock (python-socketio's emit) or fast (server/fanout.py, the default)")
     parser.add_argument("--rates", default="5,10,20,40")
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--workers", type=int, default=2)

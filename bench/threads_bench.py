@@ -217,7 +217,7 @@ async def main() -> None:
     parser.add_argument("--scenario", choices=["direct", "group", "all"], default="all")
     parser.add_argument("--instances", choices=["1", "2", "both"], default="both")
     args = parser.parse_args()
-    pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="studyhall-bench-pg-")), port=free_port(), listen_tcp=True)
+    pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="studyhall-bench-pg-")), port=free_port(), listen_tcp=os.environ.get("BENCH_PG_TCP") == "1")
     os.chmod(pg.data_dir, 0o755)
     database_url = await asyncio.to_thread(pg.start)
     redis = RedisServer().start()

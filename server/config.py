@@ -44,6 +44,13 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
         raise SystemExit(f"{name} must be a number, got {raw!r}") from exc
 
 
+def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = (env.get(name) or default).strip().lower()
+    if raw not in allowed:
+        raise SystemExit(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
 def _bool(env: dict[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -79,6 +86,7 @@ class Settings:
     rate_limit_per_second: float = 30.0
     rate_limit_burst: int = 60
     presence_grace_seconds: float = 5.0
+    fanout: str = "fast"  # "fast": encode-once websocket frames (server/fanout.py); "stock": python-socketio's
 
     # AI tutor (see rag/)
     llm_base_url: str | None = None
@@ -124,6 +132,7 @@ class Settings:
             rate_limit_per_second=_float(e, "STUDYHALL_RATE_LIMIT", d.rate_limit_per_second),
             rate_limit_burst=_int(e, "STUDYHALL_RATE_BURST", d.rate_limit_burst),
             presence_grace_seconds=_float(e, "STUDYHALL_PRESENCE_GRACE", d.presence_grace_seconds),
+            fanout=_choice(e, "STUDYHALL_FANOUT", d.fanout, ("fast", "stock")),
             max_upload_bytes=_int(e, "STUDYHALL_MAX_UPLOAD_BYTES", d.max_upload_bytes),
             llm_base_url=e.get("STUDYHALL_LLM_BASE_URL") or e.get("OPENAI_BASE_URL") or None,
             llm_api_key=e.get("STUDYHALL_LLM_API_KEY") or e.get("OPENAI_API_KEY") or None,

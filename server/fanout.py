@@ -22,11 +22,11 @@ Ordering: frames to one socket leave in emit order. Acks still go through Engine
 queue, so an event may overtake an ack queued just before it (clients already dedupe by
 seq; nothing in the protocol depends on acks coming before events).
 
-Wiring (server/realtime.py's `create_sio`): build the manager with `create_manager(
-settings)` and pass it as `client_manager`, then call `install(sio)` once after
-creating the server. With Redis the manager is python-socketio's AsyncRedisManager with
-this local step swapped in, so each instance still publishes once and delivers locally
-with the fast path.
+Wiring (server/realtime.py's `create_sio`, the default; STUDYHALL_FANOUT=stock turns it
+off): the manager comes from `create_manager(settings)`, then `install(sio)` runs once
+after creating the server. With Redis the manager is python-socketio's AsyncRedisManager
+with this local step swapped in, so each instance still publishes once and delivers
+locally with the fast path.
 """
 
 from __future__ import annotations
@@ -144,14 +144,13 @@ class FastRedisFanout(socketio.AsyncRedisManager, FastFanout):
     """
 
 
+REDIS_OPTIONS = {"socket_timeout": 5, "socket_connect_timeout": 2, "health_check_interval": 10}
+
+
 def create_manager(settings: Any) -> socketio.AsyncManager:
     """The client manager for `socketio.AsyncServer(client_manager=...)`."""
     if settings.redis_url:
-        return FastRedisFanout(
-            settings.redis_url,
-            channel=settings.redis_channel,
-            redis_options={"socket_timeout": 5, "socket_connect_timeout": 2, "health_check_interval": 10},
-        )
+        return FastRedisFanout(settings.redis_url, channel=settings.redis_channel, redis_options=REDIS_OPTIONS)
     return FastFanout()
 
 

@@ -17,6 +17,7 @@ from uuid import UUID
 import socketio
 
 from handlers.events import user_room
+from server import fanout
 from server.config import Settings
 from server.jsonutil import OrjsonModule
 from server.metrics import Metrics
@@ -27,14 +28,17 @@ log = logging.getLogger(__name__)
 
 
 def create_sio(settings: Settings) -> socketio.AsyncServer:
-    manager = None
-    if settings.redis_url:
-        manager = socketio.AsyncRedisManager(
-            settings.redis_url,
-            channel=settings.redis_channel,
-            redis_options={"socket_timeout": 5, "socket_connect_timeout": 2, "health_check_interval": 10},
-        )
-    return socketio.AsyncServer(
+    """The Socket.IO server. By default with the encode-once fan-out (server/fanout.py):
+    python-socketio's manager, or its Redis manager with REDIS_URL, whose local delivery
+    writes one pre-built websocket frame per recipient instead of one task and one
+    encoding per recipient. STUDYHALL_FANOUT=stock uses python-socketio's own delivery."""
+    if settings.fanout == "fast":
+        manager = fanout.create_manager(settings)
+    elif settings.redis_url:
+        manager = socketio.AsyncRedisManager(settings.redis_url, channel=settings.redis_channel, redis_options=fanout.REDIS_OPTIONS)
+    else:
+        manager = socketio.AsyncManager()
+    sio = socketio.AsyncServer(
         async_mode="aiohttp",
         client_manager=manager,
         json=OrjsonModule,
@@ -45,6 +49,9 @@ def create_sio(settings: Settings) -> socketio.AsyncServer:
         logger=False,
         engineio_logger=False,
     )
+    if settings.fanout == "fast":
+        fanout.install(sio)
+    return sio
 
 
 class SocketEvents:
@@ -77,11 +84,17 @@ class SocketEvents:
 
     async def join_user_sockets(self, user_id: UUID | str, room: str) -> None:
         for sid in await self._user_sids(user_id):
-            await self.sio.enter_room(sid, room)
+            try:
+                await self.sio.enter_room(sid, room)
+            except KeyError:
+                pass  # the socket closed since its row was read (or its instance died)
 
     async def leave_user_sockets(self, user_id: UUID | str, room: str) -> None:
         for sid in await self._user_sids(user_id):
-            await self.sio.leave_room(sid, room)
+            try:
+                await self.sio.leave_room(sid, room)
+            except KeyError:
+                pass
 
     async def disconnect_sids(self, sids: Iterable[str]) -> None:
         for sid in sids:

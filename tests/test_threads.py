@@ -195,3 +195,19 @@ async def test_staff_write_as_agent_only_where_they_joined_as_agent(api: Api, db
     direct = (await sock.ok("conversation:create", {"kind": "direct", "member_ids": [student.id]}))["conversation"]
     msg = (await sock.ok("message:send", {"conversation_id": direct["id"], "content": "hello", "client_id": "a2"}))["message"]
     assert msg["role"] == "user"
+
+
+async def test_stock_fanout_setting_delivers_too(start_instance) -> None:
+    """STUDYHALL_FANOUT=stock (python-socketio's own delivery) is a supported fallback."""
+    import aiohttp
+
+    inst = await start_instance(fanout="stock")
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, inst.url)
+        a, b = await api.register("Sa"), await api.register("Sb")
+        sa, sb = await api.socket(a), await api.socket(b)
+        conv = (await sa.ok("conversation:create", {"kind": "direct", "member_ids": [b.id]}))["conversation"]
+        await sa.ok("message:send", {"conversation_id": conv["id"], "content": "via stock", "client_id": "s1"})
+        got = await sb.wait_for("message:new")
+        assert got["message"]["content"] == "via stock"
+        await api.close_sockets()
