@@ -46,37 +46,10 @@ import socketio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import start_servers, wait_up  # noqa: E402
 from bench.rooms_client import run_worker  # noqa: E402
 from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
 from tests.services import RedisServer  # noqa: E402
-
-
-def start_servers(n: int, database_url: str, redis_url: str | None, channel: str, fanout: str) -> list[tuple[subprocess.Popen[bytes], str]]:
-    out = []
-    for _ in range(n):
-        port = free_port()
-        env = {**os.environ, "DATABASE_URL": database_url, "STUDYHALL_PORT": str(port),
-               "STUDYHALL_RATE_LIMIT": "100000", "STUDYHALL_RATE_BURST": "100000", "STUDYHALL_LOG_LEVEL": "WARNING",
-               "STUDYHALL_REDIS_CHANNEL": channel, "STUDYHALL_ROOM_HOST_GRACE": "600", "STUDYHALL_FANOUT": fanout}
-        if redis_url:
-            env["REDIS_URL"] = redis_url
-        proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        out.append((proc, f"http://127.0.0.1:{port}"))
-    return out
-
-
-async def wait_up(url: str) -> None:
-    async with aiohttp.ClientSession() as s:
-        for _ in range(300):
-            try:
-                async with s.get(url + "/api/health") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not start")
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -156,7 +129,8 @@ class Workers:
 
 
 async def configuration(instances: int, kind: str, fanout: str, args: argparse.Namespace, database_url: str, redis_url: str) -> dict[str, Any]:
-    procs = start_servers(instances, database_url, redis_url if instances > 1 else None, f"bench-{uuid.uuid4().hex[:6]}", fanout)
+    procs = start_servers(instances, database_url, redis_url if instances > 1 else None, {
+        "STUDYHALL_REDIS_CHANNEL": f"bench-{uuid.uuid4().hex[:6]}", "STUDYHALL_ROOM_HOST_GRACE": "600", "STUDYHALL_FANOUT": fanout})
     pids = [p.pid for p, _ in procs]
     urls = [u for _, u in procs]
     result: dict[str, Any] = {"instances": instances, "client": kind, "fanout": fanout, "participants": args.participants, "chat": []}

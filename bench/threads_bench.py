@@ -35,6 +35,7 @@ import socketio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import start_servers, stop_servers, wait_up  # noqa: E402
 from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
 from tests.services import RedisServer  # noqa: E402
 
@@ -52,34 +53,6 @@ class Client:
     token: str
     sio: socketio.AsyncClient
     conversation_id: str = ""
-
-
-def start_servers(n: int, database_url: str, redis_url: str | None) -> list[tuple[subprocess.Popen[bytes], str]]:
-    out = []
-    for _ in range(n):
-        port = free_port()
-        env = {**os.environ, "DATABASE_URL": database_url, "STUDYHALL_PORT": str(port),
-               "STUDYHALL_RATE_LIMIT": "100000", "STUDYHALL_RATE_BURST": "100000", "STUDYHALL_LOG_LEVEL": "WARNING",
-               "STUDYHALL_REDIS_CHANNEL": "bench"}
-        if redis_url:
-            env["REDIS_URL"] = redis_url
-        proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        out.append((proc, f"http://127.0.0.1:{port}"))
-    return out
-
-
-async def wait_up(url: str) -> None:
-    async with aiohttp.ClientSession() as s:
-        for _ in range(200):
-            try:
-                async with s.get(url + "/api/health") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not start")
 
 
 async def make_clients(urls: list[str], count: int) -> list[Client]:
@@ -225,15 +198,14 @@ async def main() -> None:
     try:
         for instances in ([1, 2] if args.instances == "both" else [int(args.instances)]):
             for name in (["direct", "group"] if args.scenario == "all" else [args.scenario]):
-                procs = start_servers(instances, database_url, redis.url if instances > 1 else None)
+                procs = start_servers(instances, database_url, redis.url if instances > 1 else None,
+                                      {"STUDYHALL_REDIS_CHANNEL": "bench"})
                 try:
                     for _, url in procs:
                         await wait_up(url)
                     result = await scenario(name, [u for _, u in procs], args.seconds, [p.pid for p, _ in procs])
                 finally:
-                    for proc, _ in procs:
-                        proc.terminate()
-                        proc.wait()
+                    stop_servers(procs)
                 rows.append((instances, name, result))
                 print(f"{instances} instance(s), {name}: " + ", ".join(f"{k} {v:,.1f}" for k, v in result.items()), flush=True)
     finally:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
-from rag.embeddings import EmbedderUnavailable, Embedder, make_embedder
+from rag.embeddings import Embedder, EmbedderUnavailable, make_embedder
 from rag.extract import DocumentError
 from rag.ingest import ingest_paths
 from rag.retrieval import KnowledgeBase, SearchResult

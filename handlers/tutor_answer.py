@@ -348,7 +348,6 @@ class Turn:
 
     async def _finish(self, task: asyncio.Task[Any] | None, offline: bool, passages: list[Passage],
                       prompt: list[dict[str, str]]) -> None:
-        live = self.live
         assert task is not None
         if task.cancelled():
             await self._stopped(prompt, passages)

@@ -18,8 +18,8 @@ from aiohttp import web
 
 from handlers import presence
 from handlers.core import Core
-from server import pages, routes_accounts, routes_static, threads
 from server import documents as documents_feature
+from server import pages, routes_accounts, routes_static, threads
 from server import rooms as rooms_feature
 from server import tickets as tickets_feature
 from server import tutor as tutor_feature

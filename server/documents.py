@@ -15,7 +15,7 @@ from handlers import knowledge
 from handlers.core import Core
 from handlers.errors import ApiError
 from server.gateway import Gateway
-from server.http import client_ip, core_of, query_int, require_actor
+from server.http import client_ip, core_of, path_uuid, query_int, require_actor
 from server.jsonutil import json_response
 from server.keys import CORE
 from server.validation import Payload, Title, validation_message
@@ -120,10 +120,7 @@ async def list_documents(request: web.Request) -> web.Response:
 
 
 def _document_id(request: web.Request) -> UUID:
-    try:
-        return UUID(request.match_info["id"])
-    except ValueError:
-        raise ApiError("not_found", "No such document.") from None
+    return path_uuid(request, "id", "document")
 
 
 async def get_document(request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from uuid import UUID
 
 import orjson
 from aiohttp import web
@@ -97,6 +98,14 @@ async def read_json(request: web.Request, model: type[M]) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ApiError("bad_request", validation_message(exc)) from None
+
+
+def path_uuid(request: web.Request, key: str, what: str) -> UUID:
+    """A UUID from the URL path; a malformed one is `not_found`, like an unknown one."""
+    try:
+        return UUID(request.match_info[key])
+    except ValueError:
+        raise ApiError("not_found", f"No such {what}.") from None
 
 
 def query_int(request: web.Request, name: str, default: int | None, *, lo: int, hi: int) -> int | None:

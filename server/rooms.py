@@ -14,7 +14,7 @@ from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.pipeline import get_pipeline
 from server.gateway import EventSpec, Gateway
-from server.http import core_of, query_int, read_json, require_actor
+from server.http import core_of, path_uuid, query_int, read_json, require_actor
 from server.jsonutil import json_response
 from server.keys import CORE, SIO
 from server.validation import Payload, Title
@@ -78,13 +78,6 @@ EVENTS = [
 
 # --- HTTP ---------------------------------------------------------------------------
 
-def _uuid(request: web.Request, key: str, what: str) -> UUID:
-    try:
-        return UUID(request.match_info[key])
-    except ValueError:
-        raise ApiError("not_found", f"No such {what}.") from None
-
-
 async def create_session(request: web.Request) -> web.Response:
     actor = await require_actor(request, roles=rooms.CREATOR_ROLES)
     body = await read_json(request, CreateSession)
@@ -110,13 +103,13 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 async def get_session(request: web.Request) -> web.Response:
     actor = await require_actor(request)
-    return json_response(await rooms.get(core_of(request), actor, _uuid(request, "id", "live session")))
+    return json_response(await rooms.get(core_of(request), actor, path_uuid(request, "id", "live session")))
 
 
 def _status_route(action: str):  # type: ignore[no-untyped-def]
     async def route(request: web.Request) -> web.Response:
         actor = await require_actor(request)
-        session_id = _uuid(request, "id", "live session")
+        session_id = path_uuid(request, "id", "live session")
         return json_response(await rooms.change_status(core_of(request), actor, session_id, action))
 
     route.__name__ = f"{action}_session"
@@ -132,7 +125,7 @@ async def add_favorite(request: web.Request) -> web.Response:
 
 async def remove_favorite(request: web.Request) -> web.Response:
     actor = await require_actor(request)
-    await rooms.unfavorite(core_of(request), actor, user_id=_uuid(request, "user_id", "favorite"))
+    await rooms.unfavorite(core_of(request), actor, user_id=path_uuid(request, "user_id", "favorite"))
     return web.Response(status=204)
 
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from typing import Annotated
-from uuid import UUID
 
 from aiohttp import web
 from pydantic import EmailStr, Field
 
 from handlers import auth
-from handlers.errors import ApiError
-from server.http import client_ip, core_of, read_json, require_actor
+from server.http import client_ip, core_of, path_uuid, read_json, require_actor
 from server.jsonutil import json_response
 from server.keys import METRICS
 from server.validation import Name, Payload
@@ -66,10 +64,7 @@ async def me(request: web.Request) -> web.Response:
 
 async def set_role(request: web.Request) -> web.Response:
     actor = await require_actor(request)
-    try:
-        user_id = UUID(request.match_info["id"])
-    except ValueError:
-        raise ApiError("not_found", "No such user.") from None
+    user_id = path_uuid(request, "id", "user")
     body = await read_json(request, RoleBody)
     return json_response(await auth.set_role(core_of(request), actor, user_id, body.role, ip=client_ip(request)))
 

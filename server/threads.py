@@ -10,9 +10,8 @@ from pydantic import Field
 
 from handlers import pipeline, threads
 from handlers.core import Actor, Core
-from handlers.errors import ApiError
 from server.gateway import EventSpec, Gateway
-from server.http import core_of, query_int, require_actor
+from server.http import core_of, path_uuid, query_int, require_actor
 from server.jsonutil import json_response
 from server.validation import ClientId, Content, Payload, Title
 
@@ -109,10 +108,7 @@ async def list_conversations(request: web.Request) -> web.Response:
 
 async def list_messages(request: web.Request) -> web.Response:
     actor = await require_actor(request)
-    try:
-        conversation_id = UUID(request.match_info["id"])
-    except ValueError:
-        raise ApiError("not_found", "No such conversation.") from None
+    conversation_id = path_uuid(request, "id", "conversation")
     before_seq = query_int(request, "before_seq", None, lo=1, hi=2**62)
     limit = query_int(request, "limit", 50, lo=1, hi=100)
     assert limit is not None

@@ -12,11 +12,10 @@ from pydantic import Field
 
 from handlers import tickets_queue
 from handlers.core import Actor, Core
-from handlers.errors import ApiError
 from handlers.pipeline import get_pipeline
 from handlers.tickets import TicketService
 from server.gateway import EventSpec, Gateway
-from server.http import core_of, query_int, require_actor
+from server.http import core_of, path_uuid, query_int, require_actor
 from server.jsonutil import json_response
 from server.keys import CORE
 from server.validation import Content, Payload
@@ -103,10 +102,7 @@ async def list_tickets(request: web.Request) -> web.Response:
 
 async def get_ticket(request: web.Request) -> web.Response:
     await require_actor(request, roles=STAFF_ROLES)
-    try:
-        ticket_id = UUID(request.match_info["id"])
-    except ValueError:
-        raise ApiError("not_found", "No such ticket.") from None
+    ticket_id = path_uuid(request, "id", "ticket")
     return json_response(await tickets_queue.detail(core_of(request), ticket_id))
 
 

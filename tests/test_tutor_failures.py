@@ -7,13 +7,10 @@ import asyncio
 import uuid
 from typing import Any
 
-import aiohttp
-
 from handlers.core import Core
 from server.keys import CORE
 from storage import conversations, messages
 from storage.db import Database
-from tests.client import Api
 from tests.fakellm import FakeLLM, echo_passages
 from tests.test_tutor import ask, open_tutor, reply_to, tutor_env, wait_decisions
 

@@ -1,0 +1,57 @@
+"""What every benchmark needs: `studyhall serve` processes on free ports, and a wait until
+they answer. Servers run as separate processes so the load generator does not share their
+event loop (it still shares the machine's cores)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from storage.embedded import free_port  # noqa: E402
+
+# No rate limit: the benchmark is the only client and wants the server's own ceiling.
+BENCH_ENV = {"STUDYHALL_RATE_LIMIT": "100000", "STUDYHALL_RATE_BURST": "100000", "STUDYHALL_LOG_LEVEL": "WARNING"}
+
+
+def start_servers(
+    n: int, database_url: str, redis_url: str | None, extra_env: dict[str, str] | None = None
+) -> list[tuple[subprocess.Popen[bytes], str]]:
+    """Start `n` instances (sharing `redis_url` when given); returns (process, base URL) pairs."""
+    out = []
+    for _ in range(n):
+        port = free_port()
+        env = {**os.environ, **BENCH_ENV, **(extra_env or {}), "DATABASE_URL": database_url, "STUDYHALL_PORT": str(port)}
+        if redis_url:
+            env["REDIS_URL"] = redis_url
+        proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out.append((proc, f"http://127.0.0.1:{port}"))
+    return out
+
+
+async def wait_up(url: str, attempts: int = 300) -> None:
+    async with aiohttp.ClientSession() as s:
+        for _ in range(attempts):
+            try:
+                async with s.get(url + "/api/health") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not start")
+
+
+def stop_servers(procs: list[tuple[subprocess.Popen[bytes], str]]) -> None:
+    for proc, _ in procs:
+        proc.terminate()
+    for proc, _ in procs:
+        proc.wait()
