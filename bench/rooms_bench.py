@@ -1,6 +1,6 @@
 """A live room with many participants: joins/s, chat deliveries/s and send→deliver latency.
 
-    /work/venv/bin/python bench/rooms_bench.py [--participants 1000] [--instances 1|2|both]
+    .venv/bin/python bench/rooms_bench.py [--participants 1000] [--instances 1|2|both]
         [--client sio|raw|both] [--rates 10,20,40] [--seconds 5] [--workers 2] [--senders 20]
 
 Starts its own PostgreSQL (embedded, TCP on loopback) and Redis, then `studyhall serve`

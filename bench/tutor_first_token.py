@@ -1,6 +1,6 @@
 """The tutor's own time before the first streamed token, excluding the model.
 
-    /work/venv/bin/python bench/tutor_first_token.py [--docs DIR] [--pages 300] [--questions 200]
+    .venv/bin/python bench/tutor_first_token.py [--docs DIR] [--pages 300] [--questions 200]
 
 Starts an embedded PostgreSQL, the fake OpenAI-compatible model (tests/fakellm.py, which
 answers instantly), and one Studyhall instance in this process; ingests `--pages` pages of
