@@ -2,7 +2,7 @@
 speed, search latency at 10k and 100k chunks, and HNSW recall against exact search.
 
     apt-get install postgresql-doc-15        # the corpus: PostgreSQL 15's HTML manual
-    /work/venv/bin/python bench/retrieval_bench.py [--docs DIR] [--sizes 10000,100000]
+    .venv/bin/python bench/retrieval_bench.py [--docs DIR] [--sizes 10000,100000]
         [--queries 200] [--skip-scale] [--embedder hashing|sentence-transformers]
 
 Starts its own embedded PostgreSQL (tests/services.py), so it needs nothing running.
