@@ -16,7 +16,6 @@ import bisect
 import logging
 import time
 from collections import deque
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -29,7 +28,7 @@ from handlers.errors import ApiError
 from handlers.pipeline import load_conversation
 from handlers.tutor_answer import Job, LiveAnswer, handle
 from rag.decide import safety_concern
-from rag.llm import ChatModel, LLMConfig
+from rag.llm import DEFAULT_PRICES, ChatModel, LLMConfig
 from rag.offline import MODEL_NAME as OFFLINE_MODEL
 from rag.retrieval import KnowledgeBase
 from server.config import Settings
@@ -43,20 +42,19 @@ SOURCE_ALIASES = {"student": "user", "agent": "staff"}
 
 
 def chat_model_from_settings(settings: Settings) -> ChatModel | None:
-    """The model from Settings; None (offline tutor) when no URL or key is configured.
-
-    Knobs Settings does not carry (total time bound, answer length, prices, stream usage)
-    come from `LLMConfig.from_env()` (STUDYHALL_LLM_TOTAL_TIMEOUT and friends, see llm.md).
-    """
+    """The model from Settings; None (offline tutor) when no URL or key is configured."""
     if not settings.llm_configured:
         return None
-    config = replace(
-        LLMConfig.from_env() or LLMConfig(),
+    config = LLMConfig(
         base_url=settings.llm_base_url,
         api_key=settings.llm_api_key or "not-needed",
         model=settings.llm_model,
         timeout=settings.llm_timeout_seconds,
         max_attempts=max(1, settings.llm_max_attempts),
+        total_timeout=settings.llm_total_timeout_seconds,
+        max_tokens=settings.llm_max_tokens,
+        stream_usage=settings.llm_stream_usage,
+        prices={**DEFAULT_PRICES, **settings.llm_prices},
     )
     return ChatModel(config)
 

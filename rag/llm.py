@@ -12,7 +12,6 @@ So the client runs with `max_retries=0` and `ChatModel` decides.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -21,7 +20,6 @@ from types import TracebackType
 from typing import Any
 
 import openai
-import orjson
 
 from rag.tokens import count_tokens
 
@@ -67,31 +65,6 @@ class LLMConfig:
     max_tokens: int | None = 800
     stream_usage: bool = True  # ask for usage in the stream; off for servers that reject it
     prices: Mapping[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> LLMConfig | None:
-        """Read STUDYHALL_LLM_* variables; None when no model is configured (offline tutor)."""
-        env = os.environ if env is None else env
-        base_url = env.get("STUDYHALL_LLM_BASE_URL") or env.get("OPENAI_BASE_URL")
-        api_key = env.get("STUDYHALL_LLM_API_KEY") or env.get("OPENAI_API_KEY")
-        if not base_url and not api_key:
-            return None
-        prices = dict(DEFAULT_PRICES)
-        for name, pair in orjson.loads(env.get("STUDYHALL_LLM_PRICES", "{}")).items():
-            prices[name] = (float(pair[0]), float(pair[1]))
-        defaults = cls()
-        max_tokens = env.get("STUDYHALL_LLM_MAX_TOKENS")
-        return cls(
-            base_url=base_url or None,
-            api_key=api_key or "not-needed",
-            model=env.get("STUDYHALL_LLM_MODEL", defaults.model),
-            timeout=float(env.get("STUDYHALL_LLM_TIMEOUT", defaults.timeout)),
-            max_attempts=int(env.get("STUDYHALL_LLM_MAX_ATTEMPTS", defaults.max_attempts)),
-            total_timeout=float(env.get("STUDYHALL_LLM_TOTAL_TIMEOUT", defaults.total_timeout)),
-            max_tokens=int(max_tokens) if max_tokens else defaults.max_tokens,
-            stream_usage=env.get("STUDYHALL_LLM_STREAM_USAGE", "1").lower() not in ("0", "false", "no"),
-            prices=prices,
-        )
 
     def price(self, model: str) -> tuple[float, float]:
         """(input, output) USD per 1M tokens; longest matching name prefix wins, else 0."""

@@ -7,6 +7,7 @@ differently configured instances in one process.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,6 +56,16 @@ def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ..
     return raw
 
 
+def _prices(env: dict[str, str], name: str) -> dict[str, tuple[float, float]]:
+    raw = env.get(name)
+    if not raw:
+        return {}
+    try:
+        return {model: (float(pair[0]), float(pair[1])) for model, pair in json.loads(raw).items()}
+    except (ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise SystemExit(f'{name} must be JSON like {{"model": [input_usd, output_usd]}}, got {raw!r}') from exc
+
+
 def _bool(env: dict[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -98,6 +109,11 @@ class Settings:
     llm_model: str = "gpt-4o-mini"
     llm_timeout_seconds: float = 30.0
     llm_max_attempts: int = 3
+    llm_total_timeout_seconds: float = 45.0
+    llm_max_tokens: int = 800
+    llm_stream_usage: bool = True
+    # Extra USD prices per 1M tokens, {"model": [input, output]}, over rag/llm.py's table.
+    llm_prices: dict[str, tuple[float, float]] = field(default_factory=dict)
     embedder: str = "hashing"
     embedding_model: str = "text-embedding-3-small"
     embedding_base_url: str | None = None
@@ -143,6 +159,10 @@ class Settings:
             llm_model=e.get("STUDYHALL_LLM_MODEL") or d.llm_model,
             llm_timeout_seconds=_float(e, "STUDYHALL_LLM_TIMEOUT", d.llm_timeout_seconds),
             llm_max_attempts=_int(e, "STUDYHALL_LLM_MAX_ATTEMPTS", d.llm_max_attempts),
+            llm_total_timeout_seconds=_float(e, "STUDYHALL_LLM_TOTAL_TIMEOUT", d.llm_total_timeout_seconds),
+            llm_max_tokens=_int(e, "STUDYHALL_LLM_MAX_TOKENS", d.llm_max_tokens),
+            llm_stream_usage=_bool(e, "STUDYHALL_LLM_STREAM_USAGE", d.llm_stream_usage),
+            llm_prices=_prices(e, "STUDYHALL_LLM_PRICES"),
             embedder=e.get("STUDYHALL_EMBEDDER") or d.embedder,
             embedding_model=e.get("STUDYHALL_EMBEDDING_MODEL") or d.embedding_model,
             embedding_base_url=e.get("STUDYHALL_EMBEDDING_BASE_URL") or None,

@@ -93,20 +93,28 @@ async def test_cost_uses_the_price_table(llm: FakeLLM) -> None:
 
 
 def test_price_lookup_and_env_config() -> None:
-    cfg = LLMConfig.from_env(
+    from handlers.tutor import chat_model_from_settings
+    from server.config import Settings
+
+    settings = Settings.from_env(
         {
             "STUDYHALL_LLM_BASE_URL": "http://127.0.0.1:9/v1",
             "STUDYHALL_LLM_MODEL": "local-model",
             "STUDYHALL_LLM_PRICES": '{"local-model": [0.5, 1.5]}',
             "STUDYHALL_LLM_TIMEOUT": "7",
+            "STUDYHALL_LLM_TOTAL_TIMEOUT": "12",
+            "STUDYHALL_LLM_STREAM_USAGE": "0",
         }
     )
-    assert cfg is not None and cfg.model == "local-model" and cfg.timeout == 7.0
+    model = chat_model_from_settings(settings)
+    assert model is not None
+    cfg = model.config
+    assert cfg.model == "local-model" and cfg.timeout == 7.0 and cfg.total_timeout == 12.0 and cfg.stream_usage is False
     assert cfg.price("local-model") == (0.5, 1.5)
     assert cfg.price("gpt-4o-mini-2024-07-18") == cfg.prices["gpt-4o-mini"]
     assert cfg.price("gpt-4o-2024-08-06") == cfg.prices["gpt-4o"]
     assert cfg.price("mystery") == (0.0, 0.0)
-    assert LLMConfig.from_env({}) is None
+    assert chat_model_from_settings(Settings.from_env({})) is None
 
 
 async def test_retries_after_500_then_succeeds(llm: FakeLLM) -> None:
