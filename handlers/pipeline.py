@@ -116,6 +116,8 @@ async def fan_out(core: Core, conv: dict[str, Any], event: str, data: dict[str, 
     """Deliver an event about a conversation to whoever follows it."""
     if get_pipeline(core).policy(conv["kind"]).fans_out_to_members(conv):
         if member_ids is None:
+            member_ids = conv.get("member_ids")  # loaded with the conversation by get_with_membership
+        if member_ids is None:
             async with core.db.connection() as conn:
                 member_ids = await conversations.member_ids(conn, conv["id"])
         await core.events.to_users(member_ids, event, data)

@@ -15,6 +15,7 @@ from storage import conversations, messages, users
 MAX_GROUP_MEMBERS = 100
 SYNC_PAGE = 200  # messages per conversation in one sync answer; past it, complete: false
 TYPING_EVERY_SECONDS = 2.0
+TYPING_TABLE_MAX = 10_000
 
 
 def conversation_out(conv: dict[str, Any], members: list[dict[str, Any]], unread: int = 0) -> dict[str, Any]:
@@ -126,6 +127,9 @@ async def typing(core: Core, actor: Actor, *, conversation_id: UUID, is_typing: 
     if is_typing and now - throttle.get(key, 0.0) < TYPING_EVERY_SECONDS:
         return {}
     if is_typing:
+        if len(throttle) > TYPING_TABLE_MAX:  # forget stale entries rather than grow forever
+            for stale in [k for k, at in throttle.items() if now - at >= TYPING_EVERY_SECONDS]:
+                del throttle[stale]
         throttle[key] = now
     else:
         throttle.pop(key, None)
@@ -135,12 +139,11 @@ async def typing(core: Core, actor: Actor, *, conversation_id: UUID, is_typing: 
 
 
 async def _to_others(core: Core, conv: dict[str, Any], actor: Actor, event: str, data: dict[str, Any]) -> None:
-    async with core.db.connection() as conn:
-        member_ids = await conversations.member_ids(conn, conv["id"])
-    if conv["kind"] == "room":
-        await fan_out(core, conv, event, data)
+    """Everyone who follows the conversation but the actor (whose other tabs need no echo)."""
+    if get_pipeline(core).policy(conv["kind"]).fans_out_to_members(conv):
+        await core.events.to_users([m for m in conv["member_ids"] if m != actor.user_id], event, data)
     else:
-        await core.events.to_users([m for m in member_ids if m != actor.user_id], event, data)
+        await fan_out(core, conv, event, data)
 
 
 async def read(core: Core, actor: Actor, *, conversation_id: UUID, seq: int) -> dict[str, Any]:

@@ -148,7 +148,7 @@ class Gateway:
     async def _run(self, spec: EventSpec, state: SocketState, args: tuple[Any, ...]) -> dict[str, Any]:
         started = time.perf_counter()
         self.metrics.events.labels(spec.name).inc()
-        actor = self.actor(state.actor.sid or "") or state.actor
+        actor = state.actor
         try:
             if spec.roles is not None and actor.role not in spec.roles:
                 raise ApiError("forbidden", f"{spec.name} is not allowed for role {actor.role}.")
