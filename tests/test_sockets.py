@@ -49,10 +49,21 @@ async def test_oversized_content_is_too_large(api: Api) -> None:
 async def test_frames_over_one_megabyte_are_refused(api: Api) -> None:
     user = await api.register("Lu")
     sock = await api.socket(user)
+    # Just under the limit: an ordinary event with an ordinary (validation) error.
+    ack = await sock.call("typing", {"conversation_id": "x" * 900_000, "typing": True})
+    assert ack["ok"] is False and ack["error"]["code"] == "bad_request"
+    # Over it: the server refuses the frame and closes that connection; no ack ever comes.
+    acked = None
     try:
-        await sock.call("typing", {"conversation_id": "x" * 1_200_000, "typing": True}, timeout=3)
+        acked = await sock.call("typing", {"conversation_id": "x" * 1_200_000, "typing": True}, timeout=3)
     except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError, socketio.exceptions.DisconnectedError):
         pass
+    assert acked is None
+    for _ in range(40):
+        if not sock.client.connected:
+            break
+        await asyncio.sleep(0.05)
+    assert not sock.client.connected
     # The server is still healthy for everyone else.
     other = await api.socket(await api.register("Mo"))
     assert (await other.call("nope", {}))["error"]["code"] == "bad_request"
