@@ -38,9 +38,6 @@ class RoomService:
     enter_socket: Callable[[str, str], Awaitable[None]]  # (sid, room): one local socket
     close_socket_room: Callable[[str], Awaitable[None]]  # empty a Socket.IO room on every instance
     pending_updates: dict[UUID, asyncio.Task[Any]] = field(default_factory=dict)
-    # Set when the app shuts down: sockets closing then start no grace timers here (the
-    # sweepers of the instances still running free those seats).
-    closing: bool = False
 
 
 def service(core: Core) -> RoomService:

@@ -215,7 +215,9 @@ async def socket_disconnected(core: Core, actor: Actor) -> None:
             return
         present, hosting = await rooms.mark_user_away(conn, actor.user_id)
     s = core.settings
-    if sessions.service(core).closing:
+    if core.closing:
+        # Shutting down: start no grace timers here; the sweepers of the instances still
+        # running free those seats.
         return
     if present:
         core.spawn(_after(core, s.room_leave_grace_seconds, expire_seats, actor.user_id), name=f"room-leave:{actor.user_id}")

@@ -53,11 +53,19 @@ def create_app(settings: Settings) -> web.Application:
     sio = create_sio(settings)
     sio.attach(app)
     app[SIO] = sio
+    app.on_shutdown.append(_mark_closing)
     app.cleanup_ctx.append(_core_ctx)
     app.cleanup_ctx.append(_housekeeping_ctx)
     for feature in FEATURES:
         feature.setup(app)
     return app
+
+
+async def _mark_closing(app: web.Application) -> None:
+    """Shutdown begins (before websockets close): disconnect hooks then start no timers."""
+    core = app.get(CORE)
+    if core is not None:
+        core.closing = True
 
 
 async def _core_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -16,7 +16,7 @@ from handlers.pipeline import get_pipeline
 from server.gateway import EventSpec, Gateway
 from server.http import core_of, path_uuid, query_int, read_json, require_actor
 from server.jsonutil import json_response
-from server.keys import CORE, SIO
+from server.keys import SIO
 from server.validation import Payload, Title
 
 SessionType = Annotated[str, Field(min_length=1, max_length=50)]
@@ -144,13 +144,6 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/favorites", add_favorite)
     app.router.add_get("/api/favorites", list_favorites)
     app.router.add_delete("/api/favorites/{user_id}", remove_favorite)
-    app.on_shutdown.append(_closing)
-
-
-async def _closing(app: web.Application) -> None:
-    core = app.get(CORE)
-    if core is not None and "rooms" in core.services:
-        core.services["rooms"].closing = True
 
 
 def bind(app: web.Application, core: Core, gateway: Gateway) -> None:
