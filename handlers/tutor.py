@@ -38,7 +38,6 @@ from storage import tutor as store
 log = logging.getLogger(__name__)
 
 SESSION_TYPES = ("lesson", "interactive", "exam_prep")
-SOURCE_ALIASES = {"student": "user", "agent": "staff"}
 
 
 def chat_model_from_settings(settings: Settings) -> ChatModel | None:
@@ -308,17 +307,11 @@ async def escalate(core: Core, actor: Actor, *, conversation_id: UUID, reason: s
         raise ApiError("unavailable", "Handing over to a person is not available on this server.")
     urgent = bool(reason) and safety_concern(reason or "")
     category = "safety" if urgent else "human_request"
-    source = "agent" if actor.is_staff else "student"
-    kwargs: dict[str, Any] = {
-        "conversation_id": conversation_id, "reason": reason or "requested by the student",
-        "escalated_by": actor, "urgent": urgent, "category": category,
-    }
-    try:
-        ticket = await tickets.escalate(core, source=source, **kwargs)
-    except ValueError:
-        # The tickets feature may name these sources "user" / "staff"; same meaning.
-        ticket = await tickets.escalate(core, source=SOURCE_ALIASES[source], **kwargs)
-    await service_of(core).cancel(conversation_id)  # the mode has changed: the AI stops here too
+    # escalate() sets the mode to waiting and cuts off any answer being streamed.
+    ticket = await tickets.escalate(
+        core, conversation_id=conversation_id, reason=reason or "requested by the student", escalated_by=actor,
+        source="agent" if actor.is_staff else "student", urgent=urgent, category=category,
+    )
     async with core.db.connection() as conn:
         await store.log_decision(
             conn, conversation_id=conv["id"], message_id=None, answer_id=None, action="escalate",
