@@ -108,6 +108,17 @@ def path_uuid(request: web.Request, key: str, what: str) -> UUID:
         raise ApiError("not_found", f"No such {what}.") from None
 
 
+def query_uuid(request: web.Request, name: str) -> UUID | None:
+    """An optional UUID from the query string; a malformed one is `bad_request`."""
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise ApiError("bad_request", f"{name} must be a UUID.") from None
+
+
 def query_int(request: web.Request, name: str, default: int | None, *, lo: int, hi: int) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":

@@ -11,10 +11,9 @@ from pydantic import Field
 
 from handlers import rooms, rooms_live
 from handlers.core import Actor, Core
-from handlers.errors import ApiError
 from handlers.pipeline import get_pipeline
 from server.gateway import EventSpec, Gateway
-from server.http import core_of, path_uuid, query_int, read_json, require_actor
+from server.http import core_of, path_uuid, query_int, query_uuid, read_json, require_actor
 from server.jsonutil import json_response
 from server.keys import SIO
 from server.validation import Payload, Title
@@ -90,11 +89,7 @@ async def create_session(request: web.Request) -> web.Response:
 
 async def list_sessions(request: web.Request) -> web.Response:
     actor = await require_actor(request)
-    host_raw = request.query.get("host_id")
-    try:
-        host_id = UUID(host_raw) if host_raw else None
-    except ValueError:
-        raise ApiError("bad_request", "host_id must be a UUID.") from None
+    host_id = query_uuid(request, "host_id")
     limit = query_int(request, "limit", 100, lo=1, hi=500)
     assert limit is not None
     status = request.query.get("status") or None

@@ -18,7 +18,7 @@ from handlers.errors import ApiError
 from handlers.knowledge import kb_of
 from handlers.pipeline import get_pipeline
 from server.gateway import EventSpec, Gateway
-from server.http import core_of, require_actor
+from server.http import core_of, path_uuid, query_uuid, require_actor
 from server.jsonutil import json_response
 from server.keys import CORE
 from server.validation import Payload, Title
@@ -64,15 +64,6 @@ EVENTS = [
 ]
 
 
-def _uuid(raw: str | None, what: str) -> UUID | None:
-    if not raw:
-        return None
-    try:
-        return UUID(raw)
-    except ValueError:
-        raise ApiError("bad_request", f"{what} must be a UUID.") from None
-
-
 async def get_usage(request: web.Request) -> web.Response:
     """`GET /api/usage?user_id=&since=`: your model usage, or any user's for an admin."""
     actor = await require_actor(request)
@@ -82,15 +73,14 @@ async def get_usage(request: web.Request) -> web.Response:
             since = datetime.fromisoformat(raw.replace("Z", "+00:00"))
         except ValueError:
             raise ApiError("bad_request", "since must be an ISO-8601 time.") from None
-    result = await tutor.usage(core_of(request), actor, user_id=_uuid(request.query.get("user_id"), "user_id"), since=since)
+    result = await tutor.usage(core_of(request), actor, user_id=query_uuid(request, "user_id"), since=since)
     return json_response(result)
 
 
 async def get_decisions(request: web.Request) -> web.Response:
     """`GET /api/tutor/{conversation_id}/decisions`: the tutor's decision log."""
     actor = await require_actor(request)
-    conversation_id = _uuid(request.match_info["id"], "id")
-    assert conversation_id is not None
+    conversation_id = path_uuid(request, "id", "conversation")
     return json_response(await tutor.decisions(core_of(request), actor, conversation_id=conversation_id))
 
 
