@@ -159,10 +159,12 @@ async def set_status(conn: asyncpg.Connection, conversation_id: UUID, status: st
     return dict(row) if row else None
 
 
-async def member_conversation_ids(conn: asyncpg.Connection, user_id: UUID, conversation_ids: list[UUID]) -> set[UUID]:
-    """Which of these conversations the user is a member of."""
+async def kinds_and_membership(conn: asyncpg.Connection, user_id: UUID, conversation_ids: list[UUID]) -> dict[UUID, tuple[str, bool]]:
+    """For each existing conversation among these: (kind, whether the user is a member)."""
     rows = await conn.fetch(
-        "SELECT conversation_id FROM conversation_members WHERE user_id = $1 AND conversation_id = ANY($2::uuid[])",
+        """SELECT c.id, c.kind, m.user_id IS NOT NULL AS is_member
+           FROM conversations c LEFT JOIN conversation_members m ON m.conversation_id = c.id AND m.user_id = $1
+           WHERE c.id = ANY($2::uuid[])""",
         user_id, conversation_ids,
     )
-    return {r["conversation_id"] for r in rows}
+    return {r["id"]: (r["kind"], r["is_member"]) for r in rows}

@@ -86,14 +86,6 @@ async def edit(conn: asyncpg.Connection, message_id: UUID, content: str) -> dict
     return dict(row) if row else None
 
 
-async def update_metadata(conn: asyncpg.Connection, message_id: UUID, patch: dict[str, Any]) -> dict[str, Any] | None:
-    row = await conn.fetchrow(
-        f"UPDATE messages SET metadata = metadata || $2::jsonb WHERE id = $1 RETURNING {MSG_COLUMNS}",
-        message_id, patch,
-    )
-    return dict(row) if row else None
-
-
 async def soft_delete(conn: asyncpg.Connection, message_id: UUID) -> dict[str, Any] | None:
     """Keep the seq (clients must see no gap); drop the content."""
     row = await conn.fetchrow(

@@ -61,15 +61,6 @@ async def set_role(conn: asyncpg.Connection, user_id: UUID, role: str) -> dict[s
     return dict(row) if row else None
 
 
-async def set_password(conn: asyncpg.Connection, user_id: UUID, password_hash: str) -> None:
-    await conn.execute("UPDATE users SET password_hash = $2 WHERE id = $1", user_id, password_hash)
-
-
-async def list_staff(conn: asyncpg.Connection, roles: tuple[str, ...] = ("agent", "admin")) -> list[dict[str, Any]]:
-    rows = await conn.fetch(f"SELECT {USER_COLUMNS} FROM users WHERE role = ANY($1::text[])", list(roles))
-    return [dict(r) for r in rows]
-
-
 # Tokens ---------------------------------------------------------------------------------
 
 async def insert_token(
@@ -94,14 +85,6 @@ async def find_token_user(conn: asyncpg.Connection, token_hash: bytes) -> dict[s
 
 async def revoke_token(conn: asyncpg.Connection, token_id: UUID) -> None:
     await conn.execute("UPDATE auth_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", token_id)
-
-
-async def revoke_user_tokens(conn: asyncpg.Connection, user_id: UUID) -> list[UUID]:
-    rows = await conn.fetch(
-        "UPDATE auth_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
-        user_id,
-    )
-    return [r["id"] for r in rows]
 
 
 async def live_token_ids(conn: asyncpg.Connection, user_id: UUID) -> list[UUID]:
