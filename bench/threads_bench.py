@@ -1,25 +1,41 @@
 """Message throughput and latency through real Socket.IO clients.
 
-    .venv/bin/python bench/threads_bench.py [--seconds 8] [--scenario direct|group|all] [--instances 1|2|both]
+    .venv/bin/python bench/threads_bench.py [--seconds 8] [--scenario direct|group|all]
+        [--instances 1|2|both] [--client node|python|both] [--warmup 0]
 
 Starts its own PostgreSQL (embedded) and Redis, runs `studyhall serve` as separate
-processes (one, or two sharing Redis), and drives them from this process with
-python-socketio clients:
+processes (one, or two sharing Redis, clients alternating between them), and measures
 
   (a) 200 clients in 100 direct threads;  (b) one group of 100 members.
 
 For each: the closed-loop maximum (every client sends, waits for its ack, sends again)
 giving messages acked/s and deliveries/s, then an open-loop run at half that rate giving
-send→deliver latency p50/p99. The load generator shares the machine's 2 cores with the
-servers and PostgreSQL, so figures are lower bounds for a real deployment; compare ratios.
+send→deliver latency p50/p99. `--warmup S` runs S seconds of unmeasured closed loop first.
+
+Users are registered over HTTP and conversations created over Socket.IO from this
+process; the load itself comes from `bench/threads_load.mjs`, a Node.js process of
+official socket.io-client clients (`--client node`, the default). Why Node: the machine
+has 2 cores shared by the servers, PostgreSQL and the load generator, and python-socketio
+clients cost ~0.4 ms of CPU per message, so a Python load generator measures itself as
+much as the server. `--client python` keeps the python-socketio load generator (in this
+process) for comparison; `--client both` runs each configuration with both.
+
+CPU columns cover the closed loop: the servers and PostgreSQL (from /proc) and the load
+generator (its own report for Node, /proc/self for Python). Figures are still lower
+bounds for a real deployment, where the database and the clients have cores of their own.
+
+BENCH_PROFILE=/tmp/profile.txt records the first server with py-spy over the closed loop;
+BENCH_PG_TCP=1 connects the servers to PostgreSQL over loopback TCP instead of its socket.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,43 +55,178 @@ from bench.harness import start_servers, stop_servers, wait_up  # noqa: E402
 from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
 from tests.services import RedisServer  # noqa: E402
 
+LOAD_SCRIPT = ROOT / "bench" / "threads_load.mjs"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class User:
+    user_id: str
+    token: str
+    url: str  # the instance this user's client connects to
+    conversation_id: str = ""
+
+
+# --- setup: users and conversations ------------------------------------------------------
+
+async def register_users(urls: list[str], count: int) -> list[User]:
+    """Register `count` users over HTTP; user i will connect to urls[i % len(urls)]."""
+    sem = asyncio.Semaphore(8)
+    async with aiohttp.ClientSession() as s:
+        async def register(i: int) -> User:
+            async with sem:
+                body = {"email": f"b{i}-{uuid.uuid4().hex[:6]}@example.com", "password": "benchmark-pw", "name": f"B{i}"}
+                async with s.post(urls[0] + "/api/auth/register", json=body) as r:
+                    data = await r.json()
+                    return User(data["user"]["id"], data["token"], urls[i % len(urls)])
+        return list(await asyncio.gather(*(register(i) for i in range(count))))
+
+
+async def create_conversation(creator: User, kind: str, members: list[User]) -> str:
+    """Create a conversation through a short-lived python-socketio client of `creator`."""
+    sio = socketio.AsyncClient(reconnection=False)
+    await sio.connect(creator.url, auth={"token": creator.token}, transports=["websocket"], wait_timeout=10)
+    try:
+        ack = await sio.call("conversation:create", {"kind": kind, "member_ids": [m.user_id for m in members]})
+    finally:
+        await sio.disconnect()
+    return ack["conversation"]["id"]
+
+
+async def setup(name: str, urls: list[str]) -> list[User]:
+    """(a) 200 users paired into 100 direct threads, or (b) 100 users in one group."""
+    if name == "direct":
+        users = await register_users(urls, 200)
+        for a, b in zip(users[0::2], users[1::2]):
+            a.conversation_id = b.conversation_id = await create_conversation(a, "direct", [b])
+    else:
+        users = await register_users(urls, 100)
+        conversation_id = await create_conversation(users[0], "group", users[1:])
+        for u in users:
+            u.conversation_id = conversation_id
+    return users
+
+
+# --- CPU over the closed-loop window -----------------------------------------------------
+
+def cpu_seconds(pid: int | str) -> float:
+    """User+system CPU time of a process ("self" for this one), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def postgres_cpu(pgdata: Path) -> dict[int, float]:
+    """CPU seconds by pid of the PostgreSQL processes (`comm` postgres, running as another
+    user). Only our cluster's when its postmaster (started with -D pgdata) is found, since
+    the machine may run other PostgreSQL servers; otherwise every postgres process."""
+    procs: dict[int, tuple[int, bytes, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # vanished meanwhile
+            continue
+        procs[int(entry.name)] = (int(fields[1]), cmdline, (int(fields[11]) + int(fields[12])) / TICK)
+    postmaster = next((pid for pid, (_, cmdline, _) in procs.items() if str(pgdata).encode() in cmdline), None)
+    return {pid: cpu for pid, (ppid, _, cpu) in procs.items() if postmaster is None or postmaster in (pid, ppid)}
+
+
+class CpuWindow:
+    """CPU used by the servers, PostgreSQL and this process between start() and stop()."""
+
+    def __init__(self, server_pids: list[int], pgdata: Path, seconds: float) -> None:
+        self.server_pids, self.pgdata, self.seconds = server_pids, pgdata, seconds
+
+    def start(self) -> None:
+        self.server = sum(cpu_seconds(p) for p in self.server_pids)
+        self.postgres = postgres_cpu(self.pgdata)
+        self.me = cpu_seconds("self")
+        if os.environ.get("BENCH_PROFILE"):  # e.g. BENCH_PROFILE=/tmp/profile.txt: py-spy on the first server
+            subprocess.Popen(["py-spy", "record", "--pid", str(self.server_pids[0]), "--duration", str(int(self.seconds)),
+                              "--format", "raw", "--output", os.environ["BENCH_PROFILE"]],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        self.server = sum(cpu_seconds(p) for p in self.server_pids) - self.server
+        # A backend born in the window (the servers' pools grow under load) counts whole;
+        # one that ended in it is missed.
+        before = self.postgres
+        self.postgres = sum(cpu - before.get(pid, 0.0) for pid, cpu in postgres_cpu(self.pgdata).items())
+        self.me = cpu_seconds("self") - self.me
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] * 1000
+
+
+# --- load generator: Node.js (bench/threads_load.mjs) ------------------------------------
+
+async def load_node(users: list[User], seconds: float, warmup: float, cpu: CpuWindow) -> dict:
+    node = shutil.which("node")
+    assert node, "main() checks for node"
+    config = {"clients": [{"url": u.url, "token": u.token, "conversation_id": u.conversation_id} for u in users],
+              "seconds": seconds, "half_seconds": seconds, "warmup_seconds": warmup}
+    proc = await asyncio.create_subprocess_exec(node, str(LOAD_SCRIPT), cwd=ROOT, stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE)  # stderr: ours
+    assert proc.stdin and proc.stdout
+    proc.stdin.write(json.dumps(config).encode())
+    await proc.stdin.drain()
+    proc.stdin.close()
+    out = None
+    async for line in proc.stdout:  # phase markers as they happen, then the result
+        msg = json.loads(line)
+        if msg.get("phase") == "closed-start":
+            cpu.start()
+        elif msg.get("phase") == "closed-end":
+            cpu.stop()
+        else:
+            out = msg
+    if await proc.wait() != 0 or out is None:
+        raise RuntimeError(f"{LOAD_SCRIPT.name} failed (exit code {proc.returncode}); see its stderr above")
+    def ms(key: str) -> float:  # null when there were no latencies
+        return float("nan") if out[key] is None else out[key]
+    return {
+        "acked/s": out["acked_rate"], "deliveries/s": out["deliveries_rate"],
+        "max p50 ms": ms("max_p50_ms"), "max p99 ms": ms("max_p99_ms"),
+        "half rate": out["half_rate"], "half p50 ms": ms("half_p50_ms"), "half p99 ms": ms("half_p99_ms"),
+        "half deliveries/s": out["half_deliveries_rate"],
+        "server cpu %": 100 * cpu.server / seconds, "postgres cpu %": 100 * cpu.postgres / seconds,
+        "load-generator cpu %": out["cpu_closed_pct"],
+        "errors": out["errors"], "first error": out["first_error"],
+    }
+
+
+# --- load generator: python-socketio clients in this process -----------------------------
 
 @dataclass
 class Stats:
     acked: int = 0
     delivered: int = 0
+    errors: int = 0
+    first_error: object = None
     latencies: list[float] = field(default_factory=list)
+
+    def error(self, what: object) -> None:
+        self.errors += 1
+        if self.first_error is None:
+            self.first_error = what
 
 
 @dataclass
 class Client:
-    user_id: str
-    token: str
+    user: User
     sio: socketio.AsyncClient
-    conversation_id: str = ""
-
-
-async def make_clients(urls: list[str], count: int) -> list[Client]:
-    sem = asyncio.Semaphore(8)
-    async with aiohttp.ClientSession() as s:
-        async def register(i: int) -> tuple[str, str]:
-            async with sem:
-                body = {"email": f"b{i}-{uuid.uuid4().hex[:6]}@example.com", "password": "benchmark-pw", "name": f"B{i}"}
-                async with s.post(urls[0] + "/api/auth/register", json=body) as r:
-                    data = await r.json()
-                    return data["user"]["id"], data["token"]
-        creds = await asyncio.gather(*(register(i) for i in range(count)))
-    clients = []
-    for i, (uid, token) in enumerate(creds):
-        sio = socketio.AsyncClient(reconnection=False)
-        await sio.connect(urls[i % len(urls)], auth={"token": token}, transports=["websocket"], wait_timeout=10)
-        clients.append(Client(uid, token, sio))
-    return clients
 
 
 def attach_receivers(clients: list[Client], stats: Stats, phase: list[str]) -> None:
     for c in clients:
-        async def on_new(data: dict, c: Client = c) -> None:
+        async def on_new(data: dict) -> None:
             m = data["message"]
             cid = m.get("client_id") or ""
             if not cid.startswith(phase[0]):
@@ -86,6 +237,20 @@ def attach_receivers(clients: list[Client], stats: Stats, phase: list[str]) -> N
         c.sio.on("message:new", on_new)
 
 
+async def send(c: Client, phase: str, n: int, stats: Stats) -> None:
+    payload = {"conversation_id": c.user.conversation_id, "content": "benchmark message",
+               "client_id": f"{phase}{n}-{c.user.user_id[:8]}|{time.time()}"}
+    try:
+        ack = await c.sio.call("message:send", payload, timeout=30)
+    except Exception as exc:  # socketio.exceptions.TimeoutError, mostly
+        stats.error(repr(exc))
+        return
+    if ack.get("ok"):
+        stats.acked += 1
+    else:
+        stats.error(ack)
+
+
 async def closed_loop(clients: list[Client], seconds: float, stats: Stats, phase: str) -> None:
     deadline = time.monotonic() + seconds
 
@@ -93,10 +258,7 @@ async def closed_loop(clients: list[Client], seconds: float, stats: Stats, phase
         n = 0
         while time.monotonic() < deadline:
             n += 1
-            ack = await c.sio.call("message:send", {"conversation_id": c.conversation_id, "content": "benchmark message",
-                                                    "client_id": f"{phase}{n}-{c.user_id[:8]}|{time.time()}"}, timeout=30)
-            if ack.get("ok"):
-                stats.acked += 1
+            await send(c, phase, n, stats)
     await asyncio.gather(*(run(c) for c in clients))
 
 
@@ -107,61 +269,31 @@ async def open_loop(clients: list[Client], seconds: float, rate: float, stats: S
     async def run(c: Client) -> None:
         n = 0
         await asyncio.sleep(random.random() / per_client)
-        pending = set()
+        pending = []
         while time.monotonic() < deadline:
             n += 1
-            payload = {"conversation_id": c.conversation_id, "content": "benchmark message",
-                       "client_id": f"{phase}{n}-{c.user_id[:8]}|{time.time()}"}
-            t = asyncio.create_task(c.sio.call("message:send", payload, timeout=30))
-            pending.add(t)
-            t.add_done_callback(pending.discard)
+            pending.append(asyncio.create_task(send(c, phase, n, stats)))
             await asyncio.sleep(random.expovariate(per_client))
-        for t in list(pending):
-            try:
-                if (await t).get("ok"):
-                    stats.acked += 1
-            except Exception:
-                pass
+        await asyncio.gather(*pending)
     await asyncio.gather(*(run(c) for c in clients))
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User+system CPU time of processes (and this one when pid is 0), from /proc."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid in pids:
-        fields = Path(f"/proc/{pid or 'self'}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] * 1000
-
-
-async def scenario(name: str, urls: list[str], seconds: float, server_pids: list[int]) -> dict:
-    if name == "direct":
-        clients = await make_clients(urls, 200)
-        for a, b in zip(clients[0::2], clients[1::2]):
-            ack = await a.sio.call("conversation:create", {"kind": "direct", "member_ids": [b.user_id]})
-            a.conversation_id = b.conversation_id = ack["conversation"]["id"]
-    else:
-        clients = await make_clients(urls, 100)
-        ack = await clients[0].sio.call("conversation:create", {"kind": "group", "member_ids": [c.user_id for c in clients[1:]]})
-        for c in clients:
-            c.conversation_id = ack["conversation"]["id"]
+async def load_python(users: list[User], seconds: float, warmup: float, cpu: CpuWindow) -> dict:
+    clients = []
+    for u in users:
+        sio = socketio.AsyncClient(reconnection=False)
+        await sio.connect(u.url, auth={"token": u.token}, transports=["websocket"], wait_timeout=10)
+        clients.append(Client(u, sio))
     phase = ["max-"]
     peak = Stats()
     attach_receivers(clients, peak, phase)
+    if warmup > 0:  # not counted: only "max-" messages are
+        await closed_loop(clients, warmup, Stats(), "warm-")
+        await asyncio.sleep(1.0)
     started = time.monotonic()
-    cpu_server, cpu_client = cpu_seconds(server_pids), cpu_seconds([0])
-    if os.environ.get("BENCH_PROFILE"):  # e.g. BENCH_PROFILE=/tmp/profile.txt: py-spy on the first server
-        subprocess.Popen(["py-spy", "record", "--pid", str(server_pids[0]), "--duration", str(int(seconds)),
-                          "--format", "raw", "--output", os.environ["BENCH_PROFILE"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cpu.start()
     await closed_loop(clients, seconds, peak, "max-")
-    cpu_server, cpu_client = cpu_seconds(server_pids) - cpu_server, cpu_seconds([0]) - cpu_client
+    cpu.stop()
     await asyncio.sleep(1.0)
     elapsed = time.monotonic() - started
     acked_rate = peak.acked / seconds
@@ -171,8 +303,9 @@ async def scenario(name: str, urls: list[str], seconds: float, server_pids: list
     for c in clients:
         c.sio.handlers["/"].pop("message:new", None)
     attach_receivers(clients, steady, phase)
-    await open_loop(clients, seconds, acked_rate / 2, steady, "half-")
-    await asyncio.sleep(1.0)
+    if acked_rate > 0:
+        await open_loop(clients, seconds, acked_rate / 2, steady, "half-")
+        await asyncio.sleep(1.0)
     for c in clients:
         await c.sio.disconnect()
     return {
@@ -180,16 +313,28 @@ async def scenario(name: str, urls: list[str], seconds: float, server_pids: list
         "max p50 ms": pct(peak.latencies, 50), "max p99 ms": pct(peak.latencies, 99),
         "half rate": acked_rate / 2, "half p50 ms": pct(steady.latencies, 50), "half p99 ms": pct(steady.latencies, 99),
         "half deliveries/s": steady.delivered / seconds,
-        "server cpu %": 100 * cpu_server / seconds, "load-generator cpu %": 100 * cpu_client / seconds,
+        "server cpu %": 100 * cpu.server / seconds, "postgres cpu %": 100 * cpu.postgres / seconds,
+        "load-generator cpu %": 100 * cpu.me / seconds,
+        "errors": peak.errors + steady.errors, "first error": peak.first_error or steady.first_error,
     }
 
+
+# --- main --------------------------------------------------------------------------------
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--scenario", choices=["direct", "group", "all"], default="all")
     parser.add_argument("--instances", choices=["1", "2", "both"], default="both")
+    parser.add_argument("--warmup", type=float, default=0,
+                        help="seconds of closed loop, not measured, before the measured one")
+    parser.add_argument("--client", choices=["node", "python", "both"], default="node",
+                        help="load generator: Node.js socket.io-client (default) or python-socketio")
     args = parser.parse_args()
+    loaders = {"node": load_node, "python": load_python}
+    client_kinds = ["node", "python"] if args.client == "both" else [args.client]
+    if "node" in client_kinds and not shutil.which("node"):
+        parser.error("`node` not found on PATH (needed for --client node); install Node.js 18+ or use --client python")
     pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="studyhall-bench-pg-")), port=free_port(), listen_tcp=os.environ.get("BENCH_PG_TCP") == "1")
     os.chmod(pg.data_dir, 0o755)
     database_url = await asyncio.to_thread(pg.start)
@@ -198,26 +343,34 @@ async def main() -> None:
     try:
         for instances in ([1, 2] if args.instances == "both" else [int(args.instances)]):
             for name in (["direct", "group"] if args.scenario == "all" else [args.scenario]):
-                procs = start_servers(instances, database_url, redis.url if instances > 1 else None,
-                                      {"STUDYHALL_REDIS_CHANNEL": "bench"})
-                try:
-                    for _, url in procs:
-                        await wait_up(url)
-                    result = await scenario(name, [u for _, u in procs], args.seconds, [p.pid for p, _ in procs])
-                finally:
-                    stop_servers(procs)
-                rows.append((instances, name, result))
-                print(f"{instances} instance(s), {name}: " + ", ".join(f"{k} {v:,.1f}" for k, v in result.items()), flush=True)
+                for kind in client_kinds:
+                    procs = start_servers(instances, database_url, redis.url if instances > 1 else None,
+                                          {"STUDYHALL_REDIS_CHANNEL": "bench"})
+                    try:
+                        for _, url in procs:
+                            await wait_up(url)
+                        users = await setup(name, [u for _, u in procs])
+                        cpu = CpuWindow([p.pid for p, _ in procs], pg.pgdata, args.seconds)
+                        result = await loaders[kind](users, args.seconds, args.warmup, cpu)
+                    finally:
+                        stop_servers(procs)
+                    rows.append((instances, name, kind, result))
+                    first_error = result.pop("first error")
+                    print(f"{instances} instance(s), {name}, {kind} clients: "
+                          + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:,.1f}" for k, v in result.items())
+                          + (f" (first error: {first_error})" if first_error is not None else ""), flush=True)
     finally:
         redis.stop()
         pg.destroy()
     print()
-    print("| instances | scenario | acked msg/s | deliveries/s | p50 / p99 ms at max | offered (half) msg/s | p50 / p99 ms at half | CPU server / load gen |")
-    print("|---|---|---|---|---|---|---|---|")
-    for instances, name, r in rows:
-        print(f"| {instances} | {name} | {r['acked/s']:,.0f} | {r['deliveries/s']:,.0f} | {r['max p50 ms']:.1f} / {r['max p99 ms']:.1f} "
+    print("| instances | scenario | load gen | acked msg/s | deliveries/s | p50 / p99 ms at max | offered (half) msg/s "
+          "| p50 / p99 ms at half | CPU server / load gen | PostgreSQL CPU |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for instances, name, kind, r in rows:
+        print(f"| {instances} | {name} | {kind} | {r['acked/s']:,.0f} | {r['deliveries/s']:,.0f} "
+              f"| {r['max p50 ms']:.1f} / {r['max p99 ms']:.1f} "
               f"| {r['half rate']:,.0f} | {r['half p50 ms']:.1f} / {r['half p99 ms']:.1f} "
-              f"| {r['server cpu %']:.0f}% / {r['load-generator cpu %']:.0f}% |")
+              f"| {r['server cpu %']:.0f}% / {r['load-generator cpu %']:.0f}% | {r['postgres cpu %']:.0f}% |")
 
 
 if __name__ == "__main__":
