@@ -23,6 +23,7 @@ import asyncpg
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.events import conversation_room
+from handlers.writer import ConversationLoader, MessageWriter
 from storage import conversations, messages
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,15 @@ AfterCommit = Callable[[Core, dict[str, Any], dict[str, Any]], Awaitable[None]]
 
 
 class KindPolicy(Protocol):
-    """Access rules for one kind of conversation."""
+    """Access rules for one kind of conversation. `needs_connection`: False when the
+    conversation row loaded with the actor's membership decides alone (the checks then
+    get no connection and make no query), True when the checks query further."""
 
-    async def check_read(self, core: Core, conn: asyncpg.Connection, conv: dict[str, Any], actor: Actor) -> None: ...
+    needs_connection: bool
 
-    async def check_send(self, core: Core, conn: asyncpg.Connection, conv: dict[str, Any], actor: Actor) -> None: ...
+    async def check_read(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None: ...
+
+    async def check_send(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None: ...
 
     def fans_out_to_members(self, conv: dict[str, Any]) -> bool: ...
 
@@ -43,11 +48,13 @@ class KindPolicy(Protocol):
 class MemberPolicy:
     """Direct, group and tutor conversations: members read and write; others learn nothing."""
 
-    async def check_read(self, core: Core, conn: asyncpg.Connection, conv: dict[str, Any], actor: Actor) -> None:
+    needs_connection = False
+
+    async def check_read(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None:
         if not conv.get("is_member"):
             raise ApiError("not_found", "No such conversation.")
 
-    async def check_send(self, core: Core, conn: asyncpg.Connection, conv: dict[str, Any], actor: Actor) -> None:
+    async def check_send(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None:
         await self.check_read(core, conn, conv, actor)
 
     def fans_out_to_members(self, conv: dict[str, Any]) -> bool:
@@ -77,6 +84,8 @@ class KeyedLocks:
 
 @dataclass
 class Pipeline:
+    writer: MessageWriter
+    loader: ConversationLoader
     policies: dict[str, KindPolicy] = field(default_factory=dict)
     after_commit: list[AfterCommit] = field(default_factory=list)
     # Per conversation, on this instance: commit and fan-out in seq order.
@@ -89,7 +98,7 @@ class Pipeline:
 
 
 def install(core: Core) -> Pipeline:
-    pipeline = Pipeline()
+    pipeline = Pipeline(MessageWriter(core.db), ConversationLoader(core.db))
     pipeline.policies["_members"] = MemberPolicy()
     core.services["pipeline"] = pipeline
     return pipeline
@@ -143,29 +152,32 @@ async def commit_message(
     `sender=None` is the system or the AI tutor. `role=None` derives it from the sender:
     staff who joined as the conversation's agent write as `agent`, everyone else as `user`. A duplicate
     (retried client_id) is returned as first committed and delivered to nobody again.
-    `message_id` and `require_mode` go to `messages.insert`: the tutor commits under the id
+    `message_id` and `require_mode` go to `messages.NewMessage`: the tutor commits under the id
     it streamed with, only while the conversation is still in mode `ai` (else
     `messages.ModeChanged` is raised and nothing is committed).
     """
     pipeline = get_pipeline(core)
     async with pipeline.locks.hold(conversation_id):
-        async with core.db.connection() as conn:
-            if check_access and sender is not None:
-                conv = await load_conversation(core, conn, conversation_id, sender, send=True)
+        conv = await pipeline.loader.load(conversation_id, sender.user_id if sender else None)
+        if conv is None:
+            raise ApiError("not_found", "No such conversation.")
+        policy = pipeline.policy(conv["kind"])
+        if check_access and sender is not None:
+            if policy.needs_connection:
+                async with core.db.connection() as conn:
+                    await policy.check_send(core, conn, conv, sender)
             else:
-                conv = await conversations.get_with_membership(conn, conversation_id, sender.user_id if sender else None)
-                if conv is None:
-                    raise ApiError("not_found", "No such conversation.")
-            if role is None:
-                # An agent who took a conversation over writes as `agent`; staff who started
-                # a tutor conversation of their own are its student and write as `user`.
-                role = "agent" if sender is not None and sender.is_staff and conv.get("member_role") == "agent" else "user"
-            message, duplicate = await messages.insert(
-                conn, conversation_id=conversation_id, sender_id=sender.user_id if sender else None,
-                role=role, content=content, client_id=client_id, metadata=metadata,
-                message_id=message_id, require_mode=require_mode,
-            )
-            member_ids = conv["member_ids"] if pipeline.policy(conv["kind"]).fans_out_to_members(conv) else None
+                await policy.check_send(core, None, conv, sender)
+        if role is None:
+            # An agent who took a conversation over writes as `agent`; staff who started
+            # a tutor conversation of their own are its student and write as `user`.
+            role = "agent" if sender is not None and sender.is_staff and conv.get("member_role") == "agent" else "user"
+        message, duplicate = await pipeline.writer.insert(messages.NewMessage(
+            conversation_id=conversation_id, sender_id=sender.user_id if sender else None,
+            role=role, content=content, client_id=client_id, metadata=metadata,
+            message_id=message_id, require_mode=require_mode,
+        ))
+        member_ids = conv["member_ids"] if policy.fans_out_to_members(conv) else None
         if not duplicate:
             await fan_out(core, conv, "message:new", {"message": message}, member_ids)
     if not duplicate:

@@ -39,13 +39,16 @@ class RoomPolicy:
     room is live and the sender is not muted. The host and admins may always read, and
     write while live. Messages go to the sockets in the room, not to stored members."""
 
-    async def _state(self, conn: asyncpg.Connection, conv: dict[str, Any], actor: Actor) -> dict[str, Any]:
+    needs_connection = True
+
+    async def _state(self, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> dict[str, Any]:
+        assert conn is not None, "needs_connection: the pipeline passes one"
         state = await rooms.session_for_conversation(conn, conv["id"], actor.user_id)
         if state is None:
             raise ApiError("not_found", "No such conversation.")
         return state
 
-    async def check_read(self, core: Core, conn: asyncpg.Connection, conv: dict[str, Any], actor: Actor) -> None:
+    async def check_read(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None:
         state = await self._state(conn, conv, actor)
         if sessions.may_moderate(actor, state):
             return
@@ -54,7 +57,7 @@ class RoomPolicy:
         if not state["present"]:
             raise ApiError("forbidden", "Join the room to read its chat.")
 
-    async def check_send(self, core: Core, conn: asyncpg.Connection, conv: dict[str, Any], actor: Actor) -> None:
+    async def check_send(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None:
         state = await self._state(conn, conv, actor)
         if state["status"] != "live":
             raise ApiError("not_live", f"The room is {state['status']}.")

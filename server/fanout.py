@@ -98,17 +98,21 @@ class FastFanout(socketio.AsyncManager):
         self.websockets: dict[str, asyncio.Transport] = {}  # eio sid -> its websocket's transport
         self.outbox = Outbox()
 
-    def _transport(self, sid: str, eio_sid: str, namespace: str) -> asyncio.Transport | None:
-        """The socket's websocket transport when the fast path is safe for it, else None."""
+    def websocket_transport(self, eio_sid: str) -> asyncio.Transport | None:
+        """The Engine.IO socket's websocket transport when it is open and upgraded, else None."""
         transport = self.websockets.get(eio_sid)
         if transport is None or transport.is_closing():
             return None
         sock = self.server.eio.sockets.get(eio_sid)
         if sock is None or not sock.upgraded or sock.upgrading or sock.closed:
             return None
+        return transport
+
+    def _transport(self, sid: str, eio_sid: str, namespace: str) -> asyncio.Transport | None:
+        """The socket's websocket transport when the fast path is safe for it, else None."""
         if sid in self.pending_connect.get(namespace, ()):  # its CONNECT packet is not out yet
             return None
-        return transport
+        return self.websocket_transport(eio_sid)
 
     async def emit(self, event: str, data: Any, namespace: str, room: Any = None, skip_sid: Any = None,
                    callback: Any = None, to: Any = None, **kwargs: Any) -> None:
@@ -181,3 +185,20 @@ def install(sio: socketio.AsyncServer) -> None:
             super().__init__(tracked, server)
 
     eio._async = {**eio._async, "websocket": TrackedWebSocket}
+
+    stock_send_packet = sio._send_packet
+
+    async def send_packet(eio_sid: str, pkt: Any) -> None:
+        """Acks take the fast path too: no task switch to Engine.IO's writer, and an ack
+        leaves in the same write as the events the same turn produced for that socket
+        (a sender's ack and its own `message:new`), in the order they were produced."""
+        if pkt.packet_type == sio_packet.ACK:
+            transport = manager.websocket_transport(eio_sid)
+            if transport is not None:
+                encoded = pkt.encode()
+                if isinstance(encoded, str):
+                    manager.outbox.put(transport, text_frame(eio_packet.Packet(eio_packet.MESSAGE, encoded).encode().encode("utf-8")))
+                    return
+        await stock_send_packet(eio_sid, pkt)
+
+    sio._send_packet = send_packet

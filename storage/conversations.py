@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -59,16 +60,31 @@ async def get_with_membership(conn: asyncpg.Connection, conversation_id: UUID, u
     """The conversation plus `is_member`, `member_role` and `last_read_seq` for one user,
     and `member_ids` (empty for live rooms, whose audience is whoever joined): one round
     trip for everything a send needs before its insert."""
-    row = await conn.fetchrow(
-        f"""SELECT {CONV_COLUMNS}, m.user_id IS NOT NULL AS is_member, m.member_role,
+    (found,) = await get_many_with_membership(conn, [(conversation_id, user_id)])
+    return found
+
+
+async def get_many_with_membership(
+    conn: asyncpg.Connection, keys: Sequence[tuple[UUID, UUID | None]]
+) -> list[dict[str, Any] | None]:
+    """`get_with_membership` for several (conversation, user) pairs in one query; None
+    where the conversation does not exist."""
+    rows = await conn.fetch(
+        f"""SELECT k.idx, {CONV_COLUMNS},
+                   m.user_id IS NOT NULL AS is_member, m.member_role,
                    coalesce(m.last_read_seq, 0) AS last_read_seq,
                    CASE WHEN c.kind = 'room' THEN ARRAY[]::uuid[] ELSE
                        ARRAY(SELECT user_id FROM conversation_members WHERE conversation_id = c.id) END AS member_ids
-            FROM conversations c LEFT JOIN conversation_members m ON m.conversation_id = c.id AND m.user_id = $2
-            WHERE c.id = $1""",
-        conversation_id, user_id,
+            FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS k(conversation_id, user_id, idx)
+            JOIN conversations c ON c.id = k.conversation_id
+            LEFT JOIN conversation_members m ON m.conversation_id = c.id AND m.user_id = k.user_id""",
+        [k[0] for k in keys], [k[1] for k in keys],
     )
-    return dict(row) if row else None
+    found: list[dict[str, Any] | None] = [None] * len(keys)
+    for row in rows:
+        conv = dict(row)
+        found[conv.pop("idx") - 1] = conv
+    return found
 
 
 async def add_members(conn: asyncpg.Connection, conversation_id: UUID, user_ids: list[UUID], member_role: str = "member") -> list[UUID]:

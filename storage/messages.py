@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -9,26 +10,40 @@ import asyncpg
 
 MSG_COLUMNS = "id, conversation_id, seq, sender_id, role, content, client_id, metadata, created_at, edited_at, deleted"
 
-# One statement, one round trip: return the first message for a retried client_id, or
-# take the next seq under the conversation's row lock and insert. Two concurrent retries
-# of one client_id both miss `existing`; the unique index stops the second, and the caller
-# runs the statement again to return the first.
-_INSERT = f"""
-WITH existing AS (
-    SELECT {MSG_COLUMNS} FROM messages
-    WHERE conversation_id = $1 AND sender_id = $2 AND client_id = $5
+# Group commit: one statement inserts a batch of messages, possibly for many
+# conversations, and commits them together (one WAL flush for all). Per conversation it
+# takes the row lock (in id order, so two batches never deadlock each other), returns the
+# first message for a retried client_id, and gives the others consecutive seqs in request
+# order. A retry committed by another instance after this statement's snapshot is stopped
+# by the unique index; the caller runs the statement again and gets the first message.
+_INSERT_BATCH = f"""
+WITH req AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::uuid[], $8::text[])
+        WITH ORDINALITY AS r(conversation_id, sender_id, role, content, client_id, metadata, message_id, require_mode, idx)
+), locked AS MATERIALIZED (
+    SELECT id, last_seq, mode FROM conversations
+    WHERE id IN (SELECT conversation_id FROM req) ORDER BY id FOR UPDATE
+), existing AS MATERIALIZED (
+    SELECT r.idx, {", ".join("m." + c.strip() for c in MSG_COLUMNS.split(","))}
+    FROM req r JOIN messages m
+      ON m.conversation_id = r.conversation_id AND m.sender_id = r.sender_id AND m.client_id = r.client_id
+), todo AS MATERIALIZED (
+    SELECT r.*, l.last_seq + row_number() OVER (PARTITION BY r.conversation_id ORDER BY r.idx) AS seq
+    FROM req r JOIN locked l ON l.id = r.conversation_id
+    WHERE r.idx NOT IN (SELECT idx FROM existing) AND (r.require_mode IS NULL OR l.mode = r.require_mode)
 ), bump AS (
-    UPDATE conversations SET last_seq = last_seq + 1, updated_at = now()
-    WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM existing) AND ($8::text IS NULL OR mode = $8)
-    RETURNING last_seq
+    UPDATE conversations c SET last_seq = t.top, updated_at = now()
+    FROM (SELECT conversation_id, max(seq) AS top FROM todo GROUP BY conversation_id) t
+    WHERE c.id = t.conversation_id
 ), ins AS (
     INSERT INTO messages (id, conversation_id, seq, sender_id, role, content, client_id, metadata)
-    SELECT coalesce($7::uuid, gen_random_uuid()), $1, bump.last_seq, $2, $3, $4, $5, $6 FROM bump
+    SELECT coalesce(message_id, gen_random_uuid()), conversation_id, seq, sender_id, role, content, client_id, metadata
+    FROM todo
     RETURNING {MSG_COLUMNS}
 )
-SELECT {MSG_COLUMNS}, false AS duplicate FROM ins
+SELECT t.idx, ins.*, false AS duplicate FROM ins JOIN todo t ON t.conversation_id = ins.conversation_id AND t.seq = ins.seq
 UNION ALL
-SELECT {MSG_COLUMNS}, true AS duplicate FROM existing
+SELECT e.*, true AS duplicate FROM existing e
 """
 
 
@@ -36,41 +51,72 @@ class ModeChanged(LookupError):
     """`require_mode` was given and the conversation is no longer in that mode."""
 
 
-async def insert(
-    conn: asyncpg.Connection,
-    *,
-    conversation_id: UUID,
-    sender_id: UUID | None,
-    role: str,
-    content: str,
-    client_id: str | None,
-    metadata: dict[str, Any] | None = None,
-    message_id: UUID | None = None,
-    require_mode: str | None = None,
-) -> tuple[dict[str, Any], bool]:
-    """Commit-ready insert with the next seq; returns (message, duplicate).
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """One message to insert. `message_id` gives the row a chosen id (the tutor streams
+    deltas under an id picked before the answer exists); `require_mode` inserts only while
+    the conversation is in that mode, checked in the same statement."""
 
-    `message_id` gives the row a chosen id (the tutor streams deltas under an id picked
-    before the answer exists). `require_mode` inserts only while the conversation is in
-    that mode, checked in the same statement, else raises ModeChanged.
-    """
+    conversation_id: UUID
+    sender_id: UUID | None
+    role: str
+    content: str
+    client_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    message_id: UUID | None = None
+    require_mode: str | None = None
+
+
+Inserted = tuple[dict[str, Any], bool]
+
+
+async def insert_batch(conn: asyncpg.Connection, batch: list[NewMessage]) -> list[Inserted | LookupError]:
+    """Insert and commit several messages in one statement; per message, in order:
+    (message, duplicate), or ModeChanged / LookupError (no such conversation) for one
+    that was not inserted. Any other error fails the whole batch (nothing is written)."""
     for attempt in range(2):
         try:
-            row = await conn.fetchrow(
-                _INSERT, conversation_id, sender_id, role, content, client_id, metadata or {}, message_id, require_mode
+            rows = await conn.fetch(
+                _INSERT_BATCH,
+                [m.conversation_id for m in batch], [m.sender_id for m in batch], [m.role for m in batch],
+                [m.content for m in batch], [m.client_id for m in batch], [m.metadata or {} for m in batch],
+                [m.message_id for m in batch], [m.require_mode for m in batch],
             )
+            break
         except asyncpg.UniqueViolationError:
             if attempt:
                 raise
-            continue
-        if row is None:
-            if require_mode is not None and await conn.fetchval("SELECT true FROM conversations WHERE id = $1", conversation_id):
-                raise ModeChanged(f"conversation {conversation_id} is not in mode {require_mode}")
-            raise LookupError(f"conversation {conversation_id} does not exist")
+    by_index: dict[int, dict[str, Any]] = {}
+    for row in rows:
         message = dict(row)
-        duplicate = message.pop("duplicate")
-        return message, duplicate
-    raise AssertionError("unreachable")
+        by_index[message.pop("idx") - 1] = message
+    results: list[Inserted | LookupError] = []
+    missing_modes = [m.conversation_id for i, m in enumerate(batch) if i not in by_index and m.require_mode is not None]
+    existing = set(await conversation_ids_existing(conn, missing_modes)) if missing_modes else set()
+    for i, m in enumerate(batch):
+        message = by_index.get(i)
+        if message is not None:
+            duplicate = message.pop("duplicate")
+            results.append((message, duplicate))
+        elif m.conversation_id in existing:
+            results.append(ModeChanged(f"conversation {m.conversation_id} is not in mode {m.require_mode}"))
+        else:
+            results.append(LookupError(f"conversation {m.conversation_id} does not exist"))
+    return results
+
+
+async def conversation_ids_existing(conn: asyncpg.Connection, ids: list[UUID]) -> list[UUID]:
+    rows = await conn.fetch("SELECT id FROM conversations WHERE id = ANY($1::uuid[])", ids)
+    return [r["id"] for r in rows]
+
+
+async def insert(conn: asyncpg.Connection, **fields: Any) -> Inserted:
+    """Insert and commit one message (fields of NewMessage); returns (message, duplicate)
+    or raises ModeChanged / LookupError."""
+    (result,) = await insert_batch(conn, [NewMessage(**fields)])
+    if isinstance(result, LookupError):
+        raise result
+    return result
 
 
 async def get(conn: asyncpg.Connection, message_id: UUID) -> dict[str, Any] | None:

@@ -1,0 +1,76 @@
+"""Group commit for messages, and batched conversation look-ups for sends.
+
+Every message costs PostgreSQL a statement and a commit (a WAL flush). Messages that
+arrive while a batch is being committed go together in the next one: one statement
+(`storage.messages.insert_batch`), one commit, one round trip. Each sender is answered
+only after its own batch has committed, so an ack still means "durable".
+
+If a batch fails as a whole (a deadlock with another writer, one bad row), its messages
+are committed one by one, so one bad message fails alone and the others go through.
+
+The look-up a send makes first (the conversation, the sender's membership and the member
+list) is batched the same way (`storage.conversations.get_many_with_membership`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from handlers.batching import Batcher
+from storage import conversations, messages
+from storage.db import Database
+from storage.messages import Inserted, NewMessage
+
+log = logging.getLogger(__name__)
+
+
+class MessageWriter:
+    """`insert(message)` commits with the next seq of its conversation, in a batch."""
+
+    def __init__(self, db: Database, *, max_batch: int = 200, concurrency: int = 2) -> None:
+        self.db = db
+        # A retry of a client_id already in a batch waits for the next one, so that it
+        # finds the first message committed and is answered as a duplicate.
+        self.batcher: Batcher[NewMessage, Inserted] = Batcher(
+            self._commit, max_batch=max_batch, concurrency=concurrency,
+            conflict_key=lambda m: (m.conversation_id, m.sender_id, m.client_id) if m.client_id is not None else None,
+        )
+
+    async def insert(self, message: NewMessage) -> Inserted:
+        """(message, duplicate), or raises like `storage.messages.insert`."""
+        return await self.batcher.submit(message)
+
+    async def _commit(self, batch: list[NewMessage]) -> list[Inserted | BaseException]:
+        try:
+            async with self.db.connection() as conn:
+                return list(await messages.insert_batch(conn, batch))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if len(batch) == 1:
+                return [exc]
+            log.warning("message batch failed, committing one by one", extra={"size": len(batch), "error": str(exc)})
+            outcomes: list[Inserted | BaseException] = []
+            for message in batch:
+                outcomes.extend(await self._commit([message]))
+            return outcomes
+
+
+class ConversationLoader:
+    """`load(conversation_id, user_id)`: what `conversations.get_with_membership` returns,
+    looked up together with the other sends in flight."""
+
+    def __init__(self, db: Database, *, max_batch: int = 200, concurrency: int = 2) -> None:
+        self.db = db
+        self.batcher: Batcher[tuple[UUID, UUID | None], dict[str, Any] | None] = Batcher(
+            self._load, max_batch=max_batch, concurrency=concurrency
+        )
+
+    async def load(self, conversation_id: UUID, user_id: UUID | None) -> dict[str, Any] | None:
+        return await self.batcher.submit((conversation_id, user_id))
+
+    async def _load(self, keys: list[tuple[UUID, UUID | None]]) -> list[dict[str, Any] | None | BaseException]:
+        async with self.db.connection() as conn:
+            return list(await conversations.get_many_with_membership(conn, keys))
