@@ -31,6 +31,7 @@ BENCH_PG_TCP=1 connects the servers to PostgreSQL over loopback TCP instead of i
 from __future__ import annotations
 
 import argparse
+from math import nan
 import asyncio
 import json
 import os
@@ -138,14 +139,14 @@ def postgres_cpu(pgdata: Path) -> dict[int, float]:
 class CpuWindow:
     """CPU used by the servers, PostgreSQL and this process between start() and stop()."""
 
-    def __init__(self, server_pids: list[int], pgdata: Path, seconds: float) -> None:
-        self.server_pids, self.pgdata, self.seconds = server_pids, pgdata, seconds
+    def __init__(self, server_pids: list[int], pgdata: Path, seconds: float, profile: bool = True) -> None:
+        self.server_pids, self.pgdata, self.seconds, self.profile = server_pids, pgdata, seconds, profile
 
     def start(self) -> None:
         self.server = sum(cpu_seconds(p) for p in self.server_pids)
         self.postgres = postgres_cpu(self.pgdata)
         self.me = cpu_seconds("self")
-        if os.environ.get("BENCH_PROFILE"):  # e.g. BENCH_PROFILE=/tmp/profile.txt: py-spy on the first server
+        if self.profile and os.environ.get("BENCH_PROFILE"):  # e.g. BENCH_PROFILE=/tmp/profile.txt: py-spy on the first server
             subprocess.Popen(["py-spy", "record", "--pid", str(self.server_pids[0]), "--duration", str(int(self.seconds)),
                               "--format", "raw", "--output", os.environ["BENCH_PROFILE"]],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -168,6 +169,7 @@ def pct(values: list[float], q: float) -> float:
 # --- load generator: Node.js (bench/threads_load.mjs) ------------------------------------
 
 async def load_node(users: list[User], seconds: float, warmup: float, cpu: CpuWindow) -> dict:
+    half_cpu = CpuWindow(cpu.server_pids, cpu.pgdata, seconds, profile=False)
     node = shutil.which("node")
     assert node, "main() checks for node"
     config = {"clients": [{"url": u.url, "token": u.token, "conversation_id": u.conversation_id} for u in users],
@@ -185,6 +187,10 @@ async def load_node(users: list[User], seconds: float, warmup: float, cpu: CpuWi
             cpu.start()
         elif msg.get("phase") == "closed-end":
             cpu.stop()
+        elif msg.get("phase") == "open-start":
+            half_cpu.start()
+        elif msg.get("phase") == "open-end":
+            half_cpu.stop()
         else:
             out = msg
     if await proc.wait() != 0 or out is None:
@@ -198,6 +204,8 @@ async def load_node(users: list[User], seconds: float, warmup: float, cpu: CpuWi
         "half deliveries/s": out["half_deliveries_rate"],
         "server cpu %": 100 * cpu.server / seconds, "postgres cpu %": 100 * cpu.postgres / seconds,
         "load-generator cpu %": out["cpu_closed_pct"],
+        "half server cpu %": 100 * half_cpu.server / seconds, "half postgres cpu %": 100 * half_cpu.postgres / seconds,
+        "half load-generator cpu %": out["cpu_open_pct"],
         "errors": out["errors"], "first error": out["first_error"],
     }
 
@@ -364,13 +372,14 @@ async def main() -> None:
         pg.destroy()
     print()
     print("| instances | scenario | load gen | acked msg/s | deliveries/s | p50 / p99 ms at max | offered (half) msg/s "
-          "| p50 / p99 ms at half | CPU server / load gen | PostgreSQL CPU |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| p50 / p99 ms at half | CPU server / load gen / PostgreSQL at max | at half |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for instances, name, kind, r in rows:
         print(f"| {instances} | {name} | {kind} | {r['acked/s']:,.0f} | {r['deliveries/s']:,.0f} "
               f"| {r['max p50 ms']:.1f} / {r['max p99 ms']:.1f} "
               f"| {r['half rate']:,.0f} | {r['half p50 ms']:.1f} / {r['half p99 ms']:.1f} "
-              f"| {r['server cpu %']:.0f}% / {r['load-generator cpu %']:.0f}% | {r['postgres cpu %']:.0f}% |")
+              f"| {r['server cpu %']:.0f}% / {r['load-generator cpu %']:.0f}% / {r['postgres cpu %']:.0f}% "
+              f"| {r.get('half server cpu %', nan):.0f}% / {r.get('half load-generator cpu %', nan):.0f}% / {r.get('half postgres cpu %', nan):.0f}% |")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@
 //   {"phase": "closed-start"}   the closed loop begins (the parent starts measuring CPU)
 //   {"phase": "closed-end"}     the closed loop has ended (every client has its last ack)
 //   {acked_rate, deliveries_rate, max_p50_ms, max_p99_ms, half_rate, half_p50_ms,
-//    half_p99_ms, half_deliveries_rate, errors, first_error, cpu_closed_pct}
+//    half_p99_ms, half_deliveries_rate, errors, first_error, cpu_closed_pct, cpu_open_pct}
 //
 // Closed loop: every client sends, waits for its ack, sends again, for `seconds`.
 // Open loop: `half_seconds` at half the acked rate, exponential inter-arrival times per
@@ -175,12 +175,18 @@ const result = {
 // Open loop at half the maximum: latency below saturation.
 const halfRate = result.acked_rate / 2;
 startPhase("half-");
+let openCpu = { user: 0, system: 0 };
 if (halfRate > 0) {
+  emit({ phase: "open-start" });
+  const openCpuBefore = process.cpuUsage();
   await openLoop("half-", config.half_seconds, halfRate);
+  openCpu = process.cpuUsage(openCpuBefore);
+  emit({ phase: "open-end" });
   await sleep(1000);
 }
 Object.assign(result, {
   half_rate: halfRate,
+  cpu_open_pct: (100 * (openCpu.user + openCpu.system)) / 1e6 / config.half_seconds,
   half_p50_ms: percentileMs(latencies, 50),
   half_p99_ms: percentileMs(latencies, 99),
   half_deliveries_rate: delivered / config.half_seconds,

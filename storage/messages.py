@@ -16,25 +16,33 @@ MSG_COLUMNS = "id, conversation_id, seq, sender_id, role, content, client_id, me
 # first message for a retried client_id, and gives the others consecutive seqs in request
 # order. A retry committed by another instance after this statement's snapshot is stopped
 # by the unique index; the caller runs the statement again and gets the first message.
+# `updated_at` (activity order; indexed for tutor crash recovery) moves at most once a
+# second: an update that changes no indexed column is HOT, so a busy conversation's row
+# does not leave a trail of index entries behind that every look-up must step over
+# The retry look-up is a LATERAL index probe per message that the planner cannot turn
+# into a join: as a join, with statistics from when the table was small (autovacuum
+# analyses it only every minute or so), it scanned the whole messages table per batch.
 _INSERT_BATCH = f"""
 WITH req AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::uuid[], $8::text[])
         WITH ORDINALITY AS r(conversation_id, sender_id, role, content, client_id, metadata, message_id, require_mode, idx)
 ), locked AS MATERIALIZED (
-    SELECT id, last_seq, mode FROM conversations
-    WHERE id IN (SELECT conversation_id FROM req) ORDER BY id FOR UPDATE
+    SELECT id, last_seq, mode FROM conversations WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
 ), existing AS MATERIALIZED (
-    SELECT r.idx, {", ".join("m." + c.strip() for c in MSG_COLUMNS.split(","))}
-    FROM req r JOIN messages m
-      ON m.conversation_id = r.conversation_id AND m.sender_id = r.sender_id AND m.client_id = r.client_id
+    SELECT r.idx, m.* FROM req r CROSS JOIN LATERAL (
+        SELECT {MSG_COLUMNS} FROM messages
+        WHERE conversation_id = r.conversation_id AND sender_id = r.sender_id AND client_id = r.client_id
+        LIMIT 1  -- unique anyway; keeps the planner from turning this into a join
+    ) m
 ), todo AS MATERIALIZED (
     SELECT r.*, l.last_seq + row_number() OVER (PARTITION BY r.conversation_id ORDER BY r.idx) AS seq
     FROM req r JOIN locked l ON l.id = r.conversation_id
     WHERE r.idx NOT IN (SELECT idx FROM existing) AND (r.require_mode IS NULL OR l.mode = r.require_mode)
 ), bump AS (
-    UPDATE conversations c SET last_seq = t.top, updated_at = now()
+    UPDATE conversations c SET last_seq = t.top,
+        updated_at = CASE WHEN c.updated_at < now() - interval '1 second' THEN now() ELSE c.updated_at END
     FROM (SELECT conversation_id, max(seq) AS top FROM todo GROUP BY conversation_id) t
-    WHERE c.id = t.conversation_id
+    WHERE c.id = t.conversation_id AND c.id = ANY($1::uuid[])
 ), ins AS (
     INSERT INTO messages (id, conversation_id, seq, sender_id, role, content, client_id, metadata)
     SELECT coalesce(message_id, gen_random_uuid()), conversation_id, seq, sender_id, role, content, client_id, metadata
