@@ -157,21 +157,23 @@ async def commit_message(
     `messages.ModeChanged` is raised and nothing is committed).
     """
     pipeline = get_pipeline(core)
+    # The look-up and access check need no order among a conversation's senders: outside
+    # the lock, concurrent sends to one busy group share a look-up batch.
+    conv = await pipeline.loader.load(conversation_id, sender.user_id if sender else None)
+    if conv is None:
+        raise ApiError("not_found", "No such conversation.")
+    policy = pipeline.policy(conv["kind"])
+    if check_access and sender is not None:
+        if policy.needs_connection:
+            async with core.db.connection() as conn:
+                await policy.check_send(core, conn, conv, sender)
+        else:
+            await policy.check_send(core, None, conv, sender)
+    if role is None:
+        # An agent who took a conversation over writes as `agent`; staff who started
+        # a tutor conversation of their own are its student and write as `user`.
+        role = "agent" if sender is not None and sender.is_staff and conv.get("member_role") == "agent" else "user"
     async with pipeline.locks.hold(conversation_id):
-        conv = await pipeline.loader.load(conversation_id, sender.user_id if sender else None)
-        if conv is None:
-            raise ApiError("not_found", "No such conversation.")
-        policy = pipeline.policy(conv["kind"])
-        if check_access and sender is not None:
-            if policy.needs_connection:
-                async with core.db.connection() as conn:
-                    await policy.check_send(core, conn, conv, sender)
-            else:
-                await policy.check_send(core, None, conv, sender)
-        if role is None:
-            # An agent who took a conversation over writes as `agent`; staff who started
-            # a tutor conversation of their own are its student and write as `user`.
-            role = "agent" if sender is not None and sender.is_staff and conv.get("member_role") == "agent" else "user"
         message, duplicate = await pipeline.writer.insert(messages.NewMessage(
             conversation_id=conversation_id, sender_id=sender.user_id if sender else None,
             role=role, content=content, client_id=client_id, metadata=metadata,

@@ -9,7 +9,6 @@ housekeeping. Features plug in through `setup(app)` (routes, before startup) and
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -41,7 +40,6 @@ FEATURES = (
     routes_accounts, threads, documents_feature, tutor_feature, rooms_feature, tickets_feature, pages, routes_static,
 )
 HEARTBEAT_SECONDS = 10.0
-GC_THRESHOLDS = (50_000, 20, 10)  # see _freeze_startup_objects
 DEAD_AFTER_SECONDS = 45.0
 
 
@@ -60,22 +58,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_housekeeping_ctx)
     for feature in FEATURES:
         feature.setup(app)
-    app.on_startup.append(_freeze_startup_objects)  # after cleanup_ctx's startup half
     return app
-
-
-async def _freeze_startup_objects(app: web.Application) -> None:
-    """Tune the garbage collector for a server (measured with bench/threads_bench.py).
-
-    Everything alive after startup (modules, pools, settings: ~130,000 objects) is frozen
-    out of the collector's view; otherwise every full collection walks them all again
-    (12 full collections in 40 s of load took up to 180 ms each, the server standing
-    still). The first generation is collected every 50,000 allocations instead of 700:
-    with the default, the collector ran ~50 times a second under load. Together: 2,830 ->
-    3,200-3,800 messages/s, p99 at half rate 160-190 -> 34-50 ms."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def _mark_closing(app: web.Application) -> None:

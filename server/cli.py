@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -60,6 +61,24 @@ async def core_for_command(settings: Settings) -> AsyncIterator[Any]:
             await db.close()
 
 
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_gc() -> None:
+    """Tune the garbage collector for a long-running server (measured with
+    bench/threads_bench.py; it is process-wide, so it is done here and not in the app).
+
+    Everything alive once the server is built (modules, settings: ~130,000 objects) is
+    frozen out of the collector's view; otherwise every full collection walks them all
+    again (12 full collections in 40 s of load took up to 180 ms each, the server standing
+    still). The youngest generation is collected every 50,000 allocations instead of 700:
+    with the default, the collector ran ~50 times a second under load. Together: 2,830 ->
+    3,200-3,800 messages/s, p99 at half rate 160-190 -> 34-50 ms."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from server.app import create_app
 
@@ -67,6 +86,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     app = create_app(settings)
     log.info("Studyhall listening", extra={"url": f"http://{settings.host}:{settings.port}"})
     print(f"Studyhall on http://{settings.host}:{settings.port}", file=sys.stderr)
+    tune_gc()
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
     return 0
 

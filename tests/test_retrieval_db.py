@@ -287,7 +287,8 @@ async def test_ingest_paths_walks_folders_and_counts(kb: KnowledgeBase, tmp_path
 async def test_course_filter_still_fills_k_through_the_index(kb: KnowledgeBase, db: Database) -> None:
     """With a filter, HNSW alone would stop after ef_search rows of other courses; the
     iterative scan keeps going until k matching rows are found."""
-    many = "\n\n".join(f"# Topic {i}\n\nVoltage and current in circuit number {i}." for i in range(120))
+    # More rows of the other course than one HNSW pass looks at (ef_search).
+    many = "\n\n".join(f"# Topic {i}\n\nVoltage and current in circuit number {i}." for i in range(store.EF_SEARCH_MIN + 60))
     await kb.ingest_text("Circuits", many, course="physics")
     poems = "# Odes\n\nAn ode to autumn.\n\n# Sonnets\n\nA sonnet about the sea."
     await kb.ingest_text("Poems", poems, course="poetry")
