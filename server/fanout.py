@@ -18,9 +18,11 @@ A socket whose unsent output passes `MAX_BUFFERED_BYTES` is a consumer that cann
 up: it is closed (the client reconnects and recovers by seq) rather than letting the
 server's memory grow without bound.
 
-Ordering: frames to one socket leave in emit order. Acks still go through Engine.IO's
-queue, so an event may overtake an ack queued just before it (clients already dedupe by
-seq; nothing in the protocol depends on acks coming before events).
+Acks to such sockets take the same path (`install` wraps the server's packet sender), so
+a sender's ack and its own `message:new` leave in one write. Ordering: frames to one
+socket leave in the order they were produced; only what still goes the stock way (emits
+with callbacks or binary data, sockets not yet upgraded) can be overtaken by a later
+frame (clients dedupe by seq; nothing in the protocol depends on acks before events).
 
 Wiring (server/realtime.py's `create_sio`, the default; STUDYHALL_FANOUT=stock turns it
 off): the manager comes from `create_manager(settings)`, then `install(sio)` runs once
