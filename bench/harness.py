@@ -1,11 +1,13 @@
-"""What every benchmark needs: `studyhall serve` processes on free ports, and a wait until
-they answer. Servers run as separate processes so the load generator does not share their
-event loop (it still shares the machine's cores)."""
+"""What every benchmark needs: `studyhall serve` processes on free ports, a wait until they
+answer, and the measuring tools (CPU time from /proc, latency quantiles, py-spy). Servers
+run as separate processes so the load generator does not share their event loop (it still
+shares the machine's cores)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +57,29 @@ def stop_servers(procs: list[tuple[subprocess.Popen[bytes], str]]) -> None:
         proc.terminate()
     for proc, _ in procs:
         proc.wait()
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(*pids: int | str) -> float:
+    """User+system CPU seconds of processes ("self" for this one), from /proc."""
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
+def quantile_ms(seconds: list[float], q: int) -> float:
+    """The q-th percentile of latencies in seconds, in ms (NaN under two samples)."""
+    if len(seconds) < 2:
+        return float("nan")
+    return statistics.quantiles(seconds, n=100, method="inclusive")[q - 1] * 1000
+
+
+def py_spy(pid: int, seconds: float, output: str) -> None:
+    """Record `pid` with py-spy (next to this Python) for `seconds`, raw format, in the background."""
+    subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
+                      "--duration", str(max(1, int(seconds))), "--format", "raw", "--output", output],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -30,8 +30,6 @@ import asyncio
 import itertools
 import multiprocessing as mp
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,33 +44,17 @@ import socketio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import start_servers, wait_up  # noqa: E402
+from bench.harness import cpu_seconds, py_spy, quantile_ms, start_servers, wait_up  # noqa: E402
 from bench.rooms_client import run_worker  # noqa: E402
 from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
 from tests.services import RedisServer  # noqa: E402
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
 
 
 def profile(pid: int, phase: str) -> None:
     """BENCH_PROFILE=/tmp/prefix: py-spy (if installed) records the first server for 10 s of a phase."""
     prefix = os.environ.get("BENCH_PROFILE")
     if prefix:
-        subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--duration", "10", "--format", "raw",
-                          "--output", f"{prefix}-{phase}.txt"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def pct(values: list[float], q: int) -> float:
-    if len(values) < 2:
-        return float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000
+        py_spy(pid, 10, f"{prefix}-{phase}.txt")
 
 
 async def setup_room(url: str, database_url: str, participants: int) -> tuple[dict[str, Any], list[str], str]:
@@ -148,7 +130,7 @@ async def configuration(instances: int, kind: str, fanout: str, args: argparse.N
             result["connected"] = sum(x["connected"] for x in r)
             result["connects/s"] = result["connected"] / wall
 
-            cpu0 = cpu_seconds(pids)
+            cpu0 = cpu_seconds(*pids)
             profile(pids[0], "join")
             r = await workers.all("join", {"concurrency": args.join_concurrency})
             wall = max(x["end"] for x in r) - min(x["start"] for x in r)
@@ -158,8 +140,8 @@ async def configuration(instances: int, kind: str, fanout: str, args: argparse.N
                     codes[k] = codes.get(k, 0) + v
             lat = [v for x in r for v in x["latencies"]]
             result.update({"joined": codes.get("ok", 0), "join codes": codes, "joins/s": codes.get("ok", 0) / wall,
-                           "join p50 ms": pct(lat, 50), "join p99 ms": pct(lat, 99),
-                           "join server cpu %": 100 * (cpu_seconds(pids) - cpu0) / wall,
+                           "join p50 ms": quantile_ms(lat, 50), "join p99 ms": quantile_ms(lat, 99),
+                           "join server cpu %": 100 * (cpu_seconds(*pids) - cpu0) / wall,
                            "lost after join": sum(x["counts"].get("connections lost", 0) for x in r)})
             await asyncio.sleep(1.0)  # let the last room:participant / room:updated broadcasts drain
 
@@ -170,10 +152,10 @@ async def configuration(instances: int, kind: str, fanout: str, args: argparse.N
                 tag = f"r{rate:g}-{uuid.uuid4().hex[:4]}"
                 params = [{"senders": list(range(per_worker_senders)), "per_sender_rate": rate / (per_worker_senders * args.workers),
                            "seconds": args.seconds, "tag": tag, "quiet": 1.0} for _ in range(args.workers)]
-                cpu0, wcpu0, t0 = cpu_seconds(pids), cpu_seconds(workers.pids), time.monotonic()
+                cpu0, wcpu0, t0 = cpu_seconds(*pids), cpu_seconds(*workers.pids), time.monotonic()
                 profile(pids[0], f"chat-{rate:g}")
                 r = await workers.all("chat", params)
-                cpu, wcpu = cpu_seconds(pids) - cpu0, cpu_seconds(workers.pids) - wcpu0
+                cpu, wcpu = cpu_seconds(*pids) - cpu0, cpu_seconds(*workers.pids) - wcpu0
                 acklat = [v for x in r for v in x["ack_latencies"]]
                 sent = sum(x["sent"] for x in r)
                 lat = [v for x in r for v in x["latencies"]]
@@ -182,11 +164,11 @@ async def configuration(instances: int, kind: str, fanout: str, args: argparse.N
                     "offered msg/s": rate, "offered deliveries/s": rate * n, "sent": sent,
                     "delivered/s": len(lat) / span if span > 0 else 0.0,
                     "loss %": 100 * (1 - len(lat) / (sent * n)) if sent else 0.0,
-                    "p50 ms": pct(lat, 50), "p99 ms": pct(lat, 99), "max ms": max(lat) * 1000 if lat else float("nan"),
+                    "p50 ms": quantile_ms(lat, 50), "p99 ms": quantile_ms(lat, 99), "max ms": max(lat) * 1000 if lat else float("nan"),
                     "server cpu %": 100 * cpu / (time.monotonic() - t0),
                     "cpu us/delivery": 1e6 * cpu / len(lat) if lat else float("nan"),
                     "load gen cpu %": 100 * wcpu / (time.monotonic() - t0),
-                    "ack p50 ms": pct(acklat, 50), "ack p99 ms": pct(acklat, 99),
+                    "ack p50 ms": quantile_ms(acklat, 50), "ack p99 ms": quantile_ms(acklat, 99),
                     "acks": {k: sum(x["acks"].get(k, 0) for x in r) for k in {k for x in r for k in x["acks"]}},
                 }
                 row["lost"] = sum(x["counts"].get("connections lost", 0) for x in r)

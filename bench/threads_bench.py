@@ -31,19 +31,17 @@ BENCH_PG_TCP=1 connects the servers to PostgreSQL over loopback TCP instead of i
 from __future__ import annotations
 
 import argparse
-from math import nan
 import asyncio
 import json
 import os
 import random
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from math import nan
 from pathlib import Path
 
 import aiohttp
@@ -52,12 +50,11 @@ import socketio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import start_servers, stop_servers, wait_up  # noqa: E402
+from bench.harness import TICK, cpu_seconds, py_spy, quantile_ms, start_servers, stop_servers, wait_up  # noqa: E402
 from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
 from tests.services import RedisServer  # noqa: E402
 
 LOAD_SCRIPT = ROOT / "bench" / "threads_load.mjs"
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -110,12 +107,6 @@ async def setup(name: str, urls: list[str]) -> list[User]:
 
 # --- CPU over the closed-loop window -----------------------------------------------------
 
-def cpu_seconds(pid: int | str) -> float:
-    """User+system CPU time of a process ("self" for this one), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
 def postgres_cpu(pgdata: Path) -> dict[int, float]:
     """CPU seconds by pid of the PostgreSQL processes (`comm` postgres, running as another
     user). Only our cluster's when its postmaster (started with -D pgdata) is found, since
@@ -143,27 +134,19 @@ class CpuWindow:
         self.server_pids, self.pgdata, self.seconds, self.profile = server_pids, pgdata, seconds, profile
 
     def start(self) -> None:
-        self.server = sum(cpu_seconds(p) for p in self.server_pids)
+        self.server = cpu_seconds(*self.server_pids)
         self.postgres = postgres_cpu(self.pgdata)
         self.me = cpu_seconds("self")
         if self.profile and os.environ.get("BENCH_PROFILE"):  # e.g. BENCH_PROFILE=/tmp/profile.txt: py-spy on the first server
-            subprocess.Popen(["py-spy", "record", "--pid", str(self.server_pids[0]), "--duration", str(int(self.seconds)),
-                              "--format", "raw", "--output", os.environ["BENCH_PROFILE"]],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            py_spy(self.server_pids[0], self.seconds, os.environ["BENCH_PROFILE"])
 
     def stop(self) -> None:
-        self.server = sum(cpu_seconds(p) for p in self.server_pids) - self.server
+        self.server = cpu_seconds(*self.server_pids) - self.server
         # A backend born in the window (the servers' pools grow under load) counts whole;
         # one that ended in it is missed.
         before = self.postgres
         self.postgres = sum(cpu - before.get(pid, 0.0) for pid, cpu in postgres_cpu(self.pgdata).items())
         self.me = cpu_seconds("self") - self.me
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] * 1000
 
 
 # --- load generator: Node.js (bench/threads_load.mjs) ------------------------------------
@@ -318,8 +301,8 @@ async def load_python(users: list[User], seconds: float, warmup: float, cpu: Cpu
         await c.sio.disconnect()
     return {
         "acked/s": acked_rate, "deliveries/s": deliveries_rate,
-        "max p50 ms": pct(peak.latencies, 50), "max p99 ms": pct(peak.latencies, 99),
-        "half rate": acked_rate / 2, "half p50 ms": pct(steady.latencies, 50), "half p99 ms": pct(steady.latencies, 99),
+        "max p50 ms": quantile_ms(peak.latencies, 50), "max p99 ms": quantile_ms(peak.latencies, 99),
+        "half rate": acked_rate / 2, "half p50 ms": quantile_ms(steady.latencies, 50), "half p99 ms": quantile_ms(steady.latencies, 99),
         "half deliveries/s": steady.delivered / seconds,
         "server cpu %": 100 * cpu.server / seconds, "postgres cpu %": 100 * cpu.postgres / seconds,
         "load-generator cpu %": 100 * cpu.me / seconds,

@@ -32,11 +32,9 @@ AfterCommit = Callable[[Core, dict[str, Any], dict[str, Any]], Awaitable[None]]
 
 
 class KindPolicy(Protocol):
-    """Access rules for one kind of conversation. `needs_connection`: False when the
-    conversation row loaded with the actor's membership decides alone (the checks then
-    get no connection and make no query), True when the checks query further."""
-
-    needs_connection: bool
+    """Access rules for one kind of conversation. `conn` is the caller's connection, or
+    None when it holds none (a send): a rule that needs a query then takes a connection
+    of its own; membership is decided from the loaded row alone."""
 
     async def check_read(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None: ...
 
@@ -47,8 +45,6 @@ class KindPolicy(Protocol):
 
 class MemberPolicy:
     """Direct, group and tutor conversations: members read and write; others learn nothing."""
-
-    needs_connection = False
 
     async def check_read(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None:
         if not conv.get("is_member"):
@@ -121,15 +117,11 @@ async def load_conversation(core: Core, conn: asyncpg.Connection, conversation_i
     return conv
 
 
-async def fan_out(core: Core, conv: dict[str, Any], event: str, data: dict[str, Any], member_ids: list[UUID] | None = None) -> None:
-    """Deliver an event about a conversation to whoever follows it."""
+async def fan_out(core: Core, conv: dict[str, Any], event: str, data: dict[str, Any]) -> None:
+    """Deliver an event about a conversation to whoever follows it: its members (loaded
+    with the conversation by `conversations.get_with_membership`), or its room."""
     if get_pipeline(core).policy(conv["kind"]).fans_out_to_members(conv):
-        if member_ids is None:
-            member_ids = conv.get("member_ids")  # loaded with the conversation by get_with_membership
-        if member_ids is None:
-            async with core.db.connection() as conn:
-                member_ids = await conversations.member_ids(conn, conv["id"])
-        await core.events.to_users(member_ids, event, data)
+        await core.events.to_users(conv["member_ids"], event, data)
     else:
         await core.events.to_rooms([conversation_room(conv["id"])], event, data)
 
@@ -164,11 +156,7 @@ async def commit_message(
         raise ApiError("not_found", "No such conversation.")
     policy = pipeline.policy(conv["kind"])
     if check_access and sender is not None:
-        if policy.needs_connection:
-            async with core.db.connection() as conn:
-                await policy.check_send(core, conn, conv, sender)
-        else:
-            await policy.check_send(core, None, conv, sender)
+        await policy.check_send(core, None, conv, sender)
     if role is None:
         # An agent who took a conversation over writes as `agent`; staff who started
         # a tutor conversation of their own are its student and write as `user`.
@@ -179,9 +167,8 @@ async def commit_message(
             role=role, content=content, client_id=client_id, metadata=metadata,
             message_id=message_id, require_mode=require_mode,
         ))
-        member_ids = conv["member_ids"] if policy.fans_out_to_members(conv) else None
         if not duplicate:
-            await fan_out(core, conv, "message:new", {"message": message}, member_ids)
+            await fan_out(core, conv, "message:new", {"message": message})
     if not duplicate:
         conv["last_seq"] = message["seq"]
         for hook in pipeline.after_commit:

@@ -39,17 +39,18 @@ class RoomPolicy:
     room is live and the sender is not muted. The host and admins may always read, and
     write while live. Messages go to the sockets in the room, not to stored members."""
 
-    needs_connection = True
-
-    async def _state(self, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> dict[str, Any]:
-        assert conn is not None, "needs_connection: the pipeline passes one"
-        state = await rooms.session_for_conversation(conn, conv["id"], actor.user_id)
+    async def _state(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> dict[str, Any]:
+        if conn is None:
+            async with core.db.connection() as own:
+                state = await rooms.session_for_conversation(own, conv["id"], actor.user_id)
+        else:
+            state = await rooms.session_for_conversation(conn, conv["id"], actor.user_id)
         if state is None:
             raise ApiError("not_found", "No such conversation.")
         return state
 
     async def check_read(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None:
-        state = await self._state(conn, conv, actor)
+        state = await self._state(core, conn, conv, actor)
         if sessions.may_moderate(actor, state):
             return
         if state["banned"]:
@@ -58,7 +59,7 @@ class RoomPolicy:
             raise ApiError("forbidden", "Join the room to read its chat.")
 
     async def check_send(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None:
-        state = await self._state(conn, conv, actor)
+        state = await self._state(core, conn, conv, actor)
         if state["status"] != "live":
             raise ApiError("not_live", f"The room is {state['status']}.")
         if sessions.may_moderate(actor, state):

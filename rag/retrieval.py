@@ -174,25 +174,26 @@ class KnowledgeBase:
             return []
         candidates = max(4 * k, 20)
 
-        # One connection, the two queries one after the other, while the query is being
-        # embedded (a network call with a remote embedder). Measured on 100k chunks
-        # (bench/retrieval_bench.py, 2 cores): the two queries at once on two connections
-        # gave p50/p95 12.7/27.6 ms, one after the other 9.3/18.7 ms; both halves are CPU
-        # work in PostgreSQL, and a second connection and transaction only add to it.
+        # The two queries one after the other, the full-text one while the query is being
+        # embedded (a network call with a remote embedder; no connection is held for it).
+        # Measured on 100k chunks (bench/retrieval_bench.py, 2 cores, one run): at once on
+        # two connections p50/p95 12.7/27.6 ms, one after the other 9.3/18.7 ms; both are
+        # CPU work in PostgreSQL, and a second connection and transaction only add to it.
         embedding = asyncio.ensure_future(self.embedder.embed([q]))
         try:
             async with self.db.connection() as conn:
                 text_hits = await store.search_text(conn, q, k=candidates, course=course)
-                [query_vector] = await embedding
-                vector_hits: list[store.ChunkHit] = []
-                if any(query_vector):  # an all-zero query (only stopwords) has no direction
-                    vector_hits = await store.search_vector(
-                        conn, query_vector, model=self.embedder.name, dim=self.embedder.dim,
-                        k=candidates, course=course,
-                    )
+            [query_vector] = await embedding
         finally:
             if not embedding.done():
                 embedding.cancel()
+        vector_hits: list[store.ChunkHit] = []
+        if any(query_vector):  # an all-zero query (only stopwords) has no direction
+            async with self.db.connection() as conn:
+                vector_hits = await store.search_vector(
+                    conn, query_vector, model=self.embedder.name, dim=self.embedder.dim,
+                    k=candidates, course=course,
+                )
         return fuse(vector_hits, text_hits, k)
 
     async def ensure_index(self) -> str:

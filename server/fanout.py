@@ -61,6 +61,11 @@ def text_frame(payload: bytes) -> bytes:
     return header + payload
 
 
+def message_frame(eio_pkt: eio_packet.Packet) -> bytes:
+    """The websocket frame that carries an Engine.IO packet."""
+    return text_frame(eio_pkt.encode().encode("utf-8"))
+
+
 class Outbox:
     """Frames waiting for the end of this event-loop turn, grouped by transport."""
 
@@ -127,7 +132,7 @@ class FastFanout(socketio.AsyncManager):
         if isinstance(encoded, list):  # binary attachments: leave them to python-socketio
             return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, **kwargs)
         eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
-        frame = text_frame(eio_pkt.encode().encode("utf-8"))
+        frame = message_frame(eio_pkt)
         skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
         slow: list[str] = []
         for sid, eio_sid in self.get_participants(namespace, room):
@@ -199,7 +204,7 @@ def install(sio: socketio.AsyncServer) -> None:
             if transport is not None:
                 encoded = pkt.encode()
                 if isinstance(encoded, str):
-                    manager.outbox.put(transport, text_frame(eio_packet.Packet(eio_packet.MESSAGE, encoded).encode().encode("utf-8")))
+                    manager.outbox.put(transport, message_frame(eio_packet.Packet(eio_packet.MESSAGE, encoded)))
                     return
         await stock_send_packet(eio_sid, pkt)
 

@@ -18,7 +18,7 @@ MSG_COLUMNS = "id, conversation_id, seq, sender_id, role, content, client_id, me
 # by the unique index; the caller runs the statement again and gets the first message.
 # `updated_at` (activity order; indexed for tutor crash recovery) moves at most once a
 # second: an update that changes no indexed column is HOT, so a busy conversation's row
-# does not leave a trail of index entries behind that every look-up must step over
+# does not leave a trail of index entries behind that every look-up must step over.
 # The retry look-up is a LATERAL index probe per message that the planner cannot turn
 # into a join: as a join, with statistics from when the table was small (autovacuum
 # analyses it only every minute or so), it scanned the whole messages table per batch.
@@ -100,7 +100,7 @@ async def insert_batch(conn: asyncpg.Connection, batch: list[NewMessage]) -> lis
         by_index[message.pop("idx") - 1] = message
     results: list[Inserted | LookupError] = []
     missing_modes = [m.conversation_id for i, m in enumerate(batch) if i not in by_index and m.require_mode is not None]
-    existing = set(await conversation_ids_existing(conn, missing_modes)) if missing_modes else set()
+    existing = await _existing_conversations(conn, missing_modes) if missing_modes else set()
     for i, m in enumerate(batch):
         message = by_index.get(i)
         if message is not None:
@@ -113,9 +113,11 @@ async def insert_batch(conn: asyncpg.Connection, batch: list[NewMessage]) -> lis
     return results
 
 
-async def conversation_ids_existing(conn: asyncpg.Connection, ids: list[UUID]) -> list[UUID]:
+async def _existing_conversations(conn: asyncpg.Connection, ids: list[UUID]) -> set[UUID]:
+    """Which of these conversations exist (a refused `require_mode` insert: mode changed,
+    or no such conversation)."""
     rows = await conn.fetch("SELECT id FROM conversations WHERE id = ANY($1::uuid[])", ids)
-    return [r["id"] for r in rows]
+    return {r["id"] for r in rows}
 
 
 async def insert(conn: asyncpg.Connection, **fields: Any) -> Inserted:

@@ -201,7 +201,11 @@ async def test_stock_fanout_setting_delivers_too(start_instance) -> None:
     """STUDYHALL_FANOUT=stock (python-socketio's own delivery) is a supported fallback."""
     import aiohttp
 
+    from server.fanout import FastFanout
+    from server.keys import SIO
+
     inst = await start_instance(fanout="stock")
+    assert not isinstance(inst.app[SIO].manager, FastFanout), "the setting must turn the fast path off"
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)
         a, b = await api.register("Sa"), await api.register("Sb")

@@ -55,8 +55,8 @@ async def test_one_bad_message_fails_alone(db: Database) -> None:
     sender, (cid,) = await make_conversations(db, 1)
     _, (other,) = await make_conversations(db, 1)
     writer = MessageWriter(db, concurrency=1)
-    # Held back until the first commit finishes, these three go in one batch; the one from
-    # a sender who does not exist breaks the foreign key and so the batch.
+    # Submitted in the same turn, the four go in one batch; the message from a sender who
+    # does not exist breaks the foreign key and so the batch's single statement.
     first = asyncio.ensure_future(writer.insert(NewMessage(cid, sender, "user", "first")))
     batch = [
         writer.insert(NewMessage(cid, sender, "user", "kept")),
@@ -64,6 +64,7 @@ async def test_one_bad_message_fails_alone(db: Database) -> None:
         writer.insert(NewMessage(uuid.uuid4(), sender, "user", "no such conversation")),
     ]
     outcomes = await asyncio.gather(first, *batch, return_exceptions=True)
+    assert (writer.batcher.batches, writer.batcher.requests) == (1, 4), "the four shared one batch"
     assert outcomes[0][0]["seq"] == 1 and outcomes[1][0]["seq"] == 2 and outcomes[1][0]["content"] == "kept"
     assert isinstance(outcomes[2], Exception) and "foreign key" in str(outcomes[2])
     assert isinstance(outcomes[3], LookupError)
