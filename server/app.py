@@ -73,7 +73,7 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
     embedded: EmbeddedPostgres | None = None
     url = settings.database_url
     if url is None:
-        embedded = EmbeddedPostgres(Path(settings.data_dir))
+        embedded = EmbeddedPostgres(Path(settings.data_dir), shared_buffers=settings.pg_shared_buffers)
         url = await asyncio.to_thread(embedded.start)
         log.info("using the embedded PostgreSQL", extra={"data_dir": str(settings.data_dir)})
     try:

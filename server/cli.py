@@ -28,7 +28,7 @@ async def database_url(settings: Settings) -> AsyncIterator[str]:
         return
     from storage.embedded import EmbeddedPostgres
 
-    embedded = EmbeddedPostgres(Path(settings.data_dir))
+    embedded = EmbeddedPostgres(Path(settings.data_dir), shared_buffers=settings.pg_shared_buffers)
     url = await asyncio.to_thread(embedded.start)
     try:
         yield url

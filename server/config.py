@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
+from storage.embedded import valid_memory_size
+
 
 def default_data_dir() -> Path:
     """Per-user data directory: XDG data home for users, /var/lib for root.
@@ -56,6 +58,13 @@ def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ..
     return raw
 
 
+def _memory_size(env: dict[str, str], name: str) -> str | None:
+    raw = (env.get(name) or "").strip()
+    if raw and not valid_memory_size(raw):
+        raise SystemExit(f"{name} must be a PostgreSQL memory size like 512MB or 2GB, got {raw!r}")
+    return raw or None
+
+
 def _prices(env: dict[str, str], name: str) -> dict[str, tuple[float, float]]:
     raw = env.get(name)
     if not raw:
@@ -80,6 +89,8 @@ class Settings:
     database_url: str | None = None
     redis_url: str | None = None
     data_dir: Path = field(default_factory=default_data_dir)
+    # The embedded PostgreSQL's shared_buffers; None: a quarter of memory (storage/embedded.py).
+    pg_shared_buffers: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
     # Socket.IO / Redis channel: instances sharing a Redis and a channel share users.
@@ -140,6 +151,7 @@ class Settings:
             database_url=e.get("DATABASE_URL") or None,
             redis_url=e.get("REDIS_URL") or None,
             data_dir=Path(e["STUDYHALL_DATA_DIR"]) if e.get("STUDYHALL_DATA_DIR") else d.data_dir,
+            pg_shared_buffers=_memory_size(e, "STUDYHALL_PG_SHARED_BUFFERS"),
             host=e.get("STUDYHALL_HOST") or d.host,
             port=_int(e, "STUDYHALL_PORT", d.port),
             redis_channel=e.get("STUDYHALL_REDIS_CHANNEL") or d.redis_channel,

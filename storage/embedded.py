@@ -8,6 +8,15 @@ the same OS user (or root) can reach it.
 
 PostgreSQL refuses to run as root, so as root the server runs as a system user
 `studyhall-pg`, created on first use.
+
+Memory: PostgreSQL's default shared_buffers (128MB) is sized to start anywhere, not to
+serve. The knowledge base's search reads the HNSW graph and the matching rows on every
+query (at 100k chunks: a 195 MB index and a 144 MB table); with 128MB most of a search
+was copying pages in from the OS cache (3,200 buffer accesses per vector query, half of
+them misses) and hybrid search p95 was 23-27 ms; with the working set in shared buffers,
+12-15 ms (bench/retrieval_bench.py). So the embedded server takes a quarter of the memory
+this process may use, as PostgreSQL's documentation and pgvector's README advise, between
+128MB and 4GB. Shared buffers are filled as pages are read, not at start.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -28,6 +38,35 @@ log = logging.getLogger(__name__)
 SYSTEM_USER = "studyhall-pg"
 # Unix socket paths are limited to 107 bytes on Linux.
 _MAX_SOCKET_PATH = 100
+_MB = 2**20
+SHARED_BUFFERS_MIN_MB = 128
+SHARED_BUFFERS_MAX_MB = 4096
+_SIZE = re.compile(r"^\d+(kB|MB|GB|TB)$")
+
+
+def valid_memory_size(value: str) -> bool:
+    """Whether `value` is a PostgreSQL memory size with its unit (e.g. 512MB, 2GB)."""
+    return bool(_SIZE.match(value))
+
+
+def memory_limit(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Bytes of memory this process may use: the machine's RAM, or less under a cgroup limit
+    (a container's memory limit; v2 `memory.max` or v1 `memory.limit_in_bytes`)."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in (cgroup_root / "memory.max", cgroup_root / "memory" / "memory.limit_in_bytes"):
+        try:
+            raw = limit_file.read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit():
+            return min(physical, int(raw))
+    return physical
+
+
+def shared_buffers_for(memory_bytes: int) -> str:
+    """A quarter of `memory_bytes`, between SHARED_BUFFERS_MIN_MB and SHARED_BUFFERS_MAX_MB."""
+    mb = memory_bytes // 4 // _MB
+    return f"{min(max(mb, SHARED_BUFFERS_MIN_MB), SHARED_BUFFERS_MAX_MB)}MB"
 
 
 def _bin_dir() -> Path:
@@ -66,6 +105,8 @@ class EmbeddedPostgres:
     data_dir: Path
     port: int = 5432
     listen_tcp: bool = False
+    # PostgreSQL memory size (e.g. "1GB"); None: shared_buffers_for(memory_limit()).
+    shared_buffers: str | None = None
     _runner: pwd.struct_passwd | None = None
     _bin: Path | None = None
     _socket_dir: Path | None = None
@@ -148,7 +189,13 @@ class EmbeddedPostgres:
         assert self._socket_dir is not None
         if not self._is_running():
             listen = "127.0.0.1" if self.listen_tcp else "''"
-            opts = f"-k {self._socket_dir} -h {listen} -p {self.port} -c max_connections=300 -c fsync=on"
+            shared_buffers = self.shared_buffers or shared_buffers_for(memory_limit())
+            if not valid_memory_size(shared_buffers):
+                raise ValueError(f"shared_buffers must be a size like 512MB or 2GB, got {shared_buffers!r}")
+            opts = (
+                f"-k {self._socket_dir} -h {listen} -p {self.port} -c max_connections=300 -c fsync=on"
+                f" -c shared_buffers={shared_buffers}"
+            )
             log_file = self.data_dir / "postgres.log"
             if self._runner:
                 log_file.touch()
