@@ -4,8 +4,12 @@ speed, search latency at 10k and 100k chunks, and HNSW recall against exact sear
     apt-get install postgresql-doc-15        # the corpus: PostgreSQL 15's HTML manual
     .venv/bin/python bench/retrieval_bench.py [--docs DIR] [--sizes 10000,100000]
         [--queries 200] [--skip-scale] [--embedder hashing|sentence-transformers]
+        [--shared-buffers SIZE]
 
-Starts its own embedded PostgreSQL (tests/services.py), so it needs nothing running.
+Starts its own embedded PostgreSQL (tests/services.py), so it needs nothing running. It is
+configured as `studyhall serve` configures its embedded server (storage/embedded.py:
+shared_buffers a quarter of memory, 128MB-4GB) unless `--shared-buffers` says otherwise
+(`--shared-buffers 128MB` is PostgreSQL's own default); the value is printed first.
 
 Quality. Every HTML page of the manual is ingested through KnowledgeBase (the app's path).
 Questions are derived from the corpus by a fixed recipe (seeded, so the same every run):
@@ -261,14 +265,17 @@ async def main() -> None:
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--embedder", choices=("hashing", "sentence-transformers"), default="hashing",
                         help="embedder of the quality part (the scale part always uses hashing)")
+    parser.add_argument("--shared-buffers", default=None,
+                        help="the embedded PostgreSQL's shared_buffers, e.g. 128MB (default: as studyhall serve)")
     args = parser.parse_args()
     if args.embedder != "hashing" and not args.skip_scale:
         parser.error("the scale part is measured with the hashing embedder: add --skip-scale")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local model must never be fetched from the Hub
     if not args.docs.is_dir():
         raise SystemExit(f"{args.docs} not found: apt-get install postgresql-doc-15 (or pass --docs)")
-    pg = await asyncio.to_thread(Postgres.start)
+    pg = await asyncio.to_thread(Postgres.start, args.shared_buffers)
     try:
+        print(f"PostgreSQL shared_buffers: {await pg.setting('shared_buffers')}")
         questions, pool = await quality_and_ingest(pg, args.docs, args.embedder, with_pool=not args.skip_scale)
         if not args.skip_scale:
             for n in (int(s) for s in args.sizes.split(",") if s):

@@ -177,10 +177,11 @@ class KnowledgeBase:
         # The two queries at the same time on two connections: the full-text one from the
         # start, the vector one as soon as the query is embedded (a network call with a
         # remote embedder; no connection is held while waiting for it). Measured on 100k
-        # chunks (bench/retrieval_bench.py, 2 cores, PostgreSQL's working set in shared
-        # buffers, 4 passes): at once p95 10.2-12.2 ms, one after the other 14.9-15.3 ms.
-        # With too few shared buffers it was the other way round (27.6 vs 18.7 ms): two
-        # queries copying pages in from the OS cache slowed each other down.
+        # chunks (2 cores, PostgreSQL's working set in shared buffers, three passes of 200
+        # questions): at once p95 9.7-11.6 ms, one after the other 13.3-18.3 ms. With
+        # PostgreSQL's default 128MB it gained little or lost (17.3-23.3 vs 21.6-22.1 ms;
+        # an earlier run 27.6 vs 18.7): two queries copying pages in from the OS cache
+        # slow each other down.
         async def nearest() -> list[store.ChunkHit]:
             [query_vector] = await self.embedder.embed([q])
             if not any(query_vector):  # an all-zero query (only stopwords) has no direction

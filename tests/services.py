@@ -40,14 +40,15 @@ class Postgres:
     embedded: EmbeddedPostgres | None = None
 
     @classmethod
-    def start(cls) -> "Postgres":
+    def start(cls, shared_buffers: str | None = None) -> "Postgres":
+        """`shared_buffers`: for the embedded server; None sizes it as `studyhall serve` does."""
         url = os.environ.get("TEST_DATABASE_URL")
         if url:
             pg = cls(url)
         else:
             data_dir = Path(tempfile.mkdtemp(prefix="studyhall-test-pg-"))
             os.chmod(data_dir, 0o755)
-            embedded = EmbeddedPostgres(data_dir, port=free_port(), listen_tcp=True)
+            embedded = EmbeddedPostgres(data_dir, port=free_port(), listen_tcp=True, shared_buffers=shared_buffers)
             pg = cls(embedded.start(), embedded)
         asyncio.run(pg._make_template())
         return pg
@@ -72,6 +73,14 @@ class Postgres:
         finally:
             await conn.close()
         return name
+
+    async def setting(self, name: str) -> str:
+        """A server setting as SHOW prints it (e.g. shared_buffers)."""
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            return str(await conn.fetchval("SELECT current_setting($1)", name))
+        finally:
+            await conn.close()
 
     async def drop_database(self, name: str) -> None:
         conn = await asyncpg.connect(self.admin_url)
