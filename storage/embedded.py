@@ -196,6 +196,7 @@ class EmbeddedPostgres:
                 f"-k {self._socket_dir} -h {listen} -p {self.port} -c max_connections=300 -c fsync=on"
                 f" -c shared_buffers={shared_buffers}"
             )
+            log.info("starting embedded PostgreSQL", extra={"shared_buffers": shared_buffers})
             log_file = self.data_dir / "postgres.log"
             if self._runner:
                 log_file.touch()
