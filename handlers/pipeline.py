@@ -34,7 +34,9 @@ AfterCommit = Callable[[Core, dict[str, Any], dict[str, Any]], Awaitable[None]]
 class KindPolicy(Protocol):
     """Access rules for one kind of conversation. `conn` is the caller's connection, or
     None when it holds none (a send): a rule that needs a query then takes a connection
-    of its own; membership is decided from the loaded row alone."""
+    of its own. The checks read only `id`, `kind`, `status`, `is_member` and `member_role`
+    of `conv` (all that `conversations.access_rows` loads); membership is decided from
+    those alone."""
 
     async def check_read(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None: ...
 
@@ -104,9 +106,11 @@ def get_pipeline(core: Core) -> Pipeline:
     return core.services["pipeline"]
 
 
-async def load_conversation(core: Core, conn: asyncpg.Connection, conversation_id: UUID, actor: Actor, *, send: bool = False) -> dict[str, Any]:
-    """The conversation if the actor may read (or send to) it; `not_found` otherwise."""
-    conv = await conversations.get_with_membership(conn, conversation_id, actor.user_id)
+async def authorize(
+    core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any] | None, actor: Actor, *, send: bool = False
+) -> dict[str, Any]:
+    """`conv` (as `conversations.get_with_membership` loads it, None if there is none) if the
+    actor may read (or send to) it, by its kind's policy; `not_found` otherwise."""
     if conv is None:
         raise ApiError("not_found", "No such conversation.")
     policy = get_pipeline(core).policy(conv["kind"])
@@ -115,6 +119,12 @@ async def load_conversation(core: Core, conn: asyncpg.Connection, conversation_i
     else:
         await policy.check_read(core, conn, conv, actor)
     return conv
+
+
+async def load_conversation(core: Core, conn: asyncpg.Connection, conversation_id: UUID, actor: Actor, *, send: bool = False) -> dict[str, Any]:
+    """The conversation if the actor may read (or send to) it; `not_found` otherwise."""
+    conv = await conversations.get_with_membership(conn, conversation_id, actor.user_id)
+    return await authorize(core, conn, conv, actor, send=send)
 
 
 async def fan_out(core: Core, conv: dict[str, Any], event: str, data: dict[str, Any]) -> None:
@@ -152,11 +162,10 @@ async def commit_message(
     # The look-up and access check need no order among a conversation's senders: outside
     # the lock, concurrent sends to one busy group share a look-up batch.
     conv = await pipeline.loader.load(conversation_id, sender.user_id if sender else None)
-    if conv is None:
-        raise ApiError("not_found", "No such conversation.")
-    policy = pipeline.policy(conv["kind"])
     if check_access and sender is not None:
-        await policy.check_send(core, None, conv, sender)
+        conv = await authorize(core, None, conv, sender, send=True)
+    elif conv is None:
+        raise ApiError("not_found", "No such conversation.")
     if role is None:
         # An agent who took a conversation over writes as `agent`; staff who started
         # a tutor conversation of their own are its student and write as `user`.

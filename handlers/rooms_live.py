@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import nullcontext
 from typing import Any
 from uuid import UUID
 
@@ -40,11 +41,8 @@ class RoomPolicy:
     write while live. Messages go to the sockets in the room, not to stored members."""
 
     async def _state(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> dict[str, Any]:
-        if conn is None:
-            async with core.db.connection() as own:
-                state = await rooms.session_for_conversation(own, conv["id"], actor.user_id)
-        else:
-            state = await rooms.session_for_conversation(conn, conv["id"], actor.user_id)
+        async with core.db.connection() if conn is None else nullcontext(conn) as c:
+            state = await rooms.session_for_conversation(c, conv["id"], actor.user_id)
         if state is None:
             raise ApiError("not_found", "No such conversation.")
         return state

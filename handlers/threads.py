@@ -9,7 +9,7 @@ from uuid import UUID
 
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
-from handlers.pipeline import MemberPolicy, commit_message, fan_out, get_pipeline, load_conversation
+from handlers.pipeline import authorize, commit_message, fan_out, get_pipeline, load_conversation
 from storage import conversations, messages, users
 
 MAX_GROUP_MEMBERS = 100
@@ -166,23 +166,16 @@ async def history(core: Core, actor: Actor, *, conversation_id: UUID, before_seq
 async def sync(core: Core, actor: Actor, *, since: dict[UUID, int]) -> dict[str, Any]:
     """What the client missed, per conversation it may read; others are left out silently.
 
-    One query settles access for every conversation whose rule is plain membership; only
-    conversations with a rule of their own (live rooms) are checked one by one."""
-    pipeline = get_pipeline(core)
+    What access needs is loaded for all of them in one query; each kind's policy then
+    decides from it (membership), or with a query of its own (live rooms)."""
     readable: dict[UUID, int] = {}
     async with core.db.connection() as conn:
-        found_kinds = await conversations.kinds_and_membership(conn, actor.user_id, list(since))
-        for conversation_id, (kind, is_member) in found_kinds.items():
-            if isinstance(pipeline.policy(kind), MemberPolicy):
-                allowed = is_member
-            else:
-                try:
-                    await load_conversation(core, conn, conversation_id, actor)
-                    allowed = True
-                except ApiError:
-                    allowed = False
-            if allowed:
-                readable[conversation_id] = since[conversation_id]
+        for conv in await conversations.access_rows(conn, actor.user_id, list(since)):
+            try:
+                await authorize(core, conn, conv, actor)
+            except ApiError:
+                continue
+            readable[conv["id"]] = since[conv["id"]]
         found = await messages.since(conn, readable, limit=SYNC_PAGE)
     return {
         "conversations": {

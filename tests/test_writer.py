@@ -77,14 +77,18 @@ async def test_one_bad_message_fails_alone(db: Database) -> None:
 async def test_retry_in_the_same_batch_is_a_duplicate(db: Database) -> None:
     sender, (cid,) = await make_conversations(db, 1)
     writer = MessageWriter(db, concurrency=1)
-    blocker = asyncio.ensure_future(writer.insert(NewMessage(cid, sender, "user", "before")))
+    # All three are submitted in one turn, so they reach the batcher together.
+    earlier = asyncio.ensure_future(writer.insert(NewMessage(cid, sender, "user", "before")))
     one, two = await asyncio.gather(
         writer.insert(NewMessage(cid, sender, "user", "hello", client_id="same")),
         writer.insert(NewMessage(cid, sender, "user", "hello", client_id="same")),
     )
-    await blocker
+    await earlier
     assert one[0]["id"] == two[0]["id"] and one[0]["seq"] == 2
     assert (one[1], two[1]) == (False, True)
+    # The retry waited for a batch of its own instead of breaking the first batch's
+    # statement on the unique index (which the one-by-one fallback would then hide).
+    assert (writer.batcher.batches, writer.batcher.requests) == (2, 3)
 
 
 async def test_mode_is_checked_per_message(db: Database) -> None:
