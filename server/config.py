@@ -140,6 +140,20 @@ class Settings:
     ticket_agent_limit: int = 5
     sla_check_seconds: float = 30.0
 
+    # -- hardening: gateway (socket events) --
+
+    # -- hardening: revocation and Redis --
+
+    # -- hardening: database crashes --
+
+    # -- hardening: process lifecycle --
+
+    # -- hardening: auth and abuse limits --
+
+    # -- hardening: HTTP edges and disclosure --
+
+    # -- hardening: tutor limits and recovery --
+
     log_level: str = "INFO"
     log_json: bool | None = None  # None: JSON when stderr is not a terminal
 
@@ -187,6 +201,19 @@ class Settings:
             ticket_auto_assign=_bool(e, "STUDYHALL_TICKET_AUTO_ASSIGN", d.ticket_auto_assign),
             ticket_agent_limit=_int(e, "STUDYHALL_TICKET_AGENT_LIMIT", d.ticket_agent_limit),
             sla_check_seconds=_float(e, "STUDYHALL_SLA_CHECK_SECONDS", d.sla_check_seconds),
+            # -- hardening: gateway (socket events) --
+
+            # -- hardening: revocation and Redis --
+
+            # -- hardening: database crashes --
+
+            # -- hardening: process lifecycle --
+
+            # -- hardening: auth and abuse limits --
+
+            # -- hardening: HTTP edges and disclosure --
+
+            # -- hardening: tutor limits and recovery --
             log_level=(e.get("STUDYHALL_LOG_LEVEL") or d.log_level).upper(),
             log_json=_bool(e, "STUDYHALL_LOG_JSON", False) if e.get("STUDYHALL_LOG_JSON") else None,
         )

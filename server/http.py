@@ -27,6 +27,14 @@ def error_response(code: str, message: str, status: int) -> web.Response:
     return json_response({"error": {"code": code, "message": message}}, status=status)
 
 
+def api_error_response(err: ApiError) -> web.Response:
+    """The error body for an ApiError, with `Retry-After` when it says when to retry."""
+    response = json_response({"error": err.to_dict()}, status=err.http_status)
+    if err.retry_after_header is not None:
+        response.headers["Retry-After"] = err.retry_after_header
+    return response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Every error leaves as `{error: {code, message}}` with the protocol's status code."""
@@ -40,7 +48,7 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
     except ApiError as err:
         status = err.http_status
         metrics.event_errors.labels(err.code, "http").inc()
-        return error_response(err.code, err.message, status)
+        return api_error_response(err)
     except web.HTTPRequestEntityTooLarge:
         status = 413
         metrics.event_errors.labels("too_large", "http").inc()
