@@ -186,6 +186,12 @@ class TicketService:
             assigned = await auto_assign(core, [ticket["id"]])
             if assigned:
                 ticket = assigned[0]
+            else:
+                # The watcher's sweep may have assigned it in between: answer with what is stored.
+                async with core.db.connection() as conn:
+                    current = await store.get(conn, ticket["id"])
+                if current is not None:
+                    ticket = ticket_out(current)
         return ticket
 
     async def reopen_after_close(self, core: Core, conv: dict[str, Any], message: dict[str, Any]) -> None:
