@@ -426,13 +426,19 @@ class EmbeddedPostgres:
             if not self._leave():
                 log.info("embedded PostgreSQL left running: another studyhall process uses it")
                 return False
-            if not self.is_running():
-                return False
+            # Under the start lock: a restart still under way (a watchdog's thread) ends first.
+            fd = self._lock_file("embedded.start")
             try:
-                self._run([str(self.bin / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"])
-            except subprocess.CalledProcessError as exc:
-                log.warning("embedded PostgreSQL did not stop cleanly: %s", exc.stderr)
-            return True
+                _flock(fd, fcntl.LOCK_EX, self.lock_timeout, "a start of the embedded PostgreSQL to finish")
+                if not self.is_running():
+                    return False
+                try:
+                    self._run([str(self.bin / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"])
+                except subprocess.CalledProcessError as exc:
+                    log.warning("embedded PostgreSQL did not stop cleanly: %s", exc.stderr)
+                return True
+            finally:
+                os.close(fd)
         finally:
             self._release()
 
