@@ -105,17 +105,26 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
         async with db.connection() as conn:
             await connections.register_instance(conn, core.instance_id)
         if embedded is not None:
-            watchdog = asyncio.create_task(watch_embedded(embedded, app[LIFECYCLE], settings.pg_watch_seconds))
+            watchdog = asyncio.create_task(
+                watch_embedded(embedded, app[LIFECYCLE], settings.pg_watch_seconds, settings.pg_restart_seconds)
+            )
         yield
         core.closing = True
         for sid in gateway.local_sids():
             await sio.disconnect(sid, ignore_queue=True)
         log.info("shutdown: stopping background tasks")
         await core.cancel_background()
-        async with db.connection() as conn:
-            await connections.remove_instance(conn, core.instance_id)
+        try:
+            async with db.connection() as conn:
+                await connections.remove_instance(conn, core.instance_id)
+        except Exception as exc:  # the database is gone: others reap this instance after its heartbeat stops
+            log.warning("shutdown: could not deregister this instance: %r", exc)
         log.info("shutdown: closing the database pool")
-        await db.close()
+        try:
+            await asyncio.wait_for(db.close(), settings.shutdown_seconds)
+        except TimeoutError:
+            log.warning("shutdown: database connections still busy after %.1f s; closing them", settings.shutdown_seconds)
+            db.pool.terminate()
     finally:
         if watchdog is not None:
             watchdog.cancel()

@@ -38,9 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("studyhall.lifecycle")
 
-# How long the server keeps trying to bring a lost embedded PostgreSQL back before it exits.
-EMBEDDED_RESTART_SECONDS = 30.0
-
 
 class StartupError(Exception):
     """A start that cannot succeed as configured; the message is one line for the operator."""
@@ -141,9 +138,11 @@ async def close_transports(sio: "socketio.AsyncServer", timeout: float) -> int:
     return len(sessions)
 
 
-async def watch_embedded(embedded: "EmbeddedPostgres", lifecycle: Lifecycle, interval: float) -> None:
+async def watch_embedded(
+    embedded: "EmbeddedPostgres", lifecycle: Lifecycle, interval: float, restart_seconds: float
+) -> None:
     """Notice the embedded PostgreSQL going away (stopped by hand, killed, crashed) and
-    start it again; after EMBEDDED_RESTART_SECONDS of failed attempts, stop the server with
+    start it again; after `restart_seconds` of failed attempts, stop the server with
     one line saying why rather than answer 503 for ever. (This process is one of the
     server's users, and users may start it: storage/embedded.py.)"""
     while True:
@@ -151,7 +150,7 @@ async def watch_embedded(embedded: "EmbeddedPostgres", lifecycle: Lifecycle, int
         if embedded.is_running():
             continue
         log.warning("embedded PostgreSQL is not running; starting it again", extra={"pgdata": str(embedded.pgdata)})
-        deadline = time.monotonic() + EMBEDDED_RESTART_SECONDS
+        deadline = time.monotonic() + restart_seconds
         while True:
             try:
                 await asyncio.to_thread(embedded.ensure_running)
@@ -194,13 +193,17 @@ async def serve(app: web.Application, settings: "Settings") -> int:
             await site.stop()
         log.info("shutdown: stopped accepting connections")
         cleaned_up = True
-        await runner.cleanup()  # on_shutdown closes clients; cleanup_ctx closes pools, the database
+        try:
+            await runner.cleanup()  # on_shutdown closes clients; cleanup_ctx closes pools, the database
+        except Exception:
+            log.exception("shutdown: a step failed")
+            lifecycle.exit_code = lifecycle.exit_code or 1
         log.info("shutdown: done in %.1f s", time.monotonic() - started)
     finally:
         for sock in sockets:
             sock.close()
         if not cleaned_up:
             await runner.cleanup()  # after a failed start, undo what did start
-    if lifecycle.exit_code:
+    if lifecycle.exit_code and lifecycle.reason:
         print(f"studyhall: {lifecycle.reason}", file=sys.stderr, flush=True)
     return lifecycle.exit_code

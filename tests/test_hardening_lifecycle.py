@@ -266,6 +266,31 @@ def test_killed_embedded_postgres_is_started_again(served: Serve) -> None:
     wait_until(lambda: served.log.count("embedded PostgreSQL is running again") == 2, 5, "two restarts logged")
 
 
+def test_embedded_postgres_that_cannot_come_back_stops_the_server_with_one_line() -> None:
+    """Never 503 for ever: when the database cannot be started again (here its control
+    file is gone), serve exits 1 with one line saying what and where."""
+    base = public_tempdir("studyhall-test-lost-")
+    server = Serve(base / "data", env_extra={"STUDYHALL_PG_RESTART_SECONDS": "2"}).start()
+    try:
+        pgdata = base / "data" / "pgdata"
+        (pgdata / "global" / "pg_control").rename(base / "pg_control")
+        pid = postmaster_pid(pgdata)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert server.process is not None
+        code = server.process.wait(30)
+        wait_until(lambda: server.log.rstrip().splitlines()[-1].startswith("studyhall:"), 5, "the last line")
+        last = server.log.rstrip().splitlines()[-1]
+        assert code == 1, server.log
+        assert "shutdown: done in" in server.log, server.log
+        assert str(pgdata) in last and "could not be started again" in last and "postgres.log" in last, last
+    finally:
+        if server.process and server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_createuser_validates_like_registration(served: Serve) -> None:
     bad_email = run_command(
         ["createuser", "--email", "root@localhost", "--password-stdin", "--name", "Ada", "--role", "admin"],
@@ -396,9 +421,24 @@ def test_bad_database_url_is_one_line_naming_the_setting(url: str) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def test_database_url_with_bad_credentials_is_one_line_naming_the_setting(served: Serve) -> None:
+    """A real server that refuses the role (the embedded one, reached on its socket)."""
+    lines = (served.data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()
+    url = f"postgresql://nobody:secret@/postgres?host={lines[4].strip()}&port={lines[3].strip()}"
+    done = subprocess.run(
+        [STUDYHALL, "serve"], env=command_env(served.data_dir.parent / "unused", free_port(), DATABASE_URL=url),
+        capture_output=True, text=True, timeout=60,
+    )
+    _one_line_error(done, "DATABASE_URL")
+    assert "secret" not in done.stderr and "nobody" in done.stderr
+
+
 def test_settings_have_defaults_and_are_read() -> None:
     from server.config import Settings
 
-    assert Settings().shutdown_seconds == 5.0 and Settings().pg_watch_seconds == 1.0
-    read = Settings.from_env({"STUDYHALL_SHUTDOWN_SECONDS": "2.5", "STUDYHALL_PG_WATCH_SECONDS": "0.5"})
-    assert (read.shutdown_seconds, read.pg_watch_seconds) == (2.5, 0.5)
+    defaults = Settings()
+    assert (defaults.shutdown_seconds, defaults.pg_watch_seconds, defaults.pg_restart_seconds) == (5.0, 1.0, 30.0)
+    read = Settings.from_env(
+        {"STUDYHALL_SHUTDOWN_SECONDS": "2.5", "STUDYHALL_PG_WATCH_SECONDS": "0.5", "STUDYHALL_PG_RESTART_SECONDS": "9"}
+    )
+    assert (read.shutdown_seconds, read.pg_watch_seconds, read.pg_restart_seconds) == (2.5, 0.5, 9.0)
