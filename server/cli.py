@@ -210,9 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"studyhall: {exc}", file=sys.stderr)
     except EmbeddedPostgresError as exc:
         first = str(exc).strip().splitlines()[0]
+        log_file = Path(settings.data_dir) / "postgres.log"
+        hints = [f"log: {log_file}"] if log_file.exists() else []
+        hints += [] if "DATABASE_URL" in first else ["or set DATABASE_URL"]
         print(
             f"studyhall: the embedded PostgreSQL in STUDYHALL_DATA_DIR={settings.data_dir} could not be used: {first}"
-            f" (log: {Path(settings.data_dir) / 'postgres.log'}; or set DATABASE_URL)",
+            + (f" ({'; '.join(hints)})" if hints else ""),
             file=sys.stderr,
         )
     return 1

@@ -30,6 +30,7 @@ import pwd
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -98,19 +99,16 @@ def _bundled_library_dirs(package: Path) -> list[Path]:
 
 
 def wheel_fingerprint(package: Path) -> str:
-    """Names the installed wheel's contents: its RECORD (every file with its hash, so a new
-    version or a reinstall with other files changes it), or without one the sizes and
-    times of the files. A copy of the binaries made for another fingerprint is stale."""
+    """Names the installed wheel's contents: its RECORD (every file with its hash: a new
+    version or a reinstall with other files changes it) and the size and time of every
+    binary and library (files changed in place). A copy made for another fingerprint is stale."""
     digest = hashlib.sha256()
-    records = sorted(package.parent.glob(f"{package.name}-*.dist-info/RECORD"))
-    if records:
-        for record in records:
-            digest.update(record.read_bytes())
-    else:
-        for root in [package / "pginstall", *_bundled_library_dirs(package)]:
-            for path in sorted(root.rglob("*")):
-                st = path.lstat()
-                digest.update(f"{path.relative_to(package.parent)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    for record in sorted(package.parent.glob(f"{package.name}-*.dist-info/RECORD")):
+        digest.update(record.read_bytes())
+    for root in [package / "pginstall" / "bin", package / "pginstall" / "lib", *_bundled_library_dirs(package)]:
+        for path in sorted(root.rglob("*")) if root.exists() else []:
+            st = path.lstat()
+            digest.update(f"{path.relative_to(package.parent)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -211,10 +209,10 @@ def running_server(pgdata: Path) -> RunningServer | None:
     except OSError:
         return None
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        proc_stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        stat = ""
-    if ") Z " in stat:  # a zombie postmaster is not a server
+        proc_stat = ""
+    if ") Z " in proc_stat:  # a zombie postmaster is not a server
         return None
     port = int(lines[3]) if len(lines) > 3 and lines[3].strip().isdigit() else 5432
     socket_dir = lines[4].strip() if len(lines) > 4 else ""
@@ -263,10 +261,10 @@ class EmbeddedPostgres:
     def _reachable_binaries(self) -> Path:
         """The server binaries, copied next to the data when the system user cannot reach
         the installed ones (a virtualenv under /root, say) rather than opening up /root."""
-        installed = _bin_dir()
-        if _traversable_by_others(installed) and all(_traversable_by_others(p) for p in _bundled_library_dirs(installed.parents[1])):
+        package = _package_dir()
+        installed = package / "pginstall" / "bin"
+        if all(_traversable_by_others(p) for p in [installed, *_bundled_library_dirs(package)]):
             return installed
-        package = installed.parents[1]
         if not (self.copies_dir / wheel_fingerprint(package)).exists():
             log.info("copying PostgreSQL binaries where the postgres user can run them", extra={"to": str(self.copies_dir)})
         return copy_binaries(package, self.copies_dir)
@@ -293,9 +291,20 @@ class EmbeddedPostgres:
                 os.chown(path, self._runner.pw_uid, self._runner.pw_gid)
 
     def _socket_dir_for_start(self) -> Path:
+        """`data_dir/run`, or when that path is too long for a unix socket, a folder in the
+        temp dir named after the data dir, so that a restart (by this process or another)
+        listens where the connection pools already point."""
         sock = self.data_dir / "run"
+        owner = self._runner.pw_uid if self._runner else os.geteuid()
         if len(str(sock / ".s.PGSQL.00000")) > _MAX_SOCKET_PATH:
-            sock = Path(tempfile.mkdtemp(prefix="studyhall-pg-"))
+            name = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:16]
+            sock = Path(tempfile.gettempdir()) / f"studyhall-pg-{name}"
+            try:
+                sock.mkdir(mode=0o700)
+            except FileExistsError:
+                st = sock.lstat()  # in a shared temp dir: only our own real folder will do
+                if not stat.S_ISDIR(st.st_mode) or st.st_uid not in (owner, os.geteuid()):
+                    sock = Path(tempfile.mkdtemp(prefix="studyhall-pg-"))
         sock.mkdir(exist_ok=True)
         os.chmod(sock, 0o700)
         if self._runner:
