@@ -420,7 +420,15 @@ def test_port_in_use_is_one_line_naming_the_setting() -> None:
             shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.mark.parametrize("url", ["postgresql://nobody@127.0.0.1:1/x", "not a url", "postgresql://nobody@127.0.0.1:notaport/x"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://nobody@127.0.0.1:1/x",  # nothing listens
+        "postgresql://nobody:s3cr3t-pw@no-such-host.invalid/x",  # no such host
+        "not a url",
+        "postgresql://nobody@127.0.0.1:notaport/x",
+    ],
+)
 def test_bad_database_url_is_one_line_naming_the_setting(url: str) -> None:
     base = public_tempdir("studyhall-test-dburl-")
     try:
@@ -431,6 +439,7 @@ def test_bad_database_url_is_one_line_naming_the_setting(url: str) -> None:
         _one_line_error(done, "DATABASE_URL")
         migrate = run_command(["migrate"], base / "data", DATABASE_URL=url)
         _one_line_error(migrate, "DATABASE_URL")
+        assert "s3cr3t" not in done.stderr + migrate.stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
