@@ -129,9 +129,8 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
         if watchdog is not None:
             watchdog.cancel()
             await asyncio.gather(watchdog, return_exceptions=True)
-        if embedded is not None:
-            if await asyncio.to_thread(embedded.stop):
-                log.info("shutdown: stopped the embedded PostgreSQL")
+        if embedded is not None and await asyncio.to_thread(embedded.stop):
+            log.info("shutdown: stopped the embedded PostgreSQL")
 
 
 async def _housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:

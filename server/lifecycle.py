@@ -116,7 +116,7 @@ def bind_sockets(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
-async def close_transports(sio: "socketio.AsyncServer", timeout: float) -> int:
+async def close_transports(sio: socketio.AsyncServer, timeout: float) -> int:
     """Close every client's Engine.IO transport so the client reconnects (elsewhere).
 
     Each session is closed without an Engine.IO CLOSE packet (with one, python-socketio's
@@ -139,7 +139,7 @@ async def close_transports(sio: "socketio.AsyncServer", timeout: float) -> int:
 
 
 async def watch_embedded(
-    embedded: "EmbeddedPostgres", lifecycle: Lifecycle, interval: float, restart_seconds: float
+    embedded: EmbeddedPostgres, lifecycle: Lifecycle, interval: float, restart_seconds: float
 ) -> None:
     """Notice the embedded PostgreSQL going away (stopped by hand, killed, crashed) and
     start it again; after `restart_seconds` of failed attempts, stop the server with
@@ -168,7 +168,7 @@ async def watch_embedded(
                 await asyncio.sleep(1.0)
 
 
-async def serve(app: web.Application, settings: "Settings") -> int:
+async def serve(app: web.Application, settings: Settings) -> int:
     """Run the app until SIGTERM/SIGINT (or a fatal error); returns the exit status."""
     lifecycle = app[LIFECYCLE]
     loop = asyncio.get_running_loop()

@@ -13,6 +13,7 @@ from server.jsonutil import json_response
 from server.keys import METRICS
 from server.validation import Name, NewAccount, Payload
 
+
 class RegisterBody(NewAccount):
     """Self-registration: the rules of every new account (server/validation.py)."""
 

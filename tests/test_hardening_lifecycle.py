@@ -99,7 +99,7 @@ class Serve:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait: bool = True) -> "Serve":
+    def start(self, wait: bool = True) -> Serve:
         self.process = subprocess.Popen(
             [STUDYHALL, "serve"], env=command_env(self.data_dir, self.port, **self.env_extra),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
@@ -139,7 +139,7 @@ class Serve:
 def run_command(args: list[str], data_dir: Path, stdin: str | None = None, **extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [STUDYHALL, *args], env=command_env(data_dir, **extra), input=stdin, capture_output=True, text=True,
-        cwd=ROOT, timeout=120,
+        cwd=ROOT, timeout=120, check=False,
     )
 
 
@@ -184,7 +184,7 @@ def test_embedded_server_runs_from_a_private_python_environment() -> None:
         def start_and_stop() -> None:
             done = subprocess.run(
                 [sys.executable, "-c", START_AND_STOP, str(data), str(packages)],
-                env=env, capture_output=True, text=True, cwd=public, timeout=180,
+                env=env, capture_output=True, text=True, cwd=public, timeout=180, check=False,
             )
             assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
@@ -434,7 +434,7 @@ def test_bad_database_url_is_one_line_naming_the_setting(url: str) -> None:
     try:
         done = subprocess.run(
             [STUDYHALL, "serve"], env=command_env(base / "data", free_port(), DATABASE_URL=url),
-            capture_output=True, text=True, timeout=60,
+            capture_output=True, text=True, timeout=60, check=False,
         )
         _one_line_error(done, "DATABASE_URL")
         migrate = run_command(["migrate"], base / "data", DATABASE_URL=url)
@@ -450,7 +450,7 @@ def test_database_url_with_bad_credentials_is_one_line_naming_the_setting(served
     url = f"postgresql://nobody:secret@/postgres?host={lines[4].strip()}&port={lines[3].strip()}"
     done = subprocess.run(
         [STUDYHALL, "serve"], env=command_env(served.data_dir.parent / "unused", free_port(), DATABASE_URL=url),
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, check=False,
     )
     _one_line_error(done, "DATABASE_URL")
     assert "secret" not in done.stderr and "nobody" in done.stderr
