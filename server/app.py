@@ -27,6 +27,7 @@ from server.config import Settings
 from server.gateway import Gateway
 from server.http import error_middleware
 from server.keys import CORE, GATEWAY, METRICS, SETTINGS, SIO
+from server.lifecycle import LIFECYCLE, Lifecycle, close_transports, watch_embedded
 from server.metrics import Metrics
 from server.realtime import SocketEvents, create_sio, watch_redis
 from storage import connections
@@ -50,10 +51,11 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[LIFECYCLE] = Lifecycle()
     sio = create_sio(settings)
     sio.attach(app)
     app[SIO] = sio
-    app.on_shutdown.append(_mark_closing)
+    app.on_shutdown.append(_close_clients)
     app.cleanup_ctx.append(_core_ctx)
     app.cleanup_ctx.append(_housekeeping_ctx)
     for feature in FEATURES:
@@ -61,11 +63,20 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-async def _mark_closing(app: web.Application) -> None:
-    """Shutdown begins (before websockets close): disconnect hooks then start no timers."""
+async def _close_clients(app: web.Application) -> None:
+    """Shutdown begins (the sites no longer accept): disconnect hooks start no timers from
+    now on, and every client's transport is closed so it reconnects, to another instance.
+    Without this aiohttp waited for each websocket handler, about 40 s (server/lifecycle.py)."""
     core = app.get(CORE)
     if core is not None:
         core.closing = True
+    settings = app[SETTINGS]
+    sio = app[SIO]
+    log.info("shutdown: closing %d client connections (clients reconnect)", len(sio.eio.sockets))
+    try:
+        await close_transports(sio, settings.shutdown_seconds)
+    except TimeoutError:
+        log.warning("shutdown: clients still closing after %.1f s; going on", settings.shutdown_seconds)
 
 
 async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -76,6 +87,7 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
         embedded = EmbeddedPostgres(Path(settings.data_dir), shared_buffers=settings.pg_shared_buffers)
         url = await asyncio.to_thread(embedded.start)
         log.info("using the embedded PostgreSQL", extra={"data_dir": str(settings.data_dir)})
+    watchdog: asyncio.Task[None] | None = None
     try:
         await migrate(url)
         db = await Database.connect(url)
@@ -92,17 +104,33 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
                 bind(app, core, gateway)
         async with db.connection() as conn:
             await connections.register_instance(conn, core.instance_id)
+        if embedded is not None:
+            watchdog = asyncio.create_task(
+                watch_embedded(embedded, app[LIFECYCLE], settings.pg_watch_seconds, settings.pg_restart_seconds)
+            )
         yield
         core.closing = True
         for sid in gateway.local_sids():
             await sio.disconnect(sid, ignore_queue=True)
+        log.info("shutdown: stopping background tasks")
         await core.cancel_background()
-        async with db.connection() as conn:
-            await connections.remove_instance(conn, core.instance_id)
-        await db.close()
+        try:
+            async with db.connection() as conn:
+                await connections.remove_instance(conn, core.instance_id)
+        except Exception as exc:  # the database is gone: others reap this instance after its heartbeat stops
+            log.warning("shutdown: could not deregister this instance: %r", exc)
+        log.info("shutdown: closing the database pool")
+        try:
+            await asyncio.wait_for(db.close(), settings.shutdown_seconds)
+        except TimeoutError:
+            log.warning("shutdown: database connections still busy after %.1f s; closing them", settings.shutdown_seconds)
+            db.pool.terminate()
     finally:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+        if watchdog is not None:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+        if embedded is not None and await asyncio.to_thread(embedded.stop):
+            log.info("shutdown: stopped the embedded PostgreSQL")
 
 
 async def _housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:

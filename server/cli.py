@@ -12,8 +12,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from server.config import Settings
 from server.logs import setup_logging
 
@@ -22,13 +20,17 @@ log = logging.getLogger("studyhall")
 
 @asynccontextmanager
 async def database_url(settings: Settings) -> AsyncIterator[str]:
-    """The configured database, or the embedded one started for the command's duration."""
+    """The configured database, or the embedded one for the command's duration."""
     if settings.database_url:
+        from server.lifecycle import check_database_url
+
+        await check_database_url(settings.database_url)
         yield settings.database_url
         return
     from storage.embedded import EmbeddedPostgres
 
     embedded = EmbeddedPostgres(Path(settings.data_dir), shared_buffers=settings.pg_shared_buffers)
+    # Joins the server a running `serve` uses (and then leaves it running), or starts it.
     url = await asyncio.to_thread(embedded.start)
     try:
         yield url
@@ -81,14 +83,12 @@ def tune_gc() -> None:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from server.app import create_app
+    from server.lifecycle import serve
 
     settings = settings.with_(host=args.host or settings.host, port=args.port or settings.port)
     app = create_app(settings)
-    log.info("Studyhall listening", extra={"url": f"http://{settings.host}:{settings.port}"})
-    print(f"Studyhall on http://{settings.host}:{settings.port}", file=sys.stderr)
     tune_gc()
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
-    return 0
+    return asyncio.run(serve(app, settings))
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -103,13 +103,44 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def read_password(args: argparse.Namespace) -> str:
+    """The new account's password: --password (scripts; visible in the process list),
+    one line of stdin with --password-stdin, or a prompt (twice) at a terminal."""
+    if args.password is not None:
+        return str(args.password)
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise ValueError("no password: use --password-stdin to read it from stdin, or run at a terminal to be asked")
+    import getpass
+
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Password (again): ") != first:
+        raise ValueError("the passwords differ")
+    return first
+
+
 def cmd_createuser(args: argparse.Namespace, settings: Settings) -> int:
+    from pydantic import ValidationError
+
     from handlers import auth
     from handlers.errors import ApiError
+    from server.validation import NewAccount, validation_message
+
+    try:
+        account = NewAccount(email=args.email, password=read_password(args), name=args.name)
+    except ValidationError as exc:
+        print(f"error: {validation_message(exc)}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
     async def run() -> dict[str, Any]:
         async with core_for_command(settings) as core:
-            return await auth.create_user(core, email=args.email, password=args.password, name=args.name, role=args.role)
+            return await auth.create_user(
+                core, email=str(account.email), password=account.password, name=account.name, role=args.role
+            )
 
     try:
         user = asyncio.run(run())
@@ -150,7 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
     cu = sub.add_parser("createuser", help="create an account (the first admin, staff)")
     cu.add_argument("--email", required=True)
-    cu.add_argument("--password", required=True)
+    secret = cu.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--password", help="the password on the command line (for scripts; other users see it in the process list)"
+    )
+    secret.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     cu.add_argument("--name", required=True)
     cu.add_argument("--role", required=True, choices=["admin", "mentor", "agent", "student"])
     cu.set_defaults(func=cmd_createuser)
@@ -163,10 +198,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from server.lifecycle import StartupError
+    from storage.embedded import EmbeddedPostgresError
+
     args = build_parser().parse_args(argv)
     settings = Settings.from_env()
     setup_logging(settings.log_level, settings.log_json)
-    return int(args.func(args, settings) or 0)
+    try:
+        return int(args.func(args, settings) or 0)
+    except StartupError as exc:
+        print(f"studyhall: {exc}", file=sys.stderr)
+    except EmbeddedPostgresError as exc:
+        first = str(exc).strip().splitlines()[0]
+        log_file = Path(settings.data_dir) / "postgres.log"
+        hints = [f"log: {log_file}"] if log_file.exists() else []
+        hints += [] if "DATABASE_URL" in first else ["or set DATABASE_URL"]
+        print(
+            f"studyhall: the embedded PostgreSQL in STUDYHALL_DATA_DIR={settings.data_dir} could not be used: {first}"
+            + (f" ({'; '.join(hints)})" if hints else ""),
+            file=sys.stderr,
+        )
+    return 1
 
 
 if __name__ == "__main__":

@@ -147,6 +147,12 @@ class Settings:
     # -- hardening: database crashes --
 
     # -- hardening: process lifecycle --
+    # SIGTERM: how long requests still running may take once clients are told to reconnect.
+    shutdown_seconds: float = 5.0
+    # How often serve checks that its embedded PostgreSQL still runs (and restarts it).
+    pg_watch_seconds: float = 1.0
+    # How long serve keeps trying to start a lost embedded PostgreSQL before it exits.
+    pg_restart_seconds: float = 30.0
 
     # -- hardening: auth and abuse limits --
 
@@ -208,6 +214,9 @@ class Settings:
             # -- hardening: database crashes --
 
             # -- hardening: process lifecycle --
+            shutdown_seconds=_float(e, "STUDYHALL_SHUTDOWN_SECONDS", d.shutdown_seconds),
+            pg_watch_seconds=_float(e, "STUDYHALL_PG_WATCH_SECONDS", d.pg_watch_seconds),
+            pg_restart_seconds=_float(e, "STUDYHALL_PG_RESTART_SECONDS", d.pg_restart_seconds),
 
             # -- hardening: auth and abuse limits --
 

@@ -5,21 +5,17 @@ from __future__ import annotations
 from typing import Annotated
 
 from aiohttp import web
-from pydantic import EmailStr, Field
+from pydantic import Field
 
 from handlers import auth
 from server.http import client_ip, core_of, path_uuid, read_json, require_actor
 from server.jsonutil import json_response
 from server.keys import METRICS
-from server.validation import Name, Payload
-
-Password = Annotated[str, Field(min_length=8, max_length=256)]
+from server.validation import Name, NewAccount, Payload
 
 
-class RegisterBody(Payload):
-    email: EmailStr
-    password: Password
-    name: Name
+class RegisterBody(NewAccount):
+    """Self-registration: the rules of every new account (server/validation.py)."""
 
 
 class LoginBody(Payload):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
 MAX_CONTENT_BYTES = 16 * 1024
@@ -36,3 +36,16 @@ class Payload(BaseModel):
     """Base for event and body schemas: unknown keys are ignored, types are strict-ish."""
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
+
+
+Password = Annotated[str, Field(min_length=8, max_length=256)]
+
+
+class NewAccount(Payload):
+    """What every new account must satisfy, whether it comes from the registration form or
+    from `studyhall createuser` (one rule, so an admin made at the command line cannot
+    have a password or address the server would refuse)."""
+
+    email: EmailStr
+    password: Password
+    name: Name
