@@ -44,7 +44,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from uuid import UUID
 
 import asyncpg
@@ -63,11 +63,15 @@ class Registry:
     """What the transport tells the registry logic: this instance's open sockets, now."""
 
     local_sockets: Callable[[], list[SocketRow]]
+    # One re-sync at a time per instance (a heartbeat and a sweep may notice together).
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-def _local(core: Core) -> list[SocketRow]:
+def _service(core: Core) -> Registry:
     registry: Registry | None = core.services.get("registry")
-    return registry.local_sockets() if registry is not None else []
+    if registry is None:  # a Core without a gateway (command-line tools): no sockets
+        registry = core.services["registry"] = Registry(local_sockets=list)
+    return registry
 
 
 def settle_seconds(core: Core) -> float:
@@ -78,11 +82,13 @@ def settle_seconds(core: Core) -> float:
 
 async def _resync(core: Core, conn: asyncpg.Connection, *, reset: bool) -> list[UUID]:
     """Write this instance's row (noting a reset) and make its socket rows match memory."""
-    sockets = _local(core)
-    async with conn.transaction():
-        if reset:
-            await connections.reregister(conn, core.instance_id)
-        dropped = await connections.sync_instance(conn, core.instance_id, sockets)
+    registry = _service(core)
+    async with registry.lock:
+        sockets = registry.local_sockets()
+        async with conn.transaction():
+            if reset:
+                await connections.reregister(conn, core.instance_id)
+            dropped = await connections.sync_instance(conn, core.instance_id, sockets)
     if reset:
         log.warning(
             "socket registry was reset (database crash or failover): re-registered this instance and %d sockets",
@@ -100,7 +106,7 @@ async def recover(core: Core) -> None:
 async def heartbeat(core: Core) -> list[UUID]:
     """Refresh this instance's row; after a reset re-register everything; when the counts
     differ, re-sync. Returns users whose stale rows were dropped (to announce offline)."""
-    sockets = len(_local(core))
+    sockets = len(_service(core).local_sockets())
     async with core.db.connection() as conn:
         registered = await connections.heartbeat(conn, core.instance_id)
         if registered is None:

@@ -88,6 +88,24 @@ class CrashablePostgres:
                     raise
                 time.sleep(0.2)
 
+    def processes(self) -> list[int]:
+        """The postmaster and its children (backends, checkpointer, walwriter …)."""
+        postmaster = int((self.server.pgdata / "postmaster.pid").read_text().split()[0])
+        pids = [postmaster]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == postmaster:
+                pids.append(int(stat.parent.name))
+        return pids
+
+    def freeze(self, frozen: bool) -> None:
+        """SIGSTOP (or SIGCONT) every process of the server: it accepts TCP, answers nothing."""
+        for pid in self.processes():
+            os.kill(pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def running(self) -> bool:
         pid_file = self.server.pgdata / "postmaster.pid"
         return pid_file.exists() and Path(f"/proc/{pid_file.read_text().split()[0]}").exists()
@@ -95,6 +113,59 @@ class CrashablePostgres:
     def destroy(self) -> None:
         self.server.destroy()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+class TcpGate:
+    """A TCP forwarder between one instance and PostgreSQL that can be shut for a while:
+    that instance's way to the database comes back later than the others' (a slow
+    network path, a DNS change after a failover) without touching its code."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.open = True
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.links: set[asyncio.StreamWriter] = set()
+
+    def shut(self) -> None:
+        """Refuse new connections and cut the open ones (as a broken network path does)."""
+        self.open = False
+        for writer in list(self.links):
+            writer.close()
+
+    async def start(self) -> "TcpGate":
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.open:
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+
+        self.links.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+                self.links.discard(dst)
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
 
 
 @pytest.fixture
@@ -114,6 +185,14 @@ async def database_url(crash_pg: CrashablePostgres) -> str:
         await conn.close()
     await migrate(crash_pg.url())
     return crash_pg.url()
+
+
+@pytest.fixture
+async def gate(crash_pg: CrashablePostgres) -> AsyncIterator[TcpGate]:
+    """Set up before the instances, so it closes after they shut down."""
+    g = await TcpGate(crash_pg.port).start()
+    yield g
+    await g.close()
 
 
 @pytest.fixture
@@ -166,23 +245,28 @@ async def _connect_when_up(api: Api, user: User, url: str) -> Socket:
             await asyncio.sleep(0.1)
 
 
-async def test_live_room_presence_and_logout_survive_a_database_crash(
-    crash_pg: CrashablePostgres, start_instance: Any, redis_url: str, http: aiohttp.ClientSession
+async def test_live_room_and_presence_survive_a_database_crash_on_two_instances(
+    crash_pg: CrashablePostgres, gate: TcpGate, start_instance: Any, redis_url: str, http: aiohttp.ClientSession
 ) -> None:
+    """Instance `two` reaches the database again 3 s after `one` does, while `one` sweeps
+    every second: without the settle period `one` would judge two's users gone first."""
     channel = f"studyhall-test-{uuid.uuid4().hex[:8]}"
-    one = await start_instance(redis_url=redis_url, redis_channel=channel, **FAST)
-    two = await start_instance(redis_url=redis_url, redis_channel=channel, **FAST)
+    settle, late_by = 6.0, 3.0
+    one = await start_instance(redis_url=redis_url, redis_channel=channel, **{**FAST, "registry_settle_seconds": settle})
+    two = await start_instance(
+        redis_url=redis_url, redis_channel=channel, database_url=f"postgresql://postgres@127.0.0.1:{gate.port}/{DATABASE}",
+        **{**FAST, "registry_settle_seconds": settle},
+    )
     api = Api(http, one.url)
     try:
         host = await _mentor(api, crash_pg, "Host")
-        ana, bob, watcher, leaver, late = [await api.register(n) for n in ("Ana", "Bob", "Watcher", "Leaver", "Late")]
-        host_sock = await api.socket(host, url=one.url)
+        ana, bob, watcher = [await api.register(n) for n in ("Ana", "Bob", "Watcher")]
+        host_sock = await api.socket(host, url=two.url)  # the slow instance
         ana_sock = await api.socket(ana, url=one.url)
-        bob_sock = await api.socket(bob, url=two.url)  # the other instance
+        bob_sock = await api.socket(bob, url=two.url)
         watcher_sock = await api.socket(watcher, url=one.url)
-        leaver_sock = await api.socket(leaver, url=two.url)
-        # The watcher shares a thread with Ana and Bob, so hears their presence.
-        await watcher_sock.ok("conversation:create", {"kind": "group", "member_ids": [ana.id, bob.id], "title": "Study"})
+        # The watcher shares a thread with all three, so hears their presence.
+        await watcher_sock.ok("conversation:create", {"kind": "group", "member_ids": [host.id, ana.id, bob.id], "title": "Study"})
 
         status, body = await api.request("POST", "/api/live-sessions", host, json={"title": "Live", "max_participants": 10})
         assert status == 201, body
@@ -190,29 +274,17 @@ async def test_live_room_presence_and_logout_survive_a_database_crash(
         status, body = await api.request("POST", f"/api/live-sessions/{session_id}/start", host)
         assert status == 200, body
         room_chat = body["live_session"]["conversation_id"]
-        await host_sock.ok("room:join", {"live_session_id": session_id})
-        await ana_sock.ok("room:join", {"live_session_id": session_id})
-        await bob_sock.ok("room:join", {"live_session_id": session_id})
+        for sock in (host_sock, ana_sock, bob_sock):
+            await sock.ok("room:join", {"live_session_id": session_id})
 
-        back_at = await _crash(crash_pg)
-
-        # A socket opened right after recovery registers (its instance row was gone) and works.
-        late_sock = await _connect_when_up(api, late, one.url)
-        await late_sock.ok("conversation:create", {"kind": "direct", "member_ids": [watcher.id]})
-        registered = await _query(crash_pg, "SELECT 1 FROM connections WHERE user_id = $1", uuid.UUID(late.id))
-        assert registered, "a socket opened right after the crash is missing from the registry"
-
-        # A logout right after the crash closes a socket opened before it (on the other instance).
-        async def logged_out() -> bool:
-            status, _ = await api.request("POST", "/api/auth/logout", leaver)
-            return status == 204
-        await _eventually("logout", logged_out)
-        async def closed() -> bool:
-            return not leaver_sock.client.connected
-        await _eventually("the logged-out socket to close", closed)
-
-        # Past the settle period and then every grace, with sweeps in between.
-        await asyncio.sleep(max(0.0, back_at + FAST["registry_settle_seconds"] - time.monotonic()))
+        await asyncio.to_thread(crash_pg.kill)
+        gate.shut()
+        await asyncio.to_thread(crash_pg.restart)
+        back_at = time.monotonic()
+        await asyncio.sleep(late_by)
+        gate.open = True
+        # Past the settle period, then past every grace with several sweeps in between.
+        await asyncio.sleep(max(0.0, back_at + settle - time.monotonic()))
         await asyncio.sleep(FAST["room_host_grace_seconds"] + FAST["room_leave_grace_seconds"] + 3.0)
 
         status, body = await api.request("GET", f"/api/live-sessions/{session_id}", ana)
@@ -227,8 +299,44 @@ async def test_live_room_presence_and_logout_survive_a_database_crash(
         went_offline = [p for p in watcher_sock.received("presence") if p["status"] == "offline"]
         assert not went_offline, f"presence flipped offline across the crash: {went_offline}"
         online = await _query(crash_pg, "SELECT DISTINCT user_id FROM connections")
-        assert {str(r["user_id"]) for r in online} >= {host.id, ana.id, bob.id, watcher.id, late.id}
+        assert {str(r["user_id"]) for r in online} == {host.id, ana.id, bob.id, watcher.id}
         assert len(await _query(crash_pg, "SELECT id FROM instances")) == 2
+    finally:
+        await api.close_sockets()
+
+
+async def test_new_sockets_and_logout_work_right_after_a_database_crash(
+    crash_pg: CrashablePostgres, start_instance: Any, redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    """A socket arrives on instance `two` before two's own heartbeat or sweep has noticed the
+    crash: registering it must re-create two's row (and re-register two's other sockets)."""
+    channel = f"studyhall-test-{uuid.uuid4().hex[:8]}"
+    slow = {"instance_heartbeat_seconds": 3.0, "room_leave_grace_seconds": 5.0, "registry_settle_seconds": 7.0}
+    one = await start_instance(redis_url=redis_url, redis_channel=channel, **{**FAST, "registry_settle_seconds": 7.0})
+    two = await start_instance(redis_url=redis_url, redis_channel=channel, **{**FAST, **slow})
+    api = Api(http, two.url)
+    try:
+        leaver, late, friend, early = [await api.register(n) for n in ("Leaver", "Late", "Friend", "Early")]
+        leaver_sock = await api.socket(leaver, url=one.url)
+        await api.socket(early, url=two.url)
+
+        await _crash(crash_pg)
+
+        late_sock = await _connect_when_up(api, late, two.url)
+        await late_sock.ok("conversation:create", {"kind": "direct", "member_ids": [friend.id]})
+        registered = await _query(crash_pg, "SELECT DISTINCT user_id FROM connections")
+        assert {str(r["user_id"]) for r in registered} >= {late.id, early.id}, "sockets missing from the registry after the crash"
+
+        # A logout right after the crash closes a socket opened before it, on the other instance.
+        async def logged_out() -> bool:
+            status, _ = await api.request("POST", "/api/auth/logout", leaver)
+            return status == 204
+
+        async def closed() -> bool:
+            return not leaver_sock.client.connected
+
+        await _eventually("logout", logged_out)
+        await _eventually("the logged-out socket to close", closed, timeout=10)
     finally:
         await api.close_sockets()
 
@@ -264,6 +372,11 @@ async def test_outage_answers_unavailable_logs_once_and_recovers_by_itself(
             failed += 2
         status, body = await api.request("GET", "/api/health")
         assert status == 503 and body["database"] == "down"
+        newcomer, refusals = socketio.AsyncClient(reconnection=False), []
+        newcomer.on("connect_error", refusals.append)  # a reserved event: not seen by a catch-all
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await newcomer.connect(one.url, auth={"token": bob.token}, transports=["websocket"], wait_timeout=5)
+        assert refusals and refusals[0]["data"]["code"] == "unavailable", refusals
         lines = _outage_records(caplog, mark)
         print(f"\n{failed} failed requests during the outage -> {len(lines)} log lines")
         assert [r.getMessage()[:30] for r in lines] == ["database unreachable: answerin"], [r.getMessage() for r in lines]
@@ -330,3 +443,65 @@ async def test_real_query_errors_stay_internal_with_their_traceback(
     assert failures and failures[0].exc_info is not None
     assert not one.app[CORE].db.outage.down
 
+
+
+async def test_a_frozen_database_answers_unavailable_after_the_timeouts(
+    crash_pg: CrashablePostgres, start_instance: Any, http: aiohttp.ClientSession
+) -> None:
+    """A server that accepts connections and answers nothing (stopped, not dead): the
+    command and acquire timeouts bound the wait, then it is `unavailable`, not `internal`."""
+    one = await start_instance(**{**FAST, "db_connect_timeout_seconds": 1.0, "db_command_timeout_seconds": 1.0})
+    api = Api(http, one.url)
+    try:
+        ana, bob = await api.register("Ana"), await api.register("Bob")
+        sock = await api.socket(ana)
+        conv = (await sock.ok("conversation:create", {"kind": "direct", "member_ids": [bob.id]}))["conversation"]
+        await asyncio.to_thread(crash_pg.freeze, True)
+        try:
+            for i in range(3):
+                started = time.monotonic()
+                ack = await sock.call("message:send", {"conversation_id": conv["id"], "content": "x", "client_id": f"f{i}"}, timeout=30)
+                assert ack["ok"] is False and ack["error"]["code"] == "unavailable", ack
+                assert time.monotonic() - started < 5.0
+            status, body = await api.request("GET", "/api/conversations", ana)
+            assert status == 503 and body["error"]["code"] == "unavailable", (status, body)
+        finally:
+            await asyncio.to_thread(crash_pg.freeze, False)
+
+        async def sent() -> bool:
+            ack = await sock.call("message:send", {"conversation_id": conv["id"], "content": "thawed", "client_id": "t"})
+            return bool(ack["ok"])
+        await _eventually("a send after the thaw", sent)
+    finally:
+        await api.close_sockets()
+
+
+async def test_disconnects_lost_in_an_outage_are_repaired_when_the_database_is_back(
+    crash_pg: CrashablePostgres, gate: TcpGate, start_instance: Any, redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    """Instance `two` loses the database (no crash: its rows stay) while a socket closes, so
+    the row could not be removed; its next heartbeat after the outage repairs that."""
+    channel = f"studyhall-test-{uuid.uuid4().hex[:8]}"
+    one = await start_instance(redis_url=redis_url, redis_channel=channel, **FAST)
+    two = await start_instance(
+        redis_url=redis_url, redis_channel=channel, database_url=f"postgresql://postgres@127.0.0.1:{gate.port}/{DATABASE}", **FAST
+    )
+    api = Api(http, one.url)
+    try:
+        ana, bob = await api.register("Ana"), await api.register("Bob")
+        ana_sock = await api.socket(ana, url=one.url)
+        bob_sock = await api.socket(bob, url=two.url)
+        await ana_sock.ok("conversation:create", {"kind": "direct", "member_ids": [bob.id]})
+
+        gate.shut()
+        await bob_sock.disconnect()
+        await asyncio.sleep(1.5)  # several failed heartbeats
+        ghost = await _query(crash_pg, "SELECT sid FROM connections WHERE user_id = $1", uuid.UUID(bob.id))
+        assert ghost, "the row should still be there: instance two could not remove it"
+        assert not [p for p in ana_sock.received("presence") if p == {"user_id": bob.id, "status": "offline"}]
+
+        gate.open = True
+        await ana_sock.wait_for("presence", lambda p: p == {"user_id": bob.id, "status": "offline"}, timeout=10)
+        assert not await _query(crash_pg, "SELECT sid FROM connections WHERE user_id = $1", uuid.UUID(bob.id))
+    finally:
+        await api.close_sockets()
