@@ -103,8 +103,11 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
         for sid in gateway.local_sids():
             await sio.disconnect(sid, ignore_queue=True)
         await core.cancel_background()
-        async with db.connection() as conn:
-            await connections.remove_instance(conn, core.instance_id)
+        try:
+            async with db.connection() as conn:
+                await connections.remove_instance(conn, core.instance_id)
+        except DatabaseUnavailable:
+            pass  # shutting down during an outage: the others reap this instance's rows later
         await db.close()
     finally:
         if embedded is not None:
