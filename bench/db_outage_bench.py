@@ -93,8 +93,13 @@ async def run(requests: int) -> dict[str, object]:
             sock = socketio.AsyncClient(reconnection=False)
             await sock.connect(url, auth={"token": tokens[0][0]}, transports=["websocket"], wait_timeout=5)
             sid = sock.get_sid()
-            conv = (await sock.call("conversation:create", {"kind": "direct", "member_ids": [tokens[1][1]]}))["conversation"]
-            await sock.call("message:send", {"conversation_id": conv["id"], "content": "before", "client_id": "c0"})
+            created = await sock.call("conversation:create", {"kind": "direct", "member_ids": [tokens[1][1]]})
+            conv = created["conversation"]
+
+            def send(client_id: str) -> dict[str, str]:
+                return {"conversation_id": conv["id"], "content": client_id, "client_id": client_id}
+
+            await sock.call("message:send", send("c0"))
             headers = {"Authorization": f"Bearer {tokens[0][0]}"}
 
             await asyncio.to_thread(_kill, pg)
@@ -105,7 +110,7 @@ async def run(requests: int) -> dict[str, object]:
             for i in range(requests):
                 started = time.monotonic()
                 if i % 2 == 0:
-                    ack = await sock.call("message:send", {"conversation_id": conv["id"], "content": "x", "client_id": f"d{i}"}, timeout=120)
+                    ack = await sock.call("message:send", send(f"d{i}"), timeout=120)
                     answers[f"ack {ack.get('error', {}).get('code', 'ok')}"] += 1
                 else:
                     async with http.get(f"{url}/api/conversations", headers=headers) as resp:
@@ -115,7 +120,8 @@ async def run(requests: int) -> dict[str, object]:
             result["failed_requests"] = requests
             result["answers"] = dict(answers)
             result["slowest_answer_ms"] = round(slowest * 1000)
-            result["log_records"] = sum(1 for line in text.splitlines() if line.split(" ", 1)[0] in ("INFO", "WARNING", "ERROR", "CRITICAL"))
+            levels = ("INFO", "WARNING", "ERROR", "CRITICAL")
+            result["log_records"] = sum(1 for line in text.splitlines() if line.split(" ", 1)[0] in levels)
             result["log_lines"] = len(text.splitlines())
 
             pg = await asyncio.to_thread(_restart, base, port)
@@ -123,7 +129,7 @@ async def run(requests: int) -> dict[str, object]:
             attempts = 0
             while True:
                 attempts += 1
-                ack = await sock.call("message:send", {"conversation_id": conv["id"], "content": "after", "client_id": "c1"}, timeout=120)
+                ack = await sock.call("message:send", send("c1"), timeout=120)
                 if ack.get("ok") or time.monotonic() - back > 60:
                     break
                 await asyncio.sleep(0.01)

@@ -73,7 +73,8 @@ class Core:
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         # A database outage is logged once by its tracker (storage/availability.py), not per task.
-        if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), DatabaseUnavailable):
+        error = None if task.cancelled() else task.exception()
+        if error is not None and not isinstance(error, DatabaseUnavailable):
             log.error("background task failed", exc_info=task.exception(), extra={"task": task.get_name()})
 
     async def cancel_background(self) -> None:

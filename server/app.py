@@ -81,7 +81,9 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         await migrate(url)
         db = await Database.connect(
-            url, connect_timeout=settings.db_connect_timeout_seconds, command_timeout=settings.db_command_timeout_seconds
+            url,
+            connect_timeout=settings.db_connect_timeout_seconds,
+            command_timeout=settings.db_command_timeout_seconds,
         )
         bind_metrics(app[METRICS], db.outage)
         sio = app[SIO]

@@ -38,11 +38,11 @@ class _OutageCollector:
         self.outage = outage
 
     def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily(
-            "studyhall_database_up", "1 while database calls succeed, 0 during an outage", value=0.0 if self.outage.down else 1.0
-        )
+        up = 0.0 if self.outage.down else 1.0
+        yield GaugeMetricFamily("studyhall_database_up", "1 while database calls succeed, 0 during an outage", value=up)
         yield CounterMetricFamily(
-            "studyhall_database_outages", "Database outages seen (connection-level failures)", value=self.outage.outages_total
+            "studyhall_database_outages", "Database outages seen (connection-level failures)",
+            value=self.outage.outages_total,
         )
 
 
