@@ -449,12 +449,20 @@ async def test_real_query_errors_stay_internal_with_their_traceback(
 ) -> None:
     one = await start_instance(**FAST)
     api = Api(http, one.url)
-    ana = await api.register("Ana")
-    await _query(crash_pg, "ALTER TABLE conversation_members RENAME TO broken_members")  # a bug, not an outage
-    status, body = await api.request("GET", "/api/conversations", ana)
-    assert status == 500 and body["error"]["code"] == "internal", (status, body)
-    failures = [r for r in caplog.records if r.getMessage() == "request failed"]
-    assert failures and failures[0].exc_info is not None
+    try:
+        ana, bob = await api.register("Ana"), await api.register("Bob")
+        sock = await api.socket(ana)
+        conv = (await sock.ok("conversation:create", {"kind": "direct", "member_ids": [bob.id]}))["conversation"]
+        await _query(crash_pg, "ALTER TABLE conversation_members RENAME TO broken_members")  # a bug, not an outage
+        status, body = await api.request("GET", "/api/conversations", ana)
+        assert status == 500 and body["error"]["code"] == "internal", (status, body)
+        ack = await _send(sock, conv["id"], "x", "k1")
+        assert ack["ok"] is False and ack["error"]["code"] == "internal", ack
+        for message in ("request failed", "event handler failed"):
+            failures = [r for r in caplog.records if r.getMessage() == message]
+            assert failures and failures[0].exc_info is not None, message
+    finally:
+        await api.close_sockets()
     assert not one.app[CORE].db.outage.down
 
 
