@@ -11,6 +11,7 @@ from uuid import UUID
 
 from handlers.events import Events
 from server.config import Settings
+from storage.availability import DatabaseUnavailable
 from storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,9 @@ class Core:
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
+        # A database outage is logged once by its tracker (storage/availability.py), not per task.
+        error = None if task.cancelled() else task.exception()
+        if error is not None and not isinstance(error, DatabaseUnavailable):
             log.error("background task failed", exc_info=task.exception(), extra={"task": task.get_name()})
 
     async def cancel_background(self) -> None:

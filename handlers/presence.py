@@ -2,7 +2,9 @@
 
 Going offline waits a short grace period, so a page reload or a brief network blip does
 not flash "offline" to everyone. Who hears about it: users sharing a direct, group or
-tutor conversation with the user, and users who favorited them.
+tutor conversation with the user, and users who favorited them. "Offline" is a judgement
+that the user is gone, so it waits for a settled registry (handlers/registry.py): after
+a database crash the registry is empty until every instance has re-registered.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from uuid import UUID
 
+from handlers import registry
 from handlers.core import Actor, Core
 from storage import connections, conversations
 
@@ -23,7 +26,9 @@ async def _announce(core: Core, user_id: UUID, status: str) -> None:
 async def socket_connected(core: Core, actor: Actor) -> None:
     assert actor.sid is not None
     async with core.db.connection() as conn:
-        count = await connections.add(conn, actor.sid, core.instance_id, actor.user_id, actor.token_id)
+        count, reset = await connections.add(conn, actor.sid, core.instance_id, actor.user_id, actor.token_id)
+    if reset:  # this instance's row was gone: the registry was emptied under us
+        await registry.recover(core)
     if count == 1:
         await _announce(core, actor.user_id, "online")
 
@@ -39,7 +44,7 @@ async def socket_disconnected(core: Core, actor: Actor) -> None:
 
 async def _offline_after_grace(core: Core, user_id: UUID) -> None:
     await asyncio.sleep(core.settings.presence_grace_seconds)
-    async with core.db.connection() as conn:
+    async with registry.settled(core) as conn:
         if await connections.count_for_user(conn, user_id) > 0:
             return
     await _announce(core, user_id, "offline")
@@ -47,7 +52,7 @@ async def _offline_after_grace(core: Core, user_id: UUID) -> None:
 
 async def announce_offline(core: Core, user_ids: list[UUID]) -> None:
     """Users whose instance died: tell their audiences, unless they reconnected elsewhere."""
-    async with core.db.connection() as conn:
+    async with registry.settled(core) as conn:
         still_online = await connections.online_users(conn, user_ids)
     for user_id in user_ids:
         if user_id not in still_online:

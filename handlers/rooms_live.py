@@ -9,6 +9,10 @@ user has had no socket anywhere for `room_leave_grace_seconds`.
 
 Seats: the host never takes one (a full room cannot lock its host out), everyone else
 does; `current_participants` counts present users other than the host.
+
+Freeing a seat or ending a room judges someone gone from the socket registry, so every
+such judgement runs on a `registry.settled` connection: after a database crash emptied
+the registry, not before every instance has re-registered its sockets.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from uuid import UUID
 
 import asyncpg
 
+from handlers import registry
 from handlers import rooms as sessions
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.events import conversation_room
 from storage import audit, connections, messages, rooms, users
+from storage.availability import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -233,13 +239,15 @@ async def _after(core: Core, delay: float, action: Any, user_id: UUID) -> None:
         await action(core, user_id)
     except asyncio.CancelledError:
         raise
+    except DatabaseUnavailable:
+        pass  # logged once per outage; the sweeper frees or ends it once the database is back
     except Exception:
         log.exception("room grace timer failed", extra={"user_id": str(user_id)})
 
 
 async def expire_seats(core: Core, user_id: UUID | None = None) -> None:
     """Free the seats of users away past the grace (one user, or everyone for the sweeper)."""
-    async with core.db.connection() as conn:
+    async with registry.settled(core) as conn:
         freed = await rooms.expire_away(conn, core.settings.room_leave_grace_seconds, user_id)
     for session_id, uid in freed:
         await _seat_freed(core, session_id, uid, "left", remove_sockets=False)
@@ -247,7 +255,7 @@ async def expire_seats(core: Core, user_id: UUID | None = None) -> None:
 
 async def end_abandoned(core: Core, host_id: UUID | None = None) -> None:
     """End live rooms whose host has been gone past the host grace."""
-    async with core.db.connection() as conn:
+    async with registry.settled(core) as conn:
         due = await rooms.hosts_gone(conn, core.settings.room_host_grace_seconds, host_id)
     for session_id in due:
         try:
@@ -261,17 +269,28 @@ def sweep_interval(core: Core) -> float:
     return max(1.0, min(10.0, core.settings.room_leave_grace_seconds))
 
 
+async def sweep(core: Core) -> None:
+    """Make the grace clocks agree with the registry, then free and end what is due.
+
+    Clocks of people who have a socket are stopped too: a disconnect in the moment between
+    a database crash and its notice may have found the user's other sockets missing."""
+    async with registry.settled(core) as conn:
+        await rooms.clear_clocks_of_connected(conn)
+        await rooms.mark_socketless_away(conn)
+    await expire_seats(core)
+    await end_abandoned(core)
+
+
 async def sweep_forever(core: Core) -> None:
     """Safety net for instances that died without running disconnect hooks: people with no
     socket anywhere start their grace clocks here, and expired ones are freed/ended."""
     while True:
         await asyncio.sleep(sweep_interval(core))
         try:
-            async with core.db.connection() as conn:
-                await rooms.mark_socketless_away(conn)
-            await expire_seats(core)
-            await end_abandoned(core)
+            await sweep(core)
         except asyncio.CancelledError:
             raise
+        except DatabaseUnavailable:
+            pass  # the outage is logged once by the database's tracker; try again next round
         except Exception:
             log.exception("room sweep failed")

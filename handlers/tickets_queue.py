@@ -14,6 +14,7 @@ from handlers.threads import describe
 from handlers.tickets import announce_agent_joined, seat_agent, ticket_out
 from storage import audit, connections, messages, users
 from storage import tickets as store
+from storage.availability import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,8 @@ async def watch(core: Core) -> None:
                 await assign_waiting(core)
         except asyncio.CancelledError:
             raise
+        except DatabaseUnavailable:
+            pass  # logged once per outage by the database's tracker
         except Exception:
             log.exception("ticket watch failed")
 
@@ -171,5 +174,7 @@ async def _safely(coro: Any) -> None:
         await coro
     except asyncio.CancelledError:
         raise
+    except DatabaseUnavailable:
+        pass  # logged once per outage by the database's tracker
     except Exception:
         log.exception("ticket background work failed")

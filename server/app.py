@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from handlers import presence
+from handlers import presence, registry
 from handlers.core import Core
 from server import documents as documents_feature
 from server import pages, routes_accounts, routes_static, threads
@@ -30,7 +30,10 @@ from server.keys import CORE, GATEWAY, METRICS, SETTINGS, SIO
 from server.lifecycle import LIFECYCLE, Lifecycle, close_transports, watch_embedded
 from server.metrics import Metrics
 from server.realtime import SocketEvents, create_sio, watch_redis
+from server.unavailable import bind_metrics
 from storage import connections
+from storage.availability import DatabaseUnavailable
+from storage.connections import SocketRow
 from storage.db import Database
 from storage.embedded import EmbeddedPostgres
 from storage.migrate import migrate
@@ -40,8 +43,7 @@ log = logging.getLogger(__name__)
 FEATURES = (
     routes_accounts, threads, documents_feature, tutor_feature, rooms_feature, tickets_feature, pages, routes_static,
 )
-HEARTBEAT_SECONDS = 10.0
-DEAD_AFTER_SECONDS = 45.0
+DEAD_AFTER_SECONDS = 45.0  # at least; never under 4.5 heartbeats (settings.instance_heartbeat_seconds)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -90,7 +92,12 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
     watchdog: asyncio.Task[None] | None = None
     try:
         await migrate(url)
-        db = await Database.connect(url)
+        db = await Database.connect(
+            url,
+            connect_timeout=settings.db_connect_timeout_seconds,
+            command_timeout=settings.db_command_timeout_seconds,
+        )
+        bind_metrics(app[METRICS], db.outage)
         sio = app[SIO]
         core = Core(settings=settings, db=db, events=SocketEvents(sio, db, app[METRICS]), instance_id=uuid.uuid4())
         app[CORE] = core
@@ -98,6 +105,7 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
         gateway.on_connect.append(presence.socket_connected)
         gateway.on_disconnect.append(presence.socket_disconnected)
         app[GATEWAY] = gateway
+        core.services["registry"] = registry.Registry(local_sockets=lambda: _socket_rows(gateway))
         for feature in FEATURES:
             bind = getattr(feature, "bind", None)
             if bind is not None:
@@ -144,20 +152,29 @@ async def _housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _socket_rows(gateway: Gateway) -> list[SocketRow]:
+    return [SocketRow(sid, s.actor.user_id, s.actor.token_id) for sid, s in list(gateway.sockets.items())]
+
+
 async def _housekeeping(app: web.Application) -> None:
-    """Heartbeat; forget crashed instances; close sockets whose token expired or was revoked."""
+    """Heartbeat (re-registering after a registry reset, handlers/registry.py); forget
+    crashed instances; close sockets whose token expired or was revoked."""
     core, gateway = app[CORE], app[GATEWAY]
+    interval = core.settings.instance_heartbeat_seconds
+    dead_after = max(DEAD_AFTER_SECONDS, 4.5 * interval)
     while True:
-        await asyncio.sleep(HEARTBEAT_SECONDS)
+        await asyncio.sleep(interval)
         try:
+            gone = await registry.heartbeat(core)
             async with core.db.connection() as conn:
-                await connections.heartbeat(conn, core.instance_id)
-                orphaned = await connections.reap_dead_instances(conn, DEAD_AFTER_SECONDS)
+                orphaned = await connections.reap_dead_instances(conn, dead_after)
                 dead_sids = await connections.sids_with_dead_tokens(conn, core.instance_id)
-            if orphaned:
-                await presence.announce_offline(core, orphaned)
+            if gone or orphaned:  # waits for a settled registry: not in this loop
+                core.spawn(presence.announce_offline(core, list({*gone, *orphaned})), name="presence-offline")
             await core.events.disconnect_sids(sid for sid in dead_sids if sid in gateway.sockets)
         except asyncio.CancelledError:
             raise
+        except DatabaseUnavailable:
+            pass  # logged once per outage by the database's tracker
         except Exception:
             log.exception("housekeeping failed")

@@ -145,6 +145,15 @@ class Settings:
     # -- hardening: revocation and Redis --
 
     # -- hardening: database crashes --
+    # Opening a connection, or waiting for a pooled one, longer than this: `unavailable`.
+    db_connect_timeout_seconds: float = 5.0
+    # One statement running longer than this: `unavailable` (a frozen server).
+    db_command_timeout_seconds: float = 60.0
+    # Each instance re-asserts its row and its sockets in the registry this often.
+    instance_heartbeat_seconds: float = 10.0
+    # After the socket registry was found reset (a crash or failover empties it), no seat,
+    # host or presence grace may expire for this long: every instance re-registers meanwhile.
+    registry_settle_seconds: float = 30.0
 
     # -- hardening: process lifecycle --
     # SIGTERM: how long requests still running may take once clients are told to reconnect.
@@ -212,6 +221,10 @@ class Settings:
             # -- hardening: revocation and Redis --
 
             # -- hardening: database crashes --
+            db_connect_timeout_seconds=_float(e, "STUDYHALL_DB_CONNECT_TIMEOUT", d.db_connect_timeout_seconds),
+            db_command_timeout_seconds=_float(e, "STUDYHALL_DB_COMMAND_TIMEOUT", d.db_command_timeout_seconds),
+            instance_heartbeat_seconds=_float(e, "STUDYHALL_HEARTBEAT_SECONDS", d.instance_heartbeat_seconds),
+            registry_settle_seconds=_float(e, "STUDYHALL_REGISTRY_SETTLE", d.registry_settle_seconds),
 
             # -- hardening: process lifecycle --
             shutdown_seconds=_float(e, "STUDYHALL_SHUTDOWN_SECONDS", d.shutdown_seconds),

@@ -24,6 +24,7 @@ from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.events import STAFF_ROOM, user_room
 from server.metrics import Metrics
+from server.unavailable import unavailable_error
 from server.validation import validation_message
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,11 @@ class Gateway:
         except ApiError as err:
             self.metrics.event_errors.labels(err.code, "connect").inc()
             raise socketio.exceptions.ConnectionRefusedError(err.message, err.to_dict()) from None
+        except Exception as exc:
+            if (down := unavailable_error(exc, self.core.db.outage)) is None:
+                raise
+            self.metrics.event_errors.labels(down.code, "connect").inc()
+            raise socketio.exceptions.ConnectionRefusedError(down.message, down.to_dict()) from None
         s = self.core.settings
         self.sockets[sid] = SocketState(actor, TokenBucket(s.rate_limit_per_second, s.rate_limit_burst))
         await self.sio.enter_room(sid, user_room(actor.user_id))
@@ -117,8 +123,9 @@ class Gateway:
         for hook in self.on_connect:
             try:
                 await hook(self.core, actor)
-            except Exception:
-                log.exception("connect hook failed", extra={"hook": getattr(hook, "__qualname__", str(hook))})
+            except Exception as exc:
+                if unavailable_error(exc, self.core.db.outage) is None:  # an outage is logged once, not per hook
+                    log.exception("connect hook failed", extra={"hook": getattr(hook, "__qualname__", str(hook))})
 
     async def _disconnect(self, sid: str, *_reason: Any) -> None:
         state = self.sockets.pop(sid, None)
@@ -128,8 +135,9 @@ class Gateway:
         for hook in self.on_disconnect:
             try:
                 await hook(self.core, state.actor)
-            except Exception:
-                log.exception("disconnect hook failed", extra={"hook": getattr(hook, "__qualname__", str(hook))})
+            except Exception as exc:
+                if unavailable_error(exc, self.core.db.outage) is None:  # an outage is logged once, not per hook
+                    log.exception("disconnect hook failed", extra={"hook": getattr(hook, "__qualname__", str(hook))})
 
     async def _dispatch(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
         state = self.sockets.get(sid)
@@ -164,7 +172,10 @@ class Gateway:
         except ApiError as err:
             self.metrics.event_errors.labels(err.code, "socket").inc()
             return {"ok": False, "error": err.to_dict()}
-        except Exception:
+        except Exception as exc:
+            if (down := unavailable_error(exc, self.core.db.outage)) is not None:
+                self.metrics.event_errors.labels(down.code, "socket").inc()
+                return {"ok": False, "error": down.to_dict()}
             log.exception("event handler failed", extra={"event": spec.name})
             self.metrics.event_errors.labels("internal", "socket").inc()
             return error_ack("internal", "Something went wrong on the server.")

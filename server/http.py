@@ -17,6 +17,7 @@ from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from server.jsonutil import json_response
 from server.keys import CORE, METRICS
+from server.unavailable import unavailable_error
 from server.validation import validation_message
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,12 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         if exc.status == 405:
             return error_response("bad_request", "Method not allowed here.", 405)
         raise
-    except Exception:
+    except Exception as exc:
+        core = request.app.get(CORE)
+        if (down := unavailable_error(exc, core.db.outage if core else None)) is not None:
+            status = down.http_status
+            metrics.event_errors.labels(down.code, "http").inc()
+            return api_error_response(down)
         log.exception("request failed", extra={"path": request.path})
         metrics.event_errors.labels("internal", "http").inc()
         return error_response("internal", "Something went wrong on the server.", 500)

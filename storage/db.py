@@ -2,16 +2,29 @@
 
 Codecs are registered once per connection so that jsonb columns take and return plain
 dicts (through orjson) and vector columns take and return lists of floats.
+
+Every connection handed out goes through one guard (`_guarded`): a failure that means the
+server is unreachable (storage/availability.py) leaves as `DatabaseUnavailable` and is
+counted by `outage`, whatever statement was running; anything else leaves unchanged. On
+the first failure of an outage the pool's connections are all expired, so none that
+looks open but leads to a dead or demoted server (a failover leaves half-open TCP
+connections behind) is handed out again: asyncpg replaces each on its next acquire.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import asyncpg
 import orjson
 from pgvector.asyncpg import register_vector
+
+from storage.availability import DatabaseUnavailable, Outage, is_connection_failure, quiet_pool_retries
+
+# Defaults for Database.connect; the server passes its settings (db_*_timeout_seconds).
+CONNECT_TIMEOUT_SECONDS = 5.0
+COMMAND_TIMEOUT_SECONDS = 60.0
 
 
 def _json_dumps(value: object) -> str:
@@ -39,37 +52,94 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
 class Database:
     """A pool of connections to one PostgreSQL database."""
 
-    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str, *, acquire_timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
         self.pool = pool
         self.url = url
+        # Waiting longer than a connect for a free connection means the server is stuck.
+        self.acquire_timeout = acquire_timeout
+        self.outage = Outage()
 
     @classmethod
-    async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 20) -> "Database":
+    async def connect(
+        cls,
+        url: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 20,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        command_timeout: float = COMMAND_TIMEOUT_SECONDS,
+    ) -> "Database":
+        """`connect_timeout` bounds opening a connection and waiting for a pooled one (a
+        frozen or unreachable server answers `unavailable` after it, not after a minute);
+        `command_timeout` bounds each statement."""
+        quiet_pool_retries()
         pool = await asyncpg.create_pool(
-            url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset, command_timeout=60
+            url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset,
+            command_timeout=command_timeout, timeout=connect_timeout,
         )
         assert pool is not None
-        return cls(pool, url)
+        return cls(pool, url, acquire_timeout=connect_timeout)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection inside a transaction: committed on exit, rolled back on error."""
-        async with self.pool.acquire() as conn:
+        async with self._guarded() as conn:
             async with conn.transaction():
                 yield conn
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection for single statements that need no transaction."""
-        async with self.pool.acquire() as conn:
+        async with self._guarded() as conn:
             yield conn
+
+    def _acquire(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        return self.pool.acquire(timeout=self.acquire_timeout)  # type: ignore[return-value]
+
+    @asynccontextmanager
+    async def _guarded(self) -> AsyncIterator[asyncpg.Connection]:
+        """Acquire a connection; unreachable-server failures leave as DatabaseUnavailable.
+
+        A failure counts as unreachable when its kind says so, or when the connection it
+        happened on is closed afterwards (asyncpg then raises whatever its protocol state
+        machine tripped on, e.g. InternalClientError "cannot switch to state")."""
+        failure: BaseException | None = None
+        try:
+            async with self._acquire() as conn:
+                try:
+                    yield conn
+                except DatabaseUnavailable:
+                    raise
+                except Exception as exc:
+                    if is_connection_failure(exc) or conn.is_closed():
+                        failure = exc
+                    raise
+        except DatabaseUnavailable:
+            raise  # counted where it was raised (a nested block)
+        except Exception as exc:
+            if failure is None and not is_connection_failure(exc):
+                if isinstance(exc, asyncpg.PostgresError):
+                    self.outage.succeeded()  # the server answered; the error is the query's
+                raise
+            await self._failed(failure or exc)
+            raise DatabaseUnavailable(f"the database is unreachable: {type(exc).__name__}") from (failure or exc)
+        self.outage.succeeded()
+
+    async def _failed(self, exc: BaseException) -> None:
+        if self.outage.failed(exc):
+            await self.pool.expire_connections()
 
     async def ping(self) -> bool:
         try:
             async with self.pool.acquire(timeout=2) as conn:
-                return await conn.fetchval("SELECT 1", timeout=2) == 1
-        except Exception:
+                up = await conn.fetchval("SELECT 1", timeout=2) == 1
+        except Exception as exc:
+            if is_connection_failure(exc):
+                await self._failed(exc)
             return False
+        if up:
+            self.outage.succeeded()
+        return up
 
     async def close(self) -> None:
         await self.pool.close()

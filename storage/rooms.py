@@ -267,6 +267,20 @@ async def mark_user_back(conn: asyncpg.Connection, user_id: UUID) -> list[UUID]:
     return [r["conversation_id"] for r in rows]
 
 
+async def clear_clocks_of_connected(conn: asyncpg.Connection) -> None:
+    """Sweeper: stop the clocks of people who do have a socket somewhere."""
+    await conn.execute(
+        """UPDATE room_participants p SET away_since = NULL
+           WHERE p.left_at IS NULL AND p.away_since IS NOT NULL
+             AND EXISTS (SELECT 1 FROM connections c WHERE c.user_id = p.user_id)"""
+    )
+    await conn.execute(
+        """UPDATE live_sessions s SET host_away_since = NULL
+           WHERE s.status = 'live' AND s.host_away_since IS NOT NULL
+             AND EXISTS (SELECT 1 FROM connections c WHERE c.user_id = s.host_id)"""
+    )
+
+
 async def mark_socketless_away(conn: asyncpg.Connection) -> None:
     """Sweeper: start the clocks of people with no socket anywhere (their instance died)."""
     await conn.execute(
