@@ -27,6 +27,7 @@ from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.pipeline import load_conversation
 from handlers.tutor_answer import Job, LiveAnswer, handle
+from handlers.tutor_limits import gate_of
 from rag.decide import safety_concern
 from rag.llm import DEFAULT_PRICES, ChatModel, LLMConfig
 from rag.offline import MODEL_NAME as OFFLINE_MODEL
@@ -245,6 +246,16 @@ def service_of(core: Core) -> TutorService:
     return core.services["tutor"]
 
 
+async def check_question(core: Core, conv: dict[str, Any], sender: Actor, role: str) -> None:
+    """Pipeline check before commit: a question the AI will answer counts against the
+    sender's question limit; refused, it is neither stored nor answered."""
+    if conv["kind"] != "tutor" or role != "user" or conv.get("mode") != "ai" or conv.get("status") != "open":
+        return
+    gate = gate_of(core.services)
+    if gate is not None:
+        await gate.question(sender.user_id, sender.role)
+
+
 async def on_message_committed(core: Core, conv: dict[str, Any], message: dict[str, Any]) -> None:
     """Pipeline hook: a student's message in an AI-answered tutor conversation is queued."""
     if conv["kind"] != "tutor" or message["role"] != "user" or conv.get("mode") != "ai":
@@ -270,6 +281,8 @@ async def start(
     if session_type is not None and session_type not in SESSION_TYPES:
         raise ApiError("bad_request", f"session_type must be one of {', '.join(SESSION_TYPES)}.")
     context = {"course": course, "lesson": lesson, "session_type": session_type or "interactive", "socratic": bool(socratic)}
+    if (gate := gate_of(core.services)) is not None:
+        await gate.session(actor.user_id, actor.role)
     title = title or (f"Tutor: {lesson or course}" if (lesson or course) else "Tutor")
     async with core.db.transaction() as conn:
         conv = await conversations.insert_conversation(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from handlers import tutor_texts
+from handlers.errors import ApiError
 from handlers.pipeline import commit_message
 from rag.decide import Decision, SentinelFilter, decide, model_cannot_help
 from rag.embeddings import STOPWORDS
@@ -216,29 +217,46 @@ class Turn:
         await self.log("clarified" if message else "cut_off", message["id"] if message else None)
 
     async def escalate(self, usage: StreamResult | None = None) -> None:
-        """Tell the student, then open the ticket (mode becomes `waiting` once it exists)."""
+        """Tell the student, then open the ticket (mode becomes `waiting` once it exists).
+
+        The escalation limit is checked first, so the student is never told a person is
+        coming when no ticket will open: over the limit, they hear no person can be reached
+        now (the safety words are said either way) and the AI stays in charge."""
         d = self.decision
         tickets = self.core.services.get("tickets")
-        content = tutor_texts.escalation(self.question, d.category, person_reachable=tickets is not None)
+        limited: ApiError | None = None
+        if tickets is not None:
+            try:
+                await tickets.admit(self.core, conversation_id=self.cid, reason=d.reason, source="tutor",
+                                    urgent=d.urgent, category=d.category)
+            except ApiError as err:
+                if err.code != "rate_limited":
+                    raise
+                limited = err
+        reachable = tickets is not None and limited is None
+        content = tutor_texts.escalation(self.question, d.category, person_reachable=reachable)
         message = await self.commit(content, {"model": usage.model if usage else "rules",
-                                              "escalation": {"category": d.category, "urgent": d.urgent}})
+                                              "escalation": {"category": d.category, "urgent": d.urgent,
+                                                             **({"rate_limited": True} if limited else {})}})
         if message is None:  # a person took over meanwhile: nothing more to do
             await self.tell_cancelled()
             await self.log("cut_off", None, usage=usage)
             return
         ticket: dict[str, Any] | None = None
-        if tickets is not None:
+        if reachable:
             try:
                 ticket = await tickets.escalate(
                     self.core, conversation_id=self.cid, reason=d.reason, escalated_by=None,
-                    source="tutor", urgent=d.urgent, category=d.category,
+                    source="tutor", urgent=d.urgent, category=d.category, admitted=True,
                 )
             except Exception:
                 log.exception("escalation to a person failed", extra={"conversation_id": str(self.cid), "urgent": d.urgent})
         elif d.urgent:
-            log.error("urgent escalation but no tickets service", extra={"conversation_id": str(self.cid)})
+            log.error("urgent escalation but no ticket could be opened",
+                      extra={"conversation_id": str(self.cid), "rate_limited": limited is not None})
         await self.log("escalated", message["id"], usage=usage,
-                       details={"ticket_id": str(ticket["id"]) if ticket else None})
+                       details={"ticket_id": str(ticket["id"]) if ticket else None,
+                                **({"rate_limited": True} if limited else {})})
 
     async def answer(self, passages: list[Passage], history: list[dict[str, Any]]) -> None:
         """Stream the answer as deltas, watching for tutor:stop and mode changes, then commit."""

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from handlers import presence
 from handlers.core import Core
+from handlers.ratelimit import RateLimiter
 from server import documents as documents_feature
 from server import pages, routes_accounts, routes_static, threads
 from server import rooms as rooms_feature
@@ -80,7 +81,10 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
         await migrate(url)
         db = await Database.connect(url)
         sio = app[SIO]
-        core = Core(settings=settings, db=db, events=SocketEvents(sio, db, app[METRICS]), instance_id=uuid.uuid4())
+        core = Core(
+            settings=settings, db=db, events=SocketEvents(sio, db, app[METRICS]), instance_id=uuid.uuid4(),
+            limiter=RateLimiter(settings.redis_url, prefix=settings.redis_channel),
+        )
         app[CORE] = core
         gateway = Gateway(sio, core, app[METRICS])
         gateway.on_connect.append(presence.socket_connected)
@@ -99,6 +103,7 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
         await core.cancel_background()
         async with db.connection() as conn:
             await connections.remove_instance(conn, core.instance_id)
+        await core.limiter.close()
         await db.close()
     finally:
         if embedded is not None:

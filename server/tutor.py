@@ -17,6 +17,7 @@ from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.knowledge import kb_of
 from handlers.pipeline import get_pipeline
+from handlers.tutor_limits import TutorGate, TutorLimits
 from server.gateway import EventSpec, Gateway
 from server.http import core_of, path_uuid, query_uuid, require_actor
 from server.jsonutil import json_response
@@ -104,5 +105,7 @@ def setup(app: web.Application) -> None:
 def bind(app: web.Application, core: Core, gateway: Gateway) -> None:
     """Install the tutor service and its pipeline hook; register the tutor events."""
     core.services["tutor"] = tutor.TutorService(core, kb_of(core), tutor.chat_model_from_settings(core.settings))
+    core.services["tutor_limits"] = TutorGate(core.limiter, TutorLimits.from_settings(core.settings))
+    get_pipeline(core).before_commit.append(tutor.check_question)
     get_pipeline(core).after_commit.append(tutor.on_message_committed)
     gateway.add_events(EVENTS)
