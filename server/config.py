@@ -164,8 +164,9 @@ class Settings:
     # Deployment-wide: tickets opened for guests (a swarm of fresh guests).
     guest_ticket_limits: str = "30/60"
     # Document extraction caps (a decompression bomb must not fill memory); 0 is off.
-    doc_max_text_chars: int = 8_000_000
+    doc_max_text_chars: int = 4_000_000
     doc_max_pages: int = 3000
+    doc_max_page_chars: int = 100_000
     doc_max_chunks: int = 10_000
     # An answer whose streaming instance stopped touching its row this long ago was abandoned.
     tutor_stream_stale_seconds: float = 20.0
@@ -240,6 +241,7 @@ class Settings:
             guest_ticket_limits=e.get("STUDYHALL_GUEST_TICKET_LIMITS") or d.guest_ticket_limits,
             doc_max_text_chars=_int(e, "STUDYHALL_DOC_MAX_TEXT_CHARS", d.doc_max_text_chars),
             doc_max_pages=_int(e, "STUDYHALL_DOC_MAX_PAGES", d.doc_max_pages),
+            doc_max_page_chars=_int(e, "STUDYHALL_DOC_MAX_PAGE_CHARS", d.doc_max_page_chars),
             doc_max_chunks=_int(e, "STUDYHALL_DOC_MAX_CHUNKS", d.doc_max_chunks),
             tutor_stream_stale_seconds=_float(e, "STUDYHALL_TUTOR_STREAM_STALE_SECONDS", d.tutor_stream_stale_seconds),
             tutor_stream_sweep_seconds=_float(e, "STUDYHALL_TUTOR_STREAM_SWEEP_SECONDS", d.tutor_stream_sweep_seconds),
