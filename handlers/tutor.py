@@ -232,6 +232,33 @@ class TutorService:
             min_age = self.recovery_min_age_seconds
             await asyncio.sleep(self.recovery_every_seconds)
 
+    # ---- answers abandoned by a crash ----------------------------------------------------
+    async def sweep_abandoned(self) -> int:
+        """Tell the members of conversations whose answer stopped streaming because its
+        instance died (its row untouched for the stale time, or its instance gone) to drop
+        the partial text: `message:cancelled` with reason `interrupted`. The question stays
+        unanswered, so the recovery pass answers it again under a new id."""
+        async with self.core.db.connection() as conn:
+            taken = await store.take_abandoned_streams(conn, self.core.settings.tutor_stream_stale_seconds)
+            notices = [(cid, answer_id, await conversations.member_ids(conn, cid))
+                       for cid, answer_id, committed in taken if not committed]
+        for cid, answer_id, member_ids in notices:
+            log.warning("tutor answer abandoned by its instance", extra={"conversation_id": str(cid)})
+            await self.core.events.to_users(member_ids, "message:cancelled", {
+                "conversation_id": cid, "message_id": answer_id, "reason": "interrupted",
+            })
+        return len(notices)
+
+    async def sweep_loop(self) -> None:
+        while True:
+            try:
+                await self.sweep_abandoned()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("tutor sweep of abandoned answers failed")
+            await asyncio.sleep(self.core.settings.tutor_stream_sweep_seconds)
+
     async def close(self) -> None:
         for task in list(self._workers):
             task.cancel()

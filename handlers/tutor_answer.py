@@ -161,6 +161,11 @@ class Turn:
         self.context: dict[str, Any] = conv["context"] or {}
         self.live = LiveAnswer(self.cid)
         self.decision = Decision("answer", "relevant_material", 0.0)
+        # The usage row written when the model call began (updated as text streams, and
+        # completed by `log`), so an instance that dies mid-answer leaves what it spent.
+        self.usage_id: int | None = None
+        self.prompt: list[dict[str, str]] = []
+        self._touched_at = 0.0
 
     # ---- building blocks ------------------------------------------------------------
     async def commit(self, content: str, metadata: dict[str, Any]) -> dict[str, Any] | None:
@@ -193,8 +198,11 @@ class Turn:
                 await store.record_usage(
                     conn, user_id=self.msg["sender_id"], conversation_id=self.cid, message_id=answer_id,
                     model=usage.model, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                    cost_usd=usage.cost_usd, estimated=usage.usage_estimated,
+                    cost_usd=usage.cost_usd, estimated=usage.usage_estimated, usage_id=self.usage_id,
                 )
+            elif self.usage_id is not None:  # the call began but nothing was streamed or billed
+                await store.delete_usage(conn, self.usage_id)
+            self.usage_id = None
 
     async def tell_cancelled(self) -> None:
         """Deltas were shown but no message will follow: clients drop the streamed text."""
@@ -209,6 +217,7 @@ class Turn:
         self.live.shown.append(text)
         await self.core.events.to_users(self.member_ids, "message:delta", {
             "conversation_id": self.cid, "message_id": self.live.answer_id, "delta": text,
+            "reply_to": self.msg["id"],
         })
 
     # ---- the three decisions ----------------------------------------------------------
@@ -267,20 +276,41 @@ class Turn:
             log.error("could not build the tutor prompt", exc_info=exc, extra={"conversation_id": str(self.cid)})
             await self._failed("internal error", [])
             return
+        self.prompt = prompt
+        abandoned = False
         try:
             live.task = asyncio.create_task(self._consume(stream))
             if live.cut:
                 live.task.cancel()
             # Written while the model request is in flight: only tutor:stop sent to another
             # instance needs the row; one sent in the millisecond before it exists is missed.
-            async with self.core.db.connection() as conn:
-                await store.start_stream(conn, self.cid, live.answer_id, self.core.instance_id)
+            async with self.core.db.transaction() as conn:
+                if self.svc.model is not None:
+                    start = self._estimate(prompt, "")
+                    assert start is not None
+                    self.usage_id = await store.record_usage(
+                        conn, user_id=self.msg["sender_id"], conversation_id=self.cid, message_id=live.answer_id,
+                        model=start.model, prompt_tokens=start.prompt_tokens, completion_tokens=0,
+                        cost_usd=start.cost_usd, estimated=True,
+                    )
+                orphan = await store.start_stream(conn, self.cid, live.answer_id, self.core.instance_id, self.usage_id)
+            self._touched_at = time.monotonic()
+            if orphan is not None:  # an answer a crashed instance left half-streamed here
+                await self.core.events.to_users(self.member_ids, "message:cancelled", {
+                    "conversation_id": self.cid, "message_id": orphan, "reason": "interrupted",
+                })
             await self._watch()
+        except asyncio.CancelledError:
+            # This instance is going away (shutdown): leave the stream's row, and the usage
+            # so far, for the sweeper of whichever instance is left to tell the members.
+            abandoned = True
+            raise
         finally:
             if live.task is not None and not live.task.done():
                 live.task.cancel()
-            async with self.core.db.connection() as conn:
-                await store.end_stream(conn, self.cid, live.answer_id)
+            if not abandoned:
+                async with self.core.db.connection() as conn:
+                    await store.end_stream(conn, self.cid, live.answer_id)
         passages_shown = stream.passages if isinstance(stream, OfflineStream) else built_passages
         await self._finish(live.task, isinstance(stream, OfflineStream), passages_shown, prompt)
 
@@ -332,6 +362,25 @@ class Turn:
                 self.live.stop("mode_changed")
             elif stop:
                 self.live.stop("stopped")
+            await self._touch()
+
+    async def _touch(self) -> None:
+        """Every quarter of the stale time: say this stream is alive, and record the tokens
+        streamed so far in its usage row (what a crash would otherwise lose)."""
+        every = max(self.svc.poll_seconds, self.core.settings.tutor_stream_stale_seconds / 4)
+        if time.monotonic() - self._touched_at < every:
+            return
+        self._touched_at = time.monotonic()
+        so_far = self._estimate(self.prompt, self.live.text)
+        try:
+            async with self.core.db.connection() as conn:
+                await store.touch_stream(
+                    conn, self.cid, self.live.answer_id, usage_id=self.usage_id,
+                    completion_tokens=so_far.completion_tokens if so_far else 0,
+                    cost_usd=so_far.cost_usd if so_far else 0.0,
+                )
+        except Exception:
+            log.warning("tutor stream touch failed", exc_info=True)
 
     def _estimate(self, prompt: list[dict[str, str]], text: str) -> StreamResult | None:
         """Usage of a stream that did not finish (stopped or broken): counted locally."""

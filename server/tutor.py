@@ -86,12 +86,15 @@ async def get_decisions(request: web.Request) -> web.Response:
 
 
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Crash recovery while the app runs; close workers, locks and the model client after."""
+    """Crash recovery and the sweep of abandoned answers while the app runs; close workers,
+    locks and the model client after."""
     service = tutor.service_of(app[CORE])
-    task = asyncio.create_task(service.recovery_loop(), name="tutor-recovery")
+    tasks = [asyncio.create_task(service.recovery_loop(), name="tutor-recovery"),
+             asyncio.create_task(service.sweep_loop(), name="tutor-sweep")]
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     await service.close()
 
 

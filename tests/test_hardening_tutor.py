@@ -23,8 +23,10 @@ from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
 from rag.extract import DocumentLimits, DocumentTooLarge, extract
+from server.keys import CORE
 from storage import messages
 from storage.db import Database
+from storage.embedded import free_port
 from tests.client import Api, Socket
 from tests.fakellm import FakeLLM, echo_passages
 from tests.test_tutor import ask, open_tutor, reply_to, tutor_env
@@ -289,3 +291,77 @@ def test_ingest_command_reports_the_bomb_and_goes_on(tmp_path: Path, database_ur
     assert done.returncode == 1, done
     assert "added 1 document(s)" in done.stdout
     assert f"failed: {tmp_path / 'a-bomb.pdf'}: too large, skipped (page 1" in done.stderr, done.stderr
+
+
+# ---- 3. an answer abandoned by a crash -----------------------------------------------------
+
+LONG = " ".join(f"word{i}" for i in range(80)) + " [1]."
+
+
+async def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 40) -> None:
+    async with aiohttp.ClientSession() as http, asyncio.timeout(timeout):
+        while True:
+            assert proc.poll() is None, "studyhall serve exited"
+            try:
+                async with http.get(url + "/api/health") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+
+
+async def test_answer_of_a_killed_instance_is_cancelled_and_its_usage_recorded(
+    start_instance: Any, db: Database, database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Instance A (a real `studyhall serve` process) streams an answer and is SIGKILLed
+    mid-stream. The student's socket on instance B gets `message:cancelled` for the draft
+    within the stale time, the tokens A streamed are in llm_usage, and B answers the
+    question again under a new id. (Before: no cancellation ever, no usage row.)"""
+    channel = f"crash-{uuid.uuid4().hex[:8]}"
+    stale = 2.0
+    async with FakeLLM(reply=LONG, token_delay=0.1) as llm, tutor_env(
+        start_instance, db, llm, redis_url=redis_url, redis_channel=channel,
+        tutor_stream_stale_seconds=stale, tutor_stream_sweep_seconds=0.5,
+    ) as env:
+        port = free_port()
+        env_a = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+                 "STUDYHALL_REDIS_CHANNEL": channel, "STUDYHALL_PORT": str(port),
+                 "STUDYHALL_LLM_BASE_URL": llm.base_url, "STUDYHALL_LLM_API_KEY": "test",
+                 "STUDYHALL_TUTOR_STREAM_STALE_SECONDS": str(stale), "STUDYHALL_LOG_JSON": "0"}
+        with open(tmp_path / "a.log", "wb") as log_a:
+            proc = subprocess.Popen([str(Path(sys.executable).parent / "studyhall"), "serve"],
+                                    env=env_a, stdout=log_a, stderr=subprocess.STDOUT)
+        try:
+            a_url = f"http://127.0.0.1:{port}"
+            await wait_healthy(a_url, proc)
+            student, sock, conv = await open_tutor(env)  # on B
+            sock_a = await env.api.socket(student, url=a_url)
+            question = await ask(sock_a, conv, "Explain how the Calvin cycle builds sugars")  # A answers
+            draft = await sock.wait_for("message:delta", lambda d: d["delta"].strip() == "word15", timeout=20)
+            assert draft["reply_to"] == question["id"]
+            proc.kill()
+            proc.wait()
+            killed = time.monotonic()
+            cancelled = await sock.wait_for(
+                "message:cancelled", lambda d: d["message_id"] == draft["message_id"], timeout=stale + 4)
+            took = time.monotonic() - killed
+            assert cancelled == {"conversation_id": conv["id"], "message_id": draft["message_id"], "reason": "interrupted"}
+            assert took < stale + 2, took
+            print(f"cancelled {took:.2f} s after the kill")
+
+            shown = "".join(d["delta"] for d in sock.received("message:delta") if d["message_id"] == draft["message_id"])
+            async with db.connection() as conn:
+                rows = await conn.fetch("SELECT * FROM llm_usage WHERE user_id = $1", uuid.UUID(student.id))
+            [row] = rows
+            assert row["message_id"] == uuid.UUID(draft["message_id"]) and row["estimated"] is True
+            assert row["prompt_tokens"] > 0 and 5 <= row["completion_tokens"] <= len(shown.split()) * 2, (dict(row), shown)
+
+            # B's recovery pass (every 15 s; run now) answers the question under a new id.
+            await env.inst.app[CORE].services["tutor"].recover(0)
+            final = (await sock.wait_for("message:new", reply_to(question), timeout=30))["message"]
+            assert final["id"] != draft["message_id"] and final["content"].startswith("word0")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
