@@ -284,10 +284,9 @@ class Turn:
                 live.task.cancel()
             # Written while the model request is in flight: only tutor:stop sent to another
             # instance needs the row; one sent in the millisecond before it exists is missed.
+            start = self._estimate(prompt, "")  # None for the offline tutor: nothing is spent
             async with self.core.db.transaction() as conn:
-                if self.svc.model is not None:
-                    start = self._estimate(prompt, "")
-                    assert start is not None
+                if start is not None:
                     self.usage_id = await store.record_usage(
                         conn, user_id=self.msg["sender_id"], conversation_id=self.cid, message_id=live.answer_id,
                         model=start.model, prompt_tokens=start.prompt_tokens, completion_tokens=0,

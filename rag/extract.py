@@ -186,7 +186,8 @@ def pdf_to_text(data: bytes, limits: DocumentLimits | None = None) -> tuple[str,
             try:
                 text = page.extract_text(visitor_text=visitor) or ""
             except LimitReachedError as exc:
-                raise DocumentTooLarge(f"page {number}'s content is over {MAX_PAGE_CONTENT_BYTES:,} bytes: {exc}") from exc
+                raise DocumentTooLarge(
+                    f"page {number}'s content is over {MAX_PAGE_CONTENT_BYTES:,} bytes: {exc}") from exc
             total += len(text) + 2
             limits.check_text(total)
             pages.append(text)

@@ -59,7 +59,8 @@ async def ingest_paths(
             try:
                 document, created = await kb.ingest_file(path, course=course)
             except (DocumentError, OSError) as exc:
-                report.failed[str(path)] = f"too large, skipped ({exc})" if isinstance(exc, DocumentTooLarge) else str(exc)
+                too_large = isinstance(exc, DocumentTooLarge)
+                report.failed[str(path)] = f"too large, skipped ({exc})" if too_large else str(exc)
                 log.warning("ingest failed", extra={"path": str(path), "error": str(exc)})
                 continue
             if created:

@@ -136,7 +136,8 @@ class KnowledgeBase:
             return existing, False
         # Chunking a long document takes about a second per MB of text: keep it off the loop.
         try:
-            chunks = await asyncio.to_thread(chunk_text, text, self.max_tokens, self.overlap_tokens, self.limits.max_chunks)
+            chunks = await asyncio.to_thread(
+                chunk_text, text, self.max_tokens, self.overlap_tokens, self.limits.max_chunks)
         except TooManyChunks as exc:
             raise DocumentTooLarge(str(exc)) from None
         vectors = await self._embed([embedding_input(c.heading_path, c.content) for c in chunks])

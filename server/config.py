@@ -237,7 +237,8 @@ class Settings:
             tutor_session_limits=e.get("STUDYHALL_TUTOR_SESSION_LIMITS") or d.tutor_session_limits,
             tutor_session_limits_guest=e.get("STUDYHALL_TUTOR_SESSION_LIMITS_GUEST") or d.tutor_session_limits_guest,
             tutor_escalation_limits=e.get("STUDYHALL_TUTOR_ESCALATION_LIMITS") or d.tutor_escalation_limits,
-            tutor_escalation_limits_guest=e.get("STUDYHALL_TUTOR_ESCALATION_LIMITS_GUEST") or d.tutor_escalation_limits_guest,
+            tutor_escalation_limits_guest=(e.get("STUDYHALL_TUTOR_ESCALATION_LIMITS_GUEST")
+                                           or d.tutor_escalation_limits_guest),
             guest_ticket_limits=e.get("STUDYHALL_GUEST_TICKET_LIMITS") or d.guest_ticket_limits,
             doc_max_text_chars=_int(e, "STUDYHALL_DOC_MAX_TEXT_CHARS", d.doc_max_text_chars),
             doc_max_pages=_int(e, "STUDYHALL_DOC_MAX_PAGES", d.doc_max_pages),

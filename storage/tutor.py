@@ -86,7 +86,8 @@ async def start_stream(
     return await conn.fetchval(
         """WITH old AS (SELECT answer_id FROM tutor_streams WHERE conversation_id = $1 FOR UPDATE),
                 saved AS (
-                    INSERT INTO tutor_streams (conversation_id, answer_id, instance_id, usage_id) VALUES ($1, $2, $3, $4)
+                    INSERT INTO tutor_streams (conversation_id, answer_id, instance_id, usage_id)
+                    VALUES ($1, $2, $3, $4)
                     ON CONFLICT (conversation_id) DO UPDATE
                     SET answer_id = $2, instance_id = $3, stop_requested = false, started_at = now(),
                         touched_at = now(), usage_id = $4

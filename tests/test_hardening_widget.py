@@ -51,7 +51,8 @@ async def test_draft_disappears_on_message_cancelled_then_the_recovered_answer_s
                                       tutor_stream_stale_seconds=1.0, tutor_stream_sweep_seconds=0.3)
         api = Api(http, server.url)
         mentor = await api.staff(db, "mentor")
-        assert (await api.request("POST", "/api/documents", mentor, json={"title": "Photosynthesis", "content": CALVIN}))[0] == 201
+        status, _ = await api.request("POST", "/api/documents", mentor, json={"title": "Photosynthesis", "content": CALVIN})
+        assert status == 201
         page, w = await guest_with_draft(browser, server.url)
 
         # The answer's task dies without cleaning up after itself (its stream row stays).
@@ -83,7 +84,8 @@ async def test_orphan_draft_is_replaced_after_a_reconnect_that_missed_the_cancel
         other = await start_instance(**llm_settings)  # no Redis: nothing it sends reaches the widget live
         api = Api(http, first.url)
         mentor = await api.staff(db, "mentor")
-        assert (await api.request("POST", "/api/documents", mentor, json={"title": "Photosynthesis", "content": CALVIN}))[0] == 201
+        status, _ = await api.request("POST", "/api/documents", mentor, json={"title": "Photosynthesis", "content": CALVIN})
+        assert status == 201
         try:
             page, w = await guest_with_draft(browser, first.url)
             orphan = await w.locator("li.draft").get_attribute("data-id")
