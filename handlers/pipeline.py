@@ -29,9 +29,9 @@ from storage import conversations, messages
 log = logging.getLogger(__name__)
 
 AfterCommit = Callable[[Core, dict[str, Any], dict[str, Any]], Awaitable[None]]
-# (core, conversation, sender, role) before a sender's message is written: raising an
-# ApiError refuses the send, with nothing stored (the tutor's question limit).
-BeforeCommit = Callable[[Core, dict[str, Any], Actor, str], Awaitable[None]]
+# (core, conversation, sender, role, client_id) before a sender's message is written: raising
+# an ApiError refuses the send, with nothing stored (the tutor's question limit).
+BeforeCommit = Callable[[Core, dict[str, Any], Actor, str, str | None], Awaitable[None]]
 
 
 class KindPolicy(Protocol):
@@ -176,7 +176,7 @@ async def commit_message(
         role = "agent" if sender is not None and sender.is_staff and conv.get("member_role") == "agent" else "user"
     if sender is not None:
         for check in pipeline.before_commit:
-            await check(core, conv, sender, role)
+            await check(core, conv, sender, role, client_id)
     async with pipeline.locks.hold(conversation_id):
         message, duplicate = await pipeline.writer.insert(messages.NewMessage(
             conversation_id=conversation_id, sender_id=sender.user_id if sender else None,

@@ -33,7 +33,7 @@ from rag.llm import DEFAULT_PRICES, ChatModel, LLMConfig
 from rag.offline import MODEL_NAME as OFFLINE_MODEL
 from rag.retrieval import KnowledgeBase
 from server.config import Settings
-from storage import conversations
+from storage import conversations, messages
 from storage import tutor as store
 
 log = logging.getLogger(__name__)
@@ -273,14 +273,26 @@ def service_of(core: Core) -> TutorService:
     return core.services["tutor"]
 
 
-async def check_question(core: Core, conv: dict[str, Any], sender: Actor, role: str) -> None:
+async def check_question(
+    core: Core, conv: dict[str, Any], sender: Actor, role: str, client_id: str | None
+) -> None:
     """Pipeline check before commit: a question the AI will answer counts against the
-    sender's question limit; refused, it is neither stored nor answered."""
+    sender's question limit; refused, it is neither stored nor answered. A resend of a
+    question already stored (same client_id) is let through: the pipeline returns the
+    first message and nothing new is answered."""
     if conv["kind"] != "tutor" or role != "user" or conv.get("mode") != "ai" or conv.get("status") != "open":
         return
     gate = gate_of(core.services)
-    if gate is not None:
+    if gate is None:
+        return
+    try:
         await gate.question(sender.user_id, sender.role)
+    except ApiError:
+        if client_id:
+            async with core.db.connection() as conn:
+                if await messages.exists_for_client_id(conn, conv["id"], sender.user_id, client_id):
+                    return
+        raise
 
 
 async def on_message_committed(core: Core, conv: dict[str, Any], message: dict[str, Any]) -> None:

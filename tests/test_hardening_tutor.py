@@ -75,6 +75,10 @@ async def test_question_limit_refuses_before_storing_and_before_the_model(
         assert len(llm.chat_requests) == 3
 
         wait = refused(await send(sock, conv, "One more question about RuBisCO?"), 6000)
+        # A resend of a stored question (its ack was lost) returns it and answers nothing new.
+        resent = await sock.ok("message:send", {"conversation_id": conv["id"], "content": QUESTION,
+                                                "client_id": questions[-1]["client_id"]})
+        assert resent["message"]["id"] == questions[-1]["id"]
         sock_b = await env.api.socket(student, url=other.url)
         refused(await send(sock_b, conv, "And from the other instance?"), 6000)
         await asyncio.sleep(0.5)
