@@ -164,7 +164,7 @@ class Turn:
         # The usage row written when the model call began (updated as text streams, and
         # completed by `log`), so an instance that dies mid-answer leaves what it spent.
         self.usage_id: int | None = None
-        self.prompt: list[dict[str, str]] = []
+        self.usage_at_start: StreamResult | None = None
         self._touched_at = 0.0
 
     # ---- building blocks ------------------------------------------------------------
@@ -242,6 +242,8 @@ class Turn:
                 if err.code != "rate_limited":
                     raise
                 limited = err
+            except Exception:  # the check failed (database): try the escalation as before
+                log.exception("escalation limit check failed", extra={"conversation_id": str(self.cid)})
         reachable = tickets is not None and limited is None
         content = tutor_texts.escalation(self.question, d.category, person_reachable=reachable)
         message = await self.commit(content, {"model": usage.model if usage else "rules",
@@ -276,7 +278,6 @@ class Turn:
             log.error("could not build the tutor prompt", exc_info=exc, extra={"conversation_id": str(self.cid)})
             await self._failed("internal error", [])
             return
-        self.prompt = prompt
         abandoned = False
         try:
             live.task = asyncio.create_task(self._consume(stream))
@@ -284,7 +285,8 @@ class Turn:
                 live.task.cancel()
             # Written while the model request is in flight: only tutor:stop sent to another
             # instance needs the row; one sent in the millisecond before it exists is missed.
-            start = self._estimate(prompt, "")  # None for the offline tutor: nothing is spent
+            # None for the offline tutor: nothing is spent.
+            self.usage_at_start = start = self._estimate(prompt, "")
             async with self.core.db.transaction() as conn:
                 if start is not None:
                     self.usage_id = await store.record_usage(
@@ -370,14 +372,15 @@ class Turn:
         if time.monotonic() - self._touched_at < every:
             return
         self._touched_at = time.monotonic()
-        so_far = self._estimate(self.prompt, self.live.text)
+        completion_tokens, cost_usd = 0, 0.0
+        start, model = self.usage_at_start, self.svc.model
+        if start is not None and model is not None:
+            completion_tokens = count_tokens(self.live.text)
+            cost_usd = start.cost_usd + completion_tokens * model.config.price(model.config.model)[1] / 1_000_000
         try:
             async with self.core.db.connection() as conn:
-                await store.touch_stream(
-                    conn, self.cid, self.live.answer_id, usage_id=self.usage_id,
-                    completion_tokens=so_far.completion_tokens if so_far else 0,
-                    cost_usd=so_far.cost_usd if so_far else 0.0,
-                )
+                await store.touch_stream(conn, self.cid, self.live.answer_id, usage_id=self.usage_id,
+                                         completion_tokens=completion_tokens, cost_usd=cost_usd)
         except Exception:
             log.warning("tutor stream touch failed", exc_info=True)
 
