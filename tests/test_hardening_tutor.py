@@ -353,7 +353,7 @@ async def test_answer_of_a_killed_instance_is_cancelled_and_its_usage_recorded(
             took = time.monotonic() - killed
             assert cancelled == {"conversation_id": conv["id"], "message_id": draft["message_id"],
                                  "reason": "interrupted"}
-            assert took < stale + 2, took
+            assert took < stale + 3, took
             print(f"cancelled {took:.2f} s after the kill")
 
             deltas = sock.received("message:delta")
