@@ -10,6 +10,7 @@ from typing import Any
 from uuid import UUID
 
 from handlers.events import Events
+from handlers.ratelimit import RateLimiter
 from server.config import Settings
 from storage.availability import DatabaseUnavailable
 from storage.db import Database
@@ -48,6 +49,7 @@ class Core:
     db: Database
     events: Events
     instance_id: UUID
+    limiter: RateLimiter
     services: dict[str, Any] = field(default_factory=dict)
     closing: bool = False
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from rag.embeddings import Embedder, EmbedderUnavailable, make_embedder
-from rag.extract import DocumentError
+from rag.extract import DocumentError, DocumentLimits, DocumentTooLarge
 from rag.ingest import ingest_paths
 from rag.retrieval import KnowledgeBase, SearchResult
 from server.config import Settings
@@ -51,8 +51,16 @@ def embedder_from_settings(settings: Settings) -> Embedder:
     return make_embedder(kind, **options)
 
 
+def document_limits(settings: Settings) -> DocumentLimits:
+    """What one document may expand to (a small PDF can be a decompression bomb)."""
+    return DocumentLimits(
+        max_text_chars=settings.doc_max_text_chars, max_pages=settings.doc_max_pages,
+        max_page_chars=settings.doc_max_page_chars, max_chunks=settings.doc_max_chunks,
+    )
+
+
 def knowledge_base(settings: Settings, db: Database) -> KnowledgeBase:
-    return KnowledgeBase(db, embedder_from_settings(settings))
+    return KnowledgeBase(db, embedder_from_settings(settings), limits=document_limits(settings))
 
 
 def kb_of(core: Core) -> KnowledgeBase:
@@ -105,6 +113,8 @@ async def add_document(
             document, created = await kb.ingest_text(
                 title, content or "", source=source, language=language, course=course, created_by=actor.user_id,
             )
+    except DocumentTooLarge as exc:
+        raise ApiError("too_large", f"The document is too large: {exc}.") from None
     except DocumentError as exc:
         raise ApiError("bad_request", str(exc)) from None
     except (openai.OpenAIError, EmbedderUnavailable) as exc:

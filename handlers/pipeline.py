@@ -29,6 +29,9 @@ from storage import conversations, messages
 log = logging.getLogger(__name__)
 
 AfterCommit = Callable[[Core, dict[str, Any], dict[str, Any]], Awaitable[None]]
+# (core, conversation, sender, role, client_id) before a sender's message is written: raising
+# an ApiError refuses the send, with nothing stored (the tutor's question limit).
+BeforeCommit = Callable[[Core, dict[str, Any], Actor, str, str | None], Awaitable[None]]
 
 
 class KindPolicy(Protocol):
@@ -86,6 +89,7 @@ class Pipeline:
     loader: ConversationLoader
     policies: dict[str, KindPolicy] = field(default_factory=dict)
     after_commit: list[AfterCommit] = field(default_factory=list)
+    before_commit: list[BeforeCommit] = field(default_factory=list)
     # Per conversation, on this instance: commit and fan-out in seq order.
     locks: KeyedLocks = field(default_factory=KeyedLocks)
     # (user_id, conversation_id) -> when `typing: true` was last passed on.
@@ -170,6 +174,9 @@ async def commit_message(
         # An agent who took a conversation over writes as `agent`; staff who started
         # a tutor conversation of their own are its student and write as `user`.
         role = "agent" if sender is not None and sender.is_staff and conv.get("member_role") == "agent" else "user"
+    if sender is not None:
+        for check in pipeline.before_commit:
+            await check(core, conv, sender, role, client_id)
     async with pipeline.locks.hold(conversation_id):
         message, duplicate = await pipeline.writer.insert(messages.NewMessage(
             conversation_id=conversation_id, sender_id=sender.user_id if sender else None,

@@ -23,6 +23,7 @@ from handlers.errors import ApiError
 from handlers.events import STAFF_ROOM
 from handlers.pipeline import commit_message
 from handlers.threads import announce_conversation
+from handlers.tutor_limits import gate_of
 from rag.decide import HUMAN, NO_MATERIAL, NO_MATERIAL_AGAIN, SAFETY, safety_concern
 from storage import audit, conversations, messages, users
 from storage import tickets as store
@@ -104,18 +105,39 @@ class TicketService:
         urgent: bool = False,
         category: str | None = None,
         priority: str | None = None,
+        admitted: bool = False,
     ) -> dict[str, Any]:
         """Open a ticket for a tutor conversation (or return its open one) and hand it to people.
 
         The mode becomes `waiting` in the same transaction, so the tutor, which reads the
         mode, stays silent from the commit on; a stream in progress on this instance is
         cancelled at once (other instances see the mode on their next check).
+        Unless staff escalate (or the caller already passed `admit`), a new ticket counts
+        against the owner's escalation limit: `rate_limited` when over it.
         """
         return await self._escalate(
             core, conversation_id=conversation_id, reason=reason,
             escalated_by_id=escalated_by.user_id if escalated_by else None,
-            source=source, urgent=urgent, category=category, priority=priority,
+            source=source, urgent=urgent, category=category, priority=priority, admitted=admitted,
         )
+
+    async def admit(
+        self, core: Core, *, conversation_id: UUID, reason: str, source: str, urgent: bool = False,
+        category: str | None = None, priority: str | None = None,
+    ) -> None:
+        """Count an escalation that would open a new ticket against its owner's limits (and,
+        for a guest, the deployment-wide guest cap); `rate_limited` when over. Staff
+        escalations and conversations that already have an active ticket are not counted."""
+        source = SOURCE_ALIASES.get(source, source)
+        gate = gate_of(core.services)
+        if gate is None or source == "staff":
+            return
+        async with core.db.connection() as conn:
+            owner = await store.escalation_owner(conn, conversation_id)
+        if owner is None or owner[2]:
+            return  # not_found later, or the existing ticket is returned: nothing new opens
+        prio = priority or priority_for(reason or "", urgent=urgent, category=category, source=source)
+        await gate.escalation(owner[0], owner[1], urgent=prio == "urgent")
 
     async def _escalate(
         self,
@@ -128,7 +150,11 @@ class TicketService:
         urgent: bool = False,
         category: str | None = None,
         priority: str | None = None,
+        admitted: bool = False,
     ) -> dict[str, Any]:
+        if not admitted:
+            await self.admit(core, conversation_id=conversation_id, reason=reason, source=source, urgent=urgent,
+                             category=category, priority=priority)
         source = SOURCE_ALIASES.get(source, source)[:MAX_SOURCE_CHARS] or "system"
         if priority is not None and priority not in PRIORITIES:
             raise ApiError("bad_request", f"priority must be one of {', '.join(PRIORITIES)}.")
@@ -208,6 +234,12 @@ class TicketService:
                 core, conversation_id=conversation_id, reason=REOPEN_REASON, escalated_by_id=message["sender_id"],
                 source="reopen", urgent=safety_concern(message["content"]),
             )
+        except ApiError as err:
+            if err.code != "rate_limited":
+                log.exception("reopening a ticket failed", extra={"conversation_id": str(conversation_id)})
+            else:  # the conversation stays closed; the user's next message tries again
+                log.warning("reopening a ticket refused by the escalation limit",
+                            extra={"conversation_id": str(conversation_id)})
         except Exception:
             log.exception("reopening a ticket failed", extra={"conversation_id": str(conversation_id)})
 

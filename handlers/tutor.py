@@ -27,12 +27,13 @@ from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.pipeline import load_conversation
 from handlers.tutor_answer import Job, LiveAnswer, handle
+from handlers.tutor_limits import gate_of
 from rag.decide import safety_concern
 from rag.llm import DEFAULT_PRICES, ChatModel, LLMConfig
 from rag.offline import MODEL_NAME as OFFLINE_MODEL
 from rag.retrieval import KnowledgeBase
 from server.config import Settings
-from storage import conversations
+from storage import conversations, messages
 from storage import tutor as store
 
 log = logging.getLogger(__name__)
@@ -231,6 +232,33 @@ class TutorService:
             min_age = self.recovery_min_age_seconds
             await asyncio.sleep(self.recovery_every_seconds)
 
+    # ---- answers abandoned by a crash ----------------------------------------------------
+    async def sweep_abandoned(self) -> int:
+        """Tell the members of conversations whose answer stopped streaming because its
+        instance died (its row untouched for the stale time, or its instance gone) to drop
+        the partial text: `message:cancelled` with reason `interrupted`. The question stays
+        unanswered, so the recovery pass answers it again under a new id."""
+        async with self.core.db.connection() as conn:
+            taken = await store.take_abandoned_streams(conn, self.core.settings.tutor_stream_stale_seconds)
+            notices = [(cid, answer_id, await conversations.member_ids(conn, cid))
+                       for cid, answer_id, committed in taken if not committed]
+        for cid, answer_id, member_ids in notices:
+            log.warning("tutor answer abandoned by its instance", extra={"conversation_id": str(cid)})
+            await self.core.events.to_users(member_ids, "message:cancelled", {
+                "conversation_id": cid, "message_id": answer_id, "reason": "interrupted",
+            })
+        return len(notices)
+
+    async def sweep_loop(self) -> None:
+        while True:
+            try:
+                await self.sweep_abandoned()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("tutor sweep of abandoned answers failed")
+            await asyncio.sleep(self.core.settings.tutor_stream_sweep_seconds)
+
     async def close(self) -> None:
         for task in list(self._workers):
             task.cancel()
@@ -243,6 +271,28 @@ class TutorService:
 
 def service_of(core: Core) -> TutorService:
     return core.services["tutor"]
+
+
+async def check_question(
+    core: Core, conv: dict[str, Any], sender: Actor, role: str, client_id: str | None
+) -> None:
+    """Pipeline check before commit: a question the AI will answer counts against the
+    sender's question limit; refused, it is neither stored nor answered. A resend of a
+    question already stored (same client_id) is let through: the pipeline returns the
+    first message and nothing new is answered."""
+    if conv["kind"] != "tutor" or role != "user" or conv.get("mode") != "ai" or conv.get("status") != "open":
+        return
+    gate = gate_of(core.services)
+    if gate is None:
+        return
+    try:
+        await gate.question(sender.user_id, sender.role)
+    except ApiError:
+        if client_id:
+            async with core.db.connection() as conn:
+                if await messages.exists_for_client_id(conn, conv["id"], sender.user_id, client_id):
+                    return
+        raise
 
 
 async def on_message_committed(core: Core, conv: dict[str, Any], message: dict[str, Any]) -> None:
@@ -270,6 +320,8 @@ async def start(
     if session_type is not None and session_type not in SESSION_TYPES:
         raise ApiError("bad_request", f"session_type must be one of {', '.join(SESSION_TYPES)}.")
     context = {"course": course, "lesson": lesson, "session_type": session_type or "interactive", "socratic": bool(socratic)}
+    if (gate := gate_of(core.services)) is not None:
+        await gate.session(actor.user_id, actor.role)
     title = title or (f"Tutor: {lesson or course}" if (lesson or course) else "Tutor")
     async with core.db.transaction() as conn:
         conv = await conversations.insert_conversation(

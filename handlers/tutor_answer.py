@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from handlers import tutor_texts
+from handlers.errors import ApiError
 from handlers.pipeline import commit_message
 from rag.decide import Decision, SentinelFilter, decide, model_cannot_help
 from rag.embeddings import STOPWORDS
@@ -160,6 +161,11 @@ class Turn:
         self.context: dict[str, Any] = conv["context"] or {}
         self.live = LiveAnswer(self.cid)
         self.decision = Decision("answer", "relevant_material", 0.0)
+        # The usage row written when the model call began (updated as text streams, and
+        # completed by `log`), so an instance that dies mid-answer leaves what it spent.
+        self.usage_id: int | None = None
+        self.usage_at_start: StreamResult | None = None
+        self._touched_at = 0.0
 
     # ---- building blocks ------------------------------------------------------------
     async def commit(self, content: str, metadata: dict[str, Any]) -> dict[str, Any] | None:
@@ -192,8 +198,11 @@ class Turn:
                 await store.record_usage(
                     conn, user_id=self.msg["sender_id"], conversation_id=self.cid, message_id=answer_id,
                     model=usage.model, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                    cost_usd=usage.cost_usd, estimated=usage.usage_estimated,
+                    cost_usd=usage.cost_usd, estimated=usage.usage_estimated, usage_id=self.usage_id,
                 )
+            elif self.usage_id is not None:  # the call began but nothing was streamed or billed
+                await store.delete_usage(conn, self.usage_id)
+            self.usage_id = None
 
     async def tell_cancelled(self) -> None:
         """Deltas were shown but no message will follow: clients drop the streamed text."""
@@ -208,6 +217,7 @@ class Turn:
         self.live.shown.append(text)
         await self.core.events.to_users(self.member_ids, "message:delta", {
             "conversation_id": self.cid, "message_id": self.live.answer_id, "delta": text,
+            "reply_to": self.msg["id"],
         })
 
     # ---- the three decisions ----------------------------------------------------------
@@ -216,29 +226,48 @@ class Turn:
         await self.log("clarified" if message else "cut_off", message["id"] if message else None)
 
     async def escalate(self, usage: StreamResult | None = None) -> None:
-        """Tell the student, then open the ticket (mode becomes `waiting` once it exists)."""
+        """Tell the student, then open the ticket (mode becomes `waiting` once it exists).
+
+        The escalation limit is checked first, so the student is never told a person is
+        coming when no ticket will open: over the limit, they hear no person can be reached
+        now (the safety words are said either way) and the AI stays in charge."""
         d = self.decision
         tickets = self.core.services.get("tickets")
-        content = tutor_texts.escalation(self.question, d.category, person_reachable=tickets is not None)
+        limited: ApiError | None = None
+        if tickets is not None:
+            try:
+                await tickets.admit(self.core, conversation_id=self.cid, reason=d.reason, source="tutor",
+                                    urgent=d.urgent, category=d.category)
+            except ApiError as err:
+                if err.code != "rate_limited":
+                    raise
+                limited = err
+            except Exception:  # the check failed (database): try the escalation as before
+                log.exception("escalation limit check failed", extra={"conversation_id": str(self.cid)})
+        reachable = tickets is not None and limited is None
+        content = tutor_texts.escalation(self.question, d.category, person_reachable=reachable)
         message = await self.commit(content, {"model": usage.model if usage else "rules",
-                                              "escalation": {"category": d.category, "urgent": d.urgent}})
+                                              "escalation": {"category": d.category, "urgent": d.urgent,
+                                                             **({"rate_limited": True} if limited else {})}})
         if message is None:  # a person took over meanwhile: nothing more to do
             await self.tell_cancelled()
             await self.log("cut_off", None, usage=usage)
             return
         ticket: dict[str, Any] | None = None
-        if tickets is not None:
+        if reachable:
             try:
                 ticket = await tickets.escalate(
                     self.core, conversation_id=self.cid, reason=d.reason, escalated_by=None,
-                    source="tutor", urgent=d.urgent, category=d.category,
+                    source="tutor", urgent=d.urgent, category=d.category, admitted=True,
                 )
             except Exception:
                 log.exception("escalation to a person failed", extra={"conversation_id": str(self.cid), "urgent": d.urgent})
         elif d.urgent:
-            log.error("urgent escalation but no tickets service", extra={"conversation_id": str(self.cid)})
+            log.error("urgent escalation but no ticket could be opened",
+                      extra={"conversation_id": str(self.cid), "rate_limited": limited is not None})
         await self.log("escalated", message["id"], usage=usage,
-                       details={"ticket_id": str(ticket["id"]) if ticket else None})
+                       details={"ticket_id": str(ticket["id"]) if ticket else None,
+                                **({"rate_limited": True} if limited else {})})
 
     async def answer(self, passages: list[Passage], history: list[dict[str, Any]]) -> None:
         """Stream the answer as deltas, watching for tutor:stop and mode changes, then commit."""
@@ -249,20 +278,40 @@ class Turn:
             log.error("could not build the tutor prompt", exc_info=exc, extra={"conversation_id": str(self.cid)})
             await self._failed("internal error", [])
             return
+        abandoned = False
         try:
             live.task = asyncio.create_task(self._consume(stream))
             if live.cut:
                 live.task.cancel()
             # Written while the model request is in flight: only tutor:stop sent to another
             # instance needs the row; one sent in the millisecond before it exists is missed.
-            async with self.core.db.connection() as conn:
-                await store.start_stream(conn, self.cid, live.answer_id, self.core.instance_id)
+            # None for the offline tutor: nothing is spent.
+            self.usage_at_start = start = self._estimate(prompt, "")
+            async with self.core.db.transaction() as conn:
+                if start is not None:
+                    self.usage_id = await store.record_usage(
+                        conn, user_id=self.msg["sender_id"], conversation_id=self.cid, message_id=live.answer_id,
+                        model=start.model, prompt_tokens=start.prompt_tokens, completion_tokens=0,
+                        cost_usd=start.cost_usd, estimated=True,
+                    )
+                orphan = await store.start_stream(conn, self.cid, live.answer_id, self.core.instance_id, self.usage_id)
+            self._touched_at = time.monotonic()
+            if orphan is not None:  # an answer a crashed instance left half-streamed here
+                await self.core.events.to_users(self.member_ids, "message:cancelled", {
+                    "conversation_id": self.cid, "message_id": orphan, "reason": "interrupted",
+                })
             await self._watch()
+        except asyncio.CancelledError:
+            # This instance is going away (shutdown): leave the stream's row, and the usage
+            # so far, for the sweeper of whichever instance is left to tell the members.
+            abandoned = True
+            raise
         finally:
             if live.task is not None and not live.task.done():
                 live.task.cancel()
-            async with self.core.db.connection() as conn:
-                await store.end_stream(conn, self.cid, live.answer_id)
+            if not abandoned:
+                async with self.core.db.connection() as conn:
+                    await store.end_stream(conn, self.cid, live.answer_id)
         passages_shown = stream.passages if isinstance(stream, OfflineStream) else built_passages
         await self._finish(live.task, isinstance(stream, OfflineStream), passages_shown, prompt)
 
@@ -314,6 +363,26 @@ class Turn:
                 self.live.stop("mode_changed")
             elif stop:
                 self.live.stop("stopped")
+            await self._touch()
+
+    async def _touch(self) -> None:
+        """Every quarter of the stale time: say this stream is alive, and record the tokens
+        streamed so far in its usage row (what a crash would otherwise lose)."""
+        every = max(self.svc.poll_seconds, self.core.settings.tutor_stream_stale_seconds / 4)
+        if time.monotonic() - self._touched_at < every:
+            return
+        self._touched_at = time.monotonic()
+        completion_tokens, cost_usd = 0, 0.0
+        start, model = self.usage_at_start, self.svc.model
+        if start is not None and model is not None:
+            completion_tokens = count_tokens(self.live.text)
+            cost_usd = start.cost_usd + completion_tokens * model.config.price(model.config.model)[1] / 1_000_000
+        try:
+            async with self.core.db.connection() as conn:
+                await store.touch_stream(conn, self.cid, self.live.answer_id, usage_id=self.usage_id,
+                                         completion_tokens=completion_tokens, cost_usd=cost_usd)
+        except Exception:
+            log.warning("tutor stream touch failed", exc_info=True)
 
     def _estimate(self, prompt: list[dict[str, str]], text: str) -> StreamResult | None:
         """Usage of a stream that did not finish (stopped or broken): counted locally."""

@@ -177,12 +177,19 @@ def _overlap_start(text: str, prev: _Span, overlap: int) -> int:
     return cut
 
 
+class TooManyChunks(ValueError):
+    """The text makes more than `max_chunks` chunks (raised as soon as it does)."""
+
+
 def chunk_text(
     text: str,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     overlap_tokens: int = DEFAULT_OVERLAP_TOKENS,
+    max_chunks: int = 0,
 ) -> list[Chunk]:
-    """Split normalised document text into chunks of at most `max_tokens` tokens."""
+    """Split normalised document text into chunks of at most `max_tokens` tokens.
+
+    `max_chunks` (0: no cap) stops the work at the first chunk past the cap."""
     if max_tokens < 8:
         raise ValueError("max_tokens must be at least 8")
     overlap_tokens = max(0, min(overlap_tokens, max_tokens // 2))
@@ -190,6 +197,8 @@ def chunk_text(
     chunks: list[Chunk] = []
 
     def emit(start: int, end: int, tokens: int, path: list[str]) -> None:
+        if max_chunks and len(chunks) >= max_chunks:
+            raise TooManyChunks(f"the document makes more than {max_chunks:,} chunks")
         chunks.append(Chunk(len(chunks), text[start:end], start, end, tokens, list(path)))
 
     for section in _sections(text):

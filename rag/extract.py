@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from bs4 import BeautifulSoup, NavigableString, Tag
-from pypdf import PdfReader
+from pypdf import PdfReader, apply_configuration
+from pypdf.errors import LimitReachedError
 from pypdf.errors import PyPdfError as PdfError
 
 SUPPORTED_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".html", ".htm", ".pdf"})
@@ -46,6 +47,58 @@ class UnsupportedFormat(DocumentError):
 
 class EmptyDocument(DocumentError):
     """No text could be extracted (e.g. a scanned PDF without a text layer)."""
+
+
+class DocumentTooLarge(DocumentError):
+    """The document expands past a cap (text, pages, one page's text, chunks): `too_large`."""
+
+
+# One page's content stream may decompress to at most this much. A text-heavy page is a few
+# KB and a dense vector figure a few MB; a decompression bomb is tens of MB from a few KB.
+MAX_PAGE_CONTENT_BYTES = 8_000_000
+
+
+@dataclass(frozen=True)
+class DocumentLimits:
+    """Caps on what one document may expand to (text, pages, one page's text, chunks); 0
+    turns a cap off.
+
+    Checked while extracting (page by page, and within a page as its text is produced), so
+    a small file that expands to gigabytes is refused after reading just past the cap,
+    never extracted in full first."""
+
+    max_text_chars: int = 0
+    max_pages: int = 0
+    max_page_chars: int = 0
+    max_chunks: int = 0  # checked by the chunker (rag/chunking.py), as chunks are made
+
+    def check_text(self, length: int) -> None:
+        if self.max_text_chars and length > self.max_text_chars:
+            raise DocumentTooLarge(f"the document has more than {self.max_text_chars:,} characters of text")
+
+
+class _PageTextBudget:
+    """pypdf text visitor that stops a page's extraction once its text passes the budget."""
+
+    def __init__(self, budget: int, failure: str) -> None:
+        self.budget, self.failure, self.seen = budget, failure, 0
+
+    def __call__(self, text: str, *_: object) -> None:
+        self.seen += len(text)
+        if self.seen > self.budget:
+            raise DocumentTooLarge(self.failure)
+
+
+def _page_budget(limits: DocumentLimits, page_number: int, so_far: int) -> _PageTextBudget | None:
+    """The visitor for one page: its own cap, or what is left of the document's, if smaller."""
+    left = limits.max_text_chars - so_far if limits.max_text_chars else None
+    if limits.max_page_chars and (left is None or limits.max_page_chars <= left):
+        return _PageTextBudget(limits.max_page_chars,
+                               f"page {page_number} has more than {limits.max_page_chars:,} characters of text")
+    if left is not None:
+        return _PageTextBudget(max(left, 0), f"the document has more than {limits.max_text_chars:,} characters "
+                                             f"of text (reached on page {page_number})")
+    return None
 
 
 @dataclass(frozen=True)
@@ -110,11 +163,35 @@ def html_to_text(html: str) -> tuple[str, str | None]:
     return soup.get_text(), title
 
 
-def pdf_to_text(data: bytes) -> tuple[str, str | None]:
-    """Text of every page (pages separated by a blank line), and the PDF's title metadata."""
-    reader = PdfReader(io.BytesIO(data))
-    pages = [page.extract_text() or "" for page in reader.pages]
-    meta_title = reader.metadata.title if reader.metadata else None
+def pdf_to_text(data: bytes, limits: DocumentLimits | None = None) -> tuple[str, str | None]:
+    """Text of every page (pages separated by a blank line), and the PDF's title metadata.
+
+    Pages are extracted one at a time and the caps checked as the text grows, so a
+    decompression bomb stops within a page of the cap: pypdf's own limit bounds what one
+    content stream may decompress to, and a visitor stops a page whose text passes what is
+    left of the document's budget or the per-page cap."""
+    limits = limits or DocumentLimits()
+    with apply_configuration(zlib_maximum_output_length=MAX_PAGE_CONTENT_BYTES,
+                             lzw_maximum_output_length=MAX_PAGE_CONTENT_BYTES,
+                             run_length_maximum_output_length=MAX_PAGE_CONTENT_BYTES,
+                             brotli_maximum_output_length=MAX_PAGE_CONTENT_BYTES):
+        reader = PdfReader(io.BytesIO(data))
+        page_count = len(reader.pages)
+        if limits.max_pages and page_count > limits.max_pages:
+            raise DocumentTooLarge(f"the PDF has {page_count:,} pages, more than {limits.max_pages:,}")
+        pages: list[str] = []
+        total = 0
+        for number, page in enumerate(reader.pages, start=1):
+            visitor = _page_budget(limits, number, total)
+            try:
+                text = page.extract_text(visitor_text=visitor) or ""
+            except LimitReachedError as exc:
+                raise DocumentTooLarge(
+                    f"page {number}'s content is over {MAX_PAGE_CONTENT_BYTES:,} bytes: {exc}") from exc
+            total += len(text) + 2
+            limits.check_text(total)
+            pages.append(text)
+        meta_title = reader.metadata.title if reader.metadata else None
     return "\n\n".join(pages), (str(meta_title) if meta_title else None)
 
 
@@ -129,8 +206,11 @@ def guess_title(text: str, fallback: str) -> str:
     return fallback
 
 
-def extract(data: bytes | str, filename: str) -> Extracted:
-    """Extract and normalise a document; the format comes from the file name's suffix."""
+def extract(data: bytes | str, filename: str, limits: DocumentLimits | None = None) -> Extracted:
+    """Extract and normalise a document; the format comes from the file name's suffix.
+
+    `DocumentTooLarge` when it expands past `limits`."""
+    limits = limits or DocumentLimits()
     suffix = PurePath(filename).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise UnsupportedFormat(f"unsupported file type {suffix or '(none)'!r}: use .txt, .md, .html or .pdf")
@@ -139,11 +219,14 @@ def extract(data: bytes | str, filename: str) -> Extracted:
         if isinstance(data, str):
             raise UnsupportedFormat("a PDF must be given as bytes")
         try:
-            raw, meta_title = pdf_to_text(data)
+            raw, meta_title = pdf_to_text(data, limits)
+        except DocumentTooLarge:
+            raise
         except (PdfError, ValueError, KeyError, TypeError) as exc:  # pypdf's errors on broken files
             raise DocumentError(f"unreadable PDF: {exc}") from exc
     else:
         raw = decode_bytes(data) if isinstance(data, bytes) else data
+        limits.check_text(len(raw))  # HTML markup only shrinks when its text is taken out
         if suffix in (".html", ".htm"):
             raw, meta_title = html_to_text(raw)
     text = normalize_text(raw)
@@ -152,7 +235,7 @@ def extract(data: bytes | str, filename: str) -> Extracted:
     return Extracted(title=title, text=text, content_hash=content_hash(text))
 
 
-def extract_file(path: str | Path) -> Extracted:
+def extract_file(path: str | Path, limits: DocumentLimits | None = None) -> Extracted:
     """`extract` for a file on disk."""
     path = Path(path)
-    return extract(path.read_bytes(), path.name)
+    return extract(path.read_bytes(), path.name, limits)

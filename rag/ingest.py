@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from rag.extract import SUPPORTED_SUFFIXES, DocumentError
+from rag.extract import SUPPORTED_SUFFIXES, DocumentError, DocumentTooLarge
 from rag.retrieval import KnowledgeBase
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ async def ingest_paths(
 ) -> IngestReport:
     """Ingest every supported file under `paths`; duplicates are counted, not stored twice.
 
-    A file that cannot be read is reported in `failed` and the run goes on.
+    A file that cannot be read, or expands past the knowledge base's caps, is reported in
+    `failed` and the run goes on.
     """
     files = list(find_files(paths))
     report = IngestReport()
@@ -58,7 +59,8 @@ async def ingest_paths(
             try:
                 document, created = await kb.ingest_file(path, course=course)
             except (DocumentError, OSError) as exc:
-                report.failed[str(path)] = str(exc)
+                too_large = isinstance(exc, DocumentTooLarge)
+                report.failed[str(path)] = f"too large, skipped ({exc})" if too_large else str(exc)
                 log.warning("ingest failed", extra={"path": str(path), "error": str(exc)})
                 continue
             if created:

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from rag.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP_TOKENS, chunk_text
+from rag.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP_TOKENS, TooManyChunks, chunk_text
 from rag.embeddings import Embedder
-from rag.extract import EmptyDocument, content_hash, extract, normalize_text
+from rag.extract import DocumentLimits, DocumentTooLarge, EmptyDocument, content_hash, extract, normalize_text
 from storage import documents as store
 from storage.db import Database
 
@@ -97,8 +97,10 @@ class KnowledgeBase:
         max_tokens: int = DEFAULT_MAX_TOKENS,
         overlap_tokens: int = DEFAULT_OVERLAP_TOKENS,
         embed_batch: int = 64,
+        limits: DocumentLimits | None = None,
     ) -> None:
         self.db = db
+        self.limits = limits or DocumentLimits()
         self.embedder = embedder
         self.max_tokens = max_tokens
         self.overlap_tokens = overlap_tokens
@@ -120,7 +122,10 @@ class KnowledgeBase:
         course: str | None = None,
         created_by: UUID | None = None,
     ) -> tuple[store.DocumentRow, bool]:
-        """Store a document; `(existing, False)` if the same normalised text is stored already."""
+        """Store a document; `(existing, False)` if the same normalised text is stored already.
+
+        `DocumentTooLarge` past the text or chunk caps (`self.limits`)."""
+        self.limits.check_text(len(text))
         text = normalize_text(text)
         if not text:
             raise EmptyDocument("the document has no text")
@@ -130,7 +135,11 @@ class KnowledgeBase:
         if existing is not None:
             return existing, False
         # Chunking a long document takes about a second per MB of text: keep it off the loop.
-        chunks = await asyncio.to_thread(chunk_text, text, self.max_tokens, self.overlap_tokens)
+        try:
+            chunks = await asyncio.to_thread(
+                chunk_text, text, self.max_tokens, self.overlap_tokens, self.limits.max_chunks)
+        except TooManyChunks as exc:
+            raise DocumentTooLarge(str(exc)) from None
         vectors = await self._embed([embedding_input(c.heading_path, c.content) for c in chunks])
         new_chunks = [
             store.NewChunk(c.index, c.content, c.start_char, c.end_char, c.token_count, c.heading_path, v)
@@ -162,7 +171,7 @@ class KnowledgeBase:
             source = source or str(path)
         if not filename:
             raise ValueError("filename is needed to tell the file type of raw bytes")
-        extracted = await asyncio.to_thread(extract, data, filename)  # pypdf can be slow
+        extracted = await asyncio.to_thread(extract, data, filename, self.limits)  # pypdf can be slow
         return await self.ingest_text(
             title or extracted.title, extracted.text, source=source or filename,
             language=language, course=course, created_by=created_by,

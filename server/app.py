@@ -18,6 +18,7 @@ from aiohttp import web
 
 from handlers import presence, registry
 from handlers.core import Core
+from handlers.ratelimit import RateLimiter
 from server import documents as documents_feature
 from server import pages, routes_accounts, routes_static, threads
 from server import rooms as rooms_feature
@@ -99,7 +100,10 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         bind_metrics(app[METRICS], db.outage)
         sio = app[SIO]
-        core = Core(settings=settings, db=db, events=SocketEvents(sio, db, app[METRICS]), instance_id=uuid.uuid4())
+        core = Core(
+            settings=settings, db=db, events=SocketEvents(sio, db, app[METRICS]), instance_id=uuid.uuid4(),
+            limiter=RateLimiter(settings.redis_url, prefix=settings.redis_channel),
+        )
         app[CORE] = core
         gateway = Gateway(sio, core, app[METRICS])
         gateway.on_connect.append(presence.socket_connected)
@@ -127,6 +131,7 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
                 await connections.remove_instance(conn, core.instance_id)
         except Exception as exc:  # the database is gone: others reap this instance after its heartbeat stops
             log.warning("shutdown: could not deregister this instance: %r", exc)
+        await core.limiter.close()
         log.info("shutdown: closing the database pool")
         try:
             await asyncio.wait_for(db.close(), settings.shutdown_seconds)

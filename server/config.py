@@ -168,6 +168,24 @@ class Settings:
     # -- hardening: HTTP edges and disclosure --
 
     # -- hardening: tutor limits and recovery --
+    # Per user, "COUNT/SECONDS[,COUNT/SECONDS]" (parsed by handlers/tutor_limits.py); "0" is
+    # off. Why these numbers: docs/security.md (far above what a student reading answers does).
+    tutor_question_limits: str = "10/60,150/3600"
+    tutor_question_limits_guest: str = "5/60,40/3600"
+    tutor_session_limits: str = "20/3600"
+    tutor_session_limits_guest: str = "6/3600"
+    tutor_escalation_limits: str = "6/3600"
+    tutor_escalation_limits_guest: str = "3/3600"
+    # Deployment-wide: tickets opened for guests (a swarm of fresh guests).
+    guest_ticket_limits: str = "30/60"
+    # Document extraction caps (a decompression bomb must not fill memory); 0 is off.
+    doc_max_text_chars: int = 4_000_000
+    doc_max_pages: int = 3000
+    doc_max_page_chars: int = 100_000
+    doc_max_chunks: int = 10_000
+    # An answer whose streaming instance stopped touching its row this long ago was abandoned.
+    tutor_stream_stale_seconds: float = 20.0
+    tutor_stream_sweep_seconds: float = 5.0
 
     log_level: str = "INFO"
     log_json: bool | None = None  # None: JSON when stderr is not a terminal
@@ -236,6 +254,20 @@ class Settings:
             # -- hardening: HTTP edges and disclosure --
 
             # -- hardening: tutor limits and recovery --
+            tutor_question_limits=e.get("STUDYHALL_TUTOR_QUESTION_LIMITS") or d.tutor_question_limits,
+            tutor_question_limits_guest=e.get("STUDYHALL_TUTOR_QUESTION_LIMITS_GUEST") or d.tutor_question_limits_guest,
+            tutor_session_limits=e.get("STUDYHALL_TUTOR_SESSION_LIMITS") or d.tutor_session_limits,
+            tutor_session_limits_guest=e.get("STUDYHALL_TUTOR_SESSION_LIMITS_GUEST") or d.tutor_session_limits_guest,
+            tutor_escalation_limits=e.get("STUDYHALL_TUTOR_ESCALATION_LIMITS") or d.tutor_escalation_limits,
+            tutor_escalation_limits_guest=(e.get("STUDYHALL_TUTOR_ESCALATION_LIMITS_GUEST")
+                                           or d.tutor_escalation_limits_guest),
+            guest_ticket_limits=e.get("STUDYHALL_GUEST_TICKET_LIMITS") or d.guest_ticket_limits,
+            doc_max_text_chars=_int(e, "STUDYHALL_DOC_MAX_TEXT_CHARS", d.doc_max_text_chars),
+            doc_max_pages=_int(e, "STUDYHALL_DOC_MAX_PAGES", d.doc_max_pages),
+            doc_max_page_chars=_int(e, "STUDYHALL_DOC_MAX_PAGE_CHARS", d.doc_max_page_chars),
+            doc_max_chunks=_int(e, "STUDYHALL_DOC_MAX_CHUNKS", d.doc_max_chunks),
+            tutor_stream_stale_seconds=_float(e, "STUDYHALL_TUTOR_STREAM_STALE_SECONDS", d.tutor_stream_stale_seconds),
+            tutor_stream_sweep_seconds=_float(e, "STUDYHALL_TUTOR_STREAM_SWEEP_SECONDS", d.tutor_stream_sweep_seconds),
             log_level=(e.get("STUDYHALL_LOG_LEVEL") or d.log_level).upper(),
             log_json=_bool(e, "STUDYHALL_LOG_JSON", False) if e.get("STUDYHALL_LOG_JSON") else None,
         )

@@ -17,6 +17,7 @@ from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.knowledge import kb_of
 from handlers.pipeline import get_pipeline
+from handlers.tutor_limits import TutorGate, TutorLimits
 from server.gateway import EventSpec, Gateway
 from server.http import core_of, path_uuid, query_uuid, require_actor
 from server.jsonutil import json_response
@@ -85,12 +86,15 @@ async def get_decisions(request: web.Request) -> web.Response:
 
 
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Crash recovery while the app runs; close workers, locks and the model client after."""
+    """Crash recovery and the sweep of abandoned answers while the app runs; close workers,
+    locks and the model client after."""
     service = tutor.service_of(app[CORE])
-    task = asyncio.create_task(service.recovery_loop(), name="tutor-recovery")
+    tasks = [asyncio.create_task(service.recovery_loop(), name="tutor-recovery"),
+             asyncio.create_task(service.sweep_loop(), name="tutor-sweep")]
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     await service.close()
 
 
@@ -104,5 +108,7 @@ def setup(app: web.Application) -> None:
 def bind(app: web.Application, core: Core, gateway: Gateway) -> None:
     """Install the tutor service and its pipeline hook; register the tutor events."""
     core.services["tutor"] = tutor.TutorService(core, kb_of(core), tutor.chat_model_from_settings(core.settings))
+    core.services["tutor_limits"] = TutorGate(core.limiter, TutorLimits.from_settings(core.settings))
+    get_pipeline(core).before_commit.append(tutor.check_question)
     get_pipeline(core).after_commit.append(tutor.on_message_committed)
     gateway.add_events(EVENTS)

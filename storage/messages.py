@@ -188,3 +188,11 @@ async def since(conn: asyncpg.Connection, wanted: dict[UUID, int], *, limit: int
 async def recent(conn: asyncpg.Connection, conversation_id: UUID, limit: int) -> list[dict[str, Any]]:
     msgs, _ = await history(conn, conversation_id, before_seq=None, limit=limit)
     return msgs
+
+
+async def exists_for_client_id(conn: asyncpg.Connection, conversation_id: UUID, sender_id: UUID, client_id: str) -> bool:
+    """Whether the sender already has a message with this client_id here (a resend)."""
+    return await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE conversation_id = $1 AND sender_id = $2 AND client_id = $3)",
+        conversation_id, sender_id, client_id,
+    )

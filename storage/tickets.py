@@ -235,3 +235,16 @@ async def tutor_decisions(conn: asyncpg.Connection, conversation_id: UUID, *, li
         conversation_id, limit,
     )
     return [r["row"] for r in rows]
+
+
+async def escalation_owner(conn: asyncpg.Connection, conversation_id: UUID) -> tuple[UUID, str, bool] | None:
+    """(owner id, owner role, has an open or assigned ticket) of a conversation, for the
+    escalation limits: only an escalation that would open a new ticket counts."""
+    row = await conn.fetchrow(
+        """SELECT c.created_by, u.role,
+                  EXISTS (SELECT 1 FROM tickets t WHERE t.conversation_id = c.id
+                          AND t.status IN ('open', 'assigned')) AS active
+           FROM conversations c JOIN users u ON u.id = c.created_by WHERE c.id = $1""",
+        conversation_id,
+    )
+    return (row["created_by"], row["role"], row["active"]) if row else None

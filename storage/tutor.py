@@ -77,14 +77,52 @@ async def unanswered(
 
 # ---- streams in progress --------------------------------------------------------------
 
-async def start_stream(conn: asyncpg.Connection, conversation_id: UUID, answer_id: UUID, instance_id: UUID) -> None:
-    """Record the answer now streaming (replaces a row left by a crashed instance)."""
-    await conn.execute(
-        """INSERT INTO tutor_streams (conversation_id, answer_id, instance_id) VALUES ($1, $2, $3)
-           ON CONFLICT (conversation_id) DO UPDATE
-           SET answer_id = $2, instance_id = $3, stop_requested = false, started_at = now()""",
-        conversation_id, answer_id, instance_id,
+async def start_stream(
+    conn: asyncpg.Connection, conversation_id: UUID, answer_id: UUID, instance_id: UUID, usage_id: int | None = None
+) -> UUID | None:
+    """Record the answer now streaming. A row left by an answer that was never committed
+    (its instance crashed) is replaced: its answer id is returned, so members can be told
+    to drop that partial text."""
+    return await conn.fetchval(
+        """WITH old AS (SELECT answer_id FROM tutor_streams WHERE conversation_id = $1 FOR UPDATE),
+                saved AS (
+                    INSERT INTO tutor_streams (conversation_id, answer_id, instance_id, usage_id)
+                    VALUES ($1, $2, $3, $4)
+                    ON CONFLICT (conversation_id) DO UPDATE
+                    SET answer_id = $2, instance_id = $3, stop_requested = false, started_at = now(),
+                        touched_at = now(), usage_id = $4
+                    RETURNING 1)
+           SELECT old.answer_id FROM old, saved
+           WHERE old.answer_id <> $2 AND NOT EXISTS (SELECT 1 FROM messages WHERE id = old.answer_id)""",
+        conversation_id, answer_id, instance_id, usage_id,
     )
+
+
+async def touch_stream(
+    conn: asyncpg.Connection, conversation_id: UUID, answer_id: UUID, *,
+    usage_id: int | None = None, completion_tokens: int = 0, cost_usd: float = 0.0,
+) -> None:
+    """The streaming instance is alive; its usage row gets the tokens streamed so far."""
+    await conn.execute(
+        """WITH touched AS (UPDATE tutor_streams SET touched_at = now() WHERE conversation_id = $1 AND answer_id = $2)
+           UPDATE llm_usage SET completion_tokens = $4, cost_usd = $5 WHERE id = $3""",
+        conversation_id, answer_id, usage_id, completion_tokens, cost_usd,
+    )
+
+
+async def take_abandoned_streams(conn: asyncpg.Connection, stale_seconds: float) -> list[tuple[UUID, UUID, bool]]:
+    """Remove and return streams whose instance stopped touching them for `stale_seconds`
+    or is gone: (conversation_id, answer_id, committed). Several instances may sweep at
+    once; each row goes to one of them."""
+    rows = await conn.fetch(
+        """DELETE FROM tutor_streams s
+           WHERE s.touched_at < now() - make_interval(secs => $1)
+              OR NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = s.instance_id)
+           RETURNING s.conversation_id, s.answer_id,
+                     EXISTS (SELECT 1 FROM messages m WHERE m.id = s.answer_id) AS committed""",
+        float(stale_seconds),
+    )
+    return [(r["conversation_id"], r["answer_id"], r["committed"]) for r in rows]
 
 
 async def end_stream(conn: asyncpg.Connection, conversation_id: UUID, answer_id: UUID) -> None:
@@ -171,13 +209,29 @@ async def record_usage(
     completion_tokens: int,
     cost_usd: float,
     estimated: bool,
-) -> None:
-    await conn.execute(
+    usage_id: int | None = None,
+) -> int:
+    """Insert a usage row, or (with `usage_id`) complete the one written when the call began."""
+    if usage_id is not None:
+        done = await conn.fetchval(
+            """UPDATE llm_usage SET message_id = $2, model = $3, prompt_tokens = $4, completion_tokens = $5,
+                                    cost_usd = $6, estimated = $7
+               WHERE id = $1 RETURNING id""",
+            usage_id, message_id, model, prompt_tokens, completion_tokens, cost_usd, estimated,
+        )
+        if done is not None:
+            return done
+    return await conn.fetchval(
         """INSERT INTO llm_usage (user_id, conversation_id, message_id, model, prompt_tokens,
                                   completion_tokens, cost_usd, estimated)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
         user_id, conversation_id, message_id, model, prompt_tokens, completion_tokens, cost_usd, estimated,
     )
+
+
+async def delete_usage(conn: asyncpg.Connection, usage_id: int) -> None:
+    """Drop a usage row written when a call began that turned out to cost nothing."""
+    await conn.execute("DELETE FROM llm_usage WHERE id = $1", usage_id)
 
 
 async def usage_for_user(conn: asyncpg.Connection, user_id: UUID, *, since: datetime | None = None) -> list[dict[str, Any]]:

@@ -154,7 +154,7 @@ class Widget {
         this.renderSeen();
       }
     });
-    this.live.on("disconnect", () => this.messagesEl.querySelectorAll(".draft .msg-note").forEach((n) => { n.textContent = "connection lost — the full answer will follow"; }));
+    this.live.on("disconnect", () => this.messagesEl.querySelectorAll(".draft .msg-note").forEach((n) => { n.textContent = "connection lost — the answer will follow"; }));
     await this.openConversation();
   }
 
@@ -185,6 +185,7 @@ class Widget {
     this.olderBtn.hidden = !timeline.hasOlder;
     timeline.subscribe((m) => {
       this.view.upsert(m);
+      if (m.metadata?.reply_to) this.dropSuperseded(m.metadata.reply_to, m.id);
       this.renderSeen();
     });
     this.notice(null);
@@ -208,11 +209,27 @@ class Widget {
   }
 
   // ---- live events --------------------------------------------------------------------
-  onDelta({ conversation_id, message_id, delta }) {
+  onDelta({ conversation_id, message_id, delta, reply_to }) {
     if (conversation_id !== this.conversation?.id) return;
+    if (reply_to) this.dropSuperseded(reply_to, message_id);
     this.view.delta(message_id, delta);
+    const draft = this.messagesEl.querySelector(`li.draft[data-id="${message_id}"]`);
+    if (draft && reply_to) draft.dataset.replyTo = reply_to;
     this.stopBtn.hidden = false;
     this.stopBtn.dataset.conversationId = conversation_id;
+  }
+
+  /**
+   * Another answer to the same question (a recovered one, after the instance streaming the
+   * first died) makes the first one's draft an orphan: drop it, even if the
+   * `message:cancelled` for it was missed while offline. Committed answers arrive by seq
+   * (live or through `sync`), so this holds after any reconnect.
+   */
+  dropSuperseded(replyTo, keepId) {
+    this.messagesEl.querySelectorAll("li.draft").forEach((el) => {
+      if (el.dataset.replyTo === replyTo && el.dataset.id !== keepId) el.remove();
+    });
+    if (!this.messagesEl.querySelector(".draft")) this.stopBtn.hidden = true;
   }
 
   onMessage(message) {
