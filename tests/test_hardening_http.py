@@ -1,0 +1,332 @@
+"""Hardening of the HTTP edges: hostile requests never answer 500, errors reveal nothing
+about which ids exist, pages carry their security headers, /metrics is not public, and
+`sync` answers stay small enough to deliver.
+
+Everything goes through real HTTP (aiohttp's client, or raw bytes on a socket for what
+that client refuses to send), real Socket.IO clients and a real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+import pytest
+
+from server.keys import SETTINGS
+from tests.client import Api, Instance, User
+
+# --- helpers -------------------------------------------------------------------------------
+
+NEVER_A_UUID = "00000000-0000-4000-8000-000000000000"
+
+
+async def raw_request(url: str, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+    """Send bytes as they are (aiohttp's client refuses non-ASCII headers); return the
+    status and the body of the answer."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    status_line, _, rest = data.partition(b"\r\n")
+    _, _, payload = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), payload
+
+
+def head_of(method: str, target: bytes, headers: dict[bytes, bytes], body: bytes = b"") -> bytes:
+    lines = [method.encode() + b" " + target + b" HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close"]
+    lines += [k + b": " + v for k, v in headers.items()]
+    lines.append(b"Content-Length: " + str(len(body)).encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def is_protocol_error(body: Any) -> bool:
+    return (
+        isinstance(body, dict) and isinstance(body.get("error"), dict)
+        and isinstance(body["error"].get("code"), str) and isinstance(body["error"].get("message"), str)
+    )
+
+
+async def admin_and_guest(api: Api, db: Any) -> tuple[User, User]:
+    return await api.staff(db, "admin"), await api.guest("Visitor")
+
+
+# --- 1. the cases named in the issue ---------------------------------------------------------
+
+async def test_multipart_without_boundary_is_bad_request(api: Api, db: Any) -> None:
+    admin = await api.staff(db, "admin")
+    for content_type in ("multipart/form-data", "multipart/form-data; boundary=", "multipart/form-data; boundary=\"\""):
+        status, body = await api.request(
+            "POST", "/api/documents", admin, data=b"--x\r\n\r\nhello\r\n--x--\r\n", headers={"Content-Type": content_type},
+        )
+        assert status == 400 and is_protocol_error(body) and body["error"]["code"] == "bad_request", (content_type, status, body)
+
+
+async def test_non_ascii_authorization_is_unauthorized(server: Instance, api: Api) -> None:
+    for token in (b"Bearer \xff\xfe\xfd", "Bearer caf\u00e9".encode(), b"Bearer \xed\xa0\x80abc"):
+        status, payload = await raw_request(server.url, head_of("GET", b"/api/me", {b"Authorization": token}))
+        assert status == 401, (token, status, payload)
+        assert is_protocol_error(orjson.loads(payload)), payload
+
+
+async def test_nul_in_upload_file_name_is_bad_request(api: Api, db: Any) -> None:
+    admin = await api.staff(db, "admin")
+    for disposition in (
+        'form-data; name="file"; filename="notes\x00.md"',
+        "form-data; name=\"file\"; filename*=UTF-8''notes%00.md",
+    ):
+        boundary = "b0undary"
+        body = (
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: text/markdown\r\n\r\n"
+            f"# Notes\n\nSome text.\r\n--{boundary}--\r\n"
+        ).encode()
+        status, answer = await api.request(
+            "POST", "/api/documents", admin, data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        assert status == 400 and is_protocol_error(answer), (disposition, status, answer)
+
+
+async def test_nul_in_multipart_field_is_bad_request(api: Api, db: Any) -> None:
+    admin = await api.staff(db, "admin")
+    form = aiohttp.FormData()
+    form.add_field("title", "a\x00b")
+    form.add_field("file", b"# Notes\n\nSome text.", filename="notes.md", content_type="text/markdown")
+    status, answer = await api.request("POST", "/api/documents", admin, data=form)
+    assert status == 400 and is_protocol_error(answer), (status, answer)
+
+
+@pytest.mark.parametrize("target", [
+    "/api/search?q=%00", "/api/search?q=x&course=%00", "/api/documents?course=a%00b",
+    "/api/live-sessions?status=%00", "/api/tickets?status=%00", "/api/tickets?assigned=%00",
+    "/api/search?q=%ED%A0%80", "/api/search?q=%FF%FE", "/api/live-sessions?status=%C0%80",
+])
+async def test_nul_or_bad_utf8_in_query_is_bad_request(api: Api, db: Any, target: str) -> None:
+    admin = await api.staff(db, "admin")
+    status, body = await api.request("GET", target, admin)
+    assert status == 400 and is_protocol_error(body) and body["error"]["code"] == "bad_request", (status, body)
+
+
+async def test_unstorable_json_values_are_bad_request(api: Api, db: Any) -> None:
+    """What no field check catches (a NUL in text, a date PostgreSQL cannot hold) is the
+    client's input: `bad_request`, never 500."""
+    mentor = await api.staff(db, "mentor")
+    cases = [
+        ("/api/auth/guest", None, b'{"name": "a\\u0000b"}'),
+        ("/api/live-sessions", mentor, b'{"title": "Late", "max_participants": 5, "scheduled_start_time": "0001-01-01T00:00:00+14:00"}'),
+    ]
+    for path, user, body in cases:
+        status, answer = await api.request("POST", path, user, data=body, headers={"Content-Type": "application/json"})
+        assert status == 400 and is_protocol_error(answer) and answer["error"]["code"] == "bad_request", (path, status, answer)
+
+
+async def test_static_errors_have_the_protocol_body(api: Api) -> None:
+    for path in ("/static/js/", "/static/" + "x" * 300, "/static/nothing.html", "/static/%2e%2e/README.md", "/static/../server/app.py"):
+        status, body = await api.request("GET", path)
+        assert 400 <= status < 500 and is_protocol_error(body) and body["error"]["code"] == "not_found", (path, status, body)
+
+
+# --- 1. every route, hostile variants --------------------------------------------------------
+
+QUERY_NAMES = (
+    "q", "k", "course", "status", "limit", "offset", "before_seq", "host_id", "assigned", "user_id", "since",
+    "EIO", "transport", "sid",
+)
+QUERY_VALUES = ("a%00b", "%FF%FE", "-1", "99999999999999999999999999", "not-a-uuid", "2026-13-45T99:99:99")
+PATH_VALUES = (NEVER_A_UUID, "not-a-uuid", "%00", "a%00b", "%FF%FE", "%ED%A0%80", "x" * 3000, "..%2F..%2Fetc%2Fpasswd")
+STATIC_TAILS = ("/%00", "/a%00b.html", "/%FF", "/..%2F..%2FREADME.md", "/css/app.css%00", "/" + "x" * 3000, "/js/")
+FIELDS = (
+    "email", "password", "name", "role", "title", "content", "source", "language", "course", "user_id",
+    "notify_when_online", "max_participants", "scheduled_start_time", "type", "is_featured", "member_ids",
+    "since", "k", "q",
+)
+# Each is put in every field at once; the first few also in one field at a time.
+PER_FIELD_VALUES = (b'"a\\u0000b"', b"123456789012345678901234567890", b"[]", b'"0001-01-01T00:00:00+14:00"')
+HOSTILE_JSON_VALUES = (
+    b"null", b"-1", b"123456789012345678901234567890", b"1e308", b'"a\\u0000b"', b'"\\ud800"', b"[]", b"{}",
+    b'"not-a-uuid"', b'"' + b"x" * 20_000 + b'"', b'["\\u0000"]', b'"9999-12-31T23:59:59Z"', b'"0001-01-01T00:00:00+14:00"',
+)
+PLAIN_BODIES = (
+    b"", b"not json", b"[]", b'"x"', b"null", b"1e999", b'{"a":', b'{"title":"\xff\xfe"}', b"\xff\xfe\x00",
+    b'{"title":"\\ud800","content":"\\ud800"}', b'{"title":"a\\u0000b","content":"a\\u0000b"}', b"{" * 5000,
+)
+CONTENT_TYPES = (
+    "application/json", "application/json; charset=latin-1", "text/plain", "application/x-www-form-urlencoded",
+    "multipart/form-data", "multipart/form-data; boundary=", "multipart/form-data; boundary=zz",
+    "multipart/mixed; boundary=zz", "application/octet-stream", "\u00e9/\u00e9",
+)
+MULTIPART_BODIES = (
+    b"garbage",
+    b"--zz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\x00.md\"\r\n\r\nhi\r\n--zz--\r\n",
+    b"--zz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"\xff\xfe.md\"\r\n\r\nhi\r\n--zz--\r\n",
+    b"--zz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.md\"\r\n\r\nhi\x00\xff\r\n--zz--\r\n",
+    b"--zz\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nt\x00\r\n--zz\r\n"
+    b"Content-Disposition: form-data; name=\"file\"; filename=\"a.md\"\r\n\r\nhi\r\n--zz--\r\n",
+    b"--zz\r\nContent-Disposition: form-data; name=\"course\"\r\n\r\n\xed\xa0\x80\r\n--zz\r\n"
+    b"Content-Disposition: form-data; name=\"file\"; filename=\"a.md\"\r\n\r\nhi\r\n--zz--\r\n",
+    b"--zz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.pdf\"\r\n\r\n%PDF-1.4 broken\r\n--zz--\r\n",
+    b"--zz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n\r\n\x00\x01\x02\r\n--zz--\r\n",
+    b"--zz\r\nContent-Disposition: form-data\r\n\r\nno name\r\n--zz--\r\n",
+    b"--zz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.md\"\r\n\r\nunterminated",
+)
+RAW_HEADERS = (
+    {b"Authorization": b"Bearer \xff\xfe"},
+    {b"Authorization": "Bearer caf\u00e9".encode()},
+    {b"Authorization": b"Bearer " + b"a" * 8000},
+    {b"Authorization": b"Basic \x01\x02"},
+    {b"Authorization": b"bearer"},
+    {b"Origin": b"http://\xff\xfe"},
+    {b"Content-Type": b"\xff/\xfe"},
+    {b"Content-Type": b"multipart/form-data; boundary=\xff"},
+    {b"Accept-Encoding": b"\xff"},
+    {b"X-Forwarded-For": b"\xff, not-an-ip, 999.999.1.1"},
+    {b"Range": b"bytes=99999999999999999999-"},
+    {b"If-Modified-Since": b"\xff"},
+)
+
+
+def _fill_path(canonical: str, value: str) -> str:
+    return re.sub(r"\{[^}]+\}", value, canonical)
+
+
+def _valid_body(user_id: str) -> dict[str, Any]:
+    """A body that most JSON routes would accept: each hostile variant changes one field."""
+    return {
+        "email": f"fuzz-{uuid.uuid4().hex[:8]}@example.com", "password": "correct horse 1", "name": "Fuzz",
+        "role": "student", "title": "Fuzz", "content": "Some fuzz content.", "source": "fuzz", "language": "en",
+        "course": "fuzz-101", "user_id": user_id, "notify_when_online": True, "max_participants": 5,
+        "scheduled_start_time": "2030-01-01T10:00:00Z", "type": "lecture", "is_featured": False,
+        "member_ids": [user_id], "since": {}, "k": 5, "q": "fuzz",
+    }
+
+
+def _json_with(fields: tuple[str, ...], raw_value: bytes, user_id: str) -> bytes:
+    """A valid-ish body with `raw_value` (JSON text, possibly invalid) in the given fields."""
+    base = _valid_body(user_id)
+    for field in fields:
+        base[field] = "__HOLE__"
+    return orjson.dumps(base).replace(b'"__HOLE__"', raw_value)
+
+
+class Prober:
+    """Sends requests with a bounded concurrency and records every 5xx or non-protocol error."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.session = session
+        self.url = url
+        self.failures: list[str] = []
+        self.count = 0
+        self.gate = asyncio.Semaphore(8)
+
+    def _check(self, what: str, path: str, status: int, body: Any) -> None:
+        self.count += 1
+        if status >= 500:
+            self.failures.append(f"{status} {what} {path[:200]}: {str(body)[:200]}")
+        elif (status >= 400 and status != 416 and not path.startswith("/socket.io/") and body is not None
+              and not is_protocol_error(body)):
+            # 416: a file's Range cannot be served, HTTP's own answer on file downloads.
+            self.failures.append(f"{status} without the protocol's error body: {what} {path[:200]}: {str(body)[:200]}")
+
+    async def send(self, method: str, path: str, token: str | None, *, body: bytes | None = None,
+                   content_type: str | None = None, what: str = "") -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        async with self.gate:
+            async with self.session.request(method, self.url + path, data=body, headers=headers,
+                                            skip_auto_headers=("Content-Type",), allow_redirects=False) as resp:
+                raw = await resp.read()
+        parsed: Any = None
+        if method != "HEAD" and raw:
+            try:
+                parsed = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                parsed = raw[:200] if resp.status >= 400 else None
+        self._check(f"{method}{' ' + what if what else ''}", path, resp.status, parsed)
+
+    async def send_raw(self, method: str, target: bytes, headers: dict[bytes, bytes], body: bytes = b"") -> None:
+        async with self.gate:
+            status, payload = await raw_request(self.url, head_of(method, target, headers, body), body)
+        parsed: Any = None
+        if payload and status >= 400:
+            try:
+                parsed = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                # aiohttp's own HTTP parser refuses some bytes before the app sees them: plain text 400.
+                parsed = None if status == 400 else payload[:200]
+        self._check(f"raw {method} {headers!r}"[:160], target.decode("latin-1"), status, parsed)
+
+
+def _routes(server: Instance) -> list[tuple[str, str]]:
+    seen = []
+    for route in server.app.router.routes():
+        canonical = route.resource.canonical if route.resource else None
+        if canonical is None:
+            continue
+        seen.append((route.method, canonical))
+    # Logging out revokes the token the other probes use: last.
+    return sorted(set(seen), key=lambda r: (r[1] == "/api/auth/logout", r))
+
+
+async def _probe_route(p: Prober, method: str, canonical: str, token: str | None, user_id: str, *, deep: bool) -> None:
+    """Hostile paths and headers for every route; with `deep`, hostile query strings (GET
+    routes) and bodies and content types (routes that take a body) as well."""
+    sends = []
+    if canonical.startswith("/static"):
+        paths = ["/static" + tail for tail in STATIC_TAILS]
+        target = "/static/index.html"
+    elif "{" in canonical:
+        paths = [_fill_path(canonical, v) for v in PATH_VALUES]
+        target = _fill_path(canonical, NEVER_A_UUID)
+    else:
+        paths = [canonical]
+        target = canonical
+    for path in paths:
+        sends.append(p.send(method, path, token))
+    auth = {b"Authorization": b"Bearer " + token.encode()} if token else {}
+    for headers in RAW_HEADERS:
+        sends.append(p.send_raw(method, target.encode(), {**auth, **headers}))
+    sends.append(p.send_raw(method, target.encode() + b"?q=\xff\xfe&course=\x7f", auth))
+    if deep and method == "GET":
+        for name in QUERY_NAMES:
+            for value in QUERY_VALUES:
+                sends.append(p.send(method, f"{target}?{name}={value}", token))
+    if deep and method in ("POST", "PUT", "DELETE", "PATCH"):
+        for body in PLAIN_BODIES:
+            sends.append(p.send(method, target, token, body=body, content_type="application/json", what=repr(body[:40])))
+        for raw_value in HOSTILE_JSON_VALUES:
+            body = _json_with(FIELDS, raw_value, user_id)
+            sends.append(p.send(method, target, token, body=body, content_type="application/json",
+                                what=f"all fields={raw_value[:40]!r}"))
+        for field in FIELDS:
+            for raw_value in PER_FIELD_VALUES:
+                body = _json_with((field,), raw_value, user_id)
+                sends.append(p.send(method, target, token, body=body, content_type="application/json",
+                                    what=f"{field}={raw_value[:40]!r}"))
+        bodies = (b"", b'{"title":"t","content":"c"}', *MULTIPART_BODIES)
+        for content_type in CONTENT_TYPES:
+            for body in bodies if content_type.startswith("multipart/form-data") else bodies[:3]:
+                sends.append(p.send(method, target, token, body=body, content_type=content_type,
+                                    what=f"{content_type} {body[:40]!r}"))
+    await asyncio.gather(*sends)
+
+
+async def test_no_route_answers_500_to_hostile_requests(server: Instance, api: Api, db: Any) -> None:
+    admin, guest = await admin_and_guest(api, db)
+    async with aiohttp.ClientSession() as session:
+        prober = Prober(session, server.url)
+        routes = _routes(server)
+        assert len(routes) > 40  # every feature's routes are registered
+        for who in (admin, guest, None):
+            for method, canonical in routes:
+                await _probe_route(prober, method, canonical, who.token if who else None, admin.id, deep=who is not None)
+    assert prober.count > 7_000
+    assert not prober.failures, f"{len(prober.failures)} bad answers of {prober.count}:\n" + "\n".join(prober.failures[:300])
