@@ -13,6 +13,7 @@ from handlers.pipeline import authorize, commit_message, fan_out, get_pipeline, 
 from storage import conversations, messages, users
 
 MAX_GROUP_MEMBERS = 100
+UNADDABLE_ROLES = frozenset({"guest"})  # conversation:create refuses these members
 SYNC_PAGE = 200  # messages per conversation in one sync answer; past it, complete: false
 TYPING_EVERY_SECONDS = 2.0
 TYPING_TABLE_MAX = 10_000
@@ -57,8 +58,10 @@ async def create(core: Core, actor: Actor, *, kind: str, member_ids: list[UUID],
     direct_key = ":".join(sorted(str(u) for u in everyone)) if kind == "direct" else None
     async with core.db.transaction() as conn:
         found = await users.get_users(conn, others)
-        if len(found) != len(others):
-            raise ApiError("bad_request", "Some member_ids are not users.")
+        # Guests (anonymous widget visitors) are never added to threads. A guest's id and
+        # an id that is no user get the same answer, so it confirms no guest's id.
+        if len([u for u in found if u["role"] not in UNADDABLE_ROLES]) != len(others):
+            raise ApiError("bad_request", "Some member_ids are not users you can add.")
         conv = await conversations.insert_conversation(conn, kind=kind, title=title, created_by=actor.user_id, direct_key=direct_key)
         created = conv is not None
         if conv is None:
@@ -86,11 +89,19 @@ async def send(core: Core, actor: Actor, *, conversation_id: UUID, content: str,
 
 
 async def _own_message(core: Core, actor: Actor, message_id: UUID, *, staff_may: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The message and its conversation if the actor may change it. A message in a
+    conversation the actor may not read gets exactly the answer of one that does not
+    exist; only then are sender and state checked (the actor can see those anyway)."""
+    conv: dict[str, Any] | None = None
     async with core.db.connection() as conn:
         msg = await messages.get(conn, message_id)
-        if msg is None:
-            raise ApiError("not_found", "No such message.")
-        conv = await load_conversation(core, conn, msg["conversation_id"], actor)
+        if msg is not None:
+            try:
+                conv = await load_conversation(core, conn, msg["conversation_id"], actor)
+            except ApiError:  # not a member, not in the live room, banned: it cannot be read
+                conv = None
+    if msg is None or conv is None:
+        raise ApiError("not_found", "No such message.")
     if msg["sender_id"] != actor.user_id and not (staff_may and actor.is_staff):
         raise ApiError("forbidden", "Only the sender may change this message.")
     if msg["deleted"]:

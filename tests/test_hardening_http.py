@@ -330,3 +330,63 @@ async def test_no_route_answers_500_to_hostile_requests(server: Instance, api: A
                 await _probe_route(prober, method, canonical, who.token if who else None, admin.id, deep=who is not None)
     assert prober.count > 7_000
     assert not prober.failures, f"{len(prober.failures)} bad answers of {prober.count}:\n" + "\n".join(prober.failures[:300])
+
+
+# --- 2. errors reveal nothing about which ids exist ------------------------------------------
+
+async def test_edit_and_delete_answer_alike_for_unseen_and_missing_messages(api: Api) -> None:
+    """A message in someone else's conversation and an id that is no message: one answer."""
+    a, b, outsider = await api.register("A"), await api.register("B"), await api.register("Outsider")
+    sa, so = await api.socket(a), await api.socket(outsider)
+    conv = (await sa.ok("conversation:create", {"kind": "direct", "member_ids": [b.id]}))["conversation"]
+    msg = (await sa.ok("message:send", {"conversation_id": conv["id"], "content": "private", "client_id": "p1"}))["message"]
+    for event, extra in (("message:edit", {"content": "mine now"}), ("message:delete", {})):
+        hidden = await so.call(event, {"message_id": msg["id"], **extra})
+        missing = await so.call(event, {"message_id": str(uuid.uuid4()), **extra})
+        assert hidden == missing and hidden["error"]["code"] == "not_found", (event, hidden, missing)
+    # A member who is not the sender may see it, so is told why: that is no disclosure.
+    sb = await api.socket(b)
+    assert (await sb.call("message:edit", {"message_id": msg["id"], "content": "x"}))["error"]["code"] == "forbidden"
+
+
+async def test_conversation_create_does_not_confirm_which_ids_are_users(api: Api) -> None:
+    """A guest's id (guests cannot be added) and an id that is no user: one answer."""
+    student, guest = await api.register("Student"), await api.guest("Visitor")
+    sock = await api.socket(student)
+    for kind in ("direct", "group"):
+        of_guest = await sock.call("conversation:create", {"kind": kind, "member_ids": [guest.id]})
+        of_nobody = await sock.call("conversation:create", {"kind": kind, "member_ids": [str(uuid.uuid4())]})
+        assert of_guest == of_nobody and of_guest["error"]["code"] == "bad_request", (of_guest, of_nobody)
+    other = await api.register("Other")
+    assert (await sock.ok("conversation:create", {"kind": "direct", "member_ids": [other.id]}))["conversation"]
+
+
+async def test_favorites_only_for_users_you_may_see(api: Api, db: Any) -> None:
+    """Favoriting shows presence: a private user you share nothing with and an id that is no
+    user get the same answer; people you share a conversation with, mentors, agents and
+    hosts of live sessions may be favorited."""
+    watcher = await api.guest("Watcher")
+    private, friend, mentor = await api.register("Private"), await api.register("Friend"), await api.staff(db, "mentor")
+    host = await api.register("Host")  # a student made mentor later hosts; their session makes them visible
+
+    async def favorite(user_id: str) -> tuple[int, Any]:
+        return await api.request("POST", "/api/favorites", watcher, json={"user_id": user_id, "notify_when_online": True})
+
+    hidden, missing = await favorite(private.id), await favorite(str(uuid.uuid4()))
+    assert hidden == missing and hidden[0] == 404 and hidden[1]["error"]["code"] == "not_found", (hidden, missing)
+    assert (await favorite(host.id)) == missing
+    status, body = await api.request("GET", "/api/favorites", watcher)
+    assert body["favorites"] == []
+
+    assert (await favorite(mentor.id))[0] == 201
+    async with db.transaction() as conn:
+        await conn.execute("UPDATE users SET role = 'mentor' WHERE id = $1", uuid.UUID(host.id))
+    status, _ = await api.request("POST", "/api/live-sessions", host, json={"title": "Office hours", "max_participants": 5})
+    assert status == 201
+    async with db.transaction() as conn:
+        await conn.execute("UPDATE users SET role = 'student' WHERE id = $1", uuid.UUID(host.id))
+    assert (await favorite(host.id))[0] == 201  # hosts a session anyone can list
+    sf = await api.socket(friend)
+    await sf.ok("conversation:create", {"kind": "direct", "member_ids": [private.id]})
+    status, _ = await api.request("POST", "/api/favorites", friend, json={"user_id": private.id, "notify_when_online": True})
+    assert status == 201  # they share a conversation
