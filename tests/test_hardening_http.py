@@ -390,3 +390,46 @@ async def test_favorites_only_for_users_you_may_see(api: Api, db: Any) -> None:
     await sf.ok("conversation:create", {"kind": "direct", "member_ids": [private.id]})
     status, _ = await api.request("POST", "/api/favorites", friend, json={"user_id": private.id, "notify_when_online": True})
     assert status == 201  # they share a conversation
+
+
+# --- 4. /metrics is not public -------------------------------------------------------------
+
+async def test_metrics_open_to_allowed_addresses_and_the_token_only(start_instance: Any) -> None:
+    async def get(instance: Instance, token: str | None = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with aiohttp.ClientSession() as session:
+            async with session.get(instance.url + "/metrics", headers=headers) as resp:
+                text = await resp.text()
+                return resp.status, orjson.loads(text) if resp.content_type == "application/json" else text
+
+    default = await start_instance()  # allow list: loopback only, no token
+    status, text = await get(default)
+    assert status == 200 and "studyhall_http_request_seconds" in text
+    by_cidr = await start_instance(metrics_allow="10.0.0.0/8, 127.0.0.0/8")
+    assert (await get(by_cidr))[0] == 200
+
+    closed = await start_instance(metrics_allow="10.0.0.0/8,fd00::/8", metrics_token="s3cret-metrics-token")
+    refused = await get(closed)
+    unknown_path = await api_get(closed, "/no-such-thing")
+    assert refused[0] == 404 and refused == unknown_path, (refused, unknown_path)
+    assert (await get(closed, "wrong-token")) == refused
+    status, text = await get(closed, "s3cret-metrics-token")
+    assert status == 200 and "studyhall_http_request_seconds" in text
+
+    no_token = await start_instance(metrics_allow="")
+    assert (await get(no_token))[0] == 404 and (await get(no_token, "anything"))[0] == 404
+
+
+async def api_get(instance: Instance, path: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(instance.url + path) as resp:
+            return resp.status, await resp.json()
+
+
+def test_metrics_allow_setting_is_checked_at_start() -> None:
+    from server.config import Settings
+
+    assert Settings.from_env({"STUDYHALL_METRICS_ALLOW": "10.0.0.0/8, ::1"}).metrics_allow == "10.0.0.0/8, ::1"
+    assert Settings.from_env({}).metrics_allow == "127.0.0.1/32,::1/128"
+    with pytest.raises(SystemExit, match="STUDYHALL_METRICS_ALLOW"):
+        Settings.from_env({"STUDYHALL_METRICS_ALLOW": "10.0.0.0/8,not-a-network"})
