@@ -7,6 +7,8 @@ import time
 from typing import Any
 from uuid import UUID
 
+import orjson
+
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.pipeline import authorize, commit_message, fan_out, get_pipeline, load_conversation
@@ -15,6 +17,7 @@ from storage import conversations, messages, users
 MAX_GROUP_MEMBERS = 100
 UNADDABLE_ROLES = frozenset({"guest"})  # conversation:create refuses these members
 SYNC_PAGE = 200  # messages per conversation in one sync answer; past it, complete: false
+# (and at most settings.sync_max_bytes of messages in all: see `sync`)
 TYPING_EVERY_SECONDS = 2.0
 TYPING_TABLE_MAX = 10_000
 
@@ -178,18 +181,45 @@ async def sync(core: Core, actor: Actor, *, since: dict[UUID, int]) -> dict[str,
     """What the client missed, per conversation it may read; others are left out silently.
 
     What access needs is loaded for all of them in one query; each kind's policy then
-    decides from it (membership), or with a query of its own (live rooms)."""
-    readable: dict[UUID, int] = {}
+    decides from it (membership), or with a query of its own (live rooms).
+
+    The answer is bounded by size as well as by count: an answer over ~10 MiB would sit
+    in the socket's output past the fan-out's slow-consumer limit and close the socket,
+    so a client with a big backlog could never catch up. Conversations are filled in the
+    order asked until `sync_max_bytes`; one cut short or not reached is `complete: false`
+    and the client asks again from the last seq it now holds."""
+    readable_ids: set[UUID] = set()
     async with core.db.connection() as conn:
         for conv in await conversations.access_rows(conn, actor.user_id, list(since)):
             try:
                 await authorize(core, conn, conv, actor)
             except ApiError:
                 continue
-            readable[conv["id"]] = since[conv["id"]]
-        found = await messages.since(conn, readable, limit=SYNC_PAGE)
+            readable_ids.add(conv["id"])
+        readable = {cid: seq for cid, seq in since.items() if cid in readable_ids}
+        budget = core.settings.sync_max_bytes
+        found = await messages.since(conn, readable, limit=SYNC_PAGE, max_bytes=budget)
     return {
         "conversations": {
-            str(cid): {"messages": msgs, "complete": complete} for cid, (msgs, complete) in found.items()
+            str(cid): {"messages": msgs, "complete": complete} for cid, (msgs, complete) in _within(found, budget).items()
         }
     }
+
+
+def _within(found: dict[UUID, tuple[list[dict[str, Any]], bool]], max_bytes: int) -> dict[UUID, tuple[list[dict[str, Any]], bool]]:
+    """Cut a sync answer at `max_bytes` of encoded messages (the query's estimate can be low
+    when JSON escapes the text), keeping at least one message so each call makes progress."""
+    used = 0
+    full = False
+    out: dict[UUID, tuple[list[dict[str, Any]], bool]] = {}
+    for cid, (msgs, complete) in found.items():
+        kept: list[dict[str, Any]] = []
+        for msg in msgs:
+            size = len(orjson.dumps(msg, default=str))
+            if full or (used and used + size > max_bytes):
+                full = True
+                break
+            kept.append(msg)
+            used += size
+        out[cid] = (kept, complete and len(kept) == len(msgs))
+    return out

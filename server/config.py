@@ -172,6 +172,8 @@ class Settings:
     # the client addresses/CIDRs that may read it without one (server/metrics_access.py).
     metrics_token: str | None = None
     metrics_allow: str = "127.0.0.1/32,::1/128"
+    # One `sync` answer carries at most about this many bytes of messages (complete: false past it).
+    sync_max_bytes: int = 1024 * 1024
 
     # -- hardening: tutor limits and recovery --
 
@@ -235,6 +237,7 @@ class Settings:
             # -- hardening: HTTP edges and disclosure --
             metrics_token=e.get("STUDYHALL_METRICS_TOKEN") or None,
             metrics_allow=_networks(e, "STUDYHALL_METRICS_ALLOW", d.metrics_allow),
+            sync_max_bytes=max(64 * 1024, _int(e, "STUDYHALL_SYNC_MAX_BYTES", d.sync_max_bytes)),
 
             # -- hardening: tutor limits and recovery --
             log_level=(e.get("STUDYHALL_LOG_LEVEL") or d.log_level).upper(),

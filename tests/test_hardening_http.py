@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 import pytest
 
-from server.keys import SETTINGS
+from server.keys import SETTINGS, SIO
 from tests.client import Api, Instance, User
 
 # --- helpers -------------------------------------------------------------------------------
@@ -433,3 +433,75 @@ def test_metrics_allow_setting_is_checked_at_start() -> None:
     assert Settings.from_env({}).metrics_allow == "127.0.0.1/32,::1/128"
     with pytest.raises(SystemExit, match="STUDYHALL_METRICS_ALLOW"):
         Settings.from_env({"STUDYHALL_METRICS_ALLOW": "10.0.0.0/8,not-a-network"})
+
+
+# --- 5. sync answers are bounded by size and page to the end -------------------------------
+
+async def test_sync_catches_up_a_big_backlog_in_bounded_pages(start_instance: Any, db: Any) -> None:
+    """300 messages of 15 KB in two conversations, a 200 KB bound: repeated `sync` calls
+    on one connection catch up everything, in order, once each, every answer within the
+    bound, and the socket is never closed as a slow consumer."""
+    from storage import messages
+
+    bound = 200_000
+    instance = await start_instance(sync_max_bytes=bound)
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, instance.url)
+        try:
+            a, b, c = await api.register("A"), await api.register("B"), await api.register("C")
+            sa = await api.socket(a)
+            direct = (await sa.ok("conversation:create", {"kind": "direct", "member_ids": [b.id]}))["conversation"]["id"]
+            group = (await sa.ok("conversation:create", {"kind": "group", "member_ids": [b.id, c.id]}))["conversation"]["id"]
+            # Text that JSON escapes (quotes, newlines) as well as plain words, 15 KB a message.
+            body = ('He said "look at line\\n' + "x" * 70 + '"\n') * 160
+            async with db.transaction() as conn:
+                for i in range(150):
+                    await messages.insert_batch(conn, [
+                        messages.NewMessage(uuid.UUID(cid), uuid.UUID(a.id), "user", f"{i} {body}"[:15_000], f"m{cid}{i}")
+                        for cid in (direct, group)
+                    ])
+            sb = await api.socket(b)
+            held = {direct: 0, group: 0}
+            got: dict[str, list[int]] = {direct: [], group: []}
+            sizes = []
+            for _ in range(100):
+                ack = await sb.ok("sync", {"since": held}, timeout=30)
+                sizes.append(len(orjson.dumps(ack)))
+                for cid, part in ack["conversations"].items():
+                    seqs = [m["seq"] for m in part["messages"]]
+                    assert seqs == list(range(held[cid] + 1, held[cid] + 1 + len(seqs))), (cid, held[cid], seqs)
+                    got[cid] += seqs
+                    held[cid] = seqs[-1] if seqs else held[cid]
+                if all(part["complete"] for part in ack["conversations"].values()):
+                    break
+            assert got == {direct: list(range(1, 151)), group: list(range(1, 151))}
+            assert max(sizes) <= bound + 2_000, sizes  # the conversation wrappers on top
+            assert len(sizes) >= 300 * 15_000 // bound, sizes
+            assert sb.client.connected
+            assert instance.app[SIO].manager.outbox.slow_consumers_closed == 0
+        finally:
+            await api.close_sockets()
+
+
+async def test_sync_bound_keeps_one_message_and_reports_unreached_conversations(start_instance: Any, db: Any) -> None:
+    """Even a bound smaller than one message returns one (each call makes progress); a
+    conversation the answer did not reach is `complete: false` with no messages."""
+    instance = await start_instance(sync_max_bytes=1)
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, instance.url)
+        try:
+            a, b = await api.register("A"), await api.register("B")
+            sa = await api.socket(a)
+            first = (await sa.ok("conversation:create", {"kind": "direct", "member_ids": [b.id]}))["conversation"]["id"]
+            second = (await sa.ok("conversation:create", {"kind": "group", "member_ids": [b.id]}))["conversation"]["id"]
+            for cid in (first, second):
+                for i in range(2):
+                    await sa.ok("message:send", {"conversation_id": cid, "content": f"hello {i}", "client_id": f"{cid}{i}"})
+            ack = await sa.ok("sync", {"since": {first: 0, second: 0}})
+            assert [m["seq"] for m in ack["conversations"][first]["messages"]] == [1]
+            assert ack["conversations"][first]["complete"] is False
+            assert ack["conversations"][second] == {"messages": [], "complete": False}
+            ack = await sa.ok("sync", {"since": {first: 2, second: 2}})
+            assert ack["conversations"][first] == {"messages": [], "complete": True}
+        finally:
+            await api.close_sockets()
