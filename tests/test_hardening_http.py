@@ -505,3 +505,43 @@ async def test_sync_bound_keeps_one_message_and_reports_unreached_conversations(
             assert ack["conversations"][first] == {"messages": [], "complete": True}
         finally:
             await api.close_sockets()
+
+
+# --- 3. security headers on pages and the API ----------------------------------------------
+
+PAGES = ("/", "/static/demo.html", "/static/threads.html", "/static/rooms.html", "/static/console.html")
+
+
+async def _headers(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, headers=headers or {}) as resp:
+            await resp.read()
+            return resp.status, resp.headers
+
+
+def _directives(policy: str) -> dict[str, str]:
+    return {d.strip().split(" ", 1)[0]: d.strip().partition(" ")[2] for d in policy.split(";") if d.strip()}
+
+
+async def test_security_headers_on_pages_and_api(api: Api, start_instance: Any) -> None:
+    guest = await api.guest()
+    for path in PAGES:
+        status, h = await _headers(api.url + path)
+        assert status == 200 and h["Content-Type"].startswith("text/html"), path
+        assert h["X-Content-Type-Options"] == "nosniff" and h["Referrer-Policy"] == "no-referrer", path
+        csp = _directives(h["Content-Security-Policy"])
+        assert csp["default-src"] == "'self'" and csp["script-src"] == "'self'" and csp["style-src"] == "'self'", (path, csp)
+        assert "'unsafe-inline'" not in h["Content-Security-Policy"] and csp["object-src"] == "'none'", (path, csp)
+        assert csp["frame-ancestors"] == ("'self'" if path == "/static/console.html" else "*"), (path, csp)
+        assert "X-Frame-Options" not in h
+    for path, user in (("/api/health", None), ("/api/me", guest), ("/api/nothing-here", None), ("/static/js/dom.js", None)):
+        status, h = await _headers(api.url + path, user.headers if user else None)
+        assert h["X-Content-Type-Options"] == "nosniff", path
+        if path.startswith("/api/"):
+            assert h["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'", path
+
+    listed = await start_instance(cors_origins="https://school.example, http://localhost:9999/")
+    for path in PAGES:
+        _, h = await _headers(listed.url + path)
+        expected = "'self'" if path == "/static/console.html" else "'self' https://school.example http://localhost:9999"
+        assert _directives(h["Content-Security-Policy"])["frame-ancestors"] == expected, (path, h["Content-Security-Policy"])
