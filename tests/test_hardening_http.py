@@ -463,13 +463,18 @@ async def api_get(instance: Instance, path: str) -> tuple[int, Any]:
             return resp.status, await resp.json()
 
 
-def test_metrics_allow_setting_is_checked_at_start() -> None:
+def test_hardening_settings_from_env() -> None:
     from server.config import Settings
 
     assert Settings.from_env({"STUDYHALL_METRICS_ALLOW": "10.0.0.0/8, ::1"}).metrics_allow == "10.0.0.0/8, ::1"
     assert Settings.from_env({}).metrics_allow == "127.0.0.1/32,::1/128"
     with pytest.raises(SystemExit, match="STUDYHALL_METRICS_ALLOW"):
         Settings.from_env({"STUDYHALL_METRICS_ALLOW": "10.0.0.0/8,not-a-network"})
+    assert Settings.from_env({}).metrics_token is None
+    assert Settings.from_env({"STUDYHALL_METRICS_TOKEN": "t0ken"}).metrics_token == "t0ken"
+    assert Settings.from_env({}).sync_max_bytes == 1024 * 1024
+    assert Settings.from_env({"STUDYHALL_SYNC_MAX_BYTES": "300000"}).sync_max_bytes == 300_000
+    assert Settings.from_env({"STUDYHALL_SYNC_MAX_BYTES": "10"}).sync_max_bytes == 64 * 1024  # at least 64 KiB
 
 
 # --- 5. sync answers are bounded by size and page to the end -------------------------------
