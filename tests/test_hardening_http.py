@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.keys import SETTINGS, SIO
+from server.keys import SIO
 from tests.client import Api, Instance, User
 
 # --- helpers -------------------------------------------------------------------------------
