@@ -21,7 +21,7 @@ from aiohttp import web
 from server.keys import SETTINGS
 
 PAGE_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; font-src 'self'; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'"
 )
 API_POLICY = "default-src 'none'; frame-ancestors 'none'"
