@@ -171,12 +171,18 @@ async def _send_update(core: Core, session_id: UUID) -> None:
 
 # --- favorites ----------------------------------------------------------------------
 
+# Favoriting someone shows their presence, so it is allowed only for users the actor may
+# see anyway: people in these roles (the school's mentors and support staff, whose rooms
+# and replies everyone meets), hosts of live sessions (every signed-in user can list them),
+# and people who share a conversation with the actor (`storage.users.visible_user`).
+PUBLIC_ROLES = ("mentor", "agent", "admin")
+
 async def favorite(core: Core, actor: Actor, *, user_id: UUID, notify_when_online: bool) -> dict[str, Any]:
     if user_id == actor.user_id:
         raise ApiError("bad_request", "You cannot favorite yourself.")
     async with core.db.transaction() as conn:
-        target = await users.get_user(conn, user_id)
-        if target is None:
+        target = await users.visible_user(conn, actor.user_id, user_id, public_roles=PUBLIC_ROLES)
+        if target is None:  # no such user, or one the actor may not see: one answer
             raise ApiError("not_found", "No such user.")
         row = await rooms.upsert_favorite(conn, actor.user_id, user_id, notify_when_online)
     return {"favorite": _favorite_out(row, target)}

@@ -7,13 +7,17 @@ import time
 from typing import Any
 from uuid import UUID
 
+import orjson
+
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.pipeline import authorize, commit_message, fan_out, get_pipeline, load_conversation
 from storage import conversations, messages, users
 
 MAX_GROUP_MEMBERS = 100
+UNADDABLE_ROLES = frozenset({"guest"})  # conversation:create refuses these members
 SYNC_PAGE = 200  # messages per conversation in one sync answer; past it, complete: false
+# (and at most settings.sync_max_bytes of messages in all: see `sync`)
 TYPING_EVERY_SECONDS = 2.0
 TYPING_TABLE_MAX = 10_000
 
@@ -57,8 +61,10 @@ async def create(core: Core, actor: Actor, *, kind: str, member_ids: list[UUID],
     direct_key = ":".join(sorted(str(u) for u in everyone)) if kind == "direct" else None
     async with core.db.transaction() as conn:
         found = await users.get_users(conn, others)
-        if len(found) != len(others):
-            raise ApiError("bad_request", "Some member_ids are not users.")
+        # Guests (anonymous widget visitors) are never added to threads. A guest's id and
+        # an id that is no user get the same answer, so it confirms no guest's id.
+        if len([u for u in found if u["role"] not in UNADDABLE_ROLES]) != len(others):
+            raise ApiError("bad_request", "Some member_ids are not users you can add.")
         conv = await conversations.insert_conversation(conn, kind=kind, title=title, created_by=actor.user_id, direct_key=direct_key)
         created = conv is not None
         if conv is None:
@@ -86,11 +92,19 @@ async def send(core: Core, actor: Actor, *, conversation_id: UUID, content: str,
 
 
 async def _own_message(core: Core, actor: Actor, message_id: UUID, *, staff_may: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The message and its conversation if the actor may change it. A message in a
+    conversation the actor may not read gets exactly the answer of one that does not
+    exist; only then are sender and state checked (the actor can see those anyway)."""
+    conv: dict[str, Any] | None = None
     async with core.db.connection() as conn:
         msg = await messages.get(conn, message_id)
-        if msg is None:
-            raise ApiError("not_found", "No such message.")
-        conv = await load_conversation(core, conn, msg["conversation_id"], actor)
+        if msg is not None:
+            try:
+                conv = await load_conversation(core, conn, msg["conversation_id"], actor)
+            except ApiError:  # not a member, not in the live room, banned: it cannot be read
+                conv = None
+    if msg is None or conv is None:
+        raise ApiError("not_found", "No such message.")
     if msg["sender_id"] != actor.user_id and not (staff_may and actor.is_staff):
         raise ApiError("forbidden", "Only the sender may change this message.")
     if msg["deleted"]:
@@ -167,18 +181,45 @@ async def sync(core: Core, actor: Actor, *, since: dict[UUID, int]) -> dict[str,
     """What the client missed, per conversation it may read; others are left out silently.
 
     What access needs is loaded for all of them in one query; each kind's policy then
-    decides from it (membership), or with a query of its own (live rooms)."""
-    readable: dict[UUID, int] = {}
+    decides from it (membership), or with a query of its own (live rooms).
+
+    The answer is bounded by size as well as by count: an answer over ~10 MiB would sit
+    in the socket's output past the fan-out's slow-consumer limit and close the socket,
+    so a client with a big backlog could never catch up. Conversations are filled in the
+    order asked until `sync_max_bytes`; one cut short or not reached is `complete: false`
+    and the client asks again from the last seq it now holds."""
+    readable_ids: set[UUID] = set()
     async with core.db.connection() as conn:
         for conv in await conversations.access_rows(conn, actor.user_id, list(since)):
             try:
                 await authorize(core, conn, conv, actor)
             except ApiError:
                 continue
-            readable[conv["id"]] = since[conv["id"]]
-        found = await messages.since(conn, readable, limit=SYNC_PAGE)
+            readable_ids.add(conv["id"])
+        readable = {cid: seq for cid, seq in since.items() if cid in readable_ids}
+        budget = core.settings.sync_max_bytes
+        found = await messages.since(conn, readable, limit=SYNC_PAGE, max_bytes=budget)
     return {
         "conversations": {
-            str(cid): {"messages": msgs, "complete": complete} for cid, (msgs, complete) in found.items()
+            str(cid): {"messages": msgs, "complete": complete} for cid, (msgs, complete) in _within(found, budget).items()
         }
     }
+
+
+def _within(found: dict[UUID, tuple[list[dict[str, Any]], bool]], max_bytes: int) -> dict[UUID, tuple[list[dict[str, Any]], bool]]:
+    """Cut a sync answer at `max_bytes` of encoded messages (the query's estimate can be low
+    when JSON escapes the text), keeping at least one message so each call makes progress."""
+    used = 0
+    full = False
+    out: dict[UUID, tuple[list[dict[str, Any]], bool]] = {}
+    for cid, (msgs, complete) in found.items():
+        kept: list[dict[str, Any]] = []
+        for msg in msgs:
+            size = len(orjson.dumps(msg, default=str))
+            if full or (used and used + size > max_bytes):
+                full = True
+                break
+            kept.append(msg)
+            used += size
+        out[cid] = (kept, complete and len(kept) == len(msgs))
+    return out

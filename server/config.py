@@ -75,6 +75,23 @@ def _prices(env: dict[str, str], name: str) -> dict[str, tuple[float, float]]:
         raise SystemExit(f'{name} must be JSON like {{"model": [input_usd, output_usd]}}, got {raw!r}') from exc
 
 
+def _networks(env: dict[str, str], name: str, default: str) -> str:
+    """A comma-separated list of IP addresses or CIDRs, checked at start ("" allows none)."""
+    import ipaddress
+
+    raw = env.get(name)
+    if raw is None:
+        return default
+    for item in (i.strip() for i in raw.split(",")):
+        if not item:
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError as exc:
+            raise SystemExit(f"{name} must be IP addresses or CIDRs separated by commas, got {item!r}") from exc
+    return raw
+
+
 def _bool(env: dict[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -166,6 +183,12 @@ class Settings:
     # -- hardening: auth and abuse limits --
 
     # -- hardening: HTTP edges and disclosure --
+    # /metrics: a bearer token that opens it from anywhere (None: no token opens it), and
+    # the client addresses/CIDRs that may read it without one (server/metrics_access.py).
+    metrics_token: str | None = None
+    metrics_allow: str = "127.0.0.1/32,::1/128"
+    # One `sync` answer carries at most about this many bytes of messages (complete: false past it).
+    sync_max_bytes: int = 1024 * 1024
 
     # -- hardening: tutor limits and recovery --
     # Per user, "COUNT/SECONDS[,COUNT/SECONDS]" (parsed by handlers/tutor_limits.py); "0" is
@@ -252,6 +275,9 @@ class Settings:
             # -- hardening: auth and abuse limits --
 
             # -- hardening: HTTP edges and disclosure --
+            metrics_token=e.get("STUDYHALL_METRICS_TOKEN") or None,
+            metrics_allow=_networks(e, "STUDYHALL_METRICS_ALLOW", d.metrics_allow),
+            sync_max_bytes=max(64 * 1024, _int(e, "STUDYHALL_SYNC_MAX_BYTES", d.sync_max_bytes)),
 
             # -- hardening: tutor limits and recovery --
             tutor_question_limits=e.get("STUDYHALL_TUTOR_QUESTION_LIMITS") or d.tutor_question_limits,

@@ -9,13 +9,15 @@ from uuid import UUID
 
 import orjson
 from aiohttp import BodyPartReader, web
+from aiohttp.helpers import parse_mimetype
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import Field, ValidationError
 
 from handlers import knowledge
 from handlers.core import Core
 from handlers.errors import ApiError
 from server.gateway import Gateway
-from server.http import client_ip, core_of, path_uuid, query_int, require_actor
+from server.http import check_text, client_ip, core_of, path_uuid, query_int, require_actor
 from server.jsonutil import json_response
 from server.keys import CORE
 from server.validation import Payload, Title, validation_message
@@ -53,19 +55,49 @@ async def _read_limited(part: BodyPartReader, limit: int) -> bytes:
     return bytes(data)
 
 
+MAX_FILE_NAME = 255
+
+
+def _file_name(part: BodyPartReader) -> str:
+    """The part's file name: present (its extension tells the type), at most 255
+    characters, and text that can be stored (no NUL, no undecodable bytes)."""
+    name = part.filename
+    if not name:
+        raise ApiError("bad_request", "The file part needs a file name (its extension tells the type).")
+    if len(name) > MAX_FILE_NAME or not name.isprintable():
+        raise ApiError("bad_request", f"The file name must be printable text of at most {MAX_FILE_NAME} characters.")
+    return check_text(name, "The file name")
+
+
+def _field_text(raw: bytes, name: str) -> str:
+    try:
+        return check_text(raw.decode("utf-8"), name)
+    except UnicodeDecodeError:
+        raise ApiError("bad_request", f"{name} must be UTF-8 text.") from None
+
+
 async def _from_multipart(request: web.Request, limit: int) -> tuple[FileFields, bytes, str]:
-    reader = await request.multipart()
+    """The upload's fields and file. A malformed body (no boundary, a missing or broken
+    delimiter, a body cut short, a part header with a NUL) is `bad_request`: aiohttp's
+    reader raises ValueError or its own HttpProcessingError for these."""
+    boundary = parse_mimetype(request.headers.get("Content-Type", "")).parameters.get("boundary", "")
+    if not boundary.strip('"') or not boundary.isascii() or not boundary.isprintable() or len(boundary) > 70:
+        raise ApiError("bad_request", "multipart/form-data needs a boundary parameter (1 to 70 ASCII characters).")
     fields: dict[str, str] = {}
     file: tuple[bytes, str] | None = None
-    async for part in reader:
-        if not isinstance(part, BodyPartReader):
-            continue
-        if part.name == "file":
-            if not part.filename:
-                raise ApiError("bad_request", "The file part needs a file name (its extension tells the type).")
-            file = (await _read_limited(part, limit), part.filename)
-        elif part.name in FileFields.model_fields:
-            fields[part.name] = (await _read_limited(part, 10_000)).decode("utf-8", "replace")
+    try:
+        reader = await request.multipart()
+        async for part in reader:
+            if not isinstance(part, BodyPartReader):
+                continue
+            if part.name == "file":
+                filename = _file_name(part)
+                file = (await _read_limited(part, limit), filename)
+            elif part.name in FileFields.model_fields:
+                fields[part.name] = _field_text(await _read_limited(part, 10_000), part.name)
+    except (ValueError, HttpProcessingError) as exc:  # ValueError includes UnicodeError; ApiError is neither
+        detail = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+        raise ApiError("bad_request", f"The multipart body is malformed: {detail}"[:300]) from None
     if file is None:
         raise ApiError("bad_request", "Send a multipart field named file.")
     try:

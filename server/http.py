@@ -1,4 +1,11 @@
-"""HTTP plumbing shared by every route module: errors, auth, bodies, metrics."""
+"""HTTP plumbing shared by every route module: errors, auth, bodies, metrics.
+
+Hostile input is stopped here, before any route sees it: a query string that is not
+UTF-8 or holds a NUL, an over-long path segment, a token that is not printable ASCII.
+What slips past a route's own checks and is refused by the database or by Python's
+encoders (a NUL or a lone surrogate in text, a date or number out of range) is the
+client's input, so it is answered `bad_request`, never 500.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +13,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import unquote_to_bytes
 from uuid import UUID
 
+import asyncpg
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -28,6 +37,12 @@ def error_response(code: str, message: str, status: int) -> web.Response:
     return json_response({"error": {"code": code, "message": message}}, status=status)
 
 
+# Status of an aiohttp HTTPException (static files, routing) -> the protocol's code.
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "bad_request", 413: "too_large"}
+_HTTP_TEXTS = {403: "Not allowed here.", 404: "No such endpoint.", 405: "Method not allowed here.", 413: "The request body is too large."}
+MAX_PATH_SEGMENT_BYTES = 255  # longer is no file and no id; the file system would refuse it
+
+
 def api_error_response(err: ApiError) -> web.Response:
     """The error body for an ApiError, with `Retry-After` when it says when to retry."""
     response = json_response({"error": err.to_dict()}, status=err.http_status)
@@ -43,6 +58,7 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
     started = time.perf_counter()
     status = 500
     try:
+        check_request_edges(request)
         response = await handler(request)
         status = response.status
         return response
@@ -50,17 +66,20 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         status = err.http_status
         metrics.event_errors.labels(err.code, "http").inc()
         return api_error_response(err)
-    except web.HTTPRequestEntityTooLarge:
-        status = 413
-        metrics.event_errors.labels("too_large", "http").inc()
-        return error_response("too_large", "The request body is too large.", 413)
     except web.HTTPException as exc:
         status = exc.status
-        if exc.status == 404:
-            return error_response("not_found", "No such endpoint.", 404)
-        if exc.status == 405:
-            return error_response("bad_request", "Method not allowed here.", 405)
+        if 400 <= exc.status < 500:
+            code = _HTTP_CODES.get(exc.status, "bad_request")
+            metrics.event_errors.labels(code, "http").inc()
+            return error_response(code, _HTTP_TEXTS.get(exc.status, exc.reason), exc.status)
         raise
+    except (asyncpg.DataError, UnicodeEncodeError, OverflowError):
+        # Input no check caught that cannot be stored or computed with: the client's error.
+        # Logged with its traceback so that a check can be added where it belongs.
+        status = 400
+        log.warning("request refused: a value cannot be stored", exc_info=True, extra={"path": request.path})
+        metrics.event_errors.labels("bad_request", "http").inc()
+        return error_response("bad_request", "A value in the request is out of range or holds characters that cannot be stored.", 400)
     except Exception as exc:
         core = request.app.get(CORE)
         if (down := unavailable_error(exc, core.db.outage if core else None)) is not None:
@@ -75,6 +94,52 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         metrics.http_latency.labels(request.method, route, str(status)).observe(time.perf_counter() - started)
 
 
+def unstorable(text: str) -> bool:
+    """True when text holds a NUL (PostgreSQL text cannot) or a lone surrogate (no UTF-8
+    encoding exists; aiohttp decodes bytes that are not UTF-8 in headers this way)."""
+    if "\x00" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_text(text: str, what: str) -> str:
+    """`text` unless it cannot be stored: then `bad_request` naming `what`."""
+    if unstorable(text):
+        raise ApiError("bad_request", f"{what} must be UTF-8 text without NUL characters.")
+    return text
+
+
+def check_request_edges(request: web.Request) -> None:
+    """Refuse what no route can use: a query string that is not UTF-8 or holds a NUL
+    (yarl would quietly turn bad bytes into U+FFFD and keep the NUL), and an over-long
+    path segment (no id or file name is that long; the file system raises on it)."""
+    raw_query = request.rel_url.raw_query_string
+    if raw_query:
+        for pair in raw_query.split("&"):
+            for piece in pair.split("=", 1):
+                try:
+                    decoded = unquote_to_bytes(piece.replace("+", " ")).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ApiError("bad_request", "The query string must be UTF-8.") from None
+                if "\x00" in decoded:
+                    raise ApiError("bad_request", "The query string must not contain NUL characters.")
+    if any(len(segment.encode("utf-8", "surrogateescape")) > MAX_PATH_SEGMENT_BYTES for segment in request.path.split("/")):
+        raise ApiError("not_found", "No such endpoint.")
+
+
+def header_ascii(request: web.Request, name: str) -> str | None:
+    """A header's value if it is printable ASCII, else None (a value with other bytes is
+    no token, address or secret we issued, and would fail later when encoded)."""
+    value = request.headers.get(name)
+    if value is None or not value.isascii() or not value.isprintable():
+        return None
+    return value
+
+
 def core_of(request: web.Request) -> Core:
     return request.app[CORE]
 
@@ -84,7 +149,7 @@ def client_ip(request: web.Request) -> str | None:
 
 
 async def require_actor(request: web.Request, roles: tuple[str, ...] | None = None) -> Actor:
-    header = request.headers.get("Authorization", "")
+    header = header_ascii(request, "Authorization") or ""
     token = header[7:].strip() if header.lower().startswith("bearer ") else None
     actor = await auth.authenticate(core_of(request), token)
     if roles is not None and actor.role not in roles:

@@ -9,6 +9,8 @@ Why each exists:
   and its ES module imports are cross-origin, so `/api/*`, `/static/*` and `/vendor/*`
   answer CORS (origins from `STUDYHALL_CORS_ORIGINS`, the same setting Socket.IO uses).
   Auth is a bearer header, never a cookie, so no credentials are allowed cross-origin.
+- Security headers (Content-Security-Policy with frame-ancestors from the same CORS
+  setting, nosniff, Referrer-Policy) come from `server/headers.py`.
 - `GET /api/presence` tells a page who is online *now* among the people who share a
   conversation with the caller; `presence` events only report changes.
 """
@@ -21,6 +23,7 @@ from aiohttp import web
 
 from handlers import presence, threads
 from handlers.errors import ApiError
+from server import headers
 from server.http import core_of, require_actor
 from server.jsonutil import json_response
 from server.keys import SETTINGS
@@ -92,3 +95,4 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/presence", presence_snapshot)
     app.router.add_route("OPTIONS", "/api/{tail:.*}", preflight)
     app.on_response_prepare.append(_add_cors)
+    headers.install(app)  # CSP, nosniff, Referrer-Policy, frame-ancestors (server/headers.py)

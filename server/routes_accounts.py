@@ -8,9 +8,11 @@ from aiohttp import web
 from pydantic import Field
 
 from handlers import auth
+from handlers.errors import ApiError
 from server.http import client_ip, core_of, path_uuid, read_json, require_actor
 from server.jsonutil import json_response
 from server.keys import METRICS
+from server.metrics_access import may_read_metrics
 from server.validation import Name, NewAccount, Payload
 
 
@@ -84,6 +86,8 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    if not may_read_metrics(request):  # not advertised: the answer of an unknown path
+        raise ApiError("not_found", "No such endpoint.")
     body, content_type = request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": content_type})
 

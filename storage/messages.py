@@ -166,23 +166,57 @@ async def history(
     return [dict(r) for r in reversed(rows[:limit])], has_more
 
 
-async def since(conn: asyncpg.Connection, wanted: dict[UUID, int], *, limit: int) -> dict[UUID, tuple[list[dict[str, Any]], bool]]:
-    """For each conversation, messages after the given seq (ascending, at most `limit`) and whether that is all."""
+# Per message, what its JSON adds beyond content and metadata (ids, times, keys): an
+# estimate for the size bound in `since`; the caller measures the real encoding.
+MESSAGE_JSON_OVERHEAD = 400
+
+# Candidates: per conversation (in the caller's order) up to limit + 1 messages after its
+# seq, with an estimated size (octet_length reads a text's stored length without
+# decompressing it) and running totals over all conversations. Returned: every candidate
+# within the byte budget (the first one overall always, so each call makes progress),
+# plus each conversation's first candidate even when it does not fit, with no message
+# columns: it says that conversation has more. Nothing over the budget leaves the server.
+_SINCE = f"""
+WITH wanted AS (
+    SELECT * FROM unnest($1::uuid[], $2::bigint[]) WITH ORDINALITY AS w(cid, after_seq, ord)
+), candidates AS (
+    SELECT w.cid, w.ord, c.id, c.seq,
+           count(*) OVER (PARTITION BY w.cid) AS available,
+           row_number() OVER (PARTITION BY w.cid ORDER BY c.seq) AS nth,
+           row_number() OVER (ORDER BY w.ord, c.seq) AS overall,
+           sum(c.size) OVER (ORDER BY w.ord, c.seq ROWS UNBOUNDED PRECEDING) AS running
+    FROM wanted w CROSS JOIN LATERAL (
+        SELECT id, seq, octet_length(content) + pg_column_size(metadata) + {MESSAGE_JSON_OVERHEAD} AS size
+        FROM messages WHERE conversation_id = w.cid AND seq > w.after_seq ORDER BY seq LIMIT $3
+    ) c
+)
+SELECT c.cid AS wanted_id, c.available, (m.id IS NOT NULL) AS kept, {", ".join("m." + col for col in MSG_COLUMNS.split(", "))}
+FROM candidates c
+LEFT JOIN messages m ON m.id = c.id AND (c.running <= $4 OR c.overall = 1)
+WHERE m.id IS NOT NULL OR c.nth = 1
+ORDER BY c.ord, c.seq
+"""
+
+
+async def since(
+    conn: asyncpg.Connection, wanted: dict[UUID, int], *, limit: int, max_bytes: int
+) -> dict[UUID, tuple[list[dict[str, Any]], bool]]:
+    """For each conversation, messages after the given seq (ascending, at most `limit`) and
+    whether that is all. Conversations are filled in the order of `wanted` until the
+    messages' estimated size passes `max_bytes` (at least one message is returned): a
+    conversation cut short, or not reached, is not complete."""
     if not wanted:
         return {}
-    rows = await conn.fetch(
-        f"""SELECT w.cid AS wanted_id, m.* FROM unnest($1::uuid[], $2::bigint[]) AS w(cid, after_seq)
-            CROSS JOIN LATERAL (
-                SELECT {MSG_COLUMNS} FROM messages
-                WHERE conversation_id = w.cid AND seq > w.after_seq ORDER BY seq LIMIT $3
-            ) m""",
-        list(wanted.keys()), list(wanted.values()), limit + 1,
-    )
+    rows = await conn.fetch(_SINCE, list(wanted.keys()), list(wanted.values()), limit + 1, max_bytes)
     out: dict[UUID, list[dict[str, Any]]] = {cid: [] for cid in wanted}
+    available: dict[UUID, int] = {cid: 0 for cid in wanted}
     for r in rows:
         d = dict(r)
-        out[d.pop("wanted_id")].append(d)
-    return {cid: (msgs[:limit], len(msgs) <= limit) for cid, msgs in out.items()}
+        cid = d.pop("wanted_id")
+        available[cid] = d.pop("available")
+        if d.pop("kept"):
+            out[cid].append(d)
+    return {cid: (msgs[:limit], len(msgs) == available[cid] <= limit) for cid, msgs in out.items()}
 
 
 async def recent(conn: asyncpg.Connection, conversation_id: UUID, limit: int) -> list[dict[str, Any]]:

@@ -33,6 +33,24 @@ async def get_users(conn: asyncpg.Connection, user_ids: list[UUID]) -> list[dict
     return [dict(r) for r in rows]
 
 
+async def visible_user(
+    conn: asyncpg.Connection, viewer_id: UUID, target_id: UUID, *, public_roles: tuple[str, ...]
+) -> dict[str, Any] | None:
+    """The target user if the viewer may see them: their role is public, they host a live
+    session, or they share a conversation with the viewer. None otherwise, as for an id
+    that is no user, so a caller can answer both the same way."""
+    row = await conn.fetchrow(
+        f"""SELECT {USER_COLUMNS} FROM users u WHERE u.id = $2 AND (
+                u.role = ANY($3::text[])
+                OR EXISTS (SELECT 1 FROM live_sessions s WHERE s.host_id = $2)
+                OR EXISTS (SELECT 1 FROM conversation_members a
+                           JOIN conversation_members b ON b.conversation_id = a.conversation_id
+                           WHERE a.user_id = $1 AND b.user_id = $2))""",
+        viewer_id, target_id, list(public_roles),
+    )
+    return dict(row) if row else None
+
+
 async def get_user_by_email(conn: asyncpg.Connection, email: str) -> dict[str, Any] | None:
     row = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE lower(email) = lower($1)", email)
     return dict(row) if row else None
