@@ -10,6 +10,7 @@ from typing import Any
 from uuid import UUID
 
 from handlers.events import Events
+from handlers.ratelimit import RateLimiter
 from server.config import Settings
 from storage.db import Database
 
@@ -47,6 +48,8 @@ class Core:
     db: Database
     events: Events
     instance_id: UUID
+    # The app's one rate limiter (sign-in limits, tutor limits): shared through Redis when set.
+    limiter: RateLimiter = field(default_factory=RateLimiter)
     services: dict[str, Any] = field(default_factory=dict)
     closing: bool = False
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
-from handlers import presence
+from handlers import guests, presence
 from handlers.core import Core
+from handlers.ratelimit import RateLimiter
 from server import documents as documents_feature
 from server import pages, routes_accounts, routes_static, threads
 from server import rooms as rooms_feature
 from server import tickets as tickets_feature
 from server import tutor as tutor_feature
+from server.client_address import trusted_proxies
 from server.config import Settings
 from server.gateway import Gateway
 from server.http import error_middleware
@@ -40,10 +43,15 @@ FEATURES = (
     routes_accounts, threads, documents_feature, tutor_feature, rooms_feature, tickets_feature, pages, routes_static,
 )
 HEARTBEAT_SECONDS = 10.0
+GUEST_SWEEP_SECONDS = 3600.0  # idle guests are counted in days: hourly is plenty
 DEAD_AFTER_SECONDS = 45.0
 
 
 def create_app(settings: Settings) -> web.Application:
+    try:
+        trusted_proxies(settings.trusted_proxies)
+    except ValueError as exc:
+        raise SystemExit(f"STUDYHALL_TRUSTED_PROXIES: {exc}") from None
     app = web.Application(
         middlewares=[error_middleware],
         client_max_size=max(settings.max_upload_bytes, settings.max_http_body_bytes),
@@ -80,7 +88,10 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
         await migrate(url)
         db = await Database.connect(url)
         sio = app[SIO]
-        core = Core(settings=settings, db=db, events=SocketEvents(sio, db, app[METRICS]), instance_id=uuid.uuid4())
+        core = Core(
+            settings=settings, db=db, events=SocketEvents(sio, db, app[METRICS]), instance_id=uuid.uuid4(),
+            limiter=RateLimiter(settings.redis_url, prefix=settings.redis_channel),
+        )
         app[CORE] = core
         gateway = Gateway(sio, core, app[METRICS])
         gateway.on_connect.append(presence.socket_connected)
@@ -99,6 +110,7 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
         await core.cancel_background()
         async with db.connection() as conn:
             await connections.remove_instance(conn, core.instance_id)
+        await core.limiter.close()
         await db.close()
     finally:
         if embedded is not None:
@@ -107,7 +119,7 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
     core = app[CORE]
-    tasks = [asyncio.create_task(_housekeeping(app))]
+    tasks = [asyncio.create_task(_housekeeping(app)), asyncio.create_task(_guest_sweeper(app))]
     if core.settings.redis_url:
         tasks.append(asyncio.create_task(watch_redis(core.settings, app[SIO], app[METRICS])))
     yield
@@ -133,3 +145,18 @@ async def _housekeeping(app: web.Application) -> None:
             raise
         except Exception:
             log.exception("housekeeping failed")
+
+
+async def _guest_sweeper(app: web.Application) -> None:
+    """Delete idle guests and old login failures, hourly (handlers/guests.py), after a
+    random first delay so instances started together do not sweep in step."""
+    core = app[CORE]
+    await asyncio.sleep(random.uniform(60.0, 300.0))
+    while True:
+        try:
+            await guests.sweep(core)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("guest sweep failed")
+        await asyncio.sleep(GUEST_SWEEP_SECONDS)

@@ -42,6 +42,7 @@ async def core_for_command(settings: Settings) -> AsyncIterator[Any]:
     import uuid
 
     from handlers.core import Core
+    from handlers.ratelimit import RateLimiter
     from storage.db import Database
     from storage.migrate import migrate
 
@@ -55,9 +56,11 @@ async def core_for_command(settings: Settings) -> AsyncIterator[Any]:
     async with database_url(settings) as url:
         await migrate(url)
         db = await Database.connect(url, min_size=1, max_size=4)
+        limiter = RateLimiter(settings.redis_url, prefix=settings.redis_channel)
         try:
-            yield Core(settings=settings, db=db, events=NoEvents(), instance_id=uuid.uuid4())
+            yield Core(settings=settings, db=db, events=NoEvents(), instance_id=uuid.uuid4(), limiter=limiter)
         finally:
+            await limiter.close()
             await db.close()
 
 
