@@ -413,7 +413,7 @@ async def test_using_a_token_marks_the_account_active(start_instance, db) -> Non
                         uuid.UUID(visitor.id)) == 1
 
 
-async def test_two_sweeps_at_once_share_the_work(start_instance, db) -> None:
+async def test_several_sweeps_at_once_delete_each_guest_once(start_instance, db) -> None:
     inst = await start_instance()
     core = core_of(inst)
     async with aiohttp.ClientSession() as s:
@@ -433,3 +433,36 @@ async def test_guest_expiry_off_with_zero(start_instance, db) -> None:
     await _idle(db, g.id, 3650)
     assert (await guest_expiry.sweep(core_of(inst))).guests == 0
     assert await _count(db, "SELECT count(*) FROM users WHERE role = 'guest'") == 1
+
+
+async def test_an_expired_guests_live_room_messages_are_blanked_not_removed(start_instance, db) -> None:
+    """Room chat belongs to the room: the guest's lines are emptied like deleted messages,
+    so the room keeps gap-free seqs, and the host's lines stay as they were."""
+    inst = await start_instance()
+    async with aiohttp.ClientSession() as s:
+        api = Api(s, inst.url)
+        mentor = await api.staff(db, "mentor")
+        status, body = await api.request("POST", "/api/live-sessions", mentor, json={"title": "Live", "max_participants": 5})
+        session_id = body["live_session"]["id"]
+        status, body = await api.request("POST", f"/api/live-sessions/{session_id}/start", mentor)
+        room = body["live_session"]["conversation_id"]
+        visitor = await api.guest("Visitor")
+        host_sock, guest_sock = await api.socket(mentor), await api.socket(visitor)
+        await host_sock.ok("room:join", {"live_session_id": session_id})
+        await guest_sock.ok("room:join", {"live_session_id": session_id})
+        await guest_sock.ok("message:send", {"conversation_id": room, "content": "my phone is 555", "client_id": "g1"})
+        await host_sock.ok("message:send", {"conversation_id": room, "content": "welcome", "client_id": "h1"})
+        await api.close_sockets()
+    await _idle(db, visitor.id, 31)
+    for _ in range(50):  # the sockets' disconnects reach the connections table
+        if await _count(db, "SELECT count(*) FROM connections") == 0:
+            break
+        await asyncio.sleep(0.05)
+
+    result = await guest_expiry.sweep(core_of(inst))
+
+    assert result.guests == 1 and result.room_messages == 1
+    async with db.connection() as conn:
+        rows = await conn.fetch("SELECT seq, content, deleted, sender_id FROM messages WHERE conversation_id = $1 "
+                                "AND role = 'user' ORDER BY seq", uuid.UUID(room))
+    assert [(r["content"], r["deleted"]) for r in rows] == [("", True), ("welcome", False)]
