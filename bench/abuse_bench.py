@@ -87,7 +87,7 @@ async def hammer(route: str, call: Callable[[], Awaitable[Outcome]], args: argpa
             started = time.perf_counter()
             try:
                 outcome = await call()
-            except Exception:
+            except (aiohttp.ClientError, socketio.exceptions.SocketIOError, TimeoutError):
                 outcome = "failed"
             result.latencies.append(time.perf_counter() - started)
             setattr(result, outcome, getattr(result, outcome) + 1)
@@ -188,7 +188,8 @@ async def main() -> None:
     parser.add_argument("--limits", choices=["default", "off", "both"], default="both")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--hash-seconds", type=float, default=45.0,
-                        help="for register and login, which hash a password (argon2, slow): long enough to pass their limits")
+                        help="for register and login, which hash a password (argon2, slow): "
+                             "long enough to pass their limits")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-requests", type=int, default=20_000)
     args = parser.parse_args()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from handlers.core import Core
 from storage import guests, login_failures
@@ -38,7 +38,7 @@ async def sweep(core: Core, *, now: datetime | None = None, batch: int = BATCH) 
     s = core.settings
     deleted_guests = conversations = room_messages = 0
     if s.guest_idle_days > 0:
-        idle_before = (now or datetime.now(timezone.utc)) - timedelta(days=s.guest_idle_days)
+        idle_before = (now or datetime.now(UTC)) - timedelta(days=s.guest_idle_days)
         while not core.closing:
             async with core.db.transaction() as conn:
                 ids = await guests.lock_idle_batch(conn, idle_before, batch)

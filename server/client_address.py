@@ -45,7 +45,7 @@ class TrustedProxies:
     networks: tuple[Network, ...] = ()
 
     @classmethod
-    def parse(cls, entries: Iterable[str]) -> "TrustedProxies":
+    def parse(cls, entries: Iterable[str]) -> TrustedProxies:
         """From addresses or CIDRs; raises ValueError naming a bad entry."""
         networks = []
         for entry in entries:

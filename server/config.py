@@ -224,7 +224,9 @@ class Settings:
             # -- hardening: process lifecycle --
 
             # -- hardening: auth and abuse limits --
-            trusted_proxies=tuple(p.strip() for p in (e.get("STUDYHALL_TRUSTED_PROXIES") or "").split(",") if p.strip()),
+            trusted_proxies=tuple(
+                p.strip() for p in (e.get("STUDYHALL_TRUSTED_PROXIES") or "").split(",") if p.strip()
+            ),
             guest_limit_10min=_int(e, "STUDYHALL_GUEST_LIMIT_10MIN", d.guest_limit_10min),
             guest_limit_day=_int(e, "STUDYHALL_GUEST_LIMIT_DAY", d.guest_limit_day),
             register_limit_10min=_int(e, "STUDYHALL_REGISTER_LIMIT_10MIN", d.register_limit_10min),

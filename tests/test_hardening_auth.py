@@ -338,7 +338,7 @@ async def test_the_per_account_ceiling_stops_a_distributed_attack(start_instance
         assert await login("203.0.113.31", PASSWORD) == 401  # now refused from everywhere
 
 
-async def test_lockout_settings_from_the_environment() -> None:
+def test_lockout_settings_from_the_environment() -> None:
     s = Settings.from_env({"STUDYHALL_LOCKOUT_ACCOUNT_ATTEMPTS": "7", "STUDYHALL_GUEST_LIMIT_10MIN": "0",
                            "STUDYHALL_LOGIN_LIMIT_10MIN": "9", "STUDYHALL_GUEST_IDLE_DAYS": "3"})
     assert (s.lockout_account_attempts, s.guest_limit_10min, s.login_limit_10min, s.guest_idle_days) == (7, 0, 9, 3)
@@ -363,9 +363,11 @@ async def test_idle_guests_are_deleted_with_their_data(start_instance, db) -> No
     core = core_of(inst)
     async with aiohttp.ClientSession() as s:
         api = Api(s, inst.url)
-        idle, active, with_open_ticket, with_old_ticket = [await api.guest(n) for n in ("Idle", "Active", "Open", "Old")]
+        names = ("Idle", "Active", "Open", "Old")
+        idle, active, with_open_ticket, with_old_ticket = [await api.guest(n) for n in names]
         student = await api.register("Stu", email="stu@example.com", password=PASSWORD)
-        convs = {u.id: await tutor_conversation(db, u) for u in (idle, active, with_open_ticket, with_old_ticket, student)}
+        everyone = (idle, active, with_open_ticket, with_old_ticket, student)
+        convs = {u.id: await tutor_conversation(db, u) for u in everyone}
         await escalate(inst, convs[with_open_ticket.id])
         old_ticket = await escalate(inst, convs[with_old_ticket.id])
         async with db.transaction() as conn:
@@ -442,9 +444,11 @@ async def test_an_expired_guests_live_room_messages_are_blanked_not_removed(star
     async with aiohttp.ClientSession() as s:
         api = Api(s, inst.url)
         mentor = await api.staff(db, "mentor")
-        status, body = await api.request("POST", "/api/live-sessions", mentor, json={"title": "Live", "max_participants": 5})
+        status, body = await api.request("POST", "/api/live-sessions", mentor,
+                                         json={"title": "Live", "max_participants": 5})
         session_id = body["live_session"]["id"]
         status, body = await api.request("POST", f"/api/live-sessions/{session_id}/start", mentor)
+        assert status == 200, body
         room = body["live_session"]["conversation_id"]
         visitor = await api.guest("Visitor")
         host_sock, guest_sock = await api.socket(mentor), await api.socket(visitor)
