@@ -470,3 +470,18 @@ async def test_an_expired_guests_live_room_messages_are_blanked_not_removed(star
         rows = await conn.fetch("SELECT seq, content, deleted, sender_id FROM messages WHERE conversation_id = $1 "
                                 "AND role = 'user' ORDER BY seq", uuid.UUID(room))
     assert [(r["content"], r["deleted"]) for r in rows] == [("", True), ("welcome", False)]
+
+
+async def test_parallel_guesses_cannot_slip_past_the_lockout(start_instance, db) -> None:
+    """Twenty wrong passwords at once from one address: only the threshold's worth are tried."""
+    inst = await start_instance(trusted_proxies=("127.0.0.1",))
+    async with aiohttp.ClientSession() as s:
+        await Api(s, inst.url).register("Ze", email="ze@example.com", password=PASSWORD)
+        answers = await asyncio.gather(*(
+            post(s, inst, "/api/auth/login", {"email": "ze@example.com", "password": f"guess-{i}"},
+                 forwarded_for="198.51.100.77") for i in range(20)))
+    assert {a[0] for a in answers} == {401}
+    async with db.connection() as conn:
+        tried = await audit.list_entries(conn, action="login.failed")
+        refused = await audit.list_entries(conn, action="login.locked")
+    assert (len(tried), len(refused)) == (DEFAULTS.lockout_attempts, 20 - DEFAULTS.lockout_attempts)
