@@ -110,9 +110,9 @@ async def login(core: Core, *, email: str, password: str, ip: str | None) -> dic
     s = core.settings
     await signin_limits.check(core, "login", ip)
     address = ip or "unknown"
-    async with core.db.connection() as conn:
+    async with core.db.transaction() as conn:
         row = await users.get_user_by_email(conn, email)
-        failures = await login_failures.counts(conn, row["id"], address, s.lockout_minutes) if row else None
+        failures = await _count_attempt(s, conn, row["id"], address) if row else None
     password_ok = await _verify_password(row["password_hash"] if row else None, password)
     if row is None or failures is None:
         async with core.db.transaction() as conn:
@@ -127,9 +127,8 @@ async def login(core: Core, *, email: str, password: str, ip: str | None) -> dic
             )
         raise ApiError("unauthorized", WRONG_CREDENTIALS)
 
-    if not password_ok:
+    if not password_ok:  # the failure was counted up front by _count_attempt
         async with core.db.transaction() as conn:
-            await login_failures.record(conn, row["id"], address)
             after = login_failures.FailureCounts(failures.from_address + 1, failures.total + 1)
             await audit.record(
                 conn, "login.failed", actor_id=row["id"], target_type="user", target_id=row["id"], ip=ip,
@@ -138,10 +137,24 @@ async def login(core: Core, *, email: str, password: str, ip: str | None) -> dic
         raise ApiError("unauthorized", WRONG_CREDENTIALS)
 
     async with core.db.transaction() as conn:
-        await login_failures.clear(conn, row["id"], address)
+        await login_failures.clear(conn, row["id"], address)  # this attempt's row too
         token = await _issue_token(core, conn, row["id"], row["role"])
         await audit.record(conn, "login.success", actor_id=row["id"], target_type="user", target_id=row["id"], ip=ip)
     return {"user": public_user(row), "token": token}
+
+
+async def _count_attempt(
+    settings: Settings, conn: Any, user_id: UUID, address: str
+) -> login_failures.FailureCounts:
+    """The failures before this attempt; unless locked, this attempt is counted as a failure
+    now, before the password is checked (a success clears it), under a per-account lock.
+    Counting after the check would let parallel guesses all read the same count: 100 at
+    once would all be tried. The lock is held for a count and an insert, not for argon2."""
+    await login_failures.lock_account(conn, user_id)
+    failures = await login_failures.counts(conn, user_id, address, settings.lockout_minutes)
+    if not _locked(settings, failures):
+        await login_failures.record(conn, user_id, address)
+    return failures
 
 
 def _locked(settings: Settings, failures: login_failures.FailureCounts) -> bool:

@@ -16,6 +16,17 @@ class FailureCounts:
     total: int
 
 
+# Advisory-lock class for "one account's failure count": the two-int form keeps these apart
+# from the migration lock (a single bigint).
+LOCK_CLASS = 0x5348  # "SH"
+
+
+async def lock_account(conn: asyncpg.Connection, user_id: UUID) -> None:
+    """Serialise counting for one account until the transaction ends, so parallel guesses
+    cannot all read the same count and slip past the threshold together."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_CLASS, str(user_id))
+
+
 async def counts(conn: asyncpg.Connection, user_id: UUID, ip: str, window_minutes: int) -> FailureCounts:
     row = await conn.fetchrow(
         """SELECT count(*) FILTER (WHERE ip = $2) AS from_address, count(*) AS total
