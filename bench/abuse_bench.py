@@ -39,22 +39,23 @@ import socketio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import quantile_ms, start_servers, stop_servers, wait_up  # noqa: E402
+from bench.harness import SIGNIN_LIMITS, quantile_ms, start_servers, stop_servers, wait_up  # noqa: E402
 from server.config import Settings  # noqa: E402
 from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
 
 DEFAULTS = Settings()
-# The per-socket event limit at its default (bench/harness.py lifts it for throughput runs).
+# bench/harness.py lifts every limit for throughput runs: put them back to their defaults.
 DEFAULT_ENV = {
     "STUDYHALL_RATE_LIMIT": str(DEFAULTS.rate_limit_per_second),
     "STUDYHALL_RATE_BURST": str(DEFAULTS.rate_limit_burst),
+    "STUDYHALL_GUEST_LIMIT_10MIN": str(DEFAULTS.guest_limit_10min),
+    "STUDYHALL_GUEST_LIMIT_DAY": str(DEFAULTS.guest_limit_day),
+    "STUDYHALL_REGISTER_LIMIT_10MIN": str(DEFAULTS.register_limit_10min),
+    "STUDYHALL_REGISTER_LIMIT_DAY": str(DEFAULTS.register_limit_day),
+    "STUDYHALL_LOGIN_LIMIT_10MIN": str(DEFAULTS.login_limit_10min),
 }
-LIMITS_OFF_ENV = {
-    name: "0" for name in (
-        "STUDYHALL_GUEST_LIMIT_10MIN", "STUDYHALL_GUEST_LIMIT_DAY", "STUDYHALL_REGISTER_LIMIT_10MIN",
-        "STUDYHALL_REGISTER_LIMIT_DAY", "STUDYHALL_LOGIN_LIMIT_10MIN",
-    )
-}
+assert set(SIGNIN_LIMITS) <= set(DEFAULT_ENV)
+LIMITS_OFF_ENV = {name: "0" for name in SIGNIN_LIMITS}
 
 Outcome = str  # "answered" | "refused" | "failed"
 
