@@ -19,8 +19,12 @@ sys.path.insert(0, str(ROOT))
 
 from storage.embedded import free_port  # noqa: E402
 
-# No rate limit: the benchmark is the only client and wants the server's own ceiling.
-BENCH_ENV = {"STUDYHALL_RATE_LIMIT": "100000", "STUDYHALL_RATE_BURST": "100000", "STUDYHALL_LOG_LEVEL": "WARNING"}
+# No rate limit: the benchmark is the only client and wants the server's own ceiling (it
+# registers hundreds of users from 127.0.0.1, over the sign-in limits' defaults).
+SIGNIN_LIMITS = ("STUDYHALL_GUEST_LIMIT_10MIN", "STUDYHALL_GUEST_LIMIT_DAY", "STUDYHALL_REGISTER_LIMIT_10MIN",
+                 "STUDYHALL_REGISTER_LIMIT_DAY", "STUDYHALL_LOGIN_LIMIT_10MIN")
+BENCH_ENV = {"STUDYHALL_RATE_LIMIT": "100000", "STUDYHALL_RATE_BURST": "100000", "STUDYHALL_LOG_LEVEL": "WARNING",
+             **{name: "0" for name in SIGNIN_LIMITS}}
 
 
 def start_servers(

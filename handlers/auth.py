@@ -1,5 +1,7 @@
 """Accounts and sign-in: register, login with lockout, guests, tokens, roles.
 
+The public sign-in routes are limited per client address (handlers/signin_limits.py).
+
 Passwords are hashed with argon2 (argon2-cffi's recommended parameters). Tokens are 32
 random bytes; only their SHA-256 is stored, so a database leak does not leak sessions,
 and a lookup is one indexed equality (argon2 would make every socket connect cost ~50 ms).
@@ -17,11 +19,16 @@ from uuid import UUID
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from handlers import signin_limits
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
-from storage import audit, connections, users
+from server.config import Settings
+from storage import audit, connections, login_failures, users
 
 ROLES = ("student", "mentor", "agent", "admin", "guest")
+# How stale `users.last_active_at` may get: refreshing it at most this often keeps token
+# checks read-only (one write per user per hour), and is precise enough for expiring guests.
+ACTIVITY_RESOLUTION = timedelta(hours=1)
 _hasher = PasswordHasher()
 # Verified when the email is unknown, so that a wrong email costs as long as a wrong password.
 _DUMMY_HASH = _hasher.hash("studyhall-timing-equaliser")
@@ -59,6 +66,9 @@ async def _issue_token(core: Core, conn: Any, user_id: UUID, role: str) -> str:
 
 
 async def register(core: Core, *, email: str, password: str, name: str, ip: str | None) -> dict[str, Any]:
+    if not core.settings.allow_registration:
+        raise ApiError("forbidden", "Public sign-up is turned off on this server; ask an administrator for an account.")
+    await signin_limits.check(core, "register", ip)
     password_hash = await hash_password(password)
     async with core.db.transaction() as conn:
         row = await users.insert_user(conn, email=email, name=name, role="student", password_hash=password_hash)
@@ -82,43 +92,81 @@ async def create_user(core: Core, *, email: str, password: str, name: str, role:
     return public_user(row)
 
 
-async def login(core: Core, *, email: str, password: str, ip: str | None) -> dict[str, Any]:
-    """Sign in. Five failures in a row lock the account for the configured minutes.
+WRONG_CREDENTIALS = "Wrong email or password."
 
-    Failures are written (and committed) before the error is raised, so the audit log
-    and the lockout counter see every attempt.
+
+async def login(core: Core, *, email: str, password: str, ip: str | None) -> dict[str, Any]:
+    """Sign in, telling nobody which emails have accounts.
+
+    Every attempt verifies a password (a dummy hash for an unknown email), and a locked
+    account answers exactly as a wrong password does, so status, message and time are
+    the same for an unknown email, a wrong password and a lock. Lockout is keyed on
+    (account, client address): `lockout_attempts` failures from one address within
+    `lockout_minutes` lock that address out of that account, while the real user signing
+    in from elsewhere is unaffected; `lockout_account_attempts` failures from all
+    addresses together lock the account everywhere (a distributed attack, slowed). Failures
+    are committed before the error is raised, so the audit log sees every attempt.
     """
     s = core.settings
-    async with core.db.connection() as conn:
+    await signin_limits.check(core, "login", ip)
+    address = ip or "unknown"
+    async with core.db.transaction() as conn:
         row = await users.get_user_by_email(conn, email)
-    if row and row["locked_until"] and row["locked_until"] > datetime.now(timezone.utc):
+        failures = await _count_attempt(s, conn, row["id"], address) if row else None
+    password_ok = await _verify_password(row["password_hash"] if row else None, password)
+    if row is None or failures is None:
         async with core.db.transaction() as conn:
-            await audit.record(conn, "login.locked", actor_id=row["id"], target_type="user", target_id=row["id"], ip=ip)
-        raise ApiError("unauthorized", "This account is locked after too many failed sign-ins. Try again later.")
+            await audit.record(conn, "login.failed", target_type="user", ip=ip, details={"email": email.lower()})
+        raise ApiError("unauthorized", WRONG_CREDENTIALS)
 
-    if row is None or not await _verify_password(row["password_hash"], password):
+    if _locked(s, failures):
         async with core.db.transaction() as conn:
-            details: dict[str, Any] = {"email": email.lower()}
-            if row is not None:
-                state = await users.record_failed_login(
-                    conn, row["id"], max_attempts=s.lockout_attempts,
-                    lock_until=datetime.now(timezone.utc) + timedelta(minutes=s.lockout_minutes),
-                )
-                details["locked"] = state["locked_until"] is not None and state["failed_logins"] == 0
             await audit.record(
-                conn, "login.failed", actor_id=row["id"] if row else None, target_type="user",
-                target_id=row["id"] if row else None, ip=ip, details=details,
+                conn, "login.locked", actor_id=row["id"], target_type="user", target_id=row["id"], ip=ip,
+                details={"from_address": failures.from_address, "total": failures.total},
             )
-        raise ApiError("unauthorized", "Wrong email or password.")
+        raise ApiError("unauthorized", WRONG_CREDENTIALS)
+
+    if not password_ok:  # the failure was counted up front by _count_attempt
+        async with core.db.transaction() as conn:
+            after = login_failures.FailureCounts(failures.from_address + 1, failures.total + 1)
+            await audit.record(
+                conn, "login.failed", actor_id=row["id"], target_type="user", target_id=row["id"], ip=ip,
+                details={"email": email.lower(), "locked": _locked(s, after)},
+            )
+        raise ApiError("unauthorized", WRONG_CREDENTIALS)
 
     async with core.db.transaction() as conn:
-        await users.reset_failed_logins(conn, row["id"])
+        await login_failures.clear(conn, row["id"], address)  # this attempt's row too
         token = await _issue_token(core, conn, row["id"], row["role"])
         await audit.record(conn, "login.success", actor_id=row["id"], target_type="user", target_id=row["id"], ip=ip)
     return {"user": public_user(row), "token": token}
 
 
+async def _count_attempt(
+    settings: Settings, conn: Any, user_id: UUID, address: str
+) -> login_failures.FailureCounts:
+    """The failures before this attempt; unless locked, this attempt is counted as a failure
+    now, before the password is checked (a success clears it), under a per-account lock.
+    Counting after the check would let parallel guesses all read the same count: 100 at
+    once would all be tried. The lock is held for a count and an insert, not for argon2."""
+    await login_failures.lock_account(conn, user_id)
+    failures = await login_failures.counts(conn, user_id, address, settings.lockout_minutes)
+    if not _locked(settings, failures):
+        await login_failures.record(conn, user_id, address)
+    return failures
+
+
+def _locked(settings: Settings, failures: login_failures.FailureCounts) -> bool:
+    """Locked out: too many failures from this address, or from everywhere (0 turns one off)."""
+    per_address, per_account = settings.lockout_attempts, settings.lockout_account_attempts
+    return (0 < per_address <= failures.from_address) or (0 < per_account <= failures.total)
+
+
 async def guest(core: Core, *, name: str | None, ip: str | None) -> dict[str, Any]:
+    if not core.settings.allow_guests:
+        raise ApiError("forbidden", "Guest access is turned off on this server; sign in or create an account.")
+    await signin_limits.check(core, "guest", ip)
     async with core.db.transaction() as conn:
         row = await users.insert_user(conn, email=None, name=name or "Guest", role="guest", password_hash=None)
         assert row is not None
@@ -135,6 +183,9 @@ async def authenticate(core: Core, token: str | None, sid: str | None = None) ->
         row = await users.find_token_user(conn, hash_token(token))
     if row is None:
         raise ApiError("unauthorized", "This token is unknown, expired or revoked.")
+    if row["last_active_at"] < datetime.now(timezone.utc) - ACTIVITY_RESOLUTION:
+        async with core.db.connection() as conn:
+            await users.touch_active(conn, row["id"])
     return Actor(user_id=row["id"], role=row["role"], name=row["name"], token_id=row["token_id"], sid=sid)
 
 

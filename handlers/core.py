@@ -49,7 +49,8 @@ class Core:
     db: Database
     events: Events
     instance_id: UUID
-    limiter: RateLimiter
+    # The app's one rate limiter (sign-in limits, tutor limits): shared through Redis when set.
+    limiter: RateLimiter = field(default_factory=RateLimiter)
     services: dict[str, Any] = field(default_factory=dict)
     closing: bool = False
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
-from handlers import presence, registry
+from handlers import guests, presence, registry
 from handlers.core import Core
 from handlers.ratelimit import RateLimiter
 from server import documents as documents_feature
@@ -24,6 +25,7 @@ from server import pages, routes_accounts, routes_static, threads
 from server import rooms as rooms_feature
 from server import tickets as tickets_feature
 from server import tutor as tutor_feature
+from server.client_address import trusted_proxies
 from server.config import Settings
 from server.gateway import Gateway
 from server.http import error_middleware
@@ -45,9 +47,14 @@ FEATURES = (
     routes_accounts, threads, documents_feature, tutor_feature, rooms_feature, tickets_feature, pages, routes_static,
 )
 DEAD_AFTER_SECONDS = 45.0  # at least; never under 4.5 heartbeats (settings.instance_heartbeat_seconds)
+GUEST_SWEEP_SECONDS = 3600.0  # idle guests are counted in days: hourly is plenty
 
 
 def create_app(settings: Settings) -> web.Application:
+    try:
+        trusted_proxies(settings.trusted_proxies)
+    except ValueError as exc:
+        raise SystemExit(f"STUDYHALL_TRUSTED_PROXIES: {exc}") from None
     app = web.Application(
         middlewares=[error_middleware],
         client_max_size=max(settings.max_upload_bytes, settings.max_http_body_bytes),
@@ -148,7 +155,7 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
     core = app[CORE]
-    tasks = [asyncio.create_task(_housekeeping(app))]
+    tasks = [asyncio.create_task(_housekeeping(app)), asyncio.create_task(_guest_sweeper(app))]
     if core.settings.redis_url:
         tasks.append(asyncio.create_task(watch_redis(core.settings, app[SIO], app[METRICS])))
     yield
@@ -183,3 +190,20 @@ async def _housekeeping(app: web.Application) -> None:
             pass  # logged once per outage by the database's tracker
         except Exception:
             log.exception("housekeeping failed")
+
+
+async def _guest_sweeper(app: web.Application) -> None:
+    """Delete idle guests and old login failures, hourly (handlers/guests.py), after a
+    random first delay so instances started together do not sweep in step."""
+    core = app[CORE]
+    await asyncio.sleep(random.uniform(60.0, 300.0))
+    while True:
+        try:
+            await guests.sweep(core)
+        except asyncio.CancelledError:
+            raise
+        except DatabaseUnavailable:
+            pass  # logged once per outage by the database's tracker
+        except Exception:
+            log.exception("guest sweep failed")
+        await asyncio.sleep(GUEST_SWEEP_SECONDS)

@@ -181,6 +181,20 @@ class Settings:
     pg_restart_seconds: float = 30.0
 
     # -- hardening: auth and abuse limits --
+    # Addresses/CIDRs of reverse proxies whose X-Forwarded-For is believed (empty: none).
+    trusted_proxies: tuple[str, ...] = ()
+    # Sign-in routes, per client address (0 turns a limit off); reasoning in docs/security.md.
+    guest_limit_10min: int = 60
+    guest_limit_day: int = 500
+    register_limit_10min: int = 60
+    register_limit_day: int = 300
+    login_limit_10min: int = 120
+    # Failed logins per account across all addresses within lockout_minutes (0: no ceiling).
+    lockout_account_attempts: int = 50
+    allow_registration: bool = True
+    allow_guests: bool = True
+    # Guests idle this long are deleted with their data (0: kept forever).
+    guest_idle_days: int = 30
 
     # -- hardening: HTTP edges and disclosure --
     # /metrics: a bearer token that opens it from anywhere (None: no token opens it), and
@@ -273,6 +287,18 @@ class Settings:
             pg_restart_seconds=_float(e, "STUDYHALL_PG_RESTART_SECONDS", d.pg_restart_seconds),
 
             # -- hardening: auth and abuse limits --
+            trusted_proxies=tuple(
+                p.strip() for p in (e.get("STUDYHALL_TRUSTED_PROXIES") or "").split(",") if p.strip()
+            ),
+            guest_limit_10min=_int(e, "STUDYHALL_GUEST_LIMIT_10MIN", d.guest_limit_10min),
+            guest_limit_day=_int(e, "STUDYHALL_GUEST_LIMIT_DAY", d.guest_limit_day),
+            register_limit_10min=_int(e, "STUDYHALL_REGISTER_LIMIT_10MIN", d.register_limit_10min),
+            register_limit_day=_int(e, "STUDYHALL_REGISTER_LIMIT_DAY", d.register_limit_day),
+            login_limit_10min=_int(e, "STUDYHALL_LOGIN_LIMIT_10MIN", d.login_limit_10min),
+            lockout_account_attempts=_int(e, "STUDYHALL_LOCKOUT_ACCOUNT_ATTEMPTS", d.lockout_account_attempts),
+            allow_registration=_bool(e, "STUDYHALL_ALLOW_REGISTRATION", d.allow_registration),
+            allow_guests=_bool(e, "STUDYHALL_ALLOW_GUESTS", d.allow_guests),
+            guest_idle_days=_int(e, "STUDYHALL_GUEST_IDLE_DAYS", d.guest_idle_days),
 
             # -- hardening: HTTP edges and disclosure --
             metrics_token=e.get("STUDYHALL_METRICS_TOKEN") or None,

@@ -24,8 +24,9 @@ from pydantic import BaseModel, ValidationError
 from handlers import auth
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
+from server.client_address import trusted_proxies
 from server.jsonutil import json_response
-from server.keys import CORE, METRICS
+from server.keys import CORE, METRICS, SETTINGS
 from server.unavailable import unavailable_error
 from server.validation import validation_message
 
@@ -145,7 +146,9 @@ def core_of(request: web.Request) -> Core:
 
 
 def client_ip(request: web.Request) -> str | None:
-    return request.remote
+    """The client's address: the peer, or X-Forwarded-For's when the peer is a trusted proxy."""
+    trusted = trusted_proxies(request.app[SETTINGS].trusted_proxies)
+    return trusted.client_address(request.remote, request.headers.getall("X-Forwarded-For", []))
 
 
 async def require_actor(request: web.Request, roles: tuple[str, ...] | None = None) -> Actor:

@@ -1,4 +1,7 @@
-"""Users, sign-in tokens, lockout counters."""
+"""Users, sign-in tokens, and when each account was last active.
+
+Failed logins live in storage/login_failures.py (per account and client address); the
+old per-account columns users.failed_logins and users.locked_until are no longer used."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from uuid import UUID
 
 import asyncpg
 
-USER_COLUMNS = "id, email, name, role, password_hash, failed_logins, locked_until, created_at"
+USER_COLUMNS = "id, email, name, role, password_hash, created_at, last_active_at"
 
 
 async def insert_user(
@@ -56,22 +59,9 @@ async def get_user_by_email(conn: asyncpg.Connection, email: str) -> dict[str, A
     return dict(row) if row else None
 
 
-async def record_failed_login(
-    conn: asyncpg.Connection, user_id: UUID, *, max_attempts: int, lock_until: datetime
-) -> dict[str, Any]:
-    """Count one failure; at `max_attempts` lock the account and reset the count."""
-    row = await conn.fetchrow(
-        """UPDATE users SET
-               failed_logins = CASE WHEN failed_logins + 1 >= $2 THEN 0 ELSE failed_logins + 1 END,
-               locked_until = CASE WHEN failed_logins + 1 >= $2 THEN $3 ELSE locked_until END
-           WHERE id = $1 RETURNING failed_logins, locked_until""",
-        user_id, max_attempts, lock_until,
-    )
-    return dict(row)
-
-
-async def reset_failed_logins(conn: asyncpg.Connection, user_id: UUID) -> None:
-    await conn.execute("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1", user_id)
+async def touch_active(conn: asyncpg.Connection, user_id: UUID) -> None:
+    """Mark the account active now (callers do it at most hourly: it is a write)."""
+    await conn.execute("UPDATE users SET last_active_at = now() WHERE id = $1", user_id)
 
 
 async def set_role(conn: asyncpg.Connection, user_id: UUID, role: str) -> dict[str, Any] | None:

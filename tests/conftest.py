@@ -69,6 +69,10 @@ def base_settings(database_url: str) -> Settings:
         presence_grace_seconds=0.3,
         room_leave_grace_seconds=0.3,
         log_json=False,
+        # Tests register many users from 127.0.0.1: sign-in limits well above any test's
+        # needs (tests/test_hardening_auth.py sets the real defaults to prove them).
+        guest_limit_10min=100_000, guest_limit_day=100_000,
+        register_limit_10min=100_000, register_limit_day=100_000, login_limit_10min=100_000,
     )
 
 

@@ -63,7 +63,8 @@ async def test_five_failed_logins_lock_the_account(api: Api, db) -> None:
         status, _ = await api.request("POST", "/api/auth/login", json={"email": "cy@example.com", "password": "wrong"})
         assert status == 401
     status, body = await api.request("POST", "/api/auth/login", json={"email": "cy@example.com", "password": "right-password"})
-    assert status == 401 and "locked" in body["error"]["message"]
+    # Locked, answered exactly as a wrong password (a lock must not reveal that the email exists).
+    assert status == 401 and body["error"] == {"code": "unauthorized", "message": "Wrong email or password."}
     async with db.connection() as conn:
         failed = await audit.list_entries(conn, action="login.failed")
         locked = await audit.list_entries(conn, action="login.locked")
