@@ -35,6 +35,7 @@ from rag.retrieval import KnowledgeBase
 from server.config import Settings
 from storage import conversations, messages
 from storage import tutor as store
+from storage.availability import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,8 @@ class TutorService:
                     log.info("tutor recovering unanswered messages", extra={"messages": count})
             except asyncio.CancelledError:
                 raise
+            except DatabaseUnavailable:
+                pass  # logged once per outage by the database's tracker
             except Exception:
                 log.exception("tutor recovery pass failed")
             min_age = self.recovery_min_age_seconds
@@ -255,6 +258,8 @@ class TutorService:
                 await self.sweep_abandoned()
             except asyncio.CancelledError:
                 raise
+            except DatabaseUnavailable:
+                pass  # logged once per outage by the database's tracker
             except Exception:
                 log.exception("tutor sweep of abandoned answers failed")
             await asyncio.sleep(self.core.settings.tutor_stream_sweep_seconds)
