@@ -1,0 +1,224 @@
+"""Hostile Socket.IO clients: frames written by hand (reserved event names, a second
+CONNECT, undecodable JSON), many sockets of one user, long-polling bursts through the
+official JS client, and NUL characters in every text field.
+
+`RawSocket` speaks Engine.IO v4 / Socket.IO v5 over aiohttp's websocket client, frame by
+frame, so a test can send exactly what a hostile client would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import socketio
+
+from handlers.errors import ApiError
+from handlers.writer import MessageWriter
+from storage import messages as message_store
+from storage.messages import NewMessage
+from tests.client import Api, Socket, User
+from tests.test_writer import make_conversations
+
+JS_SCRIPT = Path(__file__).parent / "js" / "polling_burst.mjs"
+
+
+class RawSocket:
+    """A Socket.IO client written by hand: `send` any frame, read acks and events."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.acks: dict[int, Any] = {}
+        self.events: list[tuple[str, Any]] = []
+        self.packets: list[str] = []
+        self.closed = asyncio.Event()
+        self.engine_closed = False
+        self._changed = asyncio.Condition()
+        self._reader = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def connect(cls, session: aiohttp.ClientSession, url: str, token: str) -> "RawSocket":
+        ws = await session.ws_connect(url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket")
+        opening = await ws.receive_str(timeout=5)
+        assert opening.startswith("0{"), opening
+        sock = cls(ws)
+        await sock.send("0" + json.dumps({"token": token}))
+        await sock.until(lambda: any(p.startswith("0{") for p in sock.packets), "the CONNECT answer")
+        return sock
+
+    async def _read(self) -> None:
+        try:
+            async for msg in self.ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                frame: str = msg.data
+                if frame == "2":  # Engine.IO ping
+                    await self.ws.send_str("3")
+                    continue
+                if frame == "1":  # Engine.IO CLOSE: the server ends the connection
+                    self.engine_closed = True
+                    break
+                if frame.startswith("4"):
+                    packet = frame[1:]
+                    self.packets.append(packet)
+                    if packet.startswith("3"):
+                        digits = len(packet[1:]) - len(packet[1:].lstrip("0123456789"))
+                        self.acks[int(packet[1:1 + digits])] = json.loads(packet[1 + digits:])[0]
+                    elif packet.startswith("2["):
+                        name, *args = json.loads(packet[1:])
+                        self.events.append((name, args[0] if args else None))
+                async with self._changed:
+                    self._changed.notify_all()
+        finally:
+            self.closed.set()
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def send(self, frame: str) -> None:
+        """Send one Socket.IO packet (the Engine.IO MESSAGE prefix is added)."""
+        await self.ws.send_str("4" + frame)
+
+    async def until(self, condition: Any, what: str, timeout: float = 10) -> None:
+        async def wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: condition() or self.closed.is_set())
+        await asyncio.wait_for(wait(), timeout)
+        assert condition(), f"connection closed before {what}"
+
+    async def ack(self, ack_id: int, timeout: float = 10) -> Any:
+        await self.until(lambda: ack_id in self.acks, f"ack {ack_id}", timeout)
+        return self.acks[ack_id]
+
+    async def call(self, ack_id: int, event: str, data: Any) -> Any:
+        await self.send(f"2{ack_id}" + json.dumps([event, data]))
+        return await self.ack(ack_id)
+
+    def got(self, event: str, predicate: Any = lambda d: True) -> bool:
+        return any(name == event and predicate(data) for name, data in self.events)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self._reader.cancel()
+
+
+async def direct_conversation(api: Api, a: User, b: User) -> str:
+    sock = await api.socket(a)
+    conv = (await sock.ok("conversation:create", {"kind": "direct", "member_ids": [b.id]}))["conversation"]
+    await sock.disconnect()
+    return str(conv["id"])
+
+
+async def connections_of(db: Any, user: User) -> int:
+    async with db.connection() as conn:
+        return int(await conn.fetchval("SELECT count(*) FROM connections WHERE user_id = $1", uuid.UUID(user.id)))
+
+
+# --- 1. reserved event names and a second CONNECT --------------------------------------
+
+@pytest.mark.parametrize("name", ["disconnect", "connect", "connect_error", "*", "message"])
+async def test_reserved_event_names_run_no_server_logic(api: Api, db: Any, name: str) -> None:
+    alice, bob = await api.register("Alice"), await api.register("Bob")
+    cid = await direct_conversation(api, alice, bob)
+    bob_sock = await api.socket(bob)
+    raw = await RawSocket.connect(api.session, api.url, alice.token)
+    try:
+        ack = await raw.call(1, name, {})
+        assert ack["ok"] is False and ack["error"]["code"] == "bad_request", ack
+        await raw.send(f'2["{name}"]')  # without an ack id: nothing at all happens
+        # The socket is still known: its presence row is there and its events arrive.
+        assert await connections_of(db, alice) == 1
+        await bob_sock.ok("message:send", {"conversation_id": cid, "content": "still there?", "client_id": "b1"})
+        await raw.until(lambda: raw.got("message:new", lambda d: d["message"]["content"] == "still there?"), "message:new")
+        assert (await raw.call(2, "typing", {"conversation_id": cid, "typing": True}))["ok"] is True
+        # And logout still reaches it: DISCONNECT, then the transport is closed.
+        status, _ = await api.request("POST", "/api/auth/logout", alice)
+        assert status == 204
+        await asyncio.wait_for(raw.closed.wait(), 10)
+        assert "1" in raw.packets, "the server sent the Socket.IO DISCONNECT packet"
+        assert raw.engine_closed, "and then closed the Engine.IO connection"
+        assert await connections_of(db, alice) == 0
+    finally:
+        await raw.close()
+
+
+async def test_a_second_connect_neither_replaces_the_session_nor_logs_errors(
+    api: Api, db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice, bob, mallory = await api.register("Alice"), await api.register("Bob"), await api.register("Mallory")
+    cid = await direct_conversation(api, alice, bob)
+    raw = await RawSocket.connect(api.session, api.url, alice.token)
+    try:
+        caplog.set_level(logging.WARNING)
+        for _ in range(20):
+            await raw.send("0" + json.dumps({"token": mallory.token}))
+        # Still Alice's socket: her conversation's events and acks, one session.
+        assert (await raw.call(1, "typing", {"conversation_id": cid, "typing": True}))["ok"] is True
+        bob_sock = await api.socket(bob)
+        await bob_sock.ok("message:send", {"conversation_id": cid, "content": "for alice", "client_id": "b1"})
+        await raw.until(lambda: raw.got("message:new"), "message:new")
+        assert sum(p.startswith("0") for p in raw.packets) == 1 and not any(p.startswith("4") for p in raw.packets)
+        assert await connections_of(db, alice) == 1 and await connections_of(db, mallory) == 0
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(caplog.records) <= 2
+    finally:
+        await raw.close()
+
+
+# --- 2. undecodable frames ---------------------------------------------------------------
+
+UNDECODABLE = {
+    "lone surrogate": '["message:send",{"content":"\\ud83d","client_id":"x"}]',
+    "too deep": '["typing",' + "[" * 2000 + "]" * 2000 + "]",
+    "garbage": "garbage{",
+    "not an array": '{"event":"typing"}',
+    "no name": "[]",
+    "name not a string": "[42, {}]",
+}
+
+
+@pytest.mark.parametrize("body", list(UNDECODABLE.values()), ids=list(UNDECODABLE))
+async def test_undecodable_events_get_bad_request_and_the_connection_stays(api: Api, body: str) -> None:
+    alice, bob = await api.register("Alice"), await api.register("Bob")
+    cid = await direct_conversation(api, alice, bob)
+    raw = await RawSocket.connect(api.session, api.url, alice.token)
+    try:
+        await raw.send(f"27{body}")
+        ack = await raw.ack(7)
+        assert ack["ok"] is False and ack["error"]["code"] == "bad_request", ack
+        ack = await raw.call(8, "message:send", {"conversation_id": cid, "content": "fine", "client_id": "c1"})
+        assert ack["ok"] is True and ack["message"]["content"] == "fine"
+    finally:
+        await raw.close()
+
+
+async def test_a_thousand_undecodable_frames_log_little_and_count_against_the_rate_limit(
+    start_instance: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    inst = await start_instance(rate_limit_per_second=1, rate_limit_burst=50)
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, inst.url)
+        alice = await api.register("Alice")
+        raw = await RawSocket.connect(session, inst.url, alice.token)
+        try:
+            caplog.set_level(logging.DEBUG)
+            caplog.clear()
+            for i in range(1, 1001):
+                await raw.send(f'2{i}["message:send",{{"content":"\\ud83d"}}]')
+            await raw.ack(1000, timeout=30)
+            codes = [raw.acks[i]["error"]["code"] for i in range(1, 1001)]
+            assert codes[:50] == ["bad_request"] * 50, "within the burst: bad_request"
+            assert codes.count("rate_limited") >= 900, "past it: they count against the socket's rate limit"
+            assert all(raw.acks[i]["error"]["retry_after_ms"] > 0 for i in range(1, 1001) if codes[i - 1] == "rate_limited")
+            logged = [r for r in caplog.records if r.name.startswith(("server", "socketio", "engineio"))]
+            assert len(logged) <= 5, [r.getMessage() for r in logged]
+            assert sum(len(r.getMessage()) + len(str(r.exc_text or "")) for r in logged) < 5_000
+            assert not any(r.exc_info for r in logged)
+            assert not raw.closed.is_set()
+        finally:
+            await raw.close()
