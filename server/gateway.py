@@ -144,18 +144,19 @@ class Gateway:
         async with state.lock:
             return await self._run(spec, state, args)
 
-    def refuse_frame(self, sid: str | None, code: str, message: str) -> dict[str, Any]:
+    def refuse_frame(self, sid: str | None, code: str, message: str, *, count: bool = True) -> dict[str, Any]:
         """The ack for a frame that is not run as an event (undecodable, a reserved name,
-        past a poll's packet limit): it counts against the socket's and user's limits like
-        any event, so refusals cannot be sent faster than events."""
+        past a poll's packet limit). With `count` it takes a token from the socket's and
+        user's buckets like any event, so refusals cannot be sent faster than events."""
         state = self.sockets.get(sid) if sid is not None else None
         if state is None:
             return error_ack("unauthorized", "Not connected.")
-        refusal = self.limits.take(state.bucket, state.actor.user_id)
+        wait: int | None = None
+        refusal = self.limits.take(state.bucket, state.actor.user_id) if count else None
         if refusal is not None:
             code, message, wait = "rate_limited", refusal.message, refusal.retry_after_ms
-        else:
-            wait = (state.bucket.wait_ms() or 1) if code == "rate_limited" else None
+        elif code == "rate_limited":
+            wait = state.bucket.wait_ms() or 1
         self.metrics.event_errors.labels(code, "socket").inc()
         return error_ack(code, message, wait)
 

@@ -33,8 +33,7 @@ from __future__ import annotations
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import socketio
 from engineio import async_socket, exceptions
@@ -53,10 +52,11 @@ RESERVED_EVENTS = frozenset({
 LOG_EVERY_SECONDS = 10.0
 MAX_ACK_ID_DIGITS = 15
 
-Refuse = Callable[[str | None, str, str], dict[str, Any]]
+class Refuse(Protocol):
+    def __call__(self, sid: str | None, code: str, message: str, *, count: bool = True) -> dict[str, Any]: ...
 
 
-def _default_refuse(sid: str | None, code: str, message: str) -> dict[str, Any]:
+def _default_refuse(sid: str | None, code: str, message: str, *, count: bool = True) -> dict[str, Any]:
     return {"ok": False, "error": {"code": code, "message": message}}
 
 
@@ -116,13 +116,15 @@ class GuardedServer(socketio.AsyncServer):
 
     # --- answering refused frames -----------------------------------------------------
 
-    async def _refuse(self, eio_sid: str, namespace: str, ack_id: int | None, code: str, message: str) -> None:
-        """Answer a refused event when it has an ack id and its namespace is connected."""
+    async def _refuse(self, eio_sid: str, namespace: str, ack_id: int | None, code: str, message: str,
+                      *, count: bool = True) -> None:
+        """Answer a refused event when it has an ack id and its namespace is connected;
+        `count`: it takes a token from the event rate limits."""
         namespace = namespace or "/"
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         if sid is None or not self.manager.is_connected(sid, namespace):
             return
-        ack = self.refuse_frame(sid, code, message)
+        ack = self.refuse_frame(sid, code, message, count=count)
         if ack_id is not None:
             await self._send_packet(eio_sid, self.packet_class(sio_packet.ACK, namespace=namespace, id=ack_id, data=[ack]))
 
@@ -228,5 +230,6 @@ class _PollPost:
             if raw.startswith("4"):
                 kind, namespace, ack_id = ack_header(raw[1:])
                 if kind in (sio_packet.EVENT, sio_packet.BINARY_EVENT):
+                    # Not counted: the events before it, still queued, must find their tokens.
                     await self.server._refuse(sock.sid, namespace, ack_id, "rate_limited",
-                                              "Too many events in one poll; slow down.")
+                                              "Too many events in one poll; slow down.", count=False)

@@ -222,3 +222,118 @@ async def test_a_thousand_undecodable_frames_log_little_and_count_against_the_ra
             assert not raw.closed.is_set()
         finally:
             await raw.close()
+
+
+# --- 3 and 4. per-user limits; rate_limited says when to retry ------------------------------
+
+async def test_one_users_sockets_share_one_event_budget(start_instance: Any) -> None:
+    inst = await start_instance(rate_limit_per_second=1, rate_limit_burst=10,
+                                user_rate_limit_per_second=1, user_rate_limit_burst=20)
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, inst.url)
+        alice, bob = await api.register("Alice"), await api.register("Bob")
+        cid = await direct_conversation(api, alice, bob)
+        sockets = [await api.socket(alice) for _ in range(5)]
+        typing = {"conversation_id": cid, "typing": True}
+        acks = await asyncio.gather(*[s.call("typing", typing) for s in sockets for _ in range(10)])
+        allowed = [a for a in acks if a["ok"]]
+        refused = [a for a in acks if not a["ok"]]
+        # 50 events, each socket within its own burst of 10: the user's bucket of 20 decides.
+        assert 20 <= len(allowed) <= 25, len(allowed)
+        assert all(a["error"]["code"] == "rate_limited" for a in refused)
+        assert all(0 < a["error"]["retry_after_ms"] <= 1000 for a in refused)
+        # Another user's budget is their own.
+        bob_sock = await api.socket(bob)
+        assert all(a["ok"] for a in await asyncio.gather(*[bob_sock.call("typing", typing) for _ in range(10)]))
+        await api.close_sockets()
+
+
+async def test_sockets_per_user_are_capped(start_instance: Any) -> None:
+    inst = await start_instance(max_sockets_per_user=3)
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, inst.url)
+        alice, bob = await api.register("Alice"), await api.register("Bob")
+        held = [await api.socket(alice) for _ in range(3)]
+        extra = Socket(inst.url, alice.token)
+        errors: list = []
+        extra.client.on("connect_error", lambda data: errors.append(data))
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await extra.connect()
+        assert errors and errors[0]["data"]["code"] == "rate_limited" and errors[0]["data"]["message"]
+        assert all(s.client.connected for s in held)
+        await api.socket(bob)  # others are not affected
+        await held[0].disconnect()
+        for _ in range(50):  # the closed socket frees its place once the server has seen it go
+            try:
+                await api.socket(alice)
+                break
+            except socketio.exceptions.ConnectionError:
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("a place freed by a closed socket is not reusable")
+        await api.close_sockets()
+
+
+async def test_rate_limited_acks_say_when_to_retry(start_instance: Any) -> None:
+    inst = await start_instance(rate_limit_per_second=2, rate_limit_burst=3)
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, inst.url)
+        alice, bob = await api.register("Alice"), await api.register("Bob")
+        cid = await direct_conversation(api, alice, bob)
+        sock = await api.socket(alice)
+        typing = {"conversation_id": cid, "typing": True}
+        acks = await asyncio.gather(*[sock.call("typing", typing) for _ in range(6)])
+        refused = [a for a in acks if not a["ok"]]
+        assert refused and all(a["error"]["code"] == "rate_limited" for a in refused)
+        wait_ms = refused[-1]["error"]["retry_after_ms"]
+        assert isinstance(wait_ms, int) and 0 < wait_ms <= 500, "one token every 500 ms"
+        await asyncio.sleep(wait_ms / 1000 + 0.05)
+        assert (await sock.call("typing", typing))["ok"] is True, "retrying after retry_after_ms succeeds"
+        await api.close_sockets()
+
+
+# --- 5. long-polling bursts through the official JS client ----------------------------------
+
+async def run_polling_burst(url: str, token: str, mode: str, count: int, cid: str) -> list[dict]:
+    node = shutil.which("node")
+    assert node, "Node.js is required (the README's test command installs the npm packages)"
+    proc = await asyncio.create_subprocess_exec(
+        node, str(JS_SCRIPT), url, token, mode, str(count), cid,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return json.loads(out.decode().strip().splitlines()[-1])["acks"]
+
+
+async def test_polling_client_burst_within_the_rate_limit_is_all_acked(api: Api) -> None:
+    alice, bob = await api.register("Alice"), await api.register("Bob")
+    cid = await direct_conversation(api, alice, bob)
+    acks = await run_polling_burst(api.url, alice.token, "typing", 50, cid)  # default burst: 60
+    assert len(acks) == 50 and all(a.get("ok") is True for a in acks), [a for a in acks if not a.get("ok")][:3]
+
+
+async def test_polling_client_sends_200_messages_in_a_row(start_instance: Any, db: Any) -> None:
+    inst = await start_instance(rate_limit_burst=250, user_rate_limit_burst=250)
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, inst.url)
+        alice, bob = await api.register("Alice"), await api.register("Bob")
+        cid = await direct_conversation(api, alice, bob)
+        acks = await run_polling_burst(inst.url, alice.token, "send", 200, cid)
+    assert all(a.get("ok") is True for a in acks), [a for a in acks if not a.get("ok")][:3]
+    async with db.connection() as conn:
+        stored, _ = await message_store.history(conn, uuid.UUID(cid), before_seq=None, limit=1000)
+    assert sorted(m["content"] for m in stored) == sorted(f"burst {n}" for n in range(200))
+    assert sorted(str(m["id"]) for m in stored) == sorted(a["message"]["id"] for a in acks)
+
+
+async def test_polling_burst_past_the_limit_is_refused_not_lost(start_instance: Any) -> None:
+    inst = await start_instance(rate_limit_burst=10, user_rate_limit_burst=100)
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, inst.url)
+        alice, bob = await api.register("Alice"), await api.register("Bob")
+        cid = await direct_conversation(api, alice, bob)
+        acks = await run_polling_burst(inst.url, alice.token, "typing", 100, cid)
+    assert not any(a.get("timeout") for a in acks), "every event is answered"
+    codes = ["ok" if a["ok"] else a["error"]["code"] for a in acks]
+    assert codes.count("ok") >= 10 and set(codes) == {"ok", "rate_limited"}
