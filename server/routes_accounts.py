@@ -11,9 +11,9 @@ from handlers import auth
 from server.http import client_ip, core_of, path_uuid, read_json, require_actor
 from server.jsonutil import json_response
 from server.keys import METRICS
-from server.validation import Name, Payload
+from server.validation import Name, Payload, Text
 
-Password = Annotated[str, Field(min_length=8, max_length=256)]
+Password = Annotated[Text, Field(min_length=8, max_length=256)]
 
 
 class RegisterBody(Payload):
@@ -23,8 +23,8 @@ class RegisterBody(Payload):
 
 
 class LoginBody(Payload):
-    email: Annotated[str, Field(min_length=3, max_length=320)]
-    password: Annotated[str, Field(min_length=1, max_length=256)]
+    email: Annotated[Text, Field(min_length=3, max_length=320)]
+    password: Annotated[Text, Field(min_length=1, max_length=256)]
 
 
 class GuestBody(Payload):
@@ -32,7 +32,7 @@ class GuestBody(Payload):
 
 
 class RoleBody(Payload):
-    role: str
+    role: Text
 
 
 async def register(request: web.Request) -> web.Response:

@@ -337,3 +337,104 @@ async def test_polling_burst_past_the_limit_is_refused_not_lost(start_instance: 
     assert not any(a.get("timeout") for a in acks), "every event is answered"
     codes = ["ok" if a["ok"] else a["error"]["code"] for a in acks]
     assert codes.count("ok") >= 10 and set(codes) == {"ok", "rate_limited"}
+
+
+# --- 6. NUL characters in text ---------------------------------------------------------------
+
+NUL = "bad\x00text"
+
+
+async def test_a_nul_in_any_event_text_field_is_bad_request(api: Api, server: Any, db: Any) -> None:
+    from tests.ticket_helpers import escalate, tutor_conversation
+
+    alice, bob = await api.register("Alice"), await api.register("Bob")
+    agent = await api.staff(db, "agent")
+    cid = await direct_conversation(api, alice, bob)
+    sock = await api.socket(alice)
+    mine = (await sock.ok("message:send", {"conversation_id": cid, "content": "original", "client_id": "o1"}))["message"]
+    tutor_cid = await tutor_conversation(db, alice)
+    ticket = await escalate(server, await tutor_conversation(db, alice))
+    ticket_id = str(ticket["ticket"]["id"] if "ticket" in ticket else ticket["id"])
+    agent_sock = await api.socket(agent)
+    await agent_sock.ok("ticket:claim", {"ticket_id": ticket_id})
+    cases: list[tuple[Socket, str, dict[str, Any]]] = [
+        (sock, "message:send", {"conversation_id": cid, "content": NUL, "client_id": "n1"}),
+        (sock, "message:send", {"conversation_id": cid, "content": "fine", "client_id": NUL}),
+        (sock, "message:edit", {"message_id": mine["id"], "content": NUL}),
+        (sock, "conversation:create", {"kind": "group", "member_ids": [bob.id], "title": NUL}),
+        (sock, "tutor:start", {"title": NUL}),
+        (sock, "tutor:start", {"course": NUL}),
+        (sock, "tutor:start", {"lesson": NUL}),
+        (sock, "tutor:escalate", {"conversation_id": tutor_cid, "reason": NUL}),
+        (agent_sock, "ticket:note", {"ticket_id": ticket_id, "content": NUL}),
+        (agent_sock, "ticket:create", {"conversation_id": tutor_cid, "reason": NUL}),
+        (agent_sock, "ticket:create", {"conversation_id": tutor_cid, "reason": "r", "category": NUL}),
+        (agent_sock, "ticket:resolve", {"ticket_id": ticket_id, "resolution": NUL, "handback": "ai"}),
+    ]
+    for s, event, payload in cases:
+        ack = await s.call(event, payload)
+        assert ack["ok"] is False and ack["error"]["code"] == "bad_request", (event, payload, ack)
+    # Nothing was stored, and the same events without the NUL work.
+    assert (await sock.ok("message:edit", {"message_id": mine["id"], "content": "edited"}))["message"]["content"] == "edited"
+    async with db.connection() as conn:
+        stored, _ = await message_store.history(conn, uuid.UUID(cid), before_seq=None, limit=100)
+    assert [m["content"] for m in stored] == ["edited"]
+
+
+async def test_a_nul_in_any_json_body_is_bad_request(api: Api, db: Any) -> None:
+    mentor = await api.staff(db, "mentor")
+    admin = await api.staff(db, "admin")
+    student = await api.register("Student")
+    cases: list[tuple[str, str, User | None, dict[str, Any]]] = [
+        ("POST", "/api/auth/register", None, {"email": "nul@example.com", "password": "long enough", "name": NUL}),
+        ("POST", "/api/auth/register", None, {"email": "nul2@example.com", "password": "long\x00enough", "name": "N"}),
+        ("POST", "/api/auth/login", None, {"email": "x\x00@example.com", "password": "whatever"}),
+        ("POST", "/api/auth/guest", None, {"name": NUL}),
+        ("PUT", f"/api/users/{student.id}/role", admin, {"role": NUL}),
+        ("POST", "/api/live-sessions", mentor, {"title": NUL, "max_participants": 5}),
+        ("POST", "/api/live-sessions", mentor, {"title": "t", "max_participants": 5, "type": NUL}),
+        ("POST", "/api/documents", mentor, {"title": NUL, "content": "text"}),
+        ("POST", "/api/documents", mentor, {"title": "t", "content": NUL}),
+        ("POST", "/api/documents", mentor, {"title": "t", "content": "text", "source": NUL}),
+        ("POST", "/api/documents", mentor, {"title": "t", "content": "text", "language": NUL}),
+        ("POST", "/api/documents", mentor, {"title": "t", "content": "text", "course": NUL}),
+    ]
+    for method, path, user, body in cases:
+        status, answer = await api.request(method, path, user, json=body)
+        assert status == 400 and answer["error"]["code"] == "bad_request", (path, body, status, answer)
+    form = aiohttp.FormData()
+    form.add_field("file", b"plain text", filename="notes.txt", content_type="text/plain")
+    form.add_field("title", NUL)
+    status, answer = await api.request("POST", "/api/documents", mentor, data=form)
+    assert status == 400 and answer["error"]["code"] == "bad_request", answer
+
+
+async def test_good_messages_commit_together_beside_one_the_database_refuses(db: Any) -> None:
+    sender, (cid,) = await make_conversations(db, 1)
+    writer = MessageWriter(db, concurrency=1)
+    # Submitted in one turn, the 32 reach the batcher together.
+    first = asyncio.ensure_future(writer.insert(NewMessage(cid, sender, "user", "first")))
+    good = [writer.insert(NewMessage(cid, sender, "user", f"good {i}", client_id=f"g{i}")) for i in range(30)]
+    bad = writer.insert(NewMessage(cid, sender, "user", "nul\x00here", client_id="bad"))
+    outcomes = await asyncio.gather(first, *good[:15], bad, *good[15:], return_exceptions=True)
+    refused = outcomes[16]
+    assert isinstance(refused, ApiError) and refused.code == "bad_request"
+    committed = [o for i, o in enumerate(outcomes) if i != 16]
+    assert all(isinstance(o, tuple) for o in committed), [o for o in committed if not isinstance(o, tuple)]
+    assert [o[0]["seq"] for o in committed] == list(range(1, 32))
+    assert writer.statements == 1, "the good 31 went in one statement: the bad one never joined their batch"
+
+
+async def test_a_batch_the_database_refuses_is_split_not_replayed_one_by_one(db: Any) -> None:
+    sender, (cid,) = await make_conversations(db, 1)
+    _, (other,) = await make_conversations(db, 1)
+    writer = MessageWriter(db, concurrency=1)
+    first = asyncio.ensure_future(writer.insert(NewMessage(cid, sender, "user", "first")))
+    batch = [writer.insert(NewMessage(cid, sender, "user", f"m{i}")) for i in range(63)]
+    batch.insert(40, writer.insert(NewMessage(other, uuid.uuid4(), "user", "from nobody")))  # breaks the foreign key
+    outcomes = await asyncio.gather(first, *batch, return_exceptions=True)
+    assert isinstance(outcomes[41], Exception) and "foreign key" in str(outcomes[41])
+    good = [o for i, o in enumerate(outcomes) if i != 41]
+    assert [o[0]["seq"] for o in good] == list(range(1, 65)), "every good message committed, in order"
+    # 1 + the failed 64 + its halves down to the bad row: 2 + 2*log2(64) = 14, not 1 + 1 + 64.
+    assert writer.statements <= 14, writer.statements
