@@ -20,7 +20,8 @@ sys.path.insert(0, str(ROOT))
 from storage.embedded import free_port  # noqa: E402
 
 # No rate limit: the benchmark is the only client and wants the server's own ceiling.
-BENCH_ENV = {"STUDYHALL_RATE_LIMIT": "100000", "STUDYHALL_RATE_BURST": "100000", "STUDYHALL_LOG_LEVEL": "WARNING"}
+BENCH_ENV = {"STUDYHALL_RATE_LIMIT": "100000", "STUDYHALL_RATE_BURST": "100000", "STUDYHALL_USER_RATE_LIMIT": "100000",
+             "STUDYHALL_USER_RATE_BURST": "100000", "STUDYHALL_LOG_LEVEL": "WARNING"}
 
 
 def start_servers(
