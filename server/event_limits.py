@@ -87,8 +87,6 @@ class EventLimits:
             entry = self.users[user_id] = UserSockets(TokenBucket(self.user_rate, self.user_burst))
         cap = self.max_sockets_per_user
         if cap > 0 and len(entry.sids) >= cap and sid not in entry.sids:
-            if not entry.sids:
-                del self.users[user_id]
             return False
         entry.sids.add(sid)
         return True

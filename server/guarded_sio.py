@@ -225,7 +225,10 @@ class _PollPost:
             except Exception as exc:
                 self.server.sampled_log.warning("undecodable", "refused an undecodable Engine.IO packet", error=str(exc)[:200])
                 continue
-            await sock.receive(pkt)
+            try:
+                await sock.receive(pkt)
+            except exceptions.UnknownPacketError:
+                self.server.sampled_log.warning("unexpected", "ignored an unexpected Engine.IO packet")
         for raw in encoded[limit:]:
             if raw.startswith("4"):
                 kind, namespace, ack_id = ack_header(raw[1:])
