@@ -11,6 +11,9 @@ protocol's way when it carries an ack id, and keeps the connection up:
   events that are not `[name: str, ...]`, are answered `bad_request` and go no further.
 - A second CONNECT for a namespace the socket is already connected to is ignored (stock:
   an ERROR traceback per frame and a CONNECT_ERROR); the session is never replaced.
+- Engine.IO frames no client sends (empty, an unknown packet type) are dropped before
+  python-engineio sees them (stock: an empty or non-digit frame kills the connection with
+  a traceback, an unknown type logs a traceback per frame and keeps it).
 - Undecodable frames (a lone UTF-16 surrogate, JSON nested past orjson's limit, garbage
   after the packet type): stock python-socketio logs an ERROR traceback per frame and
   never answers. Here the ack id is read from the packet header (`42<id>[...]`, before
@@ -79,6 +82,12 @@ class SampledLog:
         log.warning(message, extra={"kind": kind, "skipped_since_last": skipped, **extra})
 
 
+def engine_frame_ok(frame: str | bytes) -> bool:
+    """An Engine.IO frame python-engineio can take: binary, or text starting with a packet
+    type 0-6 (or `b`, base64 binary over polling)."""
+    return isinstance(frame, bytes) or (bool(frame) and frame[0] in "0123456b")
+
+
 def ack_header(encoded: str) -> tuple[int | None, str, int | None]:
     """(packet type, namespace, ack id) read from a Socket.IO packet's header without
     decoding its JSON: `<type>[<attachments>-][<namespace>,][<id>]<json>`. Unknown parts
@@ -133,6 +142,23 @@ class GuardedServer(socketio.AsyncServer):
         self.sampled_log.warning("undecodable", "refused undecodable Socket.IO frames", error=str(exc)[:200])
         if kind in (sio_packet.EVENT, sio_packet.BINARY_EVENT):
             await self._refuse(eio_sid, namespace, ack_id, "bad_request", "The event could not be decoded.")
+
+    def guard_websockets(self) -> None:
+        """Drop Engine.IO frames no client sends before python-engineio reads them. Call it
+        after anything else that wraps the websocket driver (server/fanout.py's `install`):
+        this subclasses whatever driver is in place."""
+        driver = self.eio._async["websocket"]
+        sampled_log = self.sampled_log
+
+        class FilteredWebSocket(driver):  # type: ignore[misc, valid-type]
+            async def wait(self) -> Any:
+                while True:
+                    frame = await super().wait()
+                    if engine_frame_ok(frame):
+                        return frame
+                    sampled_log.warning("undecodable", "dropped invalid Engine.IO frames")
+
+        self.eio._async = {**self.eio._async, "websocket": FilteredWebSocket}
 
     # --- python-socketio's entry points ---------------------------------------------
 
@@ -220,6 +246,9 @@ class _PollPost:
         encoded = body.split("\x1e") if body else []
         limit = self.server.max_poll_packets
         for raw in encoded[:limit]:
+            if not engine_frame_ok(raw):
+                self.server.sampled_log.warning("undecodable", "dropped invalid Engine.IO frames")
+                continue
             try:
                 pkt = eio_packet.Packet(encoded_packet=raw)
             except Exception as exc:

@@ -61,6 +61,7 @@ def create_sio(settings: Settings) -> GuardedServer:
     )
     if settings.fanout == "fast":
         fanout.install(sio)
+    sio.guard_websockets()
     return sio
 
 

@@ -438,3 +438,24 @@ async def test_a_batch_the_database_refuses_is_split_not_replayed_one_by_one(db:
     assert [o[0]["seq"] for o in good] == list(range(1, 65)), "every good message committed, in order"
     # 1 + the failed 64 + its halves down to the bad row: 2 + 2*log2(64) = 14, not 1 + 1 + 64.
     assert writer.statements <= 14, writer.statements
+
+
+@pytest.mark.parametrize("fanout", ["fast", "stock"])
+async def test_invalid_engine_io_frames_are_dropped_quietly(start_instance: Any, caplog: pytest.LogCaptureFixture,
+                                                            fanout: str) -> None:
+    inst = await start_instance(fanout=fanout)
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, inst.url)
+        alice, bob = await api.register("Alice"), await api.register("Bob")
+        cid = await direct_conversation(api, alice, bob)
+        raw = await RawSocket.connect(session, inst.url, alice.token)
+        try:
+            caplog.set_level(logging.WARNING)
+            for frame in ["", "x", "9", "7abc", "8[]"] * 20:
+                await raw.ws.send_str(frame)
+            ack = await raw.call(1, "typing", {"conversation_id": cid, "typing": True})
+            assert ack["ok"] is True, "the connection is still up and working"
+            assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+            assert len(caplog.records) <= 2
+        finally:
+            await raw.close()
