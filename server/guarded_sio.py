@@ -142,6 +142,10 @@ class GuardedServer(socketio.AsyncServer):
         self.sampled_log.warning("undecodable", "refused undecodable Socket.IO frames", error=str(exc)[:200])
         if kind in (sio_packet.EVENT, sio_packet.BINARY_EVENT):
             await self._refuse(eio_sid, namespace, ack_id, "bad_request", "The event could not be decoded.")
+        elif kind == sio_packet.CONNECT and self.manager.sid_from_eio_sid(eio_sid, namespace) is None:
+            message = "The connect packet could not be decoded."
+            refusal = {"message": message, "data": {"code": "bad_request", "message": message}}
+            await self._send_packet(eio_sid, self.packet_class(sio_packet.CONNECT_ERROR, data=refusal, namespace=namespace))
 
     def guard_websockets(self) -> None:
         """Drop Engine.IO frames no client sends before python-engineio reads them. Call it

@@ -459,3 +459,15 @@ async def test_invalid_engine_io_frames_are_dropped_quietly(start_instance: Any,
             assert len(caplog.records) <= 2
         finally:
             await raw.close()
+
+
+async def test_an_undecodable_connect_is_refused_not_left_waiting(api: Api) -> None:
+    ws = await api.session.ws_connect(api.url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket")
+    try:
+        assert (await ws.receive_str(timeout=5)).startswith("0{")
+        await ws.send_str('40{"token":"\\ud83d"}')
+        answer = await ws.receive_str(timeout=5)
+        assert answer.startswith("44"), answer
+        assert json.loads(answer[2:])["data"]["code"] == "bad_request"
+    finally:
+        await ws.close()
