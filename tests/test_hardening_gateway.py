@@ -353,8 +353,7 @@ async def test_a_nul_in_any_event_text_field_is_bad_request(api: Api, server: An
     sock = await api.socket(alice)
     mine = (await sock.ok("message:send", {"conversation_id": cid, "content": "original", "client_id": "o1"}))["message"]
     tutor_cid = await tutor_conversation(db, alice)
-    ticket = await escalate(server, await tutor_conversation(db, alice))
-    ticket_id = str(ticket["ticket"]["id"] if "ticket" in ticket else ticket["id"])
+    ticket_id = str((await escalate(server, await tutor_conversation(db, alice)))["id"])
     agent_sock = await api.socket(agent)
     await agent_sock.ok("ticket:claim", {"ticket_id": ticket_id})
     cases: list[tuple[Socket, str, dict[str, Any]]] = [
