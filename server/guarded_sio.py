@@ -55,7 +55,10 @@ RESERVED_EVENTS = frozenset({
 LOG_EVERY_SECONDS = 10.0
 MAX_ACK_ID_DIGITS = 15
 
+
 class Refuse(Protocol):
+    """The gateway's `refuse_frame`: the ack for a refused event (see server/gateway.py)."""
+
     def __call__(self, sid: str | None, code: str, message: str, *, count: bool = True) -> dict[str, Any]: ...
 
 
@@ -244,7 +247,11 @@ class _PollPost:
         length = int(environ.get("CONTENT_LENGTH", "0"))
         if length > eio.max_http_buffer_size:
             raise exceptions.ContentTooLongError()
-        body = (await environ["wsgi.input"].read(length)).decode("utf-8")
+        try:
+            body = (await environ["wsgi.input"].read(length)).decode("utf-8")
+        except UnicodeDecodeError:
+            self.server.sampled_log.warning("undecodable", "dropped a long-polling POST that is not UTF-8")
+            return
         if body.startswith("d="):  # JSONP, as python-engineio's Payload reads it
             body = urllib.parse.parse_qs(body).get("d", [""])[0]
         encoded = body.split("\x1e") if body else []

@@ -470,3 +470,26 @@ async def test_an_undecodable_connect_is_refused_not_left_waiting(api: Api) -> N
         assert json.loads(answer[2:])["data"]["code"] == "bad_request"
     finally:
         await ws.close()
+
+
+async def test_a_polling_post_that_is_not_utf8_is_dropped_quietly(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    alice = await api.register("Alice")
+    base = api.url + "/socket.io/?EIO=4&transport=polling"
+    async with api.session.get(base) as resp:
+        opening = await resp.text()
+    sid = json.loads(opening[1:])["sid"]
+    url = f"{base}&sid={sid}"
+    async with api.session.post(url, data=("40" + json.dumps({"token": alice.token})).encode()) as resp:
+        assert resp.status == 200
+    async with api.session.get(url) as resp:
+        assert (await resp.text()).startswith("40{")
+    caplog.set_level(logging.WARNING)
+    for _ in range(20):
+        async with api.session.post(url, data=b'42["typing",{"x":"\xff\xfe"}]') as resp:
+            assert resp.status == 200
+    async with api.session.post(url, data=b'421["nope",{}]') as resp:
+        assert resp.status == 200
+    async with api.session.get(url) as resp:
+        answer = await resp.text()
+    assert answer.startswith("431[") and json.loads(answer[3:])[0]["error"]["code"] == "bad_request", answer
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
