@@ -73,7 +73,8 @@ async def main() -> None:
             port = free_port()
             settings = Settings(database_url=pg.url(await pg.create_database()), port=port,
                                 llm_base_url=llm.base_url, llm_api_key="bench", log_json=False,
-                                rate_limit_per_second=1000, rate_limit_burst=1000)
+                                rate_limit_per_second=1000, rate_limit_burst=1000,
+                                user_rate_limit_per_second=1000, user_rate_limit_burst=1000)
             app = create_app(settings)
             runner = web.AppRunner(app, handle_signals=False)
             await runner.setup()

@@ -5,8 +5,11 @@ arrive while a batch is being committed go together in the next one: one stateme
 (`storage.messages.insert_batch`), one commit, one round trip. Each sender is answered
 only after its own batch has committed, so an ack still means "durable".
 
-If a batch fails as a whole (a deadlock with another writer, one bad row), its messages
-are committed one by one, so one bad message fails alone and the others go through.
+One message the database would refuse must not cost the others their commit: text
+PostgreSQL cannot hold (a NUL character) is refused before the batch is built, and if a
+batch still fails as a whole (a deadlock with another writer, one row the database
+refuses), it is split in halves and each half committed on its own, down to the bad row,
+so it fails alone and the others go through in about 2·log2(n) statements rather than n.
 
 The look-up a send makes first (the conversation, the sender's membership and the member
 list) is batched the same way (`storage.conversations.get_many_with_membership`).
@@ -21,9 +24,11 @@ from uuid import UUID
 import asyncpg
 
 from handlers.batching import Batcher
+from handlers.errors import ApiError
 from storage import conversations, messages
 from storage.db import Database
 from storage.messages import Inserted, NewMessage
+from storage.text import unstorable_reason
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +44,28 @@ class MessageWriter:
             self._commit, max_batch=max_batch, concurrency=concurrency,
             conflict_key=lambda m: (m.conversation_id, m.sender_id, m.client_id) if m.client_id is not None else None,
         )
+        self.statements = 0  # insert statements run (a failed batch and its halves count)
 
     async def insert(self, message: NewMessage) -> Inserted:
-        """(message, duplicate), or raises like `storage.messages.insert`."""
+        """(message, duplicate), or raises like `storage.messages.insert`; `bad_request`
+        for text the database cannot store."""
+        for value in (message.content, message.client_id):
+            what = unstorable_reason(value) if value is not None else None
+            if what is not None:
+                raise ApiError("bad_request", f"A message cannot contain {what}.")
         return await self.batcher.submit(message)
 
     async def _commit(self, batch: list[NewMessage]) -> list[Inserted | BaseException]:
         try:
+            self.statements += 1
             async with self.db.connection() as conn:
                 return list(await messages.insert_batch(conn, batch))
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if len(batch) == 1:
                 return [exc]
-            log.warning("message batch failed, committing one by one", extra={"size": len(batch), "error": str(exc)})
-            outcomes: list[Inserted | BaseException] = []
-            for message in batch:
-                outcomes.extend(await self._commit([message]))
-            return outcomes
+            log.warning("message batch failed, committing it in halves", extra={"size": len(batch), "error": str(exc)})
+            half = len(batch) // 2
+            return [*await self._commit(batch[:half]), *await self._commit(batch[half:])]
 
 
 class ConversationLoader:

@@ -158,6 +158,11 @@ class Settings:
     sla_check_seconds: float = 30.0
 
     # -- hardening: gateway (socket events) --
+    # Events per second (and burst) shared by all of one user's sockets on an instance.
+    user_rate_limit_per_second: float = 60.0
+    user_rate_limit_burst: int = 120
+    # Sockets one user may hold open at once on an instance (0: no cap).
+    max_sockets_per_user: int = 20
 
     # -- hardening: revocation and Redis --
 
@@ -272,6 +277,9 @@ class Settings:
             ticket_agent_limit=_int(e, "STUDYHALL_TICKET_AGENT_LIMIT", d.ticket_agent_limit),
             sla_check_seconds=_float(e, "STUDYHALL_SLA_CHECK_SECONDS", d.sla_check_seconds),
             # -- hardening: gateway (socket events) --
+            user_rate_limit_per_second=_float(e, "STUDYHALL_USER_RATE_LIMIT", d.user_rate_limit_per_second),
+            user_rate_limit_burst=_int(e, "STUDYHALL_USER_RATE_BURST", d.user_rate_limit_burst),
+            max_sockets_per_user=_int(e, "STUDYHALL_MAX_SOCKETS_PER_USER", d.max_sockets_per_user),
 
             # -- hardening: revocation and Redis --
 

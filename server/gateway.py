@@ -1,8 +1,11 @@
 """Socket.IO transport: connect/disconnect, and one entry point for every client event.
 
-Every event goes through `_dispatch`: rate limit, schema validation, role check, the
-handler, and the ack `{ok: true, ...}` or `{ok: false, error: {code, message}}`. A bad
-event never disconnects the client. Events from one socket are handled in the order
+Every event goes through `_dispatch`: rate limit (per socket and per user, see
+server/event_limits.py), schema validation, role check, the handler, and the ack
+`{ok: true, ...}` or `{ok: false, error: {code, message}}`. A bad event never
+disconnects the client. Frames that never become an event (undecodable, reserved
+names; see server/guarded_sio.py) are answered through `refuse_frame`, which counts
+them against the same limits. Events from one socket are handled in the order
 sent: python-socketio runs each event as its own task, so each socket has a FIFO lock
 (asyncio.Lock wakes waiters in order, and tasks start in the order events arrived).
 """
@@ -23,6 +26,8 @@ from handlers import auth
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.events import STAFF_ROOM, user_room
+from server.event_limits import EventLimits, TokenBucket
+from server.guarded_sio import GuardedServer
 from server.metrics import Metrics
 from server.unavailable import unavailable_error
 from server.validation import validation_message
@@ -44,34 +49,14 @@ class EventSpec:
 
 
 @dataclass
-class TokenBucket:
-    rate: float
-    burst: float
-    tokens: float = 0.0
-    updated: float = field(default_factory=time.monotonic)
-
-    def __post_init__(self) -> None:
-        self.tokens = self.burst
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
-@dataclass
 class SocketState:
     actor: Actor
     bucket: TokenBucket
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-def error_ack(code: str, message: str) -> dict[str, Any]:
-    return {"ok": False, "error": {"code": code, "message": message}}
+def error_ack(code: str, message: str, retry_after_ms: int | None = None) -> dict[str, Any]:
+    return {"ok": False, "error": ApiError(code, message, retry_after_ms=retry_after_ms).to_dict()}
 
 
 class Gateway:
@@ -85,6 +70,14 @@ class Gateway:
         self.sockets: dict[str, SocketState] = {}
         self.on_connect: list[ConnectionHook] = []
         self.on_disconnect: list[ConnectionHook] = []
+        s = core.settings
+        self.limits = EventLimits(
+            socket_rate=s.rate_limit_per_second, socket_burst=s.rate_limit_burst,
+            user_rate=s.user_rate_limit_per_second, user_burst=s.user_rate_limit_burst,
+            max_sockets_per_user=s.max_sockets_per_user,
+        )
+        if isinstance(sio, GuardedServer):
+            sio.refuse_frame = self.refuse_frame
         sio.on("connect", self._connect)
         sio.on("disconnect", self._disconnect)
         sio.on("*", self._dispatch)
@@ -114,8 +107,12 @@ class Gateway:
                 raise
             self.metrics.event_errors.labels(down.code, "connect").inc()
             raise socketio.exceptions.ConnectionRefusedError(down.message, down.to_dict()) from None
-        s = self.core.settings
-        self.sockets[sid] = SocketState(actor, TokenBucket(s.rate_limit_per_second, s.rate_limit_burst))
+        if not self.limits.admit(actor.user_id, sid):
+            self.metrics.event_errors.labels("rate_limited", "connect").inc()
+            err = ApiError("rate_limited", f"Too many open connections for this account (at most "
+                                           f"{self.limits.max_sockets_per_user}); close one first.")
+            raise socketio.exceptions.ConnectionRefusedError(err.message, err.to_dict())
+        self.sockets[sid] = SocketState(actor, self.limits.new_socket_bucket())
         await self.sio.enter_room(sid, user_room(actor.user_id))
         if actor.is_staff:
             await self.sio.enter_room(sid, STAFF_ROOM)
@@ -131,6 +128,7 @@ class Gateway:
         state = self.sockets.pop(sid, None)
         if state is None:
             return
+        self.limits.release(state.actor.user_id, sid)
         self.metrics.connections.dec()
         for hook in self.on_disconnect:
             try:
@@ -143,15 +141,32 @@ class Gateway:
         state = self.sockets.get(sid)
         if state is None:
             return error_ack("unauthorized", "Not connected.")
-        if not state.bucket.take():
+        refusal = self.limits.take(state.bucket, state.actor.user_id)
+        if refusal is not None:
             self.metrics.event_errors.labels("rate_limited", "socket").inc()
-            return error_ack("rate_limited", "Too many events; slow down.")
+            return error_ack("rate_limited", refusal.message, refusal.retry_after_ms)
         spec = self.specs.get(event)
         if spec is None:
             self.metrics.event_errors.labels("bad_request", "socket").inc()
             return error_ack("bad_request", f"Unknown event {event!r}.")
         async with state.lock:
             return await self._run(spec, state, args)
+
+    def refuse_frame(self, sid: str | None, code: str, message: str, *, count: bool = True) -> dict[str, Any]:
+        """The ack for a frame that is not run as an event (undecodable, a reserved name,
+        past a poll's packet limit). With `count` it takes a token from the socket's and
+        user's buckets like any event, so refusals cannot be sent faster than events."""
+        state = self.sockets.get(sid) if sid is not None else None
+        if state is None:
+            return error_ack("unauthorized", "Not connected.")
+        wait: int | None = None
+        refusal = self.limits.take(state.bucket, state.actor.user_id) if count else None
+        if refusal is not None:
+            code, message, wait = "rate_limited", refusal.message, refusal.retry_after_ms
+        elif code == "rate_limited":
+            wait = state.bucket.wait_ms() or 1
+        self.metrics.event_errors.labels(code, "socket").inc()
+        return error_ack(code, message, wait)
 
     async def _run(self, spec: EventSpec, state: SocketState, args: tuple[Any, ...]) -> dict[str, Any]:
         started = time.perf_counter()

@@ -19,6 +19,7 @@ import socketio
 from handlers.events import user_room
 from server import fanout
 from server.config import Settings
+from server.guarded_sio import GuardedServer
 from server.jsonutil import OrjsonModule
 from server.metrics import Metrics
 from storage import connections
@@ -27,8 +28,16 @@ from storage.db import Database
 log = logging.getLogger(__name__)
 
 
-def create_sio(settings: Settings) -> socketio.AsyncServer:
-    """The Socket.IO server. By default with the encode-once fan-out (server/fanout.py):
+def max_poll_packets(settings: Settings) -> int:
+    """Packets one long-polling POST may carry: a client firing a whole burst the rate
+    limit allows, plus its acks, pongs and the events that refilled while the previous
+    POST was in flight, all fit; past it, events are refused `rate_limited`."""
+    return 2 * settings.rate_limit_burst + 16
+
+
+def create_sio(settings: Settings) -> GuardedServer:
+    """The Socket.IO server (server/guarded_sio.py: hostile frames refused, polling bursts
+    accepted). By default with the encode-once fan-out (server/fanout.py):
     python-socketio's manager, or its Redis manager with REDIS_URL, whose local delivery
     writes one pre-built websocket frame per recipient instead of one task and one
     encoding per recipient. STUDYHALL_FANOUT=stock uses python-socketio's own delivery."""
@@ -38,7 +47,8 @@ def create_sio(settings: Settings) -> socketio.AsyncServer:
         manager = socketio.AsyncRedisManager(settings.redis_url, channel=settings.redis_channel, redis_options=fanout.REDIS_OPTIONS)
     else:
         manager = socketio.AsyncManager()
-    sio = socketio.AsyncServer(
+    sio = GuardedServer(
+        max_poll_packets=max_poll_packets(settings),
         async_mode="aiohttp",
         client_manager=manager,
         json=OrjsonModule,
@@ -51,6 +61,7 @@ def create_sio(settings: Settings) -> socketio.AsyncServer:
     )
     if settings.fanout == "fast":
         fanout.install(sio)
+    sio.guard_websockets()
     return sio
 
 

@@ -1,4 +1,11 @@
-"""Shared payload types and the wording of validation errors."""
+"""Shared payload types and the wording of validation errors.
+
+Every string a client sends that can reach the database is a `Text` (or a type built on
+it: `Content`, `Name`, `Title`, `ClientId`): PostgreSQL's text cannot hold
+a NUL character, nor can UTF-8 hold a lone surrogate, so such a string is refused here
+as `bad_request` instead of failing in the database as `internal` (and, for messages,
+failing a whole group-commit batch on its way).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, ValidationError
 from pydantic_core import PydanticCustomError
+
+from storage.text import unstorable_reason
 
 MAX_CONTENT_BYTES = 16 * 1024
 
@@ -18,18 +27,30 @@ def validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _content(value: str) -> str:
-    if len(value.encode("utf-8")) > MAX_CONTENT_BYTES:
-        raise PydanticCustomError("too_large", "content is over {limit} bytes", {"limit": MAX_CONTENT_BYTES})
-    if not value.strip():
-        raise PydanticCustomError("empty", "content must not be empty")
+def _storable(value: str) -> str:
+    what = unstorable_reason(value)
+    if what is not None:
+        raise PydanticCustomError("unstorable_text", "text must not contain {what}", {"what": what})
     return value
 
 
+# A string that can be stored: no NUL, no lone surrogate. Every string field of a payload
+# is a Text, bounded where it needs to be: `Annotated[Text, Field(max_length=...)]`.
+Text = Annotated[str, AfterValidator(_storable)]
+
+
+def _content(value: str) -> str:
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_CONTENT_BYTES:
+        raise PydanticCustomError("too_large", "content is over {limit} bytes", {"limit": MAX_CONTENT_BYTES})
+    if not value.strip():
+        raise PydanticCustomError("empty", "content must not be empty")
+    return _storable(value)
+
+
 Content = Annotated[str, AfterValidator(_content)]
-Name = Annotated[str, Field(min_length=1, max_length=100)]
-Title = Annotated[str, Field(min_length=1, max_length=200)]
-ClientId = Annotated[str, Field(min_length=1, max_length=100)]
+Name = Annotated[Text, Field(min_length=1, max_length=100)]
+Title = Annotated[Text, Field(min_length=1, max_length=200)]
+ClientId = Annotated[Text, Field(min_length=1, max_length=100)]
 
 
 class Payload(BaseModel):
@@ -38,7 +59,7 @@ class Payload(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
 
 
-Password = Annotated[str, Field(min_length=8, max_length=256)]
+Password = Annotated[Text, Field(min_length=8, max_length=256)]
 
 
 class NewAccount(Payload):
