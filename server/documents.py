@@ -20,25 +20,25 @@ from server.gateway import Gateway
 from server.http import check_text, client_ip, core_of, path_uuid, query_int, require_actor
 from server.jsonutil import json_response
 from server.keys import CORE
-from server.validation import Payload, Text, Title, validation_message
+from server.validation import Payload, Storable, Text, Title, validation_message
 
 log = logging.getLogger(__name__)
 
-Short = Annotated[Text, Field(min_length=1, max_length=200)]
+Short = Annotated[str, Field(min_length=1, max_length=200), Storable]
 
 
 class NewDocument(Payload):
     title: Title | None = None
-    content: Annotated[Text, Field(min_length=1)]
-    source: Annotated[Text, Field(max_length=1000)] | None = None
-    language: Annotated[Text, Field(max_length=20)] | None = None
+    content: Annotated[str, Field(min_length=1), Storable]
+    source: Annotated[str, Field(max_length=1000), Storable] | None = None
+    language: Annotated[str, Field(max_length=20), Storable] | None = None
     course: Short | None = None
 
 
 class FileFields(Payload):
     title: Title | None = None
-    source: Annotated[Text, Field(max_length=1000)] | None = None
-    language: Annotated[Text, Field(max_length=20)] | None = None
+    source: Annotated[str, Field(max_length=1000), Storable] | None = None
+    language: Annotated[str, Field(max_length=20), Storable] | None = None
     course: Short | None = None
 
 

@@ -13,7 +13,7 @@ from server.http import client_ip, core_of, path_uuid, read_json, require_actor
 from server.jsonutil import json_response
 from server.keys import METRICS
 from server.metrics_access import may_read_metrics
-from server.validation import Name, NewAccount, Payload, Text
+from server.validation import Name, NewAccount, Payload, Storable, Text
 
 
 class RegisterBody(NewAccount):
@@ -21,8 +21,8 @@ class RegisterBody(NewAccount):
 
 
 class LoginBody(Payload):
-    email: Annotated[Text, Field(min_length=3, max_length=320)]
-    password: Annotated[Text, Field(min_length=1, max_length=256)]
+    email: Annotated[str, Field(min_length=3, max_length=320), Storable]
+    password: Annotated[str, Field(min_length=1, max_length=256), Storable]
 
 
 class GuestBody(Payload):

@@ -18,11 +18,11 @@ from server.gateway import EventSpec, Gateway
 from server.http import core_of, path_uuid, query_int, require_actor
 from server.jsonutil import json_response
 from server.keys import CORE
-from server.validation import Content, Payload, Text
+from server.validation import Content, Payload, Storable, Text
 
 STAFF = frozenset({"agent", "admin"})
 STAFF_ROLES = ("agent", "admin")
-Reason = Annotated[Text, Field(min_length=1, max_length=500)]
+Reason = Annotated[str, Field(min_length=1, max_length=500), Storable]
 
 
 class TicketRef(Payload):
@@ -33,7 +33,7 @@ class CreateTicket(Payload):
     conversation_id: UUID
     reason: Reason
     priority: Literal["low", "normal", "high", "urgent"] | None = None
-    category: Annotated[Text, Field(min_length=1, max_length=50)] | None = None
+    category: Annotated[str, Field(min_length=1, max_length=50), Storable] | None = None
 
 
 class Note(Payload):
@@ -48,7 +48,7 @@ class Transfer(Payload):
 
 class Resolve(Payload):
     ticket_id: UUID
-    resolution: Annotated[Text, Field(max_length=4000)] | None = None
+    resolution: Annotated[str, Field(max_length=4000), Storable] | None = None
     handback: Literal["ai", "close"]
 
 

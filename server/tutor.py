@@ -22,9 +22,9 @@ from server.gateway import EventSpec, Gateway
 from server.http import core_of, path_uuid, query_uuid, require_actor
 from server.jsonutil import json_response
 from server.keys import CORE
-from server.validation import Payload, Text, Title
+from server.validation import Payload, Storable, Text, Title
 
-Short = Annotated[Text, Field(min_length=1, max_length=200)]
+Short = Annotated[str, Field(min_length=1, max_length=200), Storable]
 
 
 class StartTutor(Payload):
@@ -41,7 +41,7 @@ class TutorRef(Payload):
 
 class EscalateTutor(Payload):
     conversation_id: UUID
-    reason: Annotated[Text, Field(max_length=2000)] | None = None
+    reason: Annotated[str, Field(max_length=2000), Storable] | None = None
 
 
 async def on_start(core: Core, actor: Actor, p: StartTutor) -> dict:

@@ -35,8 +35,10 @@ def _storable(value: str) -> str:
 
 
 # A string that can be stored: no NUL, no lone surrogate. Every string field of a payload
-# is a Text, bounded where it needs to be: `Annotated[Text, Field(max_length=...)]`.
-Text = Annotated[str, AfterValidator(_storable)]
+# is a Text, or when bounded `Annotated[str, Field(max_length=...), Storable]`: the length
+# constraints come first, so pydantic words them for strings ("at least 8 characters").
+Storable = AfterValidator(_storable)
+Text = Annotated[str, Storable]
 
 
 def _content(value: str) -> str:
@@ -48,9 +50,9 @@ def _content(value: str) -> str:
 
 
 Content = Annotated[str, AfterValidator(_content)]
-Name = Annotated[Text, Field(min_length=1, max_length=100)]
-Title = Annotated[Text, Field(min_length=1, max_length=200)]
-ClientId = Annotated[Text, Field(min_length=1, max_length=100)]
+Name = Annotated[str, Field(min_length=1, max_length=100), Storable]
+Title = Annotated[str, Field(min_length=1, max_length=200), Storable]
+ClientId = Annotated[str, Field(min_length=1, max_length=100), Storable]
 
 
 class Payload(BaseModel):
@@ -59,7 +61,7 @@ class Payload(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
 
 
-Password = Annotated[Text, Field(min_length=8, max_length=256)]
+Password = Annotated[str, Field(min_length=8, max_length=256), Storable]
 
 
 class NewAccount(Payload):
