@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
-from handlers.errors import ApiError
 from handlers.ratelimit import RateLimiter, Rule
 from server.config import Settings
 

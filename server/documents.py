@@ -20,7 +20,7 @@ from server.gateway import Gateway
 from server.http import check_text, client_ip, core_of, path_uuid, query_int, require_actor
 from server.jsonutil import json_response
 from server.keys import CORE
-from server.validation import Payload, Storable, Text, Title, validation_message
+from server.validation import Payload, Storable, Title, validation_message
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from server.gateway import EventSpec, Gateway
 from server.http import core_of, path_uuid, query_int, query_uuid, read_json, require_actor
 from server.jsonutil import json_response
 from server.keys import SIO
-from server.validation import Payload, Storable, Text, Title
+from server.validation import Payload, Storable, Title
 
 SessionType = Annotated[str, Field(min_length=1, max_length=50), Storable]
 

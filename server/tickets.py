@@ -18,7 +18,7 @@ from server.gateway import EventSpec, Gateway
 from server.http import core_of, path_uuid, query_int, require_actor
 from server.jsonutil import json_response
 from server.keys import CORE
-from server.validation import Content, Payload, Storable, Text
+from server.validation import Content, Payload, Storable
 
 STAFF = frozenset({"agent", "admin"})
 STAFF_ROLES = ("agent", "admin")

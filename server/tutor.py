@@ -22,7 +22,7 @@ from server.gateway import EventSpec, Gateway
 from server.http import core_of, path_uuid, query_uuid, require_actor
 from server.jsonutil import json_response
 from server.keys import CORE
-from server.validation import Payload, Storable, Text, Title
+from server.validation import Payload, Storable, Title
 
 Short = Annotated[str, Field(min_length=1, max_length=200), Storable]
 

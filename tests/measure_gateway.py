@@ -8,7 +8,7 @@ hardening. Prints: acks and log bytes for 1,000 undecodable frames; events/s acc
 from 20 sockets of one user; acks for a burst of 50 events from a long-polling JS client.
 """
 
-import asyncio, io, json, logging, time, os
+import asyncio, io, logging, time, os
 import aiohttp, pytest, socketio
 import server.realtime as realtime
 from tests.client import Api
