@@ -27,6 +27,7 @@ import asyncpg
 
 from handlers import registry
 from handlers import rooms as sessions
+from handlers.background import repeat
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.events import conversation_room
@@ -284,13 +285,4 @@ async def sweep(core: Core) -> None:
 async def sweep_forever(core: Core) -> None:
     """Safety net for instances that died without running disconnect hooks: people with no
     socket anywhere start their grace clocks here, and expired ones are freed/ended."""
-    while True:
-        await asyncio.sleep(sweep_interval(core))
-        try:
-            await sweep(core)
-        except asyncio.CancelledError:
-            raise
-        except DatabaseUnavailable:
-            pass  # the outage is logged once by the database's tracker; try again next round
-        except Exception:
-            log.exception("room sweep failed")
+    await repeat(lambda: sweep(core), every=sweep_interval(core), what="room sweep")

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 from uuid import UUID
 
+from handlers.background import repeat
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.events import STAFF_ROOM
@@ -154,19 +155,13 @@ async def agent_connected(core: Core, actor: Actor) -> None:
 
 async def watch(core: Core) -> None:
     """Background loop on every instance; the SLA sweep's advisory lock lets one work at a time."""
-    interval = max(core.settings.sla_check_seconds, MIN_WATCH_SECONDS)
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await check_sla(core)
-            if core.settings.ticket_auto_assign:
-                await assign_waiting(core)
-        except asyncio.CancelledError:
-            raise
-        except DatabaseUnavailable:
-            pass  # logged once per outage by the database's tracker
-        except Exception:
-            log.exception("ticket watch failed")
+
+    async def one_pass() -> None:
+        await check_sla(core)
+        if core.settings.ticket_auto_assign:
+            await assign_waiting(core)
+
+    await repeat(one_pass, every=max(core.settings.sla_check_seconds, MIN_WATCH_SECONDS), what="ticket watch")
 
 
 async def _safely(coro: Any) -> None:

@@ -23,6 +23,7 @@ from uuid import UUID
 import asyncpg
 
 from handlers import threads
+from handlers.background import repeat
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.pipeline import load_conversation
@@ -35,7 +36,6 @@ from rag.retrieval import KnowledgeBase
 from server.config import Settings
 from storage import conversations, messages
 from storage import tutor as store
-from storage.availability import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -222,18 +222,14 @@ class TutorService:
     async def recovery_loop(self) -> None:
         """At startup anything unanswered; then, periodically, what has waited a while."""
         min_age = 0.0
-        while True:
-            try:
-                if count := await self.recover(min_age):
-                    log.info("tutor recovering unanswered messages", extra={"messages": count})
-            except asyncio.CancelledError:
-                raise
-            except DatabaseUnavailable:
-                pass  # logged once per outage by the database's tracker
-            except Exception:
-                log.exception("tutor recovery pass failed")
-            min_age = self.recovery_min_age_seconds
-            await asyncio.sleep(self.recovery_every_seconds)
+
+        async def one_pass() -> None:
+            nonlocal min_age
+            age, min_age = min_age, self.recovery_min_age_seconds
+            if count := await self.recover(age):
+                log.info("tutor recovering unanswered messages", extra={"messages": count})
+
+        await repeat(one_pass, every=self.recovery_every_seconds, what="tutor recovery pass", first_delay=0)
 
     # ---- answers abandoned by a crash ----------------------------------------------------
     async def sweep_abandoned(self) -> int:
@@ -253,16 +249,8 @@ class TutorService:
         return len(notices)
 
     async def sweep_loop(self) -> None:
-        while True:
-            try:
-                await self.sweep_abandoned()
-            except asyncio.CancelledError:
-                raise
-            except DatabaseUnavailable:
-                pass  # logged once per outage by the database's tracker
-            except Exception:
-                log.exception("tutor sweep of abandoned answers failed")
-            await asyncio.sleep(self.core.settings.tutor_stream_sweep_seconds)
+        await repeat(self.sweep_abandoned, every=self.core.settings.tutor_stream_sweep_seconds,
+                     what="tutor sweep of abandoned answers", first_delay=0)
 
     async def close(self) -> None:
         for task in list(self._workers):

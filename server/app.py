@@ -18,6 +18,7 @@ from pathlib import Path
 from aiohttp import web
 
 from handlers import guests, presence, registry
+from handlers.background import repeat
 from handlers.core import Core
 from handlers.ratelimit import RateLimiter
 from server import documents as documents_feature
@@ -35,7 +36,6 @@ from server.metrics import Metrics
 from server.realtime import SocketEvents, create_sio, watch_redis
 from server.unavailable import bind_metrics
 from storage import connections
-from storage.availability import DatabaseUnavailable
 from storage.connections import SocketRow
 from storage.db import Database
 from storage.embedded import EmbeddedPostgres
@@ -174,36 +174,22 @@ async def _housekeeping(app: web.Application) -> None:
     core, gateway = app[CORE], app[GATEWAY]
     interval = core.settings.instance_heartbeat_seconds
     dead_after = max(DEAD_AFTER_SECONDS, 4.5 * interval)
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            gone = await registry.heartbeat(core)
-            async with core.db.connection() as conn:
-                orphaned = await connections.reap_dead_instances(conn, dead_after)
-                dead_sids = await connections.sids_with_dead_tokens(conn, core.instance_id)
-            if gone or orphaned:  # waits for a settled registry: not in this loop
-                core.spawn(presence.announce_offline(core, list({*gone, *orphaned})), name="presence-offline")
-            await core.events.disconnect_sids(sid for sid in dead_sids if sid in gateway.sockets)
-        except asyncio.CancelledError:
-            raise
-        except DatabaseUnavailable:
-            pass  # logged once per outage by the database's tracker
-        except Exception:
-            log.exception("housekeeping failed")
+
+    async def one_pass() -> None:
+        gone = await registry.heartbeat(core)
+        async with core.db.connection() as conn:
+            orphaned = await connections.reap_dead_instances(conn, dead_after)
+            dead_sids = await connections.sids_with_dead_tokens(conn, core.instance_id)
+        if gone or orphaned:  # waits for a settled registry: not in this loop
+            core.spawn(presence.announce_offline(core, list({*gone, *orphaned})), name="presence-offline")
+        await core.events.disconnect_sids(sid for sid in dead_sids if sid in gateway.sockets)
+
+    await repeat(one_pass, every=interval, what="housekeeping")
 
 
 async def _guest_sweeper(app: web.Application) -> None:
     """Delete idle guests and old login failures, hourly (handlers/guests.py), after a
     random first delay so instances started together do not sweep in step."""
     core = app[CORE]
-    await asyncio.sleep(random.uniform(60.0, 300.0))
-    while True:
-        try:
-            await guests.sweep(core)
-        except asyncio.CancelledError:
-            raise
-        except DatabaseUnavailable:
-            pass  # logged once per outage by the database's tracker
-        except Exception:
-            log.exception("guest sweep failed")
-        await asyncio.sleep(GUEST_SWEEP_SECONDS)
+    await repeat(lambda: guests.sweep(core), every=GUEST_SWEEP_SECONDS, what="guest sweep",
+                 first_delay=random.uniform(60.0, 300.0))
