@@ -19,7 +19,7 @@ from aiohttp import web
 from handlers import presence
 from handlers.core import Core
 from server import documents as documents_feature
-from server import pages, routes_accounts, routes_static, threads
+from server import pages, revocation, routes_accounts, routes_static, threads
 from server import rooms as rooms_feature
 from server import tickets as tickets_feature
 from server import tutor as tutor_feature
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 FEATURES = (
     routes_accounts, threads, documents_feature, tutor_feature, rooms_feature, tickets_feature, pages, routes_static,
+    revocation,
 )
 HEARTBEAT_SECONDS = 10.0
 DEAD_AFTER_SECONDS = 45.0
