@@ -202,6 +202,10 @@ async def test_acks_do_not_wait_on_a_frozen_redis(start_instance, db) -> None:
             await sb.wait_for("resync", timeout=15)
             b_seen = {d["message"]["seq"] for d in sb.received("message:new") if d["message"]["conversation_id"] == cid}
             assert await _view_after_sync(sb, cid, b_seen) == {1, 2, 3, 4, 5}
+            # The outage is counted: once as degraded, and the publishes it dropped.
+            status, text = await api.request("GET", "/metrics")
+            counters = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("studyhall_fanout")}
+            assert counters["studyhall_fanout_degraded_total"] == 1 and counters["studyhall_fanout_dropped_total"] >= 1, counters
             # And fan-out works again afterwards.
             await sa.ok("message:send", {"conversation_id": cid, "content": "after", "client_id": "after"})
             await sb.wait_for("message:new", lambda d: d["message"]["content"] == "after", timeout=5)
