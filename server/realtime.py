@@ -78,6 +78,7 @@ class SocketEvents:
             await self.sio.emit(event, data, to=to if len(to) > 1 else to[0])
         except Exception:
             # The change is committed; clients recover it by seq. Never fail the caller.
+            # (Redis is not on this path: publishing is queued, server/redisbus.py.)
             self.metrics.fanout_degraded.inc()
             log.exception("fan-out failed", extra={"event": event})
 

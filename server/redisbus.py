@@ -102,7 +102,7 @@ class ResilientRedis:
         self.listening: bool | None = None  # None: the listener has not started
         self.subscriptions = 0
         self._queue: deque[tuple[str, bytes | str]] = deque()
-        self._queue_size = queue_size
+        self._queue_size = max(1, queue_size)
         self._wake = asyncio.Event()
         self._publisher_task: asyncio.Task[None] | None = None
         self._retry_at = 0.0
