@@ -252,3 +252,85 @@ async def test_a_redis_outage_is_logged_once_not_per_message(start_instance, cap
             await api.close_sockets()
     finally:
         redis.stop()
+
+
+class BlackholeProxy:
+    """A TCP proxy in front of Redis that can go silent on the connections it already has
+    (a partition the kernel never reports: no reset, no close) while new ones get through."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.pairs: list[dict[str, Any]] = []
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> "BlackholeProxy":
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        pair: dict[str, Any] = {"silent": False, "writers": (writer, up_writer)}
+        self.pairs.append(pair)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    if not pair["silent"]:
+                        dst.write(data)
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    def silence_existing(self) -> None:
+        for pair in self.pairs:
+            pair["silent"] = True
+
+    async def stop(self) -> None:
+        for pair in self.pairs:
+            for w in pair["writers"]:
+                w.close()
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_listener_deafened_by_a_silent_partition_is_found_and_reset(start_instance) -> None:
+    """Connections that go silent without being closed: python-socketio's listener would wait
+    forever while fresh connections (pings, publishes) work. The probe through the instance's
+    own listener finds it deaf, resets it, and sockets resync."""
+    redis = RedisServer().start()
+    proxy = await BlackholeProxy(redis.port).start()
+    try:
+        channel = f"deaf-{uuid.uuid4().hex[:8]}"
+        one, two = [await start_instance(redis_url=proxy.url, redis_channel=channel) for _ in range(2)]
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, one.url)
+            a, b = await api.register("Da"), await api.register("Db")
+            sa, sb = await api.socket(a, url=one.url), await api.socket(b, url=two.url)
+            conv = (await sa.ok("conversation:create", {"kind": "direct", "member_ids": [b.id]}))["conversation"]
+            await sb.wait_for("conversation:new")
+            proxy.silence_existing()
+            await sb.wait_for("resync", timeout=15)
+            await sa.ok("message:send", {"conversation_id": conv["id"], "content": "heard again", "client_id": "h1"})
+            await sb.wait_for("message:new", lambda d: d["message"]["content"] == "heard again", timeout=5)
+            await api.close_sockets()
+    finally:
+        await proxy.stop()
+        redis.stop()
+
+
+def test_settings_from_env() -> None:
+    from server.config import Settings
+
+    s = Settings.from_env({"STUDYHALL_REDIS_TIMEOUT": "0.25", "STUDYHALL_REDIS_PUBLISH_QUEUE": "500", "STUDYHALL_REVOCATION_SWEEP": "3"})
+    assert (s.redis_timeout_seconds, s.redis_publish_queue, s.revocation_sweep_seconds) == (0.25, 500, 3.0)
+    d = Settings.from_env({})
+    assert (d.redis_timeout_seconds, d.redis_publish_queue, d.revocation_sweep_seconds) == (0.5, 10_000, 10.0)
+    with pytest.raises(SystemExit, match="STUDYHALL_REDIS_TIMEOUT"):
+        Settings.from_env({"STUDYHALL_REDIS_TIMEOUT": "soon"})
