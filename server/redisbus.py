@@ -290,10 +290,13 @@ class ResilientRedis:
         task, self._publisher_task = self._publisher_task, None
         if task is not None:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+            await asyncio.wait([task], timeout=self.timeout * 2)  # never hold shutdown up on Redis
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await asyncio.wait_for(client.aclose(), self.timeout * 2)
+            except Exception:
+                pass
 
 
 class QueuedRedisManager(ResilientRedis, socketio.AsyncRedisManager):

@@ -9,6 +9,10 @@ Three nets, none of which needs the `connections` table (whose rows can be lost)
   own sockets against the database in one query, and closes those revoked, expired or
   carrying an old role. This catches a notice lost while Redis was down.
 The table-based paths (handlers/auth.py, server/app.py housekeeping) stay as another net.
+
+A socket whose disconnect handler ran while it stayed connected (a client can send an event
+named "disconnect") has lost its Gateway state and its row, so no net would find it: it is
+closed for real at that moment.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 from datetime import datetime, timezone
 from uuid import UUID
 
+import socketio
 from aiohttp import web
 
 from handlers.core import Actor, Core
@@ -34,9 +39,10 @@ log = logging.getLogger(__name__)
 class Revocation:
     """Per-app expiry timers and the token sweep over the Gateway's sockets."""
 
-    def __init__(self, core: Core, gateway: Gateway) -> None:
+    def __init__(self, core: Core, gateway: Gateway, sio: socketio.AsyncServer) -> None:
         self.core = core
         self.gateway = gateway
+        self.sio = sio
         self.timers: dict[str, asyncio.TimerHandle] = {}
 
     async def socket_connected(self, core: Core, actor: Actor) -> None:
@@ -48,9 +54,17 @@ class Revocation:
         self.timers[actor.sid] = loop.call_later(max(0.0, delay), self._expired, actor.sid, actor.token_id)
 
     async def socket_disconnected(self, core: Core, actor: Actor) -> None:
-        timer = self.timers.pop(actor.sid, None) if actor.sid else None
+        if actor.sid is None:
+            return
+        timer = self.timers.pop(actor.sid, None)
         if timer is not None:
             timer.cancel()
+        if self.sio.manager.is_connected(actor.sid, "/"):
+            # The disconnect handler ran while python-socketio still has the socket (a client
+            # sent an event named "disconnect"): its Gateway state and `connections` row are
+            # gone, so nothing could revoke it any more. Close it for real.
+            log.info("closing a socket whose disconnect handler ran while it stayed connected")
+            await self.sio.disconnect(actor.sid, ignore_queue=True)
 
     def _expired(self, sid: str, token_id: UUID) -> None:
         self.timers.pop(sid, None)
@@ -96,7 +110,7 @@ def bind(app: web.Application, core: Core, gateway: Gateway) -> None:
     if isinstance(sio.manager, ResilientRedis):
         sio.manager.on_notice = notices.apply_wire
         sio.manager.health.metrics = app[METRICS]
-    revocation = Revocation(core, gateway)
+    revocation = Revocation(core, gateway, sio)
     core.services["revocation"] = revocation
     gateway.on_connect.append(revocation.socket_connected)
     gateway.on_disconnect.append(revocation.socket_disconnected)

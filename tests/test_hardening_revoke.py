@@ -66,6 +66,22 @@ async def test_logout_on_one_instance_closes_a_socket_on_the_other_whose_row_is_
         await api.close_sockets()
 
 
+async def test_a_socket_that_faked_its_own_disconnect_is_still_revoked(pair, db) -> None:
+    """A client sends an event named "disconnect": the server's disconnect handler runs (row
+    and in-memory state gone) while the transport stays open. Logout must still reach it."""
+    one, two = pair
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, one.url)
+        user = await api.register("Hos")
+        sock = await api.socket(user, url=two.url)
+        await sock.client.emit("disconnect", {})
+        await asyncio.sleep(0.3)
+        status, _ = await api.request("POST", "/api/auth/logout", user)
+        assert status == 204
+        assert await _closed(sock, within=3), "a socket outlived its revoked token"
+        await api.close_sockets()
+
+
 async def test_role_change_closes_a_socket_on_the_other_instance_whose_row_is_gone(pair, db) -> None:
     one, two = pair
     async with aiohttp.ClientSession() as session:
