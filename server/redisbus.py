@@ -100,7 +100,6 @@ class ResilientRedis:
         self.probe_channel = f"{self.channel}:probe:{self.host_id}"
         self.on_notice: NoticeHandler | None = None
         self.listening: bool | None = None  # None: the listener has not started
-        self.subscriptions = 0
         self._queue: deque[tuple[str, bytes | str]] = deque()
         self._queue_size = max(1, queue_size)
         self._wake = asyncio.Event()
@@ -192,7 +191,6 @@ class ResilientRedis:
                     )
                     subscribed = True
                     self.listening = True
-                    self.subscriptions += 1
                     retry = LISTEN_RETRY_FIRST
                 async for message in self.pubsub.listen():
                     yield message
