@@ -186,7 +186,10 @@ async def authenticate(core: Core, token: str | None, sid: str | None = None) ->
     if row["last_active_at"] < datetime.now(timezone.utc) - ACTIVITY_RESOLUTION:
         async with core.db.connection() as conn:
             await users.touch_active(conn, row["id"])
-    return Actor(user_id=row["id"], role=row["role"], name=row["name"], token_id=row["token_id"], sid=sid)
+    return Actor(
+        user_id=row["id"], role=row["role"], name=row["name"], token_id=row["token_id"], sid=sid,
+        token_expires_at=row["expires_at"],
+    )
 
 
 async def logout(core: Core, actor: Actor, *, ip: str | None) -> None:
@@ -195,6 +198,8 @@ async def logout(core: Core, actor: Actor, *, ip: str | None) -> None:
         await users.revoke_token(conn, actor.token_id)
         await audit.record(conn, "logout", actor_id=actor.user_id, target_type="user", target_id=actor.user_id, ip=ip)
         sids = await connections.sids_for_token(conn, [actor.token_id])
+    # Every instance's sockets in memory first; the table's sids as a second net (its rows can be lost).
+    await core.events.disconnect_tokens([actor.token_id])
     await core.events.disconnect_sids(sids)
 
 
@@ -223,5 +228,6 @@ async def set_role(core: Core, actor: Actor, user_id: UUID, role: str, *, ip: st
         )
         # Open sockets carry the old role: close them so the client reconnects with the new one.
         token_sids = await connections.sids_for_token(conn, await users.live_token_ids(conn, user_id))
-    await core.events.disconnect_sids(token_sids)
+    await core.events.disconnect_user(user_id)  # in memory, every instance
+    await core.events.disconnect_sids(token_sids)  # second net: the table
     return {"user": public_user(row)}

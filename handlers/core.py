@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -27,6 +28,8 @@ class Actor:
     name: str
     token_id: UUID
     sid: str | None = None
+    # When the sign-in token expires: the socket's instance closes it then (server/revocation.py).
+    token_expires_at: datetime | None = None
 
     @property
     def is_staff(self) -> bool:

@@ -38,3 +38,10 @@ class Events(Protocol):
 
     async def disconnect_sids(self, sids: Iterable[str]) -> None:
         """Close these sockets wherever they are connected."""
+
+    async def disconnect_tokens(self, token_ids: Iterable[UUID | str]) -> None:
+        """Close every socket signed in with these tokens, on every instance (found in each
+        instance's memory, not through the `connections` table)."""
+
+    async def disconnect_user(self, user_id: UUID | str) -> None:
+        """Close every socket of a user, on every instance (found in memory, like above)."""

@@ -165,6 +165,12 @@ class Settings:
     max_sockets_per_user: int = 20
 
     # -- hardening: revocation and Redis --
+    # The longest a Redis publish or health ping may take before Redis counts as down.
+    redis_timeout_seconds: float = 0.5
+    # Publishes waiting for Redis, per instance; beyond it the oldest are dropped (clients resync).
+    redis_publish_queue: int = 10_000
+    # How often each instance checks its own sockets' tokens and roles against the database.
+    revocation_sweep_seconds: float = 10.0
 
     # -- hardening: database crashes --
     # Opening a connection, or waiting for a pooled one, longer than this: `unavailable`.
@@ -282,6 +288,9 @@ class Settings:
             max_sockets_per_user=_int(e, "STUDYHALL_MAX_SOCKETS_PER_USER", d.max_sockets_per_user),
 
             # -- hardening: revocation and Redis --
+            redis_timeout_seconds=_float(e, "STUDYHALL_REDIS_TIMEOUT", d.redis_timeout_seconds),
+            redis_publish_queue=_int(e, "STUDYHALL_REDIS_PUBLISH_QUEUE", d.redis_publish_queue),
+            revocation_sweep_seconds=_float(e, "STUDYHALL_REVOCATION_SWEEP", d.revocation_sweep_seconds),
 
             # -- hardening: database crashes --
             db_connect_timeout_seconds=_float(e, "STUDYHALL_DB_CONNECT_TIMEOUT", d.db_connect_timeout_seconds),

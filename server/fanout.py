@@ -44,6 +44,8 @@ from engineio import packet as eio_packet
 from engineio.async_drivers.aiohttp import WebSocket as EngineWebSocket
 from socketio import packet as sio_packet
 
+from server.redisbus import ResilientRedis
+
 log = logging.getLogger(__name__)
 
 MAX_BUFFERED_BYTES = 8 * 1024 * 1024
@@ -147,11 +149,12 @@ class FastFanout(socketio.AsyncManager):
             await self.server._send_eio_packet(eio_sid, eio_pkt)
 
 
-class FastRedisFanout(socketio.AsyncRedisManager, FastFanout):
-    """AsyncRedisManager (publish once, deliver on every instance) with FastFanout's local step.
+class FastRedisFanout(ResilientRedis, socketio.AsyncRedisManager, FastFanout):
+    """AsyncRedisManager (publish once, deliver on every instance) with FastFanout's local step
+    and ResilientRedis's queued publishing (server/redisbus.py).
 
-    MRO: AsyncRedisManager → AsyncPubSubManager → FastFanout → AsyncManager, so the pub/sub
-    manager's `super().emit` for local delivery lands in FastFanout.emit.
+    MRO: ResilientRedis → AsyncRedisManager → AsyncPubSubManager → FastFanout → AsyncManager,
+    so the pub/sub manager's `super().emit` for local delivery lands in FastFanout.emit.
     """
 
 
@@ -161,7 +164,9 @@ REDIS_OPTIONS = {"socket_timeout": 5, "socket_connect_timeout": 2, "health_check
 def create_manager(settings: Any) -> socketio.AsyncManager:
     """The client manager for `socketio.AsyncServer(client_manager=...)`."""
     if settings.redis_url:
-        return FastRedisFanout(settings.redis_url, channel=settings.redis_channel, redis_options=REDIS_OPTIONS)
+        manager = FastRedisFanout(settings.redis_url, channel=settings.redis_channel, redis_options=REDIS_OPTIONS)
+        manager.configure(timeout=settings.redis_timeout_seconds, queue_size=settings.redis_publish_queue)
+        return manager
     return FastFanout()
 
 

@@ -29,6 +29,12 @@ class Metrics:
         self.fanout_degraded = Counter(
             "studyhall_fanout_degraded_total", "Times Redis fan-out was found down", registry=r
         )
+        self.fanout_dropped = Counter(
+            "studyhall_fanout_dropped_total", "Publishes to Redis dropped while it was down (clients resync)", registry=r
+        )
+        self.socket_notices = Counter(
+            "studyhall_socket_notices_total", "Revocation notices applied to this instance's sockets", ["action"], registry=r
+        )
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,14 +1,18 @@
 """The Socket.IO server and the event emitter handlers use.
 
 With REDIS_URL the server uses python-socketio's AsyncRedisManager, which delivers to
-local sockets first and then publishes for the other instances. Redis is only a doorbell:
-a publish that fails is lost, so a watcher notices Redis outages and, when Redis is back,
-tells this instance's sockets to `resync` (recover by seq through `sync`).
+local sockets first and then publishes for the other instances; publishing is queued and
+never waits on Redis (server/redisbus.py). Redis is only a doorbell: a publish that fails
+is lost, so a watcher notices Redis outages and hangs and, when Redis is back, tells this
+instance's sockets to `resync` (recover by seq through `sync`).
+
+Revocation (closing sockets, leaving a room) acts on the sockets each instance holds in
+memory, through notices (server/revocation.py), and on the `connections` table's sids as a
+second net.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -22,6 +26,8 @@ from server.config import Settings
 from server.guarded_sio import GuardedServer
 from server.jsonutil import OrjsonModule
 from server.metrics import Metrics
+from server.notices import Notice, SocketNotices
+from server.redisbus import QueuedRedisManager, ResilientRedis
 from storage import connections
 from storage.db import Database
 
@@ -44,7 +50,8 @@ def create_sio(settings: Settings) -> GuardedServer:
     if settings.fanout == "fast":
         manager = fanout.create_manager(settings)
     elif settings.redis_url:
-        manager = socketio.AsyncRedisManager(settings.redis_url, channel=settings.redis_channel, redis_options=fanout.REDIS_OPTIONS)
+        manager = QueuedRedisManager(settings.redis_url, channel=settings.redis_channel, redis_options=fanout.REDIS_OPTIONS)
+        manager.configure(timeout=settings.redis_timeout_seconds, queue_size=settings.redis_publish_queue)
     else:
         manager = socketio.AsyncManager()
     sio = GuardedServer(
@@ -72,6 +79,8 @@ class SocketEvents:
         self.sio = sio
         self.db = db
         self.metrics = metrics
+        # Set by server/revocation.py's bind: acts on every instance's sockets in memory.
+        self.notices: SocketNotices | None = None
 
     async def _emit(self, event: str, data: dict[str, Any], to: list[str]) -> None:
         if not to:
@@ -80,6 +89,7 @@ class SocketEvents:
             await self.sio.emit(event, data, to=to if len(to) > 1 else to[0])
         except Exception:
             # The change is committed; clients recover it by seq. Never fail the caller.
+            # (Redis is not on this path: publishing is queued, server/redisbus.py.)
             self.metrics.fanout_degraded.inc()
             log.exception("fan-out failed", extra={"event": event})
 
@@ -94,18 +104,30 @@ class SocketEvents:
             return await connections.sids_for_user(conn, UUID(str(user_id)))
 
     async def join_user_sockets(self, user_id: UUID | str, room: str) -> None:
-        for sid in await self._user_sids(user_id):
+        if self.notices is not None:
+            await self.notices.send(Notice("enter", user_id=str(user_id), room=room))
+        for sid in await self._user_sids(user_id):  # second net: sids the table knows
             try:
                 await self.sio.enter_room(sid, room)
             except KeyError:
                 pass  # the socket closed since its row was read (or its instance died)
 
     async def leave_user_sockets(self, user_id: UUID | str, room: str) -> None:
-        for sid in await self._user_sids(user_id):
+        if self.notices is not None:
+            await self.notices.send(Notice("leave", user_id=str(user_id), room=room))
+        for sid in await self._user_sids(user_id):  # second net: sids the table knows
             try:
                 await self.sio.leave_room(sid, room)
             except KeyError:
                 pass
+
+    async def disconnect_tokens(self, token_ids: Iterable[UUID | str]) -> None:
+        if self.notices is not None:
+            await self.notices.send(Notice("close", token_ids=tuple(str(t) for t in token_ids)))
+
+    async def disconnect_user(self, user_id: UUID | str) -> None:
+        if self.notices is not None:
+            await self.notices.send(Notice("close", user_id=str(user_id)))
 
     async def disconnect_sids(self, sids: Iterable[str]) -> None:
         for sid in sids:
@@ -116,26 +138,8 @@ class SocketEvents:
 
 
 async def watch_redis(settings: Settings, sio: socketio.AsyncServer, metrics: Metrics, interval: float = 1.0) -> None:
-    """Ping Redis; after an outage, tell local sockets to resync once the listener is back."""
-    import redis.asyncio as aioredis
-
-    client = aioredis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
-    healthy = True
-    try:
-        while True:
-            try:
-                await client.ping()
-                if not healthy:
-                    healthy = True
-                    log.warning("Redis is back; asking local clients to resync")
-                    # python-socketio's listener retries after 1, 2, 4 ... s: give it time to resubscribe.
-                    await asyncio.sleep(3)
-                    await sio.emit("resync", {"reason": "fanout_restored"}, ignore_queue=True)
-            except Exception as exc:
-                if healthy:
-                    healthy = False
-                    metrics.fanout_degraded.inc()
-                    log.error("Redis unreachable: fan-out between instances degraded; messages still commit", extra={"error": str(exc)})
-            await asyncio.sleep(interval)
-    finally:
-        await client.aclose()
+    """Probe Redis both ways; after an outage or a hang, tell local sockets to resync once
+    this instance's listener hears again (server/redisbus.py)."""
+    manager = sio.manager
+    if isinstance(manager, ResilientRedis):
+        await manager.watch(sio, interval)

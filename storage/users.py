@@ -98,3 +98,13 @@ async def revoke_token(conn: asyncpg.Connection, token_id: UUID) -> None:
 async def live_token_ids(conn: asyncpg.Connection, user_id: UUID) -> list[UUID]:
     rows = await conn.fetch("SELECT id FROM auth_tokens WHERE user_id = $1 AND revoked_at IS NULL", user_id)
     return [r["id"] for r in rows]
+
+
+async def live_token_roles(conn: asyncpg.Connection, token_ids: list[UUID]) -> dict[UUID, str]:
+    """Of these tokens, the live ones (not revoked, not expired) with their user's role now."""
+    rows = await conn.fetch(
+        """SELECT t.id, u.role FROM auth_tokens t JOIN users u ON u.id = t.user_id
+           WHERE t.id = ANY($1::uuid[]) AND t.revoked_at IS NULL AND t.expires_at > now()""",
+        token_ids,
+    )
+    return {r["id"]: r["role"] for r in rows}

@@ -1,0 +1,301 @@
+"""Redis between instances, kept off every client's path.
+
+python-socketio's AsyncRedisManager publishes each emit inline, so an ack that follows an
+emit waits for Redis; a frozen Redis (SIGSTOP, a partition: connections accepted, nothing
+answered) made every `message:send` ack take about 10 s (socket timeout, reconnect, again).
+It also logs two errors per failed publish and one per listener retry.
+
+`ResilientRedis` (a mixin placed before AsyncRedisManager) changes three things:
+
+- Publishing: `_publish` only appends to a bounded per-instance queue; one background task
+  publishes in order with a short timeout. After a failure the task drops what is queued
+  for `RETRY_SECONDS` (counted in `studyhall_fanout_dropped_total`) and then tries again.
+  Nothing acknowledged is lost: messages commit before their ack, and once a publish goes
+  through after drops, the instance publishes a `resync` for the other instances' sockets,
+  which recover by seq through `sync`. A full queue drops its oldest entry the same way.
+- Health: the watcher (`watch`) publishes a probe on a channel only this instance listens
+  to and waits for its own listener to hear it. That checks both directions and sees a hang
+  (no answer within the timeout) as well as a refused connection. A listener that stays
+  deaf is reset. When probes come back after an outage, this instance's sockets get
+  `resync` (its listener may have missed events from the others).
+- Logging: one `RedisHealth` per instance logs the start of an outage once and its end once,
+  and counts the outage once in `studyhall_fanout_degraded_total`.
+
+The same subscription also carries small notices of our own on `<channel>:notices` (see
+server/revocation.py), so a logout or ban acts on every instance's sockets in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import socketio
+from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 1.0  # after a failed publish, drop without trying for this long
+LISTEN_RETRY_FIRST, LISTEN_RETRY_MAX = 0.25, 2.0  # listener resubscribe back-off
+
+NoticeHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class RedisHealth:
+    """Whether Redis answers, as the publisher, the listener and the watcher see it.
+    Logs each outage once when it starts and once when it ends."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.down_since = 0.0
+        self.metrics: Metrics | None = None
+
+    def report_down(self, source: str, error: BaseException | str) -> None:
+        if not self.up:
+            return
+        self.up = False
+        self.down_since = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.fanout_degraded.inc()
+        log.error(
+            "Redis unreachable (seen by the %s): fan-out between instances degraded; messages still commit "
+            "and local delivery goes on (%r)", source, error, extra={"source": source, "error": repr(error)},
+        )
+
+    def report_up(self) -> bool:
+        """Mark Redis answering again; True when this ends an outage."""
+        if self.up:
+            return False
+        self.up = True
+        log.warning("Redis answers again; asking clients to resync",
+                    extra={"down_seconds": round(time.monotonic() - self.down_since, 1)})
+        return True
+
+
+class ResilientRedis:
+    """Mixin for socketio.AsyncRedisManager (see the module docstring). Call `configure`
+    once after construction."""
+
+    channel: str
+    host_id: str
+    redis_url: str
+    redis_options: dict[str, Any]
+    pubsub: Any
+    server: Any
+    json: Any
+
+    def configure(self, *, timeout: float, queue_size: int) -> None:
+        self.health = RedisHealth()
+        self.timeout = timeout
+        self.notice_channel = f"{self.channel}:notices"
+        self.probe_channel = f"{self.channel}:probe:{self.host_id}"
+        self.on_notice: NoticeHandler | None = None
+        self.listening: bool | None = None  # None: the listener has not started
+        self._queue: deque[tuple[str, bytes | str]] = deque()
+        self._queue_size = max(1, queue_size)
+        self._wake = asyncio.Event()
+        self._publisher_task: asyncio.Task[None] | None = None
+        self._retry_at = 0.0
+        self._lost = False
+        self._client: aioredis.Redis | None = None
+        self._probes: dict[int, asyncio.Future[None]] = {}
+        self._probe_seq = 0
+        self._closed = False
+
+    @property
+    def metrics(self) -> Metrics | None:
+        return self.health.metrics
+
+    def client(self) -> aioredis.Redis:
+        """The publishing client: short timeouts and no retries (a hang must fail fast)."""
+        if self._client is None:
+            self._client = aioredis.Redis.from_url(
+                self.redis_url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 0)
+            )
+        return self._client
+
+    # --- publishing -------------------------------------------------------------------
+
+    async def _publish(self, data: dict[str, Any]) -> None:
+        """python-socketio's publish hook: queue, never wait."""
+        self._enqueue(self.channel, self.json.dumps(data))
+
+    def publish_notice(self, notice: dict[str, Any]) -> None:
+        self._enqueue(self.notice_channel, orjson.dumps({**notice, "origin": self.host_id}))
+
+    def _enqueue(self, channel: str, payload: bytes | str) -> None:
+        if len(self._queue) >= self._queue_size:
+            self._queue.popleft()
+            self._dropped()
+        self._queue.append((channel, payload))
+        self._wake.set()
+        if not self._closed and (self._publisher_task is None or self._publisher_task.done()):
+            self._publisher_task = asyncio.get_running_loop().create_task(self._publisher(), name="redis-publisher")
+
+    def _dropped(self) -> None:
+        self._lost = True
+        if self.metrics is not None:
+            self.metrics.fanout_dropped.inc()
+
+    async def _publisher(self) -> None:
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            channel, payload = self._queue.popleft()
+            if time.monotonic() < self._retry_at:
+                self._dropped()
+                continue
+            try:
+                await asyncio.wait_for(self.client().publish(channel, payload), self.timeout * 2)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._dropped()
+                self._retry_at = time.monotonic() + RETRY_SECONDS
+                self.health.report_down("publish", exc)
+                continue
+            if self._lost:
+                # Some events never reached the other instances: their sockets recover by seq.
+                self._lost = False
+                resync = {"method": "emit", "event": "resync", "data": [{"reason": "fanout_restored"}],
+                          "binary": False, "namespace": "/", "room": None, "skip_sid": None, "callback": None,
+                          "host_id": self.host_id}
+                self._queue.appendleft((self.channel, self.json.dumps(resync)))
+
+    # --- listening --------------------------------------------------------------------
+
+    async def _redis_listen_with_retries(self) -> AsyncIterator[dict[str, Any]]:
+        """python-socketio's listener, subscribed to our channels too, logging through
+        RedisHealth (once per outage) instead of once per retry."""
+        retry = LISTEN_RETRY_FIRST
+        subscribed = False
+        self.listening = False
+        while True:
+            try:
+                if not subscribed:
+                    await self._close_pubsub()
+                    self._redis_connect()  # type: ignore[attr-defined]
+                    await asyncio.wait_for(
+                        self.pubsub.subscribe(self.channel, self.notice_channel, self.probe_channel), self.timeout * 2
+                    )
+                    subscribed = True
+                    self.listening = True
+                    retry = LISTEN_RETRY_FIRST
+                async for message in self.pubsub.listen():
+                    yield message
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                subscribed = False
+                self.listening = False
+                self.health.report_down("listen", exc)
+                log.debug("Redis listener retrying in %s s: %r", retry, exc)
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, LISTEN_RETRY_MAX)
+
+    async def _close_pubsub(self) -> None:
+        """Close the previous listener connection and client before making new ones
+        (python-socketio's reconnect leaves them open)."""
+        for old in (getattr(self, "pubsub", None), getattr(self, "redis", None)):
+            if old is not None:
+                try:
+                    await asyncio.wait_for(old.aclose(), self.timeout)
+                except Exception:
+                    pass
+
+    async def _listen(self) -> AsyncIterator[bytes]:
+        channel = self.channel.encode()
+        notices = self.notice_channel.encode()
+        probes = self.probe_channel.encode()
+        async for message in self._redis_listen_with_retries():
+            if message.get("type") != "message" or "data" not in message:
+                continue
+            if message["channel"] == channel:
+                yield message["data"]
+            elif message["channel"] == probes:
+                waiter = self._probes.pop(int(message["data"]), None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            elif message["channel"] == notices:
+                await self._handle_notice(message["data"])
+
+    async def _handle_notice(self, raw: bytes) -> None:
+        try:
+            notice = orjson.loads(raw)
+            if notice.get("origin") == self.host_id or self.on_notice is None:
+                return
+            await self.on_notice(notice)
+        except Exception:
+            log.exception("socket notice failed")
+
+    def reset_listener(self) -> None:
+        """Drop the listener's connection so it resubscribes (it errors out of listen())."""
+        conn = getattr(self.pubsub, "connection", None)
+        if conn is not None:
+            asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
+
+    # --- health -----------------------------------------------------------------------
+
+    async def probe(self) -> bool:
+        """Publish to our own probe channel and wait for our listener to hear it. A publish
+        that fails or hangs, or a listener that does not hear it, is an outage."""
+        self._probe_seq += 1
+        seq = self._probe_seq
+        heard = asyncio.get_running_loop().create_future()
+        self._probes = {seq: heard}  # older probes are abandoned
+        try:
+            await asyncio.wait_for(self.client().publish(self.probe_channel, str(seq)), self.timeout * 2)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.health.report_down("probe", exc)
+            return False
+        if self.listening is None:  # no socket has connected yet: nothing listens, nothing to tell
+            return True
+        try:
+            await asyncio.wait_for(heard, self.timeout * 2)
+        except asyncio.TimeoutError:
+            self.health.report_down("listen", "the listener did not hear this instance's probe")
+            if self.listening:
+                self.reset_listener()
+            return False
+        return True
+
+    async def watch(self, sio: socketio.AsyncServer, interval: float) -> None:
+        """Probe every `interval`; after an outage, tell local sockets to resync."""
+        try:
+            while True:
+                if await self.probe() and self.health.report_up():
+                    await sio.emit("resync", {"reason": "fanout_restored"}, ignore_queue=True)
+                await asyncio.sleep(interval)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop publishing (the app is shutting down) and close the publishing client."""
+        self._closed = True
+        task, self._publisher_task = self._publisher_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task], timeout=self.timeout * 2)  # never hold shutdown up on Redis
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await asyncio.wait_for(client.aclose(), self.timeout * 2)
+            except Exception:
+                pass
+
+
+class QueuedRedisManager(ResilientRedis, socketio.AsyncRedisManager):
+    """python-socketio's Redis manager with queued publishing (STUDYHALL_FANOUT=stock)."""
