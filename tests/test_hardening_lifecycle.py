@@ -255,15 +255,18 @@ def test_first_serve_stopping_leaves_the_second_serving() -> None:
 def test_killed_embedded_postgres_is_started_again(served: Serve) -> None:
     pgdata = served.data_dir / "pgdata"
     # SIGKILL: a crash; SIGINT: PostgreSQL's fast shutdown, as `pg_ctl stop` by someone else.
-    for how, sig in (("a crash", signal.SIGKILL), ("a fast shutdown", signal.SIGINT)):
+    for restarts, (how, sig) in enumerate((("a crash", signal.SIGKILL), ("a fast shutdown", signal.SIGINT)), 1):
         before = postmaster_pid(pgdata)
         assert before is not None
         os.kill(before, sig)
         wait_until(lambda: health(served.url) != 200, 10, f"health to notice ({how})")
         wait_until(lambda: health(served.url) == 200, 45, f"the database back after {how}")
+        # The restart is finished (and logged) before the next stop: a stop in the middle of
+        # pg_ctl's start is another case (the watcher then tries again).
+        wait_until(lambda: served.log.count("embedded PostgreSQL is running again") >= restarts, 15,
+                   f"the restart after {how} logged")
         after = postmaster_pid(pgdata)
         assert after is not None and after != before
-    wait_until(lambda: served.log.count("embedded PostgreSQL is running again") == 2, 5, "two restarts logged")
 
 
 def test_embedded_postgres_that_cannot_come_back_stops_the_server_with_one_line() -> None:
