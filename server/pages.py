@@ -1,10 +1,13 @@
-"""What the browser pages need beyond `static/`: the npm socket.io-client bundle, CORS for
+"""What the browser pages need beyond `static/`: the socket.io-client bundle, CORS for
 the embeddable widget, and a presence snapshot.
 
 Why each exists:
-- `/vendor/…` serves `socket.io-client`'s own `dist/` files from `node_modules` (installed by
-  `npm ci`), so the pages speak the protocol through the official client, never a copy.
-  It lives outside `/static/` so it does not depend on route order with the static route.
+- `/vendor/…` serves `socket.io-client`'s own prebuilt ESM bundle (and its source map),
+  vendored unchanged in `server/vendor/socket.io-client/` and shipped in the package, so
+  the pages work right after `pip install` (no npm) and speak the protocol through the
+  official client. `server/vendor/update.py` refreshes it from npm and records the version
+  and sha256 in `VENDORED.json`. It lives outside `/static/` so it does not depend on
+  route order with the static route.
 - The widget is embedded in other sites: its HTTP calls (guest token, conversation list)
   and its ES module imports are cross-origin, so `/api/*`, `/static/*` and `/vendor/*`
   answer CORS (origins from `STUDYHALL_CORS_ORIGINS`, the same setting Socket.IO uses).
@@ -28,13 +31,10 @@ from server.http import core_of, require_actor
 from server.jsonutil import json_response
 from server.keys import SETTINGS
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CLIENT_DIST = REPO_ROOT / "node_modules" / "socket.io-client" / "dist"
+VENDOR_DIR = Path(__file__).resolve().parent / "vendor" / "socket.io-client"
 VENDOR_FILES = {
     "socket.io.esm.min.js": "text/javascript",
     "socket.io.esm.min.js.map": "application/json",
-    "socket.io.min.js": "text/javascript",
-    "socket.io.min.js.map": "application/json",
 }
 CORS_PREFIXES = ("/api/", "/static/", "/vendor/")
 ALLOWED_HEADERS = "Authorization, Content-Type"
@@ -74,9 +74,12 @@ async def preflight(request: web.Request) -> web.Response:
 async def vendor(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     content_type = VENDOR_FILES.get(name)
-    path = CLIENT_DIST / name
-    if content_type is None or not path.is_file():
-        raise ApiError("not_found", "No such file; run `npm ci` to install socket.io-client.")
+    path = VENDOR_DIR / name
+    if content_type is None:
+        raise ApiError("not_found", "No such file.")
+    if not path.is_file():
+        raise ApiError("not_found", f"{name} is missing from the Studyhall package ({VENDOR_DIR}); "
+                       "reinstall Studyhall or run `python3 server/vendor/update.py` in a checkout.")
     return web.FileResponse(path, headers={"Content-Type": content_type, "Cache-Control": "public, max-age=3600"})
 
 

@@ -26,5 +26,38 @@
   };
   import(new URL("js/widget-app.js", options.assets).href)
     .then(function (m) { return m.mount(options); })
-    .catch(function (err) { console.error("Studyhall widget could not start:", err); });
+    .catch(function (err) {
+      console.error("Studyhall widget could not start:", err);
+      whatIsMissing([new URL("js/widget-app.js", options.assets).href, options.server + "/vendor/socket.io.esm.min.js"])
+        .then(showFailure);
+    });
+
+  // A file the widget needs could not be loaded: say so on the page, naming it (otherwise
+  // the tutor just never appears and the reason is only in the network tab).
+  function whatIsMissing(urls) {
+    return Promise.all(urls.map(function (url) {
+      return fetch(url, { cache: "no-store" }).then(
+        function (res) { return res.ok ? null : url + " (HTTP " + res.status + ")"; },
+        function () { return url + " (no answer)"; });
+    })).then(function (list) { return list.filter(Boolean); });
+  }
+
+  function showFailure(missing) {
+    var host = document.createElement("div");
+    host.id = "studyhall-widget-error";
+    var box = document.createElement("div");
+    box.setAttribute("role", "alert");
+    box.textContent = "The Studyhall tutor could not start: " + (missing.length
+      ? "missing " + missing.join(", ") + ". Reinstall Studyhall on the server (pip install -e .) " +
+        "or restore the files (python3 server/vendor/update.py refreshes the socket.io-client bundle)."
+      : "a script failed to load (the browser console names it).");
+    // Styled through the CSSOM (the Content-Security-Policy allows no inline styles), in a
+    // shadow root so the host page's CSS does not reach it.
+    var s = box.style;
+    s.position = "fixed"; s.right = "16px"; s.bottom = "16px"; s.maxWidth = "360px"; s.zIndex = "2147483647";
+    s.padding = "12px 14px"; s.border = "2px solid #b42318"; s.borderRadius = "8px"; s.background = "#fef3f2";
+    s.color = "#7a271a"; s.font = "14px/1.4 system-ui, sans-serif";
+    host.attachShadow({ mode: "open" }).append(box);
+    document.body.append(host);
+  }
 })();

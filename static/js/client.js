@@ -1,5 +1,5 @@
 // Talking to a Studyhall server: HTTP with a bearer token, and Socket.IO through the
-// official socket.io-client (served from node_modules at /vendor/ by server/pages.py).
+// official socket.io-client (vendored in server/vendor/, served at /vendor/ by server/pages.py).
 import { io } from "../../vendor/socket.io.esm.min.js";
 
 /** An error from the server ({error: {code, message}} or a failed ack), or "timeout"/"network". */
