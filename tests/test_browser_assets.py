@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,12 @@ async def test_page_names_a_missing_module_of_its_own(browser, start_instance: A
     await expect(alert).to_contain_text("Missing: /static/js/dom.js (HTTP 404)")
     await expect(alert).to_contain_text("git checkout -- static/")
     await expect(alert).not_to_contain_text("/vendor/")
+
+
+def test_the_bundle_is_package_data() -> None:
+    """A plain (non-editable) `pip install .` carries the bundle: pyproject's package-data for
+    `server` covers every vendored file (checked by hand with `pip wheel --no-deps .`)."""
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["server"]
+    package = Path(server.__file__).resolve().parent
+    covered = {p for pattern in patterns for p in package.glob(pattern)}
+    assert set(VENDORED.iterdir()) <= covered
