@@ -49,7 +49,8 @@ async def test_pages_get_the_vendored_bundle_without_node_modules(server: Instan
     assert "node_modules" not in Path(pages.__file__).read_text()
     record = json.loads((VENDORED / "VENDORED.json").read_text())
     async with aiohttp.ClientSession() as http:
-        for name, kind in (("socket.io.esm.min.js", "text/javascript"), ("socket.io.esm.min.js.map", "application/json")):
+        served = (("socket.io.esm.min.js", "text/javascript"), ("socket.io.esm.min.js.map", "application/json"))
+        for name, kind in served:
             async with http.get(f"{server.url}/vendor/{name}") as res:
                 assert res.status == 200, name
                 assert res.content_type == kind
@@ -98,7 +99,8 @@ async def test_no_message_when_everything_loads(browser, server: Instance, db: A
     await expect(page.locator(".asset-error")).to_have_count(0)
 
 
-async def test_page_names_a_missing_module_of_its_own(browser, start_instance: Any, tmp_path: Path) -> None:  # noqa: F811
+async def test_page_names_a_missing_module_of_its_own(browser, start_instance: Any,  # noqa: F811
+                                                      tmp_path: Path) -> None:
     static = tmp_path / "static"
     shutil.copytree(REPO / "static", static)
     (static / "js" / "dom.js").unlink()  # imported by the page's module, not by the page itself

@@ -38,7 +38,8 @@ def _takes(func: Any, *positional: str, keywords: tuple[str, ...] = ()) -> str |
     positional_ok = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     problems = []
     if len(positional_ok) < len(positional) and not var_pos:
-        problems.append(f"takes {len(positional_ok)} positional arguments, we pass {len(positional)} ({', '.join(positional)})")
+        problems.append(f"takes {len(positional_ok)} positional arguments, "
+                        f"we pass {len(positional)} ({', '.join(positional)})")
     names = {p.name for p in params}
     missing = [k for k in keywords if k not in names and not var_kw]
     if missing:
@@ -123,7 +124,8 @@ def test_internals_still_exist() -> None:
     # MRO sends to FastFanout.emit.
     handle_emit = getattr(AsyncPubSubManager, "_handle_emit", None)
     if handle_emit is None or "super().emit(" not in inspect.getsource(handle_emit):
-        problems.append("socketio.async_pubsub_manager.AsyncPubSubManager._handle_emit no longer delivers locally through super().emit")
+        problems.append("socketio.async_pubsub_manager.AsyncPubSubManager._handle_emit no longer delivers "
+                        "locally through super().emit")
 
     # Socket.IO packets.
     for const in ("CONNECT", "DISCONNECT", "EVENT", "ACK", "CONNECT_ERROR", "BINARY_EVENT", "BINARY_ACK"):
