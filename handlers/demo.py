@@ -1,0 +1,183 @@
+"""`studyhall demo`: a small sample course to try Studyhall with, loaded idempotently.
+
+It makes a mentor, an agent and a student (demo accounts), adds the sample documents in
+`handlers/demo_data/` (one subject: photosynthesis, matching static/demo.html) to the
+course `DEMO_COURSE`, and schedules one live room hosted by the mentor. Every step looks
+for what an earlier run made before making it, so a second run creates nothing and
+prints the same sign-ins: accounts are found by email, documents by their text's hash
+(the knowledge base's own duplicate check), the room by its host and title.
+
+The sample files keep each paragraph on one line: the offline tutor quotes whole
+sentences and treats a line break as a sentence end, so hard-wrapped text would be
+quoted in fragments.
+
+Passwords are fixed, published demo values rather than generated ones: the same
+sign-ins then work whichever machine, data dir or `DATABASE_URL` the command ran
+against, nothing secret has to be stored anywhere, and the README can show them. The
+price is that anyone who knows them can sign in, so the accounts are named as demo
+accounts, live on the reserved `.example` domain, and the command's output says not to
+load the demo on a server others can reach.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta, timezone
+from importlib import resources
+from typing import Any
+from uuid import UUID
+
+from handlers import auth, rooms
+from handlers.core import Actor, Core
+from handlers.knowledge import knowledge_base
+from storage import rooms as room_store
+from storage import users
+
+DEMO_COURSE = "biology-101"
+COURSE_TITLE = "Biology 101 · Photosynthesis"
+ROOM_TITLE = "Photosynthesis Q&A (demo)"
+ROOM_CAPACITY = 30
+SOURCE_PREFIX = "studyhall-demo:"
+# Nobody signs in to run the command; the room is created as the mentor with this token id.
+NO_TOKEN = UUID(int=0)
+
+
+@dataclass(frozen=True)
+class DemoAccount:
+    role: str
+    email: str
+    name: str
+    password: str
+    try_on: str  # the page this account is for
+
+
+ACCOUNTS = (
+    DemoAccount("mentor", "mentor@demo.studyhall.example", "Demo Mentor", "demo-mentor-pass", "rooms"),
+    DemoAccount("agent", "agent@demo.studyhall.example", "Demo Agent", "demo-agent-pass", "console"),
+    DemoAccount("student", "student@demo.studyhall.example", "Demo Student", "demo-student-pass", "threads"),
+)
+
+
+@dataclass(frozen=True)
+class SampleDocument:
+    name: str  # file name in demo_data/
+    title: str  # its first Markdown heading
+    text: str
+
+
+@dataclass
+class DemoReport:
+    """What a run found and what it made (`created_*`), for the command's output and tests."""
+
+    accounts: list[tuple[DemoAccount, bool]] = field(default_factory=list)
+    documents: list[tuple[SampleDocument, bool]] = field(default_factory=list)
+    room: dict[str, Any] | None = None
+    room_created: bool = False
+
+    @property
+    def created(self) -> int:
+        return sum(c for _, c in self.accounts) + sum(c for _, c in self.documents) + int(self.room_created)
+
+
+def sample_documents() -> list[SampleDocument]:
+    """The sample course, shipped as package data (pyproject.toml `package-data`)."""
+    folder = resources.files("handlers") / "demo_data"
+    docs = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".md"):
+            continue
+        text = entry.read_text(encoding="utf-8")
+        title = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("# ")), entry.name)
+        docs.append(SampleDocument(entry.name, title, text))
+    return docs
+
+
+async def _account(core: Core, account: DemoAccount) -> tuple[dict[str, Any], bool]:
+    """The demo account, made if missing. An existing one is left as it is (its role and
+    password too): the command never changes an account it did not just make."""
+    async with core.db.connection() as conn:
+        row = await users.get_user_by_email(conn, account.email)
+    if row is not None:
+        return auth.public_user(row), False
+    made = await auth.create_user(
+        core, email=account.email, password=account.password, name=account.name, role=account.role
+    )
+    return made, True
+
+
+def next_start(now: datetime) -> datetime:
+    """Tomorrow at 16:00 UTC: in the future whenever the room is made, a round hour."""
+    return datetime.combine((now + timedelta(days=1)).date(), time(16, 0), tzinfo=timezone.utc)
+
+
+async def _room(core: Core, mentor: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The mentor's demo room while it is scheduled or live; a new one once it has ended
+    or been cancelled (so there is always a room to try)."""
+    async with core.db.connection() as conn:
+        hosted = await room_store.list_sessions(conn, status=None, host_id=mentor["id"], limit=100)
+    for row in hosted:
+        if row["title"] == ROOM_TITLE and row["status"] in ("scheduled", "live"):
+            return rooms.session_out(row), False
+    actor = Actor(user_id=mentor["id"], role=mentor["role"], name=mentor["name"], token_id=NO_TOKEN)
+    made = await rooms.create(
+        core, actor, title=ROOM_TITLE, type="qa", scheduled_start_time=next_start(datetime.now(timezone.utc)),
+        max_participants=ROOM_CAPACITY, is_featured=True,
+    )
+    return made["live_session"], True
+
+
+async def load_demo(core: Core) -> DemoReport:
+    """Load the sample course; safe to run again (see the module docstring)."""
+    report = DemoReport()
+    made: dict[str, dict[str, Any]] = {}
+    for account in ACCOUNTS:
+        user, created = await _account(core, account)
+        made[account.role] = user
+        report.accounts.append((account, created))
+    mentor = made["mentor"]
+
+    kb = core.services.get("kb") or knowledge_base(core.settings, core.db)
+    await kb.ensure_index()
+    for doc in sample_documents():
+        _, created = await kb.ingest_text(
+            doc.title, doc.text, source=SOURCE_PREFIX + doc.name, language="en", course=DEMO_COURSE,
+            created_by=mentor["id"],
+        )
+        report.documents.append((doc, created))
+
+    if mentor["role"] in rooms.CREATOR_ROLES:
+        report.room, report.room_created = await _room(core, mentor)
+    return report
+
+
+def render(report: DemoReport, base_url: str) -> str:
+    """The command's output: what to open and how to sign in. Nothing in it depends on
+    whether this run made things, except the last line."""
+    docs = report.documents
+    lines = [
+        f"Studyhall demo: {COURSE_TITLE} (course {DEMO_COURSE!r}), {len(docs)} documents:",
+        *(f"  - {doc.title}" for doc, _ in docs),
+        "",
+        "Demo accounts (published passwords: load the demo only on a server nobody else can reach):",
+    ]
+    width = max(len(a.email) for a, _ in report.accounts)
+    for account, _ in report.accounts:
+        lines.append(f"  {account.role:<8} {account.email:<{width}}  password: {account.password}")
+    if report.room is not None:
+        start = report.room["scheduled_start_time"]
+        when = start.strftime("%Y-%m-%d %H:%M UTC") if isinstance(start, datetime) else str(start)
+        lines += ["", f"Live room: {report.room['title']!r}, {report.room['status']}, starts {when}, hosted by the mentor."]
+    lines += [
+        "",
+        "With `studyhall serve` running, open:",
+        f"  {base_url}/static/demo.html      the course page with the tutor widget (no sign-in: a guest)",
+        f"  {base_url}/static/threads.html   message threads: sign in as the student, write to the mentor",
+        f"  {base_url}/static/rooms.html     live rooms: sign in as the mentor to start the room, as the student to join",
+        f"  {base_url}/static/console.html   the agent console: sign in as the agent; tutor hand-overs land here",
+        "",
+    ]
+    if report.created:
+        lines.append(f"Loaded: {report.created} new item(s) (accounts, documents, room).")
+    else:
+        lines.append("Nothing new: the demo was already loaded.")
+    return "\n".join(lines)
