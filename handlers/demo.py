@@ -30,6 +30,7 @@ from uuid import UUID
 from handlers import auth, rooms
 from handlers.core import Actor, Core
 from handlers.knowledge import knowledge_base
+from storage import demo as demo_store
 from storage import rooms as room_store
 from storage import users
 
@@ -127,7 +128,17 @@ async def _room(core: Core, mentor: dict[str, Any]) -> tuple[dict[str, Any], boo
 
 
 async def load_demo(core: Core) -> DemoReport:
-    """Load the sample course; safe to run again (see the module docstring)."""
+    """Load the sample course; safe to run again, and twice at once (one run waits for
+    the other: see storage/demo.py)."""
+    async with core.db.connection() as conn:
+        await demo_store.lock(conn)
+        try:
+            return await _load(core)
+        finally:
+            await demo_store.unlock(conn)
+
+
+async def _load(core: Core) -> DemoReport:
     report = DemoReport()
     made: dict[str, dict[str, Any]] = {}
     for account in ACCOUNTS:

@@ -13,6 +13,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ import aiohttp
 import pytest
 
 from handlers.demo import DEMO_COURSE, ROOM_TITLE, sample_documents
+from server.cli import page_base_url
+from server.config import Settings
 from storage.db import Database
 from tests.client import Socket
 from tests.test_hardening_lifecycle import ROOT, Serve, public_tempdir, run_command
@@ -136,11 +139,15 @@ async def _counts(db: Database) -> dict[str, int]:
         return {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in tables}
 
 
-async def test_demo_with_database_url_creates_nothing_the_second_time(
+async def test_demo_with_database_url_creates_nothing_the_second_time_even_at_once(
     no_model: None, database_url: str, db: Database, start_instance: Any, tmp_path: Path
 ) -> None:
-    first = run_command(["demo"], tmp_path / "unused", DATABASE_URL=database_url)
-    assert first.returncode == 0, first.stderr
+    # Two runs at the same moment (two terminals, a script run twice): one waits for the other.
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda _: run_command(["demo"], tmp_path / "unused", DATABASE_URL=database_url), range(2)))
+    assert all(run.returncode == 0 for run in runs), [run.stderr for run in runs]
+    first = runs[0]
+    assert sign_ins(runs[1].stdout) == sign_ins(first.stdout)
     after_first = await _counts(db)
     assert after_first["users"] == 3 and after_first["documents"] == len(sample_documents())
     assert after_first["live_sessions"] == 1
@@ -155,3 +162,10 @@ async def test_demo_with_database_url_creates_nothing_the_second_time(
     async with aiohttp.ClientSession() as session:
         for role, (email, password) in sign_ins(second.stdout).items():
             assert (await login(session, server.url, email, password))["user"]["role"] == role
+
+
+def test_printed_pages_use_an_address_a_browser_on_this_machine_can_open() -> None:
+    assert page_base_url(Settings(host="0.0.0.0", port=9000)) == "http://127.0.0.1:9000"
+    assert page_base_url(Settings(host="::", port=9000)) == "http://127.0.0.1:9000"
+    assert page_base_url(Settings(host="10.0.0.5", port=80)) == "http://10.0.0.5:80"
+    assert page_base_url(Settings(host="::1", port=8080)) == "http://[::1]:8080"
