@@ -2,10 +2,13 @@
 
 It makes a mentor, an agent and a student (demo accounts), adds the sample documents in
 `handlers/demo_data/` (one subject: photosynthesis, matching static/demo.html) to the
-course `DEMO_COURSE`, and schedules one live room hosted by the mentor. Every step looks
-for what an earlier run made before making it, so a second run creates nothing and
-prints the same sign-ins: accounts are found by email, documents by their text's hash
-(the knowledge base's own duplicate check), the room by its host and title.
+course `DEMO_COURSE`, schedules one live room hosted by the mentor, and starts a direct
+thread in which the mentor welcomes the student (the threads page starts a thread from
+user ids, which a newcomer does not know). Every step looks for what an earlier run made
+before making it, so a second run creates nothing and prints the same sign-ins: accounts
+are found by email, documents by their text's hash (the knowledge base's own duplicate
+check), the room by its host and title, the thread by its pair of members and the
+welcome by its client_id.
 
 The sample files keep each paragraph on one line: the offline tutor quotes whole
 sentences and treats a line break as a sentence end, so hard-wrapped text would be
@@ -27,10 +30,11 @@ from importlib import resources
 from typing import Any
 from uuid import UUID
 
-from handlers import auth, rooms
+from handlers import auth, rooms, threads
 from handlers.core import Actor, Core
 from handlers.knowledge import knowledge_base
 from storage import demo as demo_store
+from storage import messages
 from storage import rooms as room_store
 from storage import users
 
@@ -39,8 +43,14 @@ COURSE_TITLE = "Biology 101 · Photosynthesis"
 ROOM_TITLE = "Photosynthesis Q&A (demo)"
 ROOM_CAPACITY = 30
 SOURCE_PREFIX = "studyhall-demo:"
-# Nobody signs in to run the command; the room is created as the mentor with this token id.
+# Nobody signs in to run the command; the room and thread are made as the mentor with this token id.
 NO_TOKEN = UUID(int=0)
+WELCOME_CLIENT_ID = "studyhall-demo-welcome"
+WELCOME = (
+    "Welcome to Biology 101! I am your mentor for this demo course. Write to me here about "
+    "photosynthesis, try the tutor on the course page, or join my live Q&A room from the "
+    "rooms page."
+)
 
 
 @dataclass(frozen=True)
@@ -74,10 +84,13 @@ class DemoReport:
     documents: list[tuple[SampleDocument, bool]] = field(default_factory=list)
     room: dict[str, Any] | None = None
     room_created: bool = False
+    thread_id: UUID | None = None
+    welcome_created: bool = False
 
     @property
     def created(self) -> int:
-        return sum(c for _, c in self.accounts) + sum(c for _, c in self.documents) + int(self.room_created)
+        made = sum(c for _, c in self.accounts) + sum(c for _, c in self.documents)
+        return made + int(self.room_created) + int(self.welcome_created)
 
 
 def sample_documents() -> list[SampleDocument]:
@@ -106,6 +119,23 @@ async def _account(core: Core, account: DemoAccount) -> tuple[dict[str, Any], bo
     return made, True
 
 
+def _acting(user: dict[str, Any]) -> Actor:
+    return Actor(user_id=user["id"], role=user["role"], name=user["name"], token_id=NO_TOKEN)
+
+
+async def _welcome(core: Core, mentor: dict[str, Any], student: dict[str, Any]) -> tuple[UUID, bool]:
+    """The mentor's direct thread with the student, holding one welcome message. Written
+    straight to storage: the command has no message pipeline (no sockets to deliver to),
+    and a running server's clients read it with the thread's history."""
+    conv = (await threads.create(core, _acting(mentor), kind="direct", member_ids=[student["id"]], title=None))["conversation"]
+    async with core.db.connection() as conn:
+        _, duplicate = await messages.insert(
+            conn, conversation_id=conv["id"], sender_id=mentor["id"], role="user", content=WELCOME,
+            client_id=WELCOME_CLIENT_ID,
+        )
+    return conv["id"], not duplicate
+
+
 def next_start(now: datetime) -> datetime:
     """Tomorrow at 16:00 UTC: in the future whenever the room is made, a round hour."""
     return datetime.combine((now + timedelta(days=1)).date(), time(16, 0), tzinfo=timezone.utc)
@@ -119,9 +149,8 @@ async def _room(core: Core, mentor: dict[str, Any]) -> tuple[dict[str, Any], boo
     for row in hosted:
         if row["title"] == ROOM_TITLE and row["status"] in ("scheduled", "live"):
             return rooms.session_out(row), False
-    actor = Actor(user_id=mentor["id"], role=mentor["role"], name=mentor["name"], token_id=NO_TOKEN)
     made = await rooms.create(
-        core, actor, title=ROOM_TITLE, type="qa", scheduled_start_time=next_start(datetime.now(timezone.utc)),
+        core, _acting(mentor), title=ROOM_TITLE, type="qa", scheduled_start_time=next_start(datetime.now(timezone.utc)),
         max_participants=ROOM_CAPACITY, is_featured=True,
     )
     return made["live_session"], True
@@ -158,6 +187,8 @@ async def _load(core: Core) -> DemoReport:
 
     if mentor["role"] in rooms.CREATOR_ROLES:
         report.room, report.room_created = await _room(core, mentor)
+    if made["student"]["role"] != "guest":
+        report.thread_id, report.welcome_created = await _welcome(core, mentor, made["student"])
     return report
 
 
@@ -182,13 +213,13 @@ def render(report: DemoReport, base_url: str) -> str:
         "",
         "With `studyhall serve` running, open:",
         f"  {base_url}/static/demo.html      the course page with the tutor widget (no sign-in: a guest)",
-        f"  {base_url}/static/threads.html   message threads: sign in as the student, write to the mentor",
+        f"  {base_url}/static/threads.html   message threads: sign in as the student; the mentor has written",
         f"  {base_url}/static/rooms.html     live rooms: sign in as the mentor to start the room, as the student to join",
         f"  {base_url}/static/console.html   the agent console: sign in as the agent; tutor hand-overs land here",
         "",
     ]
     if report.created:
-        lines.append(f"Loaded: {report.created} new item(s) (accounts, documents, room).")
+        lines.append(f"Loaded: {report.created} new item(s) (accounts, documents, room, welcome message).")
     else:
         lines.append("Nothing new: the demo was already loaded.")
     return "\n".join(lines)

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from handlers.demo import DEMO_COURSE, ROOM_TITLE, sample_documents
+from handlers.demo import DEMO_COURSE, ROOM_TITLE, WELCOME, sample_documents
 from server.cli import page_base_url
 from server.config import Settings
 from storage.db import Database
@@ -76,7 +76,8 @@ async def test_demo_twice_beside_serve_then_everything_it_prints_works(served: S
     second = run_command(["demo"], served.data_dir, STUDYHALL_PORT=str(served.port))
     assert second.returncode == 0, second.stderr
     documents = sample_documents()
-    assert f"Loaded: {3 + len(documents) + 1} new item(s)" in first.stdout, first.stdout
+    # 3 accounts, the documents, the room, the welcome message
+    assert f"Loaded: {3 + len(documents) + 2} new item(s)" in first.stdout, first.stdout
     assert "Nothing new: the demo was already loaded." in second.stdout, second.stdout
     # The same output apart from its last line: sign-ins, room, pages.
     assert first.stdout.splitlines()[:-1] == second.stdout.splitlines()[:-1]
@@ -110,6 +111,16 @@ async def test_demo_twice_beside_serve_then_everything_it_prints_works(served: S
         assert len(rooms) == 1 and rooms[0]["host"]["name"] == "Demo Mentor" and rooms[0]["is_featured"]
         assert ROOM_TITLE in first.stdout
 
+        # The student's threads page opens on the mentor's welcome, once.
+        async with session.get(f"{served.url}/api/conversations", headers=tokens["student"]) as response:
+            convs = (await response.json())["conversations"]
+        assert [(c["kind"], c["last_seq"], sorted(m["name"] for m in c["members"])) for c in convs] == [
+            ("direct", 1, ["Demo Mentor", "Demo Student"])
+        ]
+        async with session.get(f"{served.url}/api/conversations/{convs[0]['id']}/messages", headers=tokens["student"]) as response:
+            history = (await response.json())["messages"]
+        assert [(m["seq"], m["content"]) for m in history] == [(1, WELCOME)]
+
         # Searchable.
         async with session.get(f"{served.url}/api/search", params={"q": "chlorophyll", "course": course}, headers=tokens["student"]) as response:
             results = (await response.json())["results"]
@@ -134,7 +145,7 @@ async def test_demo_twice_beside_serve_then_everything_it_prints_works(served: S
 
 
 async def _counts(db: Database) -> dict[str, int]:
-    tables = ("users", "documents", "chunks", "live_sessions", "conversations")
+    tables = ("users", "documents", "chunks", "live_sessions", "conversations", "messages")
     async with db.connection() as conn:
         return {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in tables}
 
@@ -150,7 +161,7 @@ async def test_demo_with_database_url_creates_nothing_the_second_time_even_at_on
     assert sign_ins(runs[1].stdout) == sign_ins(first.stdout)
     after_first = await _counts(db)
     assert after_first["users"] == 3 and after_first["documents"] == len(sample_documents())
-    assert after_first["live_sessions"] == 1
+    assert after_first["live_sessions"] == 1 and after_first["conversations"] == 2 and after_first["messages"] == 1
     assert not (tmp_path / "unused").exists(), "no embedded PostgreSQL with DATABASE_URL"
 
     second = run_command(["demo"], tmp_path / "unused", DATABASE_URL=database_url)
