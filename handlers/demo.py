@@ -127,7 +127,8 @@ async def _welcome(core: Core, mentor: dict[str, Any], student: dict[str, Any]) 
     """The mentor's direct thread with the student, holding one welcome message. Written
     straight to storage: the command has no message pipeline (no sockets to deliver to),
     and a running server's clients read it with the thread's history."""
-    conv = (await threads.create(core, _acting(mentor), kind="direct", member_ids=[student["id"]], title=None))["conversation"]
+    made = await threads.create(core, _acting(mentor), kind="direct", member_ids=[student["id"]], title=None)
+    conv = made["conversation"]
     async with core.db.connection() as conn:
         _, duplicate = await messages.insert(
             conn, conversation_id=conv["id"], sender_id=mentor["id"], role="user", content=WELCOME,
@@ -150,8 +151,8 @@ async def _room(core: Core, mentor: dict[str, Any]) -> tuple[dict[str, Any], boo
         if row["title"] == ROOM_TITLE and row["status"] in ("scheduled", "live"):
             return rooms.session_out(row), False
     made = await rooms.create(
-        core, _acting(mentor), title=ROOM_TITLE, type="qa", scheduled_start_time=next_start(datetime.now(timezone.utc)),
-        max_participants=ROOM_CAPACITY, is_featured=True,
+        core, _acting(mentor), title=ROOM_TITLE, type="qa",
+        scheduled_start_time=next_start(datetime.now(timezone.utc)), max_participants=ROOM_CAPACITY, is_featured=True,
     )
     return made["live_session"], True
 
@@ -208,13 +209,14 @@ def render(report: DemoReport, base_url: str) -> str:
     if report.room is not None:
         start = report.room["scheduled_start_time"]
         when = start.strftime("%Y-%m-%d %H:%M UTC") if isinstance(start, datetime) else str(start)
-        lines += ["", f"Live room: {report.room['title']!r}, {report.room['status']}, starts {when}, hosted by the mentor."]
+        room = f"{report.room['title']!r}, {report.room['status']}, starts {when}"
+        lines += ["", f"Live room: {room}, hosted by the mentor."]
     lines += [
         "",
         "With `studyhall serve` running, open:",
         f"  {base_url}/static/demo.html      the course page with the tutor widget (no sign-in: a guest)",
         f"  {base_url}/static/threads.html   message threads: sign in as the student; the mentor has written",
-        f"  {base_url}/static/rooms.html     live rooms: sign in as the mentor to start the room, as the student to join",
+        f"  {base_url}/static/rooms.html     live rooms: the mentor starts the room, the student joins it",
         f"  {base_url}/static/console.html   the agent console: sign in as the agent; tutor hand-overs land here",
         "",
     ]

@@ -103,10 +103,14 @@ async def test_demo_twice_beside_serve_then_everything_it_prints_works(served: S
             tokens[role] = {"Authorization": f"Bearer {body['token']}"}
 
         # Nothing was made twice: one copy of each document, one demo room.
-        async with session.get(f"{served.url}/api/documents", params={"course": course, "limit": "100"}, headers=tokens["mentor"]) as response:
+        async with session.get(
+            f"{served.url}/api/documents", params={"course": course, "limit": "100"}, headers=tokens["mentor"]
+        ) as response:
             stored = (await response.json())["documents"]
         assert sorted(d["title"] for d in stored) == sorted(titles)
-        async with session.get(f"{served.url}/api/live-sessions", params={"status": "scheduled"}, headers=tokens["student"]) as response:
+        async with session.get(
+            f"{served.url}/api/live-sessions", params={"status": "scheduled"}, headers=tokens["student"]
+        ) as response:
             rooms = [r for r in (await response.json())["live_sessions"] if r["title"] == ROOM_TITLE]
         assert len(rooms) == 1 and rooms[0]["host"]["name"] == "Demo Mentor" and rooms[0]["is_featured"]
         assert ROOM_TITLE in first.stdout
@@ -117,12 +121,16 @@ async def test_demo_twice_beside_serve_then_everything_it_prints_works(served: S
         assert [(c["kind"], c["last_seq"], sorted(m["name"] for m in c["members"])) for c in convs] == [
             ("direct", 1, ["Demo Mentor", "Demo Student"])
         ]
-        async with session.get(f"{served.url}/api/conversations/{convs[0]['id']}/messages", headers=tokens["student"]) as response:
+        async with session.get(
+            f"{served.url}/api/conversations/{convs[0]['id']}/messages", headers=tokens["student"]
+        ) as response:
             history = (await response.json())["messages"]
         assert [(m["seq"], m["content"]) for m in history] == [(1, WELCOME)]
 
         # Searchable.
-        async with session.get(f"{served.url}/api/search", params={"q": "chlorophyll", "course": course}, headers=tokens["student"]) as response:
+        async with session.get(
+            f"{served.url}/api/search", params={"q": "chlorophyll", "course": course}, headers=tokens["student"]
+        ) as response:
             results = (await response.json())["results"]
         assert results and results[0]["title"] == "Chloroplasts and chlorophyll"
 
@@ -131,7 +139,8 @@ async def test_demo_twice_beside_serve_then_everything_it_prints_works(served: S
     try:
         for question in questions:
             conv = (await sock.ok("tutor:start", {"course": course}))["conversation"]
-            sent = (await sock.ok("message:send", {"conversation_id": conv["id"], "content": question, "client_id": uuid.uuid4().hex}))["message"]
+            send = {"conversation_id": conv["id"], "content": question, "client_id": uuid.uuid4().hex}
+            sent = (await sock.ok("message:send", send))["message"]
             reply = (await sock.wait_for(
                 "message:new", lambda d, m=sent: d["message"]["metadata"].get("reply_to") == m["id"], timeout=15,
             ))["message"]
@@ -155,7 +164,7 @@ async def test_demo_with_database_url_creates_nothing_the_second_time_even_at_on
 ) -> None:
     # Two runs at the same moment (two terminals, a script run twice): one waits for the other.
     with ThreadPoolExecutor(2) as pool:
-        runs = list(pool.map(lambda _: run_command(["demo"], tmp_path / "unused", DATABASE_URL=database_url), range(2)))
+        runs = list(pool.map(lambda _: run_command(["demo"], tmp_path / "unused", DATABASE_URL=database_url), [1, 2]))
     assert all(run.returncode == 0 for run in runs), [run.stderr for run in runs]
     first = runs[0]
     assert sign_ins(runs[1].stdout) == sign_ins(first.stdout)
