@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from playwright.async_api import expect
 
 from handlers.demo import DEMO_COURSE, ROOM_TITLE, WELCOME, sample_documents
 from server.cli import page_base_url
 from server.config import Settings
 from storage.db import Database
 from tests.client import Socket
+from tests.pagekit import assert_clean, browser, open_page, screenshot, sign_in  # noqa: F401
 from tests.test_hardening_lifecycle import ROOT, Serve, public_tempdir, run_command
 
 SIGN_IN = re.compile(r"^\s+(mentor|agent|student)\s+(\S+@\S+)\s+password: (\S+)$", re.MULTILINE)
@@ -47,20 +51,37 @@ def sign_ins(output: str) -> dict[str, tuple[str, str]]:
     return found
 
 
-@pytest.fixture
-def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+def strip_model_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """The offline tutor: no model settings reach the subprocesses."""
     for name in MODEL_SETTINGS:
         monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
-def served(no_model: None) -> Iterator[Serve]:
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    strip_model_settings(monkeypatch)
+
+
+@dataclass
+class Loaded:
+    served: Serve
+    first: subprocess.CompletedProcess[str]
+    second: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module")
+def loaded() -> Iterator[Loaded]:
+    """`studyhall serve` on a fresh data dir, and `studyhall demo` run twice beside it."""
     base = public_tempdir("studyhall-test-demo-")
-    server = Serve(base / "data").start()
-    yield server
-    server.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        strip_model_settings(monkeypatch)
+        server = Serve(base / "data").start()
+        try:
+            runs = [run_command(["demo"], server.data_dir, STUDYHALL_PORT=str(server.port)) for _ in range(2)]
+            yield Loaded(server, *runs)
+        finally:
+            server.stop()
+            shutil.rmtree(base, ignore_errors=True)
 
 
 async def login(session: aiohttp.ClientSession, url: str, email: str, password: str) -> dict[str, Any]:
@@ -70,10 +91,9 @@ async def login(session: aiohttp.ClientSession, url: str, email: str, password: 
         return body
 
 
-async def test_demo_twice_beside_serve_then_everything_it_prints_works(served: Serve) -> None:
-    first = run_command(["demo"], served.data_dir, STUDYHALL_PORT=str(served.port))
+async def test_demo_twice_beside_serve_then_everything_it_prints_works(loaded: Loaded) -> None:
+    served, first, second = loaded.served, loaded.first, loaded.second
     assert first.returncode == 0, first.stderr
-    second = run_command(["demo"], served.data_dir, STUDYHALL_PORT=str(served.port))
     assert second.returncode == 0, second.stderr
     documents = sample_documents()
     # 3 accounts, the documents, the room, the welcome message
@@ -151,6 +171,34 @@ async def test_demo_twice_beside_serve_then_everything_it_prints_works(served: S
             assert f"[1] {cited[0]}" in reply["content"] and "> " in reply["content"], reply["content"]
     finally:
         await sock.disconnect()
+
+
+async def test_newcomer_in_the_browser_asks_the_page_example_and_reads_the_welcome(browser, loaded: Loaded) -> None:  # noqa: F811
+    """What the printed pages show: the demo page's tutor (a guest, no model) answers its
+    first example question from the sample course with a citation; the student's threads
+    page opens on the mentor's welcome."""
+    served = loaded.served
+    _, questions = demo_page()
+    page = await open_page(browser, f"{served.url}/static/demo.html")
+    w = page.locator("#studyhall-widget")
+    await w.get_by_role("button", name="Ask the tutor").click()
+    await expect(w.get_by_role("dialog", name="Photosynthesis tutor")).to_be_visible()
+    box = page.get_by_label("Your question")
+    await expect(box).to_be_enabled()
+    await box.fill(questions[0])
+    await box.press("Enter")
+    answer = w.locator("li.msg-assistant[data-seq]")
+    await expect(answer.locator(".msg-body")).to_contain_text("chloroplasts")
+    await expect(answer.locator(".citations li").first).to_have_text("Photosynthesis: an overview")
+    await screenshot(page, "demo-page-offline-answer")
+    assert_clean(page)
+
+    email, password = sign_ins(loaded.first.stdout)["student"]
+    threads = await open_page(browser, f"{served.url}/static/threads.html")
+    await sign_in(threads, email, password)
+    await threads.locator("#conversations button.item", has_text="Demo Mentor").click()
+    await expect(threads.locator("#messages > li[data-seq] .msg-body")).to_have_text([WELCOME])
+    assert_clean(threads)
 
 
 async def _counts(db: Database) -> dict[str, int]:
