@@ -1,4 +1,4 @@
-"""The `studyhall` command: serve, migrate, createuser, ingest, reindex."""
+"""The `studyhall` command: serve, migrate, createuser, ingest, reindex, demo."""
 
 from __future__ import annotations
 
@@ -176,6 +176,25 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     return _run_async(lambda core: reindex_command(core), settings)
 
 
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from handlers.demo import load_demo, render
+
+    async def run(core: Any) -> int:
+        report = await load_demo(core)
+        print(render(report, page_base_url(settings)))
+        return 0
+
+    return _run_async(run, settings)
+
+
+def page_base_url(settings: Settings) -> str:
+    """Where `studyhall serve` with the same settings answers, for links a browser opens
+    (a wildcard listen address is reached on loopback from this machine)."""
+    host = "127.0.0.1" if settings.host in ("", "0.0.0.0", "::") else settings.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.port}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="studyhall", description="Realtime chat and AI tutoring server.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -199,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--course", help="course the documents belong to")
     ing.set_defaults(func=cmd_ingest)
     sub.add_parser("reindex", help="re-embed chunks after a change of embedding model").set_defaults(func=cmd_reindex)
+    sub.add_parser(
+        "demo", help="load a sample course with demo accounts and a live room, and print what to try (safe to rerun)"
+    ).set_defaults(func=cmd_demo)
     return parser
 
 

@@ -63,7 +63,7 @@ async def test_guest_asks_tutor_then_agent_takes_over_and_hands_back(browser, st
         guest = await open_page(browser, server.url + "/static/demo.html", viewport={"width": 1000, "height": 760})
         w = widget(guest)
         await w.get_by_role("button", name="Ask the tutor").click()
-        await expect(w.get_by_role("dialog", name="Biology tutor")).to_be_visible()
+        await expect(w.get_by_role("dialog", name="Photosynthesis tutor")).to_be_visible()
         await expect(guest.get_by_label("Your question")).to_be_enabled()
 
         # The answer streams in (a draft grows), then the committed message replaces it.
