@@ -1,6 +1,6 @@
 """Settings, read once from environment variables.
 
-Every setting has an environment variable; the README lists them all. Nothing else in the
+Every setting has an environment variable; docs/configuration.md lists them all. Nothing else in the
 code reads the environment, so a test can build a `Settings` by hand and run several
 differently configured instances in one process.
 """

@@ -23,7 +23,7 @@ import asyncpg
 # Full-text search configuration; must match the generated `chunks.tsv` column (0003).
 TS_CONFIG = "english"
 # HNSW graph and search breadth, measured on 100k chunks (bench/retrieval_bench.py; the
-# exploration behind these numbers is in the README): with pgvector's default build
+# exploration behind these numbers is in docs/performance.md): with pgvector's default build
 # (m 16, ef_construction 64) recall@10 against exact search needed ef_search 400 to reach
 # 0.95 (vector query p95 15 ms); a graph built with ef_construction 200 reaches 0.953 at
 # ef_search 100 (7 ms) and 0.990 at 200 (10 ms). m 32 was no better for its cost (0.96 at

@@ -14,7 +14,7 @@ serve. The knowledge base's search reads the HNSW graph and the matching rows on
 query (at 100k chunks: a 195 MB index and a 144 MB table); with 128MB most of a search
 was copying pages in from the OS cache (3,200 buffer accesses per vector query, half of
 them misses) and hybrid search p95 was 21.6-22.1 ms; with the working set in shared
-buffers, 13.3-18.3 ms (README, Benchmarks). So the embedded server takes a quarter of the memory
+buffers, 13.3-18.3 ms (docs/performance.md). So the embedded server takes a quarter of the memory
 this process may use, as PostgreSQL's documentation and pgvector's README advise, between
 128MB and 4GB. Shared buffers are filled as pages are read, not at start.
 """
