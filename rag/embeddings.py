@@ -18,7 +18,8 @@ import re
 import unicodedata
 from collections import Counter
 from functools import lru_cache
-from typing import Any, Protocol, runtime_checkable
+from itertools import pairwise
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from rag.tokens import truncate_to_tokens
 
@@ -104,7 +105,7 @@ class HashingEmbedder:
     with fixed weights so long words don't drown the word-level signal.
     """
 
-    WEIGHTS = {"w": 1.0, "b": 0.5, "c": 0.6}
+    WEIGHTS: ClassVar[dict[str, float]] = {"w": 1.0, "b": 0.5, "c": 0.6}
 
     def __init__(self, dim: int = 384) -> None:
         self.dim = dim
@@ -114,7 +115,7 @@ class HashingEmbedder:
         words = _words(text)
         groups: dict[str, Counter[str]] = {
             "w": Counter(f"w:{w}" for w in words),
-            "b": Counter(f"b:{a} {b}" for a, b in zip(words, words[1:])),
+            "b": Counter(f"b:{a} {b}" for a, b in pairwise(words)),
             "c": Counter(
                 f"c:{padded[i:i + n]}"
                 for padded in (f"<{w}>" for w in words)

@@ -164,7 +164,7 @@ class ChatModel:
                         **self._request_args(messages)
                     )
                 break
-            except Exception as exc:  # noqa: BLE001 - sorted by _retryable
+            except Exception as exc:  # broad on purpose: sorted by _retryable
                 await self._backoff_or_raise(exc, attempt, deadline)
         choice = response.choices[0] if response.choices else None
         text = (choice.message.content if choice else None) or ""
@@ -316,7 +316,7 @@ class ChatStream:
                             parts.append(delta)
                             yield delta
                 break
-            except Exception as exc:  # noqa: BLE001 - sorted below
+            except Exception as exc:  # broad on purpose: sorted below
                 if parts:
                     raise ModelUnavailable(
                         f"answer interrupted ({_describe(exc)})", partial="".join(parts)

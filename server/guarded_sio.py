@@ -224,7 +224,7 @@ class GuardedServer(socketio.AsyncServer):
             return
         await super()._handle_connect(eio_sid, namespace, data)
 
-    async def _handle_event(self, eio_sid: str, namespace: str, id: int | None, data: Any) -> None:  # noqa: A002
+    async def _handle_event(self, eio_sid: str, namespace: str, id: int | None, data: Any) -> None:  # `id`: python-socketio's parameter name
         if not isinstance(data, list) or not data or not isinstance(data[0], str):
             await self._refuse(eio_sid, namespace, id, "bad_request", "An event is [name, payload].")
             return

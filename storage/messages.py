@@ -209,7 +209,7 @@ async def since(
         return {}
     rows = await conn.fetch(_SINCE, list(wanted.keys()), list(wanted.values()), limit + 1, max_bytes)
     out: dict[UUID, list[dict[str, Any]]] = {cid: [] for cid in wanted}
-    available: dict[UUID, int] = {cid: 0 for cid in wanted}
+    available: dict[UUID, int] = dict.fromkeys(wanted, 0)
     for r in rows:
         d = dict(r)
         cid = d.pop("wanted_id")

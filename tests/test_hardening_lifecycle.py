@@ -263,7 +263,7 @@ def test_killed_embedded_postgres_is_started_again(served: Serve) -> None:
         wait_until(lambda: health(served.url) == 200, 45, f"the database back after {how}")
         # The restart is finished (and logged) before the next stop: a stop in the middle of
         # pg_ctl's start is another case (the watcher then tries again).
-        wait_until(lambda: served.log.count("embedded PostgreSQL is running again") >= restarts, 15,
+        wait_until(lambda: served.log.count("embedded PostgreSQL is running again") >= restarts, 15,  # noqa: B023 - called at once
                    f"the restart after {how} logged")
         after = postmaster_pid(pgdata)
         assert after is not None and after != before

@@ -202,7 +202,7 @@ async def test_acks_do_not_wait_on_a_frozen_redis(start_instance, db) -> None:
                     assert ack["ok"] and ack["message"]["seq"] == i
                     try:  # the member on the same instance has it at once
                         await sa2.wait_for("message:new", lambda d, i=i: d["message"]["seq"] == i, timeout=1)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         late_local.append(i)
                 await asyncio.sleep(2.5)  # a freeze long enough to time out publishes and probes
             finally:
@@ -284,7 +284,7 @@ class BlackholeProxy:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    async def start(self) -> "BlackholeProxy":
+    async def start(self) -> BlackholeProxy:
         self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         return self

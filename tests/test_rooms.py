@@ -417,7 +417,7 @@ async def test_sixty_race_for_fifty_seats_across_two_instances(cluster: list, db
             inside = [s for s, a in zip(socks, acks) if a["ok"]]
             outside = [s for s, a in zip(socks, acks) if not a["ok"]]
             msg = (await inside[0].ok("message:send", {"conversation_id": session["conversation_id"], "content": "hello room", "client_id": "r1"}))["message"]
-            await asyncio.gather(*[s.wait_for("message:new", lambda d: d["message"]["id"] == msg["id"]) for s in inside + [host]])
+            await asyncio.gather(*[s.wait_for("message:new", lambda d: d["message"]["id"] == msg["id"]) for s in [*inside, host]])
             await asyncio.sleep(0.2)
             assert all(len([d for d in s.received("message:new") if d["message"]["id"] == msg["id"]]) == 1 for s in inside)
             assert not any(s.received("message:new") for s in outside)
