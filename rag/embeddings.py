@@ -161,7 +161,7 @@ class OpenAIEmbedder:
         native = _OPENAI_DIMS.get(model)
         if dim is None and native is None:
             raise EmbedderUnavailable(f"dimension of embedding model {model!r} unknown: set the embedding dim")
-        self.dim = dim or native  # type: ignore[assignment]
+        self.dim: int = dim or native  # type: ignore[assignment]  # not None: checked above
         # text-embedding-3 models can shorten their vectors; ask for it only when it differs.
         self._dimensions = dim if native is not None and dim not in (None, native) else None
         self.name = f"openai:{model}" + (f"@{dim}" if self._dimensions else "")
@@ -176,7 +176,7 @@ class OpenAIEmbedder:
         vectors: list[list[float]] = []
         for first in range(0, len(texts), self.batch_size):
             batch = [truncate_to_tokens(t, self.max_input_tokens) or " " for t in texts[first:first + self.batch_size]]
-            extra = {"dimensions": self._dimensions} if self._dimensions else {}
+            extra: dict[str, Any] = {"dimensions": self._dimensions} if self._dimensions else {}
             response = await self._client.embeddings.create(model=self.model, input=batch, **extra)
             ordered = sorted(response.data, key=lambda item: item.index)
             if len(ordered) != len(batch):

@@ -186,7 +186,7 @@ class GuardedServer(socketio.AsyncServer):
         result = await super()._handle_eio_connect(eio_sid, environ)
         sock = self.eio.sockets.get(eio_sid)
         if isinstance(sock, async_socket.AsyncSocket):
-            sock.handle_post_request = _PollPost(self, sock)  # type: ignore[method-assign]
+            sock.handle_post_request = _PollPost(self, sock)
         return result
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:

@@ -94,7 +94,7 @@ class Database:
             yield conn
 
     def _acquire(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
-        return self.pool.acquire(timeout=self.acquire_timeout)  # type: ignore[return-value]
+        return self.pool.acquire(timeout=self.acquire_timeout)
 
     @asynccontextmanager
     async def _guarded(self) -> AsyncIterator[asyncpg.Connection]:

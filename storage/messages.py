@@ -96,8 +96,8 @@ async def insert_batch(conn: asyncpg.Connection, batch: list[NewMessage]) -> lis
                 raise
     by_index: dict[int, dict[str, Any]] = {}
     for row in rows:
-        message = dict(row)
-        by_index[message.pop("idx") - 1] = message
+        fields = dict(row)
+        by_index[fields.pop("idx") - 1] = fields
     results: list[Inserted | LookupError] = []
     missing_modes = [m.conversation_id for i, m in enumerate(batch) if i not in by_index and m.require_mode is not None]
     existing = await _existing_conversations(conn, missing_modes) if missing_modes else set()
