@@ -83,6 +83,7 @@ async def _everyone_gets_everything(api: Api, session: dict[str, Any], socks: li
     assert all(any(d["message"]["content"] == long["content"] for d in s.received("message:new")) for s in socks)
 
 
+@pytest.mark.slow
 async def test_fast_fanout_websocket_and_polling_clients(fast_fanout: None, server: Instance, api: Api, db: Database) -> None:
     session = await _room(api, db, 40)
     ws_socks = [await api.socket(await api.guest(f"W{i}")) for i in range(30)]
