@@ -55,7 +55,7 @@ DEFAULT_ENV = {
     "STUDYHALL_LOGIN_LIMIT_10MIN": str(DEFAULTS.login_limit_10min),
 }
 assert set(SIGNIN_LIMITS) <= set(DEFAULT_ENV)
-LIMITS_OFF_ENV = {name: "0" for name in SIGNIN_LIMITS}
+LIMITS_OFF_ENV = dict.fromkeys(SIGNIN_LIMITS, "0")
 
 Outcome = str  # "answered" | "refused" | "failed"
 

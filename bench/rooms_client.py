@@ -72,7 +72,7 @@ class _RawProtocol(asyncio.Protocol):
     the load generator little. Client frames are masked with a zero key (RFC 6455 requires
     the mask bit, not a random key) and no extension is offered, so frames arrive plain."""
 
-    def __init__(self, owner: "RawParticipant", host: str, path: str) -> None:
+    def __init__(self, owner: RawParticipant, host: str, path: str) -> None:
         self.owner, self.host, self.path = owner, host, path
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -61,7 +61,7 @@ async def _verify_password(password_hash: str | None, password: str) -> bool:
 async def _issue_token(core: Core, conn: Any, user_id: UUID, role: str) -> str:
     hours = core.settings.guest_token_ttl_hours if role == "guest" else core.settings.token_ttl_hours
     token = secrets.token_urlsafe(32)
-    await users.insert_token(conn, user_id, hash_token(token), datetime.now(timezone.utc) + timedelta(hours=hours))
+    await users.insert_token(conn, user_id, hash_token(token), datetime.now(UTC) + timedelta(hours=hours))
     return token
 
 
@@ -183,7 +183,7 @@ async def authenticate(core: Core, token: str | None, sid: str | None = None) ->
         row = await users.find_token_user(conn, hash_token(token))
     if row is None:
         raise ApiError("unauthorized", "This token is unknown, expired or revoked.")
-    if row["last_active_at"] < datetime.now(timezone.utc) - ACTIVITY_RESOLUTION:
+    if row["last_active_at"] < datetime.now(UTC) - ACTIVITY_RESOLUTION:
         async with core.db.connection() as conn:
             await users.touch_active(conn, row["id"])
     return Actor(

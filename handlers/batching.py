@@ -71,8 +71,8 @@ class Batcher(Generic[T, R]):
 
     def _take(self) -> list[_Pending[T, R]]:
         if self._conflict_key is None:
-            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
-            return batch
+            taken, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+            return taken
         batch: list[_Pending[T, R]] = []
         rest: list[_Pending[T, R]] = []
         keys: set[Hashable] = set()

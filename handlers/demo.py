@@ -25,7 +25,7 @@ load the demo on a server others can reach.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 from importlib import resources
 from typing import Any
 from uuid import UUID
@@ -34,9 +34,8 @@ from handlers import auth, rooms, threads
 from handlers.core import Actor, Core
 from handlers.knowledge import knowledge_base
 from storage import demo as demo_store
-from storage import messages
+from storage import messages, users
 from storage import rooms as room_store
-from storage import users
 
 DEMO_COURSE = "biology-101"
 COURSE_TITLE = "Biology 101 · Photosynthesis"
@@ -139,7 +138,7 @@ async def _welcome(core: Core, mentor: dict[str, Any], student: dict[str, Any]) 
 
 def next_start(now: datetime) -> datetime:
     """Tomorrow at 16:00 UTC: in the future whenever the room is made, a round hour."""
-    return datetime.combine((now + timedelta(days=1)).date(), time(16, 0), tzinfo=timezone.utc)
+    return datetime.combine((now + timedelta(days=1)).date(), time(16, 0), tzinfo=UTC)
 
 
 async def _room(core: Core, mentor: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -152,7 +151,7 @@ async def _room(core: Core, mentor: dict[str, Any]) -> tuple[dict[str, Any], boo
             return rooms.session_out(row), False
     made = await rooms.create(
         core, _acting(mentor), title=ROOM_TITLE, type="qa",
-        scheduled_start_time=next_start(datetime.now(timezone.utc)), max_participants=ROOM_CAPACITY, is_featured=True,
+        scheduled_start_time=next_start(datetime.now(UTC)), max_participants=ROOM_CAPACITY, is_featured=True,
     )
     return made["live_session"], True
 

@@ -12,7 +12,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -85,7 +85,7 @@ async def create(
     if actor.role not in CREATOR_ROLES:
         raise ApiError("forbidden", "Only mentors and admins host live sessions.")
     if scheduled_start_time is not None and scheduled_start_time.tzinfo is None:
-        scheduled_start_time = scheduled_start_time.replace(tzinfo=timezone.utc)
+        scheduled_start_time = scheduled_start_time.replace(tzinfo=UTC)
     session_id = uuid.uuid4()
     async with core.db.transaction() as conn:
         # The conversation's context names its session, so a client holding only the chat finds the room.

@@ -254,7 +254,7 @@ class Turn:
             await self.log("cut_off", None, usage=usage)
             return
         ticket: dict[str, Any] | None = None
-        if reachable:
+        if reachable and tickets is not None:  # reachable implies tickets; said again for mypy
             try:
                 ticket = await tickets.escalate(
                     self.core, conversation_id=self.cid, reason=d.reason, escalated_by=None,
@@ -394,7 +394,7 @@ class Turn:
         price_in, price_out = model.config.price(model.config.model)
         return StreamResult(
             text=text, model=model.config.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-            usage_estimated=True, latency_ms=_ms(self.live.stream_started, time.perf_counter()) or 0,
+            usage_estimated=True, latency_ms=_ms(self.live.stream_started, time.perf_counter()) or 0,  # type: ignore[arg-type]  # float ms, JSON only
             first_token_ms=None, cost_usd=(prompt_tokens * price_in + completion_tokens * price_out) / 1_000_000,
         )
 

@@ -61,7 +61,7 @@ class TutorLimits:
     guest_tickets: tuple[Rule, ...]
 
     @classmethod
-    def from_settings(cls, s: Settings) -> "TutorLimits":
+    def from_settings(cls, s: Settings) -> TutorLimits:
         return cls(
             questions=RoleRules(
                 _rules("tutor-question", s.tutor_question_limits, "STUDYHALL_TUTOR_QUESTION_LIMITS", QUESTION_MESSAGE),

@@ -81,6 +81,6 @@ class ConversationLoader:
     async def load(self, conversation_id: UUID, user_id: UUID | None) -> dict[str, Any] | None:
         return await self.batcher.submit((conversation_id, user_id))
 
-    async def _load(self, keys: list[tuple[UUID, UUID | None]]) -> list[dict[str, Any] | None | BaseException]:
+    async def _load(self, keys: list[tuple[UUID, UUID | None]]) -> list[dict[str, Any] | BaseException | None]:
         async with self.db.connection() as conn:
             return list(await conversations.get_many_with_membership(conn, keys))

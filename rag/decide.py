@@ -179,7 +179,7 @@ def _score(result: object) -> float:
 
 def _reason(decision: object) -> str | None:
     if isinstance(decision, Mapping):
-        return decision.get("reason")  # type: ignore[return-value]
+        return decision.get("reason")
     return getattr(decision, "reason", None)
 
 

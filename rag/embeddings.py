@@ -18,7 +18,8 @@ import re
 import unicodedata
 from collections import Counter
 from functools import lru_cache
-from typing import Any, Protocol, runtime_checkable
+from itertools import pairwise
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from rag.tokens import truncate_to_tokens
 
@@ -104,7 +105,7 @@ class HashingEmbedder:
     with fixed weights so long words don't drown the word-level signal.
     """
 
-    WEIGHTS = {"w": 1.0, "b": 0.5, "c": 0.6}
+    WEIGHTS: ClassVar[dict[str, float]] = {"w": 1.0, "b": 0.5, "c": 0.6}
 
     def __init__(self, dim: int = 384) -> None:
         self.dim = dim
@@ -114,7 +115,7 @@ class HashingEmbedder:
         words = _words(text)
         groups: dict[str, Counter[str]] = {
             "w": Counter(f"w:{w}" for w in words),
-            "b": Counter(f"b:{a} {b}" for a, b in zip(words, words[1:])),
+            "b": Counter(f"b:{a} {b}" for a, b in pairwise(words)),
             "c": Counter(
                 f"c:{padded[i:i + n]}"
                 for padded in (f"<{w}>" for w in words)
@@ -160,7 +161,7 @@ class OpenAIEmbedder:
         native = _OPENAI_DIMS.get(model)
         if dim is None and native is None:
             raise EmbedderUnavailable(f"dimension of embedding model {model!r} unknown: set the embedding dim")
-        self.dim = dim or native  # type: ignore[assignment]
+        self.dim: int = dim or native  # type: ignore[assignment]  # not None: checked above
         # text-embedding-3 models can shorten their vectors; ask for it only when it differs.
         self._dimensions = dim if native is not None and dim not in (None, native) else None
         self.name = f"openai:{model}" + (f"@{dim}" if self._dimensions else "")
@@ -175,7 +176,7 @@ class OpenAIEmbedder:
         vectors: list[list[float]] = []
         for first in range(0, len(texts), self.batch_size):
             batch = [truncate_to_tokens(t, self.max_input_tokens) or " " for t in texts[first:first + self.batch_size]]
-            extra = {"dimensions": self._dimensions} if self._dimensions else {}
+            extra: dict[str, Any] = {"dimensions": self._dimensions} if self._dimensions else {}
             response = await self._client.embeddings.create(model=self.model, input=batch, **extra)
             ordered = sorted(response.data, key=lambda item: item.index)
             if len(ordered) != len(batch):

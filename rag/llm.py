@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -164,7 +164,7 @@ class ChatModel:
                         **self._request_args(messages)
                     )
                 break
-            except Exception as exc:  # noqa: BLE001 - sorted by _retryable
+            except Exception as exc:  # broad on purpose: sorted by _retryable
                 await self._backoff_or_raise(exc, attempt, deadline)
         choice = response.choices[0] if response.choices else None
         text = (choice.message.content if choice else None) or ""
@@ -274,7 +274,7 @@ class ChatStream:
     ) -> None:
         await self.aclose()
 
-    async def _run(self) -> AsyncIterator[str]:
+    async def _run(self) -> AsyncGenerator[str, None]:
         model, config = self._model, self._model.config
         loop = asyncio.get_running_loop()
         started = time.monotonic()
@@ -316,7 +316,7 @@ class ChatStream:
                             parts.append(delta)
                             yield delta
                 break
-            except Exception as exc:  # noqa: BLE001 - sorted below
+            except Exception as exc:  # broad on purpose: sorted below
                 if parts:
                     raise ModelUnavailable(
                         f"answer interrupted ({_describe(exc)})", partial="".join(parts)

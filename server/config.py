@@ -239,7 +239,7 @@ class Settings:
     log_json: bool | None = None  # None: JSON when stderr is not a terminal
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         e = dict(os.environ if env is None else env)
         d = cls()
         return cls(
@@ -341,7 +341,7 @@ class Settings:
             log_json=_bool(e, "STUDYHALL_LOG_JSON", False) if e.get("STUDYHALL_LOG_JSON") else None,
         )
 
-    def with_(self, **changes: object) -> "Settings":
+    def with_(self, **changes: object) -> Settings:
         """A copy with some fields changed (tests run several instances side by side)."""
         return replace(self, **changes)  # type: ignore[arg-type]
 

@@ -178,7 +178,7 @@ def install(sio: socketio.AsyncServer) -> None:
         raise TypeError("install() needs a server built with create_manager()")
     eio = sio.eio
 
-    class TrackedWebSocket(EngineWebSocket):  # type: ignore[misc]
+    class TrackedWebSocket(EngineWebSocket):
         def __init__(self, handler: Callable[[Any], Any], server: Any) -> None:
             engine_socket = getattr(handler, "__self__", None)
 

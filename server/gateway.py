@@ -109,9 +109,9 @@ class Gateway:
             raise socketio.exceptions.ConnectionRefusedError(down.message, down.to_dict()) from None
         if not self.limits.admit(actor.user_id, sid):
             self.metrics.event_errors.labels("rate_limited", "connect").inc()
-            err = ApiError("rate_limited", f"Too many open connections for this account (at most "
-                                           f"{self.limits.max_sockets_per_user}); close one first.")
-            raise socketio.exceptions.ConnectionRefusedError(err.message, err.to_dict())
+            refused = ApiError("rate_limited", f"Too many open connections for this account (at most "
+                                               f"{self.limits.max_sockets_per_user}); close one first.")
+            raise socketio.exceptions.ConnectionRefusedError(refused.message, refused.to_dict())
         self.sockets[sid] = SocketState(actor, self.limits.new_socket_bucket())
         await self.sio.enter_room(sid, user_room(actor.user_id))
         if actor.is_staff:

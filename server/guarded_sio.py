@@ -186,7 +186,7 @@ class GuardedServer(socketio.AsyncServer):
         result = await super()._handle_eio_connect(eio_sid, environ)
         sock = self.eio.sockets.get(eio_sid)
         if isinstance(sock, async_socket.AsyncSocket):
-            sock.handle_post_request = _PollPost(self, sock)  # type: ignore[method-assign]
+            sock.handle_post_request = _PollPost(self, sock)
         return result
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
@@ -224,7 +224,7 @@ class GuardedServer(socketio.AsyncServer):
             return
         await super()._handle_connect(eio_sid, namespace, data)
 
-    async def _handle_event(self, eio_sid: str, namespace: str, id: int | None, data: Any) -> None:  # noqa: A002
+    async def _handle_event(self, eio_sid: str, namespace: str, id: int | None, data: Any) -> None:  # `id`: python-socketio's parameter name
         if not isinstance(data, list) or not data or not isinstance(data[0], str):
             await self._refuse(eio_sid, namespace, id, "bad_request", "An event is [name, payload].")
             return

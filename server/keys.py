@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     from server.gateway import Gateway
     from server.metrics import Metrics
 
-SETTINGS: web.AppKey["Settings"] = web.AppKey("settings")
-CORE: web.AppKey["Core"] = web.AppKey("core")
-METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
-SIO: web.AppKey["socketio.AsyncServer"] = web.AppKey("sio")
-GATEWAY: web.AppKey["Gateway"] = web.AppKey("gateway")
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+CORE: web.AppKey[Core] = web.AppKey("core")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio")
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")

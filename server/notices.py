@@ -47,7 +47,7 @@ class Notice:
         return {"action": self.action, "token_ids": list(self.token_ids), "user_id": self.user_id, "room": self.room}
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> "Notice":
+    def from_wire(cls, data: dict[str, Any]) -> Notice:
         action = data.get("action")
         if action not in ACTIONS:
             raise ValueError(f"unknown notice action {action!r}")

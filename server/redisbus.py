@@ -265,7 +265,7 @@ class ResilientRedis:
             return True
         try:
             await asyncio.wait_for(heard, self.timeout * 2)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.health.report_down("listen", "the listener did not hear this instance's probe")
             if self.listening:
                 self.reset_listener()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from uuid import UUID
 
 import socketio
@@ -49,7 +49,7 @@ class Revocation:
         """Arm a timer that closes the socket when its token expires."""
         if actor.sid is None or actor.token_expires_at is None:
             return
-        delay = (actor.token_expires_at - datetime.now(timezone.utc)).total_seconds()
+        delay = (actor.token_expires_at - datetime.now(UTC)).total_seconds()
         loop = asyncio.get_running_loop()
         self.timers[actor.sid] = loop.call_later(max(0.0, delay), self._expired, actor.sid, actor.token_id)
 

@@ -48,4 +48,4 @@ class _OutageCollector:
 
 def bind_metrics(metrics: Metrics, outage: Outage) -> None:
     """Expose `studyhall_database_up` and `studyhall_database_outages_total` on /metrics."""
-    metrics.registry.register(_OutageCollector(outage))  # type: ignore[arg-type]
+    metrics.registry.register(_OutageCollector(outage))

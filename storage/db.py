@@ -68,7 +68,7 @@ class Database:
         max_size: int = 20,
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
         command_timeout: float = COMMAND_TIMEOUT_SECONDS,
-    ) -> "Database":
+    ) -> Database:
         """`connect_timeout` bounds opening a connection and waiting for a pooled one (a
         frozen or unreachable server answers `unavailable` after it, not after a minute);
         `command_timeout` bounds each statement."""
@@ -94,7 +94,7 @@ class Database:
             yield conn
 
     def _acquire(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
-        return self.pool.acquire(timeout=self.acquire_timeout)  # type: ignore[return-value]
+        return self.pool.acquire(timeout=self.acquire_timeout)
 
     @asynccontextmanager
     async def _guarded(self) -> AsyncIterator[asyncpg.Connection]:

@@ -96,8 +96,8 @@ async def insert_batch(conn: asyncpg.Connection, batch: list[NewMessage]) -> lis
                 raise
     by_index: dict[int, dict[str, Any]] = {}
     for row in rows:
-        message = dict(row)
-        by_index[message.pop("idx") - 1] = message
+        fields = dict(row)
+        by_index[fields.pop("idx") - 1] = fields
     results: list[Inserted | LookupError] = []
     missing_modes = [m.conversation_id for i, m in enumerate(batch) if i not in by_index and m.require_mode is not None]
     existing = await _existing_conversations(conn, missing_modes) if missing_modes else set()
@@ -209,7 +209,7 @@ async def since(
         return {}
     rows = await conn.fetch(_SINCE, list(wanted.keys()), list(wanted.values()), limit + 1, max_bytes)
     out: dict[UUID, list[dict[str, Any]]] = {cid: [] for cid in wanted}
-    available: dict[UUID, int] = {cid: 0 for cid in wanted}
+    available: dict[UUID, int] = dict.fromkeys(wanted, 0)
     for r in rows:
         d = dict(r)
         cid = d.pop("wanted_id")

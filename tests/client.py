@@ -56,7 +56,7 @@ class Socket:
                 fut.set_result(data)
                 self._waiters.remove(waiter)
 
-    async def connect(self) -> "Socket":
+    async def connect(self) -> Socket:
         await self.client.connect(self.url, auth={"token": self.token} if self.token else None,
                                   transports=self.transports, wait_timeout=5)
         return self

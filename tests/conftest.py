@@ -116,6 +116,32 @@ async def api(server: Instance) -> AsyncIterator[Api]:
         await client.close_sockets()
 
 
+# ---- markers by what a test needs (registered in pyproject.toml) ---------------------------
+# A test gets the marks of the fixtures it uses, directly or through other fixtures; one
+# that uses none of these (and has no explicit mark) is `unit`. Tests that start services
+# themselves (their own Redis, PostgreSQL or `studyhall serve`) say so with explicit marks.
+FIXTURE_MARKS: dict[str, tuple[str, ...]] = {
+    "browser": ("browser",),
+    "redis_server": ("cluster",), "redis_url": ("cluster",), "cluster": ("cluster",),
+    "postgres": ("database",), "database_url": ("database",), "db": ("database",),
+    "base_settings": ("database",), "start_instance": ("database",), "server": ("database",),
+    "api": ("database",),
+    # Module fixtures that run `studyhall serve` / a crashable PostgreSQL of their own.
+    "served": ("database", "slow"), "loaded": ("database", "slow"), "crash_pg": ("database", "slow"),
+}
+SERVICE_MARKS = ("database", "cluster", "browser")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        have = {mark.name for mark in item.iter_markers()}
+        wanted = {name for fixture in getattr(item, "fixturenames", ()) for name in FIXTURE_MARKS.get(fixture, ())}
+        for name in sorted(wanted - have):
+            item.add_marker(name)
+        if not (have | wanted) & set(SERVICE_MARKS):
+            item.add_marker("unit")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """Under CI=true a skipped test is a failed test: CI must run everything."""

@@ -8,8 +8,16 @@ hardening. Prints: acks and log bytes for 1,000 undecodable frames; events/s acc
 from 20 sockets of one user; acks for a burst of 50 events from a long-polling JS client.
 """
 
-import asyncio, io, logging, time, os
-import aiohttp, pytest, socketio
+import asyncio
+import io
+import logging
+import os
+import time
+
+import aiohttp
+import pytest
+import socketio
+
 import server.realtime as realtime
 from tests.client import Api
 from tests.test_hardening_gateway import RawSocket, direct_conversation, run_polling_burst
@@ -26,8 +34,10 @@ def maybe_stock(monkeypatch):
 async def test_measure(start_instance):
     inst = await start_instance(**({"user_rate_limit_per_second": 1e9, "user_rate_limit_burst": 10**9, "max_sockets_per_user": 0} if STOCK else {}))
     buf = io.StringIO()
-    h = logging.StreamHandler(buf); h.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger(); root.addHandler(h)
+    h = logging.StreamHandler(buf)
+    h.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(h)
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)
         alice, bob = await api.register("Alice"), await api.register("Bob")

@@ -40,7 +40,7 @@ class Postgres:
     embedded: EmbeddedPostgres | None = None
 
     @classmethod
-    def start(cls, shared_buffers: str | None = None) -> "Postgres":
+    def start(cls, shared_buffers: str | None = None) -> Postgres:
         """`shared_buffers`: for the embedded server; None sizes it as `studyhall serve` does."""
         url = os.environ.get("TEST_DATABASE_URL")
         if url:
@@ -115,7 +115,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         self.process = subprocess.Popen(
             [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

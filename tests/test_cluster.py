@@ -8,10 +8,13 @@ import uuid
 from typing import Any
 
 import aiohttp
+import pytest
 
 from storage import messages as message_store
 from tests.client import Api, Socket
 from tests.services import RedisServer
+
+pytestmark = pytest.mark.cluster  # starts Redis servers of its own
 
 
 async def test_cross_instance_delivery_and_presence(cluster, db) -> None:

@@ -207,6 +207,7 @@ async def _counts(db: Database) -> dict[str, int]:
         return {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in tables}
 
 
+@pytest.mark.slow
 async def test_demo_with_database_url_creates_nothing_the_second_time_even_at_once(
     no_model: None, database_url: str, db: Database, start_instance: Any, tmp_path: Path
 ) -> None:

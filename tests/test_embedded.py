@@ -51,6 +51,8 @@ async def _shared_buffers_mb(url: str) -> int:
         await conn.close()
 
 
+@pytest.mark.database
+@pytest.mark.slow
 async def test_embedded_server_runs_with_the_sized_shared_buffers() -> None:
     # As root the server runs as another user, who must reach the data (pytest's tmp_path is private).
     base = Path(tempfile.mkdtemp(prefix="studyhall-test-embedded-"))

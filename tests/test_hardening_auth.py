@@ -96,6 +96,7 @@ async def prefill(inst: Instance, route: str, window: str, count: int) -> None:
         assert await core.limiter.hit_ok(rule, "127.0.0.1") is None
 
 
+@pytest.mark.slow
 async def test_register_route_default_limits(start_instance) -> None:
     inst = await start_instance(**DEFAULT_LIMITS)
 
@@ -124,6 +125,7 @@ async def test_register_route_default_daily_cap(start_instance) -> None:
         assert_rate_limited(*await register())
 
 
+@pytest.mark.slow
 async def test_login_route_default_limit_per_10_minutes(start_instance) -> None:
     # No lockout here, so that only the address limit can refuse.
     inst = await start_instance(**DEFAULT_LIMITS, lockout_attempts=0, lockout_account_attempts=0)
@@ -250,6 +252,7 @@ async def test_guests_can_be_refused(start_instance, db) -> None:
 
 # --- 5. login tells nobody which emails have accounts -------------------------------------
 
+@pytest.mark.slow
 async def test_unknown_email_costs_as_much_as_a_wrong_password(start_instance) -> None:
     inst = await start_instance(lockout_attempts=0, lockout_account_attempts=0)
     async with aiohttp.ClientSession() as s:
@@ -271,6 +274,7 @@ async def test_unknown_email_costs_as_much_as_a_wrong_password(start_instance) -
     assert 0.5 <= ratio <= 2.0, (unknown, known)
 
 
+@pytest.mark.slow
 async def test_a_locked_account_answers_like_a_wrong_password(start_instance, db) -> None:
     inst = await start_instance(lockout_attempts=DEFAULTS.lockout_attempts)
     async with aiohttp.ClientSession() as s:
@@ -287,6 +291,7 @@ async def test_a_locked_account_answers_like_a_wrong_password(start_instance, db
 
 # --- 6. lockout per (account, address), with a per-account ceiling -------------------------
 
+@pytest.mark.slow
 async def test_an_attackers_failures_do_not_lock_the_user_out_elsewhere(start_instance) -> None:
     inst = await start_instance(trusted_proxies=("127.0.0.1",))
     async with aiohttp.ClientSession() as s:
@@ -302,6 +307,7 @@ async def test_an_attackers_failures_do_not_lock_the_user_out_elsewhere(start_in
         assert await login("203.0.113.10", PASSWORD) == 200  # the real user is not
 
 
+@pytest.mark.slow
 async def test_a_success_clears_its_own_addresss_failures(start_instance) -> None:
     inst = await start_instance(trusted_proxies=("127.0.0.1",))
     async with aiohttp.ClientSession() as s:
@@ -319,6 +325,7 @@ async def test_a_success_clears_its_own_addresss_failures(start_instance) -> Non
         assert await login(PASSWORD) == 200  # 8 failures in the window, but 4 since the success
 
 
+@pytest.mark.slow
 async def test_the_per_account_ceiling_stops_a_distributed_attack(start_instance) -> None:
     ceiling = DEFAULTS.lockout_account_attempts
     inst = await start_instance(trusted_proxies=("127.0.0.1",), lockout_account_attempts=ceiling)
@@ -472,6 +479,7 @@ async def test_an_expired_guests_live_room_messages_are_blanked_not_removed(star
     assert [(r["content"], r["deleted"]) for r in rows] == [("", True), ("welcome", False)]
 
 
+@pytest.mark.slow
 async def test_parallel_guesses_cannot_slip_past_the_lockout(start_instance, db) -> None:
     """Twenty wrong passwords at once from one address: only the threshold's worth are tried."""
     inst = await start_instance(trusted_proxies=("127.0.0.1",))

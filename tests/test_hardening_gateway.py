@@ -43,7 +43,7 @@ class RawSocket:
         self._reader = asyncio.ensure_future(self._read())
 
     @classmethod
-    async def connect(cls, session: aiohttp.ClientSession, url: str, token: str) -> "RawSocket":
+    async def connect(cls, session: aiohttp.ClientSession, url: str, token: str) -> RawSocket:
         ws = await session.ws_connect(url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket")
         opening = await ws.receive_str(timeout=5)
         assert opening.startswith("0{"), opening

@@ -355,6 +355,7 @@ async def _probe_route(p: Prober, method: str, canonical: str, token: str | None
     await asyncio.gather(*sends)
 
 
+@pytest.mark.slow
 async def test_no_route_answers_500_to_hostile_requests(server: Instance, api: Api, db: Any) -> None:
     admin, guest = await admin_and_guest(api, db)
     async with aiohttp.ClientSession() as session:

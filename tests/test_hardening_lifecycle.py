@@ -167,6 +167,8 @@ print("ok")
 """
 
 
+@pytest.mark.database
+@pytest.mark.slow
 def test_embedded_server_runs_from_a_private_python_environment() -> None:
     """As root (CI, the usual install in /root): the package sits in a 0700 folder, so its
     binaries are copied next to the data, with the libraries their RPATH names."""
@@ -227,6 +229,8 @@ def test_migrate_beside_serve_leaves_its_database_running(served: Serve) -> None
     assert postmaster_pid(served.data_dir / "pgdata") is not None
 
 
+@pytest.mark.database
+@pytest.mark.slow
 def test_first_serve_stopping_leaves_the_second_serving() -> None:
     """The serve that started the database shuts down while a second serve uses it (a
     restart, a rolling deploy): the second keeps its database; the last one out stops it."""
@@ -263,12 +267,14 @@ def test_killed_embedded_postgres_is_started_again(served: Serve) -> None:
         wait_until(lambda: health(served.url) == 200, 45, f"the database back after {how}")
         # The restart is finished (and logged) before the next stop: a stop in the middle of
         # pg_ctl's start is another case (the watcher then tries again).
-        wait_until(lambda: served.log.count("embedded PostgreSQL is running again") >= restarts, 15,
+        wait_until(lambda: served.log.count("embedded PostgreSQL is running again") >= restarts, 15,  # noqa: B023 - called at once
                    f"the restart after {how} logged")
         after = postmaster_pid(pgdata)
         assert after is not None and after != before
 
 
+@pytest.mark.database
+@pytest.mark.slow
 def test_embedded_postgres_that_cannot_come_back_stops_the_server_with_one_line() -> None:
     """Never 503 for ever: when the database cannot be started again (here its control
     file is gone), serve exits 1 with one line saying what and where."""
@@ -345,6 +351,8 @@ async def _connect_clients(url: str, count: int) -> tuple[list[socketio.AsyncCli
     return clients, reasons
 
 
+@pytest.mark.database
+@pytest.mark.slow
 def test_sigterm_with_clients_connected_stops_within_seconds() -> None:
     """SIGTERM with 20 clients: out within seconds (was 40 s), each step logged, the
     embedded PostgreSQL stopped; the clients see a lost connection and reconnect by
@@ -407,6 +415,8 @@ def _one_line_error(done: subprocess.CompletedProcess[str], setting: str) -> Non
     assert "Studyhall on" not in done.stderr
 
 
+@pytest.mark.database
+@pytest.mark.slow
 def test_port_in_use_is_one_line_naming_the_setting() -> None:
     base = public_tempdir("studyhall-test-port-")
     with socket.socket() as taken:
@@ -432,6 +442,7 @@ def test_port_in_use_is_one_line_naming_the_setting() -> None:
         "postgresql://nobody@127.0.0.1:notaport/x",
     ],
 )
+@pytest.mark.slow
 def test_bad_database_url_is_one_line_naming_the_setting(url: str) -> None:
     base = public_tempdir("studyhall-test-dburl-")
     try:

@@ -55,7 +55,7 @@ class CrashablePostgres:
     server: EmbeddedPostgres
 
     @classmethod
-    def start(cls) -> "CrashablePostgres":
+    def start(cls) -> CrashablePostgres:
         base = Path(tempfile.mkdtemp(prefix="studyhall-test-pgcrash-"))
         os.chmod(base, 0o755)  # as root the server runs as another user, who must reach it
         port = free_port()
@@ -137,7 +137,7 @@ class TcpGate:
         for writer in list(self.links):
             writer.close()
 
-    async def start(self) -> "TcpGate":
+    async def start(self) -> TcpGate:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         return self

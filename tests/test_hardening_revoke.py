@@ -146,6 +146,7 @@ async def test_a_banned_participant_whose_row_is_gone_stops_getting_the_room(pai
         await api.close_sockets()
 
 
+@pytest.mark.cluster
 async def test_revoked_sockets_are_swept_when_redis_is_down_and_the_row_is_gone(start_instance, db) -> None:
     """The last net: each instance checks its own sockets' tokens against the database."""
     redis = RedisServer().start()
@@ -177,6 +178,7 @@ async def _view_after_sync(sock: Socket, cid: str, seen: set[int]) -> set[int]:
             return seen
 
 
+@pytest.mark.cluster
 async def test_acks_do_not_wait_on_a_frozen_redis(start_instance, db) -> None:
     redis = RedisServer().start()
     assert redis.process is not None
@@ -202,7 +204,7 @@ async def test_acks_do_not_wait_on_a_frozen_redis(start_instance, db) -> None:
                     assert ack["ok"] and ack["message"]["seq"] == i
                     try:  # the member on the same instance has it at once
                         await sa2.wait_for("message:new", lambda d, i=i: d["message"]["seq"] == i, timeout=1)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         late_local.append(i)
                 await asyncio.sleep(2.5)  # a freeze long enough to time out publishes and probes
             finally:
@@ -240,6 +242,7 @@ def _redis_records(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
     return [r for r in records if r.levelno >= logging.WARNING and about_redis(r)]
 
 
+@pytest.mark.cluster
 async def test_a_redis_outage_is_logged_once_not_per_message(start_instance, caplog) -> None:
     redis = RedisServer().start()
     try:
@@ -284,7 +287,7 @@ class BlackholeProxy:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    async def start(self) -> "BlackholeProxy":
+    async def start(self) -> BlackholeProxy:
         self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
@@ -316,6 +319,7 @@ class BlackholeProxy:
             self.server.close()
 
 
+@pytest.mark.cluster
 async def test_a_listener_deafened_by_a_silent_partition_is_found_and_reset(start_instance) -> None:
     """Connections that go silent without being closed: python-socketio's listener would wait
     forever while fresh connections (pings, publishes) work. The probe through the instance's

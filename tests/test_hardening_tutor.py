@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
@@ -58,6 +59,7 @@ def refused(ack: dict[str, Any], within_ms: int) -> int:
 
 # ---- 1. limits --------------------------------------------------------------------------
 
+@pytest.mark.slow
 async def test_question_limit_refuses_before_storing_and_before_the_model(
     start_instance: Any, db: Database, redis_url: str
 ) -> None:
@@ -110,6 +112,7 @@ async def test_guests_have_stricter_default_question_limits(start_instance: Any,
         assert (await send(ssock, sconv, QUESTION))["ok"] is True
 
 
+@pytest.mark.slow
 async def test_session_limit(start_instance: Any, db: Database) -> None:
     async with tutor_env(start_instance, db, tutor_session_limits_guest="2/5") as env:
         guest = await env.api.guest("Visitor")
@@ -126,6 +129,7 @@ async def test_session_limit(start_instance: Any, db: Database) -> None:
         await sock.ok("tutor:start", {})
 
 
+@pytest.mark.slow
 async def test_escalation_limit_covers_every_path(start_instance: Any, db: Database) -> None:
     """2 escalations per 6 s per user: tutor:escalate and the tutor's own hand-over both count;
     refused, no ticket opens and no agent hears of one; another user is not affected."""
@@ -254,6 +258,7 @@ def test_decompression_bomb_stops_early_with_bounded_memory() -> None:
         assert peak < 40 * 2**20 and elapsed < 15, (peak / 2**20, elapsed)
 
 
+@pytest.mark.slow
 async def test_upload_of_a_bomb_is_413_too_large_and_stores_nothing(api: Api, db: Database) -> None:
     mentor = await api.staff(db, "mentor")
     # One page expanding to 1 MB of text (a per-page cap of 100,000 characters by default).
@@ -268,6 +273,7 @@ async def test_upload_of_a_bomb_is_413_too_large_and_stores_nothing(api: Api, db
     assert await document_count(db) == (0, 0)
 
 
+@pytest.mark.slow
 async def test_a_500_page_textbook_still_goes_in(api: Api, db: Database) -> None:
     mentor = await api.staff(db, "mentor")
     book = pdf([textbook_page(i) for i in range(500)])
@@ -316,6 +322,7 @@ async def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float =
             await asyncio.sleep(0.2)
 
 
+@pytest.mark.slow
 async def test_answer_of_a_killed_instance_is_cancelled_and_its_usage_recorded(
     start_instance: Any, db: Database, database_url: str, redis_url: str, tmp_path: Path
 ) -> None:

@@ -10,11 +10,14 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from storage import messages as message_store
 from tests.client import Api
 from tests.services import RedisServer
+
+pytestmark = pytest.mark.cluster  # starts Redis servers of its own
 
 SCRIPT = Path(__file__).parent / "js" / "thread_client.mjs"
 

@@ -258,7 +258,7 @@ async def test_fake_server_embeddings_and_models(llm: FakeLLM) -> None:
     a, b, c = (d.embedding for d in floats.data)
     assert len(a) == llm.embedding_dim and a == b != c
     assert math.isclose(sum(x * x for x in a), 1.0, rel_tol=1e-6)
-    assert [d.embedding for d in default.data][0] == pytest.approx(a, abs=1e-6)
+    assert default.data[0].embedding == pytest.approx(a, abs=1e-6)
     assert [m.id for m in models.data] == ["fake-model"]
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from storage.db import Database
 from tests.client import Api, Socket, User
 
@@ -177,6 +179,7 @@ async def test_non_participant_cannot_read_or_send(api: Api, db: Database) -> No
     assert status == 200 and [m["content"] for m in body["messages"]] == ["secret-ish"]
 
 
+@pytest.mark.slow
 async def test_tabs_count_once_and_all_tabs_get_the_chat(api: Api, db: Database) -> None:
     mentor = await api.staff(db, "mentor")
     session = await _session(api, mentor, max_participants=2)
@@ -213,6 +216,7 @@ async def test_tabs_count_once_and_all_tabs_get_the_chat(api: Api, db: Database)
     await sc.ok("room:join", {"live_session_id": session["id"]})
 
 
+@pytest.mark.slow
 async def test_disconnect_frees_the_seat_after_the_grace(api: Api, db: Database) -> None:
     mentor = await api.staff(db, "mentor")
     session = await _session(api, mentor, max_participants=1)
@@ -332,6 +336,7 @@ async def test_end_notifies_and_stops_chat(api: Api, db: Database) -> None:
     assert await _current(api, amy, session["id"]) == 0
 
 
+@pytest.mark.slow
 async def test_host_disconnect_grace_ends_the_room(api: Api, db: Database, start_instance: Any) -> None:
     inst = await start_instance(room_host_grace_seconds=0.5)
     api.url = inst.url
@@ -417,7 +422,7 @@ async def test_sixty_race_for_fifty_seats_across_two_instances(cluster: list, db
             inside = [s for s, a in zip(socks, acks) if a["ok"]]
             outside = [s for s, a in zip(socks, acks) if not a["ok"]]
             msg = (await inside[0].ok("message:send", {"conversation_id": session["conversation_id"], "content": "hello room", "client_id": "r1"}))["message"]
-            await asyncio.gather(*[s.wait_for("message:new", lambda d: d["message"]["id"] == msg["id"]) for s in inside + [host]])
+            await asyncio.gather(*[s.wait_for("message:new", lambda d: d["message"]["id"] == msg["id"]) for s in [*inside, host]])
             await asyncio.sleep(0.2)
             assert all(len([d for d in s.received("message:new") if d["message"]["id"] == msg["id"]]) == 1 for s in inside)
             assert not any(s.received("message:new") for s in outside)

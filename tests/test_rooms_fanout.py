@@ -83,6 +83,7 @@ async def _everyone_gets_everything(api: Api, session: dict[str, Any], socks: li
     assert all(any(d["message"]["content"] == long["content"] for d in s.received("message:new")) for s in socks)
 
 
+@pytest.mark.slow
 async def test_fast_fanout_websocket_and_polling_clients(fast_fanout: None, server: Instance, api: Api, db: Database) -> None:
     session = await _room(api, db, 40)
     ws_socks = [await api.socket(await api.guest(f"W{i}")) for i in range(30)]
@@ -134,9 +135,9 @@ async def test_a_consumer_that_cannot_keep_up_is_closed(fast_fanout: None, start
             stuck = await api.guest("Stuck")
             ws = await stuck_http.ws_connect(inst.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket")
             assert (await ws.receive_str()).startswith("0")
-            await ws.send_str('40{"token":"%s"}' % stuck.token)
+            await ws.send_str(f'40{{"token":"{stuck.token}"}}')
             assert (await ws.receive_str()).startswith("40")
-            await ws.send_str('421["room:join",{"live_session_id":"%s"}]' % session["id"])
+            await ws.send_str(f'421["room:join",{{"live_session_id":"{session["id"]}"}}]')
             while not (await ws.receive_str()).startswith("431"):
                 pass
             # Stop reading: the kernel buffers fill, then the server's buffer passes the cap.

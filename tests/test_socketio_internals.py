@@ -13,8 +13,8 @@ from importlib.metadata import version
 from typing import Any
 
 import aiohttp.web_ws
-from aiohttp.http_websocket import WebSocketWriter
 import socketio
+from aiohttp.http_websocket import WebSocketWriter
 from engineio import async_socket, exceptions
 from engineio import packet as eio_packet
 from engineio import payload as eio_payload

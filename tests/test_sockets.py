@@ -46,6 +46,7 @@ async def test_oversized_content_is_too_large(api: Api) -> None:
     assert sock.client.connected
 
 
+@pytest.mark.slow
 async def test_frames_over_one_megabyte_are_refused(api: Api) -> None:
     user = await api.register("Lu")
     sock = await api.socket(user)
@@ -83,6 +84,7 @@ async def test_rate_limit(start_instance) -> None:
         await api.close_sockets()
 
 
+@pytest.mark.slow
 async def test_polling_transport_works(api: Api) -> None:
     user = await api.register("Ola")
     sock = await api.socket(user, transports=["polling"])

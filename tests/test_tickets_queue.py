@@ -102,6 +102,7 @@ async def test_ticket_detail_gives_transcript_sources_notes_and_decisions(api: A
         assert body["decisions"][0]["answer_id"] == str(answer["id"])
 
 
+@pytest.mark.slow
 async def test_sla_breach_is_marked_once_and_announced(start_instance, session, db) -> None:
     inst = await start_instance(sla_check_seconds=0.2)
     api = Api(session, inst.url)

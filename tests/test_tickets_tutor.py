@@ -50,6 +50,7 @@ async def _history(sock: Socket, cid: str) -> list[dict[str, Any]]:
     return (await sock.ok("history", {"conversation_id": cid, "limit": 100}))["messages"]
 
 
+@pytest.mark.slow
 async def test_person_request_to_resolved_ticket_handed_back_to_ai(start_instance, session, db) -> None:
     async with FakeLLM(reply=ANSWER) as llm:
         inst = await start_instance(llm_base_url=llm.base_url, llm_api_key="test")
@@ -113,6 +114,7 @@ async def _stream_started(ss: Socket, cid: str, client_id: str) -> None:
     await ss.wait_for("message:delta", lambda d: d["conversation_id"] == cid, timeout=10)
 
 
+@pytest.mark.slow
 async def test_ai_silent_from_escalation_mid_stream(start_instance, session, db) -> None:
     async with FakeLLM(reply="sunlight " * 300, token_delay=0.02) as llm:
         inst = await start_instance(llm_base_url=llm.base_url, llm_api_key="test")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import pytest
 
 from server.keys import CORE
 from storage import conversations
@@ -240,6 +241,7 @@ async def test_vague_message_gets_a_clarifying_question(start_instance: Any, db:
         assert llm.chat_requests == []
 
 
+@pytest.mark.slow
 async def test_no_answer_when_mode_is_not_ai(start_instance: Any, db: Database) -> None:
     async with FakeLLM(reply=echo_passages) as llm, tutor_env(start_instance, db, llm) as env:
         for mode in ("human", "waiting"):

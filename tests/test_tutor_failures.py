@@ -7,6 +7,8 @@ import asyncio
 import uuid
 from typing import Any
 
+import pytest
+
 from handlers.core import Core
 from server.keys import CORE
 from storage import conversations, messages
@@ -42,6 +44,7 @@ async def test_stop_keeps_the_partial_answer_marked(start_instance: Any, db: Dat
         await sock.ok("tutor:stop", {"conversation_id": conv["id"]})
 
 
+@pytest.mark.slow
 async def test_failing_model_gives_a_clear_message_without_hanging(start_instance: Any, db: Database) -> None:
     async with FakeLLM(reply=echo_passages) as llm, tutor_env(start_instance, db, llm, llm_timeout_seconds=0.3) as env:
         _, sock, conv = await open_tutor(env)
@@ -75,6 +78,7 @@ async def test_failing_model_gives_a_clear_message_without_hanging(start_instanc
         assert "interrupted" in final["content"] and "answer interrupted" in final["metadata"]["error"]
 
 
+@pytest.mark.slow
 async def test_person_taking_over_mid_stream_cuts_the_ai_off(start_instance: Any, db: Database) -> None:
     async with FakeLLM(reply=LONG, token_delay=0.05) as llm, tutor_env(start_instance, db, llm) as env:
         _, sock, conv = await open_tutor(env)
