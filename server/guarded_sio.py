@@ -25,7 +25,8 @@ protocol's way when it carries an ack id, and keeps the connection up:
   python-engineio refuses a POST of more than 16 packets outright (all of them are lost,
   none acked). Here a POST may carry `max_poll_packets` (derived from the rate-limit burst
   by `create_sio`); events past that are answered `rate_limited`, like the events past
-  the burst on a websocket.
+  the burst on a websocket. A client's CLOSE ends its pending poll at once (stock: the
+  GET waited for the ping timeout, and python-socketio's client 25 s with it).
 
 Every refused frame is answered through `refuse_frame(sid, code, message) -> ack`, which the
 gateway sets (server/gateway.py) so that refusals count against the event rate limits.
@@ -269,6 +270,11 @@ class _PollPost:
                 await sock.receive(pkt)
             except exceptions.UnknownPacketError:
                 self.server.sampled_log.warning("unexpected", "ignored an unexpected Engine.IO packet")
+            if pkt.packet_type == eio_packet.CLOSE:
+                # python-engineio closes the socket but leaves the client's pending GET waiting
+                # for packets until the ping timeout (a polling client's disconnect took 25 s):
+                # end that poll now, as its own shutdown does (None: no more packets).
+                sock.queue.put_nowait(None)
         for raw in encoded[limit:]:
             if raw.startswith("4"):
                 kind, namespace, ack_id = ack_header(raw[1:])

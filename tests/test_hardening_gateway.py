@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,10 @@ import socketio
 
 from handlers.errors import ApiError
 from handlers.writer import MessageWriter
+from server.keys import SIO
 from storage import messages as message_store
 from storage.messages import NewMessage
-from tests.client import Api, Socket, User
+from tests.client import Api, Instance, Socket, User
 from tests.test_writer import make_conversations
 
 JS_SCRIPT = Path(__file__).parent / "js" / "polling_burst.mjs"
@@ -493,3 +495,21 @@ async def test_a_polling_post_that_is_not_utf8_is_dropped_quietly(api: Api, capl
         answer = await resp.text()
     assert answer.startswith("431[") and json.loads(answer[3:])[0]["error"]["code"] == "bad_request", answer
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def test_a_polling_client_disconnects_at_once(api: Api, server: Instance) -> None:
+    """A long-polling client's disconnect ends its pending poll on the server: python-engineio
+    otherwise held that GET until the ping timeout, and python-socketio's client waited for
+    it (25 s before the fix), keeping a request and a socket alive for nothing."""
+    user = await api.register("Ola")
+    sock = await api.socket(user, transports=["polling"])
+    eio = server.app[SIO].eio
+    assert len(eio.sockets) == 1
+    started = time.monotonic()
+    await asyncio.wait_for(sock.disconnect(), 10)
+    assert time.monotonic() - started < 5
+    for _ in range(50):
+        if not eio.sockets:
+            break
+        await asyncio.sleep(0.05)
+    assert not eio.sockets

@@ -84,7 +84,6 @@ async def test_rate_limit(start_instance) -> None:
         await api.close_sockets()
 
 
-@pytest.mark.slow
 async def test_polling_transport_works(api: Api) -> None:
     user = await api.register("Ola")
     sock = await api.socket(user, transports=["polling"])
