@@ -1,4 +1,4 @@
-"""Rate limits that hold across instances: the `limits` library (moving windows).
+"""Rate limits that hold across instances: the `limits` library (sliding-window counters).
 
 With REDIS_URL the counters live in Redis, so a limit is one limit for the whole
 deployment, whichever instance a request reaches. Without Redis they live in this
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from handlers.errors import ApiError
 
@@ -49,26 +49,21 @@ class Rule:
 
 
 class RateLimiter:
-    """Moving-window limits in Redis (shared) or memory (this instance).
-
-    A moving window keeps each hit's time (at most `amount` per key) and is exact: "60 per
-    10 minutes" means no 61st within any 10 minutes. The sliding-window counter (two fixed
-    windows, weighted) is cheaper but lets a few extra through right after each fixed
-    window's boundary, which a limit users are told about should not do."""
+    """Sliding-window limits in Redis (shared) or memory (this instance)."""
 
     def __init__(self, redis_url: str | None = None, *, prefix: str = "studyhall") -> None:
-        self._memory = MovingWindowRateLimiter(MemoryStorage())
-        self._shared: MovingWindowRateLimiter | None = None
+        self._memory = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._shared: SlidingWindowCounterRateLimiter | None = None
         self._storage: Storage | None = None
         if redis_url:
             self._storage = RedisStorage(
                 "async+" + redis_url, implementation="redispy", key_prefix=f"{prefix}:limits",
                 socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             )
-            self._shared = MovingWindowRateLimiter(self._storage)
+            self._shared = SlidingWindowCounterRateLimiter(self._storage)
         self._shared_down_until = 0.0
 
-    def _strategy(self) -> MovingWindowRateLimiter:
+    def _strategy(self) -> SlidingWindowCounterRateLimiter:
         if self._shared is not None and time.monotonic() >= self._shared_down_until:
             return self._shared
         return self._memory
