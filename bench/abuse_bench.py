@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import SIGNIN_LIMITS, quantile_ms, start_servers, stop_servers, wait_up  # noqa: E402
-from server.config import Settings  # noqa: E402
+from handlers.settings import Settings  # noqa: E402
 from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
 
 DEFAULTS = Settings()

@@ -33,8 +33,8 @@ import asyncpg
 import socketio
 from aiohttp import web
 
+from handlers.settings import Settings
 from server.app import create_app
-from server.config import Settings
 from storage.embedded import EmbeddedPostgres, free_port
 from storage.migrate import migrate
 

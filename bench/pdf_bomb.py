@@ -20,8 +20,8 @@ from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
 from handlers.knowledge import document_limits
+from handlers.settings import Settings
 from rag.extract import DocumentLimits, DocumentTooLarge, extract
-from server.config import Settings
 
 
 def bomb(chars: int, pages: int) -> bytes:

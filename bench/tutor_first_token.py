@@ -38,10 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.retrieval_bench import DOCS, percentile  # noqa: E402
+from handlers.settings import Settings  # noqa: E402
 from rag.extract import extract_file  # noqa: E402
 from rag.ingest import ingest_paths  # noqa: E402
 from server.app import create_app  # noqa: E402
-from server.config import Settings  # noqa: E402
 from server.keys import CORE  # noqa: E402
 from storage.embedded import free_port  # noqa: E402
 from tests.fakellm import FakeLLM  # noqa: E402

@@ -22,7 +22,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from handlers import signin_limits
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
-from server.config import Settings
+from handlers.settings import Settings
 from storage import audit, connections, login_failures, users
 
 ROLES = ("student", "mentor", "agent", "admin", "guest")

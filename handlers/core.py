@@ -12,7 +12,7 @@ from uuid import UUID
 
 from handlers.events import Events
 from handlers.ratelimit import RateLimiter
-from server.config import Settings
+from handlers.settings import Settings
 from storage.availability import DatabaseUnavailable
 from storage.db import Database
 

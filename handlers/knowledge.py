@@ -18,11 +18,11 @@ from tqdm import tqdm
 
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
+from handlers.settings import Settings
 from rag.embeddings import Embedder, EmbedderUnavailable, make_embedder
 from rag.extract import DocumentError, DocumentLimits, DocumentTooLarge
 from rag.ingest import ingest_paths
 from rag.retrieval import KnowledgeBase, SearchResult
-from server.config import Settings
 from storage import audit
 from storage.db import Database
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from handlers.core import Core
 from handlers.ratelimit import Rule
-from server.config import Settings
+from handlers.settings import Settings
 
 TEN_MINUTES = 600
 DAY = 86_400

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from handlers.ratelimit import RateLimiter, Rule
-from server.config import Settings
+from handlers.settings import Settings
 
 QUESTION_MESSAGE = "Too many questions to the tutor in a short time; please wait a moment."
 SESSION_MESSAGE = "Too many new tutor conversations; please continue an existing one or wait a moment."

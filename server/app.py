@@ -21,13 +21,13 @@ from handlers import guests, presence, registry
 from handlers.background import repeat
 from handlers.core import Core
 from handlers.ratelimit import RateLimiter
+from handlers.settings import Settings
 from server import documents as documents_feature
 from server import pages, revocation, routes_accounts, routes_static, threads
 from server import rooms as rooms_feature
 from server import tickets as tickets_feature
 from server import tutor as tutor_feature
 from server.client_address import trusted_proxies
-from server.config import Settings
 from server.gateway import Gateway
 from server.http import error_middleware
 from server.keys import CORE, GATEWAY, METRICS, SETTINGS, SIO

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from server.config import Settings
+from handlers.settings import Settings
 from server.logs import setup_logging
 
 log = logging.getLogger("studyhall")

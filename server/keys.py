@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     import socketio
 
     from handlers.core import Core
-    from server.config import Settings
+    from handlers.settings import Settings
     from server.gateway import Gateway
     from server.metrics import Metrics
 

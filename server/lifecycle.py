@@ -33,7 +33,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     import socketio
 
-    from server.config import Settings
+    from handlers.settings import Settings
     from storage.embedded import EmbeddedPostgres
 
 log = logging.getLogger("studyhall.lifecycle")

@@ -22,7 +22,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @lru_cache(maxsize=8)
 def parse_networks(setting: str) -> tuple[Network, ...]:
-    """`STUDYHALL_METRICS_ALLOW` as networks (validated at start by server/config.py)."""
+    """`STUDYHALL_METRICS_ALLOW` as networks (validated at start by handlers/settings.py)."""
     return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in setting.split(",") if item.strip())
 
 

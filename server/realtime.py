@@ -21,8 +21,8 @@ from uuid import UUID
 import socketio
 
 from handlers.events import user_room
+from handlers.settings import Settings
 from server import fanout
-from server.config import Settings
 from server.guarded_sio import GuardedServer
 from server.jsonutil import OrjsonModule
 from server.metrics import Metrics

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from handlers.settings import Settings
 from server.app import create_app
-from server.config import Settings
 from storage.db import Database
 from storage.embedded import free_port
 from tests.client import Api, Instance

@@ -14,8 +14,8 @@ import aiohttp
 from aiohttp import web
 from playwright.async_api import expect
 
+from handlers.settings import Settings
 from server.app import create_app
-from server.config import Settings
 from tests.client import Api, Instance
 from tests.pagekit import assert_clean, browser, open_page, screenshot, seqs  # noqa: F401
 

@@ -24,8 +24,8 @@ import pytest
 from playwright.async_api import expect
 
 from handlers.demo import DEMO_COURSE, ROOM_TITLE, WELCOME, sample_documents
+from handlers.settings import Settings
 from server.cli import page_base_url
-from server.config import Settings
 from storage.db import Database
 from tests.client import Socket
 from tests.pagekit import assert_clean, browser, open_page, screenshot, sign_in  # noqa: F401

@@ -1,6 +1,6 @@
 """The Markdown docs stay navigable: every relative link in README.md and docs/*.md points
 to a file that exists and, with `#anchor`, to a heading of that file (GitHub's slugs), and
-docs/configuration.md names every environment variable server/config.py reads."""
+docs/configuration.md names every environment variable handlers/settings.py reads."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from server.config import Settings
+from handlers.settings import Settings
 from storage.embedded import EmbeddedPostgres, free_port, memory_limit, shared_buffers_for
 
 GB = 2**30

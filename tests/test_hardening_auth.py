@@ -15,8 +15,8 @@ import pytest
 
 from handlers import guests as guest_expiry
 from handlers import signin_limits
+from handlers.settings import Settings
 from server.client_address import TrustedProxies, socket_client_ip
-from server.config import Settings
 from storage import audit
 from tests.client import Api, Instance
 from tests.ticket_helpers import core_of, escalate, tutor_conversation

@@ -465,7 +465,7 @@ async def api_get(instance: Instance, path: str) -> tuple[int, Any]:
 
 
 def test_hardening_settings_from_env() -> None:
-    from server.config import Settings
+    from handlers.settings import Settings
 
     assert Settings.from_env({"STUDYHALL_METRICS_ALLOW": "10.0.0.0/8, ::1"}).metrics_allow == "10.0.0.0/8, ::1"
     assert Settings.from_env({}).metrics_allow == "127.0.0.1/32,::1/128"

@@ -471,7 +471,7 @@ def test_database_url_with_bad_credentials_is_one_line_naming_the_setting(served
 
 
 def test_settings_have_defaults_and_are_read() -> None:
-    from server.config import Settings
+    from handlers.settings import Settings
 
     defaults = Settings()
     assert (defaults.shutdown_seconds, defaults.pg_watch_seconds, defaults.pg_restart_seconds) == (5.0, 1.0, 30.0)

@@ -346,7 +346,7 @@ async def test_a_listener_deafened_by_a_silent_partition_is_found_and_reset(star
 
 
 def test_settings_from_env() -> None:
-    from server.config import Settings
+    from handlers.settings import Settings
 
     s = Settings.from_env({"STUDYHALL_REDIS_TIMEOUT": "0.25", "STUDYHALL_REDIS_PUBLISH_QUEUE": "500", "STUDYHALL_REVOCATION_SWEEP": "3"})
     assert (s.redis_timeout_seconds, s.redis_publish_queue, s.revocation_sweep_seconds) == (0.25, 500, 3.0)

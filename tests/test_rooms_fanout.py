@@ -14,8 +14,8 @@ import pytest
 import socketio
 
 import server.app as app_module
+from handlers.settings import Settings
 from server import fanout
-from server.config import Settings
 from server.keys import SIO
 from storage.db import Database
 from tests.client import Api, Instance

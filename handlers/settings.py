@@ -1,4 +1,4 @@
-"""Settings, read once from environment variables.
+"""Settings, read once from environment variables (the one reader of the environment).
 
 Every setting has an environment variable; docs/configuration.md lists them all. Nothing else in the
 code reads the environment, so a test can build a `Settings` by hand and run several
