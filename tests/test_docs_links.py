@@ -58,7 +58,7 @@ def test_every_doc_link_resolves() -> None:
 
 
 def test_configuration_page_lists_every_setting() -> None:
-    config = (ROOT / "server" / "config.py").read_text(encoding="utf-8")
+    config = (ROOT / "handlers" / "settings.py").read_text(encoding="utf-8")
     names = set(re.findall(r"\b(?:STUDYHALL_[A-Z0-9_]+|OPENAI_[A-Z_]+|DATABASE_URL|REDIS_URL)\b", config))
     listed = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")))
     assert sorted(names - listed) == []
