@@ -30,9 +30,10 @@ from importlib import resources
 from typing import Any
 from uuid import UUID
 
-from handlers import auth, rooms, threads
+from handlers import auth, threads
 from handlers.core import Actor, Core
 from handlers.knowledge import knowledge_base
+from handlers.rooms import sessions as rooms
 from storage import demo as demo_store
 from storage import messages, users
 from storage import rooms as room_store

@@ -1,7 +1,7 @@
 """The socket registry across a database crash or failover: notice, re-register, then judge.
 
 The registry (`instances`, `connections`) says who is connected anywhere; presence,
-logout and the room grace clocks (handlers/rooms_live.py) read it. Its tables are
+logout and the room grace clocks (handlers/rooms/live.py) read it. Its tables are
 UNLOGGED, so PostgreSQL's crash recovery empties them, and a replica promoted in a
 failover has them empty too, while every instance and socket lives on. Read as it is, the
 empty registry says everyone left: presence would flip everyone offline, every seat would

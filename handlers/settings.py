@@ -216,7 +216,7 @@ class Settings:
     sync_max_bytes: int = 1024 * 1024
 
     # -- hardening: tutor limits and recovery --
-    # Per user, "COUNT/SECONDS[,COUNT/SECONDS]" (parsed by handlers/tutor_limits.py); "0" is
+    # Per user, "COUNT/SECONDS[,COUNT/SECONDS]" (parsed by handlers/tutor/limits.py); "0" is
     # off. Why these numbers: docs/security.md (far above what a student reading answers does).
     tutor_question_limits: str = "10/60,150/3600"
     tutor_question_limits_guest: str = "5/60,40/3600"

@@ -9,9 +9,10 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import Field
 
-from handlers import rooms, rooms_live
 from handlers.core import Actor, Core
 from handlers.pipeline import get_pipeline
+from handlers.rooms import live as rooms_live
+from handlers.rooms import sessions as rooms
 from server.gateway import EventSpec, Gateway
 from server.http import core_of, path_uuid, query_int, query_uuid, read_json, require_actor
 from server.jsonutil import json_response

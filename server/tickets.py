@@ -10,10 +10,10 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import Field
 
-from handlers import tickets_queue
 from handlers.core import Actor, Core
 from handlers.pipeline import get_pipeline
-from handlers.tickets import TicketService
+from handlers.tickets import queue as tickets_queue
+from handlers.tickets.service import TicketService
 from server.gateway import EventSpec, Gateway
 from server.http import core_of, path_uuid, query_int, require_actor
 from server.jsonutil import json_response

@@ -12,12 +12,12 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import Field
 
-from handlers import tutor
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.knowledge import kb_of
 from handlers.pipeline import get_pipeline
-from handlers.tutor_limits import TutorGate, TutorLimits
+from handlers.tutor import service as tutor
+from handlers.tutor.limits import TutorGate, TutorLimits
 from server.gateway import EventSpec, Gateway
 from server.http import core_of, path_uuid, query_uuid, require_actor
 from server.jsonutil import json_response

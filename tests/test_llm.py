@@ -94,7 +94,7 @@ async def test_cost_uses_the_price_table(llm: FakeLLM) -> None:
 
 def test_price_lookup_and_env_config() -> None:
     from handlers.settings import Settings
-    from handlers.tutor import chat_model_from_settings
+    from handlers.tutor.service import chat_model_from_settings
 
     settings = Settings.from_env(
         {

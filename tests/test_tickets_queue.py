@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from handlers.tickets_queue import check_sla
+from handlers.tickets.queue import check_sla
 from storage import messages, tickets
 from tests.client import Api
 from tests.ticket_helpers import audit_actions, core_of, escalate, tutor_conversation

@@ -15,7 +15,7 @@ import pytest
 from tests.client import Api, Socket
 from tests.fakellm import FakeLLM
 
-pytest.importorskip("handlers.tutor")
+pytest.importorskip("handlers.tutor.service")
 
 ANSWER = "Plants turn light, water and carbon dioxide into sugar and oxygen."
 

@@ -1,6 +1,6 @@
 """How the tutor handles one student message: decide, retrieve, stream, commit, log.
 
-Runs inside the conversation's worker (handlers/tutor.py), which holds the conversation's
+Runs inside the conversation's worker (handlers/tutor/service.py), which holds the conversation's
 advisory lock, so one answer at a time per conversation across all instances. Nothing
 here blocks a student's send: the pipeline hook only queues the message.
 
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from handlers import tutor_texts
 from handlers.errors import ApiError
 from handlers.pipeline import commit_message
+from handlers.tutor import texts as tutor_texts
 from rag.decide import Decision, SentinelFilter, decide, model_cannot_help
 from rag.embeddings import STOPWORDS
 from rag.llm import ModelUnavailable, StreamResult, count_message_tokens
@@ -36,7 +36,7 @@ from storage import conversations, messages
 from storage import tutor as store
 
 if TYPE_CHECKING:
-    from handlers.tutor import TutorService
+    from handlers.tutor.service import TutorService
 
 log = logging.getLogger(__name__)
 

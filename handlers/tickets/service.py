@@ -23,7 +23,7 @@ from handlers.errors import ApiError
 from handlers.events import STAFF_ROOM
 from handlers.pipeline import commit_message
 from handlers.threads import announce_conversation
-from handlers.tutor_limits import gate_of
+from handlers.tutor.limits import gate_of
 from rag.decide import HUMAN, NO_MATERIAL, NO_MATERIAL_AGAIN, SAFETY, safety_concern
 from storage import audit, conversations, messages, users
 from storage import tickets as store
@@ -207,7 +207,7 @@ class TicketService:
         await announce_conversation(core, conversation_id)
         await core.events.to_rooms([STAFF_ROOM], "ticket:new", {"ticket": ticket})
         if core.settings.ticket_auto_assign:
-            from handlers.tickets_queue import auto_assign
+            from handlers.tickets.queue import auto_assign
 
             assigned = await auto_assign(core, [ticket["id"]])
             if assigned:

@@ -28,8 +28,8 @@ from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.pipeline import load_conversation
 from handlers.settings import Settings
-from handlers.tutor_answer import Job, LiveAnswer, handle
-from handlers.tutor_limits import gate_of
+from handlers.tutor.answer import Job, LiveAnswer, handle
+from handlers.tutor.limits import gate_of
 from rag.decide import safety_concern
 from rag.llm import DEFAULT_PRICES, ChatModel, LLMConfig
 from rag.offline import MODEL_NAME as OFFLINE_MODEL

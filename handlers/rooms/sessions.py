@@ -2,7 +2,7 @@
 
 Lifecycle: scheduled → live → ended, or scheduled → cancelled; anything else is a
 `conflict`. Each session owns a `room` conversation created with it, so its chat is the
-one message pipeline's (see handlers/rooms_live.py for who may read and send). Clients
+one message pipeline's (see handlers/rooms/live.py for who may read and send). Clients
 hear of a change only after the transaction that made it has committed.
 """
 

@@ -26,11 +26,11 @@ from uuid import UUID
 import asyncpg
 
 from handlers import registry
-from handlers import rooms as sessions
 from handlers.background import repeat
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.events import conversation_room
+from handlers.rooms import sessions
 from storage import audit, connections, messages, rooms, users
 from storage.availability import DatabaseUnavailable
 
