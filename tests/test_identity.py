@@ -4,6 +4,7 @@ PostgreSQL, tokens signed with PyJWT by a test platform (tests/identity_platform
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from tests.client import Api, User
 from tests.identity_platform import (
     Platform,
+    b64url,
     create_app,
     ec_key,
     hmac_token,
@@ -76,6 +78,19 @@ async def test_first_sight_creates_the_user_and_a_later_token_updates_it(api: Ap
     assert row["email"] == "ada@platform.example" and row["avatar_url"] == "https://cdn.example/a.png"
     assert row["user_email"] is None and row["password_hash"] is None, "no password, no email on the account"
     assert await identity_count(db) == 1
+
+
+async def test_simultaneous_first_sign_ins_make_one_user(api: Api, platform: Platform, db: Any) -> None:
+    results = await asyncio.gather(*(sign_in(api, platform.sign(sub="rush", name="Rush")) for _ in range(6)))
+    assert [status for status, _ in results] == [200] * 6, results
+    assert len({body["user"]["id"] for _, body in results}) == 1
+    assert await identity_count(db) == 1
+
+
+async def test_a_replayed_token_sent_twice_at_once_signs_in_once(api: Api, platform: Platform) -> None:
+    token = platform.sign(sub="twice")
+    statuses = sorted(status for status, _ in await asyncio.gather(*(sign_in(api, token) for _ in range(4))))
+    assert statuses == [200, 401, 401, 401]
 
 
 async def test_two_apps_with_the_same_sub_are_two_users(api: Api, admin: User, platform: Platform) -> None:
@@ -169,6 +184,39 @@ async def test_every_bad_token_is_unauthorized_and_creates_nobody(api: Api, admi
         reasons = {r["details"]["reason"] for r in await conn.fetch(
             "SELECT details FROM audit_log WHERE action = 'login.identity_failed'")}
     assert {"expired", "bad signature", "algorithm not allowed", "role not allowed", "life too long"} <= reasons
+
+
+async def test_hostile_claims_behind_a_valid_signature_are_unauthorized_never_a_500(
+    api: Api, platform: Platform, db: Any
+) -> None:
+    """Tokens the platform's key really signed, with claims of every wrong shape."""
+    secret = platform.key.encode()
+    now = int(time.time())
+    hostile = [
+        {"exp": 1e308}, {"exp": float("inf")}, {"exp": float("nan")}, {"exp": "soon"}, {"exp": True},
+        {"iat": "yesterday"}, {"iat": 1e308, "exp": 1e308}, {"nbf": "x"}, {"sub": 123}, {"sub": ""},
+        {"sub": "x" * 300}, {"sub": "nul\u0000"}, {"name": ["x"]}, {"email": 5}, {"email": "no-at-sign"},
+        {"courses": [1]}, {"courses": ["ok"] * 101}, {"role": ["student"]}, {"role": 5}, {"aud": 5},
+        {"aud": ["a", {"x": 1}]}, {"iss": ["x"]}, {"jti": 7}, {"avatar_url": "data:image/png;base64,AA"},
+    ]
+    for extra in hostile:
+        claims = {**platform.claims(sub="hostile"), "iat": now, **extra}
+        for app_id in (None, platform.app_id):
+            status, body = await sign_in(api, hmac_token(claims, secret), **({"app_id": app_id} if app_id else {}))
+            assert status == 401 and body["error"]["code"] == "unauthorized", (extra, body)
+    # Headers of the wrong shape, and a payload that is not an object.
+    head = {"alg": ["HS256"], "typ": "JWT"}
+    weird = [f"{b64(head)}.{b64(platform.claims())}.", f"{b64({'alg': 'HS256'})}.{b64([1, 2])}.sig", "a.b.c.d", "." * 3]
+    for token in weird:
+        status, body = await sign_in(api, token)
+        assert status == 401 and body["error"]["code"] == "unauthorized", (token, body)
+    assert await identity_count(db) == 0
+
+
+def b64(value: Any) -> str:
+    import json
+
+    return b64url(json.dumps(value).encode())
 
 
 async def test_a_replayed_jti_is_refused(api: Api, platform: Platform) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -148,7 +148,7 @@ async def create(core: Core, actor: Actor | None, spec: AppSpec, *, ip: str | No
         raise ApiError("forbidden", "Only an admin can manage apps.")
     new, generated = check(spec)
     if actor is not None:
-        new = NewApp(**{**new.__dict__, "created_by": actor.user_id})
+        new = replace(new, created_by=actor.user_id)
     async with core.db.transaction() as conn:
         record = await apps.insert(conn, new)
         if record is None:

@@ -67,7 +67,7 @@ def peek(token: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         header = jwt.get_unverified_header(token)
         claims = jwt.decode(token, options={"verify_signature": False})
-    except (jwt_errors.PyJWTError, ValueError, TypeError):
+    except (jwt_errors.PyJWTError, ValueError, TypeError, KeyError, AttributeError, OverflowError):
         raise IdentityRefused("malformed") from None
     if not isinstance(claims, dict):
         raise IdentityRefused("malformed")
@@ -114,7 +114,8 @@ async def verify(
             raise IdentityRefused("wrong audience", app_id=app.id) from None
         except jwt_errors.InvalidIssuerError:
             raise IdentityRefused("wrong issuer", app_id=app.id) from None
-        except (jwt_errors.PyJWTError, ValueError, TypeError) as exc:
+        except (jwt_errors.PyJWTError, ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            # A hostile token must never become a 500: whatever the library trips on is "not valid".
             raise IdentityRefused(f"invalid: {type(exc).__name__}", app_id=app.id) from None
     if payload is None:
         raise IdentityRefused("bad signature", app_id=app.id)
