@@ -176,3 +176,19 @@ async def test_app_commands_create_and_list(database_url: str, start_instance: A
                             "exp": now + 60, "role": "mentor"}, secret, algorithm="HS256")
         status, body = await sign_in(api, token, app_id=app_id)
         assert status == 200 and body["user"]["role"] == "mentor", body
+
+
+def test_identity_settings_come_from_their_variables() -> None:
+    from handlers.settings import Settings
+
+    settings = Settings.from_env({
+        "STUDYHALL_IDENTITY_MAX_LIFE_SECONDS": "600", "STUDYHALL_IDENTITY_LEEWAY_SECONDS": "5",
+        "STUDYHALL_IDENTITY_SESSION_HOURS": "2", "STUDYHALL_IDENTITY_JWKS_CACHE_SECONDS": "120",
+        "STUDYHALL_IDENTITY_JWKS_REFRESH_SECONDS": "10", "STUDYHALL_IDENTITY_JWKS_TIMEOUT": "1.5",
+    })
+    assert settings.identity == IdentitySettings(max_token_life_seconds=600, leeway_seconds=5, session_hours=2,
+                                                 jwks_cache_seconds=120, jwks_refresh_seconds=10,
+                                                 jwks_timeout_seconds=1.5)
+    assert Settings.from_env({}).identity == IdentitySettings()
+    with pytest.raises(SystemExit, match="STUDYHALL_IDENTITY_LEEWAY_SECONDS"):
+        Settings.from_env({"STUDYHALL_IDENTITY_LEEWAY_SECONDS": "soon"})
