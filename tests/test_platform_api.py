@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import re
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -408,3 +412,53 @@ async def test_tickets_with_a_key(api: Api, platform: Platform, backend: Backend
     writer_only = await api_key(api, admin, platform.app_id, ["tickets:write"])
     status, body = await writer_only.call("GET", f"/conversations/{cid}/tickets")
     assert_error(status, body, 403, "forbidden")
+
+
+# --- the command line --------------------------------------------------------------------
+
+async def run_cli(database_url: str, *args: str) -> tuple[int, str, str]:
+    env = {**os.environ, "DATABASE_URL": database_url, "STUDYHALL_LOG_JSON": "0"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", *args, cwd=Path(__file__).resolve().parent.parent, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+@pytest.mark.slow
+async def test_app_key_commands(database_url: str, api: Api, platform: Platform, db: Any) -> None:
+    app_id = platform.app_id
+    code, out, err = await run_cli(database_url, "app", "key", "create", app_id, "--scopes",
+                                   "conversations:read,users:write", "--name", "lms")
+    assert code == 0, err
+    secret = re.search(r"API key.*: (sh_live_\S+)$", out, re.M).group(1)  # type: ignore[union-attr]
+    key_id = re.search(r"created key (\S+)", out).group(1)  # type: ignore[union-attr]
+    backend = Backend(api, app_id, key_id, secret)
+    status, body = await backend.call("GET", "/conversations")
+    assert status == 200, body
+
+    code, _, err = await run_cli(database_url, "app", "key", "create", app_id, "--scopes", "root")
+    assert code == 1 and "Unknown scope" in err
+
+    code, out, err = await run_cli(database_url, "app", "key", "rotate", app_id, key_id, "--overlap-hours", "0")
+    assert code == 0, err
+    new_secret = re.search(r"API key.*: (sh_live_\S+)$", out, re.M).group(1)  # type: ignore[union-attr]
+    new_id = re.search(r"new key (\S+);", out).group(1)  # type: ignore[union-attr]
+    status, _ = await backend.call("GET", "/conversations")
+    assert status == 401
+    rotated = Backend(api, app_id, new_id, new_secret)
+    status, _ = await rotated.call("GET", "/conversations")
+    assert status == 200
+
+    code, listed, err = await run_cli(database_url, "app", "key", "list", app_id)
+    assert code == 0, err
+    assert key_id in listed and new_id in listed and secret not in listed and new_secret not in listed
+    assert "scopes=conversations:read,users:write" in listed
+
+    code, out, err = await run_cli(database_url, "app", "key", "revoke", app_id, new_id)
+    assert code == 0 and "revoked" in out, err
+    status, _ = await rotated.call("GET", "/conversations")
+    assert status == 401
+    via = [r["details"]["via"] for a in ("create", "rotate", "revoke") for r in await audit_rows(db, f"api_key.{a}")]
+    assert via == ["cli"] * 3
