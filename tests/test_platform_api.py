@@ -251,6 +251,22 @@ async def test_the_api_user_is_the_identity_user(api: Api, platform: Platform, b
     assert user.id == made["user"]["id"]
 
 
+async def test_a_role_change_closes_the_users_sockets(api: Api, platform: Platform, backend: Backend) -> None:
+    user = await identity_user(api, platform, "riser", "Ria")
+    sock = await api.socket(user)
+    closed = asyncio.Event()
+    sock.client.on("disconnect", lambda *a: closed.set())
+    status, body = await backend.call("PUT", "/users/riser", json={"name": "Ria"})
+    assert status == 200 and body["user"]["role"] == "student", body
+    await asyncio.sleep(0.3)
+    assert not closed.is_set(), "the same role leaves the sockets alone"
+    status, body = await backend.call("PUT", "/users/riser", json={"role": "mentor"})
+    assert status == 200 and body["user"]["role"] == "mentor", body
+    await asyncio.wait_for(closed.wait(), 5)
+    status, me = await api.request("GET", "/api/me", user)
+    assert status == 200 and me["user"]["role"] == "mentor", "the session lives on, with the new role"
+
+
 async def test_deactivation_closes_sockets_and_refuses_sign_in(api: Api, platform: Platform, backend: Backend,
                                                                db: Any) -> None:
     user = await identity_user(api, platform, "leaver", "Lee")

@@ -25,7 +25,7 @@ from handlers.platform.keys import AppActor
 from handlers.rooms import sessions
 from rag.embeddings import EmbedderUnavailable
 from rag.extract import DocumentError, DocumentTooLarge
-from storage import api_keys, audit, connections, identities, messages, users
+from storage import app_users, audit, connections, identities, messages, users
 from storage import tickets as ticket_store
 
 DEFAULT_NAME = "User"
@@ -38,10 +38,6 @@ async def _user_of(conn: Any, app: AppActor, sub: str) -> identities.IdentityRec
     if found is None:
         raise ApiError("not_found", "This app has no user with this sub.")
     return found
-
-
-async def _close_sockets(core: Core, conn: Any, user_id: UUID, token_ids: list[UUID]) -> list[str]:
-    return await connections.sids_for_token(conn, token_ids or await users.live_token_ids(conn, user_id))
 
 
 async def upsert_user(
@@ -80,8 +76,9 @@ async def upsert_user(
         )
         row = await users.get_user(conn, user_id)
         assert row is not None
-        deactivated = await api_keys.deactivated_at(conn, user_id) is not None
-        sids = await _close_sockets(core, conn, user_id, []) if role_changed else []
+        deactivated = await app_users.deactivated_at(conn, user_id) is not None
+        # Open sockets carry the old role: closed below, they reconnect with the new one.
+        sids = await connections.sids_for_token(conn, await users.live_token_ids(conn, user_id)) if role_changed else []
     if role_changed:
         await core.events.disconnect_user(user_id)
         await core.events.disconnect_sids(sids)
@@ -95,8 +92,8 @@ async def set_active(core: Core, app: AppActor, sub: str, *, active: bool, ip: s
     app.require("users:write")
     async with core.db.transaction() as conn:
         known = await _user_of(conn, app, sub)
-        await api_keys.set_deactivated(conn, known.user_id, not active)
-        revoked = [] if active else await api_keys.revoke_user_tokens(conn, known.user_id)
+        await app_users.set_deactivated(conn, known.user_id, not active)
+        revoked = [] if active else await app_users.revoke_user_tokens(conn, known.user_id)
         sids = await connections.sids_for_token(conn, revoked) if revoked else []
         await audit.record(
             conn, "platform.user.deactivate" if not active else "platform.user.reactivate", target_type="user",
@@ -166,7 +163,7 @@ async def create_session(
     app.require("sessions:write")
     async with core.db.connection() as conn:
         host = await _user_of(conn, app, host_sub)
-        if await api_keys.deactivated_at(conn, host.user_id) is not None:
+        if await app_users.deactivated_at(conn, host.user_id) is not None:
             raise ApiError("conflict", "This user is deactivated.")
     result = await sessions.create(core, _person(host), title=title, type=type,
                                    scheduled_start_time=scheduled_start_time, max_participants=max_participants,
@@ -198,14 +195,14 @@ async def change_session(core: Core, app: AppActor, session_id: UUID, action: st
 async def _own_conversation(core: Core, app: AppActor, conversation_id: UUID) -> None:
     """`not_found` unless one of the conversation's members is one of the app's users."""
     async with core.db.connection() as conn:
-        if not await api_keys.conversation_has_app_member(conn, app.app_id, conversation_id):
+        if not await app_users.conversation_has_app_member(conn, app.app_id, conversation_id):
             raise ApiError("not_found", "No such conversation.")
 
 
 async def list_conversations(core: Core, app: AppActor, *, sub: str | None, limit: int) -> dict[str, Any]:
     app.require("conversations:read")
     async with core.db.connection() as conn:
-        ids = await api_keys.app_conversation_ids(conn, app.app_id, subject=sub, limit=limit)
+        ids = await app_users.app_conversation_ids(conn, app.app_id, subject=sub, limit=limit)
     return {"conversations": [await threads.describe(core, cid) for cid in ids]}
 
 
