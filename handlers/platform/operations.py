@@ -91,6 +91,9 @@ async def set_active(core: Core, app: AppActor, sub: str, *, active: bool, ip: s
     reactivate them: they may sign in again."""
     app.require("users:write")
     async with core.db.transaction() as conn:
+        # Under the subject's lock, as identity sign-in: a sign-in racing this deactivation
+        # either commits its token first (revoked here) or sees the user deactivated.
+        await identities.lock_subject(conn, app.app_id, sub)
         known = await _user_of(conn, app, sub)
         await app_users.set_deactivated(conn, known.user_id, not active)
         revoked = [] if active else await app_users.revoke_user_tokens(conn, known.user_id)
