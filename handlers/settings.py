@@ -129,6 +129,28 @@ class IdentitySettings:
 
 
 @dataclass(frozen=True)
+class PlatformSettings:
+    """API keys and the platform API for apps' backends (handlers/platform/, docs/integration.md)."""
+
+    # Requests one API key may make per minute (0: no limit); over it, `rate_limited`.
+    key_rate_limit_per_minute: int = 600
+    # `last_used_at` is written at most once per key per this many seconds.
+    key_last_used_resolution_seconds: float = 60.0
+    # How long a rotated key keeps working, when the rotation does not say.
+    key_rotate_overlap_hours: float = 24.0
+
+    @classmethod
+    def from_env(cls, e: dict[str, str]) -> PlatformSettings:
+        d = cls()
+        return cls(
+            key_rate_limit_per_minute=_int(e, "STUDYHALL_API_KEY_RATE_LIMIT", d.key_rate_limit_per_minute),
+            key_last_used_resolution_seconds=_float(e, "STUDYHALL_API_KEY_LAST_USED_RESOLUTION",
+                                                    d.key_last_used_resolution_seconds),
+            key_rotate_overlap_hours=_float(e, "STUDYHALL_API_KEY_ROTATE_OVERLAP_HOURS", d.key_rotate_overlap_hours),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything an instance needs to know about its deployment."""
 
@@ -269,6 +291,8 @@ class Settings:
 
     # Signed identity from embedding platforms: its own section.
     identity: IdentitySettings = field(default_factory=IdentitySettings)
+    # API keys and the platform API: its own section.
+    platform: PlatformSettings = field(default_factory=PlatformSettings)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -372,6 +396,7 @@ class Settings:
             log_level=(e.get("STUDYHALL_LOG_LEVEL") or d.log_level).upper(),
             log_json=_bool(e, "STUDYHALL_LOG_JSON", False) if e.get("STUDYHALL_LOG_JSON") else None,
             identity=IdentitySettings.from_env(e),
+            platform=PlatformSettings.from_env(e),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -74,8 +74,9 @@ def cmd_app_list(args: argparse.Namespace, settings: Settings) -> int:
     return _run_async(run, settings)
 
 
-def add_commands(sub: Any) -> None:
-    """Add `app create` and `app list` to the `studyhall` parser's subcommands."""
+def add_commands(sub: Any) -> Any:
+    """Add `app create` and `app list` to the `studyhall` parser's subcommands; returns
+    `app`'s subcommands (for `app key`, server/platform_cli.py)."""
     app = sub.add_parser("app", help="platforms that sign identity tokens for their users (docs/integration.md)")
     app_sub = app.add_subparsers(dest="app_command", required=True)
     create = app_sub.add_parser("create", help="register a platform; prints the app id (and a generated secret)")
@@ -93,3 +94,4 @@ def add_commands(sub: Any) -> None:
     create.add_argument("--require-identity", action="store_true", help="widgets of this app need a signed identity")
     create.set_defaults(func=cmd_app_create)
     app_sub.add_parser("list", help="list apps (never their secrets)").set_defaults(func=cmd_app_list)
+    return app_sub
