@@ -25,6 +25,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from handlers.errors import ApiError
 from server.apidoc import Doc, api, doc_of
 from server.jsonutil import json_response
 from server.routes_static import static_dir
@@ -114,6 +115,8 @@ def documented_routes(app: web.Application) -> list[tuple[str, str, Doc]]:
     for route in app.router.routes():
         method, path = route.method.upper(), _route_path(route)
         doc = doc_of(route.handler)
+        if method in IMPLIED_METHODS:
+            continue
         if doc is not None:
             out.append((method, path, doc))
         elif excluded_reason(method, path) is None:
@@ -249,7 +252,7 @@ async def openapi_json(request: web.Request) -> web.Response:
 async def docs_page(request: web.Request) -> web.StreamResponse:
     page = static_dir(request.app) / "api-docs.html"
     if not page.is_file():
-        return web.Response(text="See /api/openapi.json (static/api-docs.html is missing).", content_type="text/plain")
+        raise ApiError("not_found", "static/api-docs.html is missing; the description is at /api/openapi.json.")
     return web.FileResponse(page)
 
 
