@@ -213,7 +213,7 @@ class FavoriteList(Out):
 
 class Ticket(Out):
     id: UUID
-    number: int
+    number: str
     conversation_id: UUID
     status: str
     priority: str

@@ -7,6 +7,7 @@ is a 5xx and that every status code and body is the documented one."""
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 import threading
 import uuid
@@ -37,12 +38,13 @@ from server.keys import CORE
 from server.openapi import UndocumentedRoute, build, excluded_reason
 from storage import users
 from storage.embedded import free_port
-from tests.client import Api
+from tests.client import Api, Socket
 from tests.services import Postgres
 
 ALL_SCOPES = ["users:write", "documents:write", "sessions:write", "tickets:read", "tickets:write",
               "conversations:read", "messages:write"]
-MAX_EXAMPLES = 12
+# Per operation and mode; a deeper one-off search: OPENAPI_MAX_EXAMPLES=200 pytest tests/test_openapi.py
+MAX_EXAMPLES = int(os.environ.get("OPENAPI_MAX_EXAMPLES", "12"))
 SEED = 20261201
 
 
@@ -191,12 +193,41 @@ class Seeded:
                                      "roles": ["student", "mentor"]})
         self.app_id = app["app"]["id"]
         self.api_key = self.post(f"/api/apps/{self.app_id}/keys", {"name": "backend", "scopes": ALL_SCOPES})["secret"]
-        self.post("/api/documents", {"title": "Photosynthesis", "content": "Plants turn light into sugar."})
-        session = self.post("/api/live-sessions", {"title": "Office hours", "max_participants": 5})
-        self.post(f"/api/live-sessions/{session['live_session']['id']}/start", {})
+        document = self.post("/api/documents", {"title": "Photosynthesis", "content": "Plants turn light into sugar."})
+        session = self.post("/api/live-sessions", {"title": "Office hours", "max_participants": 5})["live_session"]
+        self.post(f"/api/live-sessions/{session['id']}/start", {})
         mentor = self.post("/api/platform/users/p-1", {"name": "Ada", "role": "mentor"}, key=True, method="PUT")
         self.post("/api/favorites", {"user_id": mentor["user"]["id"]})
         self.post("/api/platform/sessions", {"host_sub": "p-1", "title": "Platform session"}, key=True)
+        conversation_id, ticket_id = live.run(self._conversations(mentor["user"]["id"]))
+        # Real ids for the path parameters of these routes (GET and POST): their success
+        # bodies are checked too, not only their 404s.
+        conversation = {"id": conversation_id}
+        self.pinned: dict[str, dict[str, str]] = {
+            "/api/documents/{id}": {"id": document["document"]["id"]},
+            "/api/live-sessions/{id}": {"id": session["id"]},
+            "/api/apps/{id}": {"id": self.app_id},
+            "/api/apps/{id}/keys": {"id": self.app_id},
+            "/api/tickets/{id}": {"id": ticket_id},
+            "/api/conversations/{id}/messages": conversation,
+            "/api/tutor/{id}/decisions": conversation,
+            "/api/platform/conversations/{id}/messages": conversation,
+            "/api/platform/conversations/{id}/tickets": conversation,
+        }
+
+    async def _conversations(self, member_id: str) -> tuple[str, str]:
+        """A direct conversation of the admin and the app's user, with a message; and a
+        ticket on a tutor conversation of the admin's."""
+        sock = await Socket(self.live.url, self.admin).connect()
+        try:
+            direct = await sock.ok("conversation:create", {"kind": "direct", "member_ids": [member_id]})
+            conversation_id = str(direct["conversation"]["id"])
+            await sock.ok("message:send", {"conversation_id": conversation_id, "content": "hello", "client_id": "c1"})
+            tutor = await sock.ok("tutor:start", {"title": "Fractions"})
+            ticket = await sock.ok("ticket:create", {"conversation_id": tutor["conversation"]["id"], "reason": "a call"})
+        finally:
+            await sock.disconnect()
+        return conversation_id, str(ticket["ticket"]["id"])
 
     async def _make_admin(self, user_id: str) -> None:
         async with self.live.app[CORE].db.transaction() as conn:
@@ -257,11 +288,11 @@ def served_description(live: LiveServer, seeded: Seeded) -> Any:
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance, content_type_conformance]
 
 
-def fuzz(operation: Any, mode: GenerationMode, seeded: Seeded) -> None:
+def fuzz(operation: Any, mode: GenerationMode, seeded: Seeded, path_parameters: dict[str, str] | None = None) -> None:
     """MAX_EXAMPLES generated requests (derandomized: the same ones every run), each
     answer checked; hypothesis shrinks a failure to its smallest request."""
 
-    @given(case=operation.as_strategy(generation_mode=mode))
+    @given(case=operation.as_strategy(generation_mode=mode, path_parameters=path_parameters))
     @settings(max_examples=MAX_EXAMPLES, derandomize=True, deadline=None, database=None,
               suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink])
     def one(case: Any) -> None:
@@ -278,11 +309,16 @@ def test_the_server_keeps_to_its_description(served_description: Any, seeded: Se
     operations = [result.ok() for result in served_description.get_all_operations()]
     assert len(operations) >= 50
     for operation in operations:
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        label = f"{operation.method.upper()} {operation.path}"
+        runs: list[tuple[str, GenerationMode, dict[str, str] | None]] = [
+            ("positive", GenerationMode.POSITIVE, None), ("negative", GenerationMode.NEGATIVE, None)]
+        if operation.path in seeded.pinned and operation.method.upper() in ("GET", "POST"):
+            runs.append(("positive, real ids", GenerationMode.POSITIVE, seeded.pinned[operation.path]))
+        for name, mode, path_parameters in runs:
             try:
-                fuzz(operation, mode, seeded)
+                fuzz(operation, mode, seeded, path_parameters)
             except Unsatisfiable:  # nothing to make invalid: no parameters and no body
-                assert mode is GenerationMode.NEGATIVE, operation
+                assert mode is GenerationMode.NEGATIVE, label
             except (Exception, BaseExceptionGroup) as exc:  # checks fail with a group of failures: report them
-                failures.append(f"{operation.method.upper()} {operation.path} [{mode.value}]: {exc}")
+                failures.append(f"{label} [{name}]: {exc}")
     assert not failures, f"{len(failures)} operation(s) broke the description:\n\n" + "\n\n".join(failures)
