@@ -69,7 +69,7 @@ function operationView(method, path, op, components) {
   body.append(el("table", {}, el("tr", {}, el("th", {}, "status"), el("th", {}, ""), el("th", {}, "body")), ...rows));
   const details = el("details", { class: "api-op", id: op.operationId },
     el("summary", {}, el("span", { class: `api-method ${method}` }, method), el("span", { class: "api-path" }, path),
-      el("span", {}, op.summary || ""), security === "none" ? null : el("span", { class: "api-lock" }, `🔒 ${security}`)),
+      el("span", {}, op.summary || ""), security === "none" ? null : el("span", { class: "api-lock" }, `auth: ${security}`)),
     body);
   details.dataset.search = `${method} ${path} ${op.summary || ""} ${(op.tags || []).join(" ")}`.toLowerCase();
   return details;
