@@ -186,7 +186,8 @@ def build(app: web.Application) -> dict[str, Any]:
             for name in _PARAM.findall(path)
         ]
         parameters += [
-            {"name": q.name, "in": "query", "required": False, "schema": q.schema(),
+            # Every query helper takes an empty value (`?limit=`) as absent: allowEmptyValue.
+            {"name": q.name, "in": "query", "required": False, "allowEmptyValue": True, "schema": q.schema(),
              **({"description": q.description} if q.description else {})}
             for q in doc.query
         ]

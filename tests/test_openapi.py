@@ -24,6 +24,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
+    negative_data_rejection,
     not_a_server_error,
     response_schema_conformance,
     status_code_conformance,
@@ -127,6 +128,21 @@ async def test_the_description_and_its_page_are_served(api: Api) -> None:
     assert "<style" not in page and " style=" not in page and "onclick" not in page  # nothing inline (CSP)
     async with api.session.get(api.url + "/static/js/api-docs.js") as resp:
         assert resp.status == 200 and "/api/openapi.json" in await resp.text()
+
+
+async def test_an_undescribed_method_is_405_with_the_described_ones_in_allow(api: Api) -> None:
+    """A method a path does not have is the protocol's error with status 405 and an
+    `Allow` header (RFC 9110) naming the methods the description lists for it."""
+    status, description = await api.request("GET", "/api/openapi.json")
+    assert status == 200
+    for path, methods in description["paths"].items():
+        url = api.url + path.replace("{id}", str(uuid.uuid4())).replace("{key_id}", str(uuid.uuid4())) \
+            .replace("{user_id}", str(uuid.uuid4())).replace("{sub}", "p-1")
+        async with api.session.patch(url) as resp:
+            body = await resp.json()
+            assert resp.status == 405 and body["error"]["code"] == "bad_request", (path, resp.status, body)
+            allowed = {m.strip().lower() for m in resp.headers.get("Allow", "").split(",") if m.strip()}
+        assert set(methods) <= allowed, (path, set(methods), allowed)
 
 
 # --- schemathesis against a running server ---------------------------------------------------
@@ -285,7 +301,9 @@ def served_description(live: LiveServer, seeded: Seeded) -> Any:
     return schemathesis.openapi.from_dict(resp.json(), config=config)
 
 
-CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance, content_type_conformance]
+# negative_data_rejection: a request the description calls invalid is refused with a 4xx.
+CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance, content_type_conformance,
+          negative_data_rejection]
 
 
 def fuzz(operation: Any, mode: GenerationMode, seeded: Seeded, path_parameters: dict[str, str] | None = None) -> None:
