@@ -13,7 +13,6 @@ docs/integration.md. A user session token there is `unauthorized`, like a bad ke
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
@@ -30,7 +29,7 @@ from server.documents import _from_json as document_from_json
 from server.http import client_ip, core_of, header_ascii, path_uuid, read_json, require_actor
 from server.jsonutil import json_response
 from server.rooms import SessionType
-from server.validation import Content, Name, Payload, Storable, Title
+from server.validation import Content, IsoTime, Name, Payload, Storable, Title
 
 Sub = Annotated[str, Field(min_length=1, max_length=255), Storable]
 Scope = Annotated[str, Field(min_length=1, max_length=40)]
@@ -55,7 +54,7 @@ class SessionBody(Payload):
     host_sub: Sub
     title: Title
     max_participants: Annotated[int, Field(ge=1, le=10_000)] = 100
-    scheduled_start_time: datetime | None = None
+    scheduled_start_time: IsoTime | None = None
     type: SessionType = "lecture"
 
 

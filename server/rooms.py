@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -19,7 +18,7 @@ from server.gateway import EventSpec, Gateway
 from server.http import core_of, path_uuid, read_json, require_actor
 from server.jsonutil import json_response
 from server.keys import SIO
-from server.validation import Payload, Storable, Title
+from server.validation import IsoTime, Payload, Storable, Title
 
 SessionType = Annotated[str, Field(min_length=1, max_length=50), Storable]
 
@@ -27,7 +26,7 @@ SessionType = Annotated[str, Field(min_length=1, max_length=50), Storable]
 class CreateSession(Payload):
     title: Title
     max_participants: Annotated[int, Field(ge=1, le=10_000)]
-    scheduled_start_time: datetime | None = None
+    scheduled_start_time: IsoTime | None = None
     type: SessionType = "lecture"
     is_featured: bool = False
 

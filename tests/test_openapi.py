@@ -21,6 +21,7 @@ import schemathesis
 from aiohttp import web
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
+from pydantic import ValidationError
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
@@ -32,7 +33,7 @@ from schemathesis.checks import (
 from schemathesis.config import GenerationConfig, ProjectConfig, ProjectsConfig, SchemathesisConfig
 
 from handlers.settings import Settings
-from server import rooms, routes_accounts
+from server import platform_api, rooms, routes_accounts
 from server.apidoc import api
 from server.app import create_app
 from server.keys import CORE
@@ -113,6 +114,17 @@ def test_bodies_and_queries_come_from_the_code_that_checks_them() -> None:
     assert paths["/api/auth/login"]["post"]["security"] == []
     # Errors are the protocol's error object, its codes from handlers/errors.py.
     assert "rate_limited" in schemas["ErrorDetail"]["properties"]["code"]["enum"]
+
+
+@pytest.mark.parametrize("model", [rooms.CreateSession, platform_api.SessionBody])
+def test_a_time_is_an_iso_string_never_a_number(model: Any) -> None:
+    """Found by schemathesis: pydantic took `scheduled_start_time: 1.1` as 1970-01-01T00:00:01.1Z
+    where the description says an ISO-8601 string."""
+    base = {"title": "Office hours", "host_sub": "p-1", "max_participants": 5}
+    assert model.model_validate({**base, "scheduled_start_time": "2030-01-01T10:00:00Z"}).scheduled_start_time.year == 2030
+    for value in (1.1, 0, 1_900_000_000):
+        with pytest.raises(ValidationError, match="ISO-8601"):
+            model.model_validate({**base, "scheduled_start_time": value})
 
 
 async def test_the_description_and_its_page_are_served(api: Api) -> None:
