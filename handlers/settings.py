@@ -108,7 +108,7 @@ class IdentitySettings:
     # Clock difference allowed between the platform and this server for exp/iat/nbf.
     leeway_seconds: int = 30
     # Lifetime of the Studyhall session token an identity sign-in returns.
-    session_hours: int = 24
+    session_hours: float = 24  # a fraction is allowed (tests use seconds)
     # A fetched JWKS is used this long; an unknown `kid` refetches it at most once per
     # `jwks_refresh_seconds`; each fetch may take `jwks_timeout_seconds`.
     jwks_cache_seconds: int = 3600
@@ -121,7 +121,7 @@ class IdentitySettings:
         return cls(
             max_token_life_seconds=_int(e, "STUDYHALL_IDENTITY_MAX_LIFE_SECONDS", d.max_token_life_seconds),
             leeway_seconds=_int(e, "STUDYHALL_IDENTITY_LEEWAY_SECONDS", d.leeway_seconds),
-            session_hours=_int(e, "STUDYHALL_IDENTITY_SESSION_HOURS", d.session_hours),
+            session_hours=_float(e, "STUDYHALL_IDENTITY_SESSION_HOURS", d.session_hours),
             jwks_cache_seconds=_int(e, "STUDYHALL_IDENTITY_JWKS_CACHE_SECONDS", d.jwks_cache_seconds),
             jwks_refresh_seconds=_int(e, "STUDYHALL_IDENTITY_JWKS_REFRESH_SECONDS", d.jwks_refresh_seconds),
             jwks_timeout_seconds=_float(e, "STUDYHALL_IDENTITY_JWKS_TIMEOUT", d.jwks_timeout_seconds),
