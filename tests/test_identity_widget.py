@@ -1,7 +1,8 @@
 """The app's rules for its widget: `require_identity` refuses guests and password sign-up
 tied to the app (by `app_id` or the page's Origin), `allowed_origins` limits where
 identity sign-in may come from, and a guest's conversations move to the identity user
-only when the platform's signed token names the guest (`guest_token`), never by email."""
+only when the platform names the guest (`guest_token` claim or the API-key link call),
+never by email."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import uuid
 from typing import Any
 
 import pytest
+import socketio
 
 from tests.client import Api, User
-from tests.identity_platform import Platform, hs256_platform, sign_in
+from tests.identity_platform import Platform, api_key, hs256_platform, sign_in
 
 SCHOOL = "http://school.example"
 ELSEWHERE = "http://elsewhere.example"
@@ -169,3 +171,46 @@ async def test_an_email_match_alone_moves_nothing(api: Api, platform: Platform, 
     assert await senders(db, conv["id"]) == {owner.id}
     status, _ = await api.request("GET", "/api/me", owner)
     assert status == 200
+
+
+async def test_link_call_with_an_api_key_carries_the_guest_over(api: Api, platform: Platform, admin: User,
+                                                                db: Any) -> None:
+    backend = await api_key(api, admin, platform.app_id, ["users:write"])
+    guest_user, conv_id = await guest_with_conversation(api, "Linus")
+    status, body = await sign_in(api, platform.sign(sub="carry-4", name="Linus"))
+    assert status == 200, body
+    user_id, token = body["user"]["id"], body["token"]
+    assert conv_id not in await conversation_ids(api, token)  # signing in alone moves nothing
+    # A key without users:write, an unknown sub, a token that is no guest's: refused, nothing moves.
+    reader = await api_key(api, admin, platform.app_id, ["conversations:read"], name="reader")
+    status, body = await reader.call("POST", "/users/carry-4/link-guest", json={"guest_token": guest_user.token})
+    assert status == 403 and body["error"]["code"] == "forbidden", body
+    status, body = await backend.call("POST", "/users/nobody/link-guest", json={"guest_token": guest_user.token})
+    assert status == 404, body
+    status, body = await backend.call("POST", "/users/carry-4/link-guest", json={"guest_token": "not-a-token"})
+    assert status == 404, body
+    assert await senders(db, conv_id) == {guest_user.id}
+
+    status, body = await backend.call("POST", "/users/carry-4/link-guest", json={"guest_token": guest_user.token})
+    assert status == 200, body
+    assert body["user_id"] == user_id and body["moved"]["conversations"] == 1, body
+    assert conv_id in await conversation_ids(api, token)
+    assert await senders(db, conv_id) == {user_id}
+    status, _ = await api.request("GET", "/api/me", guest_user)
+    assert status == 401
+
+
+async def test_identity_socket_from_an_unlisted_origin_is_forbidden(api: Api, admin: User) -> None:
+    platform = await hs256_platform(api, admin, origins=[SCHOOL])
+    refused: list[Any] = []
+    client = socketio.AsyncClient(reconnection=False)
+    client.on("connect_error", lambda data: refused.append(data))
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(api.url, auth={"identity": platform.sign(sub="sock-1")}, headers={"Origin": ELSEWHERE},
+                             transports=["websocket"], wait_timeout=5)
+    assert [r["data"]["code"] for r in refused] == ["forbidden"], refused
+    ok = socketio.AsyncClient(reconnection=False)
+    await ok.connect(api.url, auth={"identity": platform.sign(sub="sock-1")}, headers={"Origin": SCHOOL},
+                     transports=["websocket"], wait_timeout=5)
+    assert ok.connected
+    await ok.disconnect()

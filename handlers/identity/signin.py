@@ -41,7 +41,7 @@ async def sign_in(
     """`{user, token}` like a password login; `unauthorized` with a short reason otherwise.
     `origin`: the browser's Origin header (`forbidden` when the app does not list it)."""
     await signin_limits.check(core, "login", ip)
-    carried: list[UUID] = []
+    carried: carryover.Moved | None = None
     try:
         app, claims = await _verified(core, jwks, token, app_id)
         if not policy.origin_allowed(app, origin):
@@ -68,7 +68,8 @@ async def sign_in(
             await audit.record(conn, "login.identity_failed", target_type="app", target_id=refused.app_id, ip=ip,
                                details={"reason": refused.reason})
         raise ApiError("unauthorized", refused.message) from None
-    await carryover.close_guest_sockets(core, carried)
+    if carried is not None:
+        await carryover.close_guest_sockets(core, carried.tokens_revoked)
     return {"user": public_user(user_row), "token": session}
 
 
