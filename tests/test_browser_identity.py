@@ -2,7 +2,8 @@
 own origin, its own backend signing identity tokens) embeds the widget; it shows the
 user's name; a second device of the same `sub` shows the same history; the short
 Studyhall session is refreshed through the host page's callback, and a message sent after
-it expired still arrives, once, on both devices."""
+it expired still arrives, once, on both devices. And a guest whom the platform then signs
+in, naming the guest, keeps their conversation."""
 
 from __future__ import annotations
 
@@ -56,6 +57,20 @@ fetch("/identity?sub={sub}&name={name_q}").then((r) => r.text()).then((jwt) => S
 </script></body></html>"""
 
 
+# A guest first; then the platform signs the visitor in, naming the guest (carry-over).
+GUEST_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Platform</title></head>
+<body><h1>The platform's public page</h1>
+<button id="sign-in">Sign in on the platform</button>
+<script src="{server}/static/widget.js" data-server="{server}" data-title="Course helper"
+        data-app-id="{app_id}"></script>
+<script>
+const identity = (guest) => fetch("/identity?sub={sub}&name={name_q}" + (guest ? "&guest_token=" + encodeURIComponent(guest) : ""))
+  .then((r) => r.text());
+Studyhall.onIdentityExpired(() => identity(null));
+document.getElementById("sign-in").onclick = async () => Studyhall.identify(await identity(Studyhall.guestToken()));
+</script></body></html>"""
+
+
 @dataclass
 class PlatformSite:
     url: str
@@ -75,11 +90,12 @@ async def site(server_and_api: tuple[Any, Api]) -> AsyncIterator[PlatformSite]:
         assert site.platform is not None
         site.signed.append(request.query["sub"])
         # Short-lived and single use (jti), as docs/integration.md recommends.
-        return site.platform.sign(sub=request.query["sub"], name=request.query["name"], exp=int(time.time()) + 60)
+        return site.platform.sign(sub=request.query["sub"], name=request.query["name"], exp=int(time.time()) + 60,
+                                  guest_token=request.query.get("guest_token"))
 
     async def page(request: web.Request) -> web.Response:
         assert site.platform is not None
-        template = JS_PAGE if request.query.get("how") == "js" else ATTR_PAGE
+        template = {"js": JS_PAGE, "guest": GUEST_PAGE}.get(request.query.get("how", ""), ATTR_PAGE)
         sub, name = request.query["sub"], request.query["name"]
         body = template.format(server=server.url, app_id=site.platform.app_id, sub=html.escape(sub),
                                name_q=html.escape(name.replace(" ", "%20")),
@@ -163,3 +179,30 @@ async def test_widget_signed_in_by_the_platform_refreshes_and_loses_nothing(
     assert set(site.signed) == {"ada-1"}
     assert_clean(first)
     assert_clean(second)
+
+
+async def test_a_guest_signed_in_by_the_platform_keeps_the_conversation(
+    browser, server_and_api: tuple[Any, Api], site: PlatformSite, db: Any,  # noqa: F811
+) -> None:
+    _, api = server_and_api
+    admin = await api.staff(db, "admin")
+    site.platform = await hs256_platform(api, admin, origins=[site.origin])
+    page = await open_page(browser, site.url + "/?sub=bob-1&name=Bob&how=guest")
+    w = widget(page)
+    await w.get_by_role("button", name="Ask the tutor").click()
+    await ask(page, "Asked as a guest")
+    await expect(w.locator("li.msg-mine[data-seq] .msg-body")).to_have_text(["Asked as a guest"])
+    await expect(w.locator(".who")).to_be_hidden()
+    guest_token = await page.evaluate("Studyhall.guestToken()")
+    assert guest_token
+
+    await page.get_by_role("button", name="Sign in on the platform").click()
+    await expect(w.locator(".who")).to_have_text("Signed in as Bob")
+    # The guest's question is the user's own now, in the same conversation.
+    await expect(w.locator("li.msg-mine[data-seq] .msg-body")).to_have_text(["Asked as a guest"])
+    await ask(page, "Asked as Bob")
+    await expect(w.locator("li.msg-mine[data-seq] .msg-body")).to_have_text(["Asked as a guest", "Asked as Bob"])
+    assert await page.evaluate("Studyhall.guestToken()") is None
+    status, _ = await api.request("GET", "/api/me", headers={"Authorization": f"Bearer {guest_token}"})
+    assert status == 401  # the guest session ended with the move
+    assert_clean(page)
