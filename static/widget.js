@@ -10,7 +10,7 @@
  *           data-identity-refresh="fnName"></script>   (optional: a global async function → a fresh jwt)
  *
  * The page can also talk to it (docs/integration.md):
- *   Studyhall.identify(jwt)                  sign in (or switch) as the platform's user
+ *   Studyhall.identify(jwt)                  sign in (or switch) as the platform's user; null signs out
  *   Studyhall.onIdentityExpired(async () => jwt)   asked for a fresh token when the session ends
  *   Studyhall.guestToken()                   the guest session to name in a `guest_token` claim
  *
@@ -43,6 +43,7 @@
   window.Studyhall = {
     identify: function (jwt) {
       options.identity = jwt || null;
+      options.signedIn = false; // null: signed out, back to a guest
       return widget ? widget.identify(jwt) : Promise.resolve();
     },
     onIdentityExpired: function (fn) { options.onIdentityExpired = fn; },

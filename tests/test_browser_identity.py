@@ -86,11 +86,12 @@ async def site(server_and_api: tuple[Any, Api]) -> AsyncIterator[PlatformSite]:
     port = free_port()
     site = PlatformSite(f"http://localhost:{port}", f"http://localhost:{port}")
 
-    def jwt_for(request: web.Request) -> str:
+    def jwt_for(request: web.Request, *, stale: bool = False) -> str:
         assert site.platform is not None
         site.signed.append(request.query["sub"])
         # Short-lived and single use (jti), as docs/integration.md recommends.
-        return site.platform.sign(sub=request.query["sub"], name=request.query["name"], exp=int(time.time()) + 60,
+        now = int(time.time()) - (600 if stale else 0)
+        return site.platform.sign(sub=request.query["sub"], name=request.query["name"], iat=now, exp=now + 60,
                                   guest_token=request.query.get("guest_token"))
 
     async def page(request: web.Request) -> web.Response:
@@ -99,7 +100,8 @@ async def site(server_and_api: tuple[Any, Api]) -> AsyncIterator[PlatformSite]:
         sub, name = request.query["sub"], request.query["name"]
         body = template.format(server=server.url, app_id=site.platform.app_id, sub=html.escape(sub),
                                name_q=html.escape(name.replace(" ", "%20")),
-                               jwt=html.escape(jwt_for(request)) if template is ATTR_PAGE else "")
+                               jwt=html.escape(jwt_for(request, stale="stale" in request.query))
+                               if template is ATTR_PAGE else "")
         return web.Response(text=body, content_type="text/html")
 
     async def identity(request: web.Request) -> web.Response:
@@ -205,4 +207,22 @@ async def test_a_guest_signed_in_by_the_platform_keeps_the_conversation(
     assert await page.evaluate("Studyhall.guestToken()") is None
     status, _ = await api.request("GET", "/api/me", headers={"Authorization": f"Bearer {guest_token}"})
     assert status == 401  # the guest session ended with the move
+    assert_clean(page)
+
+
+async def test_a_token_expired_before_the_chat_opens_is_refreshed(
+    browser, server_and_api: tuple[Any, Api], site: PlatformSite, db: Any,  # noqa: F811
+) -> None:
+    """The page was rendered long ago: its data-identity has expired. The widget asks the
+    page's callback instead of failing (or falling back to a guest)."""
+    _, api = server_and_api
+    site.platform = await hs256_platform(api, await api.staff(db, "admin"))
+    page = await open_page(browser, site.url + "/?sub=cy-1&name=Cy&stale=1")
+    w = widget(page)
+    await w.get_by_role("button", name="Ask the tutor").click()
+    await expect(w.locator(".who")).to_have_text("Signed in as Cy")
+    assert await page.evaluate("window.refreshes") == 1
+    await ask(page, "Still me?")
+    await expect(w.locator("li.msg-mine[data-seq] .msg-body")).to_have_text(["Still me?"])
+    assert await page.evaluate("Studyhall.guestToken()") is None  # never a guest
     assert_clean(page)

@@ -42,9 +42,21 @@ function refresher(options) {
 }
 
 async function identify(options, store) {
-  if (options.identity) {
-    const signedIn = await exchange(options, options.identity);
+  if (options.identity || options.signedIn) {
+    // Once the page has signed its user in, the widget never falls back to a guest.
+    options.signedIn = true;
+    const given = options.identity;
     options.identity = null; // single use (its jti): a later sign-in asks the page again
+    const refresh = refresher(options);
+    let signedIn;
+    try {
+      if (!given && !refresh) throw new ApiError("unauthorized", "The page gave no fresh identity token.");
+      signedIn = await exchange(options, given || await refresh());
+    } catch (err) {
+      // The page's token expired before the chat was opened: ask the page for a fresh one.
+      if (!given || !(err instanceof ApiError) || err.code !== "unauthorized" || !refresh) throw err;
+      signedIn = await exchange(options, await refresh());
+    }
     store.set({ token: null, user: null }); // the guest session is over (carried over or not)
     return signedIn;
   }
@@ -70,6 +82,7 @@ async function identify(options, store) {
     // This site's app requires verified identity: ask the page for one, if it can.
     const refresh = refresher(options);
     if (!(err instanceof ApiError) || err.code !== "forbidden" || !refresh) throw err;
+    options.signedIn = true;
     return exchange(options, await refresh());
   }
 }
@@ -332,9 +345,10 @@ class Widget {
   }
 
   // ---- signed identity ------------------------------------------------------------------
-  /** The page signed its user in (or switched users): start over as them. */
+  /** The page signed its user in, switched users or signed out (null): start over. */
   async identify(jwt) {
-    this.options.identity = jwt;
+    this.options.identity = jwt || null;
+    this.options.signedIn = false; // null: signed out, back to a guest
     if (!this.started) return;
     await this.started.catch(() => {});
     this.live?.close();
