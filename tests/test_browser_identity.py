@@ -168,7 +168,9 @@ async def test_widget_signed_in_by_the_platform_refreshes_and_loses_nothing(
     await second.wait_for_function("window.refreshes >= 1", timeout=15_000)
     # Write just after the refreshed session has expired in turn: the send waits in the
     # outbox through the drop and the next refresh, and arrives once.
-    await asyncio.sleep(max(0.0, refreshed_at + SESSION_SECONDS + 0.2 - time.monotonic()))
+    # (The server closes the socket the moment the session expires; a margin of a second
+    # makes sure the send comes after that, not just before it.)
+    await asyncio.sleep(max(0.0, refreshed_at + SESSION_SECONDS + 1.0 - time.monotonic()))
     await ask(first, "And an integral?")
     await expect(w1.locator("li.msg-mine[data-seq] .msg-body")).to_have_text(
         ["What is a derivative?", "And an integral?"], timeout=15_000)
