@@ -70,7 +70,7 @@ class Gateway:
         self.sockets: dict[str, SocketState] = {}
         self.on_connect: list[ConnectionHook] = []
         self.on_disconnect: list[ConnectionHook] = []
-        s = core.settings
+        s = core.settings.gateway
         self.limits = EventLimits(
             socket_rate=s.rate_limit_per_second, socket_burst=s.rate_limit_burst,
             user_rate=s.user_rate_limit_per_second, user_burst=s.user_rate_limit_burst,

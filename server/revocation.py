@@ -88,7 +88,7 @@ class Revocation:
 
     async def sweep_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.core.settings.revocation_sweep_seconds)
+            await asyncio.sleep(self.core.settings.auth.revocation_sweep_seconds)
             try:
                 await self.sweep_once()
             except asyncio.CancelledError:
