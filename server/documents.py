@@ -110,7 +110,7 @@ async def _from_multipart(request: web.Request, limit: int) -> tuple[FileFields,
 
 async def _from_json(request: web.Request) -> NewDocument:
     # request.read() reads the whole body (StreamReader.read(n) may return only part of
-    # it) and stops at the app's client_max_size, which is max_upload_bytes.
+    # it) and stops at the app's client_max_size, which is settings.knowledge.max_upload_bytes.
     raw = await request.read()
     try:
         return NewDocument.model_validate(orjson.loads(raw or b"{}"))

@@ -161,7 +161,7 @@ async def require_actor(request: web.Request, roles: tuple[str, ...] | None = No
 
 
 async def read_json(request: web.Request, model: type[M]) -> M:
-    """Parse and validate a JSON body, at most `max_http_body_bytes` long."""
+    """Parse and validate a JSON body, at most `settings.http.max_body_bytes` long."""
     limit = core_of(request).settings.http.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ApiError("too_large", f"The body is over {limit} bytes.")
