@@ -7,8 +7,8 @@ differently configured instances in one process.
 `Settings` is made of small frozen sections, one per feature and a few general ones
 (`settings.rooms.leave_grace_seconds`, `settings.database.url`). A feature package declares
 its own section (handlers/tutor/settings.py, handlers/rooms/settings.py,
-handlers/tickets/settings.py); the features that are single modules, and the general
-sections, are declared here. Only `Settings.from_env` below reads the environment: it
+handlers/tickets/settings.py); the features that are single modules (and identity, whose
+package cannot be imported from here), and the general sections, are declared here. Only `Settings.from_env` below reads the environment: it
 names every variable and fills every section. Config flows down: server/ hands each
 feature its section, and server/factories.py builds objects (the model, the knowledge
 base, the tutor's limits) from sections; a handler never reads another feature's section.
@@ -191,7 +191,8 @@ class LogSettings:
 
 
 # ---- sections of features that are single modules ------------------------------------
-# (a feature package declares its own: handlers/<feature>/settings.py)
+# (a feature package declares its own, handlers/<feature>/settings.py; identity is the
+# exception, see IdentitySettings)
 
 @dataclass(frozen=True)
 class AuthSettings:
@@ -250,6 +251,26 @@ class KnowledgeSettings:
     max_chunks: int = 10_000
 
 
+@dataclass(frozen=True)
+class IdentitySettings:
+    """Signed identity from embedding platforms (handlers/identity/, docs/integration.md).
+
+    Declared here, not in handlers/identity/: that package's __init__ imports its modules,
+    which import handlers.core, so a section there could not be composed without a cycle."""
+
+    # A token whose life (exp - iat, or exp - now without iat) is longer is refused.
+    max_token_life_seconds: int = 3600
+    # Clock difference allowed between the platform and this server for exp/iat/nbf.
+    leeway_seconds: int = 30
+    # Lifetime of the Studyhall session token an identity sign-in returns.
+    session_hours: int = 24
+    # A fetched JWKS is used this long; an unknown `kid` refetches it at most once per
+    # `jwks_refresh_seconds`; each fetch may take `jwks_timeout_seconds`.
+    jwks_cache_seconds: int = 3600
+    jwks_refresh_seconds: int = 60
+    jwks_timeout_seconds: float = 5.0
+
+
 # ---- all of them -----------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -268,6 +289,7 @@ class Settings:
     rooms: RoomSettings = field(default_factory=RoomSettings)
     tickets: TicketSettings = field(default_factory=TicketSettings)
     tutor: TutorSettings = field(default_factory=TutorSettings)
+    identity: IdentitySettings = field(default_factory=IdentitySettings)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -275,6 +297,7 @@ class Settings:
         http, gateway, database, cluster = HttpSettings(), GatewaySettings(), DatabaseSettings(), ClusterSettings()
         log, auth, presence, threads = LogSettings(), AuthSettings(), PresenceSettings(), ThreadSettings()
         knowledge, rooms, tickets, tutor = KnowledgeSettings(), RoomSettings(), TicketSettings(), TutorSettings()
+        identity = IdentitySettings()
         return cls(
             http=HttpSettings(
                 host=e.get("STUDYHALL_HOST") or http.host,
@@ -382,6 +405,14 @@ class Settings:
                 guest_ticket_limits=e.get("STUDYHALL_GUEST_TICKET_LIMITS") or tutor.guest_ticket_limits,
                 stream_stale_seconds=_float(e, "STUDYHALL_TUTOR_STREAM_STALE_SECONDS", tutor.stream_stale_seconds),
                 stream_sweep_seconds=_float(e, "STUDYHALL_TUTOR_STREAM_SWEEP_SECONDS", tutor.stream_sweep_seconds),
+            ),
+            identity=IdentitySettings(
+                max_token_life_seconds=_int(e, "STUDYHALL_IDENTITY_MAX_LIFE_SECONDS", identity.max_token_life_seconds),
+                leeway_seconds=_int(e, "STUDYHALL_IDENTITY_LEEWAY_SECONDS", identity.leeway_seconds),
+                session_hours=_int(e, "STUDYHALL_IDENTITY_SESSION_HOURS", identity.session_hours),
+                jwks_cache_seconds=_int(e, "STUDYHALL_IDENTITY_JWKS_CACHE_SECONDS", identity.jwks_cache_seconds),
+                jwks_refresh_seconds=_int(e, "STUDYHALL_IDENTITY_JWKS_REFRESH_SECONDS", identity.jwks_refresh_seconds),
+                jwks_timeout_seconds=_float(e, "STUDYHALL_IDENTITY_JWKS_TIMEOUT", identity.jwks_timeout_seconds),
             ),
         )
 
