@@ -22,7 +22,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from handlers import signin_limits
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
-from handlers.settings import Settings
+from handlers.settings import AuthSettings
 from storage import audit, connections, login_failures, users
 
 ROLES = ("student", "mentor", "agent", "admin", "guest")
@@ -59,14 +59,15 @@ async def _verify_password(password_hash: str | None, password: str) -> bool:
 
 
 async def _issue_token(core: Core, conn: Any, user_id: UUID, role: str) -> str:
-    hours = core.settings.guest_token_ttl_hours if role == "guest" else core.settings.token_ttl_hours
+    s = core.settings.auth
+    hours = s.guest_token_ttl_hours if role == "guest" else s.token_ttl_hours
     token = secrets.token_urlsafe(32)
     await users.insert_token(conn, user_id, hash_token(token), datetime.now(UTC) + timedelta(hours=hours))
     return token
 
 
 async def register(core: Core, *, email: str, password: str, name: str, ip: str | None) -> dict[str, Any]:
-    if not core.settings.allow_registration:
+    if not core.settings.auth.allow_registration:
         raise ApiError("forbidden", "Public sign-up is turned off on this server; ask an administrator for an account.")
     await signin_limits.check(core, "register", ip)
     password_hash = await hash_password(password)
@@ -107,7 +108,7 @@ async def login(core: Core, *, email: str, password: str, ip: str | None) -> dic
     addresses together lock the account everywhere (a distributed attack, slowed). Failures
     are committed before the error is raised, so the audit log sees every attempt.
     """
-    s = core.settings
+    s = core.settings.auth
     await signin_limits.check(core, "login", ip)
     address = ip or "unknown"
     async with core.db.transaction() as conn:
@@ -144,7 +145,7 @@ async def login(core: Core, *, email: str, password: str, ip: str | None) -> dic
 
 
 async def _count_attempt(
-    settings: Settings, conn: Any, user_id: UUID, address: str
+    settings: AuthSettings, conn: Any, user_id: UUID, address: str
 ) -> login_failures.FailureCounts:
     """The failures before this attempt; unless locked, this attempt is counted as a failure
     now, before the password is checked (a success clears it), under a per-account lock.
@@ -157,14 +158,14 @@ async def _count_attempt(
     return failures
 
 
-def _locked(settings: Settings, failures: login_failures.FailureCounts) -> bool:
+def _locked(settings: AuthSettings, failures: login_failures.FailureCounts) -> bool:
     """Locked out: too many failures from this address, or from everywhere (0 turns one off)."""
     per_address, per_account = settings.lockout_attempts, settings.lockout_account_attempts
     return (0 < per_address <= failures.from_address) or (0 < per_account <= failures.total)
 
 
 async def guest(core: Core, *, name: str | None, ip: str | None) -> dict[str, Any]:
-    if not core.settings.allow_guests:
+    if not core.settings.auth.allow_guests:
         raise ApiError("forbidden", "Guest access is turned off on this server; sign in or create an account.")
     await signin_limits.check(core, "guest", ip)
     async with core.db.transaction() as conn:

@@ -32,8 +32,8 @@ from uuid import UUID
 
 from handlers import auth, threads
 from handlers.core import Actor, Core
-from handlers.knowledge import knowledge_base
 from handlers.rooms import sessions as rooms
+from rag.retrieval import KnowledgeBase
 from storage import demo as demo_store
 from storage import messages, users
 from storage import rooms as room_store
@@ -157,18 +157,18 @@ async def _room(core: Core, mentor: dict[str, Any]) -> tuple[dict[str, Any], boo
     return made["live_session"], True
 
 
-async def load_demo(core: Core) -> DemoReport:
-    """Load the sample course; safe to run again, and twice at once (one run waits for
-    the other: see storage/demo.py)."""
+async def load_demo(core: Core, kb: KnowledgeBase) -> DemoReport:
+    """Load the sample course into `kb` and the database; safe to run again, and twice at
+    once (one run waits for the other: see storage/demo.py)."""
     async with core.db.connection() as conn:
         await demo_store.lock(conn)
         try:
-            return await _load(core)
+            return await _load(core, kb)
         finally:
             await demo_store.unlock(conn)
 
 
-async def _load(core: Core) -> DemoReport:
+async def _load(core: Core, kb: KnowledgeBase) -> DemoReport:
     report = DemoReport()
     made: dict[str, dict[str, Any]] = {}
     for account in ACCOUNTS:
@@ -177,7 +177,6 @@ async def _load(core: Core) -> DemoReport:
         report.accounts.append((account, created))
     mentor = made["mentor"]
 
-    kb = core.services.get("kb") or knowledge_base(core.settings, core.db)
     await kb.ensure_index()
     for doc in sample_documents():
         _, created = await kb.ingest_text(

@@ -17,7 +17,7 @@ from storage import conversations, messages, users
 MAX_GROUP_MEMBERS = 100
 UNADDABLE_ROLES = frozenset({"guest"})  # conversation:create refuses these members
 SYNC_PAGE = 200  # messages per conversation in one sync answer; past it, complete: false
-# (and at most settings.sync_max_bytes of messages in all: see `sync`)
+# (and at most settings.threads.sync_max_bytes of messages in all: see `sync`)
 TYPING_EVERY_SECONDS = 2.0
 TYPING_TABLE_MAX = 10_000
 
@@ -197,7 +197,7 @@ async def sync(core: Core, actor: Actor, *, since: dict[UUID, int]) -> dict[str,
                 continue
             readable_ids.add(conv["id"])
         readable = {cid: seq for cid, seq in since.items() if cid in readable_ids}
-        budget = core.settings.sync_max_bytes
+        budget = core.settings.threads.sync_max_bytes
         found = await messages.since(conn, readable, limit=SYNC_PAGE, max_bytes=budget)
     return {
         "conversations": {

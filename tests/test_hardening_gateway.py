@@ -202,7 +202,7 @@ async def test_undecodable_events_get_bad_request_and_the_connection_stays(api: 
 async def test_a_thousand_undecodable_frames_log_little_and_count_against_the_rate_limit(
     start_instance: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    inst = await start_instance(rate_limit_per_second=1, rate_limit_burst=50)
+    inst = await start_instance(gateway__rate_limit_per_second=1, gateway__rate_limit_burst=50)
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)
         alice = await api.register("Alice")
@@ -229,8 +229,8 @@ async def test_a_thousand_undecodable_frames_log_little_and_count_against_the_ra
 # --- 3 and 4. per-user limits; rate_limited says when to retry ------------------------------
 
 async def test_one_users_sockets_share_one_event_budget(start_instance: Any) -> None:
-    inst = await start_instance(rate_limit_per_second=1, rate_limit_burst=10,
-                                user_rate_limit_per_second=1, user_rate_limit_burst=20)
+    inst = await start_instance(gateway__rate_limit_per_second=1, gateway__rate_limit_burst=10,
+                                gateway__user_rate_limit_per_second=1, gateway__user_rate_limit_burst=20)
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)
         alice, bob = await api.register("Alice"), await api.register("Bob")
@@ -251,7 +251,7 @@ async def test_one_users_sockets_share_one_event_budget(start_instance: Any) -> 
 
 
 async def test_sockets_per_user_are_capped(start_instance: Any) -> None:
-    inst = await start_instance(max_sockets_per_user=3)
+    inst = await start_instance(gateway__max_sockets_per_user=3)
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)
         alice, bob = await api.register("Alice"), await api.register("Bob")
@@ -277,7 +277,7 @@ async def test_sockets_per_user_are_capped(start_instance: Any) -> None:
 
 
 async def test_rate_limited_acks_say_when_to_retry(start_instance: Any) -> None:
-    inst = await start_instance(rate_limit_per_second=2, rate_limit_burst=3)
+    inst = await start_instance(gateway__rate_limit_per_second=2, gateway__rate_limit_burst=3)
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)
         alice, bob = await api.register("Alice"), await api.register("Bob")
@@ -316,7 +316,7 @@ async def test_polling_client_burst_within_the_rate_limit_is_all_acked(api: Api)
 
 
 async def test_polling_client_sends_200_messages_in_a_row(start_instance: Any, db: Any) -> None:
-    inst = await start_instance(rate_limit_burst=250, user_rate_limit_burst=250)
+    inst = await start_instance(gateway__rate_limit_burst=250, gateway__user_rate_limit_burst=250)
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)
         alice, bob = await api.register("Alice"), await api.register("Bob")
@@ -330,7 +330,7 @@ async def test_polling_client_sends_200_messages_in_a_row(start_instance: Any, d
 
 
 async def test_polling_burst_past_the_limit_is_refused_not_lost(start_instance: Any) -> None:
-    inst = await start_instance(rate_limit_burst=10, user_rate_limit_burst=100)
+    inst = await start_instance(gateway__rate_limit_burst=10, gateway__user_rate_limit_burst=100)
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)
         alice, bob = await api.register("Alice"), await api.register("Bob")
@@ -444,7 +444,7 @@ async def test_a_batch_the_database_refuses_is_split_not_replayed_one_by_one(db:
 @pytest.mark.parametrize("fanout", ["fast", "stock"])
 async def test_invalid_engine_io_frames_are_dropped_quietly(start_instance: Any, caplog: pytest.LogCaptureFixture,
                                                             fanout: str) -> None:
-    inst = await start_instance(fanout=fanout)
+    inst = await start_instance(gateway__fanout=fanout)
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)
         alice, bob = await api.register("Alice"), await api.register("Bob")

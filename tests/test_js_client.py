@@ -42,8 +42,8 @@ async def test_socket_io_client_thread_across_two_instances_through_redis_restar
     await site.start()
     control_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        one = await start_instance(redis_url=redis.url, redis_channel=channel)
-        two = await start_instance(redis_url=redis.url, redis_channel=channel)
+        one = await start_instance(cluster__redis_url=redis.url, cluster__redis_channel=channel)
+        two = await start_instance(cluster__redis_url=redis.url, cluster__redis_channel=channel)
         async with aiohttp.ClientSession() as session:
             api = Api(session, one.url)
             alice, bob = await api.register("Alice"), await api.register("Bob")

@@ -104,7 +104,7 @@ async def test_ticket_detail_gives_transcript_sources_notes_and_decisions(api: A
 
 @pytest.mark.slow
 async def test_sla_breach_is_marked_once_and_announced(start_instance, session, db) -> None:
-    inst = await start_instance(sla_check_seconds=0.2)
+    inst = await start_instance(tickets__sla_check_seconds=0.2)
     api = Api(session, inst.url)
     try:
         student = await api.register("Sol")
@@ -155,7 +155,7 @@ async def test_sla_breach_flagged_once_with_both_instances_sweeping(cluster, ses
 
 
 async def test_auto_assignment_round_robin_under_the_limit(start_instance, session, db) -> None:
-    inst = await start_instance(ticket_auto_assign=True, ticket_agent_limit=2, sla_check_seconds=0.3)
+    inst = await start_instance(tickets__auto_assign=True, tickets__agent_limit=2, tickets__sla_check_seconds=0.3)
     api = Api(session, inst.url)
     try:
         student = await api.register("Ada")
@@ -194,7 +194,7 @@ async def test_auto_assignment_round_robin_under_the_limit(start_instance, sessi
 
 
 async def test_agent_coming_online_takes_waiting_tickets(start_instance, session, db) -> None:
-    inst = await start_instance(ticket_auto_assign=True, ticket_agent_limit=1)
+    inst = await start_instance(tickets__auto_assign=True, tickets__agent_limit=1)
     api = Api(session, inst.url)
     try:
         student = await api.register("Bo")

@@ -223,15 +223,15 @@ async def socket_disconnected(core: Core, actor: Actor) -> None:
         if await connections.count_for_user(conn, actor.user_id) > 0:
             return
         present, hosting = await rooms.mark_user_away(conn, actor.user_id)
-    s = core.settings
+    s = core.settings.rooms
     if core.closing:
         # Shutting down: start no grace timers here; the sweepers of the instances still
         # running free those seats.
         return
     if present:
-        core.spawn(_after(core, s.room_leave_grace_seconds, expire_seats, actor.user_id), name=f"room-leave:{actor.user_id}")
+        core.spawn(_after(core, s.leave_grace_seconds, expire_seats, actor.user_id), name=f"room-leave:{actor.user_id}")
     if hosting:
-        core.spawn(_after(core, s.room_host_grace_seconds, end_abandoned, actor.user_id), name=f"room-host:{actor.user_id}")
+        core.spawn(_after(core, s.host_grace_seconds, end_abandoned, actor.user_id), name=f"room-host:{actor.user_id}")
 
 
 async def _after(core: Core, delay: float, action: Any, user_id: UUID) -> None:
@@ -249,7 +249,7 @@ async def _after(core: Core, delay: float, action: Any, user_id: UUID) -> None:
 async def expire_seats(core: Core, user_id: UUID | None = None) -> None:
     """Free the seats of users away past the grace (one user, or everyone for the sweeper)."""
     async with registry.settled(core) as conn:
-        freed = await rooms.expire_away(conn, core.settings.room_leave_grace_seconds, user_id)
+        freed = await rooms.expire_away(conn, core.settings.rooms.leave_grace_seconds, user_id)
     for session_id, uid in freed:
         await _seat_freed(core, session_id, uid, "left", remove_sockets=False)
 
@@ -257,7 +257,7 @@ async def expire_seats(core: Core, user_id: UUID | None = None) -> None:
 async def end_abandoned(core: Core, host_id: UUID | None = None) -> None:
     """End live rooms whose host has been gone past the host grace."""
     async with registry.settled(core) as conn:
-        due = await rooms.hosts_gone(conn, core.settings.room_host_grace_seconds, host_id)
+        due = await rooms.hosts_gone(conn, core.settings.rooms.host_grace_seconds, host_id)
     for session_id in due:
         try:
             await sessions.change_status(core, None, session_id, "end")
@@ -267,7 +267,7 @@ async def end_abandoned(core: Core, host_id: UUID | None = None) -> None:
 
 
 def sweep_interval(core: Core) -> float:
-    return max(1.0, min(10.0, core.settings.room_leave_grace_seconds))
+    return max(1.0, min(10.0, core.settings.rooms.leave_grace_seconds))
 
 
 async def sweep(core: Core) -> None:

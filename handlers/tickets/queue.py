@@ -119,7 +119,7 @@ async def auto_assign(core: Core, ticket_ids: list[UUID]) -> list[dict[str, Any]
     async with core.db.transaction() as conn:
         await store.lock_assignment(conn)
         for ticket_id in ticket_ids:
-            candidates = await store.agents_under_limit(conn, core.settings.ticket_agent_limit)
+            candidates = await store.agents_under_limit(conn, core.settings.tickets.agent_limit)
             online = await connections.online_users(conn, candidates) if candidates else set()
             agent_id = next((a for a in candidates if a in online), None)
             if agent_id is None:
@@ -149,7 +149,7 @@ async def assign_waiting(core: Core) -> list[dict[str, Any]]:
 
 async def agent_connected(core: Core, actor: Actor) -> None:
     """Gateway hook: an agent coming online may take waiting tickets (auto-assignment only)."""
-    if core.settings.ticket_auto_assign and actor.role == "agent":
+    if core.settings.tickets.auto_assign and actor.role == "agent":
         core.spawn(_safely(assign_waiting(core)), name="ticket-assign-waiting")
 
 
@@ -158,10 +158,10 @@ async def watch(core: Core) -> None:
 
     async def one_pass() -> None:
         await check_sla(core)
-        if core.settings.ticket_auto_assign:
+        if core.settings.tickets.auto_assign:
             await assign_waiting(core)
 
-    await repeat(one_pass, every=max(core.settings.sla_check_seconds, MIN_WATCH_SECONDS), what="ticket watch")
+    await repeat(one_pass, every=max(core.settings.tickets.sla_check_seconds, MIN_WATCH_SECONDS), what="ticket watch")
 
 
 async def _safely(coro: Any) -> None:

@@ -206,7 +206,7 @@ class TicketService:
         await _system_message(core, ticket, _escalated_text(ticket), "escalated")
         await announce_conversation(core, conversation_id)
         await core.events.to_rooms([STAFF_ROOM], "ticket:new", {"ticket": ticket})
-        if core.settings.ticket_auto_assign:
+        if core.settings.tickets.auto_assign:
             from handlers.tickets.queue import auto_assign
 
             assigned = await auto_assign(core, [ticket["id"]])

@@ -327,7 +327,7 @@ class Turn:
                 socratic=bool(self.context.get("socratic")),
                 course=self.context.get("course"), lesson=self.context.get("lesson"),
             ),
-            history_turns(history), passages, self.question, self.core.settings.tutor_prompt_budget_tokens,
+            history_turns(history), passages, self.question, self.core.settings.tutor.prompt_budget_tokens,
         )
         return model.stream(built.messages), built.passages, built.messages
 
@@ -368,7 +368,7 @@ class Turn:
     async def _touch(self) -> None:
         """Every quarter of the stale time: say this stream is alive, and record the tokens
         streamed so far in its usage row (what a crash would otherwise lose)."""
-        every = max(self.svc.poll_seconds, self.core.settings.tutor_stream_stale_seconds / 4)
+        every = max(self.svc.poll_seconds, self.core.settings.tutor.stream_stale_seconds / 4)
         if time.monotonic() - self._touched_at < every:
             return
         self._touched_at = time.monotonic()
@@ -499,7 +499,7 @@ async def handle(svc: TutorService, job: Job) -> None:
             return []
 
     async def load() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[UUID]]:
-        limit = core.settings.tutor_history_messages
+        limit = core.settings.tutor.history_messages
         async with core.db.connection() as conn:
             recent = await messages.recent(conn, conv["id"], limit + HISTORY_SLACK)
             previous = await store.decisions(conn, conv["id"], limit=1)

@@ -27,11 +27,10 @@ from handlers.background import repeat
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.pipeline import load_conversation
-from handlers.settings import Settings
 from handlers.tutor.answer import Job, LiveAnswer, handle
 from handlers.tutor.limits import gate_of
 from rag.decide import safety_concern
-from rag.llm import DEFAULT_PRICES, ChatModel, LLMConfig
+from rag.llm import ChatModel
 from rag.offline import MODEL_NAME as OFFLINE_MODEL
 from rag.retrieval import KnowledgeBase
 from storage import conversations, messages
@@ -40,24 +39,6 @@ from storage import tutor as store
 log = logging.getLogger(__name__)
 
 SESSION_TYPES = ("lesson", "interactive", "exam_prep")
-
-
-def chat_model_from_settings(settings: Settings) -> ChatModel | None:
-    """The model from Settings; None (offline tutor) when no URL or key is configured."""
-    if not settings.llm_configured:
-        return None
-    config = LLMConfig(
-        base_url=settings.llm_base_url,
-        api_key=settings.llm_api_key or "not-needed",
-        model=settings.llm_model,
-        timeout=settings.llm_timeout_seconds,
-        max_attempts=max(1, settings.llm_max_attempts),
-        total_timeout=settings.llm_total_timeout_seconds,
-        max_tokens=settings.llm_max_tokens,
-        stream_usage=settings.llm_stream_usage,
-        prices={**DEFAULT_PRICES, **settings.llm_prices},
-    )
-    return ChatModel(config)
 
 
 class ConversationLocks:
@@ -238,7 +219,7 @@ class TutorService:
         the partial text: `message:cancelled` with reason `interrupted`. The question stays
         unanswered, so the recovery pass answers it again under a new id."""
         async with self.core.db.connection() as conn:
-            taken = await store.take_abandoned_streams(conn, self.core.settings.tutor_stream_stale_seconds)
+            taken = await store.take_abandoned_streams(conn, self.core.settings.tutor.stream_stale_seconds)
             notices = [(cid, answer_id, await conversations.member_ids(conn, cid))
                        for cid, answer_id, committed in taken if not committed]
         for cid, answer_id, member_ids in notices:
@@ -249,7 +230,7 @@ class TutorService:
         return len(notices)
 
     async def sweep_loop(self) -> None:
-        await repeat(self.sweep_abandoned, every=self.core.settings.tutor_stream_sweep_seconds,
+        await repeat(self.sweep_abandoned, every=self.core.settings.tutor.stream_sweep_seconds,
                      what="tutor sweep of abandoned answers", first_delay=0)
 
     async def close(self) -> None:
