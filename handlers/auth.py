@@ -24,8 +24,9 @@ from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.settings import Settings
 from storage import audit, connections, login_failures, users
+from storage.records import Role
 
-ROLES = ("student", "mentor", "agent", "admin", "guest")
+ROLES = tuple(Role)
 # How stale `users.last_active_at` may get: refreshing it at most this often keeps token
 # checks read-only (one write per user per hour), and is precise enough for expiring guests.
 ACTIVITY_RESOLUTION = timedelta(hours=1)
@@ -187,7 +188,7 @@ async def authenticate(core: Core, token: str | None, sid: str | None = None) ->
         async with core.db.connection() as conn:
             await users.touch_active(conn, row["id"])
     return Actor(
-        user_id=row["id"], role=row["role"], name=row["name"], token_id=row["token_id"], sid=sid,
+        user_id=row["id"], role=Role(row["role"]), name=row["name"], token_id=row["token_id"], sid=sid,
         token_expires_at=row["expires_at"],
     )
 
@@ -212,7 +213,7 @@ async def me(core: Core, actor: Actor) -> dict[str, Any]:
 
 
 async def set_role(core: Core, actor: Actor, user_id: UUID, role: str, *, ip: str | None) -> dict[str, Any]:
-    if actor.role != "admin":
+    if actor.role != Role.ADMIN:
         raise ApiError("forbidden", "Only an admin can change roles.")
     if role not in ROLES:
         raise ApiError("bad_request", f"role must be one of {', '.join(ROLES)}")

@@ -37,6 +37,7 @@ from handlers.rooms import sessions as rooms
 from storage import demo as demo_store
 from storage import messages, users
 from storage import rooms as room_store
+from storage.records import Role
 
 DEMO_COURSE = "biology-101"
 COURSE_TITLE = "Biology 101 · Photosynthesis"
@@ -120,7 +121,7 @@ async def _account(core: Core, account: DemoAccount) -> tuple[dict[str, Any], bo
 
 
 def _acting(user: dict[str, Any]) -> Actor:
-    return Actor(user_id=user["id"], role=user["role"], name=user["name"], token_id=NO_TOKEN)
+    return Actor(user_id=user["id"], role=Role(user["role"]), name=user["name"], token_id=NO_TOKEN)
 
 
 async def _welcome(core: Core, mentor: dict[str, Any], student: dict[str, Any]) -> tuple[UUID, bool]:

@@ -13,9 +13,10 @@ from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.pipeline import authorize, commit_message, fan_out, get_pipeline, load_conversation
 from storage import conversations, messages, users
+from storage.records import Role
 
 MAX_GROUP_MEMBERS = 100
-UNADDABLE_ROLES = frozenset({"guest"})  # conversation:create refuses these members
+UNADDABLE_ROLES = frozenset({Role.GUEST})  # conversation:create refuses these members
 SYNC_PAGE = 200  # messages per conversation in one sync answer; past it, complete: false
 # (and at most settings.sync_max_bytes of messages in all: see `sync`)
 TYPING_EVERY_SECONDS = 2.0
@@ -50,7 +51,7 @@ async def announce_conversation(core: Core, conversation_id: UUID, event: str = 
 
 
 async def create(core: Core, actor: Actor, *, kind: str, member_ids: list[UUID], title: str | None) -> dict[str, Any]:
-    if actor.role == "guest":
+    if actor.role == Role.GUEST:
         raise ApiError("forbidden", "Guests cannot start threads; sign up first.")
     others = [m for m in dict.fromkeys(member_ids) if m != actor.user_id]
     if kind == "direct" and len(others) != 1:

@@ -20,9 +20,10 @@ from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.events import conversation_room, user_room
 from storage import audit, conversations, rooms, users
+from storage.records import Role
 
 STATUSES = ("scheduled", "live", "ended", "cancelled")
-CREATOR_ROLES = ("mentor", "admin")
+CREATOR_ROLES = (Role.MENTOR, Role.ADMIN)
 # room:updated is coalesced per room on each instance: a burst of joins sends one update
 # with the final count instead of one per join to every participant.
 UPDATE_COALESCE_SECONDS = 0.1
@@ -59,7 +60,7 @@ def audience(session: dict[str, Any]) -> list[str]:
 
 
 def may_moderate(actor: Actor, session: dict[str, Any]) -> bool:
-    return actor.user_id == session["host_id"] or actor.role == "admin"
+    return actor.user_id == session["host_id"] or actor.role == Role.ADMIN
 
 
 async def load(core: Core, session_id: UUID) -> dict[str, Any]:
@@ -175,7 +176,7 @@ async def _send_update(core: Core, session_id: UUID) -> None:
 # see anyway: people in these roles (the school's mentors and support staff, whose rooms
 # and replies everyone meets), hosts of live sessions (every signed-in user can list them),
 # and people who share a conversation with the actor (`storage.users.visible_user`).
-PUBLIC_ROLES = ("mentor", "agent", "admin")
+PUBLIC_ROLES = (Role.MENTOR, Role.AGENT, Role.ADMIN)
 
 async def favorite(core: Core, actor: Actor, *, user_id: UUID, notify_when_online: bool) -> dict[str, Any]:
     if user_id == actor.user_id:

@@ -16,6 +16,7 @@ from handlers.tickets.service import announce_agent_joined, seat_agent, ticket_o
 from storage import audit, connections, messages, users
 from storage import tickets as store
 from storage.availability import DatabaseUnavailable
+from storage.records import Role
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ async def assign_waiting(core: Core) -> list[dict[str, Any]]:
 
 async def agent_connected(core: Core, actor: Actor) -> None:
     """Gateway hook: an agent coming online may take waiting tickets (auto-assignment only)."""
-    if core.settings.ticket_auto_assign and actor.role == "agent":
+    if core.settings.ticket_auto_assign and actor.role == Role.AGENT:
         core.spawn(_safely(assign_waiting(core)), name="ticket-assign-waiting")
 
 

@@ -27,6 +27,7 @@ from handlers.tutor.limits import gate_of
 from rag.decide import HUMAN, NO_MATERIAL, NO_MATERIAL_AGAIN, SAFETY, safety_concern
 from storage import audit, conversations, messages, users
 from storage import tickets as store
+from storage.records import STAFF_ROLES, Role
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ class TicketService:
                 raise ApiError("conflict", f"Ticket {current['number']} is already {current['status']}.")
             _check_holder(current, actor, "transfer")
             target = await users.get_user(conn, agent_id)
-            if target is None or target["role"] not in ("agent", "admin"):
+            if target is None or target["role"] not in STAFF_ROLES:
                 raise ApiError("bad_request", "agent_id must be an agent or an admin.")
             previous = current["assigned_to"]
             if previous == agent_id:
@@ -348,7 +349,7 @@ class TicketService:
 def _check_holder(ticket: dict[str, Any], actor: Actor, verb: str) -> None:
     """Only the assignee or an admin acts on an assigned ticket; any staff on an unassigned one."""
     holder = ticket["assigned_to"]
-    if holder is not None and holder != actor.user_id and actor.role != "admin":
+    if holder is not None and holder != actor.user_id and actor.role != Role.ADMIN:
         raise ApiError("forbidden", f"Only the assigned agent or an admin may {verb} ticket {ticket['number']}.")
 
 

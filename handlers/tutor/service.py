@@ -36,6 +36,7 @@ from rag.offline import MODEL_NAME as OFFLINE_MODEL
 from rag.retrieval import KnowledgeBase
 from storage import conversations, messages
 from storage import tutor as store
+from storage.records import Role
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +371,7 @@ async def escalate(core: Core, actor: Actor, *, conversation_id: UUID, reason: s
 async def usage(core: Core, actor: Actor, *, user_id: UUID | None, since: datetime | None) -> dict[str, Any]:
     """Model usage of one user: your own, or anyone's for an admin."""
     target = user_id or actor.user_id
-    if target != actor.user_id and actor.role != "admin":
+    if target != actor.user_id and actor.role != Role.ADMIN:
         raise ApiError("forbidden", "Only admins may see other users' usage.")
     async with core.db.connection() as conn:
         by_model = await store.usage_for_user(conn, target, since=since)

@@ -1,0 +1,65 @@
+"""Typed records: the rows storage/ loads, as handlers use them, and the user roles.
+
+Records are frozen dataclasses with slots rather than pydantic models: they are built
+from database rows that PostgreSQL has already typed and constrained, on hot paths (a
+group commit builds one per message), so validating them again would cost time for
+nothing; orjson serialises dataclasses and str-enums natively, so a record whose fields
+are exactly its wire object goes to the client as it is (same keys, same values, same
+bytes as the dict it replaces). Where the wire object differs from the row, the record
+has a `to_wire()` that builds it. pydantic stays where data comes from outside (the
+event and request schemas in server/).
+
+Frozen: a record is a snapshot of a row; a changed row is a new record
+(`dataclasses.replace`), never one edited in place that other code still holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+
+class Role(StrEnum):
+    """A user's role (the `users.role` column). A str: compares and serialises as its value."""
+
+    STUDENT = "student"
+    MENTOR = "mentor"
+    AGENT = "agent"
+    ADMIN = "admin"
+    GUEST = "guest"
+
+
+# Support staff: see and work the ticket queue, may take a tutor conversation over.
+STAFF_ROLES = (Role.AGENT, Role.ADMIN)
+
+
+def _pick(cls: type, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row's columns that are fields of `cls` (a query may return a few more)."""
+    return {f.name: row[f.name] for f in fields(cls)}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message row (`storage.messages.MSG_COLUMNS`); its fields are the protocol's
+    message object, so it is sent as it is. `role` is the author's part in the
+    conversation (user, assistant, agent, system), not a user `Role`."""
+
+    id: UUID
+    conversation_id: UUID
+    seq: int
+    sender_id: UUID | None
+    role: str
+    content: str
+    client_id: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    edited_at: datetime | None
+    deleted: bool
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Message:
+        return cls(**_pick(cls, row))
