@@ -13,7 +13,7 @@ from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.pipeline import authorize, commit_message, fan_out, get_pipeline, load_conversation
 from storage import conversations, messages, users
-from storage.records import Role
+from storage.records import Conversation, ConversationMembership, Role
 
 MAX_GROUP_MEMBERS = 100
 UNADDABLE_ROLES = frozenset({Role.GUEST})  # conversation:create refuses these members
@@ -23,12 +23,12 @@ TYPING_EVERY_SECONDS = 2.0
 TYPING_TABLE_MAX = 10_000
 
 
-def conversation_out(conv: dict[str, Any], members: list[dict[str, Any]], unread: int = 0) -> dict[str, Any]:
+def conversation_out(conv: Conversation, members: list[dict[str, Any]], unread: int = 0) -> dict[str, Any]:
     """The protocol's conversation object."""
     return {
-        "id": conv["id"], "kind": conv["kind"], "title": conv["title"], "status": conv["status"],
-        "mode": conv["mode"], "members": members, "last_seq": conv["last_seq"], "unread": unread,
-        "context": conv["context"], "created_at": conv["created_at"],
+        "id": conv.id, "kind": conv.kind, "title": conv.title, "status": conv.status,
+        "mode": conv.mode, "members": members, "last_seq": conv.last_seq, "unread": unread,
+        "context": conv.context, "created_at": conv.created_at,
     }
 
 
@@ -73,8 +73,8 @@ async def create(core: Core, actor: Actor, *, kind: str, member_ids: list[UUID],
             conv = await conversations.get_by_direct_key(conn, direct_key)
             assert conv is not None
         else:
-            await conversations.add_members(conn, conv["id"], everyone)
-    out = await describe(core, conv["id"], actor.user_id)
+            await conversations.add_members(conn, conv.id, everyone)
+    out = await describe(core, conv.id, actor.user_id)
     if created:
         await core.events.to_users(everyone, "conversation:new", {"conversation": {**out, "unread": 0}})
     return {"conversation": out}
@@ -83,8 +83,8 @@ async def create(core: Core, actor: Actor, *, kind: str, member_ids: list[UUID],
 async def list_mine(core: Core, actor: Actor) -> dict[str, Any]:
     async with core.db.connection() as conn:
         rows = await conversations.list_for_user(conn, actor.user_id)
-        members = await conversations.members(conn, [r["id"] for r in rows])
-    return {"conversations": [conversation_out(r, members[r["id"]], r["unread"]) for r in rows]}
+        members = await conversations.members(conn, [conv.id for conv, _ in rows])
+    return {"conversations": [conversation_out(conv, members[conv.id], unread) for conv, unread in rows]}
 
 
 async def send(core: Core, actor: Actor, *, conversation_id: UUID, content: str, client_id: str) -> dict[str, Any]:
@@ -92,11 +92,13 @@ async def send(core: Core, actor: Actor, *, conversation_id: UUID, content: str,
     return {"message": message}
 
 
-async def _own_message(core: Core, actor: Actor, message_id: UUID, *, staff_may: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+async def _own_message(
+    core: Core, actor: Actor, message_id: UUID, *, staff_may: bool
+) -> tuple[dict[str, Any], ConversationMembership]:
     """The message and its conversation if the actor may change it. A message in a
     conversation the actor may not read gets exactly the answer of one that does not
     exist; only then are sender and state checked (the actor can see those anyway)."""
-    conv: dict[str, Any] | None = None
+    conv: ConversationMembership | None = None
     async with core.db.connection() as conn:
         msg = await messages.get(conn, message_id)
         if msg is not None:
@@ -153,10 +155,10 @@ async def typing(core: Core, actor: Actor, *, conversation_id: UUID, is_typing: 
     return {}
 
 
-async def _to_others(core: Core, conv: dict[str, Any], actor: Actor, event: str, data: dict[str, Any]) -> None:
+async def _to_others(core: Core, conv: ConversationMembership, actor: Actor, event: str, data: dict[str, Any]) -> None:
     """Everyone who follows the conversation but the actor (whose other tabs need no echo)."""
-    if get_pipeline(core).policy(conv["kind"]).fans_out_to_members(conv):
-        await core.events.to_users([m for m in conv["member_ids"] if m != actor.user_id], event, data)
+    if get_pipeline(core).policy(conv.kind).fans_out_to_members(conv):
+        await core.events.to_users([m for m in conv.member_ids if m != actor.user_id], event, data)
     else:
         await fan_out(core, conv, event, data)
 
@@ -196,7 +198,7 @@ async def sync(core: Core, actor: Actor, *, since: dict[UUID, int]) -> dict[str,
                 await authorize(core, conn, conv, actor)
             except ApiError:
                 continue
-            readable_ids.add(conv["id"])
+            readable_ids.add(conv.id)
         readable = {cid: seq for cid, seq in since.items() if cid in readable_ids}
         budget = core.settings.sync_max_bytes
         found = await messages.since(conn, readable, limit=SYNC_PAGE, max_bytes=budget)

@@ -63,3 +63,60 @@ class Message:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Message:
         return cls(**_pick(cls, row))
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """A conversation row (`storage.conversations.CONV_COLUMNS`). `mode` is set for tutor
+    conversations only (ai, waiting, human); `context` is {} when none was given."""
+
+    id: UUID
+    kind: str
+    title: str | None
+    status: str
+    mode: str | None
+    context: dict[str, Any]
+    created_by: UUID | None
+    last_seq: int
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Conversation:
+        return cls(**_pick(cls, row))
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationAccess:
+    """What an access check needs (`storage.conversations.access_rows`): the conversation's
+    kind and status and one user's membership. Each kind's `KindPolicy` decides from
+    these alone, or with a query of its own (live rooms)."""
+
+    id: UUID
+    kind: str
+    status: str
+    is_member: bool
+    member_role: str | None  # member, agent; None when not a member
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ConversationAccess:
+        return cls(**_pick(cls, row))
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationMembership(ConversationAccess):
+    """The conversation with one user's membership and the member list
+    (`storage.conversations.get_with_membership`): everything a send needs before its
+    insert. `member_ids` is empty for live rooms, whose audience is whoever joined."""
+
+    title: str | None
+    mode: str | None
+    context: dict[str, Any]
+    created_by: UUID | None
+    last_seq: int
+    created_at: datetime
+    last_read_seq: int
+    member_ids: list[UUID]
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ConversationMembership:
+        return cls(**_pick(cls, row))

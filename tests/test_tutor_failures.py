@@ -185,7 +185,7 @@ async def test_tutor_escalate_event(start_instance: Any, db: Database) -> None:
         ack = await sock.ok("tutor:escalate", {"conversation_id": conv["id"], "reason": "I am stuck on homework"})
         assert ack["ticket"]["conversation_id"] == conv["id"]
         async with db.connection() as conn:
-            assert (await conversations.get(conn, uuid.UUID(conv["id"])))["mode"] == "waiting"
+            assert (await conversations.get(conn, uuid.UUID(conv["id"]))).mode == "waiting"
         [decision] = await wait_decisions(db, conv["id"])
         assert decision["reason"] == "requested_by_student" and decision["outcome"] == "escalated"
         # The AI now stays silent.

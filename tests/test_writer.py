@@ -23,8 +23,8 @@ async def make_conversations(db: Database, n: int) -> tuple[uuid.UUID, list[uuid
         ids = []
         for i in range(n):
             conv = await conversations.insert_conversation(conn, kind="group", title=f"g{i}", created_by=user["id"])
-            await conversations.add_members(conn, conv["id"], [user["id"]])
-            ids.append(conv["id"])
+            await conversations.add_members(conn, conv.id, [user["id"]])
+            ids.append(conv.id)
     return user["id"], ids
 
 
@@ -48,7 +48,7 @@ async def test_concurrent_messages_share_batches_and_keep_order(db: Database) ->
         for cid in convs:
             history, _ = await messages.history(conn, cid, before_seq=None, limit=100)
             assert [m["content"] for m in history] == [f"m{i}" for i in range(10)]
-            assert (await conversations.get_with_membership(conn, cid, sender))["last_seq"] == 10
+            assert (await conversations.get_with_membership(conn, cid, sender)).last_seq == 10
 
 
 async def test_one_bad_message_fails_alone(db: Database) -> None:

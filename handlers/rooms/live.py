@@ -33,6 +33,7 @@ from handlers.events import conversation_room
 from handlers.rooms import sessions
 from storage import audit, connections, messages, rooms, users
 from storage.availability import DatabaseUnavailable
+from storage.records import ConversationAccess
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,14 @@ class RoomPolicy:
     room is live and the sender is not muted. The host and admins may always read, and
     write while live. Messages go to the sockets in the room, not to stored members."""
 
-    async def _state(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> dict[str, Any]:
+    async def _state(self, core: Core, conn: asyncpg.Connection | None, conv: ConversationAccess, actor: Actor) -> dict[str, Any]:
         async with core.db.connection() if conn is None else nullcontext(conn) as c:
-            state = await rooms.session_for_conversation(c, conv["id"], actor.user_id)
+            state = await rooms.session_for_conversation(c, conv.id, actor.user_id)
         if state is None:
             raise ApiError("not_found", "No such conversation.")
         return state
 
-    async def check_read(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None:
+    async def check_read(self, core: Core, conn: asyncpg.Connection | None, conv: ConversationAccess, actor: Actor) -> None:
         state = await self._state(core, conn, conv, actor)
         if sessions.may_moderate(actor, state):
             return
@@ -63,7 +64,7 @@ class RoomPolicy:
         if not state["present"]:
             raise ApiError("forbidden", "Join the room to read its chat.")
 
-    async def check_send(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None:
+    async def check_send(self, core: Core, conn: asyncpg.Connection | None, conv: ConversationAccess, actor: Actor) -> None:
         state = await self._state(core, conn, conv, actor)
         if state["status"] != "live":
             raise ApiError("not_live", f"The room is {state['status']}.")
@@ -76,7 +77,7 @@ class RoomPolicy:
         if state["muted"]:
             raise ApiError("forbidden", "You are muted in this room.")
 
-    def fans_out_to_members(self, conv: dict[str, Any]) -> bool:
+    def fans_out_to_members(self, conv: ConversationAccess) -> bool:
         return False
 
 

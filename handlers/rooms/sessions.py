@@ -97,7 +97,7 @@ async def create(
         await rooms.insert_session(
             conn, session_id=session_id, title=title, host_id=actor.user_id, type=type,
             scheduled_start_time=scheduled_start_time, max_participants=max_participants,
-            is_featured=is_featured, conversation_id=conv["id"],
+            is_featured=is_featured, conversation_id=conv.id,
         )
         await audit.record(conn, "live_session.create", actor_id=actor.user_id, target_type="live_session", target_id=session_id)
         row = await rooms.get_session(conn, session_id)

@@ -27,7 +27,7 @@ from handlers.tutor.limits import gate_of
 from rag.decide import HUMAN, NO_MATERIAL, NO_MATERIAL_AGAIN, SAFETY, safety_concern
 from storage import audit, conversations, messages, users
 from storage import tickets as store
-from storage.records import STAFF_ROLES, Role
+from storage.records import STAFF_ROLES, ConversationMembership, Role
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class TicketService:
                 conv = await conversations.get(conn, conversation_id, for_update=True)
                 if conv is None:
                     raise ApiError("not_found", "No such conversation.")
-                if conv["kind"] != "tutor":
+                if conv.kind != "tutor":
                     raise ApiError("bad_request", "Only tutor conversations can be escalated.")
                 existing = await store.active_for_conversation(conn, conversation_id)
                 if existing is not None:
@@ -176,8 +176,8 @@ class TicketService:
                 row = await store.insert(
                     conn,
                     conversation_id=conversation_id,
-                    user_id=conv["created_by"],
-                    subject=_subject(recent, conv["title"], "Help requested"),
+                    user_id=conv.created_by,
+                    subject=_subject(recent, conv.title, "Help requested"),
                     category=category_for(reason, category=category, priority=prio, source=source),
                     priority=prio,
                     escalation_reason=reason,
@@ -186,7 +186,7 @@ class TicketService:
                     parent_ticket_id=previous["id"] if previous else None,
                 )
                 await conversations.set_mode(conn, conversation_id, "waiting")
-                if conv["status"] == "closed":
+                if conv.status == "closed":
                     await conversations.set_status(conn, conversation_id, "open")
                 await audit.record(
                     conn, "ticket.escalated", actor_id=escalated_by_id, target_type="ticket", target_id=row["id"],
@@ -221,13 +221,13 @@ class TicketService:
                     ticket = ticket_out(current)
         return ticket
 
-    async def reopen_after_close(self, core: Core, conv: dict[str, Any], message: dict[str, Any]) -> None:
+    async def reopen_after_close(self, core: Core, conv: ConversationMembership, message: dict[str, Any]) -> None:
         """Pipeline hook: a user writing in a closed tutor conversation opens one new ticket,
         linked to the last. Only user messages count, so the system notices it writes cannot
         loop; concurrent messages meet the conversation row lock and find the new ticket."""
-        if conv["kind"] != "tutor" or conv["status"] != "closed" or message["role"] != "user":
+        if conv.kind != "tutor" or conv.status != "closed" or message["role"] != "user":
             return
-        core.spawn(self._reopen(core, conv["id"], message), name=f"ticket-reopen:{conv['id']}")
+        core.spawn(self._reopen(core, conv.id, message), name=f"ticket-reopen:{conv.id}")
 
     async def _reopen(self, core: Core, conversation_id: UUID, message: dict[str, Any]) -> None:
         try:
@@ -362,7 +362,7 @@ async def seat_agent(conn: asyncpg.Connection, conversation_id: UUID, agent_id: 
 async def unseat_agent(conn: asyncpg.Connection, conversation_id: UUID, agent_id: UUID) -> None:
     """Remove an agent who joined for a ticket; never a member who was there in another role."""
     membership = await conversations.get_with_membership(conn, conversation_id, agent_id)
-    if membership and membership["is_member"] and membership["member_role"] == "agent":
+    if membership and membership.is_member and membership.member_role == "agent":
         await conversations.remove_member(conn, conversation_id, agent_id)
 
 

@@ -34,6 +34,7 @@ from rag.retrieval import SearchResult
 from rag.tokens import count_tokens
 from storage import conversations, messages
 from storage import tutor as store
+from storage.records import Conversation
 
 if TYPE_CHECKING:
     from handlers.tutor.service import TutorService
@@ -149,16 +150,16 @@ def _ms(start: float | None, end: float | None) -> float | None:
 class Turn:
     """One student message being handled."""
 
-    def __init__(self, svc: TutorService, job: Job, conv: dict[str, Any], msg: dict[str, Any], member_ids: list[UUID]) -> None:
+    def __init__(self, svc: TutorService, job: Job, conv: Conversation, msg: dict[str, Any], member_ids: list[UUID]) -> None:
         self.svc = svc
         self.core = svc.core
         self.job = job
         self.conv = conv
         self.msg = msg
-        self.cid: UUID = conv["id"]
+        self.cid: UUID = conv.id
         self.member_ids = member_ids
         self.question: str = msg["content"]
-        self.context: dict[str, Any] = conv["context"] or {}
+        self.context: dict[str, Any] = conv.context or {}
         self.live = LiveAnswer(self.cid)
         self.decision = Decision("answer", "relevant_material", 0.0)
         # The usage row written when the model call began (updated as text streams, and
@@ -484,12 +485,12 @@ async def handle(svc: TutorService, job: Job) -> None:
     async with core.db.connection() as conn:
         conv = await conversations.get(conn, job.conversation_id)
         msg = await messages.get(conn, job.message_id)
-        if (conv is None or conv["kind"] != "tutor" or conv["mode"] != "ai" or conv["status"] != "open"
-                or msg is None or msg["deleted"] or msg["role"] != "user" or msg["conversation_id"] != conv["id"]):
+        if (conv is None or conv.kind != "tutor" or conv.mode != "ai" or conv.status != "open"
+                or msg is None or msg["deleted"] or msg["role"] != "user" or msg["conversation_id"] != conv.id):
             return
-        if await store.is_answered(conn, conv["id"], msg["seq"], msg["id"]):
+        if await store.is_answered(conn, conv.id, msg["seq"], msg["id"]):
             return
-    context = conv["context"] or {}
+    context = conv.context or {}
 
     async def retrieve() -> list[SearchResult]:
         try:
@@ -501,15 +502,15 @@ async def handle(svc: TutorService, job: Job) -> None:
     async def load() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[UUID]]:
         limit = core.settings.tutor_history_messages
         async with core.db.connection() as conn:
-            recent = await messages.recent(conn, conv["id"], limit + HISTORY_SLACK)
-            previous = await store.decisions(conn, conv["id"], limit=1)
-            member_ids = await conversations.member_ids(conn, conv["id"])
+            recent = await messages.recent(conn, conv.id, limit + HISTORY_SLACK)
+            previous = await store.decisions(conn, conv.id, limit=1)
+            member_ids = await conversations.member_ids(conn, conv.id)
         return prior_messages(recent, msg["seq"], limit), previous, member_ids
 
     # Retrieval is most of the time before the model call: overlap it with the reads.
     hits, (history, previous, member_ids) = await asyncio.gather(retrieve(), load())
     turn = Turn(svc, job, conv, msg, member_ids)
-    svc.live[conv["id"]] = turn.live
+    svc.live[conv.id] = turn.live
     try:
         passages = [
             Passage(str(h.chunk_id), str(h.document_id), h.title, h.content, relevance(turn.question, h), h.source)
@@ -523,5 +524,5 @@ async def handle(svc: TutorService, job: Job) -> None:
         else:
             await turn.answer(passages, history)
     finally:
-        if svc.live.get(conv["id"]) is turn.live:
-            del svc.live[conv["id"]]
+        if svc.live.get(conv.id) is turn.live:
+            del svc.live[conv.id]
