@@ -25,11 +25,11 @@ from handlers.errors import ApiError
 from handlers.events import conversation_room
 from handlers.writer import ConversationLoader, MessageWriter
 from storage import conversations, messages
-from storage.records import ConversationAccess, ConversationMembership
+from storage.records import ConversationAccess, ConversationMembership, Message
 
 log = logging.getLogger(__name__)
 
-AfterCommit = Callable[[Core, ConversationMembership, dict[str, Any]], Awaitable[None]]
+AfterCommit = Callable[[Core, ConversationMembership, Message], Awaitable[None]]
 # (core, conversation, sender, role, client_id) before a sender's message is written: raising
 # an ApiError refuses the send, with nothing stored (the tutor's question limit).
 BeforeCommit = Callable[[Core, ConversationMembership, Actor, str, str | None], Awaitable[None]]
@@ -156,7 +156,7 @@ async def commit_message(
     check_access: bool = True,
     message_id: UUID | None = None,
     require_mode: str | None = None,
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[Message, bool]:
     """Commit a message with the next seq, then fan it out. Returns (message, duplicate).
 
     `sender=None` is the system or the AI tutor. `role=None` derives it from the sender:
@@ -190,7 +190,7 @@ async def commit_message(
         if not duplicate:
             await fan_out(core, conv, "message:new", {"message": message})
     if not duplicate:
-        conv = replace(conv, last_seq=message["seq"])
+        conv = replace(conv, last_seq=message.seq)
         for hook in pipeline.after_commit:
             try:
                 await hook(core, conv, message)

@@ -13,7 +13,7 @@ from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.pipeline import authorize, commit_message, fan_out, get_pipeline, load_conversation
 from storage import conversations, messages, users
-from storage.records import Conversation, ConversationMembership, Role
+from storage.records import Conversation, ConversationMembership, Message, Role
 
 MAX_GROUP_MEMBERS = 100
 UNADDABLE_ROLES = frozenset({Role.GUEST})  # conversation:create refuses these members
@@ -94,7 +94,7 @@ async def send(core: Core, actor: Actor, *, conversation_id: UUID, content: str,
 
 async def _own_message(
     core: Core, actor: Actor, message_id: UUID, *, staff_may: bool
-) -> tuple[dict[str, Any], ConversationMembership]:
+) -> tuple[Message, ConversationMembership]:
     """The message and its conversation if the actor may change it. A message in a
     conversation the actor may not read gets exactly the answer of one that does not
     exist; only then are sender and state checked (the actor can see those anyway)."""
@@ -103,14 +103,14 @@ async def _own_message(
         msg = await messages.get(conn, message_id)
         if msg is not None:
             try:
-                conv = await load_conversation(core, conn, msg["conversation_id"], actor)
+                conv = await load_conversation(core, conn, msg.conversation_id, actor)
             except ApiError:  # not a member, not in the live room, banned: it cannot be read
                 conv = None
     if msg is None or conv is None:
         raise ApiError("not_found", "No such message.")
-    if msg["sender_id"] != actor.user_id and not (staff_may and actor.is_staff):
+    if msg.sender_id != actor.user_id and not (staff_may and actor.is_staff):
         raise ApiError("forbidden", "Only the sender may change this message.")
-    if msg["deleted"]:
+    if msg.deleted:
         raise ApiError("conflict", "This message was deleted.")
     return msg, conv
 
@@ -209,14 +209,14 @@ async def sync(core: Core, actor: Actor, *, since: dict[UUID, int]) -> dict[str,
     }
 
 
-def _within(found: dict[UUID, tuple[list[dict[str, Any]], bool]], max_bytes: int) -> dict[UUID, tuple[list[dict[str, Any]], bool]]:
+def _within(found: dict[UUID, tuple[list[Message], bool]], max_bytes: int) -> dict[UUID, tuple[list[Message], bool]]:
     """Cut a sync answer at `max_bytes` of encoded messages (the query's estimate can be low
     when JSON escapes the text), keeping at least one message so each call makes progress."""
     used = 0
     full = False
-    out: dict[UUID, tuple[list[dict[str, Any]], bool]] = {}
+    out: dict[UUID, tuple[list[Message], bool]] = {}
     for cid, (msgs, complete) in found.items():
-        kept: list[dict[str, Any]] = []
+        kept: list[Message] = []
         for msg in msgs:
             size = len(orjson.dumps(msg, default=str))
             if full or (used and used + size > max_bytes):

@@ -78,7 +78,7 @@ async def test_ticket_detail_gives_transcript_sources_notes_and_decisions(api: A
             tutor_store = None
         if tutor_store is not None:
             decision = await tutor_store.log_decision(
-                conn, conversation_id=uuid.UUID(cid), message_id=None, answer_id=answer["id"], action="answer",
+                conn, conversation_id=uuid.UUID(cid), message_id=None, answer_id=answer.id, action="answer",
                 reason="relevant_material", confidence=0.82, category=None, urgent=False, outcome="answered", model="fake",
             )
     ticket = await escalate(server, cid)
@@ -89,7 +89,7 @@ async def test_ticket_detail_gives_transcript_sources_notes_and_decisions(api: A
     assert body["ticket"]["id"] == tid and body["ticket"]["number"] == ticket["number"]
     roles = [m["role"] for m in body["messages"]]
     assert roles == ["user", "assistant", "system"] and body["messages_complete"] is True
-    ai = next(m for m in body["messages"] if m["id"] == str(answer["id"]))
+    ai = next(m for m in body["messages"] if m["id"] == str(answer.id))
     assert ai["metadata"]["citations"] == [citation]
     assert [n["content"] for n in body["notes"]] == ["first note"]
     assert body["notes"][0]["author_name"] == agent.name
@@ -99,7 +99,7 @@ async def test_ticket_detail_gives_transcript_sources_notes_and_decisions(api: A
     else:
         assert [(d["id"], d["action"], d["reason"], d["model"]) for d in body["decisions"]] == [
             (decision["id"], "answer", "relevant_material", "fake")]
-        assert body["decisions"][0]["answer_id"] == str(answer["id"])
+        assert body["decisions"][0]["answer_id"] == str(answer.id)
 
 
 @pytest.mark.slow

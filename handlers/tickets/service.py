@@ -27,7 +27,7 @@ from handlers.tutor.limits import gate_of
 from rag.decide import HUMAN, NO_MATERIAL, NO_MATERIAL_AGAIN, SAFETY, safety_concern
 from storage import audit, conversations, messages, users
 from storage import tickets as store
-from storage.records import STAFF_ROLES, ConversationMembership, Role
+from storage.records import STAFF_ROLES, ConversationMembership, Message, Role
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,10 @@ def category_for(reason: str, *, category: str | None, priority: str, source: st
     return "other"
 
 
-def _subject(recent: list[dict[str, Any]], title: str | None, fallback: str) -> str:
+def _subject(recent: list[Message], title: str | None, fallback: str) -> str:
     for msg in reversed(recent):
-        if msg["role"] == "user" and not msg["deleted"] and msg["content"].strip():
-            line = " ".join(msg["content"].split())
+        if msg.role == "user" and not msg.deleted and msg.content.strip():
+            line = " ".join(msg.content.split())
             return line if len(line) <= SUBJECT_CHARS else line[: SUBJECT_CHARS - 1] + "…"
     return title or fallback
 
@@ -221,19 +221,19 @@ class TicketService:
                     ticket = ticket_out(current)
         return ticket
 
-    async def reopen_after_close(self, core: Core, conv: ConversationMembership, message: dict[str, Any]) -> None:
+    async def reopen_after_close(self, core: Core, conv: ConversationMembership, message: Message) -> None:
         """Pipeline hook: a user writing in a closed tutor conversation opens one new ticket,
         linked to the last. Only user messages count, so the system notices it writes cannot
         loop; concurrent messages meet the conversation row lock and find the new ticket."""
-        if conv.kind != "tutor" or conv.status != "closed" or message["role"] != "user":
+        if conv.kind != "tutor" or conv.status != "closed" or message.role != "user":
             return
         core.spawn(self._reopen(core, conv.id, message), name=f"ticket-reopen:{conv.id}")
 
-    async def _reopen(self, core: Core, conversation_id: UUID, message: dict[str, Any]) -> None:
+    async def _reopen(self, core: Core, conversation_id: UUID, message: Message) -> None:
         try:
             await self._escalate(
-                core, conversation_id=conversation_id, reason=REOPEN_REASON, escalated_by_id=message["sender_id"],
-                source="reopen", urgent=safety_concern(message["content"]),
+                core, conversation_id=conversation_id, reason=REOPEN_REASON, escalated_by_id=message.sender_id,
+                source="reopen", urgent=safety_concern(message.content),
             )
         except ApiError as err:
             if err.code != "rate_limited":

@@ -36,7 +36,7 @@ from rag.offline import MODEL_NAME as OFFLINE_MODEL
 from rag.retrieval import KnowledgeBase
 from storage import conversations, messages
 from storage import tutor as store
-from storage.records import ConversationMembership, Role
+from storage.records import ConversationMembership, Message, Role
 
 log = logging.getLogger(__name__)
 
@@ -289,13 +289,13 @@ async def check_question(
         raise
 
 
-async def on_message_committed(core: Core, conv: ConversationMembership, message: dict[str, Any]) -> None:
+async def on_message_committed(core: Core, conv: ConversationMembership, message: Message) -> None:
     """Pipeline hook: a student's message in an AI-answered tutor conversation is queued."""
-    if conv.kind != "tutor" or message["role"] != "user" or conv.mode != "ai":
+    if conv.kind != "tutor" or message.role != "user" or conv.mode != "ai":
         return
     service = core.services.get("tutor")
     if service is not None:
-        service.enqueue(conv.id, message["id"], message["seq"])
+        service.enqueue(conv.id, message.id, message.seq)
 
 
 # ---- client events ------------------------------------------------------------------
