@@ -120,3 +120,43 @@ class ConversationMembership(ConversationAccess):
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ConversationMembership:
         return cls(**_pick(cls, row))
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """A support ticket (`storage.tickets.TICKET_COLUMNS`). The fields are the protocol's
+    ticket object plus its documented extra fields, in the order the wire object lists
+    them; `to_wire()` is that object."""
+
+    id: UUID
+    number: str  # SH-000123
+    conversation_id: UUID
+    user_id: UUID | None
+    subject: str
+    category: str | None
+    priority: str
+    status: str  # open, assigned, resolved, closed
+    assigned_to: UUID | None
+    escalation_reason: str
+    sla_due_at: datetime
+    sla_breached: bool
+    created_at: datetime
+    resolved_at: datetime | None
+    # additions to the protocol's ticket object
+    escalated_by: UUID | None
+    escalation_source: str
+    parent_ticket_id: UUID | None
+    resolution: str | None
+    handback: str | None  # ai, close
+    resolved_by: UUID | None
+    assigned_at: datetime | None
+    closed_at: datetime | None
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Ticket:
+        return cls(**_pick(cls, row))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The protocol's ticket object (plus the documented extra fields)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}

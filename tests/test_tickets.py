@@ -303,7 +303,7 @@ async def test_students_and_mentors_get_forbidden_on_agent_events(api: Api, db, 
             assert ack["ok"] is False and ack["error"]["code"] == "forbidden", (user.role, event, ack)
     async with db.connection() as conn:
         t = await tickets.get(conn, uuid.UUID(tid))
-    assert t["status"] == "open" and t["assigned_to"] is None
+    assert t.status == "open" and t.assigned_to is None
     assert [e["action"] for e in await audit_actions(db)] == ["ticket.escalated"]
 
 

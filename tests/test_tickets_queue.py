@@ -121,8 +121,8 @@ async def test_sla_breach_is_marked_once_and_announced(start_instance, session, 
         await asyncio.sleep(0.7)  # several more sweeps: announced once only, the other untouched
         assert len([d for d in sa.received("ticket:updated") if d["ticket"]["id"] == str(late["id"])]) == 1
         async with db.connection() as conn:
-            assert (await tickets.get(conn, late["id"]))["sla_breached"] is True
-            assert (await tickets.get(conn, fine["id"]))["sla_breached"] is False
+            assert (await tickets.get(conn, late["id"])).sla_breached is True
+            assert (await tickets.get(conn, fine["id"])).sla_breached is False
         breaches = [e for e in await audit_actions(db) if e["action"] == "ticket.sla_breached"]
         assert [e["target_id"] for e in breaches] == [str(late["id"])]
     finally:
@@ -145,7 +145,7 @@ async def test_sla_breach_flagged_once_with_both_instances_sweeping(cluster, ses
         # Sweep from both instances at once, as their loops would, then once more.
         results = await asyncio.gather(*[check_sla(core_of(i)) for i in (one, two, one, two)])
         results.append(await check_sla(core_of(two)))
-        flagged = [x["id"] for r in results for x in r]
+        flagged = [x.id for r in results for x in r]
         assert flagged == [t["id"]]
         await sa.wait_for("ticket:updated", lambda d: d["ticket"]["id"] == str(t["id"]) and d["ticket"]["sla_breached"])
         await asyncio.sleep(0.3)
@@ -181,7 +181,7 @@ async def test_auto_assignment_round_robin_under_the_limit(start_instance, sessi
         first_agent = socks[[a.id for a in online].index(owners[0])]
         await first_agent.wait_for("conversation:new", lambda d: d["conversation"]["id"] == cids[0])
         async with db.connection() as conn:
-            assert (await tickets.get(conn, results[4]["id"]))["status"] == "open"
+            assert (await tickets.get(conn, results[4]["id"])).status == "open"
         # A slot frees up: the waiting ticket goes to that agent on the next sweep.
         await first_agent.ok("ticket:resolve", {"ticket_id": str(results[0]["id"]), "handback": "ai"})
         got = await first_agent.wait_for(
@@ -207,9 +207,9 @@ async def test_agent_coming_online_takes_waiting_tickets(start_instance, session
         await asyncio.sleep(0.3)
         async with db.connection() as conn:
             states = [(await tickets.get(conn, t["id"])) for t in waiting]
-        assigned = [s for s in states if s["status"] == "assigned"]
-        assert len(assigned) == 1 and str(assigned[0]["assigned_to"]) == agent.id  # the limit is 1
-        assert str(assigned[0]["conversation_id"]) == first["conversation"]["id"]
+        assigned = [s for s in states if s.status == "assigned"]
+        assert len(assigned) == 1 and str(assigned[0].assigned_to) == agent.id  # the limit is 1
+        assert str(assigned[0].conversation_id) == first["conversation"]["id"]
     finally:
         await api.close_sockets()
 
