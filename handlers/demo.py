@@ -149,8 +149,8 @@ async def _room(core: Core, mentor: dict[str, Any]) -> tuple[dict[str, Any], boo
     async with core.db.connection() as conn:
         hosted = await room_store.list_sessions(conn, status=None, host_id=mentor["id"], limit=100)
     for row in hosted:
-        if row["title"] == ROOM_TITLE and row["status"] in ("scheduled", "live"):
-            return rooms.session_out(row), False
+        if row.title == ROOM_TITLE and row.status in ("scheduled", "live"):
+            return row.to_wire(), False
     made = await rooms.create(
         core, _acting(mentor), title=ROOM_TITLE, type="qa",
         scheduled_start_time=next_start(datetime.now(UTC)), max_participants=ROOM_CAPACITY, is_featured=True,

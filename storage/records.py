@@ -160,3 +160,91 @@ class Ticket:
     def to_wire(self) -> dict[str, Any]:
         """The protocol's ticket object (plus the documented extra fields)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSession:
+    """A live session with its seat count and its host's name and role
+    (`storage.rooms.SESSION_SELECT`); `to_wire()` is the protocol's live_session object."""
+
+    id: UUID
+    title: str
+    host_id: UUID
+    status: str  # scheduled, live, ended, cancelled
+    type: str
+    scheduled_start_time: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    max_participants: int
+    current_participants: int  # present users other than the host
+    conversation_id: UUID  # the room's chat
+    is_featured: bool
+    created_at: datetime
+    host_name: str
+    host_role: str
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> LiveSession:
+        return cls(**_pick(cls, row))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The protocol's live_session object (plus `host` and `created_at`)."""
+        return {
+            "id": self.id, "title": self.title, "host_id": self.host_id, "status": self.status, "type": self.type,
+            "scheduled_start_time": self.scheduled_start_time, "started_at": self.started_at,
+            "ended_at": self.ended_at, "max_participants": self.max_participants,
+            "current_participants": self.current_participants, "conversation_id": self.conversation_id,
+            "is_featured": self.is_featured, "host": {"id": self.host_id, "name": self.host_name, "role": self.host_role},
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLock:
+    """What `storage.rooms.lock_session` reads under the session row lock."""
+
+    id: UUID
+    status: str
+    host_id: UUID
+    max_participants: int
+    conversation_id: UUID
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> SessionLock:
+        return cls(**_pick(cls, row))
+
+
+@dataclass(frozen=True, slots=True)
+class RoomAccess:
+    """What the room chat policy needs (`storage.rooms.session_for_conversation`): the
+    session's state and one user's place in it."""
+
+    id: UUID  # the live session
+    status: str
+    host_id: UUID
+    present: bool
+    banned: bool
+    muted: bool
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> RoomAccess:
+        return cls(**_pick(cls, row))
+
+
+@dataclass(frozen=True, slots=True)
+class RoomParticipant:
+    """A user's place in a live session (a `room_participants` row), present or not."""
+
+    live_session_id: UUID
+    user_id: UUID
+    joined_at: datetime
+    left_at: datetime | None  # None while present
+    away_since: datetime | None
+    muted: bool
+    hand_raised: bool
+    banned: bool
+    kicked_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> RoomParticipant:
+        return cls(**_pick(cls, row))
