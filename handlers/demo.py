@@ -113,7 +113,7 @@ async def _account(core: Core, account: DemoAccount) -> tuple[dict[str, Any], bo
     async with core.db.connection() as conn:
         row = await users.get_user_by_email(conn, account.email)
     if row is not None:
-        return auth.public_user(row), False
+        return row.public(), False
     made = await auth.create_user(
         core, email=account.email, password=account.password, name=account.name, role=account.role
     )

@@ -64,7 +64,7 @@ async def create(core: Core, actor: Actor, *, kind: str, member_ids: list[UUID],
         found = await users.get_users(conn, others)
         # Guests (anonymous widget visitors) are never added to threads. A guest's id and
         # an id that is no user get the same answer, so it confirms no guest's id.
-        if len([u for u in found if u["role"] not in UNADDABLE_ROLES]) != len(others):
+        if len([u for u in found if u.role not in UNADDABLE_ROLES]) != len(others):
             raise ApiError("bad_request", "Some member_ids are not users you can add.")
         conv = await conversations.insert_conversation(conn, kind=kind, title=title, created_by=actor.user_id, direct_key=direct_key)
         created = conv is not None

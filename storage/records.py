@@ -16,7 +16,7 @@ Frozen: a record is a snapshot of a row; a changed row is a new record
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -40,6 +40,39 @@ STAFF_ROLES = (Role.AGENT, Role.ADMIN)
 def _pick(cls: type, row: Mapping[str, Any]) -> dict[str, Any]:
     """The row's columns that are fields of `cls` (a query may return a few more)."""
     return {f.name: row[f.name] for f in fields(cls)}
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """An account (`storage.users.USER_COLUMNS`). `public()` is the protocol's user object:
+    never the email, the hash or the activity time."""
+
+    id: UUID
+    email: str | None  # None for guests
+    name: str
+    role: Role
+    password_hash: str | None = field(repr=False)  # None for guests
+    created_at: datetime
+    last_active_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> User:
+        return cls(**{**_pick(cls, row), "role": Role(row["role"])})
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "role": self.role}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUser(User):
+    """A live sign-in token's user (`storage.users.find_token_user`), with the token."""
+
+    token_id: UUID
+    expires_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> TokenUser:
+        return cls(**{**_pick(cls, row), "role": Role(row["role"])})
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,10 +22,10 @@ async def make_conversations(db: Database, n: int) -> tuple[uuid.UUID, list[uuid
                                   password_hash="x", role="student")
         ids = []
         for i in range(n):
-            conv = await conversations.insert_conversation(conn, kind="group", title=f"g{i}", created_by=user["id"])
-            await conversations.add_members(conn, conv.id, [user["id"]])
+            conv = await conversations.insert_conversation(conn, kind="group", title=f"g{i}", created_by=user.id)
+            await conversations.add_members(conn, conv.id, [user.id])
             ids.append(conv.id)
-    return user["id"], ids
+    return user.id, ids
 
 
 async def test_concurrent_messages_share_batches_and_keep_order(db: Database) -> None:

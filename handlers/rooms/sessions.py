@@ -177,7 +177,7 @@ async def favorite(core: Core, actor: Actor, *, user_id: UUID, notify_when_onlin
         if target is None:  # no such user, or one the actor may not see: one answer
             raise ApiError("not_found", "No such user.")
         row = await rooms.upsert_favorite(conn, actor.user_id, user_id, notify_when_online)
-    return {"favorite": _favorite_out(row, target)}
+    return {"favorite": _favorite_out(row, target.public())}
 
 
 async def unfavorite(core: Core, actor: Actor, *, user_id: UUID) -> None:

@@ -132,7 +132,7 @@ async def auto_assign(core: Core, ticket_ids: list[UUID]) -> list[Ticket]:
             await audit.record(conn, "ticket.auto_assigned", target_type="ticket", target_id=ticket_id,
                                details={"number": row.number, "agent_id": str(agent_id)})
             done.append((row, agent_id))
-        names = {u["id"]: u["name"] for u in await users.get_users(conn, [a for _, a in done])} if done else {}
+        names = {u.id: u.name for u in await users.get_users(conn, [a for _, a in done])} if done else {}
     out = []
     for ticket, agent_id in done:
         await announce_agent_joined(core, ticket, agent_id, names.get(agent_id, "An agent"), event="assigned")

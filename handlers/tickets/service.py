@@ -273,7 +273,7 @@ class TicketService:
                 raise ApiError("conflict", f"Ticket {current.number} is already {current.status}.")
             _check_holder(current, actor, "transfer")
             target = await users.get_user(conn, agent_id)
-            if target is None or target["role"] not in STAFF_ROLES:
+            if target is None or target.role not in STAFF_ROLES:
                 raise ApiError("bad_request", "agent_id must be an agent or an admin.")
             previous = current.assigned_to
             if previous == agent_id:
@@ -285,7 +285,7 @@ class TicketService:
             await seat_agent(conn, row.conversation_id, agent_id)
             await audit.record(conn, "ticket.transferred", actor_id=actor.user_id, target_type="ticket", target_id=ticket_id,
                                details={"number": row.number, "from": str(previous) if previous else None, "to": str(agent_id)})
-        await announce_agent_joined(core, row, agent_id, target["name"], event="transferred",
+        await announce_agent_joined(core, row, agent_id, target.name, event="transferred",
                                     left=[previous] if previous else [])
         return {"ticket": row.to_wire()}
 
