@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
+from functools import cache
 from typing import Any
 from uuid import UUID
 
@@ -37,9 +38,14 @@ class Role(StrEnum):
 STAFF_ROLES = (Role.AGENT, Role.ADMIN)
 
 
+@cache
+def _names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
 def _pick(cls: type, row: Mapping[str, Any]) -> dict[str, Any]:
     """The row's columns that are fields of `cls` (a query may return a few more)."""
-    return {f.name: row[f.name] for f in fields(cls)}
+    return {name: row[name] for name in _names(cls)}
 
 
 @dataclass(frozen=True, slots=True)
