@@ -67,7 +67,7 @@ async def register(core: Core, *, email: str, password: str, name: str, ip: str 
     await signin_limits.check(core, "register", ip)
     password_hash = await hash_password(password)
     async with core.db.transaction() as conn:
-        row = await users.insert_user(conn, email=email, name=name, role="student", password_hash=password_hash)
+        row = await users.insert_user(conn, email=email, name=name, role=Role.STUDENT, password_hash=password_hash)
         if row is None:
             raise ApiError("conflict", "An account with this email already exists.")
         token = await _issue_token(core, conn, row.id, row.role)
@@ -164,9 +164,9 @@ async def guest(core: Core, *, name: str | None, ip: str | None) -> dict[str, An
         raise ApiError("forbidden", "Guest access is turned off on this server; sign in or create an account.")
     await signin_limits.check(core, "guest", ip)
     async with core.db.transaction() as conn:
-        row = await users.insert_user(conn, email=None, name=name or "Guest", role="guest", password_hash=None)
+        row = await users.insert_user(conn, email=None, name=name or "Guest", role=Role.GUEST, password_hash=None)
         assert row is not None
-        token = await _issue_token(core, conn, row.id, "guest")
+        token = await _issue_token(core, conn, row.id, Role.GUEST)
         await audit.record(conn, "login.guest", actor_id=row.id, target_type="user", target_id=row.id, ip=ip)
     return {"user": row.public(), "token": token}
 
