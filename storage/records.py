@@ -51,7 +51,7 @@ def _pick(cls: type, row: Mapping[str, Any]) -> dict[str, Any]:
 @dataclass(frozen=True, slots=True)
 class User:
     """An account (`storage.users.USER_COLUMNS`). `public()` is the protocol's user object:
-    never the email, the hash or the activity time."""
+    never the email, the hash or the activity time, so a User is never sent as it is."""
 
     id: UUID
     email: str | None  # None for guests
