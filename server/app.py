@@ -23,7 +23,9 @@ from handlers.core import Core
 from handlers.ratelimit import RateLimiter
 from handlers.settings import Settings
 from server import documents as documents_feature
+from server import identity as identity_feature
 from server import pages, revocation, routes_accounts, routes_static, threads
+from server import platform_api as platform_feature
 from server import rooms as rooms_feature
 from server import tickets as tickets_feature
 from server import tutor as tutor_feature
@@ -45,7 +47,8 @@ log = logging.getLogger(__name__)
 
 FEATURES = (
     routes_accounts, threads, documents_feature, tutor_feature, rooms_feature, tickets_feature, pages, routes_static,
-    revocation,
+    revocation, identity_feature,
+    platform_feature,  # API keys and the platform API
 )
 DEAD_AFTER_SECONDS = 45.0  # at least; never under 4.5 heartbeats (settings.instance_heartbeat_seconds)
 GUEST_SWEEP_SECONDS = 3600.0  # idle guests are counted in days: hourly is plenty

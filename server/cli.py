@@ -1,4 +1,4 @@
-"""The `studyhall` command: serve, migrate, createuser, ingest, reindex, demo."""
+"""The `studyhall` command: serve, migrate, createuser, ingest, reindex, demo, app."""
 
 from __future__ import annotations
 
@@ -222,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "demo", help="load a sample course with demo accounts and a live room, and print what to try (safe to rerun)"
     ).set_defaults(func=cmd_demo)
+    from server.identity_cli import add_commands as add_identity_commands
+
+    app_sub = add_identity_commands(sub)  # app create, app list
+    from server.platform_cli import add_commands as add_key_commands
+
+    add_key_commands(app_sub)  # app key create|list|revoke|rotate
     return parser
 
 
