@@ -37,6 +37,7 @@ from rag.retrieval import KnowledgeBase
 from storage import demo as demo_store
 from storage import messages, users
 from storage import rooms as room_store
+from storage.records import Role
 
 DEMO_COURSE = "biology-101"
 COURSE_TITLE = "Biology 101 · Photosynthesis"
@@ -112,7 +113,7 @@ async def _account(core: Core, account: DemoAccount) -> tuple[dict[str, Any], bo
     async with core.db.connection() as conn:
         row = await users.get_user_by_email(conn, account.email)
     if row is not None:
-        return auth.public_user(row), False
+        return row.public(), False
     made = await auth.create_user(
         core, email=account.email, password=account.password, name=account.name, role=account.role
     )
@@ -120,7 +121,7 @@ async def _account(core: Core, account: DemoAccount) -> tuple[dict[str, Any], bo
 
 
 def _acting(user: dict[str, Any]) -> Actor:
-    return Actor(user_id=user["id"], role=user["role"], name=user["name"], token_id=NO_TOKEN)
+    return Actor(user_id=user["id"], role=Role(user["role"]), name=user["name"], token_id=NO_TOKEN)
 
 
 async def _welcome(core: Core, mentor: dict[str, Any], student: dict[str, Any]) -> tuple[UUID, bool]:
@@ -148,8 +149,8 @@ async def _room(core: Core, mentor: dict[str, Any]) -> tuple[dict[str, Any], boo
     async with core.db.connection() as conn:
         hosted = await room_store.list_sessions(conn, status=None, host_id=mentor["id"], limit=100)
     for row in hosted:
-        if row["title"] == ROOM_TITLE and row["status"] in ("scheduled", "live"):
-            return rooms.session_out(row), False
+        if row.title == ROOM_TITLE and row.status in ("scheduled", "live"):
+            return row.to_wire(), False
     made = await rooms.create(
         core, _acting(mentor), title=ROOM_TITLE, type="qa",
         scheduled_start_time=next_start(datetime.now(UTC)), max_participants=ROOM_CAPACITY, is_featured=True,

@@ -24,10 +24,11 @@ from rag.extract import DocumentError, DocumentTooLarge
 from rag.ingest import ingest_paths
 from rag.retrieval import KnowledgeBase, SearchResult
 from storage import audit
+from storage.records import Role
 
 log = logging.getLogger(__name__)
 
-EDITOR_ROLES = ("mentor", "agent", "admin")
+EDITOR_ROLES = (Role.MENTOR, Role.AGENT, Role.ADMIN)
 MAX_K = 50
 
 

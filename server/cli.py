@@ -14,6 +14,7 @@ from typing import Any
 
 from handlers.settings import Settings
 from server.logs import setup_logging
+from storage.records import Role
 
 log = logging.getLogger("studyhall")
 
@@ -216,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     secret.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     cu.add_argument("--name", required=True)
-    cu.add_argument("--role", required=True, choices=["admin", "mentor", "agent", "student"])
+    cu.add_argument("--role", required=True, choices=[Role.ADMIN, Role.MENTOR, Role.AGENT, Role.STUDENT])
     cu.set_defaults(func=cmd_createuser)
     ing = sub.add_parser("ingest", help="add documents (files and folders) to the knowledge base")
     ing.add_argument("paths", nargs="+")

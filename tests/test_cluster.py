@@ -132,7 +132,7 @@ async def test_property_every_client_ends_with_seq_1_to_n_through_a_redis_restar
 
             async with db.connection() as conn:
                 stored, _ = await message_store.history(conn, uuid.UUID(cid), before_seq=None, limit=100_000)
-            truth = {m["seq"]: str(m["id"]) for m in stored}
+            truth = {m.seq: str(m.id) for m in stored}
             n = len(truth)
             assert sorted(truth) == list(range(1, n + 1)), "the database has no gaps"
             assert {str(m["id"]) for m in acked} <= set(truth.values()), "every acked message is stored"

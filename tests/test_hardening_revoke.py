@@ -214,7 +214,7 @@ async def test_acks_do_not_wait_on_a_frozen_redis(start_instance, db) -> None:
             assert not late_local, f"local delivery waited: {late_local}"
             async with db.connection() as conn:
                 stored, _ = await message_store.history(conn, uuid.UUID(cid), before_seq=None, limit=100)
-            assert [m["seq"] for m in stored] == [1, 2, 3, 4, 5]
+            assert [m.seq for m in stored] == [1, 2, 3, 4, 5]
 
             # Redis answers again: the other instance's member is told to resync and recovers all.
             await sb.wait_for("resync", timeout=15)

@@ -15,6 +15,7 @@ import sys
 import time
 import tracemalloc
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ QUESTION = "What does RuBisCO fix in the stroma?"
 async def stored_user_messages(db: Database, conversation_id: str) -> list[dict[str, Any]]:
     async with db.connection() as conn:
         msgs, _ = await messages.history(conn, uuid.UUID(conversation_id), before_seq=None, limit=100)
-    return [m for m in msgs if m["role"] == "user"]
+    return [asdict(m) for m in msgs if m.role == "user"]
 
 
 async def ticket_count(db: Database) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ LONG = " ".join(f"word{i}" for i in range(60)) + " [1]."
 async def assistant_messages(db: Database, conversation_id: str) -> list[dict[str, Any]]:
     async with db.connection() as conn:
         msgs, _ = await messages.history(conn, uuid.UUID(conversation_id), before_seq=None, limit=100)
-    return [m for m in msgs if m["role"] == "assistant"]
+    return [asdict(m) for m in msgs if m.role == "assistant"]
 
 
 async def test_stop_keeps_the_partial_answer_marked(start_instance: Any, db: Database) -> None:
@@ -130,7 +131,7 @@ async def test_commit_rechecks_the_mode(start_instance: Any, db: Database) -> No
             await conversations.set_mode(conn, uuid.UUID(conv["id"]), "ai")
         message, _ = await commit_message(core, uuid.UUID(conv["id"]), sender=None, role="assistant", content="on time",
                                           message_id=chosen, require_mode="ai")
-        assert message["id"] == chosen and message["seq"] == 1
+        assert message.id == chosen and message.seq == 1
 
 
 async def test_stop_from_another_instance(start_instance: Any, db: Database, redis_url: str) -> None:
@@ -164,7 +165,7 @@ async def test_crash_recovery_answers_what_was_left(start_instance: Any, db: Dat
                 await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)
         answers = await assistant_messages(db, conv["id"])
-        assert [a["metadata"]["reply_to"] for a in answers] == [str(q1["id"]), str(q2["id"])]
+        assert [a["metadata"]["reply_to"] for a in answers] == [str(q1.id), str(q2.id)]
         assert all(a["metadata"]["citations"] for a in answers)
         assert len(llm.chat_requests) == 2
 
@@ -185,7 +186,7 @@ async def test_tutor_escalate_event(start_instance: Any, db: Database) -> None:
         ack = await sock.ok("tutor:escalate", {"conversation_id": conv["id"], "reason": "I am stuck on homework"})
         assert ack["ticket"]["conversation_id"] == conv["id"]
         async with db.connection() as conn:
-            assert (await conversations.get(conn, uuid.UUID(conv["id"])))["mode"] == "waiting"
+            assert (await conversations.get(conn, uuid.UUID(conv["id"]))).mode == "waiting"
         [decision] = await wait_decisions(db, conv["id"])
         assert decision["reason"] == "requested_by_student" and decision["outcome"] == "escalated"
         # The AI now stays silent.
