@@ -95,7 +95,7 @@ def connect_with_identity(app: web.Application) -> Any:
 
     async def connect(auth_data: dict[str, Any], environ: dict[str, Any], sid: str) -> Actor:
         core = app[CORE]
-        ip = socket_client_ip(core.settings.trusted_proxies, environ)
+        ip = socket_client_ip(core.settings.http.trusted_proxies, environ)
         result = await identity_handlers.sign_in(
             core, app[IDENTITY], token=auth_data.get("identity"), app_id=auth_data.get("app_id"), ip=ip,
             origin=environ.get("HTTP_ORIGIN"),
