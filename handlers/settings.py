@@ -263,7 +263,7 @@ class IdentitySettings:
     # Clock difference allowed between the platform and this server for exp/iat/nbf.
     leeway_seconds: int = 30
     # Lifetime of the Studyhall session token an identity sign-in returns.
-    session_hours: int = 24
+    session_hours: float = 24  # a fraction is allowed (tests use seconds)
     # A fetched JWKS is used this long; an unknown `kid` refetches it at most once per
     # `jwks_refresh_seconds`; each fetch may take `jwks_timeout_seconds`.
     jwks_cache_seconds: int = 3600
@@ -422,7 +422,7 @@ class Settings:
             identity=IdentitySettings(
                 max_token_life_seconds=_int(e, "STUDYHALL_IDENTITY_MAX_LIFE_SECONDS", identity.max_token_life_seconds),
                 leeway_seconds=_int(e, "STUDYHALL_IDENTITY_LEEWAY_SECONDS", identity.leeway_seconds),
-                session_hours=_int(e, "STUDYHALL_IDENTITY_SESSION_HOURS", identity.session_hours),
+                session_hours=_float(e, "STUDYHALL_IDENTITY_SESSION_HOURS", identity.session_hours),
                 jwks_cache_seconds=_int(e, "STUDYHALL_IDENTITY_JWKS_CACHE_SECONDS", identity.jwks_cache_seconds),
                 jwks_refresh_seconds=_int(e, "STUDYHALL_IDENTITY_JWKS_REFRESH_SECONDS", identity.jwks_refresh_seconds),
                 jwks_timeout_seconds=_float(e, "STUDYHALL_IDENTITY_JWKS_TIMEOUT", identity.jwks_timeout_seconds),

@@ -26,6 +26,7 @@ from server import documents as documents_feature
 from server import identity as identity_feature
 from server import pages, revocation, routes_accounts, routes_static, threads
 from server import platform_api as platform_feature
+from server import platform_link as platform_link_feature
 from server import rooms as rooms_feature
 from server import tickets as tickets_feature
 from server import tutor as tutor_feature
@@ -49,6 +50,7 @@ FEATURES = (
     routes_accounts, threads, documents_feature, tutor_feature, rooms_feature, tickets_feature, pages, routes_static,
     revocation, identity_feature,
     platform_feature,  # API keys and the platform API
+    platform_link_feature,  # guest carry-over by API key
 )
 DEAD_AFTER_SECONDS = 45.0  # at least; never under 4.5 heartbeats (settings.cluster.instance_heartbeat_seconds)
 GUEST_SWEEP_SECONDS = 3600.0  # idle guests are counted in days: hourly is plenty

@@ -66,7 +66,8 @@ class NewAppBody(Payload):
 async def identity_sign_in(request: web.Request) -> web.Response:
     body = await read_json(request, IdentityBody)
     result = await identity_handlers.sign_in(
-        core_of(request), request.app[IDENTITY], token=body.identity, app_id=body.app_id, ip=client_ip(request)
+        core_of(request), request.app[IDENTITY], token=body.identity, app_id=body.app_id, ip=client_ip(request),
+        origin=request.headers.get("Origin"),
     )
     return json_response(result)
 
@@ -96,7 +97,8 @@ def connect_with_identity(app: web.Application) -> Any:
         core = app[CORE]
         ip = socket_client_ip(core.settings.http.trusted_proxies, environ)
         result = await identity_handlers.sign_in(
-            core, app[IDENTITY], token=auth_data.get("identity"), app_id=auth_data.get("app_id"), ip=ip
+            core, app[IDENTITY], token=auth_data.get("identity"), app_id=auth_data.get("app_id"), ip=ip,
+            origin=environ.get("HTTP_ORIGIN"),
         )
         return await auth.authenticate(core, result["token"], sid=sid)
 

@@ -24,6 +24,7 @@ from handlers import signin_limits
 from handlers.auth import hash_token
 from handlers.core import Core
 from handlers.errors import ApiError
+from handlers.identity import carryover, policy
 from handlers.identity.jwks import JwksCache
 from handlers.identity.verify import Claims, IdentityRefused, peek, verify
 from storage import app_users, apps, audit, identities, users
@@ -35,17 +36,26 @@ log = logging.getLogger(__name__)
 DEFAULT_NAME = "User"
 
 
-async def sign_in(core: Core, jwks: JwksCache, *, token: Any, app_id: Any = None, ip: str | None) -> dict[str, Any]:
-    """`{user, token}` like a password login; `unauthorized` with a short reason otherwise."""
+async def sign_in(
+    core: Core, jwks: JwksCache, *, token: Any, app_id: Any = None, ip: str | None, origin: str | None = None
+) -> dict[str, Any]:
+    """`{user, token}` like a password login; `unauthorized` with a short reason otherwise.
+    `origin`: the browser's Origin header (`forbidden` when the app does not list it)."""
     await signin_limits.check(core, "login", ip)
+    carried: carryover.Moved | None = None
     try:
         app, claims = await _verified(core, jwks, token, app_id)
+        if not policy.origin_allowed(app, origin):
+            await _refused_origin(core, app, origin, ip)
         async with core.db.transaction() as conn:
             if claims.jti is not None:
                 until = claims.expires_at + timedelta(seconds=core.settings.identity.leeway_seconds)
                 if not await identities.use_jti(conn, app.id, claims.jti, until):
                     raise IdentityRefused("replayed jti", "This identity token was already used.", app.id)
             user_row, created = await _map_user(conn, app, claims)
+            if claims.guest_token is not None:
+                carried = await carryover.carry_over(conn, guest_token=claims.guest_token, user_id=user_row.id,
+                                                     app_id=app.id, ip=ip)
             session = secrets.token_urlsafe(32)
             expires = datetime.now(UTC) + timedelta(hours=core.settings.identity.session_hours)
             await users.insert_token(conn, user_row.id, hash_token(session), expires)
@@ -59,7 +69,17 @@ async def sign_in(core: Core, jwks: JwksCache, *, token: Any, app_id: Any = None
             await audit.record(conn, "login.identity_failed", target_type="app", target_id=refused.app_id, ip=ip,
                                details={"reason": refused.reason})
         raise ApiError("unauthorized", refused.message) from None
+    if carried is not None:
+        await carryover.close_guest_sockets(core, carried.tokens_revoked)
     return {"user": user_row.public(), "token": session}
+
+
+async def _refused_origin(core: Core, app: AppRecord, origin: str | None, ip: str | None) -> None:
+    log.info("identity sign-in refused", extra={"reason": "origin not allowed", "app_id": str(app.id)})
+    async with core.db.transaction() as conn:
+        await audit.record(conn, "login.identity_failed", target_type="app", target_id=app.id, ip=ip,
+                           details={"reason": "origin not allowed", "origin": (origin or "")[:300]})
+    raise ApiError("forbidden", policy.ORIGIN_REFUSED)
 
 
 async def _verified(core: Core, jwks: JwksCache, token: Any, app_id: Any) -> tuple[AppRecord, Claims]:
