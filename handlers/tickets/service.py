@@ -21,8 +21,9 @@ import asyncpg
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.events import STAFF_ROOM
-from handlers.pipeline import commit_message
 from handlers.threads import announce_conversation
+from handlers.tickets.queue import auto_assign
+from handlers.tickets.seating import announce_agent_joined, seat_agent, system_message, ticket_out, unseat_agent
 from handlers.tutor.limits import gate_of
 from rag.decide import HUMAN, NO_MATERIAL, NO_MATERIAL_AGAIN, SAFETY, safety_concern
 from storage import audit, conversations, messages, users
@@ -38,20 +39,6 @@ PRIORITIES = ("low", "normal", "high", "urgent")
 REOPEN_REASON = "reopened_after_close"
 MAX_REASON_CHARS = 500
 SUBJECT_CHARS = 120
-
-TICKET_FIELDS = (
-    "id", "number", "conversation_id", "user_id", "subject", "category", "priority", "status",
-    "assigned_to", "escalation_reason", "sla_due_at", "sla_breached", "created_at", "resolved_at",
-    # additions to the protocol's ticket object
-    "escalated_by", "escalation_source", "parent_ticket_id", "resolution", "handback", "resolved_by",
-    "assigned_at", "closed_at", "updated_at",
-)
-
-
-def ticket_out(row: dict[str, Any]) -> dict[str, Any]:
-    """The protocol's ticket object (plus documented extra fields)."""
-    return {k: row.get(k) for k in TICKET_FIELDS}
-
 
 def priority_for(reason: str, *, urgent: bool, category: str | None, source: str) -> str:
     """Safety signals are urgent; an explicit request for a person is high; the rest normal."""
@@ -203,12 +190,10 @@ class TicketService:
 
         ticket = ticket_out(row)
         await _cancel_ai(core, conversation_id)
-        await _system_message(core, ticket, _escalated_text(ticket), "escalated")
+        await system_message(core, ticket, _escalated_text(ticket), "escalated")
         await announce_conversation(core, conversation_id)
         await core.events.to_rooms([STAFF_ROOM], "ticket:new", {"ticket": ticket})
         if core.settings.ticket_auto_assign:
-            from handlers.tickets.queue import auto_assign
-
             assigned = await auto_assign(core, [ticket["id"]])
             if assigned:
                 ticket = assigned[0]
@@ -337,7 +322,7 @@ class TicketService:
             text = "Our support team has finished helping here. The AI tutor is back to answer your questions."
         else:
             text = "Our support team closed this conversation. Write again at any time if you still need help."
-        await _system_message(core, ticket, text, "resolved" if handback == "ai" else "closed")
+        await system_message(core, ticket, text, "resolved" if handback == "ai" else "closed")
         conv = await announce_conversation(core, cid)
         if left:
             await core.events.to_users(left, "conversation:updated", {"conversation": conv})
@@ -350,44 +335,6 @@ def _check_holder(ticket: dict[str, Any], actor: Actor, verb: str) -> None:
     holder = ticket["assigned_to"]
     if holder is not None and holder != actor.user_id and actor.role != "admin":
         raise ApiError("forbidden", f"Only the assigned agent or an admin may {verb} ticket {ticket['number']}.")
-
-
-async def seat_agent(conn: asyncpg.Connection, conversation_id: UUID, agent_id: UUID) -> None:
-    """The agent joins (so fan-out reaches their sockets) and the AI stays silent (`human`)."""
-    await conversations.add_members(conn, conversation_id, [agent_id], member_role="agent")
-    await conversations.set_mode(conn, conversation_id, "human")
-
-
-async def unseat_agent(conn: asyncpg.Connection, conversation_id: UUID, agent_id: UUID) -> None:
-    """Remove an agent who joined for a ticket; never a member who was there in another role."""
-    membership = await conversations.get_with_membership(conn, conversation_id, agent_id)
-    if membership and membership["is_member"] and membership["member_role"] == "agent":
-        await conversations.remove_member(conn, conversation_id, agent_id)
-
-
-async def announce_agent_joined(
-    core: Core, ticket: dict[str, Any], agent_id: UUID, agent_name: str, *, event: str, left: list[UUID] | None = None
-) -> None:
-    """After commit: the user sees who joined; members (the agent included) get the new state."""
-    cid = ticket["conversation_id"]
-    await _system_message(core, ticket, f"{agent_name} from the support team joined the conversation.", event,
-                          agent={"id": agent_id, "name": agent_name})
-    conv = await announce_conversation(core, cid)
-    await core.events.to_users([agent_id], "conversation:new", {"conversation": conv})
-    if left:
-        await core.events.to_users(left, "conversation:updated", {"conversation": conv})
-    await core.events.to_rooms([STAFF_ROOM], "ticket:updated", {"ticket": ticket})
-
-
-async def _system_message(core: Core, ticket: dict[str, Any], content: str, event: str, **extra: Any) -> None:
-    try:
-        await commit_message(
-            core, ticket["conversation_id"], sender=None, role="system", content=content,
-            metadata={"ticket_id": ticket["id"], "ticket_number": ticket["number"], "event": event, **extra},
-        )
-    except Exception:
-        # The ticket change is committed; the notice is a courtesy, its loss must not undo it.
-        log.exception("ticket system message failed", extra={"ticket_id": str(ticket["id"])})
 
 
 async def _cancel_ai(core: Core, conversation_id: UUID) -> None:
