@@ -177,7 +177,7 @@ async def _load(core: Core) -> DemoReport:
         report.accounts.append((account, created))
     mentor = made["mentor"]
 
-    kb = core.services.get("kb") or knowledge_base(core.settings, core.db)
+    kb = core.kb or knowledge_base(core.settings, core.db)
     await kb.ensure_index()
     for doc in sample_documents():
         _, created = await kb.ingest_text(

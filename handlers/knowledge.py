@@ -64,8 +64,8 @@ def knowledge_base(settings: Settings, db: Database) -> KnowledgeBase:
 
 
 def kb_of(core: Core) -> KnowledgeBase:
-    """The app's knowledge base (installed at startup by server/documents.py)."""
-    kb = core.services.get("kb")
+    """The app's knowledge base (built at startup by server/assembly.py)."""
+    kb = core.kb
     if kb is None:
         raise ApiError("unavailable", "The knowledge base is not available.")
     return kb
@@ -169,7 +169,7 @@ async def search(core: Core, q: str, *, k: int = 5, course: str | None = None) -
 async def ingest_paths_command(core: Core, paths: list[Path], course: str | None) -> int:
     """`studyhall ingest PATH…`: 0 when every file was stored (or already was), 1 if some
     failed, 2 if a path does not exist."""
-    kb = core.services.get("kb") or knowledge_base(core.settings, core.db)
+    kb = core.kb or knowledge_base(core.settings, core.db)
     await kb.ensure_index()
     try:
         report = await ingest_paths(kb, paths, course, show_progress=sys.stderr.isatty())
@@ -184,7 +184,7 @@ async def ingest_paths_command(core: Core, paths: list[Path], course: str | None
 
 async def reindex_command(core: Core) -> int:
     """`studyhall reindex`: re-embed what the configured embedder did not embed."""
-    kb = core.services.get("kb") or knowledge_base(core.settings, core.db)
+    kb = core.kb or knowledge_base(core.settings, core.db)
     total = await kb.pending_reindex()
     with tqdm(total=total, unit="chunk", desc="reindex", disable=not sys.stderr.isatty()) as bar:
 

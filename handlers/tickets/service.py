@@ -24,7 +24,6 @@ from handlers.events import STAFF_ROOM
 from handlers.threads import announce_conversation
 from handlers.tickets.queue import auto_assign
 from handlers.tickets.seating import announce_agent_joined, seat_agent, system_message, ticket_out, unseat_agent
-from handlers.tutor.limits import gate_of
 from rag.decide import HUMAN, NO_MATERIAL, NO_MATERIAL_AGAIN, SAFETY, safety_concern
 from storage import audit, conversations, messages, users
 from storage import tickets as store
@@ -79,7 +78,8 @@ def _escalated_text(ticket: dict[str, Any]) -> str:
 
 
 class TicketService:
-    """Installed as `core.services["tickets"]`; the tutor calls `escalate`."""
+    """`core.tickets` (the `Escalations` port): the tutor calls `admit` and `escalate`;
+    the agents' events call the rest (server/tickets.py)."""
 
     async def escalate(
         self,
@@ -116,7 +116,7 @@ class TicketService:
         for a guest, the deployment-wide guest cap); `rate_limited` when over. Staff
         escalations and conversations that already have an active ticket are not counted."""
         source = SOURCE_ALIASES.get(source, source)
-        gate = gate_of(core.services)
+        gate = core.tutor_limits
         if gate is None or source == "staff":
             return
         async with core.db.connection() as conn:
@@ -338,11 +338,10 @@ def _check_holder(ticket: dict[str, Any], actor: Actor, verb: str) -> None:
 
 
 async def _cancel_ai(core: Core, conversation_id: UUID) -> None:
-    tutor = core.services.get("tutor")
-    cancel = getattr(tutor, "cancel", None)
-    if cancel is None:
+    tutor = core.tutor
+    if tutor is None:
         return
     try:
-        await cancel(conversation_id)
+        await tutor.cancel(conversation_id)
     except Exception:
         log.exception("cancelling the tutor's answer failed", extra={"conversation_id": str(conversation_id)})

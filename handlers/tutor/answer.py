@@ -244,7 +244,7 @@ class Turn:
         coming when no ticket will open: over the limit, they hear no person can be reached
         now (the safety words are said either way) and the AI stays in charge."""
         d = self.decision
-        tickets = self.core.services.get("tickets")
+        tickets = self.core.tickets
         limited: ApiError | None = None
         if tickets is not None:
             try:
