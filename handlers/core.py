@@ -5,7 +5,7 @@ Core's fields are typed by *ports*: small Protocols that say what one part of St
 uses of another (the tutor escalates through `Escalations`, tickets cut an answer off
 through `Tutoring`). The concrete services (handlers/tutor/service.py's TutorService,
 handlers/tickets/service.py's TicketService, ...) satisfy them structurally, so this module
-imports no feature and no feature imports another: docs/architecture.md, "Services".
+imports no feature and no feature imports another: docs/architecture.md, "Services and ports".
 The message pipeline's per-app state (`Pipeline`, its hooks and kind policies) lives here
 too, because its hooks take a Core.
 """

@@ -4,15 +4,15 @@
 
 1. The services. Each lands on a typed field of Core whose type is a port
    (handlers/core.py); a feature reaches another only through those fields.
-2. `HOOKS`-like wiring in one list each: the pipeline's before-commit hooks, after-commit
+2. What plugs in, in one list each: the pipeline's before-commit hooks, after-commit
    hooks and kind policies; the gateway's events and its connect and disconnect hooks.
-   Hooks run in the order listed here.
+   Hooks run in the order listed here, and are registered nowhere else.
 3. The loops: every long-running background loop of every feature, started together by
    `Assembly.start` once the instance is registered, and cancelled together by
    `Assembly.stop` at shutdown, before the database pool closes (handlers/background.py).
 
 Command-line tools build a smaller Core (server/cli.py): no gateway, no loops.
-docs/architecture.md, "Services", explains the whole.
+docs/architecture.md, "Services and ports", explains the whole.
 """
 
 from __future__ import annotations
