@@ -11,6 +11,8 @@ server/assembly.py; their types live in handlers/core.py (they take a Core).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -26,8 +28,9 @@ from storage.db import Database
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "AfterCommit", "BeforeCommit", "KindPolicy", "MemberPolicy", "Pipeline", "authorize", "commit_message",
-    "fan_out", "get_pipeline", "load_conversation", "new_pipeline",
+    "AfterCommit", "AfterCommitHook", "BeforeCommit", "BeforeCommitHook", "KindPolicy", "KindPolicyFor",
+    "MemberPolicy", "Pipeline", "authorize", "commit_message", "fan_out", "get_pipeline", "load_conversation",
+    "new_pipeline", "register",
 ]
 
 
@@ -51,6 +54,42 @@ def new_pipeline(db: Database) -> Pipeline:
     pipeline = Pipeline(MessageWriter(db), ConversationLoader(db))
     pipeline.policies["_members"] = MemberPolicy()
     return pipeline
+
+
+@dataclass(frozen=True)
+class BeforeCommitHook:
+    """Runs before a sender's message is written; raising an ApiError refuses the send."""
+
+    check: BeforeCommit
+
+
+@dataclass(frozen=True)
+class AfterCommitHook:
+    """Runs after a message is committed and fanned out; a failure is logged, the message stands."""
+
+    hook: AfterCommit
+
+
+@dataclass(frozen=True)
+class KindPolicyFor:
+    """Who may read and write conversations of one kind (others: `MemberPolicy`)."""
+
+    kind: str
+    policy: KindPolicy
+
+
+def register(pipeline: Pipeline, plugs: Iterable[BeforeCommitHook | AfterCommitHook | KindPolicyFor]) -> None:
+    """Add the app's hooks and policies from one list (server/assembly.py); hooks of a
+    kind run in the list's order."""
+    for plug in plugs:
+        if isinstance(plug, BeforeCommitHook):
+            pipeline.before_commit.append(plug.check)
+        elif isinstance(plug, AfterCommitHook):
+            pipeline.after_commit.append(plug.hook)
+        else:
+            if plug.kind in pipeline.policies:
+                raise ValueError(f"two policies for conversations of kind {plug.kind!r}")
+            pipeline.policies[plug.kind] = plug.policy
 
 
 def get_pipeline(core: Core) -> Pipeline:

@@ -4,9 +4,9 @@
 
 1. The services. Each lands on a typed field of Core whose type is a port
    (handlers/core.py); a feature reaches another only through those fields.
-2. What plugs in, in one list each: the pipeline's before-commit hooks, after-commit
-   hooks and kind policies; the gateway's events and its connect and disconnect hooks.
-   Hooks run in the order listed here, and are registered nowhere else.
+2. What plugs in: the pipeline's before-commit hooks, after-commit hooks and kind policies
+   in one list; the gateway's events, connect hooks and disconnect hooks. Hooks run in
+   the order listed here, and are registered nowhere else.
 3. The loops: every long-running background loop of every feature, started together by
    `Assembly.start` once the instance is registered, and cancelled together by
    `Assembly.stop` at shutdown, before the database pool closes (handlers/background.py).
@@ -24,7 +24,7 @@ import socketio
 from handlers import knowledge, presence
 from handlers.background import Loop, Loops
 from handlers.core import Core, Registry
-from handlers.pipeline import new_pipeline
+from handlers.pipeline import AfterCommitHook, BeforeCommitHook, KindPolicyFor, new_pipeline, register
 from handlers.rooms import live as rooms_live
 from handlers.tickets import queue as tickets_queue
 from handlers.tickets.service import TicketService
@@ -77,15 +77,13 @@ def assemble(core: Core, gateway: Gateway, sio: socketio.AsyncServer, metrics: M
     install_notices(core, gateway, sio, metrics)
     revocation = Revocation(core, gateway, sio)
 
-    # 2. The one list of hooks and policies, in the order they run.
-    pipeline.before_commit += [
-        tutor.check_question,  # a question over the tutor's limit is refused, nothing stored
-    ]
-    pipeline.after_commit += [
-        tutor.on_message_committed,  # a student's message in an AI conversation is queued
-        ticket_service.reopen_after_close,  # a user writing in a closed one reopens a ticket
-    ]
-    pipeline.policies["room"] = rooms_live.RoomPolicy()  # (every other kind: members)
+    # 2. The pipeline's one list of hooks and policies; hooks run in this order.
+    register(pipeline, [
+        BeforeCommitHook(tutor.check_question),  # a question over the tutor's limit: refused, nothing stored
+        AfterCommitHook(tutor.on_message_committed),  # a student's message in an AI conversation is queued
+        AfterCommitHook(ticket_service.reopen_after_close),  # writing in a closed one reopens a ticket
+        KindPolicyFor("room", rooms_live.RoomPolicy()),  # every other kind: MemberPolicy
+    ])
     gateway.add_events([*threads.EVENTS, *tutor_transport.EVENTS, *rooms.EVENTS, *tickets.EVENTS])
     gateway.on_connect += [
         presence.socket_connected,
