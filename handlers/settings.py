@@ -100,6 +100,35 @@ def _bool(env: dict[str, str], name: str, default: bool) -> bool:
 
 
 @dataclass(frozen=True)
+class IdentitySettings:
+    """Signed identity from embedding platforms (handlers/identity/, docs/integration.md)."""
+
+    # A token whose life (exp - iat, or exp - now without iat) is longer is refused.
+    max_token_life_seconds: int = 3600
+    # Clock difference allowed between the platform and this server for exp/iat/nbf.
+    leeway_seconds: int = 30
+    # Lifetime of the Studyhall session token an identity sign-in returns.
+    session_hours: int = 24
+    # A fetched JWKS is used this long; an unknown `kid` refetches it at most once per
+    # `jwks_refresh_seconds`; each fetch may take `jwks_timeout_seconds`.
+    jwks_cache_seconds: int = 3600
+    jwks_refresh_seconds: int = 60
+    jwks_timeout_seconds: float = 5.0
+
+    @classmethod
+    def from_env(cls, e: dict[str, str]) -> IdentitySettings:
+        d = cls()
+        return cls(
+            max_token_life_seconds=_int(e, "STUDYHALL_IDENTITY_MAX_LIFE_SECONDS", d.max_token_life_seconds),
+            leeway_seconds=_int(e, "STUDYHALL_IDENTITY_LEEWAY_SECONDS", d.leeway_seconds),
+            session_hours=_int(e, "STUDYHALL_IDENTITY_SESSION_HOURS", d.session_hours),
+            jwks_cache_seconds=_int(e, "STUDYHALL_IDENTITY_JWKS_CACHE_SECONDS", d.jwks_cache_seconds),
+            jwks_refresh_seconds=_int(e, "STUDYHALL_IDENTITY_JWKS_REFRESH_SECONDS", d.jwks_refresh_seconds),
+            jwks_timeout_seconds=_float(e, "STUDYHALL_IDENTITY_JWKS_TIMEOUT", d.jwks_timeout_seconds),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything an instance needs to know about its deployment."""
 
@@ -238,6 +267,9 @@ class Settings:
     log_level: str = "INFO"
     log_json: bool | None = None  # None: JSON when stderr is not a terminal
 
+    # Signed identity from embedding platforms: its own section.
+    identity: IdentitySettings = field(default_factory=IdentitySettings)
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         e = dict(os.environ if env is None else env)
@@ -339,6 +371,7 @@ class Settings:
             tutor_stream_sweep_seconds=_float(e, "STUDYHALL_TUTOR_STREAM_SWEEP_SECONDS", d.tutor_stream_sweep_seconds),
             log_level=(e.get("STUDYHALL_LOG_LEVEL") or d.log_level).upper(),
             log_json=_bool(e, "STUDYHALL_LOG_JSON", False) if e.get("STUDYHALL_LOG_JSON") else None,
+            identity=IdentitySettings.from_env(e),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -20,6 +20,7 @@ from handlers.core import Core
 from handlers.ratelimit import RateLimiter
 from handlers.settings import Settings
 from server import documents as documents_feature
+from server import identity as identity_feature
 from server import pages, routes_accounts, routes_static, threads
 from server import rooms as rooms_feature
 from server import tickets as tickets_feature
@@ -47,6 +48,7 @@ ASSEMBLY: web.AppKey[Assembly] = web.AppKey("assembly")
 # Their routes, added before startup; everything else is wired in server/assembly.py.
 FEATURES = (
     routes_accounts, threads, documents_feature, tutor_feature, rooms_feature, tickets_feature, pages, routes_static,
+    identity_feature,
 )
 
 
@@ -114,7 +116,7 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
         app[CORE] = core
         gateway = Gateway(sio, core, app[METRICS])
         app[GATEWAY] = gateway
-        app[ASSEMBLY] = assemble(core, gateway, sio, app[METRICS])
+        app[ASSEMBLY] = assemble(app, core, gateway)
         async with db.connection() as conn:
             await connections.register_instance(conn, core.instance_id)
         if embedded is not None:

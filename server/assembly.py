@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import socketio
+from aiohttp import web
 
+from handlers import identity as identity_handlers
 from handlers import knowledge, presence
 from handlers.background import Loop, Loops
 from handlers.core import Core, Registry
@@ -31,11 +32,11 @@ from handlers.tickets.service import TicketService
 from handlers.tutor import service as tutor
 from handlers.tutor.limits import TutorGate, TutorLimits
 from rag.retrieval import KnowledgeBase
-from server import rooms, threads, tickets
+from server import identity, rooms, threads, tickets
 from server import tutor as tutor_transport
 from server.gateway import Gateway
 from server.housekeeping import guest_sweeper, housekeeping
-from server.metrics import Metrics
+from server.keys import METRICS, SIO
 from server.realtime import watch_redis
 from server.revocation import Revocation, install_notices
 from storage.connections import SocketRow
@@ -49,6 +50,7 @@ class Assembly:
     tutor: tutor.TutorService
     tickets: TicketService
     revocation: Revocation
+    jwks: identity_handlers.JwksCache
     loops: Loops
 
     async def start(self) -> None:
@@ -58,13 +60,14 @@ class Assembly:
 
     async def stop(self) -> None:
         """At shutdown, before the pool closes: every loop, then the tutor's workers,
-        advisory-lock connection and model client."""
+        advisory-lock connection and model client, and the JWKS cache's HTTP client."""
         await self.loops.stop()
         await self.tutor.close()
+        await self.jwks.close()
 
 
-def assemble(core: Core, gateway: Gateway, sio: socketio.AsyncServer, metrics: Metrics) -> Assembly:
-    settings = core.settings
+def assemble(app: web.Application, core: Core, gateway: Gateway) -> Assembly:
+    settings, sio, metrics = core.settings, app[SIO], app[METRICS]
 
     # 1. Services, each on its Core field (typed by its port).
     core.pipeline = pipeline = new_pipeline(core.db)
@@ -76,6 +79,7 @@ def assemble(core: Core, gateway: Gateway, sio: socketio.AsyncServer, metrics: M
     core.rooms = rooms.room_service(sio, gateway)
     install_notices(core, gateway, sio, metrics)
     revocation = Revocation(core, gateway, sio)
+    app[identity.IDENTITY] = jwks = identity_handlers.JwksCache(settings.identity)
 
     # 2. The pipeline's one list of hooks and policies; hooks run in this order.
     register(pipeline, [
@@ -85,6 +89,7 @@ def assemble(core: Core, gateway: Gateway, sio: socketio.AsyncServer, metrics: M
         KindPolicyFor("room", rooms_live.RoomPolicy()),  # every other kind: MemberPolicy
     ])
     gateway.add_events([*threads.EVENTS, *tutor_transport.EVENTS, *rooms.EVENTS, *tickets.EVENTS])
+    gateway.identity_connect = identity.connect_with_identity(app)  # auth: {identity}
     gateway.on_connect += [
         presence.socket_connected,
         rooms_live.socket_connected,
@@ -106,10 +111,12 @@ def assemble(core: Core, gateway: Gateway, sio: socketio.AsyncServer, metrics: M
         Loop("tutor-recovery", tutor_service.recovery_loop),
         Loop("tutor-sweep", tutor_service.sweep_loop),
         Loop("ticket-watch", lambda: tickets_queue.watch(core)),
+        Loop("identity-jti-sweep", lambda: identity.jti_sweeper(core)),
     ]
     if settings.redis_url:
         loops.append(Loop("redis-watch", lambda: watch_redis(settings, sio, metrics)))
-    return Assembly(kb=kb, tutor=tutor_service, tickets=ticket_service, revocation=revocation, loops=Loops(loops))
+    return Assembly(kb=kb, tutor=tutor_service, tickets=ticket_service, revocation=revocation, jwks=jwks,
+                    loops=Loops(loops))
 
 
 def _socket_rows(gateway: Gateway) -> list[SocketRow]:

@@ -1,4 +1,4 @@
-"""The `studyhall` command: serve, migrate, createuser, ingest, reindex, demo."""
+"""The `studyhall` command: serve, migrate, createuser, ingest, reindex, demo, app."""
 
 from __future__ import annotations
 
@@ -221,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "demo", help="load a sample course with demo accounts and a live room, and print what to try (safe to rerun)"
     ).set_defaults(func=cmd_demo)
+    from server.identity_cli import add_commands as add_identity_commands
+
+    add_identity_commands(sub, _run_async)  # app create, app list
     return parser
 
 
