@@ -80,7 +80,7 @@ async def main() -> None:
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", port).start()
             try:
-                report = await ingest_paths(app[CORE].services["kb"], files, show_progress=False)
+                report = await ingest_paths(app[CORE].kb, files, show_progress=False)
                 print(f"corpus: {report.added} pages, {report.chunks} chunks; {len(asked)} distinct questions")
                 await run(f"http://127.0.0.1:{port}", asked, args.questions)
             finally:

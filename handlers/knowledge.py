@@ -33,8 +33,8 @@ MAX_K = 50
 
 
 def kb_of(core: Core) -> KnowledgeBase:
-    """The app's knowledge base (installed at startup by server/documents.py)."""
-    kb = core.services.get("kb")
+    """The app's knowledge base (built at startup by server/assembly.py)."""
+    kb = core.kb
     if kb is None:
         raise ApiError("unavailable", "The knowledge base is not available.")
     return kb

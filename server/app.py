@@ -1,59 +1,59 @@
 """The app factory: one aiohttp app with its Socket.IO server, built from Settings.
 
 Pools, clients and background tasks open and close in `cleanup_ctx`, in order: database
-(embedded PostgreSQL when no DATABASE_URL), migrations, core services, instance
-housekeeping. Features plug in through `setup(app)` (routes, before startup) and
-`bind(app, core, gateway)` (events and services, once the core exists).
+(embedded PostgreSQL when no DATABASE_URL), migrations, the core and its services (built
+and wired in one place, server/assembly.py), then every background loop. Features add
+their routes through `setup(app)`, before startup.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
-from handlers import guests, presence, registry
-from handlers.background import repeat
 from handlers.core import Core
 from handlers.ratelimit import RateLimiter
 from handlers.settings import Settings
 from server import documents as documents_feature
 from server import identity as identity_feature
-from server import pages, revocation, routes_accounts, routes_static, threads
+from server import pages, routes_accounts, routes_static, threads
 from server import platform_api as platform_feature
 from server import platform_link as platform_link_feature
 from server import rooms as rooms_feature
 from server import tickets as tickets_feature
 from server import tutor as tutor_feature
+from server.assembly import Assembly, assemble
 from server.client_address import trusted_proxies
 from server.gateway import Gateway
 from server.http import error_middleware
 from server.keys import CORE, GATEWAY, METRICS, SETTINGS, SIO
 from server.lifecycle import LIFECYCLE, Lifecycle, close_transports, watch_embedded
 from server.metrics import Metrics
-from server.realtime import SocketEvents, create_sio, watch_redis
+from server.realtime import SocketEvents, create_sio
 from server.unavailable import bind_metrics
 from storage import connections
-from storage.connections import SocketRow
 from storage.db import Database
 from storage.embedded import EmbeddedPostgres
 from storage.migrate import migrate
 
 log = logging.getLogger(__name__)
 
+# The app's services beyond Core (here, not in server/keys.py: the assembly imports the features,
+# and they import server/keys.py).
+ASSEMBLY: web.AppKey[Assembly] = web.AppKey("assembly")
+
+# Their routes, added before startup; everything else is wired in server/assembly.py.
 FEATURES = (
     routes_accounts, threads, documents_feature, tutor_feature, rooms_feature, tickets_feature, pages, routes_static,
-    revocation, identity_feature,
+    identity_feature,
     platform_feature,  # API keys and the platform API
     platform_link_feature,  # guest carry-over by API key
 )
-DEAD_AFTER_SECONDS = 45.0  # at least; never under 4.5 heartbeats (settings.cluster.instance_heartbeat_seconds)
-GUEST_SWEEP_SECONDS = 3600.0  # idle guests are counted in days: hourly is plenty
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -73,7 +73,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SIO] = sio
     app.on_shutdown.append(_close_clients)
     app.cleanup_ctx.append(_core_ctx)
-    app.cleanup_ctx.append(_housekeeping_ctx)
+    app.cleanup_ctx.append(_loops_ctx)
     for feature in FEATURES:
         feature.setup(app)
     return app
@@ -119,14 +119,8 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         app[CORE] = core
         gateway = Gateway(sio, core, app[METRICS])
-        gateway.on_connect.append(presence.socket_connected)
-        gateway.on_disconnect.append(presence.socket_disconnected)
         app[GATEWAY] = gateway
-        core.services["registry"] = registry.Registry(local_sockets=lambda: _socket_rows(gateway))
-        for feature in FEATURES:
-            bind = getattr(feature, "bind", None)
-            if bind is not None:
-                bind(app, core, gateway)
+        app[ASSEMBLY] = assemble(app, core, gateway)
         async with db.connection() as conn:
             await connections.register_instance(conn, core.instance_id)
         if embedded is not None:
@@ -159,43 +153,10 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
             log.info("shutdown: stopped the embedded PostgreSQL")
 
 
-async def _housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
-    core = app[CORE]
-    tasks = [asyncio.create_task(_housekeeping(app)), asyncio.create_task(_guest_sweeper(app))]
-    if core.settings.cluster.redis_url:
-        tasks.append(asyncio.create_task(watch_redis(core.settings, app[SIO], app[METRICS])))
+async def _loops_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Once the core exists and the instance is registered: every loop (server/assembly.py).
+    At shutdown they stop, and the tutor closes, before the core's context closes the pool."""
+    assembly = app[ASSEMBLY]
+    await assembly.start()
     yield
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _socket_rows(gateway: Gateway) -> list[SocketRow]:
-    return [SocketRow(sid, s.actor.user_id, s.actor.token_id) for sid, s in list(gateway.sockets.items())]
-
-
-async def _housekeeping(app: web.Application) -> None:
-    """Heartbeat (re-registering after a registry reset, handlers/registry.py); forget
-    crashed instances; close sockets whose token expired or was revoked."""
-    core, gateway = app[CORE], app[GATEWAY]
-    interval = core.settings.cluster.instance_heartbeat_seconds
-    dead_after = max(DEAD_AFTER_SECONDS, 4.5 * interval)
-
-    async def one_pass() -> None:
-        gone = await registry.heartbeat(core)
-        async with core.db.connection() as conn:
-            orphaned = await connections.reap_dead_instances(conn, dead_after)
-            dead_sids = await connections.sids_with_dead_tokens(conn, core.instance_id)
-        if gone or orphaned:  # waits for a settled registry: not in this loop
-            core.spawn(presence.announce_offline(core, list({*gone, *orphaned})), name="presence-offline")
-        await core.events.disconnect_sids(sid for sid in dead_sids if sid in gateway.sockets)
-
-    await repeat(one_pass, every=interval, what="housekeeping")
-
-
-async def _guest_sweeper(app: web.Application) -> None:
-    """Delete idle guests and old login failures, hourly (handlers/guests.py), after a
-    random first delay so instances started together do not sweep in step."""
-    core = app[CORE]
-    await repeat(lambda: guests.sweep(core), every=GUEST_SWEEP_SECONDS, what="guest sweep",
-                 first_delay=random.uniform(60.0, 300.0))
+    await assembly.stop()

@@ -229,10 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(func=cmd_demo)
     from server.identity_cli import add_commands as add_identity_commands
 
-    app_sub = add_identity_commands(sub)  # app create, app list
+    app_sub = add_identity_commands(sub, _run_async)  # app create, app list
     from server.platform_cli import add_commands as add_key_commands
 
-    add_key_commands(app_sub)  # app key create|list|revoke|rotate
+    add_key_commands(app_sub, _run_async)  # app key create|list|revoke|rotate
     return parser
 
 

@@ -4,12 +4,13 @@
 - Socket.IO connect with `auth: {identity, app_id?}` works like `auth: {token}`.
 - Admins: `POST /api/apps`, `GET /api/apps`, `GET /api/apps/{id}` (secrets are shown only
   in the answer that created them).
+
+The JWKS cache, the gateway's identity sign-in and the jti sweep are wired in
+server/assembly.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -19,13 +20,13 @@ from pydantic import Field
 from handlers import auth
 from handlers import identity as identity_handlers
 from handlers.background import repeat
-from handlers.core import Actor
+from handlers.core import Actor, Core
 from handlers.identity import apps as app_handlers
 from handlers.identity.keys import SUPPORTED
 from server.client_address import socket_client_ip
 from server.http import client_ip, core_of, path_uuid, read_json, require_actor
 from server.jsonutil import json_response
-from server.keys import CORE, GATEWAY
+from server.keys import CORE
 from server.validation import Name, Payload, Storable
 
 IDENTITY: web.AppKey[identity_handlers.JwksCache] = web.AppKey("identity_jwks")
@@ -105,19 +106,9 @@ def connect_with_identity(app: web.Application) -> Any:
     return connect
 
 
-async def _identity_ctx(app: web.Application) -> AsyncIterator[None]:
-    """After the core exists (server/app.py's contexts run first): the JWKS cache, the
-    gateway's identity sign-in, and the sweep of expired token ids."""
-    core = app[CORE]
-    jwks = identity_handlers.JwksCache(core.settings.identity)
-    app[IDENTITY] = jwks
-    app[GATEWAY].identity_connect = connect_with_identity(app)
-    sweeper = asyncio.create_task(repeat(lambda: identity_handlers.sweep_jtis(core), every=JTI_SWEEP_SECONDS,
-                                         what="identity jti sweep"))
-    yield
-    sweeper.cancel()
-    await asyncio.gather(sweeper, return_exceptions=True)
-    await jwks.close()
+async def jti_sweeper(core: Core) -> None:
+    """The loop that forgets expired token ids (listed in server/assembly.py)."""
+    await repeat(lambda: identity_handlers.sweep_jtis(core), every=JTI_SWEEP_SECONDS, what="identity jti sweep")
 
 
 def setup(app: web.Application) -> None:
@@ -125,5 +116,4 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/apps", create_app)
     app.router.add_get("/api/apps", list_apps)
     app.router.add_get("/api/apps/{id}", get_app)
-    app.cleanup_ctx.append(_identity_ctx)
 

@@ -374,7 +374,7 @@ async def test_answer_of_a_killed_instance_is_cancelled_and_its_usage_recorded(
             assert 5 <= row["completion_tokens"] <= len(shown.split()) * 2, (dict(row), shown)
 
             # B's recovery pass (every 15 s; run now) answers the question under a new id.
-            await env.inst.app[CORE].services["tutor"].recover(0)
+            await env.inst.app[CORE].tutor.recover(0)
             final = (await sock.wait_for("message:new", reply_to(question), timeout=30))["message"]
             assert final["id"] != draft["message_id"] and final["content"].startswith("word0")
         finally:

@@ -56,7 +56,7 @@ async def test_draft_disappears_on_message_cancelled_then_the_recovered_answer_s
         page, w = await guest_with_draft(browser, server.url)
 
         # The answer's task dies without cleaning up after itself (its stream row stays).
-        service = server.app[CORE].services["tutor"]
+        service = server.app[CORE].tutor
         for task in list(service._workers):
             task.cancel()
         await expect(w.locator("li.draft")).to_have_count(0, timeout=5_000)
@@ -94,7 +94,7 @@ async def test_orphan_draft_is_replaced_after_a_reconnect_that_missed_the_cancel
             await expect(w.locator(f'li.draft[data-id="{orphan}"]')).to_have_count(1)  # the cancel was missed
 
             # The other instance answers the question again (its recovery pass), committed.
-            await other.app[CORE].services["tutor"].recover(0)
+            await other.app[CORE].tutor.recover(0)
             async with db.connection() as conn:
                 for _ in range(300):
                     if await conn.fetchval("SELECT count(*) FROM messages WHERE role = 'assistant'"):

@@ -104,7 +104,7 @@ async def test_person_taking_over_mid_stream_cuts_the_ai_off(start_instance: Any
         core: Core = env.inst.app[CORE]
         async with db.connection() as conn:
             await conversations.set_mode(conn, uuid.UUID(conv["id"]), "waiting")
-        assert await core.services["tutor"].cancel(uuid.UUID(conv["id"])) is True
+        assert await core.tutor.cancel(uuid.UUID(conv["id"])) is True
         again = await sock.wait_for("message:cancelled", lambda d: d["message_id"] != cancelled["message_id"], timeout=2)
         assert again["reason"] == "cancelled"
         await sock.expect_none("message:new", reply_to(second), within=0.3)
@@ -177,12 +177,12 @@ async def test_tutor_escalate_event(start_instance: Any, db: Database) -> None:
         ack = await outsider.call("tutor:escalate", {"conversation_id": conv["id"]})
         assert ack["ok"] is False and ack["error"]["code"] == "not_found"
         core: Core = env.inst.app[CORE]
-        tickets = core.services.pop("tickets", None)
+        tickets, core.tickets = core.tickets, None
         ack = await sock.call("tutor:escalate", {"conversation_id": conv["id"], "reason": "I am stuck"})
         assert ack["ok"] is False and ack["error"]["code"] == "unavailable"
         if tickets is None:
             return  # the tickets feature is not part of this build
-        core.services["tickets"] = tickets
+        core.tickets = tickets
         ack = await sock.ok("tutor:escalate", {"conversation_id": conv["id"], "reason": "I am stuck on homework"})
         assert ack["ticket"]["conversation_id"] == conv["id"]
         async with db.connection() as conn:

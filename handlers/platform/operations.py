@@ -245,7 +245,7 @@ async def open_ticket(
     ticket), as the tutor's escalation does."""
     app.require("tickets:write")
     await _own_conversation(core, app, conversation_id)
-    service = core.services.get("tickets")
+    service = core.tickets
     if service is None:
         raise ApiError("unavailable", "Tickets are not available on this server.")
     ticket: dict[str, Any] = await service.escalate(

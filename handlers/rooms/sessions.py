@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from handlers.core import Actor, Core
+from handlers.core import Actor, Core, RoomSockets
 from handlers.errors import ApiError
 from handlers.events import conversation_room, user_room
 from storage import audit, conversations, rooms, users
@@ -41,8 +41,11 @@ class RoomService:
     pending_updates: dict[UUID, asyncio.Task[Any]] = field(default_factory=dict)
 
 
-def service(core: Core) -> RoomService:
-    return core.services["rooms"]
+def service(core: Core) -> RoomSockets:
+    """The app's room state (`core.rooms`, a RoomService built by server/assembly.py)."""
+    if core.rooms is None:
+        raise RuntimeError("this Core was built without rooms (a command-line tool)")
+    return core.rooms
 
 
 def audience(session: LiveSession) -> list[str]:

@@ -12,7 +12,7 @@ from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.events import STAFF_ROOM
 from handlers.threads import describe
-from handlers.tickets.service import announce_agent_joined, seat_agent
+from handlers.tickets.seating import announce_agent_joined, seat_agent
 from storage import audit, connections, messages, users
 from storage import tickets as store
 from storage.availability import DatabaseUnavailable

@@ -21,9 +21,9 @@ import asyncpg
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.events import STAFF_ROOM
-from handlers.pipeline import commit_message
 from handlers.threads import announce_conversation
-from handlers.tutor.limits import gate_of
+from handlers.tickets.queue import auto_assign
+from handlers.tickets.seating import announce_agent_joined, seat_agent, system_message, unseat_agent
 from rag.decide import HUMAN, NO_MATERIAL, NO_MATERIAL_AGAIN, SAFETY, safety_concern
 from storage import audit, conversations, messages, users
 from storage import tickets as store
@@ -79,7 +79,8 @@ def _escalated_text(ticket: Ticket) -> str:
 
 
 class TicketService:
-    """Installed as `core.services["tickets"]`; the tutor calls `escalate`."""
+    """`core.tickets` (the `Escalations` port): the tutor calls `admit` and `escalate`;
+    the agents' events call the rest (server/tickets.py)."""
 
     async def escalate(
         self,
@@ -116,7 +117,7 @@ class TicketService:
         for a guest, the deployment-wide guest cap); `rate_limited` when over. Staff
         escalations and conversations that already have an active ticket are not counted."""
         source = SOURCE_ALIASES.get(source, source)
-        gate = gate_of(core.services)
+        gate = core.tutor_limits
         if gate is None or source == "staff":
             return
         async with core.db.connection() as conn:
@@ -190,12 +191,10 @@ class TicketService:
 
         ticket = row
         await _cancel_ai(core, conversation_id)
-        await _system_message(core, ticket, _escalated_text(ticket), "escalated")
+        await system_message(core, ticket, _escalated_text(ticket), "escalated")
         await announce_conversation(core, conversation_id)
         await core.events.to_rooms([STAFF_ROOM], "ticket:new", {"ticket": ticket.to_wire()})
         if core.settings.tickets.auto_assign:
-            from handlers.tickets.queue import auto_assign
-
             assigned = await auto_assign(core, [ticket.id])
             if assigned:
                 ticket = assigned[0]
@@ -322,7 +321,7 @@ class TicketService:
             text = "Our support team has finished helping here. The AI tutor is back to answer your questions."
         else:
             text = "Our support team closed this conversation. Write again at any time if you still need help."
-        await _system_message(core, row, text, "resolved" if handback == "ai" else "closed")
+        await system_message(core, row, text, "resolved" if handback == "ai" else "closed")
         conv = await announce_conversation(core, cid)
         if left:
             await core.events.to_users(left, "conversation:updated", {"conversation": conv})
@@ -337,50 +336,11 @@ def _check_holder(ticket: Ticket, actor: Actor, verb: str) -> None:
         raise ApiError("forbidden", f"Only the assigned agent or an admin may {verb} ticket {ticket.number}.")
 
 
-async def seat_agent(conn: asyncpg.Connection, conversation_id: UUID, agent_id: UUID) -> None:
-    """The agent joins (so fan-out reaches their sockets) and the AI stays silent (`human`)."""
-    await conversations.add_members(conn, conversation_id, [agent_id], member_role="agent")
-    await conversations.set_mode(conn, conversation_id, "human")
-
-
-async def unseat_agent(conn: asyncpg.Connection, conversation_id: UUID, agent_id: UUID) -> None:
-    """Remove an agent who joined for a ticket; never a member who was there in another role."""
-    membership = await conversations.get_with_membership(conn, conversation_id, agent_id)
-    if membership and membership.is_member and membership.member_role == "agent":
-        await conversations.remove_member(conn, conversation_id, agent_id)
-
-
-async def announce_agent_joined(
-    core: Core, ticket: Ticket, agent_id: UUID, agent_name: str, *, event: str, left: list[UUID] | None = None
-) -> None:
-    """After commit: the user sees who joined; members (the agent included) get the new state."""
-    cid = ticket.conversation_id
-    await _system_message(core, ticket, f"{agent_name} from the support team joined the conversation.", event,
-                          agent={"id": agent_id, "name": agent_name})
-    conv = await announce_conversation(core, cid)
-    await core.events.to_users([agent_id], "conversation:new", {"conversation": conv})
-    if left:
-        await core.events.to_users(left, "conversation:updated", {"conversation": conv})
-    await core.events.to_rooms([STAFF_ROOM], "ticket:updated", {"ticket": ticket.to_wire()})
-
-
-async def _system_message(core: Core, ticket: Ticket, content: str, event: str, **extra: Any) -> None:
-    try:
-        await commit_message(
-            core, ticket.conversation_id, sender=None, role="system", content=content,
-            metadata={"ticket_id": ticket.id, "ticket_number": ticket.number, "event": event, **extra},
-        )
-    except Exception:
-        # The ticket change is committed; the notice is a courtesy, its loss must not undo it.
-        log.exception("ticket system message failed", extra={"ticket_id": str(ticket.id)})
-
-
 async def _cancel_ai(core: Core, conversation_id: UUID) -> None:
-    tutor = core.services.get("tutor")
-    cancel = getattr(tutor, "cancel", None)
-    if cancel is None:
+    tutor = core.tutor
+    if tutor is None:
         return
     try:
-        await cancel(conversation_id)
+        await tutor.cancel(conversation_id)
     except Exception:
         log.exception("cancelling the tutor's answer failed", extra={"conversation_id": str(conversation_id)})

@@ -19,25 +19,23 @@ import unicodedata
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from uuid import UUID
 
+from handlers.core import Core
 from handlers.errors import ApiError
 from handlers.pipeline import commit_message
 from handlers.tutor import texts as tutor_texts
 from rag.decide import Decision, SentinelFilter, decide, model_cannot_help
 from rag.embeddings import STOPWORDS
-from rag.llm import ModelUnavailable, StreamResult, count_message_tokens
+from rag.llm import ChatModel, ModelUnavailable, StreamResult, count_message_tokens
 from rag.offline import OfflineStream, stream_offline
 from rag.prompts import SESSION_TYPES, Passage, build_messages, cited_passages, system_prompt
-from rag.retrieval import SearchResult
+from rag.retrieval import KnowledgeBase, SearchResult
 from rag.tokens import count_tokens
 from storage import conversations, messages
 from storage import tutor as store
 from storage.records import Conversation, Message
-
-if TYPE_CHECKING:
-    from handlers.tutor.service import TutorService
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +77,20 @@ class LiveAnswer:
     @property
     def text(self) -> str:
         return "".join(self.shown)
+
+
+class Answerer(Protocol):
+    """What answering needs of the tutor service (handlers/tutor/service.py's TutorService
+    satisfies it): a port, so this module does not import the service that imports it."""
+
+    core: Core
+    kb: KnowledgeBase
+    model: ChatModel | None
+    live: dict[UUID, LiveAnswer]
+    poll_seconds: float
+
+    @property
+    def model_name(self) -> str: ...
 
 
 # ---- relevance ----------------------------------------------------------------------------
@@ -150,7 +162,7 @@ def _ms(start: float | None, end: float | None) -> float | None:
 class Turn:
     """One student message being handled."""
 
-    def __init__(self, svc: TutorService, job: Job, conv: Conversation, msg: Message, member_ids: list[UUID]) -> None:
+    def __init__(self, svc: Answerer, job: Job, conv: Conversation, msg: Message, member_ids: list[UUID]) -> None:
         self.svc = svc
         self.core = svc.core
         self.job = job
@@ -233,7 +245,7 @@ class Turn:
         coming when no ticket will open: over the limit, they hear no person can be reached
         now (the safety words are said either way) and the AI stays in charge."""
         d = self.decision
-        tickets = self.core.services.get("tickets")
+        tickets = self.core.tickets
         limited: ApiError | None = None
         if tickets is not None:
             try:
@@ -479,7 +491,7 @@ class Turn:
                        usage=usage, details={"error": reason})
 
 
-async def handle(svc: TutorService, job: Job) -> None:
+async def handle(svc: Answerer, job: Job) -> None:
     """Answer one student message, unless it is answered already or the AI is not in charge."""
     core = svc.core
     async with core.db.connection() as conn:

@@ -67,7 +67,7 @@ async def _hit_all(limiter: RateLimiter, rules: tuple[Rule, ...], key: str) -> N
 
 
 class TutorGate:
-    """`core.services["tutor_limits"]`: the checks, each raising `rate_limited`."""
+    """`core.tutor_limits` (the `UsageLimits` port): the checks, each raising `rate_limited`."""
 
     def __init__(self, limiter: RateLimiter, limits: TutorLimits) -> None:
         self.limiter = limiter
@@ -90,7 +90,3 @@ class TutorGate:
         if role == "guest":
             await _hit_all(self.limiter, self.limits.guest_tickets, "all")
 
-
-def gate_of(core_services: dict[str, object]) -> TutorGate | None:
-    gate = core_services.get("tutor_limits")
-    return gate if isinstance(gate, TutorGate) else None

@@ -24,11 +24,10 @@ import asyncpg
 
 from handlers import threads
 from handlers.background import repeat
-from handlers.core import Actor, Core
+from handlers.core import Actor, Core, Tutoring
 from handlers.errors import ApiError
 from handlers.pipeline import load_conversation
 from handlers.tutor.answer import Job, LiveAnswer, handle
-from handlers.tutor.limits import gate_of
 from rag.decide import safety_concern
 from rag.llm import ChatModel
 from rag.offline import MODEL_NAME as OFFLINE_MODEL
@@ -101,9 +100,10 @@ class ConversationLocks:
 
 
 class TutorService:
-    """`core.services["tutor"]`: queues student messages and answers them, one at a time
-    per conversation. `cancel(conversation_id)` cuts off an answer streaming here (the
-    tickets feature calls it when a person takes over)."""
+    """`core.tutor` (the `Tutoring` port): queues student messages and answers them, one at
+    a time per conversation. `cancel(conversation_id)` cuts off an answer streaming here
+    (the tickets feature calls it when a person takes over). Its loops (`recovery_loop`,
+    `sweep_loop`) and `close` are started and run by server/assembly.py."""
 
     poll_seconds = 0.25  # how often a streaming answer re-reads the mode and stop requests
     lock_wait_seconds = 120.0
@@ -244,8 +244,10 @@ class TutorService:
             await self.model.aclose()
 
 
-def service_of(core: Core) -> TutorService:
-    return core.services["tutor"]
+def service_of(core: Core) -> Tutoring:
+    if core.tutor is None:
+        raise ApiError("unavailable", "The tutor is not available on this server.")
+    return core.tutor
 
 
 async def check_question(
@@ -257,7 +259,7 @@ async def check_question(
     first message and nothing new is answered."""
     if conv.kind != "tutor" or role != "user" or conv.mode != "ai" or conv.status != "open":
         return
-    gate = gate_of(core.services)
+    gate = core.tutor_limits
     if gate is None:
         return
     try:
@@ -274,7 +276,7 @@ async def on_message_committed(core: Core, conv: ConversationMembership, message
     """Pipeline hook: a student's message in an AI-answered tutor conversation is queued."""
     if conv.kind != "tutor" or message.role != "user" or conv.mode != "ai":
         return
-    service = core.services.get("tutor")
+    service = core.tutor
     if service is not None:
         service.enqueue(conv.id, message.id, message.seq)
 
@@ -295,7 +297,7 @@ async def start(
     if session_type is not None and session_type not in SESSION_TYPES:
         raise ApiError("bad_request", f"session_type must be one of {', '.join(SESSION_TYPES)}.")
     context = {"course": course, "lesson": lesson, "session_type": session_type or "interactive", "socratic": bool(socratic)}
-    if (gate := gate_of(core.services)) is not None:
+    if (gate := core.tutor_limits) is not None:
         await gate.session(actor.user_id, actor.role)
     title = title or (f"Tutor: {lesson or course}" if (lesson or course) else "Tutor")
     async with core.db.transaction() as conn:
@@ -329,7 +331,7 @@ async def stop(core: Core, actor: Actor, *, conversation_id: UUID) -> dict[str, 
 async def escalate(core: Core, actor: Actor, *, conversation_id: UUID, reason: str | None) -> dict[str, Any]:
     """The student (or staff) asks for a person: a ticket through the tickets feature."""
     conv = await _tutor_conversation(core, actor, conversation_id)
-    tickets = core.services.get("tickets")
+    tickets = core.tickets
     if tickets is None:
         raise ApiError("unavailable", "Handing over to a person is not available on this server.")
     urgent = bool(reason) and safety_concern(reason or "")
