@@ -6,9 +6,11 @@ import argparse
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from handlers.settings import Settings
+from server.identity_cli import RunAsync
 
 
 def _uuid(raw: str) -> uuid.UUID:
@@ -18,9 +20,8 @@ def _uuid(raw: str) -> uuid.UUID:
         raise argparse.ArgumentTypeError(f"{raw!r} is not an id (a UUID)") from None
 
 
-def _run(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
+def _run(settings: Settings, work: Callable[[Any], Awaitable[int]], run_async: RunAsync) -> int:
     from handlers.errors import ApiError
-    from server.cli import _run_async
 
     async def run(core: Any) -> int:
         try:
@@ -29,7 +30,7 @@ def _run(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
             print(f"error: {err.message}", file=sys.stderr)
             return 1
 
-    return _run_async(run, settings)
+    return run_async(run, settings)
 
 
 def _describe(key: dict[str, Any]) -> str:
@@ -39,7 +40,7 @@ def _describe(key: dict[str, Any]) -> str:
             f"expires={expires}  last_used={used}  {key['name']}")
 
 
-def cmd_key_create(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_key_create(args: argparse.Namespace, settings: Settings, *, run_async: RunAsync) -> int:
     from handlers.platform import keys
 
     scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
@@ -51,10 +52,10 @@ def cmd_key_create(args: argparse.Namespace, settings: Settings) -> int:
         print(f"API key (shown once; give it to the platform's backend): {result['secret']}")
         return 0
 
-    return _run(settings, work)
+    return _run(settings, work, run_async)
 
 
-def cmd_key_list(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_key_list(args: argparse.Namespace, settings: Settings, *, run_async: RunAsync) -> int:
     from handlers.platform import keys
 
     async def work(core: Any) -> int:
@@ -65,10 +66,10 @@ def cmd_key_list(args: argparse.Namespace, settings: Settings) -> int:
             print(_describe(key))
         return 0
 
-    return _run(settings, work)
+    return _run(settings, work, run_async)
 
 
-def cmd_key_revoke(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_key_revoke(args: argparse.Namespace, settings: Settings, *, run_async: RunAsync) -> int:
     from handlers.platform import keys
 
     async def work(core: Any) -> int:
@@ -76,10 +77,10 @@ def cmd_key_revoke(args: argparse.Namespace, settings: Settings) -> int:
         print(f"revoked {_describe(key)}")
         return 0
 
-    return _run(settings, work)
+    return _run(settings, work, run_async)
 
 
-def cmd_key_rotate(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_key_rotate(args: argparse.Namespace, settings: Settings, *, run_async: RunAsync) -> int:
     from handlers.platform import keys
 
     async def work(core: Any) -> int:
@@ -88,11 +89,12 @@ def cmd_key_rotate(args: argparse.Namespace, settings: Settings) -> int:
         print(f"API key (shown once; give it to the platform's backend): {result['secret']}")
         return 0
 
-    return _run(settings, work)
+    return _run(settings, work, run_async)
 
 
-def add_commands(app_sub: Any) -> None:
-    """Add `key create|list|revoke|rotate` under `studyhall app`."""
+def add_commands(app_sub: Any, run_async: RunAsync) -> None:
+    """Add `key create|list|revoke|rotate` under `studyhall app`; server/cli.py hands in its
+    runner, so this module does not import it back (tests/test_import_graph.py)."""
     from handlers.platform.keys import SCOPES
 
     key = app_sub.add_parser("key", help="API keys for a platform's backend (docs/integration.md)")
@@ -101,16 +103,16 @@ def add_commands(app_sub: Any) -> None:
     create.add_argument("app_id", type=_uuid)
     create.add_argument("--scopes", required=True, help=f"comma-separated, among: {','.join(SCOPES)}")
     create.add_argument("--name", help="a label for people (which service holds the key)")
-    create.set_defaults(func=cmd_key_create)
+    create.set_defaults(func=partial(cmd_key_create, run_async=run_async))
     listing = key_sub.add_parser("list", help="list an app's keys (never the keys themselves)")
     listing.add_argument("app_id", type=_uuid)
-    listing.set_defaults(func=cmd_key_list)
+    listing.set_defaults(func=partial(cmd_key_list, run_async=run_async))
     revoke = key_sub.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("app_id", type=_uuid)
     revoke.add_argument("key_id", type=_uuid)
-    revoke.set_defaults(func=cmd_key_revoke)
+    revoke.set_defaults(func=partial(cmd_key_revoke, run_async=run_async))
     rotate = key_sub.add_parser("rotate", help="a new key with the same scopes; the old one works for --overlap-hours")
     rotate.add_argument("app_id", type=_uuid)
     rotate.add_argument("key_id", type=_uuid)
     rotate.add_argument("--overlap-hours", type=float, help="how long the old key keeps working (default 24; 0: stop now)")
-    rotate.set_defaults(func=cmd_key_rotate)
+    rotate.set_defaults(func=partial(cmd_key_rotate, run_async=run_async))

@@ -317,6 +317,12 @@ class PlatformUserUpserted(PlatformUser):
     created: bool
 
 
+class GuestLinked(Out):
+    sub: str
+    user_id: UUID
+    moved: dict[str, int]
+
+
 class OpenApiDescription(Out):
     """An OpenAPI 3.1 document (this one)."""
 

@@ -52,8 +52,8 @@ SEED = 20261201
 
 def offline_settings(**overrides: Any) -> Settings:
     """Settings for an app that is built but never started (no database is opened)."""
-    return Settings(database_url="postgresql://unused@127.0.0.1:1/unused",
-                    data_dir=Path(tempfile.gettempdir()) / "studyhall-test-unused", **overrides)
+    return Settings().with_(database__url="postgresql://unused@127.0.0.1:1/unused",
+                            database__data_dir=Path(tempfile.gettempdir()) / "studyhall-test-unused", **overrides)
 
 
 # --- the description covers every route, from the validating models -------------------------
@@ -178,11 +178,11 @@ class LiveServer:
         self.thread.start()
         self.database = self.run(self.postgres.create_database())
         port = free_port()
-        settings = Settings(
-            database_url=self.postgres.url(self.database), port=port,
-            data_dir=Path(tempfile.gettempdir()) / "studyhall-test-unused", log_json=False,
-            guest_limit_10min=100_000, guest_limit_day=100_000, register_limit_10min=100_000,
-            register_limit_day=100_000, login_limit_10min=100_000,
+        settings = Settings().with_(
+            database__url=self.postgres.url(self.database), http__port=port,
+            database__data_dir=Path(tempfile.gettempdir()) / "studyhall-test-unused", log__json=False,
+            auth__guest_limit_10min=100_000, auth__guest_limit_day=100_000, auth__register_limit_10min=100_000,
+            auth__register_limit_day=100_000, auth__login_limit_10min=100_000,
         )
         self.app = create_app(settings)
 

@@ -16,7 +16,6 @@ from uuid import UUID
 import openai
 
 from handlers import threads
-from handlers.auth import public_user
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.knowledge import _embedder_failed, kb_of
@@ -27,6 +26,7 @@ from rag.embeddings import EmbedderUnavailable
 from rag.extract import DocumentError, DocumentTooLarge
 from storage import app_users, audit, connections, identities, messages, users
 from storage import tickets as ticket_store
+from storage.records import Role
 
 DEFAULT_NAME = "User"
 
@@ -58,7 +58,7 @@ async def upsert_user(
         if known is None:
             row = await users.insert_user(conn, email=None, name=name or DEFAULT_NAME, role=role, password_hash=None)
             assert row is not None  # no email: nothing to conflict with
-            user_id = row["id"]
+            user_id = row.id
             await identities.insert(conn, app_id=app.app_id, subject=sub, user_id=user_id, email=email,
                                     avatar_url=None, courses=[])
         else:
@@ -82,7 +82,7 @@ async def upsert_user(
     if role_changed:
         await core.events.disconnect_user(user_id)
         await core.events.disconnect_sids(sids)
-    return {"user": public_user(row), "sub": sub, "created": known is None, "deactivated": deactivated}
+    return {"user": row.public(), "sub": sub, "created": known is None, "deactivated": deactivated}
 
 
 async def set_active(core: Core, app: AppActor, sub: str, *, active: bool, ip: str | None = None) -> dict[str, Any]:
@@ -109,7 +109,7 @@ async def set_active(core: Core, app: AppActor, sub: str, *, active: bool, ip: s
         await core.events.disconnect_tokens(revoked)
         await core.events.disconnect_user(known.user_id)
         await core.events.disconnect_sids(sids)
-    return {"user": public_user(row), "sub": sub, "deactivated": not active}
+    return {"user": row.public(), "sub": sub, "deactivated": not active}
 
 
 # --- documents ---------------------------------------------------------------------------
@@ -155,7 +155,7 @@ async def delete_document(core: Core, app: AppActor, document_id: UUID, *, ip: s
 
 def _person(known: identities.IdentityRecord) -> Actor:
     """The app's user as the actor of a handler that acts for a person (no sign-in token)."""
-    return Actor(user_id=known.user_id, role=known.role, name=known.name, token_id=uuid.UUID(int=0))
+    return Actor(user_id=known.user_id, role=Role(known.role), name=known.name, token_id=uuid.UUID(int=0))
 
 
 async def create_session(
@@ -183,7 +183,7 @@ async def change_session(core: Core, app: AppActor, session_id: UUID, action: st
     app.require("sessions:write")
     session = await sessions.load(core, session_id)
     async with core.db.connection() as conn:
-        host = await identities.for_user(conn, session["host_id"])
+        host = await identities.for_user(conn, session.host_id)
     if host is None or host.app_id != app.app_id:
         raise ApiError("not_found", "No such live session.")
     result = await sessions.change_status(core, _person(host), session_id, action)
@@ -231,7 +231,7 @@ async def post_message(core: Core, app: AppActor, conversation_id: UUID, *, cont
         metadata={"app": {"id": str(app.app_id), "name": app.app_name}},
     )
     async with core.db.connection() as conn:
-        await audit.record(conn, "platform.message.create", target_type="message", target_id=message["id"], ip=ip,
+        await audit.record(conn, "platform.message.create", target_type="message", target_id=message.id, ip=ip,
                            details=app.audit_details(conversation_id=str(conversation_id)))
     return {"message": message}
 
@@ -245,7 +245,7 @@ async def open_ticket(
     ticket), as the tutor's escalation does."""
     app.require("tickets:write")
     await _own_conversation(core, app, conversation_id)
-    service = core.services.get("tickets")
+    service = core.tickets
     if service is None:
         raise ApiError("unavailable", "Tickets are not available on this server.")
     ticket: dict[str, Any] = await service.escalate(
@@ -261,8 +261,6 @@ async def open_ticket(
 async def conversation_tickets(core: Core, app: AppActor, conversation_id: UUID) -> dict[str, Any]:
     app.require("tickets:read")
     await _own_conversation(core, app, conversation_id)
-    from handlers.tickets.service import ticket_out
-
     async with core.db.connection() as conn:
         rows = await ticket_store.list_for_conversation(conn, conversation_id)
-    return {"tickets": [ticket_out(r) for r in rows]}
+    return {"tickets": [r.to_wire() for r in rows]}
