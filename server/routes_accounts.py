@@ -40,7 +40,7 @@ class RoleBody(Payload):
     role: Text
 
 
-@api("Register an account", body=RegisterBody, ok=(201, out.SignedIn), auth="none", tag="accounts", errors=(409, 429))
+@api("Register an account", body=RegisterBody, ok=(201, out.SignedIn), auth="none", tag="accounts", errors=(403, 409, 429))
 async def register(request: web.Request) -> web.Response:
     body = await read_json(request, RegisterBody)
     await policy.check_unverified_sign_up(core_of(request), app_id=body.app_id, origin=request.headers.get("Origin"))
@@ -54,7 +54,7 @@ async def login(request: web.Request) -> web.Response:
     return json_response(await auth.login(core_of(request), email=body.email, password=body.password, ip=client_ip(request)))
 
 
-@api("Sign in as a guest", body=GuestBody, ok=(201, out.SignedIn), auth="none", tag="accounts", errors=(429,))
+@api("Sign in as a guest", body=GuestBody, ok=(201, out.SignedIn), auth="none", tag="accounts", errors=(403, 429))
 async def guest(request: web.Request) -> web.Response:
     body = await read_json(request, GuestBody)
     await policy.check_unverified_sign_up(core_of(request), app_id=body.app_id, origin=request.headers.get("Origin"))
