@@ -37,7 +37,7 @@ from server import platform_api, rooms, routes_accounts
 from server.apidoc import api
 from server.app import create_app
 from server.keys import CORE
-from server.openapi import UndocumentedRoute, build, excluded_reason
+from server.openapi import UndocumentedRoute, build, documented_routes, excluded_reason
 from storage import users
 from storage.embedded import free_port
 from tests.client import Api, Socket
@@ -102,6 +102,15 @@ def test_bodies_and_queries_come_from_the_code_that_checks_them() -> None:
     assert schemas["RegisterBody"]["properties"]["password"]["minLength"] == 8
     assert schemas["RegisterBody"] == routes_accounts.RegisterBody.model_json_schema(
         ref_template="#/components/schemas/{model}", mode="validation")
+    # So is every route's: the component is the model's own JSON Schema.
+    app = create_app(offline_settings())
+    for method, path, doc in documented_routes(app):
+        if doc.body is None:
+            continue
+        ref = paths[path][method.lower()]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        own = doc.body.model_json_schema(ref_template="#/components/schemas/{model}", mode="validation")
+        own.pop("$defs", None)
+        assert schemas[ref.rsplit("/", 1)[1]] == own, (method, path)
     # A query parameter is the object the handler reads it through.
     listing = {p["name"]: p for p in paths["/api/live-sessions"]["get"]["parameters"]}
     assert listing["limit"]["schema"] == rooms.LIMIT.schema() == {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}
