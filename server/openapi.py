@@ -104,8 +104,8 @@ def excluded_reason(method: str, path: str) -> str | None:
 
 
 def _route_path(route: web.AbstractRoute) -> str:
-    info = route.resource.get_info() if route.resource is not None else {}
-    return str(info.get("formatter") or info.get("path") or (route.resource.canonical if route.resource else ""))
+    """The path template without regexes (`/static/{path:.+}` → `/static/{path}`)."""
+    return route.resource.canonical if route.resource is not None else ""
 
 
 def documented_routes(app: web.Application) -> list[tuple[str, str, Doc]]:
