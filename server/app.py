@@ -21,7 +21,7 @@ from handlers.ratelimit import RateLimiter
 from handlers.settings import Settings
 from server import documents as documents_feature
 from server import identity as identity_feature
-from server import pages, routes_accounts, routes_static, threads
+from server import openapi, pages, routes_accounts, routes_static, threads
 from server import platform_api as platform_feature
 from server import platform_link as platform_link_feature
 from server import rooms as rooms_feature
@@ -53,6 +53,7 @@ FEATURES = (
     identity_feature,
     platform_feature,  # API keys and the platform API
     platform_link_feature,  # guest carry-over by API key
+    openapi,  # last: describes every route above (server/openapi.py)
 )
 
 

@@ -15,7 +15,9 @@ from pydantic import Field, ValidationError
 
 from handlers import knowledge
 from handlers.errors import ApiError
-from server.http import check_text, client_ip, core_of, path_uuid, query_int, require_actor
+from server import schemas as out
+from server.apidoc import QueryInt, QueryText, api
+from server.http import check_text, client_ip, core_of, path_uuid, require_actor
 from server.jsonutil import json_response
 from server.validation import Payload, Storable, Title, validation_message
 
@@ -116,6 +118,9 @@ async def _from_json(request: web.Request) -> NewDocument:
         raise ApiError("bad_request", validation_message(exc)) from None
 
 
+@api("Add a document to the knowledge base", body=NewDocument, multipart=FileFields, ok=(201, out.DocumentCreated),
+     also={200: out.DocumentCreated}, auth="session", tag="documents",
+     description="JSON text, or a file as multipart/form-data (field `file`). 200 when the same content was already there.")
 async def create_document(request: web.Request) -> web.Response:
     actor = await require_actor(request, knowledge.EDITOR_ROLES)
     core = core_of(request)
@@ -139,11 +144,19 @@ async def create_document(request: web.Request) -> web.Response:
     return json_response({"document": document, "created": created}, status=201 if created else 200)
 
 
+LIMIT = QueryInt("limit", 100, lo=1, hi=500)
+OFFSET = QueryInt("offset", 0, lo=0, hi=10**9)
+COURSE = QueryText("course", "Only this course's documents.")
+Q = QueryText("q", "The search text.", default="")
+K = QueryInt("k", 5, lo=1, hi=knowledge.MAX_K, description="How many passages.")
+
+
+@api("List the knowledge base's documents", ok=out.DocumentList, query=(LIMIT, OFFSET, COURSE), auth="session", tag="documents")
 async def list_documents(request: web.Request) -> web.Response:
     await require_actor(request, knowledge.EDITOR_ROLES)
-    limit = query_int(request, "limit", 100, lo=1, hi=500)
-    offset = query_int(request, "offset", 0, lo=0, hi=10**9)
-    course = request.query.get("course") or None
+    limit = LIMIT.read(request)
+    offset = OFFSET.read(request)
+    course = COURSE.read(request)
     documents = await knowledge.list_documents(core_of(request), course=course, limit=limit or 100, offset=offset or 0)
     return json_response({"documents": documents})
 
@@ -152,23 +165,24 @@ def _document_id(request: web.Request) -> UUID:
     return path_uuid(request, "id", "document")
 
 
+@api("A document", ok=out.DocumentResult, auth="session", tag="documents")
 async def get_document(request: web.Request) -> web.Response:
     await require_actor(request, knowledge.EDITOR_ROLES)
     return json_response({"document": await knowledge.get_document(core_of(request), _document_id(request))})
 
 
+@api("Delete a document", ok=out.DocumentDeleted, auth="session", tag="documents")
 async def delete_document(request: web.Request) -> web.Response:
     actor = await require_actor(request, knowledge.EDITOR_ROLES)
     document = await knowledge.delete_document(core_of(request), actor, _document_id(request), ip=client_ip(request))
     return json_response({"document": document, "deleted": True})
 
 
+@api("Search the knowledge base", ok=out.SearchResults, query=(Q, K, COURSE), auth="session", tag="documents")
 async def search(request: web.Request) -> web.Response:
     await require_actor(request)
-    k = query_int(request, "k", 5, lo=1, hi=knowledge.MAX_K)
-    results = await knowledge.search(
-        core_of(request), request.query.get("q", ""), k=k or 5, course=request.query.get("course") or None
-    )
+    k = K.read(request)
+    results = await knowledge.search(core_of(request), Q.read(request) or "", k=k or 5, course=COURSE.read(request))
     return json_response({"results": [r.as_dict() for r in results]})
 
 

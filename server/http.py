@@ -72,7 +72,10 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         if 400 <= exc.status < 500:
             code = _HTTP_CODES.get(exc.status, "bad_request")
             metrics.event_errors.labels(code, "http").inc()
-            return error_response(code, _HTTP_TEXTS.get(exc.status, exc.reason), exc.status)
+            response = error_response(code, _HTTP_TEXTS.get(exc.status, exc.reason), exc.status)
+            if "Allow" in exc.headers:  # 405 must say which methods the path has (RFC 9110)
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
         raise
     except (asyncpg.DataError, UnicodeEncodeError, OverflowError):
         # Input no check caught that cannot be stored or computed with: the client's error.

@@ -23,6 +23,8 @@ from handlers.background import repeat
 from handlers.core import Actor, Core
 from handlers.identity import apps as app_handlers
 from handlers.identity.keys import SUPPORTED
+from server import schemas as out
+from server.apidoc import api
 from server.client_address import socket_client_ip
 from server.http import client_ip, core_of, path_uuid, read_json, require_actor
 from server.jsonutil import json_response
@@ -64,6 +66,8 @@ class NewAppBody(Payload):
         )
 
 
+@api("Sign in with a platform's signed identity token", body=IdentityBody, ok=out.SignedIn, auth="none", tag="accounts",
+     errors=(401, 403, 429))
 async def identity_sign_in(request: web.Request) -> web.Response:
     body = await read_json(request, IdentityBody)
     result = await identity_handlers.sign_in(
@@ -73,6 +77,7 @@ async def identity_sign_in(request: web.Request) -> web.Response:
     return json_response(result)
 
 
+@api("Register an app (admins)", body=NewAppBody, ok=(201, out.AppCreated), auth="session", tag="apps", errors=(409,))
 async def create_app(request: web.Request) -> web.Response:
     actor = await require_actor(request, ("admin",))
     body = await read_json(request, NewAppBody)
@@ -80,11 +85,13 @@ async def create_app(request: web.Request) -> web.Response:
     return json_response(result, status=201)
 
 
+@api("List apps (admins)", ok=out.AppList, auth="session", tag="apps")
 async def list_apps(request: web.Request) -> web.Response:
     actor = await require_actor(request, ("admin",))
     return json_response(await app_handlers.list_apps(core_of(request), actor))
 
 
+@api("An app (admins)", ok=out.AppResult, auth="session", tag="apps")
 async def get_app(request: web.Request) -> web.Response:
     actor = await require_actor(request, ("admin",))
     return json_response(await app_handlers.get_app(core_of(request), actor, path_uuid(request, "id", "app")))

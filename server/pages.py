@@ -27,6 +27,8 @@ from aiohttp import web
 from handlers import presence, threads
 from handlers.errors import ApiError
 from server import headers
+from server import schemas as out
+from server.apidoc import api
 from server.http import core_of, require_actor
 from server.jsonutil import json_response
 from server.keys import SETTINGS
@@ -83,6 +85,7 @@ async def vendor(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Content-Type": content_type, "Cache-Control": "public, max-age=3600"})
 
 
+@api("Who is online among the people you share a conversation with", ok=out.Presence, auth="session", tag="threads")
 async def presence_snapshot(request: web.Request) -> web.Response:
     """`{online: [user_id]}`: who is online among the members of the caller's conversations."""
     actor = await require_actor(request)

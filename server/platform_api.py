@@ -13,7 +13,6 @@ docs/integration.md. A user session token there is `unauthorized`, like a bad ke
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
@@ -23,11 +22,14 @@ from pydantic import Field
 from handlers.errors import ApiError
 from handlers.platform import keys, operations
 from handlers.platform.keys import AppActor
+from server import schemas as out
+from server.apidoc import QueryInt, QueryText, api
+from server.documents import NewDocument
 from server.documents import _from_json as document_from_json
-from server.http import client_ip, core_of, header_ascii, path_uuid, query_int, read_json, require_actor
+from server.http import client_ip, core_of, header_ascii, path_uuid, read_json, require_actor
 from server.jsonutil import json_response
 from server.rooms import SessionType
-from server.validation import Content, Name, Payload, Storable, Title
+from server.validation import Content, IsoTime, Name, Payload, Storable, Title
 
 Sub = Annotated[str, Field(min_length=1, max_length=255), Storable]
 Scope = Annotated[str, Field(min_length=1, max_length=40)]
@@ -52,7 +54,7 @@ class SessionBody(Payload):
     host_sub: Sub
     title: Title
     max_participants: Annotated[int, Field(ge=1, le=10_000)] = 100
-    scheduled_start_time: datetime | None = None
+    scheduled_start_time: IsoTime | None = None
     type: SessionType = "lecture"
 
 
@@ -68,6 +70,7 @@ class TicketBody(Payload):
 
 # --- admins: keys ------------------------------------------------------------------------
 
+@api("Create an API key for an app (admins)", body=NewKeyBody, ok=(201, out.KeyCreated), auth="session", tag="apps")
 async def create_key(request: web.Request) -> web.Response:
     actor = await require_actor(request, ("admin",))
     body = await read_json(request, NewKeyBody)
@@ -76,17 +79,20 @@ async def create_key(request: web.Request) -> web.Response:
     return json_response(result, status=201)
 
 
+@api("An app's API keys (admins)", ok=out.KeyList, auth="session", tag="apps")
 async def list_keys(request: web.Request) -> web.Response:
     actor = await require_actor(request, ("admin",))
     return json_response(await keys.list_keys(core_of(request), actor, path_uuid(request, "id", "app")))
 
 
+@api("Revoke an API key (admins)", ok=out.KeyResult, auth="session", tag="apps", errors=(409,))
 async def revoke_key(request: web.Request) -> web.Response:
     actor = await require_actor(request, ("admin",))
     return json_response(await keys.revoke(core_of(request), actor, path_uuid(request, "id", "app"),
                                            path_uuid(request, "key_id", "API key"), ip=client_ip(request)))
 
 
+@api("Rotate an API key (admins)", body=RotateBody, ok=(201, out.KeyRotated), auth="session", tag="apps", errors=(409,))
 async def rotate_key(request: web.Request) -> web.Response:
     actor = await require_actor(request, ("admin",))
     body = await read_json(request, RotateBody)
@@ -114,6 +120,11 @@ def _sub(request: web.Request) -> str:
     return sub
 
 
+SUB = {"sub": {"type": "string", "minLength": 1, "maxLength": 255, "description": "The user's id in the app"}}
+
+
+@api("Create or update the app's user", body=UserBody, ok=out.PlatformUserUpserted, also={201: out.PlatformUserUpserted},
+     auth="api_key", tag="platform", path=SUB, errors=(409,))
 async def put_user(request: web.Request) -> web.Response:
     app = await require_app(request)
     body = await read_json(request, UserBody)
@@ -122,18 +133,22 @@ async def put_user(request: web.Request) -> web.Response:
     return json_response(result, status=201 if result["created"] else 200)
 
 
+@api("Deactivate the app's user", ok=out.PlatformUser, auth="api_key", tag="platform", path=SUB)
 async def deactivate_user(request: web.Request) -> web.Response:
     app = await require_app(request)
     return json_response(await operations.set_active(core_of(request), app, _sub(request), active=False,
                                                      ip=client_ip(request)))
 
 
+@api("Reactivate the app's user", ok=out.PlatformUser, auth="api_key", tag="platform", path=SUB)
 async def reactivate_user(request: web.Request) -> web.Response:
     app = await require_app(request)
     return json_response(await operations.set_active(core_of(request), app, _sub(request), active=True,
                                                      ip=client_ip(request)))
 
 
+@api("Add a document to the knowledge base", body=NewDocument, ok=(201, out.DocumentCreated), also={200: out.DocumentCreated},
+     auth="api_key", tag="platform")
 async def create_document(request: web.Request) -> web.Response:
     app = await require_app(request)
     app.require("documents:write")
@@ -145,6 +160,7 @@ async def create_document(request: web.Request) -> web.Response:
     return json_response({"document": document, "created": created}, status=201 if created else 200)
 
 
+@api("Delete a document", ok=out.DocumentResult, auth="api_key", tag="platform")
 async def delete_document(request: web.Request) -> web.Response:
     app = await require_app(request)
     document = await operations.delete_document(core_of(request), app, path_uuid(request, "id", "document"),
@@ -152,6 +168,8 @@ async def delete_document(request: web.Request) -> web.Response:
     return json_response({"document": document})
 
 
+@api("Create a live session hosted by the app's user", body=SessionBody, ok=(201, out.LiveSessionResult), auth="api_key",
+     tag="platform", errors=(409,))
 async def create_session(request: web.Request) -> web.Response:
     app = await require_app(request)
     body = await read_json(request, SessionBody)
@@ -168,27 +186,39 @@ def _session_action(action: str) -> Callable[[web.Request], Awaitable[web.Respon
         return json_response(await operations.change_session(
             core_of(request), app, path_uuid(request, "id", "live session"), action, ip=client_ip(request)))
 
-    return handle
+    return api(f"{action.title()} a live session", ok=out.LiveSessionResult, auth="api_key", tag="platform",
+               errors=(409,))(handle)
 
 
+SUB_FILTER = QueryText("sub", "Only this user's conversations.")
+CONVERSATIONS_LIMIT = QueryInt("limit", 50, lo=1, hi=200)
+TRANSCRIPT_LIMIT = QueryInt("limit", 100, lo=1, hi=500)
+BEFORE_SEQ = QueryInt("before_seq", None, lo=1, hi=2**62)
+
+
+@api("The conversations of the app's users", ok=out.ConversationList, query=(SUB_FILTER, CONVERSATIONS_LIMIT), auth="api_key",
+     tag="platform")
 async def list_conversations(request: web.Request) -> web.Response:
     app = await require_app(request)
-    sub = request.query.get("sub") or None
-    limit = query_int(request, "limit", 50, lo=1, hi=200)
+    sub = SUB_FILTER.read(request)
+    limit = CONVERSATIONS_LIMIT.read(request)
     assert limit is not None
     return json_response(await operations.list_conversations(core_of(request), app, sub=sub, limit=limit))
 
 
+@api("A conversation's messages", ok=out.Transcript, query=(BEFORE_SEQ, TRANSCRIPT_LIMIT), auth="api_key", tag="platform")
 async def get_transcript(request: web.Request) -> web.Response:
     app = await require_app(request)
-    limit = query_int(request, "limit", 100, lo=1, hi=500)
+    limit = TRANSCRIPT_LIMIT.read(request)
     assert limit is not None
     return json_response(await operations.transcript(
         core_of(request), app, path_uuid(request, "id", "conversation"),
-        before_seq=query_int(request, "before_seq", None, lo=1, hi=2**62), limit=limit,
+        before_seq=BEFORE_SEQ.read(request), limit=limit,
     ))
 
 
+@api("Post a message as the app", body=MessageBody, ok=(201, out.MessageResult), auth="api_key", tag="platform",
+     errors=(409,))
 async def post_message(request: web.Request) -> web.Response:
     app = await require_app(request)
     body = await read_json(request, MessageBody)
@@ -197,6 +227,8 @@ async def post_message(request: web.Request) -> web.Response:
     return json_response(result, status=201)
 
 
+@api("Open a ticket on a conversation", body=TicketBody, ok=(201, out.TicketResult), auth="api_key", tag="platform",
+     errors=(409,))
 async def open_ticket(request: web.Request) -> web.Response:
     app = await require_app(request)
     body = await read_json(request, TicketBody)
@@ -205,6 +237,7 @@ async def open_ticket(request: web.Request) -> web.Response:
     return json_response(result, status=201)
 
 
+@api("A conversation's tickets", ok=out.TicketList, auth="api_key", tag="platform")
 async def conversation_tickets(request: web.Request) -> web.Response:
     app = await require_app(request)
     return json_response(await operations.conversation_tickets(core_of(request), app,

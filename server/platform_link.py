@@ -13,9 +13,11 @@ from pydantic import Field
 
 from handlers.errors import ApiError
 from handlers.identity import carryover
+from server import schemas as out
+from server.apidoc import api
 from server.http import client_ip, core_of, read_json
 from server.jsonutil import json_response
-from server.platform_api import require_app
+from server.platform_api import SUB, require_app
 from server.validation import Payload, Storable
 
 
@@ -23,6 +25,8 @@ class LinkGuestBody(Payload):
     guest_token: Annotated[str, Field(min_length=1, max_length=200), Storable]
 
 
+@api("Move a guest's conversations to the app's user", body=LinkGuestBody, ok=out.GuestLinked, auth="api_key",
+     tag="platform", path=SUB)
 async def link_guest(request: web.Request) -> web.Response:
     app = await require_app(request)
     sub = request.match_info["sub"]

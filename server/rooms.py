@@ -3,7 +3,6 @@ and the socket operations the room service needs. Wired in server/assembly.py.""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -14,10 +13,12 @@ from pydantic import Field
 from handlers.core import Actor, Core
 from handlers.rooms import live as rooms_live
 from handlers.rooms import sessions as rooms
+from server import schemas as out
+from server.apidoc import QueryInt, QueryText, QueryUuid, api
 from server.gateway import EventSpec, Gateway
-from server.http import core_of, path_uuid, query_int, query_uuid, read_json, require_actor
+from server.http import core_of, path_uuid, read_json, require_actor
 from server.jsonutil import json_response
-from server.validation import Payload, Storable, Title
+from server.validation import IsoTime, Payload, Storable, Title
 
 SessionType = Annotated[str, Field(min_length=1, max_length=50), Storable]
 
@@ -25,7 +26,7 @@ SessionType = Annotated[str, Field(min_length=1, max_length=50), Storable]
 class CreateSession(Payload):
     title: Title
     max_participants: Annotated[int, Field(ge=1, le=10_000)]
-    scheduled_start_time: datetime | None = None
+    scheduled_start_time: IsoTime | None = None
     type: SessionType = "lecture"
     is_featured: bool = False
 
@@ -78,6 +79,13 @@ EVENTS = [
 
 # --- HTTP ---------------------------------------------------------------------------
 
+HOST_ID = QueryUuid("host_id", "Only sessions this user hosts.")
+LIMIT = QueryInt("limit", 100, lo=1, hi=500)
+STATUS = QueryText("status", "Only sessions in this status.")
+
+
+@api("Create a live session", body=CreateSession, ok=(201, out.LiveSessionResult), auth="session", tag="live sessions",
+     errors=(429,))
 async def create_session(request: web.Request) -> web.Response:
     actor = await require_actor(request, roles=rooms.CREATOR_ROLES)
     body = await read_json(request, CreateSession)
@@ -88,15 +96,17 @@ async def create_session(request: web.Request) -> web.Response:
     return json_response(result, status=201)
 
 
+@api("List live sessions", ok=out.LiveSessionList, query=(HOST_ID, LIMIT, STATUS), auth="session", tag="live sessions")
 async def list_sessions(request: web.Request) -> web.Response:
     actor = await require_actor(request)
-    host_id = query_uuid(request, "host_id")
-    limit = query_int(request, "limit", 100, lo=1, hi=500)
+    host_id = HOST_ID.read(request)
+    limit = LIMIT.read(request)
     assert limit is not None
-    status = request.query.get("status") or None
+    status = STATUS.read(request)
     return json_response(await rooms.list_sessions(core_of(request), actor, status=status, host_id=host_id, limit=limit))
 
 
+@api("A live session", ok=out.LiveSessionResult, auth="session", tag="live sessions")
 async def get_session(request: web.Request) -> web.Response:
     actor = await require_actor(request)
     return json_response(await rooms.get(core_of(request), actor, path_uuid(request, "id", "live session")))
@@ -109,9 +119,11 @@ def _status_route(action: str):  # type: ignore[no-untyped-def]
         return json_response(await rooms.change_status(core_of(request), actor, session_id, action))
 
     route.__name__ = f"{action}_session"
-    return route
+    return api(f"{action.title()} a live session (its host, or staff)", ok=out.LiveSessionResult, auth="session",
+               tag="live sessions", errors=(409,))(route)
 
 
+@api("Favorite a user", body=FavoriteBody, ok=(201, out.FavoriteResult), auth="session", tag="live sessions")
 async def add_favorite(request: web.Request) -> web.Response:
     actor = await require_actor(request)
     body = await read_json(request, FavoriteBody)
@@ -119,12 +131,14 @@ async def add_favorite(request: web.Request) -> web.Response:
     return json_response(result, status=201)
 
 
+@api("Remove a favorite", ok=(204, None), auth="session", tag="live sessions")
 async def remove_favorite(request: web.Request) -> web.Response:
     actor = await require_actor(request)
     await rooms.unfavorite(core_of(request), actor, user_id=path_uuid(request, "user_id", "favorite"))
     return web.Response(status=204)
 
 
+@api("Your favorites", ok=out.FavoriteList, auth="session", tag="live sessions")
 async def list_favorites(request: web.Request) -> web.Response:
     actor = await require_actor(request)
     return json_response(await rooms.list_favorites(core_of(request), actor))

@@ -10,8 +10,10 @@ from pydantic import Field
 
 from handlers import threads
 from handlers.core import Actor, Core
+from server import schemas as out
+from server.apidoc import QueryInt, api
 from server.gateway import EventSpec
-from server.http import core_of, path_uuid, query_int, require_actor
+from server.http import core_of, path_uuid, require_actor
 from server.jsonutil import json_response
 from server.validation import ClientId, Content, Payload, Title
 
@@ -101,16 +103,22 @@ EVENTS = [
 ]
 
 
+BEFORE_SEQ = QueryInt("before_seq", None, lo=1, hi=2**62, description="Messages before this seq (newest first page without it).")
+LIMIT = QueryInt("limit", 50, lo=1, hi=100)
+
+
+@api("Your conversations", ok=out.ConversationList, auth="session", tag="threads")
 async def list_conversations(request: web.Request) -> web.Response:
     actor = await require_actor(request)
     return json_response(await threads.list_mine(core_of(request), actor))
 
 
+@api("A page of a conversation's messages", ok=out.MessagePage, query=(BEFORE_SEQ, LIMIT), auth="session", tag="threads")
 async def list_messages(request: web.Request) -> web.Response:
     actor = await require_actor(request)
     conversation_id = path_uuid(request, "id", "conversation")
-    before_seq = query_int(request, "before_seq", None, lo=1, hi=2**62)
-    limit = query_int(request, "limit", 50, lo=1, hi=100)
+    before_seq = BEFORE_SEQ.read(request)
+    limit = LIMIT.read(request)
     assert limit is not None
     return json_response(await threads.history(core_of(request), actor, conversation_id=conversation_id, before_seq=before_seq, limit=limit))
 

@@ -13,8 +13,10 @@ from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.tickets import queue as tickets_queue
 from handlers.tickets.service import TicketService
+from server import schemas as out
+from server.apidoc import QueryInt, QueryText, api
 from server.gateway import EventSpec
-from server.http import core_of, path_uuid, query_int, require_actor
+from server.http import core_of, path_uuid, require_actor
 from server.jsonutil import json_response
 from server.validation import Content, Payload, Storable
 from storage.records import STAFF_ROLES
@@ -93,22 +95,30 @@ EVENTS = [
 ]
 
 
+LIMIT = QueryInt("limit", 100, lo=1, hi=500)
+STATUS = QueryText("status", "Comma-separated statuses.")
+ASSIGNED = QueryText("assigned", "`me`, `none` or an agent's id.")
+
+
+@api("The ticket queue (agents, admins)", ok=out.TicketList, query=(STATUS, ASSIGNED, LIMIT), auth="session", tag="tickets")
 async def list_tickets(request: web.Request) -> web.Response:
     actor = await require_actor(request, roles=STAFF_ROLES)
-    limit = query_int(request, "limit", 100, lo=1, hi=500)
+    limit = LIMIT.read(request)
     assert limit is not None
     result = await tickets_queue.list_queue(
-        core_of(request), actor, status=request.query.get("status"), assigned=request.query.get("assigned"), limit=limit
+        core_of(request), actor, status=request.query.get(STATUS.name), assigned=request.query.get(ASSIGNED.name), limit=limit
     )
     return json_response(result)
 
 
+@api("A ticket with its transcript, notes and decisions (agents, admins)", ok=out.TicketDetail, auth="session", tag="tickets")
 async def get_ticket(request: web.Request) -> web.Response:
     await require_actor(request, roles=STAFF_ROLES)
     ticket_id = path_uuid(request, "id", "ticket")
     return json_response(await tickets_queue.detail(core_of(request), ticket_id))
 
 
+@api("Ticket priorities and their SLAs (agents, admins)", ok=out.PriorityList, auth="session", tag="tickets")
 async def list_priorities(request: web.Request) -> web.Response:
     await require_actor(request, roles=STAFF_ROLES)
     return json_response(await tickets_queue.priorities(core_of(request)))

@@ -3,7 +3,6 @@ routes. The service, its pipeline hooks and its loops are wired in server/assemb
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -11,10 +10,11 @@ from aiohttp import web
 from pydantic import Field
 
 from handlers.core import Actor, Core
-from handlers.errors import ApiError
 from handlers.tutor import service as tutor
+from server import schemas as out
+from server.apidoc import QueryTime, QueryUuid, api
 from server.gateway import EventSpec
-from server.http import core_of, path_uuid, query_uuid, require_actor
+from server.http import core_of, path_uuid, require_actor
 from server.jsonutil import json_response
 from server.validation import Payload, Storable, Title
 
@@ -59,19 +59,19 @@ EVENTS = [
 ]
 
 
+USER_ID = QueryUuid("user_id", "Whose usage (admins); yours without it.")
+SINCE = QueryTime("since", "Count from this time (ISO-8601).")
+
+
+@api("Model usage: yours, or any user's for an admin", ok=out.UsageResult, query=(USER_ID, SINCE), auth="session", tag="tutor")
 async def get_usage(request: web.Request) -> web.Response:
     """`GET /api/usage?user_id=&since=`: your model usage, or any user's for an admin."""
     actor = await require_actor(request)
-    since = None
-    if raw := request.query.get("since"):
-        try:
-            since = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        except ValueError:
-            raise ApiError("bad_request", "since must be an ISO-8601 time.") from None
-    result = await tutor.usage(core_of(request), actor, user_id=query_uuid(request, "user_id"), since=since)
+    result = await tutor.usage(core_of(request), actor, user_id=USER_ID.read(request), since=SINCE.read(request))
     return json_response(result)
 
 
+@api("The tutor's decision log of a conversation", ok=out.Decisions, auth="session", tag="tutor")
 async def get_decisions(request: web.Request) -> web.Response:
     """`GET /api/tutor/{conversation_id}/decisions`: the tutor's decision log."""
     actor = await require_actor(request)

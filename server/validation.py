@@ -9,9 +9,10 @@ failing a whole group-commit batch on its way).
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
 from storage.text import unstorable_reason
@@ -49,10 +50,23 @@ def _content(value: str) -> str:
     return _storable(value)
 
 
-Content = Annotated[str, AfterValidator(_content)]
+# The JSON Schema (the OpenAPI description) says what `_content` checks, as far as a schema can.
+Content = Annotated[str, AfterValidator(_content), Field(json_schema_extra={
+    "minLength": 1, "description": f"Not only whitespace; at most {MAX_CONTENT_BYTES} bytes of UTF-8."})]
 Name = Annotated[str, Field(min_length=1, max_length=100), Storable]
 Title = Annotated[str, Field(min_length=1, max_length=200), Storable]
 ClientId = Annotated[str, Field(min_length=1, max_length=100), Storable]
+
+
+def _iso_text(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise PydanticCustomError("iso_time", "must be an ISO-8601 time as a string")
+    return value
+
+
+# A time as the protocol writes it: an ISO-8601 string. pydantic alone would also take a
+# number as seconds since 1970 (`1.1` is 1970-01-01T00:00:01.1Z), a client's mistake.
+IsoTime = Annotated[datetime, BeforeValidator(_iso_text)]
 
 
 class Payload(BaseModel):
