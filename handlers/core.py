@@ -15,6 +15,7 @@ from handlers.ratelimit import RateLimiter
 from handlers.settings import Settings
 from storage.availability import DatabaseUnavailable
 from storage.db import Database
+from storage.records import STAFF_ROLES, Role
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ class Actor:
     """Who sent an event or a request."""
 
     user_id: UUID
-    role: str
+    role: Role
     name: str
     token_id: UUID
     sid: str | None = None
@@ -33,7 +34,7 @@ class Actor:
 
     @property
     def is_staff(self) -> bool:
-        return self.role in ("agent", "admin")
+        return self.role in STAFF_ROLES
 
     def user_dict(self) -> dict[str, Any]:
         return {"id": self.user_id, "name": self.name, "role": self.role}

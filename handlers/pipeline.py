@@ -14,8 +14,8 @@ import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -25,40 +25,42 @@ from handlers.errors import ApiError
 from handlers.events import conversation_room
 from handlers.writer import ConversationLoader, MessageWriter
 from storage import conversations, messages
+from storage.records import ConversationAccess, ConversationMembership, Message
 
 log = logging.getLogger(__name__)
 
-AfterCommit = Callable[[Core, dict[str, Any], dict[str, Any]], Awaitable[None]]
+AfterCommit = Callable[[Core, ConversationMembership, Message], Awaitable[None]]
 # (core, conversation, sender, role, client_id) before a sender's message is written: raising
 # an ApiError refuses the send, with nothing stored (the tutor's question limit).
-BeforeCommit = Callable[[Core, dict[str, Any], Actor, str, str | None], Awaitable[None]]
+BeforeCommit = Callable[[Core, ConversationMembership, Actor, str, str | None], Awaitable[None]]
+Conv = TypeVar("Conv", bound=ConversationAccess)
 
 
 class KindPolicy(Protocol):
     """Access rules for one kind of conversation. `conn` is the caller's connection, or
     None when it holds none (a send): a rule that needs a query then takes a connection
-    of its own. The checks read only `id`, `kind`, `status`, `is_member` and `member_role`
-    of `conv` (all that `conversations.access_rows` loads); membership is decided from
-    those alone."""
+    of its own. `conv` is a `ConversationAccess` (all that `conversations.access_rows`
+    loads; a send passes the fuller `ConversationMembership`): membership is decided from
+    it alone."""
 
-    async def check_read(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None: ...
+    async def check_read(self, core: Core, conn: asyncpg.Connection | None, conv: ConversationAccess, actor: Actor) -> None: ...
 
-    async def check_send(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None: ...
+    async def check_send(self, core: Core, conn: asyncpg.Connection | None, conv: ConversationAccess, actor: Actor) -> None: ...
 
-    def fans_out_to_members(self, conv: dict[str, Any]) -> bool: ...
+    def fans_out_to_members(self, conv: ConversationAccess) -> bool: ...
 
 
 class MemberPolicy:
     """Direct, group and tutor conversations: members read and write; others learn nothing."""
 
-    async def check_read(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None:
-        if not conv.get("is_member"):
+    async def check_read(self, core: Core, conn: asyncpg.Connection | None, conv: ConversationAccess, actor: Actor) -> None:
+        if not conv.is_member:
             raise ApiError("not_found", "No such conversation.")
 
-    async def check_send(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None:
+    async def check_send(self, core: Core, conn: asyncpg.Connection | None, conv: ConversationAccess, actor: Actor) -> None:
         await self.check_read(core, conn, conv, actor)
 
-    def fans_out_to_members(self, conv: dict[str, Any]) -> bool:
+    def fans_out_to_members(self, conv: ConversationAccess) -> bool:
         return True
 
 
@@ -111,13 +113,13 @@ def get_pipeline(core: Core) -> Pipeline:
 
 
 async def authorize(
-    core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any] | None, actor: Actor, *, send: bool = False
-) -> dict[str, Any]:
+    core: Core, conn: asyncpg.Connection | None, conv: Conv | None, actor: Actor, *, send: bool = False
+) -> Conv:
     """`conv` (as `conversations.get_with_membership` loads it, None if there is none) if the
     actor may read (or send to) it, by its kind's policy; `not_found` otherwise."""
     if conv is None:
         raise ApiError("not_found", "No such conversation.")
-    policy = get_pipeline(core).policy(conv["kind"])
+    policy = get_pipeline(core).policy(conv.kind)
     if send:
         await policy.check_send(core, conn, conv, actor)
     else:
@@ -125,19 +127,21 @@ async def authorize(
     return conv
 
 
-async def load_conversation(core: Core, conn: asyncpg.Connection, conversation_id: UUID, actor: Actor, *, send: bool = False) -> dict[str, Any]:
+async def load_conversation(
+    core: Core, conn: asyncpg.Connection, conversation_id: UUID, actor: Actor, *, send: bool = False
+) -> ConversationMembership:
     """The conversation if the actor may read (or send to) it; `not_found` otherwise."""
     conv = await conversations.get_with_membership(conn, conversation_id, actor.user_id)
     return await authorize(core, conn, conv, actor, send=send)
 
 
-async def fan_out(core: Core, conv: dict[str, Any], event: str, data: dict[str, Any]) -> None:
+async def fan_out(core: Core, conv: ConversationMembership, event: str, data: dict[str, Any]) -> None:
     """Deliver an event about a conversation to whoever follows it: its members (loaded
     with the conversation by `conversations.get_with_membership`), or its room."""
-    if get_pipeline(core).policy(conv["kind"]).fans_out_to_members(conv):
-        await core.events.to_users(conv["member_ids"], event, data)
+    if get_pipeline(core).policy(conv.kind).fans_out_to_members(conv):
+        await core.events.to_users(conv.member_ids, event, data)
     else:
-        await core.events.to_rooms([conversation_room(conv["id"])], event, data)
+        await core.events.to_rooms([conversation_room(conv.id)], event, data)
 
 
 async def commit_message(
@@ -152,7 +156,7 @@ async def commit_message(
     check_access: bool = True,
     message_id: UUID | None = None,
     require_mode: str | None = None,
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[Message, bool]:
     """Commit a message with the next seq, then fan it out. Returns (message, duplicate).
 
     `sender=None` is the system or the AI tutor. `role=None` derives it from the sender:
@@ -173,7 +177,7 @@ async def commit_message(
     if role is None:
         # An agent who took a conversation over writes as `agent`; staff who started
         # a tutor conversation of their own are its student and write as `user`.
-        role = "agent" if sender is not None and sender.is_staff and conv.get("member_role") == "agent" else "user"
+        role = "agent" if sender is not None and sender.is_staff and conv.member_role == "agent" else "user"
     if sender is not None:
         for check in pipeline.before_commit:
             await check(core, conv, sender, role, client_id)
@@ -186,7 +190,7 @@ async def commit_message(
         if not duplicate:
             await fan_out(core, conv, "message:new", {"message": message})
     if not duplicate:
-        conv["last_seq"] = message["seq"]
+        conv = replace(conv, last_seq=message.seq)
         for hook in pipeline.after_commit:
             try:
                 await hook(core, conv, message)

@@ -76,7 +76,7 @@ def _service(core: Core) -> Registry:
 
 def settle_seconds(core: Core) -> float:
     """How long judgement waits after a reset: the setting, and never under two heartbeats."""
-    s = core.settings
+    s = core.settings.cluster
     return max(s.registry_settle_seconds, 2 * s.instance_heartbeat_seconds)
 
 

@@ -18,7 +18,6 @@ list) is batched the same way (`storage.conversations.get_many_with_membership`)
 from __future__ import annotations
 
 import logging
-from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -28,6 +27,7 @@ from handlers.errors import ApiError
 from storage import conversations, messages
 from storage.db import Database
 from storage.messages import Inserted, NewMessage
+from storage.records import ConversationMembership
 from storage.text import unstorable_reason
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,13 @@ class ConversationLoader:
 
     def __init__(self, db: Database, *, max_batch: int = 200, concurrency: int = 2) -> None:
         self.db = db
-        self.batcher: Batcher[tuple[UUID, UUID | None], dict[str, Any] | None] = Batcher(
+        self.batcher: Batcher[tuple[UUID, UUID | None], ConversationMembership | None] = Batcher(
             self._load, max_batch=max_batch, concurrency=concurrency
         )
 
-    async def load(self, conversation_id: UUID, user_id: UUID | None) -> dict[str, Any] | None:
+    async def load(self, conversation_id: UUID, user_id: UUID | None) -> ConversationMembership | None:
         return await self.batcher.submit((conversation_id, user_id))
 
-    async def _load(self, keys: list[tuple[UUID, UUID | None]]) -> list[dict[str, Any] | BaseException | None]:
+    async def _load(self, keys: list[tuple[UUID, UUID | None]]) -> list[ConversationMembership | BaseException | None]:
         async with self.db.connection() as conn:
             return list(await conversations.get_many_with_membership(conn, keys))

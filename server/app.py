@@ -23,7 +23,9 @@ from handlers.core import Core
 from handlers.ratelimit import RateLimiter
 from handlers.settings import Settings
 from server import documents as documents_feature
+from server import identity as identity_feature
 from server import pages, revocation, routes_accounts, routes_static, threads
+from server import platform_api as platform_feature
 from server import rooms as rooms_feature
 from server import tickets as tickets_feature
 from server import tutor as tutor_feature
@@ -45,20 +47,21 @@ log = logging.getLogger(__name__)
 
 FEATURES = (
     routes_accounts, threads, documents_feature, tutor_feature, rooms_feature, tickets_feature, pages, routes_static,
-    revocation,
+    revocation, identity_feature,
+    platform_feature,  # API keys and the platform API
 )
-DEAD_AFTER_SECONDS = 45.0  # at least; never under 4.5 heartbeats (settings.instance_heartbeat_seconds)
+DEAD_AFTER_SECONDS = 45.0  # at least; never under 4.5 heartbeats (settings.cluster.instance_heartbeat_seconds)
 GUEST_SWEEP_SECONDS = 3600.0  # idle guests are counted in days: hourly is plenty
 
 
 def create_app(settings: Settings) -> web.Application:
     try:
-        trusted_proxies(settings.trusted_proxies)
+        trusted_proxies(settings.http.trusted_proxies)
     except ValueError as exc:
         raise SystemExit(f"STUDYHALL_TRUSTED_PROXIES: {exc}") from None
     app = web.Application(
         middlewares=[error_middleware],
-        client_max_size=max(settings.max_upload_bytes, settings.max_http_body_bytes),
+        client_max_size=max(settings.knowledge.max_upload_bytes, settings.http.max_body_bytes),
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
@@ -85,32 +88,32 @@ async def _close_clients(app: web.Application) -> None:
     sio = app[SIO]
     log.info("shutdown: closing %d client connections (clients reconnect)", len(sio.eio.sockets))
     try:
-        await close_transports(sio, settings.shutdown_seconds)
+        await close_transports(sio, settings.http.shutdown_seconds)
     except TimeoutError:
-        log.warning("shutdown: clients still closing after %.1f s; going on", settings.shutdown_seconds)
+        log.warning("shutdown: clients still closing after %.1f s; going on", settings.http.shutdown_seconds)
 
 
 async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     embedded: EmbeddedPostgres | None = None
-    url = settings.database_url
+    url = settings.database.url
     if url is None:
-        embedded = EmbeddedPostgres(Path(settings.data_dir), shared_buffers=settings.pg_shared_buffers)
+        embedded = EmbeddedPostgres(Path(settings.database.data_dir), shared_buffers=settings.database.pg_shared_buffers)
         url = await asyncio.to_thread(embedded.start)
-        log.info("using the embedded PostgreSQL", extra={"data_dir": str(settings.data_dir)})
+        log.info("using the embedded PostgreSQL", extra={"data_dir": str(settings.database.data_dir)})
     watchdog: asyncio.Task[None] | None = None
     try:
         await migrate(url)
         db = await Database.connect(
             url,
-            connect_timeout=settings.db_connect_timeout_seconds,
-            command_timeout=settings.db_command_timeout_seconds,
+            connect_timeout=settings.database.connect_timeout_seconds,
+            command_timeout=settings.database.command_timeout_seconds,
         )
         bind_metrics(app[METRICS], db.outage)
         sio = app[SIO]
         core = Core(
             settings=settings, db=db, events=SocketEvents(sio, db, app[METRICS]), instance_id=uuid.uuid4(),
-            limiter=RateLimiter(settings.redis_url, prefix=settings.redis_channel),
+            limiter=RateLimiter(settings.cluster.redis_url, prefix=settings.cluster.redis_channel),
         )
         app[CORE] = core
         gateway = Gateway(sio, core, app[METRICS])
@@ -126,7 +129,7 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
             await connections.register_instance(conn, core.instance_id)
         if embedded is not None:
             watchdog = asyncio.create_task(
-                watch_embedded(embedded, app[LIFECYCLE], settings.pg_watch_seconds, settings.pg_restart_seconds)
+                watch_embedded(embedded, app[LIFECYCLE], settings.database.pg_watch_seconds, settings.database.pg_restart_seconds)
             )
         yield
         core.closing = True
@@ -142,9 +145,9 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
         await core.limiter.close()
         log.info("shutdown: closing the database pool")
         try:
-            await asyncio.wait_for(db.close(), settings.shutdown_seconds)
+            await asyncio.wait_for(db.close(), settings.http.shutdown_seconds)
         except TimeoutError:
-            log.warning("shutdown: database connections still busy after %.1f s; closing them", settings.shutdown_seconds)
+            log.warning("shutdown: database connections still busy after %.1f s; closing them", settings.http.shutdown_seconds)
             db.pool.terminate()
     finally:
         if watchdog is not None:
@@ -157,7 +160,7 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
     core = app[CORE]
     tasks = [asyncio.create_task(_housekeeping(app)), asyncio.create_task(_guest_sweeper(app))]
-    if core.settings.redis_url:
+    if core.settings.cluster.redis_url:
         tasks.append(asyncio.create_task(watch_redis(core.settings, app[SIO], app[METRICS])))
     yield
     for task in tasks:
@@ -173,7 +176,7 @@ async def _housekeeping(app: web.Application) -> None:
     """Heartbeat (re-registering after a registry reset, handlers/registry.py); forget
     crashed instances; close sockets whose token expired or was revoked."""
     core, gateway = app[CORE], app[GATEWAY]
-    interval = core.settings.instance_heartbeat_seconds
+    interval = core.settings.cluster.instance_heartbeat_seconds
     dead_after = max(DEAD_AFTER_SECONDS, 4.5 * interval)
 
     async def one_pass() -> None:

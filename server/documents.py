@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError
 from handlers import knowledge
 from handlers.core import Core
 from handlers.errors import ApiError
+from server import factories
 from server.gateway import Gateway
 from server.http import check_text, client_ip, core_of, path_uuid, query_int, require_actor
 from server.jsonutil import json_response
@@ -109,7 +110,7 @@ async def _from_multipart(request: web.Request, limit: int) -> tuple[FileFields,
 
 async def _from_json(request: web.Request) -> NewDocument:
     # request.read() reads the whole body (StreamReader.read(n) may return only part of
-    # it) and stops at the app's client_max_size, which is max_upload_bytes.
+    # it) and stops at the app's client_max_size, which is settings.knowledge.max_upload_bytes.
     raw = await request.read()
     try:
         return NewDocument.model_validate(orjson.loads(raw or b"{}"))
@@ -122,7 +123,7 @@ async def _from_json(request: web.Request) -> NewDocument:
 async def create_document(request: web.Request) -> web.Response:
     actor = await require_actor(request, knowledge.EDITOR_ROLES)
     core = core_of(request)
-    limit = core.settings.max_upload_bytes
+    limit = core.settings.knowledge.max_upload_bytes
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     if request.content_type == "application/x-www-form-urlencoded":
@@ -194,5 +195,5 @@ def setup(app: web.Application) -> None:
 
 
 def bind(app: web.Application, core: Core, gateway: Gateway) -> None:
-    """One knowledge base per app, its embedder chosen by Settings."""
-    core.services["kb"] = knowledge.knowledge_base(core.settings, core.db)
+    """One knowledge base per app, built from `settings.knowledge` (server/factories.py)."""
+    core.services["kb"] = factories.knowledge_base(core.settings, core.db)

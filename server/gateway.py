@@ -70,7 +70,9 @@ class Gateway:
         self.sockets: dict[str, SocketState] = {}
         self.on_connect: list[ConnectionHook] = []
         self.on_disconnect: list[ConnectionHook] = []
-        s = core.settings
+        # Sign-in for `auth: {identity}` (signed identity, set by server/identity.py).
+        self.identity_connect: Callable[[dict[str, Any], dict[str, Any], str], Awaitable[Actor]] | None = None
+        s = core.settings.gateway
         self.limits = EventLimits(
             socket_rate=s.rate_limit_per_second, socket_burst=s.rate_limit_burst,
             user_rate=s.user_rate_limit_per_second, user_burst=s.user_rate_limit_burst,
@@ -98,7 +100,10 @@ class Gateway:
     async def _connect(self, sid: str, environ: dict[str, Any], auth_data: Any = None) -> None:
         token = auth_data.get("token") if isinstance(auth_data, dict) else None
         try:
-            actor = await auth.authenticate(self.core, token, sid=sid)
+            if isinstance(auth_data, dict) and auth_data.get("identity") is not None and self.identity_connect:
+                actor = await self.identity_connect(auth_data, environ, sid)
+            else:
+                actor = await auth.authenticate(self.core, token, sid=sid)
         except ApiError as err:
             self.metrics.event_errors.labels(err.code, "connect").inc()
             raise socketio.exceptions.ConnectionRefusedError(err.message, err.to_dict()) from None

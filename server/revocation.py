@@ -5,7 +5,7 @@ Three nets, none of which needs the `connections` table (whose rows can be lost)
   sockets every instance holds in memory, through Redis.
 - Expiry: each socket knows its token's `expires_at` (loaded at sign-in) and its instance
   closes it at that moment on a local timer; instance clocks are assumed NTP-synced.
-- Sweep: every `revocation_sweep_seconds` each instance checks the tokens and roles of its
+- Sweep: every `settings.auth.revocation_sweep_seconds` each instance checks the tokens and roles of its
   own sockets against the database in one query, and closes those revoked, expired or
   carrying an old role. This catches a notice lost while Redis was down.
 The table-based paths (handlers/auth.py, server/app.py housekeeping) stay as another net.
@@ -88,7 +88,7 @@ class Revocation:
 
     async def sweep_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.core.settings.revocation_sweep_seconds)
+            await asyncio.sleep(self.core.settings.auth.revocation_sweep_seconds)
             try:
                 await self.sweep_once()
             except asyncio.CancelledError:

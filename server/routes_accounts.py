@@ -71,10 +71,10 @@ async def health(request: web.Request) -> web.Response:
     core = core_of(request)
     database = "ok" if await core.db.ping() else "down"
     redis_state = "disabled"
-    if core.settings.redis_url:
+    if core.settings.cluster.redis_url:
         import redis.asyncio as aioredis
 
-        client = aioredis.from_url(core.settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+        client = aioredis.from_url(core.settings.cluster.redis_url, socket_timeout=1, socket_connect_timeout=1)
         try:
             redis_state = "ok" if await client.ping() else "down"
         except Exception:

@@ -19,9 +19,9 @@ from server.http import core_of, path_uuid, query_int, require_actor
 from server.jsonutil import json_response
 from server.keys import CORE
 from server.validation import Content, Payload, Storable
+from storage.records import STAFF_ROLES
 
-STAFF = frozenset({"agent", "admin"})
-STAFF_ROLES = ("agent", "admin")
+STAFF = frozenset(STAFF_ROLES)
 Reason = Annotated[str, Field(min_length=1, max_length=500), Storable]
 
 

@@ -17,7 +17,8 @@ from handlers.errors import ApiError
 from handlers.knowledge import kb_of
 from handlers.pipeline import get_pipeline
 from handlers.tutor import service as tutor
-from handlers.tutor.limits import TutorGate, TutorLimits
+from handlers.tutor.limits import TutorGate
+from server import factories
 from server.gateway import EventSpec, Gateway
 from server.http import core_of, path_uuid, query_uuid, require_actor
 from server.jsonutil import json_response
@@ -107,8 +108,8 @@ def setup(app: web.Application) -> None:
 
 def bind(app: web.Application, core: Core, gateway: Gateway) -> None:
     """Install the tutor service and its pipeline hook; register the tutor events."""
-    core.services["tutor"] = tutor.TutorService(core, kb_of(core), tutor.chat_model_from_settings(core.settings))
-    core.services["tutor_limits"] = TutorGate(core.limiter, TutorLimits.from_settings(core.settings))
+    core.services["tutor"] = tutor.TutorService(core, kb_of(core), factories.chat_model(core.settings.tutor))
+    core.services["tutor_limits"] = TutorGate(core.limiter, factories.tutor_limits(core.settings.tutor))
     get_pipeline(core).before_commit.append(tutor.check_question)
     get_pipeline(core).after_commit.append(tutor.on_message_committed)
     gateway.add_events(EVENTS)

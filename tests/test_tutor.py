@@ -49,7 +49,7 @@ class Env:
 async def tutor_env(start_instance: Any, db: Database, llm: FakeLLM | None = None, **settings: Any) -> AsyncIterator[Env]:
     """A server (with the fake model when given) and course material uploaded by a mentor."""
     if llm is not None:
-        settings = {"llm_base_url": llm.base_url, "llm_api_key": "test", "llm_max_attempts": 2, **settings}
+        settings = {"tutor__llm_base_url": llm.base_url, "tutor__llm_api_key": "test", "tutor__llm_max_attempts": 2, **settings}
     inst = await start_instance(**settings)
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)

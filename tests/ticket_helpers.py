@@ -20,11 +20,11 @@ async def tutor_conversation(db: Database, student: User, question: str | None =
             conn, kind="tutor", title="Fractions", created_by=uuid.UUID(student.id), mode="ai"
         )
         assert conv is not None
-        await conversations.add_members(conn, conv["id"], [uuid.UUID(student.id)])
+        await conversations.add_members(conn, conv.id, [uuid.UUID(student.id)])
         if question:
-            await messages.insert(conn, conversation_id=conv["id"], sender_id=uuid.UUID(student.id), role="user",
+            await messages.insert(conn, conversation_id=conv.id, sender_id=uuid.UUID(student.id), role="user",
                                   content=question, client_id="q1")
-    return str(conv["id"])
+    return str(conv.id)
 
 
 def core_of(instance: Instance) -> Core:

@@ -1,0 +1,117 @@
+"""Identity sign-in: a verified platform token → one Studyhall user and a session token.
+
+(app, sub) maps to exactly one user, made on first sight (no password, no email in
+`users`: the platform's email is kept on the identity row and never used to find or link
+an existing account). Later tokens update the name, email, avatar, courses and role; the
+platform is the source of truth for its users, so a role an admin set by hand is replaced
+by the token's. Claims a token leaves out (other than `role`, which defaults to student)
+keep their stored value.
+
+A token's `jti`, when present, is recorded in the same transaction as the sign-in and
+refused if seen again before the token would have expired. Attempts count against the
+per-address login limit (handlers/signin_limits.py) before anything else is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from handlers import signin_limits
+from handlers.auth import hash_token
+from handlers.core import Core
+from handlers.errors import ApiError
+from handlers.identity.jwks import JwksCache
+from handlers.identity.verify import Claims, IdentityRefused, peek, verify
+from storage import app_users, apps, audit, identities, users
+from storage.apps import AppRecord
+from storage.records import User
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAME = "User"
+
+
+async def sign_in(core: Core, jwks: JwksCache, *, token: Any, app_id: Any = None, ip: str | None) -> dict[str, Any]:
+    """`{user, token}` like a password login; `unauthorized` with a short reason otherwise."""
+    await signin_limits.check(core, "login", ip)
+    try:
+        app, claims = await _verified(core, jwks, token, app_id)
+        async with core.db.transaction() as conn:
+            if claims.jti is not None:
+                until = claims.expires_at + timedelta(seconds=core.settings.identity.leeway_seconds)
+                if not await identities.use_jti(conn, app.id, claims.jti, until):
+                    raise IdentityRefused("replayed jti", "This identity token was already used.", app.id)
+            user_row, created = await _map_user(conn, app, claims)
+            session = secrets.token_urlsafe(32)
+            expires = datetime.now(UTC) + timedelta(hours=core.settings.identity.session_hours)
+            await users.insert_token(conn, user_row.id, hash_token(session), expires)
+            await audit.record(
+                conn, "login.identity", actor_id=user_row.id, target_type="user", target_id=user_row.id, ip=ip,
+                details={"app_id": str(app.id), "sub": claims.sub, "created": created},
+            )
+    except IdentityRefused as refused:
+        log.info("identity sign-in refused", extra={"reason": refused.reason, "app_id": str(refused.app_id)})
+        async with core.db.transaction() as conn:
+            await audit.record(conn, "login.identity_failed", target_type="app", target_id=refused.app_id, ip=ip,
+                               details={"reason": refused.reason})
+        raise ApiError("unauthorized", refused.message) from None
+    return {"user": user_row.public(), "token": session}
+
+
+async def _verified(core: Core, jwks: JwksCache, token: Any, app_id: Any) -> tuple[AppRecord, Claims]:
+    header, unverified = peek(token)
+    async with core.db.connection() as conn:
+        if app_id is not None:
+            try:
+                app = await apps.get(conn, UUID(str(app_id)))
+            except ValueError:
+                raise IdentityRefused("malformed app_id") from None
+        else:
+            issuer = unverified.get("iss")
+            app = await apps.by_issuer(conn, issuer) if isinstance(issuer, str) and len(issuer) <= 300 else None
+    if app is None:
+        raise IdentityRefused("unknown app")
+    return app, await verify(app, token, header, jwks, core.settings.identity)
+
+
+async def _map_user(conn: Any, app: AppRecord, claims: Claims) -> tuple[User, bool]:
+    """The user for (app, sub), made or updated from the claims; True when made now."""
+    await identities.lock_subject(conn, app.id, claims.sub)
+    known = await identities.get(conn, app.id, claims.sub)
+    if known is None:
+        row = await users.insert_user(conn, email=None, name=claims.name or DEFAULT_NAME, role=claims.role,
+                                      password_hash=None)
+        assert row is not None  # no email: nothing to conflict with
+        await identities.insert(conn, app_id=app.id, subject=claims.sub, user_id=row.id, email=claims.email,
+                                avatar_url=claims.avatar_url, courses=list(claims.courses or ()))
+        return row, True
+    if await app_users.deactivated_at(conn, known.user_id) is not None:  # deactivated by the platform API
+        raise IdentityRefused("deactivated user", "This account is deactivated.", app.id)
+    name = claims.name or known.name
+    email = claims.email if claims.email is not None else known.email
+    avatar = claims.avatar_url if claims.avatar_url is not None else known.avatar_url
+    courses = claims.courses if claims.courses is not None else known.courses
+    if (name, claims.role) != (known.name, known.role):
+        await identities.update_user(conn, known.user_id, name=name, role=claims.role)
+    if (email, avatar, courses) != (known.email, known.avatar_url, known.courses):
+        await identities.update_profile(conn, app_id=app.id, subject=claims.sub, email=email, avatar_url=avatar,
+                                        courses=list(courses))
+    row = await users.get_user(conn, known.user_id)
+    assert row is not None
+    return row, False
+
+
+async def sweep_jtis(core: Core) -> int:
+    """Forget used token ids whose tokens have expired."""
+    total = 0
+    while not core.closing:
+        async with core.db.connection() as conn:
+            done = await identities.sweep_jtis(conn)
+        total += done
+        if done < 10_000:
+            break
+    return total
