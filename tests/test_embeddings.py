@@ -36,6 +36,7 @@ async def test_hashing_is_default_unit_length_and_named() -> None:
     assert make_embedder("hashing", dim=128).name == "hashing-128-v1"
 
 
+@pytest.mark.slow  # starts a Python process of its own
 def test_hashing_is_deterministic_across_processes() -> None:
     text = "Ohm's law relates voltage, current and resistance."
     code = (
