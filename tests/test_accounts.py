@@ -6,14 +6,19 @@ import asyncio
 
 import pytest
 import socketio
+from argon2 import PasswordHasher
 
 from storage import audit
 from tests.client import Api
 
 
-async def test_register_login_me_and_logout(api: Api, db) -> None:
+async def test_register_login_me_and_logout(real_password_hashing, api: Api, db) -> None:
     user = await api.register("Ada", email="ada@example.com", password="s3cret-pass")
     assert user.role == "student"
+    async with db.connection() as conn:
+        stored = await conn.fetchval("SELECT password_hash FROM users WHERE email = 'ada@example.com'")
+    # argon2id with argon2-cffi's recommended cost (the other tests hash cheaply: conftest.py).
+    assert stored.startswith("$argon2id$") and not PasswordHasher().check_needs_rehash(stored)
     status, body = await api.request("GET", "/api/me", user)
     assert status == 200 and body["user"] == {"id": user.id, "name": "Ada", "role": "student"}
 

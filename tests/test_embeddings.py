@@ -36,6 +36,7 @@ async def test_hashing_is_default_unit_length_and_named() -> None:
     assert make_embedder("hashing", dim=128).name == "hashing-128-v1"
 
 
+@pytest.mark.slow  # starts a Python process of its own
 def test_hashing_is_deterministic_across_processes() -> None:
     text = "Ohm's law relates voltage, current and resistance."
     code = (
@@ -93,6 +94,7 @@ async def test_openai_embedder_batches_in_order_through_real_client() -> None:
         assert requests[-1]["input"][-1] == " "  # the API rejects empty inputs
         for text, vec in zip(texts[:-1], vectors):
             assert vec == pytest.approx(hashed_embedding(text, 16), abs=1e-6)
+        await embedder._client.close()  # else its garbage-collected client logs an error in a later test
 
 
 async def test_openai_embedder_asks_for_shortened_v3_vectors_and_checks_dims() -> None:
@@ -105,6 +107,8 @@ async def test_openai_embedder_asks_for_shortened_v3_vectors_and_checks_dims() -
         wrong = make_embedder("openai", model="local-embed", dim=32, base_url=server.base_url)
         with pytest.raises(RuntimeError, match="returned 16 dims, expected 32"):
             await wrong.embed(["hello"])
+        await short._client.close()  # else their garbage-collected clients log errors in later tests
+        await wrong._client.close()
 
 
 def test_factory_errors() -> None:

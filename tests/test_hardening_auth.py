@@ -85,6 +85,7 @@ async def test_guest_route_default_limit_per_10_minutes(start_instance) -> None:
         assert_rate_limited(*await post(s, inst, "/api/auth/guest", {}))
 
 
+@pytest.mark.slow  # 500 sign-ins over HTTP
 async def test_guest_route_default_daily_cap(start_instance, db) -> None:
     inst = await start_instance(**{**DEFAULT_LIMITS, "auth__guest_limit_10min": 0})
     async with aiohttp.ClientSession() as s:

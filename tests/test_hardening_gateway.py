@@ -315,6 +315,7 @@ async def test_polling_client_burst_within_the_rate_limit_is_all_acked(api: Api)
     assert len(acks) == 50 and all(a.get("ok") is True for a in acks), [a for a in acks if not a.get("ok")][:3]
 
 
+@pytest.mark.slow  # 200 long-polling round trips
 async def test_polling_client_sends_200_messages_in_a_row(start_instance: Any, db: Any) -> None:
     inst = await start_instance(gateway__rate_limit_burst=250, gateway__user_rate_limit_burst=250)
     async with aiohttp.ClientSession() as session:

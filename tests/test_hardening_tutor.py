@@ -238,6 +238,7 @@ async def document_count(db: Database) -> tuple[int, int]:
         return await conn.fetchval("SELECT count(*) FROM documents"), await conn.fetchval("SELECT count(*) FROM chunks")
 
 
+@pytest.mark.slow  # inflates three bombs: seconds of CPU
 def test_decompression_bomb_stops_early_with_bounded_memory() -> None:
     """49 KB that expands to 12 MB of text: refused in well under a second with a small
     peak (before: 280 s of extraction, 12 M characters, 70 MiB traced / 162 MiB RSS)."""
@@ -294,6 +295,7 @@ async def test_total_text_cap_counts_across_pages(start_instance: Any, db: Datab
         assert status == 201, body
 
 
+@pytest.mark.slow  # runs `studyhall ingest` in a process of its own
 def test_ingest_command_reports_the_bomb_and_goes_on(tmp_path: Path, database_url: str) -> None:
     (tmp_path / "a-bomb.pdf").write_bytes(pdf([repeated(12_000_000)]))
     (tmp_path / "cells.md").write_text("# Cells\n\nCells are the basic unit of life.\n")

@@ -64,6 +64,7 @@ async def jwks_server() -> AsyncIterator[tuple[JwksServer, str]]:
     await runner.cleanup()
 
 
+@pytest.mark.slow  # waits out a 1 s refresh interval
 async def test_jwks_fetched_cached_and_refetched_on_rotation_at_most_once_per_interval(
     start_instance: Any, db: Any, jwks_server: tuple[JwksServer, str]
 ) -> None:

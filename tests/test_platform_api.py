@@ -98,6 +98,7 @@ async def test_a_key_is_shown_once_hashed_at_rest_and_works(api: Api, admin: Use
     assert len(upserts) == 2 and all(r["details"]["key_id"] == backend.key_id for r in upserts)
 
 
+@pytest.mark.slow  # waits out a 0.5 s resolution
 async def test_last_used_is_written_again_after_the_resolution(start_instance: Any, db: Any) -> None:
     inst = await start_instance(platform=PlatformSettings(key_last_used_resolution_seconds=0.5))
     async with aiohttp.ClientSession() as session:

@@ -238,6 +238,7 @@ async def test_reindex_with_another_embedder(kb: KnowledgeBase, db: Database) ->
         # Newly ingested text is embedded by the new model straight away.
         new_doc, _ = await kb2.ingest_text("Cells", "Cells are the smallest unit of life.")
         assert await kb2.pending_reindex() == 0 and new_doc.chunk_count == 1
+        await other._client.close()  # else its garbage-collected client logs an error in a later test
 
     # Switching back re-embeds everything with the hashing model again.
     assert await kb.reindex() == total + 1

@@ -114,6 +114,7 @@ async def test_fast_fanout_across_two_instances(fast_fanout: None, cluster: list
             await api.close_sockets()
 
 
+@pytest.mark.slow  # fills socket buffers until the server gives up
 async def test_a_consumer_that_cannot_keep_up_is_closed(fast_fanout: None, start_instance: Any, db: Database,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fanout, "MAX_BUFFERED_BYTES", 256 * 1024)
