@@ -34,10 +34,10 @@ test: ## the full suite, what CI runs (installs what is missing: see tests/run.s
 # limits, validation of HTTP bodies and socket events, threads, the tutor, rooms, tickets
 # and the queue, documents and retrieval, identity and API keys, migrations); leaves out
 # Chromium, Redis/cluster and `slow` tests (own processes or servers, timers, long loops).
-# Measured on a shared 2-core machine: 66 s at load ~4 (was 106 s at load ~3.4); side by
-# side with the old set under load ~15, 139 s against 301 s (Python CPU 22 s against 81 s,
-# PostgreSQL's 31 s against 40 s); ~50 s idle, extrapolated. See tests/conftest.py
-# and tests/services.py for how.
+# Measured on this shared 2-core machine: 43 s for 390 tests at load ~1 (`time make
+# test-fast`, after the merges of 2026-12-01); it was 106 s for 336 at load ~3.4. Cheap
+# argon2 for tests (one test keeps the real cost), databases cloned ahead from a migrated
+# template, no fsync: tests/conftest.py and tests/services.py say how.
 test-fast: install ## the inner loop: no browser, no Redis/cluster, no slow tests (<1 min)
 	$(PYTEST) -q -m "not browser and not cluster and not slow" $(ARGS)
 

@@ -3,6 +3,8 @@ real servers on real ports, and real Socket.IO clients."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
 import tempfile
 import uuid
@@ -126,7 +128,23 @@ async def start_instance(base_settings: Settings) -> AsyncIterator[Any]:
 
     yield start
     for runner in reversed(runners):
-        await runner.cleanup()
+        await _stop_instance(runner)
+
+
+INSTANCE_STOP_SECONDS = 60.0
+
+
+async def _stop_instance(runner: web.AppRunner) -> None:
+    """Stop an instance, failing with every pending task's stack if it takes over a minute
+    (every shutdown step has its own timeout: a stop this slow is a bug to see, not a CI
+    job hanging until it is killed)."""
+    try:
+        await asyncio.wait_for(runner.cleanup(), INSTANCE_STOP_SECONDS)
+    except TimeoutError:
+        stacks = io.StringIO()
+        for task in asyncio.all_tasks():
+            task.print_stack(file=stacks)
+        pytest.fail(f"an instance took over {INSTANCE_STOP_SECONDS:.0f} s to stop; pending tasks:\n{stacks.getvalue()}")
 
 
 @pytest.fixture
