@@ -30,7 +30,7 @@ install: $(VENV)/.installed node_modules/.package-lock.json ## .venv with Studyh
 test: ## the full suite, what CI runs (installs what is missing: see tests/run.sh)
 	bash tests/run.sh -q -rs $(ARGS)
 
-# The inner loop: ~370 of ~475 tests, every feature's main paths (accounts and sign-in
+# The inner loop: ~390 of ~500 tests, every feature's main paths (accounts and sign-in
 # limits, validation of HTTP bodies and socket events, threads, the tutor, rooms, tickets
 # and the queue, documents and retrieval, identity and API keys, migrations); leaves out
 # Chromium, Redis/cluster and `slow` tests (own processes or servers, timers, long loops).

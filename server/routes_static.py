@@ -9,11 +9,13 @@ from aiohttp import web
 from handlers.errors import ApiError
 from server.keys import SETTINGS
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# server/static is a link to the top-level static/ folder, so the pages ship inside the
+# `server` package (pyproject.toml's package-data): a wheel install serves them too.
+PACKAGE_STATIC = Path(__file__).parent / "static"
 
 
 def static_dir(app: web.Application) -> Path:
-    return app[SETTINGS].http.static_dir or REPO_ROOT / "static"
+    return app[SETTINGS].http.static_dir or PACKAGE_STATIC
 
 
 async def index(request: web.Request) -> web.StreamResponse:

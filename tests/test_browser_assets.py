@@ -7,7 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ import pytest
 from playwright.async_api import expect
 
 import server
-from server import pages
+from server import pages, routes_static
 from tests.client import Instance
 from tests.pagekit import REPO, browser, open_page  # noqa: F401
 
@@ -119,3 +122,31 @@ def test_the_bundle_is_package_data() -> None:
     package = Path(server.__file__).resolve().parent
     covered = {p for pattern in patterns for p in package.glob(pattern)}
     assert set(VENDORED.iterdir()) <= covered
+
+
+def test_the_pages_are_package_data() -> None:
+    """The pages ship inside the `server` package (server/static links to static/), so a
+    plain `pip install .` serves them, not only an editable install: package-data covers
+    every file of static/, and the app serves from that link by default."""
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["server"]
+    package = Path(server.__file__).parent
+    assert (package / "static").resolve() == (REPO / "static").resolve()
+    covered = {p.resolve() for pattern in patterns for p in package.glob(pattern) if p.is_file()}
+    pages = {p.resolve() for p in (REPO / "static").rglob("*") if p.is_file()}
+    assert pages and pages <= covered, sorted(str(p) for p in pages - covered)
+    assert package / "static" == routes_static.PACKAGE_STATIC
+
+
+@pytest.mark.slow
+def test_a_built_wheel_carries_the_pages_and_the_bundle(tmp_path: Path) -> None:
+    """`pip wheel .` (what a non-editable install builds): the pages, the bundle and the
+    migrations are inside it."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                    str(tmp_path), str(REPO)], check=True, timeout=300)
+    (wheel,) = tmp_path.glob("studyhall-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    pages = {f"server/static/{p.relative_to(REPO / 'static').as_posix()}" for p in (REPO / "static").rglob("*")
+             if p.is_file()}
+    assert pages <= names, sorted(pages - names)
+    assert {f"server/vendor/socket.io-client/{p.name}" for p in VENDORED.iterdir()} <= names
+    assert any(n.startswith("storage/migrations/") for n in names)
