@@ -129,6 +129,48 @@ class IdentitySettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    """Webhooks to platforms (handlers/webhooks/, docs/webhooks.md)."""
+
+    # Targets on private, loopback, link-local, unspecified or multicast addresses are
+    # refused unless this is set (tests; a receiver on the same private network).
+    allow_private_targets: bool = False
+    # Seconds to wait before each retry; after the last one fails the endpoint is disabled.
+    # Each delay gets up to ±20 % jitter. Default: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (about 27.6 h).
+    retry_schedule: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+    # One attempt: connect plus answer.
+    timeout_seconds: float = 10.0
+    # A claimed delivery is retaken by any instance after this (its claimer died); keep it
+    # well above timeout_seconds.
+    lease_seconds: float = 60.0
+    # Deliveries sent at once per instance.
+    concurrency: int = 32
+    # Poll for due deliveries this often besides LISTEN/NOTIFY (retries fall due by time).
+    poll_seconds: float = 1.0
+    # Reload which events anyone subscribes to this often besides the change notifications.
+    subscriptions_refresh_seconds: float = 30.0
+
+    @classmethod
+    def from_env(cls, e: dict[str, str]) -> WebhookSettings:
+        d = cls()
+        raw = (e.get("STUDYHALL_WEBHOOK_RETRY_SCHEDULE") or "").strip()
+        try:
+            schedule = tuple(float(p) for p in raw.split(",") if p.strip()) if raw else d.retry_schedule
+        except ValueError as exc:
+            raise SystemExit(f"STUDYHALL_WEBHOOK_RETRY_SCHEDULE must be seconds separated by commas, got {raw!r}") from exc
+        return cls(
+            allow_private_targets=_bool(e, "STUDYHALL_WEBHOOK_ALLOW_PRIVATE_TARGETS", d.allow_private_targets),
+            retry_schedule=schedule,
+            timeout_seconds=_float(e, "STUDYHALL_WEBHOOK_TIMEOUT", d.timeout_seconds),
+            lease_seconds=_float(e, "STUDYHALL_WEBHOOK_LEASE_SECONDS", d.lease_seconds),
+            concurrency=_int(e, "STUDYHALL_WEBHOOK_CONCURRENCY", d.concurrency),
+            poll_seconds=_float(e, "STUDYHALL_WEBHOOK_POLL_SECONDS", d.poll_seconds),
+            subscriptions_refresh_seconds=_float(e, "STUDYHALL_WEBHOOK_SUBSCRIPTIONS_REFRESH_SECONDS",
+                                                 d.subscriptions_refresh_seconds),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything an instance needs to know about its deployment."""
 
@@ -269,6 +311,8 @@ class Settings:
 
     # Signed identity from embedding platforms: its own section.
     identity: IdentitySettings = field(default_factory=IdentitySettings)
+    # Webhooks: their own section.
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -372,6 +416,7 @@ class Settings:
             log_level=(e.get("STUDYHALL_LOG_LEVEL") or d.log_level).upper(),
             log_json=_bool(e, "STUDYHALL_LOG_JSON", False) if e.get("STUDYHALL_LOG_JSON") else None,
             identity=IdentitySettings.from_env(e),
+            webhooks=WebhookSettings.from_env(e),
         )
 
     def with_(self, **changes: object) -> Settings:
