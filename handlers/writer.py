@@ -18,7 +18,7 @@ list) is batched the same way (`storage.conversations.get_many_with_membership`)
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
@@ -29,6 +29,9 @@ from storage import conversations, messages
 from storage.db import Database
 from storage.messages import Inserted, NewMessage
 from storage.text import unstorable_reason
+
+if TYPE_CHECKING:
+    from handlers.webhooks.outbox import MessageOutbox
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,9 @@ class MessageWriter:
             conflict_key=lambda m: (m.conversation_id, m.sender_id, m.client_id) if m.client_id is not None else None,
         )
         self.statements = 0  # insert statements run (a failed batch and its halves count)
+        # Webhooks (handlers/webhooks/outbox.py): while anyone subscribes to message.created,
+        # a batch commits together with its outbox rows.
+        self.outbox: MessageOutbox | None = None
 
     async def insert(self, message: NewMessage) -> Inserted:
         """(message, duplicate), or raises like `storage.messages.insert`; `bad_request`
@@ -59,6 +65,8 @@ class MessageWriter:
         try:
             self.statements += 1
             async with self.db.connection() as conn:
+                if self.outbox is not None and self.outbox.wants_messages():
+                    return list(await self.outbox.insert_batch(conn, batch))
                 return list(await messages.insert_batch(conn, batch))
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if len(batch) == 1:

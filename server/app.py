@@ -28,6 +28,7 @@ from server import pages, revocation, routes_accounts, routes_static, threads
 from server import rooms as rooms_feature
 from server import tickets as tickets_feature
 from server import tutor as tutor_feature
+from server import webhooks as webhooks_feature
 from server.client_address import trusted_proxies
 from server.gateway import Gateway
 from server.http import error_middleware
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 FEATURES = (
     routes_accounts, threads, documents_feature, tutor_feature, rooms_feature, tickets_feature, pages, routes_static,
     revocation, identity_feature,
+    webhooks_feature,  # last: its bind wraps the message writer the threads feature installed
 )
 DEAD_AFTER_SECONDS = 45.0  # at least; never under 4.5 heartbeats (settings.instance_heartbeat_seconds)
 GUEST_SWEEP_SECONDS = 3600.0  # idle guests are counted in days: hourly is plenty

@@ -1,0 +1,167 @@
+"""HTTP for webhooks (handlers/webhooks/, docs/webhooks.md), and each instance's delivery
+loop, subscription cache and database listener.
+
+Admins:
+- `POST /api/webhooks/endpoints` `{app_id, url, events, description?}` → 201 `{endpoint, secret}`
+- `GET /api/webhooks/endpoints[?app_id=]`, `GET /api/webhooks/endpoints/{id}`
+- `DELETE /api/webhooks/endpoints/{id}` → 204
+- `POST /api/webhooks/endpoints/{id}/enable`, `POST /api/webhooks/endpoints/{id}/disable`
+- `GET /api/webhooks/endpoints/{id}/deliveries[?status=&limit=]`
+- `POST /api/webhooks/deliveries/{id}/redeliver`
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+from uuid import UUID
+
+import asyncpg
+from aiohttp import web
+from pydantic import Field
+
+from handlers.background import repeat
+from handlers.core import Core
+from handlers.pipeline import get_pipeline
+from handlers.webhooks import endpoints
+from handlers.webhooks.delivery import Dispatcher
+from handlers.webhooks.outbox import SERVICE, MessageOutbox, Subscriptions
+from server.http import client_ip, core_of, path_uuid, query_int, query_uuid, read_json, require_actor
+from server.jsonutil import json_response
+from server.keys import CORE
+from server.validation import Payload, Storable
+from storage.webhooks import DELIVERIES_CHANNEL, ENDPOINTS_CHANNEL
+
+log = logging.getLogger(__name__)
+
+DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("webhook_dispatcher")
+LISTEN_RETRY_SECONDS = 2.0
+
+
+class NewEndpointBody(Payload):
+    """An endpoint, from `POST /api/webhooks/endpoints` or `studyhall webhook create`."""
+
+    app_id: UUID
+    url: Annotated[str, Field(min_length=1, max_length=2048), Storable]
+    events: Annotated[list[Annotated[str, Field(max_length=40)]], Field(min_length=1, max_length=20)]
+    description: Annotated[str, Field(max_length=300), Storable] = ""
+
+
+async def create_endpoint(request: web.Request) -> web.Response:
+    actor = await require_actor(request, ("admin",))
+    body = await read_json(request, NewEndpointBody)
+    result = await endpoints.create(core_of(request), actor, app_id=body.app_id, url=body.url, events=body.events,
+                                    description=body.description, ip=client_ip(request))
+    return json_response(result, status=201)
+
+
+async def list_endpoints(request: web.Request) -> web.Response:
+    actor = await require_actor(request, ("admin",))
+    return json_response(await endpoints.list_endpoints(core_of(request), actor, query_uuid(request, "app_id")))
+
+
+async def get_endpoint(request: web.Request) -> web.Response:
+    actor = await require_actor(request, ("admin",))
+    return json_response(await endpoints.get(core_of(request), actor, path_uuid(request, "id", "endpoint")))
+
+
+async def delete_endpoint(request: web.Request) -> web.Response:
+    actor = await require_actor(request, ("admin",))
+    await endpoints.delete(core_of(request), actor, path_uuid(request, "id", "endpoint"), ip=client_ip(request))
+    return web.Response(status=204)
+
+
+async def enable_endpoint(request: web.Request) -> web.Response:
+    actor = await require_actor(request, ("admin",))
+    enabled = request.match_info["action"] == "enable"
+    return json_response(await endpoints.set_enabled(core_of(request), actor, path_uuid(request, "id", "endpoint"),
+                                                     enabled, ip=client_ip(request)))
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    actor = await require_actor(request, ("admin",))
+    limit = query_int(request, "limit", 50, lo=1, hi=500) or 50
+    return json_response(await endpoints.deliveries(
+        core_of(request), actor, path_uuid(request, "id", "endpoint"), status=request.query.get("status"), limit=limit,
+    ))
+
+
+async def redeliver(request: web.Request) -> web.Response:
+    actor = await require_actor(request, ("admin",))
+    return json_response(await endpoints.redeliver(core_of(request), actor, path_uuid(request, "id", "delivery"),
+                                                   ip=client_ip(request)))
+
+
+def bind(app: web.Application, core: Core, gateway: Any) -> None:
+    """The subscription cache, and message batches committing with their outbox rows."""
+    subs = Subscriptions(core.db)
+    core.services[SERVICE] = subs
+    get_pipeline(core).writer.outbox = MessageOutbox(subs)
+
+
+async def _listen(core: Core, subs: Subscriptions, dispatcher: Dispatcher) -> None:
+    """LISTEN on a connection of its own: new deliveries wake the loop at once, a changed
+    endpoint reloads the subscriptions. Reconnects when the connection drops; meanwhile
+    the poll and the periodic reload cover."""
+
+    def on_deliveries(*_: Any) -> None:
+        dispatcher.wake.set()
+
+    def on_endpoints(*_: Any) -> None:
+        core.spawn(subs.refresh(), name="webhook-subscriptions")
+
+    while True:
+        conn: asyncpg.Connection | None = None
+        closed = asyncio.Event()
+        try:
+            conn = await asyncpg.connect(core.db.url, timeout=core.settings.db_connect_timeout_seconds)
+            conn.add_termination_listener(lambda *_, done=closed: done.set())
+            await conn.add_listener(DELIVERIES_CHANNEL, on_deliveries)
+            await conn.add_listener(ENDPOINTS_CHANNEL, on_endpoints)
+            await subs.refresh()  # whatever changed while not listening
+            dispatcher.wake.set()
+            await closed.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("webhook listener: %r", exc)
+        finally:
+            if conn is not None and not conn.is_closed():
+                await conn.close(timeout=1)
+        await asyncio.sleep(LISTEN_RETRY_SECONDS)
+
+
+async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    core = app[CORE]
+    subs: Subscriptions = core.services[SERVICE]
+    settings = core.settings.webhooks
+    try:
+        await subs.refresh()
+    except Exception as exc:  # the periodic reload retries
+        log.warning("webhook subscriptions not loaded: %r", exc)
+    dispatcher = Dispatcher(core.db, settings, core.instance_id)
+    app[DISPATCHER] = dispatcher
+    tasks = [
+        asyncio.create_task(dispatcher.run(), name="webhook-delivery"),
+        asyncio.create_task(_listen(core, subs, dispatcher), name="webhook-listen"),
+        asyncio.create_task(repeat(subs.refresh, every=settings.subscriptions_refresh_seconds,
+                                   what="webhook subscriptions"), name="webhook-subscriptions"),
+    ]
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await dispatcher.close()
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/api/webhooks/endpoints", create_endpoint)
+    app.router.add_get("/api/webhooks/endpoints", list_endpoints)
+    app.router.add_get("/api/webhooks/endpoints/{id}", get_endpoint)
+    app.router.add_delete("/api/webhooks/endpoints/{id}", delete_endpoint)
+    app.router.add_post("/api/webhooks/endpoints/{id}/{action:enable|disable}", enable_endpoint)
+    app.router.add_get("/api/webhooks/endpoints/{id}/deliveries", list_deliveries)
+    app.router.add_post("/api/webhooks/deliveries/{id}/redeliver", redeliver)
+    app.cleanup_ctx.append(_webhooks_ctx)
