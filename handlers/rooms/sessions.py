@@ -19,6 +19,7 @@ from uuid import UUID
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.events import conversation_room, user_room
+from handlers.webhooks.outbox import emit as emit_webhook
 from storage import audit, conversations, rooms, users
 
 STATUSES = ("scheduled", "live", "ended", "cancelled")
@@ -137,6 +138,9 @@ async def change_status(core: Core, actor: Actor | None, session_id: UUID, actio
         )
         row = await rooms.get_session(conn, session_id)
         followers = await rooms.followers_to_notify(conn, locked["host_id"]) if to_status == "live" else []
+        if row is not None and to_status in ("live", "ended"):
+            event = "live_session.started" if to_status == "live" else "live_session.ended"
+            await emit_webhook(core, conn, event, {"live_session": session_out(row)})
     assert row is not None
     out = session_out(row)
     if to_status == "live" and followers:

@@ -24,6 +24,7 @@ from handlers.events import STAFF_ROOM
 from handlers.pipeline import commit_message
 from handlers.threads import announce_conversation
 from handlers.tutor.limits import gate_of
+from handlers.webhooks.outbox import emit as emit_webhook
 from rag.decide import HUMAN, NO_MATERIAL, NO_MATERIAL_AGAIN, SAFETY, safety_concern
 from storage import audit, conversations, messages, users
 from storage import tickets as store
@@ -193,6 +194,10 @@ class TicketService:
                              "source": source, "priority": prio,
                              "parent_ticket_id": str(row["parent_ticket_id"]) if row["parent_ticket_id"] else None},
                 )
+                await emit_webhook(core, conn, "ticket.created", {"ticket": ticket_out(row)})
+                await emit_webhook(core, conn, "tutor.escalated", {
+                    "conversation_id": conversation_id, "ticket_id": row["id"], "reason": reason, "source": source,
+                    "escalated_by": escalated_by_id, "priority": prio})
         except asyncpg.UniqueViolationError:
             # Only reachable if a conversation row lock was bypassed; the index still holds.
             async with core.db.connection() as conn:
@@ -261,6 +266,8 @@ class TicketService:
             await seat_agent(conn, row["conversation_id"], actor.user_id)
             await audit.record(conn, "ticket.claimed", actor_id=actor.user_id, target_type="ticket", target_id=ticket_id,
                                details={"number": row["number"], "conversation_id": str(row["conversation_id"])})
+            await emit_webhook(core, conn, "ticket.claimed", {"ticket": ticket_out(row), "agent_id": actor.user_id,
+                                                              "auto_assigned": False})
         ticket = ticket_out(row)
         await announce_agent_joined(core, ticket, actor.user_id, actor.name, event="claimed")
         return {"ticket": ticket}
@@ -299,6 +306,8 @@ class TicketService:
             await seat_agent(conn, row["conversation_id"], agent_id)
             await audit.record(conn, "ticket.transferred", actor_id=actor.user_id, target_type="ticket", target_id=ticket_id,
                                details={"number": row["number"], "from": str(previous) if previous else None, "to": str(agent_id)})
+            await emit_webhook(core, conn, "ticket.transferred", {"ticket": ticket_out(row), "from_agent_id": previous,
+                                                                  "to_agent_id": agent_id, "by": actor.user_id})
         ticket = ticket_out(row)
         await announce_agent_joined(core, ticket, agent_id, target["name"], event="transferred",
                                     left=[previous] if previous else [])
@@ -332,6 +341,7 @@ class TicketService:
             await audit.record(conn, "ticket.resolved" if handback == "ai" else "ticket.closed", actor_id=actor.user_id,
                                target_type="ticket", target_id=ticket_id,
                                details={"number": row["number"], "handback": handback, "resolution": resolution})
+            await emit_webhook(core, conn, "ticket.resolved", {"ticket": ticket_out(row), "handback": handback})
         ticket = ticket_out(row)
         if handback == "ai":
             text = "Our support team has finished helping here. The AI tutor is back to answer your questions."
