@@ -1,0 +1,314 @@
+"""Webhooks through real servers, real PostgreSQL and a real receiver that verifies every
+request with the `standardwebhooks` library (tests/webhook_receiver.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from handlers.settings import WebhookSettings
+from server.webhooks import DISPATCHER
+from storage import webhooks as webhook_store
+from storage.db import Database
+from tests.client import Api, Instance, User
+from tests.identity_platform import hs256_platform
+from tests.webhook_receiver import Receiver
+
+FAST = WebhookSettings(allow_private_targets=True, retry_schedule=(0.2, 0.3, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0),
+                       timeout_seconds=5.0, lease_seconds=10.0, poll_seconds=0.2, subscriptions_refresh_seconds=1.0)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = await Receiver().start()
+    yield r
+    await r.close()
+
+
+@pytest.fixture
+async def hooked(start_instance: Any) -> Instance:
+    return await start_instance(webhooks=FAST)
+
+
+@pytest.fixture
+async def hapi(hooked: Instance) -> AsyncIterator[Api]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        client = Api(session, hooked.url)
+        yield client
+        await client.close_sockets()
+
+
+@pytest.fixture
+async def admin(hapi: Api, db: Database) -> User:
+    return await hapi.staff(db, "admin")
+
+
+async def subscribe(api: Api, admin: User, receiver: Receiver, events: list[str], url: str | None = None) -> dict[str, Any]:
+    platform = await hs256_platform(api, admin)
+    status, body = await api.request("POST", "/api/webhooks/endpoints", admin,
+                                     json={"app_id": platform.app_id, "url": url or receiver.url, "events": events})
+    assert status == 201, body
+    assert body["secret"].startswith("whsec_")
+    receiver.secret = body["secret"]
+    return body["endpoint"]
+
+
+async def direct(api: Api) -> tuple[Any, str]:
+    a, b = await api.register("A"), await api.register("B")
+    sa = await api.socket(a)
+    conv = (await sa.ok("conversation:create", {"kind": "direct", "member_ids": [b.id]}))["conversation"]
+    return sa, conv["id"]
+
+
+async def test_message_created_arrives_signed_with_the_conversation_kind(hapi: Api, admin: User, receiver: Receiver) -> None:
+    endpoint = await subscribe(hapi, admin, receiver, ["message.created"])
+    assert "secret" not in endpoint and endpoint["enabled"] is True
+    sa, cid = await direct(hapi)
+    ack = await sa.ok("message:send", {"conversation_id": cid, "content": "hello hook", "client_id": "h1"})
+    await receiver.wait_for(lambda: receiver.delivered)
+    got = receiver.delivered[0]
+    assert not receiver.refused
+    assert got.payload["type"] == "message.created"
+    data = got.payload["data"]
+    assert data["conversation"] == {"id": cid, "kind": "direct", "title": None}
+    assert data["message"]["id"] == ack["message"]["id"] and data["message"]["content"] == "hello hook"
+    assert got.webhook_id.startswith("msg_")
+    # The admin sees the delivery: status, response code, latency, attempts.
+    status, body = await hapi.request("GET", f"/api/webhooks/endpoints/{endpoint['id']}/deliveries", admin)
+    assert status == 200
+    for _ in range(50):
+        status, body = await hapi.request("GET", f"/api/webhooks/endpoints/{endpoint['id']}/deliveries", admin)
+        if body["deliveries"][0]["status"] == "succeeded":
+            break
+        await asyncio.sleep(0.05)
+    (d,) = body["deliveries"]
+    assert d["status"] == "succeeded" and d["last_status_code"] == 204 and d["attempts"] == 1
+    assert d["webhook_id"] == got.webhook_id and d["last_latency_ms"] is not None
+
+
+async def test_no_subscription_writes_no_outbox_rows(hapi: Api, admin: User, receiver: Receiver, db: Database) -> None:
+    await subscribe(hapi, admin, receiver, ["ticket.created"])
+    sa, cid = await direct(hapi)
+    await sa.ok("message:send", {"conversation_id": cid, "content": "nobody listens", "client_id": "n1"})
+    async with db.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM webhook_deliveries") == 0
+
+
+async def test_a_rolled_back_change_sends_nothing(hapi: Api, admin: User, receiver: Receiver, db: Database,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outbox rows are written (the real function runs), then the transaction fails:
+    the message and its deliveries roll back together and nothing is sent."""
+    await subscribe(hapi, admin, receiver, ["message.created"])
+    sa, cid = await direct(hapi)
+    real = webhook_store.enqueue_messages
+
+    async def enqueue_then_fail(conn: asyncpg.Connection, ids: list[uuid.UUID]) -> None:
+        await real(conn, ids)
+        assert await conn.fetchval("SELECT count(*) FROM webhook_deliveries") == 1  # written, not yet committed
+        await conn.execute("SELECT 1 / 0")
+
+    monkeypatch.setattr(webhook_store, "enqueue_messages", enqueue_then_fail)
+    ack = await sa.call("message:send", {"conversation_id": cid, "content": "doomed", "client_id": "d1"})
+    assert ack["ok"] is False
+    monkeypatch.setattr(webhook_store, "enqueue_messages", real)
+    await asyncio.sleep(1.0)
+    assert receiver.attempts == []
+    async with db.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM webhook_deliveries") == 0
+        assert await conn.fetchval("SELECT count(*) FROM messages WHERE content = 'doomed'") == 0
+    await sa.ok("message:send", {"conversation_id": cid, "content": "fine", "client_id": "d2"})
+    await receiver.wait_for(lambda: receiver.delivered)
+    assert [r.payload["data"]["message"]["content"] for r in receiver.delivered] == ["fine"]
+
+
+async def test_receiver_down_then_up_every_event_arrives_under_one_webhook_id(
+    hapi: Api, admin: User, receiver: Receiver
+) -> None:
+    await subscribe(hapi, admin, receiver, ["message.created"])
+    sa, cid = await direct(hapi)
+    receiver.mode = "fail"
+    sent = [(await sa.ok("message:send", {"conversation_id": cid, "content": f"m{i}", "client_id": f"c{i}"}))
+            ["message"]["id"] for i in range(10)]
+    await receiver.wait_for(lambda: len(receiver.attempts) >= 10)
+    await receiver.down()  # now connections are refused
+    sent += [(await sa.ok("message:send", {"conversation_id": cid, "content": f"m{i}", "client_id": f"c{i}"}))
+             ["message"]["id"] for i in range(10, 20)]
+    await asyncio.sleep(1.0)
+    receiver.mode = "ok"
+    await receiver.up()
+    await receiver.wait_for(lambda: len({r.payload["data"]["message"]["id"] for r in receiver.delivered}) == 20,
+                            timeout=20)
+    ids_per_message: dict[str, set[str]] = {}
+    for r in receiver.attempts:
+        ids_per_message.setdefault(r.payload["data"]["message"]["id"], set()).add(r.webhook_id)
+    assert sorted(ids_per_message) == sorted(sent)
+    assert all(len(ids) == 1 for ids in ids_per_message.values())  # one webhook-id across retries
+    failed_first = [r for r in receiver.attempts if r.status == 500]
+    assert failed_first and all(r.webhook_id in {d.webhook_id for d in receiver.delivered} for r in failed_first)
+    assert len(receiver.delivered) == 20  # each delivered once
+
+
+async def test_two_instances_deliver_each_event_once(start_instance: Any, db: Database, receiver: Receiver) -> None:
+    import aiohttp
+
+    one = await start_instance(webhooks=FAST)
+    two = await start_instance(webhooks=FAST)
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, one.url)
+        admin = await api.staff(db, "admin")
+        await subscribe(api, admin, receiver, ["message.created"])
+        await asyncio.sleep(1.5)  # instance two hears of the endpoint (NOTIFY; the periodic reload at worst)
+        sa, cid = await direct(api)
+        api_two = Api(session, two.url)
+        sc, cid2 = await direct(api_two)
+        await asyncio.gather(
+            *(sa.ok("message:send", {"conversation_id": cid, "content": f"a{i}", "client_id": f"a{i}"}) for i in range(60)),
+            *(sc.ok("message:send", {"conversation_id": cid2, "content": f"b{i}", "client_id": f"b{i}"})
+              for i in range(60)),
+        )
+        await receiver.wait_for(lambda: len(receiver.delivered) >= 120, timeout=20)
+        await asyncio.sleep(0.5)
+        counts = Counter(r.webhook_id for r in receiver.attempts)
+        assert len(counts) == 120 and set(counts.values()) == {1}, counts.most_common(3)
+        contents = sorted(r.payload["data"]["message"]["content"] for r in receiver.delivered)
+        assert contents == sorted([f"a{i}" for i in range(60)] + [f"b{i}" for i in range(60)])
+        await api.close_sockets()
+        await api_two.close_sockets()
+
+
+async def test_a_dead_instances_claim_is_delivered_by_the_other(
+    start_instance: Any, db: Database, receiver: Receiver
+) -> None:
+    """Instance one claims the delivery and dies mid-request (its loop is cancelled: nothing
+    settles the row). When its lease runs out, instance two sends it, same webhook-id."""
+    import aiohttp
+
+    one = await start_instance(webhooks=FAST.__class__(**{**FAST.__dict__, "lease_seconds": 1.5}))
+    two = await start_instance(webhooks=FAST)
+    two.app[DISPATCHER].task.cancel()  # only one can claim first
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, one.url)
+        admin = await api.staff(db, "admin")
+        await subscribe(api, admin, receiver, ["message.created"])
+        receiver.mode = "hang"
+        sa, cid = await direct(api)
+        await sa.ok("message:send", {"conversation_id": cid, "content": "survive", "client_id": "s1"})
+        await receiver.wait_for(lambda: receiver.attempts)
+        first = receiver.attempts[0]
+        one.app[DISPATCHER].task.cancel()  # killed mid-delivery
+        receiver.mode = "ok"
+        async with db.connection() as conn:
+            row = await conn.fetchrow("SELECT status, claim, attempts FROM webhook_deliveries")
+        assert row["status"] == "pending" and row["claim"] is not None and row["attempts"] == 1
+        two.app[DISPATCHER].task = asyncio.create_task(two.app[DISPATCHER].run())
+        await receiver.wait_for(lambda: receiver.delivered, timeout=10)
+        assert receiver.delivered[0].webhook_id == first.webhook_id
+        assert receiver.delivered[0].payload["data"]["message"]["content"] == "survive"
+        for _ in range(100):
+            async with db.connection() as conn:
+                row = await conn.fetchrow("SELECT status, attempts, claimed_by FROM webhook_deliveries")
+            if row["status"] != "pending":
+                break
+            await asyncio.sleep(0.05)
+        assert row["status"] == "succeeded" and row["attempts"] == 2
+        assert row["claimed_by"] == two.app[DISPATCHER].instance_id
+        two.app[DISPATCHER].task.cancel()
+        await api.close_sockets()
+
+
+async def test_private_targets_refused_at_creation_and_at_delivery(
+    start_instance: Any, db: Database, receiver: Receiver
+) -> None:
+    import aiohttp
+
+    strict = await start_instance(webhooks=FAST.__class__(**{**FAST.__dict__, "allow_private_targets": False}))
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, strict.url)
+        admin = await api.staff(db, "admin")
+        platform = await hs256_platform(api, admin)
+        for url in (receiver.url, "http://localhost:9/x", "http://[::1]/x", "http://169.254.169.254/latest",
+                    "http://10.1.2.3/x", "http://0.0.0.0/x", "http://[::ffff:127.0.0.1]/x", "http://224.0.0.1/x",
+                    "ftp://example.com/x"):
+            status, body = await api.request("POST", "/api/webhooks/endpoints", admin,
+                                             json={"app_id": platform.app_id, "url": url, "events": ["message.created"]})
+            assert status == 400 and "refused" in body["error"]["message"], (url, body)
+        # An endpoint that passed (say, its name pointed elsewhere then) is checked again at
+        # delivery, after resolution: `localhost` resolves to loopback and is not connected to.
+        async with db.transaction() as conn:
+            await webhook_store.insert_endpoint(
+                conn, app_id=uuid.UUID(platform.app_id), url=f"http://localhost:{receiver.port}/hook", description="",
+                events=["message.created"], secret="whsec_" + "A" * 32, created_by=None,
+            )
+        await asyncio.sleep(1.5)  # the subscription reload
+        receiver.secret = "whsec_" + "A" * 32
+        sa, cid = await direct(api)
+        await sa.ok("message:send", {"conversation_id": cid, "content": "to localhost", "client_id": "l1"})
+        for _ in range(100):
+            async with db.connection() as conn:
+                row = await conn.fetchrow("SELECT attempts, last_error FROM webhook_deliveries")
+            if row is not None and row["attempts"] >= 1 and row["last_error"]:
+                break
+            await asyncio.sleep(0.05)
+        assert row is not None and "refused target" in row["last_error"], row
+        assert receiver.attempts == []
+        await api.close_sockets()
+
+
+async def test_endpoint_disabled_after_the_schedule_runs_out_then_redelivered(
+    start_instance: Any, db: Database, receiver: Receiver
+) -> None:
+    import aiohttp
+
+    short = await start_instance(webhooks=FAST.__class__(**{**FAST.__dict__, "retry_schedule": (0.1, 0.2)}))
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, short.url)
+        admin = await api.staff(db, "admin")
+        endpoint = await subscribe(api, admin, receiver, ["message.created"])
+        receiver.mode = "fail"
+        sa, cid = await direct(api)
+        await sa.ok("message:send", {"conversation_id": cid, "content": "never", "client_id": "x1"})
+        path = f"/api/webhooks/endpoints/{endpoint['id']}"
+        for _ in range(100):
+            status, body = await api.request("GET", path, admin)
+            if not body["endpoint"]["enabled"]:
+                break
+            await asyncio.sleep(0.05)
+        assert body["endpoint"]["enabled"] is False
+        assert "failed 3 times" in body["endpoint"]["disabled_reason"] and "HTTP 500" in body["endpoint"]["disabled_reason"]
+        assert len(receiver.attempts) == 3 and len({r.webhook_id for r in receiver.attempts}) == 1
+        status, body = await api.request("GET", f"{path}/deliveries", admin)
+        (d,) = body["deliveries"]
+        assert d["status"] == "failed" and d["attempts"] == 3 and d["last_status_code"] == 500
+        # Re-enable and redeliver: the same webhook-id arrives.
+        receiver.mode = "ok"
+        status, body = await api.request("POST", f"{path}/enable", admin)
+        assert status == 200 and body["endpoint"]["enabled"] is True and body["endpoint"]["disabled_reason"] is None
+        status, body = await api.request("POST", f"/api/webhooks/deliveries/{d['id']}/redeliver", admin)
+        assert status == 200, body
+        await receiver.wait_for(lambda: receiver.delivered)
+        assert receiver.delivered[0].webhook_id == receiver.attempts[0].webhook_id == d["webhook_id"]
+        await api.close_sockets()
+
+
+async def test_admin_only_and_delete(hapi: Api, admin: User, receiver: Receiver) -> None:
+    endpoint = await subscribe(hapi, admin, receiver, ["ticket.created"])
+    student = await hapi.register("S")
+    status, _ = await hapi.request("GET", "/api/webhooks/endpoints", student)
+    assert status == 403
+    status, body = await hapi.request("POST", "/api/webhooks/endpoints", admin,
+                                      json={"app_id": endpoint["app_id"], "url": receiver.url, "events": ["nope"]})
+    assert status == 400
+    status, body = await hapi.request("GET", "/api/webhooks/endpoints", admin)
+    assert [e["id"] for e in body["endpoints"]] == [endpoint["id"]]
+    status, _ = await hapi.request("DELETE", f"/api/webhooks/endpoints/{endpoint['id']}", admin)
+    assert status == 204
+    status, body = await hapi.request("GET", "/api/webhooks/endpoints", admin)
+    assert body["endpoints"] == []
