@@ -312,3 +312,54 @@ async def test_admin_only_and_delete(hapi: Api, admin: User, receiver: Receiver)
     assert status == 204
     status, body = await hapi.request("GET", "/api/webhooks/endpoints", admin)
     assert body["endpoints"] == []
+
+
+async def test_ticket_live_session_conversation_and_user_events(
+    hooked: Instance, hapi: Api, admin: User, receiver: Receiver, db: Database
+) -> None:
+    from handlers.tickets.queue import check_sla
+    from handlers.webhooks import EVENTS
+    from storage import tickets as ticket_store
+    from tests.ticket_helpers import core_of, escalate, tutor_conversation
+
+    await subscribe(hapi, admin, receiver, list(EVENTS))
+    student = await hapi.register("Student W")  # user.created
+    await direct(hapi)  # two users, one direct conversation
+    cid = await tutor_conversation(db, student)
+    ticket = await escalate(hooked, cid, "human_requested")  # ticket.created, tutor.escalated
+    a1, a2 = await hapi.staff(db, "agent"), await hapi.staff(db, "agent")
+    s1 = await hapi.socket(a1)
+    await s1.ok("ticket:claim", {"ticket_id": ticket["id"]})
+    await s1.ok("ticket:transfer", {"ticket_id": ticket["id"], "agent_id": a2.id})
+    s2 = await hapi.socket(a2)
+    await s2.ok("ticket:resolve", {"ticket_id": ticket["id"], "handback": "ai"})
+    cid2 = await tutor_conversation(db, student)
+    async with db.transaction() as conn:
+        await ticket_store.set_sla_hours(conn, "low", 0.00001)
+    late = await escalate(hooked, cid2, "human_requested", priority="low")
+    await asyncio.sleep(0.1)
+    await check_sla(core_of(hooked))  # ticket.sla_breached
+    mentor = await hapi.staff(db, "mentor")
+    status, body = await hapi.request("POST", "/api/live-sessions", mentor, json={"title": "Hooked", "max_participants": 5})
+    assert status in (200, 201), body
+    session_id = body["live_session"]["id"]
+    for action in ("start", "end"):
+        status, body = await hapi.request("POST", f"/api/live-sessions/{session_id}/{action}", mentor)
+        assert status == 200, body
+    wanted = {"user.created", "conversation.created", "ticket.created", "tutor.escalated", "ticket.claimed",
+              "ticket.transferred", "ticket.resolved", "ticket.sla_breached", "live_session.started",
+              "live_session.ended"}
+    await receiver.wait_for(lambda: wanted <= {r.payload["type"] for r in receiver.delivered})
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for r in receiver.delivered:
+        by_type.setdefault(r.payload["type"], []).append(r.payload["data"])
+    assert any(d["user"]["id"] == student.id and d["via"] == "register" for d in by_type["user.created"])
+    assert {d["conversation"]["kind"] for d in by_type["conversation.created"]} >= {"direct", "room"}
+    assert by_type["ticket.created"][0]["ticket"]["id"] == str(ticket["id"])
+    assert by_type["tutor.escalated"][0]["conversation_id"] == cid
+    assert by_type["ticket.claimed"][0]["agent_id"] == a1.id
+    assert by_type["ticket.transferred"][0]["to_agent_id"] == a2.id
+    assert by_type["ticket.resolved"][0]["ticket"]["status"] == "resolved"
+    assert [d["ticket"]["id"] for d in by_type["ticket.sla_breached"]] == [str(late["id"])]
+    assert by_type["live_session.started"][0]["live_session"]["id"] == session_id
+    assert by_type["live_session.ended"][0]["live_session"]["status"] == "ended"

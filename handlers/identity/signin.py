@@ -26,6 +26,7 @@ from handlers.core import Core
 from handlers.errors import ApiError
 from handlers.identity.jwks import JwksCache
 from handlers.identity.verify import Claims, IdentityRefused, peek, verify
+from handlers.webhooks import outbox as webhooks
 from storage import apps, audit, identities, users
 from storage.apps import AppRecord
 
@@ -45,6 +46,9 @@ async def sign_in(core: Core, jwks: JwksCache, *, token: Any, app_id: Any = None
                 if not await identities.use_jti(conn, app.id, claims.jti, until):
                     raise IdentityRefused("replayed jti", "This identity token was already used.", app.id)
             user_row, created = await _map_user(conn, app, claims)
+            if created:
+                await webhooks.emit(core, conn, "user.created",
+                                    webhooks.user_data(user_row, "identity", app_id=app.id, subject=claims.sub))
             session = secrets.token_urlsafe(32)
             expires = datetime.now(UTC) + timedelta(hours=core.settings.identity.session_hours)
             await users.insert_token(conn, user_row["id"], hash_token(session), expires)

@@ -19,6 +19,7 @@ from uuid import UUID
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.events import conversation_room, user_room
+from handlers.webhooks.outbox import conversation_data
 from handlers.webhooks.outbox import emit as emit_webhook
 from storage import audit, conversations, rooms, users
 
@@ -100,6 +101,7 @@ async def create(
             is_featured=is_featured, conversation_id=conv["id"],
         )
         await audit.record(conn, "live_session.create", actor_id=actor.user_id, target_type="live_session", target_id=session_id)
+        await emit_webhook(core, conn, "conversation.created", conversation_data(conv, []))
         row = await rooms.get_session(conn, session_id)
     assert row is not None
     return {"live_session": session_out(row)}

@@ -30,6 +30,7 @@ from handlers.pipeline import load_conversation
 from handlers.settings import Settings
 from handlers.tutor.answer import Job, LiveAnswer, handle
 from handlers.tutor.limits import gate_of
+from handlers.webhooks import outbox as webhooks
 from rag.decide import safety_concern
 from rag.llm import DEFAULT_PRICES, ChatModel, LLMConfig
 from rag.offline import MODEL_NAME as OFFLINE_MODEL
@@ -322,6 +323,7 @@ async def start(
         )
         assert conv is not None
         await conversations.add_members(conn, conv["id"], [actor.user_id])
+        await webhooks.emit(core, conn, "conversation.created", webhooks.conversation_data(conv, [actor.user_id]))
     out = await threads.describe(core, conv["id"], actor.user_id)
     await core.events.to_users([actor.user_id], "conversation:new", {"conversation": out})
     return {"conversation": out}

@@ -85,3 +85,15 @@ class MessageOutbox:
                 if attempt:
                     raise
         raise AssertionError("unreachable")
+
+
+def conversation_data(conv: dict[str, Any], member_ids: list[UUID]) -> dict[str, Any]:
+    """`conversation.created`'s data, from a row as `conversations.insert_conversation` returns it."""
+    keys = ("id", "kind", "title", "status", "mode", "context", "created_by", "created_at")
+    return {"conversation": {**{k: conv.get(k) for k in keys}, "member_ids": member_ids}}
+
+
+def user_data(row: dict[str, Any], via: str, **extra: Any) -> dict[str, Any]:
+    """`user.created`'s data: the public user (id, name, role) and how it was made."""
+    return {"user": {"id": row["id"], "name": row["name"], "role": row["role"], "created_at": row.get("created_at")},
+            "via": via, **extra}
