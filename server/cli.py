@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     from server.identity_cli import add_commands as add_identity_commands
 
     add_identity_commands(sub)  # app create, app list
+    from server.webhooks_cli import add_commands as add_webhook_commands
+
+    add_webhook_commands(sub)  # webhook create, list, delete, enable, disable, deliveries, redeliver
     return parser
 
 

@@ -363,3 +363,36 @@ async def test_ticket_live_session_conversation_and_user_events(
     assert [d["ticket"]["id"] for d in by_type["ticket.sla_breached"]] == [str(late["id"])]
     assert by_type["live_session.started"][0]["live_session"]["id"] == session_id
     assert by_type["live_session.ended"][0]["live_session"]["status"] == "ended"
+
+
+async def test_cli_creates_lists_and_shows_deliveries(hooked: Instance, hapi: Api, admin: User, receiver: Receiver,
+                                                      database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`studyhall webhook ...` as a command against the database a running server uses:
+    the server hears of the new endpoint (NOTIFY) and delivers to it."""
+    import re
+
+    from tests.test_identity_keys import run_cli
+
+    platform = await hs256_platform(hapi, admin)
+    code, out, err = await run_cli(database_url, "webhook", "create", "--app", platform.app_id, "--url", receiver.url,
+                                   "--events", "message.created")
+    assert code == 1 and "127.0.0.1 is a loopback address" in err  # the default refuses private targets
+    monkeypatch.setenv("STUDYHALL_WEBHOOK_ALLOW_PRIVATE_TARGETS", "1")
+    code, out, err = await run_cli(database_url, "webhook", "create", "--app", platform.app_id, "--url", receiver.url,
+                                   "--events", "message.created")
+    assert code == 0, err
+    receiver.secret = re.search(r"(whsec_\S+)", out).group(1)  # type: ignore[union-attr]
+    endpoint_id = re.search(r"created endpoint (\S+)", out).group(1)  # type: ignore[union-attr]
+    code, out, _ = await run_cli(database_url, "webhook", "list")
+    assert endpoint_id in out and "enabled" in out and "whsec_" not in out
+    await asyncio.sleep(0.5)
+    sa, cid = await direct(hapi)
+    await sa.ok("message:send", {"conversation_id": cid, "content": "via cli", "client_id": "v1"})
+    await receiver.wait_for(lambda: receiver.delivered)
+    await asyncio.sleep(0.3)
+    code, out, _ = await run_cli(database_url, "webhook", "deliveries", endpoint_id)
+    assert code == 0 and "message.created  succeeded  attempts=1  code=204" in out
+    assert receiver.delivered[0].webhook_id in out
+    code, out, err = await run_cli(database_url, "webhook", "create", "--app", platform.app_id, "--url",
+                                   receiver.url, "--events", "nope")
+    assert code == 1 and "events must be" in err
