@@ -107,7 +107,7 @@ async def _listen(core: Core, subs: Subscriptions, dispatcher: Dispatcher) -> No
     the poll and the periodic reload cover."""
 
     def on_deliveries(*_: Any) -> None:
-        dispatcher.wake.set()
+        dispatcher.notify()
 
     def on_endpoints(*_: Any) -> None:
         core.spawn(subs.refresh(), name="webhook-subscriptions")
@@ -121,7 +121,7 @@ async def _listen(core: Core, subs: Subscriptions, dispatcher: Dispatcher) -> No
             await conn.add_listener(DELIVERIES_CHANNEL, on_deliveries)
             await conn.add_listener(ENDPOINTS_CHANNEL, on_endpoints)
             await subs.refresh()  # whatever changed while not listening
-            dispatcher.wake.set()
+            dispatcher.notify()
             await closed.wait()
         except asyncio.CancelledError:
             raise

@@ -191,6 +191,19 @@ async def succeeded(conn: asyncpg.Connection, c: Claimed, *, status_code: int, l
     return done.endswith(" 1")
 
 
+async def succeeded_many(conn: asyncpg.Connection, done: list[tuple[Claimed, int, float]]) -> int:
+    """`succeeded` for a pass's (claimed, status code, latency ms) in one statement and one commit."""
+    status = await conn.execute(
+        """UPDATE webhook_deliveries d SET status = 'succeeded', delivered_at = now(), claim = NULL,
+                  last_status_code = x.code, last_latency_ms = x.ms, last_error = NULL
+           FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::real[]) AS x(id, claim, code, ms)
+           WHERE d.id = x.id AND d.claim = x.claim""",
+        [c.id for c, _, _ in done], [c.claim for c, _, _ in done], [code for _, code, _ in done],
+        [ms for _, _, ms in done],
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
 async def retry_later(
     conn: asyncpg.Connection, c: Claimed, *, delay_seconds: float, status_code: int | None, error: str,
     latency_ms: float | None,

@@ -396,3 +396,19 @@ async def test_cli_creates_lists_and_shows_deliveries(hooked: Instance, hapi: Ap
     code, out, err = await run_cli(database_url, "webhook", "create", "--app", platform.app_id, "--url",
                                    receiver.url, "--events", "nope")
     assert code == 1 and "events must be" in err
+
+
+async def test_a_hanging_receiver_does_not_hold_up_the_others(hapi: Api, admin: User, receiver: Receiver) -> None:
+    """One slow endpoint holds one delivery slot, not the loop: the other endpoint gets every
+    event while the first one's requests are still waiting (timeout 5 s here)."""
+    slow = await Receiver(mode="hang").start()
+    try:
+        await subscribe(hapi, admin, slow, ["message.created"])
+        await subscribe(hapi, admin, receiver, ["message.created"])
+        sa, cid = await direct(hapi)
+        await sa.ok("message:send", {"conversation_id": cid, "content": "first", "client_id": "f1"})
+        await slow.wait_for(lambda: slow.attempts)
+        await sa.ok("message:send", {"conversation_id": cid, "content": "second", "client_id": "f2"})
+        await receiver.wait_for(lambda: len(receiver.delivered) == 2, timeout=2.5)
+    finally:
+        await slow.close()

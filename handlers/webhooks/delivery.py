@@ -1,8 +1,9 @@
 """The delivery loop: one per instance, taking whatever deliveries are due.
 
-A pass claims up to `concurrency` due deliveries (a lease of `lease_seconds`, FOR UPDATE
-SKIP LOCKED: two instances never claim the same row, and a row whose claimer died falls
-due again when its lease runs out), POSTs each, signed per the Standard Webhooks spec
+The loop keeps up to `concurrency` deliveries in flight, claiming due ones as slots free
+up, so one slow receiver holds one slot, not the loop. A claim is a lease of
+`lease_seconds` (FOR UPDATE SKIP LOCKED: two instances never claim the same row, and a row
+whose claimer died falls due again when its lease runs out). It POSTs each, signed per the Standard Webhooks spec
 under the delivery's id as `webhook-id` (the same on every retry), and settles it: a 2xx
 succeeds; anything else is retried after the next delay of the schedule (with jitter);
 after the last one the delivery fails and its endpoint is disabled with the reason.
@@ -67,6 +68,10 @@ class Dispatcher:
         self.sent = 0  # attempts made by this instance (bench, tests)
         self._session: aiohttp.ClientSession | None = None
         self.task: asyncio.Task[None] | None = None  # the running loop (tests stop it as a crash would)
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._succeeded: list[tuple[Claimed, int, float]] = []
+        self._more = False
+        self._notified = False
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -85,38 +90,95 @@ class Dispatcher:
             await self._session.close()
 
     async def run(self) -> None:
-        """Until cancelled: deliver what is due, then wait for a NOTIFY or the poll interval."""
+        """Until cancelled: keep up to `concurrency` deliveries in flight. A slot freed by a
+        finished delivery is filled at once while the last claim came back full (more may
+        be due); otherwise the loop waits for a NOTIFY or the poll interval. Successes are
+        recorded together, one statement per turn of the loop."""
         self.task = asyncio.current_task()
-        while True:
-            try:
-                count = await self.deliver_due()
-            except asyncio.CancelledError:
-                raise
-            except DatabaseUnavailable:  # logged once per outage by the database's tracker
-                count = 0
-            except Exception as exc:
-                log.warning("webhook delivery pass failed: %r", exc)
-                count = 0
-            if count >= self.settings.concurrency:
-                continue  # more may be waiting
-            self.wake.clear()
-            try:
-                await asyncio.wait_for(self.wake.wait(), self.settings.poll_seconds)
-            except TimeoutError:
+        claim_now = True
+        try:
+            while True:
+                free = self.settings.concurrency - len(self._inflight)
+                try:
+                    await self.record_successes()
+                    if free > 0 and (claim_now or self._more):
+                        self._more = await self.claim_and_send(free) == free
+                except asyncio.CancelledError:
+                    raise
+                except DatabaseUnavailable:  # logged once per outage by the database's tracker
+                    self._more = False
+                except Exception as exc:
+                    log.warning("webhook delivery pass failed: %r", exc)
+                    self._more = False
+                # A NOTIFY that came while every slot was busy still claims once one frees up.
+                claim_now = self._notified or (claim_now and free <= 0)
+                self._notified = False
+                has_room = len(self._inflight) < self.settings.concurrency
+                if self._succeeded or (has_room and (claim_now or self._more)):
+                    continue
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), self.settings.poll_seconds)
+                except TimeoutError:
+                    claim_now = True  # retries fall due by time
+        finally:
+            for task in self._inflight:
+                task.cancel()
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+            try:  # what the receivers already accepted is not sent again after the lease
+                await asyncio.shield(self.record_successes())
+            except Exception:  # the database is going away too: at least once, as documented
                 pass
 
-    async def deliver_due(self) -> int:
-        """One pass: claim and send; returns how many were claimed."""
+    async def claim_and_send(self, limit: int) -> int:
+        """Claim up to `limit` due deliveries and start sending them; returns how many."""
         async with self.db.connection() as conn:
             claimed = await store.claim(
-                conn, limit=max(1, self.settings.concurrency), lease_seconds=self.settings.lease_seconds,
-                instance_id=self.instance_id,
+                conn, limit=limit, lease_seconds=self.settings.lease_seconds, instance_id=self.instance_id,
             )
-        if claimed:
-            await asyncio.gather(*(self._deliver(c) for c in claimed))
+        for c in claimed:
+            task = asyncio.create_task(self._send(c), name="webhook-send")
+            self._inflight.add(task)
+            task.add_done_callback(self._finished)
         return len(claimed)
 
-    async def _deliver(self, c: Claimed) -> None:
+    def notify(self) -> None:
+        """New deliveries were committed (LISTEN/NOTIFY): claim at once."""
+        self._notified = True
+        self.wake.set()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self.wake.set()
+
+    async def record_successes(self) -> None:
+        """One statement and one commit for every delivery that succeeded since the last."""
+        if not self._succeeded:
+            return
+        done, self._succeeded = self._succeeded, []
+        try:
+            async with self.db.connection() as conn:
+                await store.succeeded_many(conn, done)
+        except BaseException:
+            self._succeeded = done + self._succeeded
+            raise
+
+    async def deliver_due(self) -> int:
+        """Claim what is due, send it all and record the outcomes (tests, one pass)."""
+        count = await self.claim_and_send(self.settings.concurrency)
+        await asyncio.gather(*self._inflight)
+        await self.record_successes()
+        return count
+
+    async def _send(self, c: Claimed) -> None:
+        status, error, ms = await self._deliver(c)
+        if status is not None and 200 <= status < 300:
+            self._succeeded.append((c, status, ms))
+        else:
+            await self._settle(c, status, error, ms)
+
+    async def _deliver(self, c: Claimed) -> tuple[int | None, str, float]:
+        """One attempt: (status code or None, error, latency ms)."""
         status: int | None = None
         error = ""
         started = time.perf_counter()
@@ -145,14 +207,11 @@ class Dispatcher:
         except (aiohttp.ClientError, OSError) as exc:
             refused = exc if isinstance(exc, RefusedAddress) else exc.__cause__
             error = f"refused target: {refused}" if isinstance(refused, RefusedAddress) else f"{type(exc).__name__}: {exc}"
-        latency_ms = (time.perf_counter() - started) * 1000
-        await self._settle(c, status, error[:MAX_ERROR_CHARS], latency_ms)
+        return status, error[:MAX_ERROR_CHARS], (time.perf_counter() - started) * 1000
 
     async def _settle(self, c: Claimed, status: int | None, error: str, latency_ms: float) -> None:
+        """A failed attempt: retry later, or give up and disable the endpoint."""
         async with self.db.transaction() as conn:
-            if status is not None and 200 <= status < 300:
-                await store.succeeded(conn, c, status_code=status, latency_ms=latency_ms)
-                return
             delay = retry_delay(self.settings.retry_schedule, c.attempts)
             if delay is not None:
                 await store.retry_later(conn, c, delay_seconds=delay, status_code=status, error=error,
