@@ -412,3 +412,34 @@ async def test_a_hanging_receiver_does_not_hold_up_the_others(hapi: Api, admin: 
         await receiver.wait_for(lambda: len(receiver.delivered) == 2, timeout=2.5)
     finally:
         await slow.close()
+
+
+def test_every_webhook_setting_is_read_from_the_environment() -> None:
+    from handlers.settings import Settings
+
+    s = Settings.from_env({
+        "STUDYHALL_WEBHOOK_ALLOW_PRIVATE_TARGETS": "1", "STUDYHALL_WEBHOOK_RETRY_SCHEDULE": "1, 2.5,60",
+        "STUDYHALL_WEBHOOK_TIMEOUT": "3", "STUDYHALL_WEBHOOK_LEASE_SECONDS": "30", "STUDYHALL_WEBHOOK_CONCURRENCY": "4",
+        "STUDYHALL_WEBHOOK_POLL_SECONDS": "0.5", "STUDYHALL_WEBHOOK_SUBSCRIPTIONS_REFRESH_SECONDS": "7",
+    }).webhooks
+    assert s == WebhookSettings(allow_private_targets=True, retry_schedule=(1.0, 2.5, 60.0), timeout_seconds=3.0,
+                                lease_seconds=30.0, concurrency=4, poll_seconds=0.5, subscriptions_refresh_seconds=7.0)
+    assert Settings.from_env({}).webhooks == WebhookSettings()
+    assert sum(WebhookSettings().retry_schedule) > 24 * 3600  # retries for at least a day by default
+    with pytest.raises(SystemExit, match="STUDYHALL_WEBHOOK_RETRY_SCHEDULE"):
+        Settings.from_env({"STUDYHALL_WEBHOOK_RETRY_SCHEDULE": "soon"})
+
+
+def test_refused_addresses() -> None:
+    from handlers.webhooks.targets import TargetRefused, check_url, refused_reason
+
+    for address in ("127.0.0.1", "10.0.0.1", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "::",
+                    "::1", "fe80::1", "fc00::1", "224.0.0.1", "ff02::1", "::ffff:10.0.0.1", "100.64.0.1"):
+        assert refused_reason(address) is not None, address
+    for address in ("93.184.216.34", "2606:4700:4700::1111", "8.8.8.8"):
+        assert refused_reason(address) is None, address
+    assert check_url("https://example.com/x", allow_private=False) == ("example.com", None)
+    assert check_url("http://127.0.0.1:8/x", allow_private=True) == ("127.0.0.1", "127.0.0.1")
+    for bad in ("file:///etc/passwd", "http://user:pw@example.com/", "http:///nohost", "http://127.0.0.1/"):
+        with pytest.raises(TargetRefused):
+            check_url(bad, allow_private=False)
