@@ -323,7 +323,7 @@ async def main() -> None:
     parser.add_argument("--client", choices=["node", "python", "both"], default="node",
                         help="load generator: Node.js socket.io-client (default) or python-socketio")
     parser.add_argument("--webhook", action="store_true",
-                        help="one endpoint subscribed to message.created, receiver in this process (bench/webhooks_bench.py)")
+                        help="one endpoint subscribed to message.created, its receiver a process of its own (bench/webhooks_bench.py)")
     args = parser.parse_args()
     loaders = {"node": load_node, "python": load_python}
     client_kinds = ["node", "python"] if args.client == "both" else [args.client]
@@ -341,7 +341,7 @@ async def main() -> None:
                     hook_env = webhooks_bench.SERVER_ENV if args.webhook else {}
                     procs = start_servers(instances, database_url, redis.url if instances > 1 else None,
                                           {"STUDYHALL_REDIS_CHANNEL": "bench", **hook_env})
-                    sink = await webhooks_bench.Sink().start() if args.webhook else None
+                    sink = await webhooks_bench.SinkProcess().start() if args.webhook else None
                     try:
                         for _, url in procs:
                             await wait_up(url)
@@ -354,9 +354,9 @@ async def main() -> None:
                     finally:
                         stop_servers(procs)
                         if sink is not None:
-                            print(f"webhooks: {len(sink.ids):,} message.created delivered, lag p50 / p99 "
-                                  f"{quantile_ms(sink.lags, 50):.0f} / {quantile_ms(sink.lags, 99):.0f} ms", flush=True)
-                            await sink.close()
+                            got = sink.stop()
+                            print(f"webhooks: {got['delivered']:,} message.created delivered, lag p50 / p99 "
+                                  f"{got['lag p50 ms'] or nan:.0f} / {got['lag p99 ms'] or nan:.0f} ms", flush=True)
                     rows.append((instances, name, kind, result))
                     first_error = result.pop("first error")
                     print(f"{instances} instance(s), {name}, {kind} clients: "

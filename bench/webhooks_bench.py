@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -84,6 +86,50 @@ class Sink:
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+class SinkProcess:
+    """A Sink in a process of its own (`--sink PORT`), so that receiving does not take the
+    load generator's event loop; it prints its figures as JSON when told to stop."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.result: dict[str, float] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def start(self) -> SinkProcess:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--sink", str(self.port)], stdout=subprocess.PIPE)
+        for _ in range(100):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                return self
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise RuntimeError("the webhook sink did not start")
+
+    def stop(self) -> dict[str, float]:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=10)
+        self.result = orjson.loads(out.splitlines()[-1])
+        return self.result
+
+
+async def serve_sink(port: int) -> None:
+    sink = Sink()
+    sink.port = port
+    await sink.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    await sink.close()
+    print(orjson.dumps({"delivered": len(sink.ids), "lag p50 ms": quantile_ms(sink.lags, 50),
+                        "lag p99 ms": quantile_ms(sink.lags, 99)}).decode(), flush=True)
 
 
 async def add_endpoint(database_url: str, url: str, events: tuple[str, ...] = ("message.created",)) -> str:
@@ -156,7 +202,11 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--instances", choices=["1", "2", "both"], default="1")
     parser.add_argument("--verify", action="store_true", help="verify every signature in the receiver")
+    parser.add_argument("--sink", type=int, help=argparse.SUPPRESS)  # run only a receiver (SinkProcess)
     args = parser.parse_args()
+    if args.sink:
+        await serve_sink(args.sink)
+        return
     pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="studyhall-bench-pg-")), port=free_port())
     os.chmod(pg.data_dir, 0o755)
     database_url = await asyncio.to_thread(pg.start)
