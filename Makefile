@@ -33,9 +33,10 @@ test: ## the full suite, what CI runs (installs what is missing: see tests/run.s
 test-fast: install ## the inner loop: no browser, no Redis/cluster, no slow tests (~80 s)
 	$(PYTEST) -q -m "not browser and not cluster and not slow" $(ARGS)
 
-lint: $(VENV)/.installed ## ruff (rules in pyproject.toml) and mypy (server handlers storage rag)
+lint: $(VENV)/.installed ## ruff (rules in pyproject.toml), mypy (server handlers storage rag), lint-imports (the layers)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # Each benchmark with small defaults (seconds, not minutes); the scripts' docstrings give
 # the full-size runs and what the numbers mean. ARGS come after them, and win (argparse).

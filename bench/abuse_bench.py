@@ -46,13 +46,13 @@ from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
 DEFAULTS = Settings()
 # bench/harness.py lifts every limit for throughput runs: put them back to their defaults.
 DEFAULT_ENV = {
-    "STUDYHALL_RATE_LIMIT": str(DEFAULTS.rate_limit_per_second),
-    "STUDYHALL_RATE_BURST": str(DEFAULTS.rate_limit_burst),
-    "STUDYHALL_GUEST_LIMIT_10MIN": str(DEFAULTS.guest_limit_10min),
-    "STUDYHALL_GUEST_LIMIT_DAY": str(DEFAULTS.guest_limit_day),
-    "STUDYHALL_REGISTER_LIMIT_10MIN": str(DEFAULTS.register_limit_10min),
-    "STUDYHALL_REGISTER_LIMIT_DAY": str(DEFAULTS.register_limit_day),
-    "STUDYHALL_LOGIN_LIMIT_10MIN": str(DEFAULTS.login_limit_10min),
+    "STUDYHALL_RATE_LIMIT": str(DEFAULTS.gateway.rate_limit_per_second),
+    "STUDYHALL_RATE_BURST": str(DEFAULTS.gateway.rate_limit_burst),
+    "STUDYHALL_GUEST_LIMIT_10MIN": str(DEFAULTS.auth.guest_limit_10min),
+    "STUDYHALL_GUEST_LIMIT_DAY": str(DEFAULTS.auth.guest_limit_day),
+    "STUDYHALL_REGISTER_LIMIT_10MIN": str(DEFAULTS.auth.register_limit_10min),
+    "STUDYHALL_REGISTER_LIMIT_DAY": str(DEFAULTS.auth.register_limit_day),
+    "STUDYHALL_LOGIN_LIMIT_10MIN": str(DEFAULTS.auth.login_limit_10min),
 }
 assert set(SIGNIN_LIMITS) <= set(DEFAULT_ENV)
 LIMITS_OFF_ENV = dict.fromkeys(SIGNIN_LIMITS, "0")

@@ -8,7 +8,7 @@ written during the outage (aiohttp's access log excluded), and restart → first
 
     .venv/bin/python -m bench.db_outage_bench [--requests 100]
 
-Runs against any checkout (it uses only settings every version has), so the same command
+Runs against any checkout (it sets only environment variables every version has), so the same command
 measures before and after a change.
 """
 
@@ -75,11 +75,13 @@ async def run(requests: int) -> dict[str, object]:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
 
-    settings = Settings(database_url=pg.url("bench"), data_dir=base / "unused", port=free_port(), log_json=False)
+    port = free_port()
+    settings = Settings.from_env({"DATABASE_URL": pg.url("bench"), "STUDYHALL_DATA_DIR": str(base / "unused"),
+                                  "STUDYHALL_PORT": str(port), "STUDYHALL_LOG_JSON": "0"})
     runner = web.AppRunner(create_app(settings), handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", settings.port).start()
-    url = f"http://127.0.0.1:{settings.port}"
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}"
     result: dict[str, object] = {}
     try:
         async with aiohttp.ClientSession() as http:

@@ -4,7 +4,7 @@
 
 Builds a PDF whose page content streams are a highly compressible run of text-show
 operators (Flate-compressed: 12 M characters of text fit in about 49 KB), then extracts it
-with `rag.extract.extract` under the default caps (Settings: STUDYHALL_DOC_MAX_*) or none,
+with `rag.extract.extract` under the default caps (settings.knowledge: STUDYHALL_DOC_MAX_*) or none,
 and prints the file size, the outcome, the time and the peak of traced allocations.
 Without caps a 12 M character bomb takes minutes: try `--chars 1000000 --no-caps` first.
 """
@@ -19,9 +19,9 @@ import tracemalloc
 from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
-from handlers.knowledge import document_limits
-from handlers.settings import Settings
+from handlers.settings import KnowledgeSettings
 from rag.extract import DocumentLimits, DocumentTooLarge, extract
+from server.factories import document_limits
 
 
 def bomb(chars: int, pages: int) -> bytes:
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--no-caps", action="store_true")
     args = parser.parse_args()
     data = bomb(args.chars, args.pages)
-    limits = DocumentLimits() if args.no_caps else document_limits(Settings())
+    limits = DocumentLimits() if args.no_caps else document_limits(KnowledgeSettings())
     tracemalloc.start()
     started = time.perf_counter()
     try:

@@ -71,16 +71,16 @@ async def main() -> None:
     try:
         async with FakeLLM(reply="Use the command described in the passage [1].") as llm:
             port = free_port()
-            settings = Settings(database_url=pg.url(await pg.create_database()), port=port,
-                                llm_base_url=llm.base_url, llm_api_key="bench", log_json=False,
-                                rate_limit_per_second=1000, rate_limit_burst=1000,
-                                user_rate_limit_per_second=1000, user_rate_limit_burst=1000)
+            settings = Settings().with_(database__url=pg.url(await pg.create_database()), http__port=port,
+                                tutor__llm_base_url=llm.base_url, tutor__llm_api_key="bench", log__json=False,
+                                gateway__rate_limit_per_second=1000, gateway__rate_limit_burst=1000,
+                                gateway__user_rate_limit_per_second=1000, gateway__user_rate_limit_burst=1000)
             app = create_app(settings)
             runner = web.AppRunner(app, handle_signals=False)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", port).start()
             try:
-                report = await ingest_paths(app[CORE].services["kb"], files, show_progress=False)
+                report = await ingest_paths(app[CORE].kb, files, show_progress=False)
                 print(f"corpus: {report.added} pages, {report.chunks} chunks; {len(asked)} distinct questions")
                 await run(f"http://127.0.0.1:{port}", asked, args.questions)
             finally:

@@ -22,22 +22,18 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from handlers import signin_limits
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
-from handlers.settings import Settings
+from handlers.settings import AuthSettings
 from handlers.webhooks import outbox as webhooks
 from storage import audit, connections, login_failures, users
+from storage.records import Role
 
-ROLES = ("student", "mentor", "agent", "admin", "guest")
+ROLES = tuple(Role)
 # How stale `users.last_active_at` may get: refreshing it at most this often keeps token
 # checks read-only (one write per user per hour), and is precise enough for expiring guests.
 ACTIVITY_RESOLUTION = timedelta(hours=1)
 _hasher = PasswordHasher()
 # Verified when the email is unknown, so that a wrong email costs as long as a wrong password.
 _DUMMY_HASH = _hasher.hash("studyhall-timing-equaliser")
-
-
-def public_user(row: dict[str, Any]) -> dict[str, Any]:
-    """The protocol's user object: never the hash or the lockout counters."""
-    return {"id": row["id"], "name": row["name"], "role": row["role"]}
 
 
 def hash_token(token: str) -> bytes:
@@ -60,25 +56,26 @@ async def _verify_password(password_hash: str | None, password: str) -> bool:
 
 
 async def _issue_token(core: Core, conn: Any, user_id: UUID, role: str) -> str:
-    hours = core.settings.guest_token_ttl_hours if role == "guest" else core.settings.token_ttl_hours
+    s = core.settings.auth
+    hours = s.guest_token_ttl_hours if role == "guest" else s.token_ttl_hours
     token = secrets.token_urlsafe(32)
     await users.insert_token(conn, user_id, hash_token(token), datetime.now(UTC) + timedelta(hours=hours))
     return token
 
 
 async def register(core: Core, *, email: str, password: str, name: str, ip: str | None) -> dict[str, Any]:
-    if not core.settings.allow_registration:
+    if not core.settings.auth.allow_registration:
         raise ApiError("forbidden", "Public sign-up is turned off on this server; ask an administrator for an account.")
     await signin_limits.check(core, "register", ip)
     password_hash = await hash_password(password)
     async with core.db.transaction() as conn:
-        row = await users.insert_user(conn, email=email, name=name, role="student", password_hash=password_hash)
+        row = await users.insert_user(conn, email=email, name=name, role=Role.STUDENT, password_hash=password_hash)
         if row is None:
             raise ApiError("conflict", "An account with this email already exists.")
-        token = await _issue_token(core, conn, row["id"], row["role"])
-        await audit.record(conn, "user.register", actor_id=row["id"], target_type="user", target_id=row["id"], ip=ip)
+        token = await _issue_token(core, conn, row.id, row.role)
+        await audit.record(conn, "user.register", actor_id=row.id, target_type="user", target_id=row.id, ip=ip)
         await webhooks.emit(core, conn, "user.created", webhooks.user_data(row, "register"))
-    return {"user": public_user(row), "token": token}
+    return {"user": row.public(), "token": token}
 
 
 async def create_user(core: Core, *, email: str, password: str, name: str, role: str) -> dict[str, Any]:
@@ -90,9 +87,9 @@ async def create_user(core: Core, *, email: str, password: str, name: str, role:
         row = await users.insert_user(conn, email=email, name=name, role=role, password_hash=password_hash)
         if row is None:
             raise ApiError("conflict", "An account with this email already exists.")
-        await audit.record(conn, "user.create", target_type="user", target_id=row["id"], details={"role": role, "via": "cli"})
+        await audit.record(conn, "user.create", target_type="user", target_id=row.id, details={"role": role, "via": "cli"})
         await webhooks.emit(core, conn, "user.created", webhooks.user_data(row, "cli"))
-    return public_user(row)
+    return row.public()
 
 
 WRONG_CREDENTIALS = "Wrong email or password."
@@ -110,13 +107,13 @@ async def login(core: Core, *, email: str, password: str, ip: str | None) -> dic
     addresses together lock the account everywhere (a distributed attack, slowed). Failures
     are committed before the error is raised, so the audit log sees every attempt.
     """
-    s = core.settings
+    s = core.settings.auth
     await signin_limits.check(core, "login", ip)
     address = ip or "unknown"
     async with core.db.transaction() as conn:
         row = await users.get_user_by_email(conn, email)
-        failures = await _count_attempt(s, conn, row["id"], address) if row else None
-    password_ok = await _verify_password(row["password_hash"] if row else None, password)
+        failures = await _count_attempt(s, conn, row.id, address) if row else None
+    password_ok = await _verify_password(row.password_hash if row else None, password)
     if row is None or failures is None:
         async with core.db.transaction() as conn:
             await audit.record(conn, "login.failed", target_type="user", ip=ip, details={"email": email.lower()})
@@ -125,7 +122,7 @@ async def login(core: Core, *, email: str, password: str, ip: str | None) -> dic
     if _locked(s, failures):
         async with core.db.transaction() as conn:
             await audit.record(
-                conn, "login.locked", actor_id=row["id"], target_type="user", target_id=row["id"], ip=ip,
+                conn, "login.locked", actor_id=row.id, target_type="user", target_id=row.id, ip=ip,
                 details={"from_address": failures.from_address, "total": failures.total},
             )
         raise ApiError("unauthorized", WRONG_CREDENTIALS)
@@ -134,20 +131,20 @@ async def login(core: Core, *, email: str, password: str, ip: str | None) -> dic
         async with core.db.transaction() as conn:
             after = login_failures.FailureCounts(failures.from_address + 1, failures.total + 1)
             await audit.record(
-                conn, "login.failed", actor_id=row["id"], target_type="user", target_id=row["id"], ip=ip,
+                conn, "login.failed", actor_id=row.id, target_type="user", target_id=row.id, ip=ip,
                 details={"email": email.lower(), "locked": _locked(s, after)},
             )
         raise ApiError("unauthorized", WRONG_CREDENTIALS)
 
     async with core.db.transaction() as conn:
-        await login_failures.clear(conn, row["id"], address)  # this attempt's row too
-        token = await _issue_token(core, conn, row["id"], row["role"])
-        await audit.record(conn, "login.success", actor_id=row["id"], target_type="user", target_id=row["id"], ip=ip)
-    return {"user": public_user(row), "token": token}
+        await login_failures.clear(conn, row.id, address)  # this attempt's row too
+        token = await _issue_token(core, conn, row.id, row.role)
+        await audit.record(conn, "login.success", actor_id=row.id, target_type="user", target_id=row.id, ip=ip)
+    return {"user": row.public(), "token": token}
 
 
 async def _count_attempt(
-    settings: Settings, conn: Any, user_id: UUID, address: str
+    settings: AuthSettings, conn: Any, user_id: UUID, address: str
 ) -> login_failures.FailureCounts:
     """The failures before this attempt; unless locked, this attempt is counted as a failure
     now, before the password is checked (a success clears it), under a per-account lock.
@@ -160,23 +157,23 @@ async def _count_attempt(
     return failures
 
 
-def _locked(settings: Settings, failures: login_failures.FailureCounts) -> bool:
+def _locked(settings: AuthSettings, failures: login_failures.FailureCounts) -> bool:
     """Locked out: too many failures from this address, or from everywhere (0 turns one off)."""
     per_address, per_account = settings.lockout_attempts, settings.lockout_account_attempts
     return (0 < per_address <= failures.from_address) or (0 < per_account <= failures.total)
 
 
 async def guest(core: Core, *, name: str | None, ip: str | None) -> dict[str, Any]:
-    if not core.settings.allow_guests:
+    if not core.settings.auth.allow_guests:
         raise ApiError("forbidden", "Guest access is turned off on this server; sign in or create an account.")
     await signin_limits.check(core, "guest", ip)
     async with core.db.transaction() as conn:
-        row = await users.insert_user(conn, email=None, name=name or "Guest", role="guest", password_hash=None)
+        row = await users.insert_user(conn, email=None, name=name or "Guest", role=Role.GUEST, password_hash=None)
         assert row is not None
-        token = await _issue_token(core, conn, row["id"], "guest")
-        await audit.record(conn, "login.guest", actor_id=row["id"], target_type="user", target_id=row["id"], ip=ip)
+        token = await _issue_token(core, conn, row.id, Role.GUEST)
+        await audit.record(conn, "login.guest", actor_id=row.id, target_type="user", target_id=row.id, ip=ip)
         await webhooks.emit(core, conn, "user.created", webhooks.user_data(row, "guest"))
-    return {"user": public_user(row), "token": token}
+    return {"user": row.public(), "token": token}
 
 
 async def authenticate(core: Core, token: str | None, sid: str | None = None) -> Actor:
@@ -187,12 +184,12 @@ async def authenticate(core: Core, token: str | None, sid: str | None = None) ->
         row = await users.find_token_user(conn, hash_token(token))
     if row is None:
         raise ApiError("unauthorized", "This token is unknown, expired or revoked.")
-    if row["last_active_at"] < datetime.now(UTC) - ACTIVITY_RESOLUTION:
+    if row.last_active_at < datetime.now(UTC) - ACTIVITY_RESOLUTION:
         async with core.db.connection() as conn:
-            await users.touch_active(conn, row["id"])
+            await users.touch_active(conn, row.id)
     return Actor(
-        user_id=row["id"], role=row["role"], name=row["name"], token_id=row["token_id"], sid=sid,
-        token_expires_at=row["expires_at"],
+        user_id=row.id, role=row.role, name=row.name, token_id=row.token_id, sid=sid,
+        token_expires_at=row.expires_at,
     )
 
 
@@ -212,11 +209,11 @@ async def me(core: Core, actor: Actor) -> dict[str, Any]:
         row = await users.get_user(conn, actor.user_id)
     if row is None:
         raise ApiError("unauthorized", "This account no longer exists.")
-    return {"user": public_user(row)}
+    return {"user": row.public()}
 
 
 async def set_role(core: Core, actor: Actor, user_id: UUID, role: str, *, ip: str | None) -> dict[str, Any]:
-    if actor.role != "admin":
+    if actor.role != Role.ADMIN:
         raise ApiError("forbidden", "Only an admin can change roles.")
     if role not in ROLES:
         raise ApiError("bad_request", f"role must be one of {', '.join(ROLES)}")
@@ -228,10 +225,10 @@ async def set_role(core: Core, actor: Actor, user_id: UUID, role: str, *, ip: st
         assert row is not None
         await audit.record(
             conn, "user.role", actor_id=actor.user_id, target_type="user", target_id=user_id, ip=ip,
-            details={"from": before["role"], "to": role},
+            details={"from": before.role, "to": role},
         )
         # Open sockets carry the old role: close them so the client reconnects with the new one.
         token_sids = await connections.sids_for_token(conn, await users.live_token_ids(conn, user_id))
     await core.events.disconnect_user(user_id)  # in memory, every instance
     await core.events.disconnect_sids(token_sids)  # second net: the table
-    return {"user": public_user(row)}
+    return {"user": row.public()}

@@ -1,10 +1,19 @@
-"""Periodic background work: the one loop every sweeper, heartbeat and watcher runs in."""
+"""Background work: the one loop body every sweeper, heartbeat and watcher runs in
+(`repeat`), and the one way long-running loops are started and stopped (`Loop`, `Loops`).
+
+Convention (docs/architecture.md, "Background loops"): a feature's long-running loops are
+`Loop`s in the list server/assembly.py builds; server/app.py starts them all once the core
+exists and cancels them all at shutdown, before the database pool closes. Short work one
+event starts (a grace timer, a fan-out after commit) goes through `core.spawn` instead.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from storage.availability import DatabaseUnavailable
 
@@ -29,3 +38,29 @@ async def repeat(work: Callable[[], Awaitable[object]], *, every: float, what: s
         except Exception:
             log.exception("%s failed", what)
         await asyncio.sleep(every)
+
+
+@dataclass(frozen=True)
+class Loop:
+    """One long-running loop: its task's name, and the coroutine function that runs it until
+    cancelled (its body usually `repeat`)."""
+
+    name: str
+    run: Callable[[], Coroutine[Any, Any, None]]
+
+
+class Loops:
+    """The app's loops, started together and cancelled together."""
+
+    def __init__(self, loops: Iterable[Loop]) -> None:
+        self.loops = list(loops)
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self.tasks = [asyncio.create_task(loop.run(), name=loop.name) for loop in self.loops]
+
+    async def stop(self) -> None:
+        tasks, self.tasks = self.tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,20 +1,38 @@
-"""The objects every handler needs, built once per app in server/app.py."""
+"""The objects every handler needs, built once per app by server/assembly.py (command-line
+tools build a smaller one: server/cli.py).
+
+Core's fields are typed by *ports*: small Protocols that say what one part of Studyhall
+uses of another (the tutor escalates through `Escalations`, tickets cut an answer off
+through `Tutoring`). The concrete services (handlers/tutor/service.py's TutorService,
+handlers/tickets/service.py's TicketService, ...) satisfy them structurally, so this module
+imports no feature and no feature imports another: docs/architecture.md, "Services and ports".
+The message pipeline's per-app state (`Pipeline`, its hooks and kind policies) lives here
+too, because its hooks take a Core.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
+
+import asyncpg
 
 from handlers.events import Events
 from handlers.ratelimit import RateLimiter
 from handlers.settings import Settings
+from handlers.writer import ConversationLoader, MessageWriter
+from rag.retrieval import KnowledgeBase
 from storage.availability import DatabaseUnavailable
+from storage.connections import SocketRow
 from storage.db import Database
+from storage.records import STAFF_ROLES, ConversationAccess, ConversationMembership, Message, Role
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +42,7 @@ class Actor:
     """Who sent an event or a request."""
 
     user_id: UUID
-    role: str
+    role: Role
     name: str
     token_id: UUID
     sid: str | None = None
@@ -33,19 +51,156 @@ class Actor:
 
     @property
     def is_staff(self) -> bool:
-        return self.role in ("agent", "admin")
+        return self.role in STAFF_ROLES
 
     def user_dict(self) -> dict[str, Any]:
         return {"id": self.user_id, "name": self.name, "role": self.role}
 
 
+# ---- the message pipeline's state (handlers/pipeline.py runs it) ------------------------
+
+AfterCommit = Callable[["Core", ConversationMembership, Message], Awaitable[None]]
+# (core, conversation, sender, role, client_id) before a sender's message is written: raising
+# an ApiError refuses the send, with nothing stored (the tutor's question limit).
+BeforeCommit = Callable[["Core", ConversationMembership, Actor, str, str | None], Awaitable[None]]
+
+
+class KindPolicy(Protocol):
+    """Access rules for one kind of conversation. `conn` is the caller's connection, or
+    None when it holds none (a send): a rule that needs a query then takes a connection
+    of its own. `conv` is a `ConversationAccess` (all that `conversations.access_rows`
+    loads; a send passes the fuller `ConversationMembership`): membership is decided from
+    it alone."""
+
+    async def check_read(self, core: Core, conn: asyncpg.Connection | None, conv: ConversationAccess, actor: Actor) -> None: ...
+
+    async def check_send(self, core: Core, conn: asyncpg.Connection | None, conv: ConversationAccess, actor: Actor) -> None: ...
+
+    def fans_out_to_members(self, conv: ConversationAccess) -> bool: ...
+
+
+class KeyedLocks:
+    """One asyncio.Lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Any, asyncio.Lock] = {}
+        self._users: dict[Any, int] = defaultdict(int)
+
+    @asynccontextmanager
+    async def hold(self, key: Any) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._users[key] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[key] -= 1
+            if self._users[key] == 0:
+                del self._users[key]
+                self._locks.pop(key, None)
+
+
+@dataclass
+class Pipeline:
+    """Per app: the writer, and what features registered (server/assembly.py, one list)."""
+
+    writer: MessageWriter
+    loader: ConversationLoader
+    policies: dict[str, KindPolicy] = field(default_factory=dict)
+    after_commit: list[AfterCommit] = field(default_factory=list)
+    before_commit: list[BeforeCommit] = field(default_factory=list)
+    # Per conversation, on this instance: commit and fan-out in seq order.
+    locks: KeyedLocks = field(default_factory=KeyedLocks)
+    # (user_id, conversation_id) -> when `typing: true` was last passed on.
+    typing_sent: dict[tuple[UUID, UUID], float] = field(default_factory=dict)
+
+    def policy(self, kind: str) -> KindPolicy:
+        return self.policies.get(kind) or self.policies["_members"]
+
+
+# ---- ports: what one feature uses of another --------------------------------------------
+
+class Tutoring(Protocol):
+    """The tutor's answering service (handlers/tutor/service.py, TutorService)."""
+
+    def enqueue(self, conversation_id: UUID, message_id: UUID, seq: int, *, recovered: bool = False) -> None:
+        """Queue a student message for an answer."""
+
+    async def cancel(self, conversation_id: UUID) -> bool:
+        """Cut off the answer streaming here (tickets call it when a person takes over)."""
+
+    def stop_local(self, conversation_id: UUID) -> bool:
+        """tutor:stop for an answer streaming on this instance."""
+
+
+class UsageLimits(Protocol):
+    """Per-user limits on what costs money or people's time (handlers/tutor/limits.py,
+    TutorGate); each check raises `rate_limited`."""
+
+    async def question(self, user_id: UUID, role: str) -> None: ...
+
+    async def session(self, user_id: UUID, role: str) -> None: ...
+
+    async def escalation(self, user_id: UUID, role: str, *, urgent: bool) -> None: ...
+
+
+class Escalations(Protocol):
+    """Handing a tutor conversation to people (handlers/tickets/service.py, TicketService)."""
+
+    async def escalate(
+        self, core: Core, *, conversation_id: UUID, reason: str, escalated_by: Actor | None, source: str,
+        urgent: bool = False, category: str | None = None, priority: str | None = None, admitted: bool = False,
+    ) -> dict[str, Any]:
+        """Open a ticket (or return the open one); `rate_limited` over the escalation limit."""
+
+    async def admit(
+        self, core: Core, *, conversation_id: UUID, reason: str, source: str, urgent: bool = False,
+        category: str | None = None, priority: str | None = None,
+    ) -> None:
+        """Count an escalation against its owner's limits before saying a person is coming."""
+
+
+class RoomSockets(Protocol):
+    """Per-app room state and the socket operations rooms need beyond `core.events`
+    (handlers/rooms/sessions.py, RoomService; the transport supplies the operations)."""
+
+    @property
+    def enter_socket(self) -> Callable[[str, str], Awaitable[None]]: ...
+
+    @property
+    def close_socket_room(self) -> Callable[[str], Awaitable[None]]: ...
+
+    @property
+    def pending_updates(self) -> dict[UUID, asyncio.Task[Any]]: ...
+
+
+class WebhookEvents(Protocol):
+    """Which webhook events some enabled endpoint subscribes to, as this instance last
+    loaded them (handlers/webhooks/outbox.py, Subscriptions): `emit` writes nothing else."""
+
+    def wants(self, event_type: str) -> bool: ...
+
+    async def refresh(self) -> None:
+        """Load the set again (an endpoint changed)."""
+
+
+@dataclass(frozen=True)
+class Registry:
+    """What the transport tells the socket registry (handlers/registry.py): this instance's
+    open sockets, now. A Core without a gateway (command-line tools) has none."""
+
+    local_sockets: Callable[[], list[SocketRow]] = list
+    # One re-sync at a time per instance (a heartbeat and a sweep may notice together).
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 @dataclass
 class Core:
-    """Shared services: settings, database, event emitter, and feature services.
+    """Shared services: settings, database, event emitter, and the features' services.
 
-    Features attach their own service objects to `services` by name at startup
-    (e.g. "tutor", "rooms", "tickets"), so handlers can reach each other without
-    import cycles or module-level state.
+    The app builds every field in one place (server/assembly.py); a feature reaches another
+    only through these fields, typed by the ports above. A field left None is a feature
+    this Core was built without (command-line tools build no tutor, tickets or rooms).
     """
 
     settings: Settings
@@ -54,7 +209,14 @@ class Core:
     instance_id: UUID
     # The app's one rate limiter (sign-in limits, tutor limits): shared through Redis when set.
     limiter: RateLimiter = field(default_factory=RateLimiter)
-    services: dict[str, Any] = field(default_factory=dict)
+    pipeline: Pipeline | None = None
+    registry: Registry = field(default_factory=Registry)
+    kb: KnowledgeBase | None = None
+    tutor: Tutoring | None = None
+    tutor_limits: UsageLimits | None = None
+    tickets: Escalations | None = None
+    rooms: RoomSockets | None = None
+    webhooks: WebhookEvents | None = None
     closing: bool = False
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -92,5 +254,3 @@ class Core:
             await asyncio.gather(*tasks, return_exceptions=True)
             self._tasks.difference_update(tasks)
 
-
-Hook = Callable[..., Awaitable[Any]]

@@ -32,11 +32,12 @@ from uuid import UUID
 
 from handlers import auth, threads
 from handlers.core import Actor, Core
-from handlers.knowledge import knowledge_base
 from handlers.rooms import sessions as rooms
+from rag.retrieval import KnowledgeBase
 from storage import demo as demo_store
 from storage import messages, users
 from storage import rooms as room_store
+from storage.records import Role
 
 DEMO_COURSE = "biology-101"
 COURSE_TITLE = "Biology 101 · Photosynthesis"
@@ -112,7 +113,7 @@ async def _account(core: Core, account: DemoAccount) -> tuple[dict[str, Any], bo
     async with core.db.connection() as conn:
         row = await users.get_user_by_email(conn, account.email)
     if row is not None:
-        return auth.public_user(row), False
+        return row.public(), False
     made = await auth.create_user(
         core, email=account.email, password=account.password, name=account.name, role=account.role
     )
@@ -120,7 +121,7 @@ async def _account(core: Core, account: DemoAccount) -> tuple[dict[str, Any], bo
 
 
 def _acting(user: dict[str, Any]) -> Actor:
-    return Actor(user_id=user["id"], role=user["role"], name=user["name"], token_id=NO_TOKEN)
+    return Actor(user_id=user["id"], role=Role(user["role"]), name=user["name"], token_id=NO_TOKEN)
 
 
 async def _welcome(core: Core, mentor: dict[str, Any], student: dict[str, Any]) -> tuple[UUID, bool]:
@@ -148,8 +149,8 @@ async def _room(core: Core, mentor: dict[str, Any]) -> tuple[dict[str, Any], boo
     async with core.db.connection() as conn:
         hosted = await room_store.list_sessions(conn, status=None, host_id=mentor["id"], limit=100)
     for row in hosted:
-        if row["title"] == ROOM_TITLE and row["status"] in ("scheduled", "live"):
-            return rooms.session_out(row), False
+        if row.title == ROOM_TITLE and row.status in ("scheduled", "live"):
+            return row.to_wire(), False
     made = await rooms.create(
         core, _acting(mentor), title=ROOM_TITLE, type="qa",
         scheduled_start_time=next_start(datetime.now(UTC)), max_participants=ROOM_CAPACITY, is_featured=True,
@@ -157,18 +158,18 @@ async def _room(core: Core, mentor: dict[str, Any]) -> tuple[dict[str, Any], boo
     return made["live_session"], True
 
 
-async def load_demo(core: Core) -> DemoReport:
-    """Load the sample course; safe to run again, and twice at once (one run waits for
-    the other: see storage/demo.py)."""
+async def load_demo(core: Core, kb: KnowledgeBase) -> DemoReport:
+    """Load the sample course into `kb` and the database; safe to run again, and twice at
+    once (one run waits for the other: see storage/demo.py)."""
     async with core.db.connection() as conn:
         await demo_store.lock(conn)
         try:
-            return await _load(core)
+            return await _load(core, kb)
         finally:
             await demo_store.unlock(conn)
 
 
-async def _load(core: Core) -> DemoReport:
+async def _load(core: Core, kb: KnowledgeBase) -> DemoReport:
     report = DemoReport()
     made: dict[str, dict[str, Any]] = {}
     for account in ACCOUNTS:
@@ -177,7 +178,6 @@ async def _load(core: Core) -> DemoReport:
         report.accounts.append((account, created))
     mentor = made["mentor"]
 
-    kb = core.services.get("kb") or knowledge_base(core.settings, core.db)
     await kb.ensure_index()
     for doc in sample_documents():
         _, created = await kb.ingest_text(

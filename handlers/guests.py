@@ -35,7 +35,7 @@ class SweepResult:
 
 async def sweep(core: Core, *, now: datetime | None = None, batch: int = BATCH) -> SweepResult:
     """Delete every idle guest (in batches) and prune expired login failures."""
-    s = core.settings
+    s = core.settings.auth
     deleted_guests = conversations = room_messages = 0
     if s.guest_idle_days > 0:
         idle_before = (now or datetime.now(UTC)) - timedelta(days=s.guest_idle_days)

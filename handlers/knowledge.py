@@ -1,5 +1,6 @@
-"""The knowledge base as the app and the command line use it: build it from Settings,
-add, list, delete and search documents, and the `ingest` / `reindex` commands.
+"""The knowledge base as the app and the command line use it: add, list, delete and search
+documents, and the `ingest` / `reindex` commands (server/factories.py builds the knowledge
+base from `settings.knowledge`; the app installs it, the commands are handed one).
 
 The storage, chunking, embedding and search themselves live in `rag/` (KnowledgeBase);
 this module adds who may do what, error mapping and the audit trail.
@@ -18,54 +19,22 @@ from tqdm import tqdm
 
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
-from handlers.settings import Settings
-from rag.embeddings import Embedder, EmbedderUnavailable, make_embedder
-from rag.extract import DocumentError, DocumentLimits, DocumentTooLarge
+from rag.embeddings import EmbedderUnavailable
+from rag.extract import DocumentError, DocumentTooLarge
 from rag.ingest import ingest_paths
 from rag.retrieval import KnowledgeBase, SearchResult
 from storage import audit
-from storage.db import Database
+from storage.records import Role
 
 log = logging.getLogger(__name__)
 
-EDITOR_ROLES = ("mentor", "agent", "admin")
+EDITOR_ROLES = (Role.MENTOR, Role.AGENT, Role.ADMIN)
 MAX_K = 50
 
 
-def embedder_from_settings(settings: Settings) -> Embedder:
-    """The embedder named by STUDYHALL_EMBEDDER; the openai one falls back to the LLM's URL and key."""
-    kind = settings.embedder
-    if kind == "hashing":
-        return make_embedder("hashing", **({"dim": settings.embedding_dim} if settings.embedding_dim else {}))
-    if kind == "openai":
-        return make_embedder(
-            "openai",
-            model=settings.embedding_model,
-            base_url=settings.embedding_base_url or settings.llm_base_url,
-            api_key=settings.embedding_api_key or settings.llm_api_key,
-            dim=settings.embedding_dim,
-        )
-    options: dict[str, Any] = {}
-    if settings.embedding_model != Settings.embedding_model:  # an explicit local model path
-        options["model_path"] = settings.embedding_model
-    return make_embedder(kind, **options)
-
-
-def document_limits(settings: Settings) -> DocumentLimits:
-    """What one document may expand to (a small PDF can be a decompression bomb)."""
-    return DocumentLimits(
-        max_text_chars=settings.doc_max_text_chars, max_pages=settings.doc_max_pages,
-        max_page_chars=settings.doc_max_page_chars, max_chunks=settings.doc_max_chunks,
-    )
-
-
-def knowledge_base(settings: Settings, db: Database) -> KnowledgeBase:
-    return KnowledgeBase(db, embedder_from_settings(settings), limits=document_limits(settings))
-
-
 def kb_of(core: Core) -> KnowledgeBase:
-    """The app's knowledge base (installed at startup by server/documents.py)."""
-    kb = core.services.get("kb")
+    """The app's knowledge base (built at startup by server/assembly.py)."""
+    kb = core.kb
     if kb is None:
         raise ApiError("unavailable", "The knowledge base is not available.")
     return kb
@@ -166,10 +135,9 @@ async def search(core: Core, q: str, *, k: int = 5, course: str | None = None) -
 
 # ---- command line -------------------------------------------------------------------
 
-async def ingest_paths_command(core: Core, paths: list[Path], course: str | None) -> int:
+async def ingest_paths_command(kb: KnowledgeBase, paths: list[Path], course: str | None) -> int:
     """`studyhall ingest PATH…`: 0 when every file was stored (or already was), 1 if some
     failed, 2 if a path does not exist."""
-    kb = core.services.get("kb") or knowledge_base(core.settings, core.db)
     await kb.ensure_index()
     try:
         report = await ingest_paths(kb, paths, course, show_progress=sys.stderr.isatty())
@@ -182,9 +150,8 @@ async def ingest_paths_command(core: Core, paths: list[Path], course: str | None
     return 1 if report.failed else 0
 
 
-async def reindex_command(core: Core) -> int:
+async def reindex_command(kb: KnowledgeBase) -> int:
     """`studyhall reindex`: re-embed what the configured embedder did not embed."""
-    kb = core.services.get("kb") or knowledge_base(core.settings, core.db)
     total = await kb.pending_reindex()
     with tqdm(total=total, unit="chunk", desc="reindex", disable=not sys.stderr.isatty()) as bar:
 

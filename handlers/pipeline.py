@@ -4,120 +4,111 @@ Thread messages, tutor questions and answers, live-room chat, agent replies and 
 notices all go through `commit_message`: the row is committed with the conversation's
 next seq, and only then is `message:new` fanned out and are the after-commit hooks run
 (the tutor answers, tickets reopen). Who may read or write a conversation depends on its
-kind, through a `KindPolicy`; features register theirs (live rooms do).
+kind, through a `KindPolicy`. The hooks and policies are registered in one list, in
+server/assembly.py; their types live in handlers/core.py (they take a Core).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
 
-from handlers.core import Actor, Core
+from handlers.core import Actor, AfterCommit, BeforeCommit, Core, KindPolicy, Pipeline
 from handlers.errors import ApiError
 from handlers.events import conversation_room
 from handlers.writer import ConversationLoader, MessageWriter
 from storage import conversations, messages
+from storage.db import Database
+from storage.records import ConversationAccess, ConversationMembership, Message
 
 log = logging.getLogger(__name__)
 
-AfterCommit = Callable[[Core, dict[str, Any], dict[str, Any]], Awaitable[None]]
-# (core, conversation, sender, role, client_id) before a sender's message is written: raising
-# an ApiError refuses the send, with nothing stored (the tutor's question limit).
-BeforeCommit = Callable[[Core, dict[str, Any], Actor, str, str | None], Awaitable[None]]
+Conv = TypeVar("Conv", bound=ConversationAccess)
 
-
-class KindPolicy(Protocol):
-    """Access rules for one kind of conversation. `conn` is the caller's connection, or
-    None when it holds none (a send): a rule that needs a query then takes a connection
-    of its own. The checks read only `id`, `kind`, `status`, `is_member` and `member_role`
-    of `conv` (all that `conversations.access_rows` loads); membership is decided from
-    those alone."""
-
-    async def check_read(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None: ...
-
-    async def check_send(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None: ...
-
-    def fans_out_to_members(self, conv: dict[str, Any]) -> bool: ...
+__all__ = [
+    "AfterCommit", "AfterCommitHook", "BeforeCommit", "BeforeCommitHook", "KindPolicy", "KindPolicyFor",
+    "MemberPolicy", "Pipeline", "authorize", "commit_message", "fan_out", "get_pipeline", "load_conversation",
+    "new_pipeline", "register",
+]
 
 
 class MemberPolicy:
     """Direct, group and tutor conversations: members read and write; others learn nothing."""
 
-    async def check_read(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None:
-        if not conv.get("is_member"):
+    async def check_read(self, core: Core, conn: asyncpg.Connection | None, conv: ConversationAccess, actor: Actor) -> None:
+        if not conv.is_member:
             raise ApiError("not_found", "No such conversation.")
 
-    async def check_send(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None:
+    async def check_send(self, core: Core, conn: asyncpg.Connection | None, conv: ConversationAccess, actor: Actor) -> None:
         await self.check_read(core, conn, conv, actor)
 
-    def fans_out_to_members(self, conv: dict[str, Any]) -> bool:
+    def fans_out_to_members(self, conv: ConversationAccess) -> bool:
         return True
 
 
-class KeyedLocks:
-    """One asyncio.Lock per key, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[Any, asyncio.Lock] = {}
-        self._users: dict[Any, int] = defaultdict(int)
-
-    @asynccontextmanager
-    async def hold(self, key: Any) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        self._users[key] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._users[key] -= 1
-            if self._users[key] == 0:
-                del self._users[key]
-                self._locks.pop(key, None)
-
-
-@dataclass
-class Pipeline:
-    writer: MessageWriter
-    loader: ConversationLoader
-    policies: dict[str, KindPolicy] = field(default_factory=dict)
-    after_commit: list[AfterCommit] = field(default_factory=list)
-    before_commit: list[BeforeCommit] = field(default_factory=list)
-    # Per conversation, on this instance: commit and fan-out in seq order.
-    locks: KeyedLocks = field(default_factory=KeyedLocks)
-    # (user_id, conversation_id) -> when `typing: true` was last passed on.
-    typing_sent: dict[tuple[UUID, UUID], float] = field(default_factory=dict)
-
-    def policy(self, kind: str) -> KindPolicy:
-        return self.policies.get(kind) or self.policies["_members"]
-
-
-def install(core: Core) -> Pipeline:
-    pipeline = Pipeline(MessageWriter(core.db), ConversationLoader(core.db))
+def new_pipeline(db: Database) -> Pipeline:
+    """The app's pipeline, with the members' policy as every kind's default; the app's
+    hooks and other policies are added in server/assembly.py."""
+    pipeline = Pipeline(MessageWriter(db), ConversationLoader(db))
     pipeline.policies["_members"] = MemberPolicy()
-    core.services["pipeline"] = pipeline
     return pipeline
 
 
+@dataclass(frozen=True)
+class BeforeCommitHook:
+    """Runs before a sender's message is written; raising an ApiError refuses the send."""
+
+    check: BeforeCommit
+
+
+@dataclass(frozen=True)
+class AfterCommitHook:
+    """Runs after a message is committed and fanned out; a failure is logged, the message stands."""
+
+    hook: AfterCommit
+
+
+@dataclass(frozen=True)
+class KindPolicyFor:
+    """Who may read and write conversations of one kind (others: `MemberPolicy`)."""
+
+    kind: str
+    policy: KindPolicy
+
+
+def register(pipeline: Pipeline, plugs: Iterable[BeforeCommitHook | AfterCommitHook | KindPolicyFor]) -> None:
+    """Add the app's hooks and policies from one list (server/assembly.py); hooks of a
+    kind run in the list's order."""
+    for plug in plugs:
+        if isinstance(plug, BeforeCommitHook):
+            pipeline.before_commit.append(plug.check)
+        elif isinstance(plug, AfterCommitHook):
+            pipeline.after_commit.append(plug.hook)
+        else:
+            if plug.kind in pipeline.policies:
+                raise ValueError(f"two policies for conversations of kind {plug.kind!r}")
+            pipeline.policies[plug.kind] = plug.policy
+
+
 def get_pipeline(core: Core) -> Pipeline:
-    return core.services["pipeline"]
+    if core.pipeline is None:
+        raise RuntimeError("this Core was built without a message pipeline (a command-line tool)")
+    return core.pipeline
 
 
 async def authorize(
-    core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any] | None, actor: Actor, *, send: bool = False
-) -> dict[str, Any]:
+    core: Core, conn: asyncpg.Connection | None, conv: Conv | None, actor: Actor, *, send: bool = False
+) -> Conv:
     """`conv` (as `conversations.get_with_membership` loads it, None if there is none) if the
     actor may read (or send to) it, by its kind's policy; `not_found` otherwise."""
     if conv is None:
         raise ApiError("not_found", "No such conversation.")
-    policy = get_pipeline(core).policy(conv["kind"])
+    policy = get_pipeline(core).policy(conv.kind)
     if send:
         await policy.check_send(core, conn, conv, actor)
     else:
@@ -125,19 +116,21 @@ async def authorize(
     return conv
 
 
-async def load_conversation(core: Core, conn: asyncpg.Connection, conversation_id: UUID, actor: Actor, *, send: bool = False) -> dict[str, Any]:
+async def load_conversation(
+    core: Core, conn: asyncpg.Connection, conversation_id: UUID, actor: Actor, *, send: bool = False
+) -> ConversationMembership:
     """The conversation if the actor may read (or send to) it; `not_found` otherwise."""
     conv = await conversations.get_with_membership(conn, conversation_id, actor.user_id)
     return await authorize(core, conn, conv, actor, send=send)
 
 
-async def fan_out(core: Core, conv: dict[str, Any], event: str, data: dict[str, Any]) -> None:
+async def fan_out(core: Core, conv: ConversationMembership, event: str, data: dict[str, Any]) -> None:
     """Deliver an event about a conversation to whoever follows it: its members (loaded
     with the conversation by `conversations.get_with_membership`), or its room."""
-    if get_pipeline(core).policy(conv["kind"]).fans_out_to_members(conv):
-        await core.events.to_users(conv["member_ids"], event, data)
+    if get_pipeline(core).policy(conv.kind).fans_out_to_members(conv):
+        await core.events.to_users(conv.member_ids, event, data)
     else:
-        await core.events.to_rooms([conversation_room(conv["id"])], event, data)
+        await core.events.to_rooms([conversation_room(conv.id)], event, data)
 
 
 async def commit_message(
@@ -152,7 +145,7 @@ async def commit_message(
     check_access: bool = True,
     message_id: UUID | None = None,
     require_mode: str | None = None,
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[Message, bool]:
     """Commit a message with the next seq, then fan it out. Returns (message, duplicate).
 
     `sender=None` is the system or the AI tutor. `role=None` derives it from the sender:
@@ -173,7 +166,7 @@ async def commit_message(
     if role is None:
         # An agent who took a conversation over writes as `agent`; staff who started
         # a tutor conversation of their own are its student and write as `user`.
-        role = "agent" if sender is not None and sender.is_staff and conv.get("member_role") == "agent" else "user"
+        role = "agent" if sender is not None and sender.is_staff and conv.member_role == "agent" else "user"
     if sender is not None:
         for check in pipeline.before_commit:
             await check(core, conv, sender, role, client_id)
@@ -186,7 +179,7 @@ async def commit_message(
         if not duplicate:
             await fan_out(core, conv, "message:new", {"message": message})
     if not duplicate:
-        conv["last_seq"] = message["seq"]
+        conv = replace(conv, last_seq=message.seq)
         for hook in pipeline.after_commit:
             try:
                 await hook(core, conv, message)

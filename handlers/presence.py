@@ -43,7 +43,7 @@ async def socket_disconnected(core: Core, actor: Actor) -> None:
 
 
 async def _offline_after_grace(core: Core, user_id: UUID) -> None:
-    await asyncio.sleep(core.settings.presence_grace_seconds)
+    await asyncio.sleep(core.settings.presence.grace_seconds)
     async with registry.settled(core) as conn:
         if await connections.count_for_user(conn, user_id) > 0:
             return

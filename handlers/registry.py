@@ -42,47 +42,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from uuid import UUID
 
 import asyncpg
 
 from handlers.core import Core
 from storage import connections
-from storage.connections import SocketRow
 
 log = logging.getLogger(__name__)
 
 SLACK_SECONDS = 0.05
 
 
-@dataclass(frozen=True)
-class Registry:
-    """What the transport tells the registry logic: this instance's open sockets, now."""
-
-    local_sockets: Callable[[], list[SocketRow]]
-    # One re-sync at a time per instance (a heartbeat and a sweep may notice together).
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-def _service(core: Core) -> Registry:
-    registry: Registry | None = core.services.get("registry")
-    if registry is None:  # a Core without a gateway (command-line tools): no sockets
-        registry = core.services["registry"] = Registry(local_sockets=list)
-    return registry
-
-
 def settle_seconds(core: Core) -> float:
     """How long judgement waits after a reset: the setting, and never under two heartbeats."""
-    s = core.settings
+    s = core.settings.cluster
     return max(s.registry_settle_seconds, 2 * s.instance_heartbeat_seconds)
 
 
 async def _resync(core: Core, conn: asyncpg.Connection, *, reset: bool) -> list[UUID]:
     """Write this instance's row (noting a reset) and make its socket rows match memory."""
-    registry = _service(core)
+    registry = core.registry
     async with registry.lock:
         sockets = registry.local_sockets()
         async with conn.transaction():
@@ -106,7 +88,7 @@ async def recover(core: Core) -> None:
 async def heartbeat(core: Core) -> list[UUID]:
     """Refresh this instance's row; after a reset re-register everything; when the counts
     differ, re-sync. Returns users whose stale rows were dropped (to announce offline)."""
-    sockets = len(_service(core).local_sockets())
+    sockets = len(core.registry.local_sockets())
     async with core.db.connection() as conn:
         registered = await connections.heartbeat(conn, core.instance_id)
         if registered is None:

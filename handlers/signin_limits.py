@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from handlers.core import Core
 from handlers.ratelimit import Rule
-from handlers.settings import Settings
+from handlers.settings import AuthSettings
 
 TEN_MINUTES = 600
 DAY = 86_400
 
 
-def rules(settings: Settings, route: str) -> tuple[Rule, ...]:
-    """The rules for `route` ("guest", "register" or "login") under these settings."""
+def rules(settings: AuthSettings, route: str) -> tuple[Rule, ...]:
+    """The rules for `route` ("guest", "register" or "login") under these settings (`settings.auth`)."""
     if route == "guest":
         message = "Too many guest sessions from your network; try again later."
         return (
@@ -40,5 +40,5 @@ def rules(settings: Settings, route: str) -> tuple[Rule, ...]:
 
 async def check(core: Core, route: str, ip: str | None) -> None:
     """Count one call of `route` from `ip`; raise `rate_limited` (with retry_after_ms) if over."""
-    for rule in rules(core.settings, route):
+    for rule in rules(core.settings.auth, route):
         await core.limiter.hit(rule, ip or "unknown")

@@ -14,21 +14,22 @@ from handlers.errors import ApiError
 from handlers.pipeline import authorize, commit_message, fan_out, get_pipeline, load_conversation
 from handlers.webhooks import outbox as webhooks
 from storage import conversations, messages, users
+from storage.records import Conversation, ConversationMembership, Message, Role
 
 MAX_GROUP_MEMBERS = 100
-UNADDABLE_ROLES = frozenset({"guest"})  # conversation:create refuses these members
+UNADDABLE_ROLES = frozenset({Role.GUEST})  # conversation:create refuses these members
 SYNC_PAGE = 200  # messages per conversation in one sync answer; past it, complete: false
-# (and at most settings.sync_max_bytes of messages in all: see `sync`)
+# (and at most settings.threads.sync_max_bytes of messages in all: see `sync`)
 TYPING_EVERY_SECONDS = 2.0
 TYPING_TABLE_MAX = 10_000
 
 
-def conversation_out(conv: dict[str, Any], members: list[dict[str, Any]], unread: int = 0) -> dict[str, Any]:
+def conversation_out(conv: Conversation, members: list[dict[str, Any]], unread: int = 0) -> dict[str, Any]:
     """The protocol's conversation object."""
     return {
-        "id": conv["id"], "kind": conv["kind"], "title": conv["title"], "status": conv["status"],
-        "mode": conv["mode"], "members": members, "last_seq": conv["last_seq"], "unread": unread,
-        "context": conv["context"], "created_at": conv["created_at"],
+        "id": conv.id, "kind": conv.kind, "title": conv.title, "status": conv.status,
+        "mode": conv.mode, "members": members, "last_seq": conv.last_seq, "unread": unread,
+        "context": conv.context, "created_at": conv.created_at,
     }
 
 
@@ -51,7 +52,7 @@ async def announce_conversation(core: Core, conversation_id: UUID, event: str = 
 
 
 async def create(core: Core, actor: Actor, *, kind: str, member_ids: list[UUID], title: str | None) -> dict[str, Any]:
-    if actor.role == "guest":
+    if actor.role == Role.GUEST:
         raise ApiError("forbidden", "Guests cannot start threads; sign up first.")
     others = [m for m in dict.fromkeys(member_ids) if m != actor.user_id]
     if kind == "direct" and len(others) != 1:
@@ -64,7 +65,7 @@ async def create(core: Core, actor: Actor, *, kind: str, member_ids: list[UUID],
         found = await users.get_users(conn, others)
         # Guests (anonymous widget visitors) are never added to threads. A guest's id and
         # an id that is no user get the same answer, so it confirms no guest's id.
-        if len([u for u in found if u["role"] not in UNADDABLE_ROLES]) != len(others):
+        if len([u for u in found if u.role not in UNADDABLE_ROLES]) != len(others):
             raise ApiError("bad_request", "Some member_ids are not users you can add.")
         conv = await conversations.insert_conversation(conn, kind=kind, title=title, created_by=actor.user_id, direct_key=direct_key)
         created = conv is not None
@@ -73,9 +74,9 @@ async def create(core: Core, actor: Actor, *, kind: str, member_ids: list[UUID],
             conv = await conversations.get_by_direct_key(conn, direct_key)
             assert conv is not None
         else:
-            await conversations.add_members(conn, conv["id"], everyone)
+            await conversations.add_members(conn, conv.id, everyone)
             await webhooks.emit(core, conn, "conversation.created", webhooks.conversation_data(conv, everyone))
-    out = await describe(core, conv["id"], actor.user_id)
+    out = await describe(core, conv.id, actor.user_id)
     if created:
         await core.events.to_users(everyone, "conversation:new", {"conversation": {**out, "unread": 0}})
     return {"conversation": out}
@@ -84,8 +85,8 @@ async def create(core: Core, actor: Actor, *, kind: str, member_ids: list[UUID],
 async def list_mine(core: Core, actor: Actor) -> dict[str, Any]:
     async with core.db.connection() as conn:
         rows = await conversations.list_for_user(conn, actor.user_id)
-        members = await conversations.members(conn, [r["id"] for r in rows])
-    return {"conversations": [conversation_out(r, members[r["id"]], r["unread"]) for r in rows]}
+        members = await conversations.members(conn, [conv.id for conv, _ in rows])
+    return {"conversations": [conversation_out(conv, members[conv.id], unread) for conv, unread in rows]}
 
 
 async def send(core: Core, actor: Actor, *, conversation_id: UUID, content: str, client_id: str) -> dict[str, Any]:
@@ -93,23 +94,25 @@ async def send(core: Core, actor: Actor, *, conversation_id: UUID, content: str,
     return {"message": message}
 
 
-async def _own_message(core: Core, actor: Actor, message_id: UUID, *, staff_may: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+async def _own_message(
+    core: Core, actor: Actor, message_id: UUID, *, staff_may: bool
+) -> tuple[Message, ConversationMembership]:
     """The message and its conversation if the actor may change it. A message in a
     conversation the actor may not read gets exactly the answer of one that does not
     exist; only then are sender and state checked (the actor can see those anyway)."""
-    conv: dict[str, Any] | None = None
+    conv: ConversationMembership | None = None
     async with core.db.connection() as conn:
         msg = await messages.get(conn, message_id)
         if msg is not None:
             try:
-                conv = await load_conversation(core, conn, msg["conversation_id"], actor)
+                conv = await load_conversation(core, conn, msg.conversation_id, actor)
             except ApiError:  # not a member, not in the live room, banned: it cannot be read
                 conv = None
     if msg is None or conv is None:
         raise ApiError("not_found", "No such message.")
-    if msg["sender_id"] != actor.user_id and not (staff_may and actor.is_staff):
+    if msg.sender_id != actor.user_id and not (staff_may and actor.is_staff):
         raise ApiError("forbidden", "Only the sender may change this message.")
-    if msg["deleted"]:
+    if msg.deleted:
         raise ApiError("conflict", "This message was deleted.")
     return msg, conv
 
@@ -154,10 +157,10 @@ async def typing(core: Core, actor: Actor, *, conversation_id: UUID, is_typing: 
     return {}
 
 
-async def _to_others(core: Core, conv: dict[str, Any], actor: Actor, event: str, data: dict[str, Any]) -> None:
+async def _to_others(core: Core, conv: ConversationMembership, actor: Actor, event: str, data: dict[str, Any]) -> None:
     """Everyone who follows the conversation but the actor (whose other tabs need no echo)."""
-    if get_pipeline(core).policy(conv["kind"]).fans_out_to_members(conv):
-        await core.events.to_users([m for m in conv["member_ids"] if m != actor.user_id], event, data)
+    if get_pipeline(core).policy(conv.kind).fans_out_to_members(conv):
+        await core.events.to_users([m for m in conv.member_ids if m != actor.user_id], event, data)
     else:
         await fan_out(core, conv, event, data)
 
@@ -197,9 +200,9 @@ async def sync(core: Core, actor: Actor, *, since: dict[UUID, int]) -> dict[str,
                 await authorize(core, conn, conv, actor)
             except ApiError:
                 continue
-            readable_ids.add(conv["id"])
+            readable_ids.add(conv.id)
         readable = {cid: seq for cid, seq in since.items() if cid in readable_ids}
-        budget = core.settings.sync_max_bytes
+        budget = core.settings.threads.sync_max_bytes
         found = await messages.since(conn, readable, limit=SYNC_PAGE, max_bytes=budget)
     return {
         "conversations": {
@@ -208,14 +211,14 @@ async def sync(core: Core, actor: Actor, *, since: dict[UUID, int]) -> dict[str,
     }
 
 
-def _within(found: dict[UUID, tuple[list[dict[str, Any]], bool]], max_bytes: int) -> dict[UUID, tuple[list[dict[str, Any]], bool]]:
+def _within(found: dict[UUID, tuple[list[Message], bool]], max_bytes: int) -> dict[UUID, tuple[list[Message], bool]]:
     """Cut a sync answer at `max_bytes` of encoded messages (the query's estimate can be low
     when JSON escapes the text), keeping at least one message so each call makes progress."""
     used = 0
     full = False
-    out: dict[UUID, tuple[list[dict[str, Any]], bool]] = {}
+    out: dict[UUID, tuple[list[Message], bool]] = {}
     for cid, (msgs, complete) in found.items():
-        kept: list[dict[str, Any]] = []
+        kept: list[Message] = []
         for msg in msgs:
             size = len(orjson.dumps(msg, default=str))
             if full or (used and used + size > max_bytes):

@@ -18,7 +18,7 @@ list) is batched the same way (`storage.conversations.get_many_with_membership`)
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 from uuid import UUID
 
 import asyncpg
@@ -28,12 +28,19 @@ from handlers.errors import ApiError
 from storage import conversations, messages
 from storage.db import Database
 from storage.messages import Inserted, NewMessage
+from storage.records import ConversationMembership
 from storage.text import unstorable_reason
 
-if TYPE_CHECKING:
-    from handlers.webhooks.outbox import MessageOutbox
-
 log = logging.getLogger(__name__)
+
+
+class BatchOutbox(Protocol):
+    """What commits a batch together with other rows (webhooks' outbox,
+    handlers/webhooks/outbox.py `MessageOutbox`): the writer does not import it."""
+
+    def wants_messages(self) -> bool: ...
+
+    async def insert_batch(self, conn: asyncpg.Connection, batch: list[NewMessage]) -> list[Inserted | LookupError]: ...
 
 
 class MessageWriter:
@@ -50,7 +57,7 @@ class MessageWriter:
         self.statements = 0  # insert statements run (a failed batch and its halves count)
         # Webhooks (handlers/webhooks/outbox.py): while anyone subscribes to message.created,
         # a batch commits together with its outbox rows.
-        self.outbox: MessageOutbox | None = None
+        self.outbox: BatchOutbox | None = None
 
     async def insert(self, message: NewMessage) -> Inserted:
         """(message, duplicate), or raises like `storage.messages.insert`; `bad_request`
@@ -82,13 +89,13 @@ class ConversationLoader:
 
     def __init__(self, db: Database, *, max_batch: int = 200, concurrency: int = 2) -> None:
         self.db = db
-        self.batcher: Batcher[tuple[UUID, UUID | None], dict[str, Any] | None] = Batcher(
+        self.batcher: Batcher[tuple[UUID, UUID | None], ConversationMembership | None] = Batcher(
             self._load, max_batch=max_batch, concurrency=concurrency
         )
 
-    async def load(self, conversation_id: UUID, user_id: UUID | None) -> dict[str, Any] | None:
+    async def load(self, conversation_id: UUID, user_id: UUID | None) -> ConversationMembership | None:
         return await self.batcher.submit((conversation_id, user_id))
 
-    async def _load(self, keys: list[tuple[UUID, UUID | None]]) -> list[dict[str, Any] | BaseException | None]:
+    async def _load(self, keys: list[tuple[UUID, UUID | None]]) -> list[ConversationMembership | BaseException | None]:
         async with self.db.connection() as conn:
             return list(await conversations.get_many_with_membership(conn, keys))

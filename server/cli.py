@@ -14,6 +14,7 @@ from typing import Any
 
 from handlers.settings import Settings
 from server.logs import setup_logging
+from storage.records import Role
 
 log = logging.getLogger("studyhall")
 
@@ -21,15 +22,15 @@ log = logging.getLogger("studyhall")
 @asynccontextmanager
 async def database_url(settings: Settings) -> AsyncIterator[str]:
     """The configured database, or the embedded one for the command's duration."""
-    if settings.database_url:
+    if settings.database.url:
         from server.lifecycle import check_database_url
 
-        await check_database_url(settings.database_url)
-        yield settings.database_url
+        await check_database_url(settings.database.url)
+        yield settings.database.url
         return
     from storage.embedded import EmbeddedPostgres
 
-    embedded = EmbeddedPostgres(Path(settings.data_dir), shared_buffers=settings.pg_shared_buffers)
+    embedded = EmbeddedPostgres(Path(settings.database.data_dir), shared_buffers=settings.database.pg_shared_buffers)
     # Joins the server a running `serve` uses (and then leaves it running), or starts it.
     url = await asyncio.to_thread(embedded.start)
     try:
@@ -45,6 +46,7 @@ async def core_for_command(settings: Settings) -> AsyncIterator[Any]:
 
     from handlers.core import Core
     from handlers.ratelimit import RateLimiter
+    from handlers.webhooks.outbox import Subscriptions
     from storage.db import Database
     from storage.migrate import migrate
 
@@ -60,9 +62,14 @@ async def core_for_command(settings: Settings) -> AsyncIterator[Any]:
     async with database_url(settings) as url:
         await migrate(url)
         db = await Database.connect(url, min_size=1, max_size=4)
-        limiter = RateLimiter(settings.redis_url, prefix=settings.redis_channel)
+        limiter = RateLimiter(settings.cluster.redis_url, prefix=settings.cluster.redis_channel)
         try:
-            yield Core(settings=settings, db=db, events=NoEvents(), instance_id=uuid.uuid4(), limiter=limiter)
+            core = Core(settings=settings, db=db, events=NoEvents(), instance_id=uuid.uuid4(), limiter=limiter)
+            # Webhook events a command causes (`createuser`: user.created) go to the outbox;
+            # a running server delivers them.
+            core.webhooks = subscriptions = Subscriptions(db)
+            await subscriptions.refresh()
+            yield core
         finally:
             await limiter.close()
             await db.close()
@@ -90,7 +97,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from server.app import create_app
     from server.lifecycle import serve
 
-    settings = settings.with_(host=args.host or settings.host, port=args.port or settings.port)
+    settings = settings.with_(http__host=args.host or settings.http.host, http__port=args.port or settings.http.port)
     app = create_app(settings)
     tune_gc()
     return asyncio.run(serve(app, settings))
@@ -166,21 +173,26 @@ def _run_async(fn: Callable[[Any], Awaitable[int]], settings: Settings) -> int:
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from handlers.knowledge import ingest_paths_command
+    from server.factories import knowledge_base
 
-    return _run_async(lambda core: ingest_paths_command(core, [Path(p) for p in args.paths], course=args.course), settings)
+    paths = [Path(p) for p in args.paths]
+    return _run_async(lambda core: ingest_paths_command(knowledge_base(settings, core.db), paths, course=args.course),
+                      settings)
 
 
 def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     from handlers.knowledge import reindex_command
+    from server.factories import knowledge_base
 
-    return _run_async(lambda core: reindex_command(core), settings)
+    return _run_async(lambda core: reindex_command(knowledge_base(settings, core.db)), settings)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from handlers.demo import load_demo, render
+    from server.factories import knowledge_base
 
     async def run(core: Any) -> int:
-        report = await load_demo(core)
+        report = await load_demo(core, knowledge_base(settings, core.db))
         print(render(report, page_base_url(settings)))
         return 0
 
@@ -190,9 +202,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def page_base_url(settings: Settings) -> str:
     """Where `studyhall serve` with the same settings answers, for links a browser opens
     (a wildcard listen address is reached on loopback from this machine)."""
-    host = "127.0.0.1" if settings.host in ("", "0.0.0.0", "::") else settings.host
+    host = "127.0.0.1" if settings.http.host in ("", "0.0.0.0", "::") else settings.http.host
     host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{settings.port}"
+    return f"http://{host}:{settings.http.port}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     secret.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     cu.add_argument("--name", required=True)
-    cu.add_argument("--role", required=True, choices=["admin", "mentor", "agent", "student"])
+    cu.add_argument("--role", required=True, choices=[Role.ADMIN, Role.MENTOR, Role.AGENT, Role.STUDENT])
     cu.set_defaults(func=cmd_createuser)
     ing = sub.add_parser("ingest", help="add documents (files and folders) to the knowledge base")
     ing.add_argument("paths", nargs="+")
@@ -223,10 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(func=cmd_demo)
     from server.identity_cli import add_commands as add_identity_commands
 
-    add_identity_commands(sub)  # app create, app list
+    app_sub = add_identity_commands(sub, _run_async)  # app create, app list
+    from server.platform_cli import add_commands as add_key_commands
+
+    add_key_commands(app_sub, _run_async)  # app key create|list|revoke|rotate
     from server.webhooks_cli import add_commands as add_webhook_commands
 
-    add_webhook_commands(sub)  # webhook create, list, delete, enable, disable, deliveries, redeliver
+    add_webhook_commands(sub, _run_async)  # webhook create, list, delete, enable, disable, deliveries, redeliver
     return parser
 
 
@@ -236,18 +251,18 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     settings = Settings.from_env()
-    setup_logging(settings.log_level, settings.log_json)
+    setup_logging(settings.log.level, settings.log.json)
     try:
         return int(args.func(args, settings) or 0)
     except StartupError as exc:
         print(f"studyhall: {exc}", file=sys.stderr)
     except EmbeddedPostgresError as exc:
         first = str(exc).strip().splitlines()[0]
-        log_file = Path(settings.data_dir) / "postgres.log"
+        log_file = Path(settings.database.data_dir) / "postgres.log"
         hints = [f"log: {log_file}"] if log_file.exists() else []
         hints += [] if "DATABASE_URL" in first else ["or set DATABASE_URL"]
         print(
-            f"studyhall: the embedded PostgreSQL in STUDYHALL_DATA_DIR={settings.data_dir} could not be used: {first}"
+            f"studyhall: the embedded PostgreSQL in STUDYHALL_DATA_DIR={settings.database.data_dir} could not be used: {first}"
             + (f" ({'; '.join(hints)})" if hints else ""),
             file=sys.stderr,
         )

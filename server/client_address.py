@@ -79,13 +79,13 @@ class TrustedProxies:
 
 @functools.lru_cache(maxsize=8)
 def trusted_proxies(entries: tuple[str, ...]) -> TrustedProxies:
-    """`Settings.trusted_proxies` parsed once (settings are frozen, so this is a cache)."""
+    """`settings.http.trusted_proxies` parsed once (settings are frozen, so this is a cache)."""
     return TrustedProxies.parse(entries)
 
 
 def socket_client_ip(entries: tuple[str, ...], environ: Mapping[str, Any]) -> str | None:
     """The client address of a Socket.IO connect, from the environ given to `connect`.
 
-    Call with `core.settings.trusted_proxies` and the environ python-socketio passes."""
+    Call with `core.settings.http.trusted_proxies` and the environ python-socketio passes."""
     forwarded = environ.get("HTTP_X_FORWARDED_FOR")
     return trusted_proxies(entries).client_address(environ.get("REMOTE_ADDR"), [forwarded] if forwarded else [])

@@ -1,9 +1,9 @@
-"""Transport for the knowledge base: document upload, listing, deletion, and search."""
+"""Transport for the knowledge base: document upload, listing, deletion, and search. The
+knowledge base itself is built, and its index checked at startup, in server/assembly.py."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Annotated
 from uuid import UUID
 
@@ -14,12 +14,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import Field, ValidationError
 
 from handlers import knowledge
-from handlers.core import Core
 from handlers.errors import ApiError
-from server.gateway import Gateway
 from server.http import check_text, client_ip, core_of, path_uuid, query_int, require_actor
 from server.jsonutil import json_response
-from server.keys import CORE
 from server.validation import Payload, Storable, Title, validation_message
 
 log = logging.getLogger(__name__)
@@ -109,7 +106,7 @@ async def _from_multipart(request: web.Request, limit: int) -> tuple[FileFields,
 
 async def _from_json(request: web.Request) -> NewDocument:
     # request.read() reads the whole body (StreamReader.read(n) may return only part of
-    # it) and stops at the app's client_max_size, which is max_upload_bytes.
+    # it) and stops at the app's client_max_size, which is settings.knowledge.max_upload_bytes.
     raw = await request.read()
     try:
         return NewDocument.model_validate(orjson.loads(raw or b"{}"))
@@ -122,7 +119,7 @@ async def _from_json(request: web.Request) -> NewDocument:
 async def create_document(request: web.Request) -> web.Response:
     actor = await require_actor(request, knowledge.EDITOR_ROLES)
     core = core_of(request)
-    limit = core.settings.max_upload_bytes
+    limit = core.settings.knowledge.max_upload_bytes
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     if request.content_type == "application/x-www-form-urlencoded":
@@ -175,14 +172,6 @@ async def search(request: web.Request) -> web.Response:
     return json_response({"results": [r.as_dict() for r in results]})
 
 
-async def _index_ctx(app: web.Application) -> AsyncIterator[None]:
-    """After the core is up: make sure the active embedder's vector index exists."""
-    kb = app[CORE].services.get("kb")
-    if kb is not None:
-        await knowledge.check_index(kb)
-    yield
-
-
 def setup(app: web.Application) -> None:
     """Add routes; called by the app factory before startup."""
     app.router.add_post("/api/documents", create_document)
@@ -190,9 +179,3 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/documents/{id}", get_document)
     app.router.add_delete("/api/documents/{id}", delete_document)
     app.router.add_get("/api/search", search)
-    app.cleanup_ctx.append(_index_ctx)
-
-
-def bind(app: web.Application, core: Core, gateway: Gateway) -> None:
-    """One knowledge base per app, its embedder chosen by Settings."""
-    core.services["kb"] = knowledge.knowledge_base(core.settings, core.db)

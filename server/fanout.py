@@ -25,7 +25,7 @@ with callbacks or binary data, sockets not yet upgraded) can be overtaken by a l
 frame (clients dedupe by seq; nothing in the protocol depends on acks before events).
 
 Wiring (server/realtime.py's `create_sio`, the default; STUDYHALL_FANOUT=stock turns it
-off): the manager comes from `create_manager(settings)`, then `install(sio)` runs once
+off): the manager comes from `create_manager(settings.cluster)`, then `install(sio)` runs once
 after creating the server. With Redis the manager is python-socketio's AsyncRedisManager
 with this local step swapped in, so each instance still publishes once and delivers
 locally with the fast path.
@@ -44,6 +44,7 @@ from engineio import packet as eio_packet
 from engineio.async_drivers.aiohttp import WebSocket as EngineWebSocket
 from socketio import packet as sio_packet
 
+from handlers.settings import ClusterSettings
 from server.redisbus import ResilientRedis
 
 log = logging.getLogger(__name__)
@@ -161,11 +162,11 @@ class FastRedisFanout(ResilientRedis, socketio.AsyncRedisManager, FastFanout):
 REDIS_OPTIONS = {"socket_timeout": 5, "socket_connect_timeout": 2, "health_check_interval": 10}
 
 
-def create_manager(settings: Any) -> socketio.AsyncManager:
-    """The client manager for `socketio.AsyncServer(client_manager=...)`."""
-    if settings.redis_url:
-        manager = FastRedisFanout(settings.redis_url, channel=settings.redis_channel, redis_options=REDIS_OPTIONS)
-        manager.configure(timeout=settings.redis_timeout_seconds, queue_size=settings.redis_publish_queue)
+def create_manager(cluster: ClusterSettings) -> socketio.AsyncManager:
+    """The client manager for `socketio.AsyncServer(client_manager=...)` (`settings.cluster`)."""
+    if cluster.redis_url:
+        manager = FastRedisFanout(cluster.redis_url, channel=cluster.redis_channel, redis_options=REDIS_OPTIONS)
+        manager.configure(timeout=cluster.redis_timeout_seconds, queue_size=cluster.redis_publish_queue)
         return manager
     return FastFanout()
 

@@ -72,7 +72,7 @@ class Gateway:
         self.on_disconnect: list[ConnectionHook] = []
         # Sign-in for `auth: {identity}` (signed identity, set by server/identity.py).
         self.identity_connect: Callable[[dict[str, Any], dict[str, Any], str], Awaitable[Actor]] | None = None
-        s = core.settings
+        s = core.settings.gateway
         self.limits = EventLimits(
             socket_rate=s.rate_limit_per_second, socket_burst=s.rate_limit_burst,
             user_rate=s.user_rate_limit_per_second, user_burst=s.user_rate_limit_burst,

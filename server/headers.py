@@ -49,7 +49,7 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")
     if response.content_type == "text/html":
-        headers["Content-Security-Policy"] = page_policy(request.path, request.app[SETTINGS].cors_origins)
+        headers["Content-Security-Policy"] = page_policy(request.path, request.app[SETTINGS].http.cors_origins)
     elif request.path.startswith("/api/"):
         headers.setdefault("Content-Security-Policy", API_POLICY)
 

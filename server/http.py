@@ -147,7 +147,7 @@ def core_of(request: web.Request) -> Core:
 
 def client_ip(request: web.Request) -> str | None:
     """The client's address: the peer, or X-Forwarded-For's when the peer is a trusted proxy."""
-    trusted = trusted_proxies(request.app[SETTINGS].trusted_proxies)
+    trusted = trusted_proxies(request.app[SETTINGS].http.trusted_proxies)
     return trusted.client_address(request.remote, request.headers.getall("X-Forwarded-For", []))
 
 
@@ -161,8 +161,8 @@ async def require_actor(request: web.Request, roles: tuple[str, ...] | None = No
 
 
 async def read_json(request: web.Request, model: type[M]) -> M:
-    """Parse and validate a JSON body, at most `max_http_body_bytes` long."""
-    limit = core_of(request).settings.max_http_body_bytes
+    """Parse and validate a JSON body, at most `settings.http.max_body_bytes` long."""
+    limit = core_of(request).settings.http.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ApiError("too_large", f"The body is over {limit} bytes.")
     # One read() may return only part of the body: read until EOF, stopping past the limit.

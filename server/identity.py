@@ -4,12 +4,13 @@
 - Socket.IO connect with `auth: {identity, app_id?}` works like `auth: {token}`.
 - Admins: `POST /api/apps`, `GET /api/apps`, `GET /api/apps/{id}` (secrets are shown only
   in the answer that created them).
+
+The JWKS cache, the gateway's identity sign-in and the jti sweep are wired in
+server/assembly.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -19,13 +20,13 @@ from pydantic import Field
 from handlers import auth
 from handlers import identity as identity_handlers
 from handlers.background import repeat
-from handlers.core import Actor
+from handlers.core import Actor, Core
 from handlers.identity import apps as app_handlers
 from handlers.identity.keys import SUPPORTED
 from server.client_address import socket_client_ip
 from server.http import client_ip, core_of, path_uuid, read_json, require_actor
 from server.jsonutil import json_response
-from server.keys import CORE, GATEWAY
+from server.keys import CORE
 from server.validation import Name, Payload, Storable
 
 IDENTITY: web.AppKey[identity_handlers.JwksCache] = web.AppKey("identity_jwks")
@@ -66,7 +67,8 @@ class NewAppBody(Payload):
 async def identity_sign_in(request: web.Request) -> web.Response:
     body = await read_json(request, IdentityBody)
     result = await identity_handlers.sign_in(
-        core_of(request), request.app[IDENTITY], token=body.identity, app_id=body.app_id, ip=client_ip(request)
+        core_of(request), request.app[IDENTITY], token=body.identity, app_id=body.app_id, ip=client_ip(request),
+        origin=request.headers.get("Origin"),
     )
     return json_response(result)
 
@@ -94,28 +96,19 @@ def connect_with_identity(app: web.Application) -> Any:
 
     async def connect(auth_data: dict[str, Any], environ: dict[str, Any], sid: str) -> Actor:
         core = app[CORE]
-        ip = socket_client_ip(core.settings.trusted_proxies, environ)
+        ip = socket_client_ip(core.settings.http.trusted_proxies, environ)
         result = await identity_handlers.sign_in(
-            core, app[IDENTITY], token=auth_data.get("identity"), app_id=auth_data.get("app_id"), ip=ip
+            core, app[IDENTITY], token=auth_data.get("identity"), app_id=auth_data.get("app_id"), ip=ip,
+            origin=environ.get("HTTP_ORIGIN"),
         )
         return await auth.authenticate(core, result["token"], sid=sid)
 
     return connect
 
 
-async def _identity_ctx(app: web.Application) -> AsyncIterator[None]:
-    """After the core exists (server/app.py's contexts run first): the JWKS cache, the
-    gateway's identity sign-in, and the sweep of expired token ids."""
-    core = app[CORE]
-    jwks = identity_handlers.JwksCache(core.settings.identity)
-    app[IDENTITY] = jwks
-    app[GATEWAY].identity_connect = connect_with_identity(app)
-    sweeper = asyncio.create_task(repeat(lambda: identity_handlers.sweep_jtis(core), every=JTI_SWEEP_SECONDS,
-                                         what="identity jti sweep"))
-    yield
-    sweeper.cancel()
-    await asyncio.gather(sweeper, return_exceptions=True)
-    await jwks.close()
+async def jti_sweeper(core: Core) -> None:
+    """The loop that forgets expired token ids (listed in server/assembly.py)."""
+    await repeat(lambda: identity_handlers.sweep_jtis(core), every=JTI_SWEEP_SECONDS, what="identity jti sweep")
 
 
 def setup(app: web.Application) -> None:
@@ -123,5 +116,4 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/apps", create_app)
     app.router.add_get("/api/apps", list_apps)
     app.router.add_get("/api/apps/{id}", get_app)
-    app.cleanup_ctx.append(_identity_ctx)
 

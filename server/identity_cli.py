@@ -1,25 +1,33 @@
-"""`studyhall app create` and `studyhall app list`: the apps that sign identity tokens."""
+"""`studyhall app create` and `studyhall app list`: the apps that sign identity tokens.
+
+server/cli.py adds these commands and hands them its runner (`run_async`), so this module
+does not import server/cli.py back (tests/test_import_graph.py: no import cycles).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from handlers.settings import Settings
+
+# server/cli.py's `_run_async`: run a coroutine function on a command-line Core.
+RunAsync = Callable[[Callable[[Any], Awaitable[int]], Settings], int]
 
 
 def _csv(raw: str | None) -> list[str]:
     return [p.strip() for p in (raw or "").split(",") if p.strip()]
 
 
-def cmd_app_create(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_app_create(args: argparse.Namespace, settings: Settings, *, run_async: RunAsync) -> int:
     from pydantic import ValidationError
 
     from handlers.errors import ApiError
     from handlers.identity import apps
-    from server.cli import _run_async
     from server.identity import NewAppBody
     from server.validation import validation_message
 
@@ -54,12 +62,11 @@ def cmd_app_create(args: argparse.Namespace, settings: Settings) -> int:
             print(f"HS256 secret (shown once; give it to the platform's backend): {result['secret']}")
         return 0
 
-    return _run_async(run, settings)
+    return run_async(run, settings)
 
 
-def cmd_app_list(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_app_list(args: argparse.Namespace, settings: Settings, *, run_async: RunAsync) -> int:
     from handlers.identity import apps
-    from server.cli import _run_async
 
     async def run(core: Any) -> int:
         listed = (await apps.list_apps(core, None))["apps"]
@@ -71,11 +78,12 @@ def cmd_app_list(args: argparse.Namespace, settings: Settings) -> int:
                   f"alg={','.join(app['algorithms'])}  roles={','.join(app['roles'])}  key={key}")
         return 0
 
-    return _run_async(run, settings)
+    return run_async(run, settings)
 
 
-def add_commands(sub: Any) -> None:
-    """Add `app create` and `app list` to the `studyhall` parser's subcommands."""
+def add_commands(sub: Any, run_async: RunAsync) -> Any:
+    """Add `app create` and `app list` to the `studyhall` parser's subcommands; returns
+    `app`'s subcommands (for `app key`, server/platform_cli.py)."""
     app = sub.add_parser("app", help="platforms that sign identity tokens for their users (docs/integration.md)")
     app_sub = app.add_subparsers(dest="app_command", required=True)
     create = app_sub.add_parser("create", help="register a platform; prints the app id (and a generated secret)")
@@ -91,5 +99,7 @@ def add_commands(sub: Any) -> None:
     create.add_argument("--roles", default="student", help="roles the app may grant: student,mentor,agent")
     create.add_argument("--origin", action="append", help="an origin the widget may be embedded on (repeat)")
     create.add_argument("--require-identity", action="store_true", help="widgets of this app need a signed identity")
-    create.set_defaults(func=cmd_app_create)
-    app_sub.add_parser("list", help="list apps (never their secrets)").set_defaults(func=cmd_app_list)
+    create.set_defaults(func=partial(cmd_app_create, run_async=run_async))
+    app_sub.add_parser("list", help="list apps (never their secrets)").set_defaults(
+        func=partial(cmd_app_list, run_async=run_async))
+    return app_sub

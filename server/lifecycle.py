@@ -174,16 +174,16 @@ async def serve(app: web.Application, settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lifecycle.request_stop, sig.name)
-    sockets = bind_sockets(settings.host, settings.port)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=settings.shutdown_seconds)
+    sockets = bind_sockets(settings.http.host, settings.http.port)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=settings.http.shutdown_seconds)
     cleaned_up = False
     try:
-        if settings.database_url:
-            await check_database_url(settings.database_url)
+        if settings.database.url:
+            await check_database_url(settings.database.url)
         await runner.setup()
         for sock in sockets:
             await web.SockSite(runner, sock).start()
-        url = f"http://{settings.host}:{settings.port}"
+        url = f"http://{settings.http.host}:{settings.http.port}"
         log.info("Studyhall listening", extra={"url": url})
         print(f"Studyhall on {url}", file=sys.stderr, flush=True)
         await lifecycle.stop_requested.wait()

@@ -49,4 +49,4 @@ def token_matches(request: web.Request, expected: str | None) -> bool:
 
 def may_read_metrics(request: web.Request) -> bool:
     settings = request.app[SETTINGS]
-    return token_matches(request, settings.metrics_token) or address_allowed(client_ip(request), settings.metrics_allow)
+    return token_matches(request, settings.http.metrics_token) or address_allowed(client_ip(request), settings.http.metrics_allow)

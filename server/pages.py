@@ -54,7 +54,7 @@ def allowed_origin(setting: str, origin: str | None) -> str | None:
 async def _add_cors(request: web.Request, response: web.StreamResponse) -> None:
     if not request.path.startswith(CORS_PREFIXES):
         return
-    value = allowed_origin(request.app[SETTINGS].cors_origins, request.headers.get("Origin"))
+    value = allowed_origin(request.app[SETTINGS].http.cors_origins, request.headers.get("Origin"))
     if value is None:
         return
     response.headers["Access-Control-Allow-Origin"] = value

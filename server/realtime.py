@@ -38,7 +38,7 @@ def max_poll_packets(settings: Settings) -> int:
     """Packets one long-polling POST may carry: a client firing a whole burst the rate
     limit allows, plus its acks, pongs and the events that refilled while the previous
     POST was in flight, all fit; past it, events are refused `rate_limited`."""
-    return 2 * settings.rate_limit_burst + 16
+    return 2 * settings.gateway.rate_limit_burst + 16
 
 
 def create_sio(settings: Settings) -> GuardedServer:
@@ -47,11 +47,12 @@ def create_sio(settings: Settings) -> GuardedServer:
     python-socketio's manager, or its Redis manager with REDIS_URL, whose local delivery
     writes one pre-built websocket frame per recipient instead of one task and one
     encoding per recipient. STUDYHALL_FANOUT=stock uses python-socketio's own delivery."""
-    if settings.fanout == "fast":
-        manager = fanout.create_manager(settings)
-    elif settings.redis_url:
-        manager = QueuedRedisManager(settings.redis_url, channel=settings.redis_channel, redis_options=fanout.REDIS_OPTIONS)
-        manager.configure(timeout=settings.redis_timeout_seconds, queue_size=settings.redis_publish_queue)
+    cluster = settings.cluster
+    if settings.gateway.fanout == "fast":
+        manager = fanout.create_manager(cluster)
+    elif cluster.redis_url:
+        manager = QueuedRedisManager(cluster.redis_url, channel=cluster.redis_channel, redis_options=fanout.REDIS_OPTIONS)
+        manager.configure(timeout=cluster.redis_timeout_seconds, queue_size=cluster.redis_publish_queue)
     else:
         manager = socketio.AsyncManager()
     sio = GuardedServer(
@@ -59,14 +60,14 @@ def create_sio(settings: Settings) -> GuardedServer:
         async_mode="aiohttp",
         client_manager=manager,
         json=OrjsonModule,
-        cors_allowed_origins=settings.cors_origins if settings.cors_origins != "*" else "*",
-        max_http_buffer_size=settings.max_frame_bytes,
+        cors_allowed_origins=settings.http.cors_origins if settings.http.cors_origins != "*" else "*",
+        max_http_buffer_size=settings.gateway.max_frame_bytes,
         ping_interval=20,
         ping_timeout=20,
         logger=False,
         engineio_logger=False,
     )
-    if settings.fanout == "fast":
+    if settings.gateway.fanout == "fast":
         fanout.install(sio)
     sio.guard_websockets()
     return sio

@@ -5,10 +5,10 @@ Three nets, none of which needs the `connections` table (whose rows can be lost)
   sockets every instance holds in memory, through Redis.
 - Expiry: each socket knows its token's `expires_at` (loaded at sign-in) and its instance
   closes it at that moment on a local timer; instance clocks are assumed NTP-synced.
-- Sweep: every `revocation_sweep_seconds` each instance checks the tokens and roles of its
+- Sweep: every `settings.auth.revocation_sweep_seconds` each instance checks the tokens and roles of its
   own sockets against the database in one query, and closes those revoked, expired or
   carrying an old role. This catches a notice lost while Redis was down.
-The table-based paths (handlers/auth.py, server/app.py housekeeping) stay as another net.
+The table-based paths (handlers/auth.py, server/housekeeping.py) stay as another net.
 
 A socket whose disconnect handler ran while it stayed connected (a client can send an event
 named "disconnect") has lost its Gateway state and its row, so no net would find it: it is
@@ -23,11 +23,10 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 import socketio
-from aiohttp import web
 
 from handlers.core import Actor, Core
 from server.gateway import Gateway
-from server.keys import METRICS, SIO
+from server.metrics import Metrics
 from server.notices import SocketNotices
 from server.realtime import SocketEvents
 from server.redisbus import ResilientRedis
@@ -88,7 +87,7 @@ class Revocation:
 
     async def sweep_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.core.settings.revocation_sweep_seconds)
+            await asyncio.sleep(self.core.settings.auth.revocation_sweep_seconds)
             try:
                 await self.sweep_once()
             except asyncio.CancelledError:
@@ -97,21 +96,11 @@ class Revocation:
                 log.exception("revocation sweep failed")
 
 
-def setup(app: web.Application) -> None:
-    """No routes: revocation works through the other features' actions."""
-
-
-def bind(app: web.Application, core: Core, gateway: Gateway) -> None:
-    """Notices over the Gateway's sockets; expiry timers; the sweep."""
-    sio = app[SIO]
-    notices = SocketNotices(sio, gateway.sockets, app[METRICS])
+def install_notices(core: Core, gateway: Gateway, sio: socketio.AsyncServer, metrics: Metrics) -> None:
+    """Notices act on the Gateway's sockets; through Redis they reach every instance's."""
+    notices = SocketNotices(sio, gateway.sockets, metrics)
     if isinstance(core.events, SocketEvents):
         core.events.notices = notices
     if isinstance(sio.manager, ResilientRedis):
         sio.manager.on_notice = notices.apply_wire
-        sio.manager.health.metrics = app[METRICS]
-    revocation = Revocation(core, gateway, sio)
-    core.services["revocation"] = revocation
-    gateway.on_connect.append(revocation.socket_connected)
-    gateway.on_disconnect.append(revocation.socket_disconnected)
-    core.spawn(revocation.sweep_forever(), name="revocation-sweep")
+        sio.manager.health.metrics = metrics

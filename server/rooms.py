@@ -1,4 +1,5 @@
-"""Transport for live rooms: HTTP routes for sessions and favorites, Socket.IO room events."""
+"""Transport for live rooms: HTTP routes for sessions and favorites, Socket.IO room events,
+and the socket operations the room service needs. Wired in server/assembly.py."""
 
 from __future__ import annotations
 
@@ -6,17 +7,16 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
+import socketio
 from aiohttp import web
 from pydantic import Field
 
 from handlers.core import Actor, Core
-from handlers.pipeline import get_pipeline
 from handlers.rooms import live as rooms_live
 from handlers.rooms import sessions as rooms
 from server.gateway import EventSpec, Gateway
 from server.http import core_of, path_uuid, query_int, query_uuid, read_json, require_actor
 from server.jsonutil import json_response
-from server.keys import SIO
 from server.validation import Payload, Storable, Title
 
 SessionType = Annotated[str, Field(min_length=1, max_length=50), Storable]
@@ -142,9 +142,8 @@ def setup(app: web.Application) -> None:
     app.router.add_delete("/api/favorites/{user_id}", remove_favorite)
 
 
-def bind(app: web.Application, core: Core, gateway: Gateway) -> None:
-    """Room chat policy, events, connect/disconnect hooks, and the sweeper."""
-    sio = app[SIO]
+def room_service(sio: socketio.AsyncServer, gateway: Gateway) -> rooms.RoomService:
+    """The app's room state, with the two socket operations rooms need (server/assembly.py)."""
 
     async def enter_socket(sid: str, room: str) -> None:
         if sid in gateway.sockets:
@@ -153,9 +152,4 @@ def bind(app: web.Application, core: Core, gateway: Gateway) -> None:
     async def close_socket_room(room: str) -> None:
         await sio.close_room(room)
 
-    core.services["rooms"] = rooms.RoomService(enter_socket=enter_socket, close_socket_room=close_socket_room)
-    get_pipeline(core).policies["room"] = rooms_live.RoomPolicy()
-    gateway.add_events(EVENTS)
-    gateway.on_connect.append(rooms_live.socket_connected)
-    gateway.on_disconnect.append(rooms_live.socket_disconnected)
-    core.spawn(rooms_live.sweep_forever(core), name="room-sweeper")
+    return rooms.RoomService(enter_socket=enter_socket, close_socket_room=close_socket_room)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from typing import Annotated
+from uuid import UUID
 
 from aiohttp import web
 from pydantic import Field
 
 from handlers import auth
 from handlers.errors import ApiError
+from handlers.identity import policy
 from server.http import client_ip, core_of, path_uuid, read_json, require_actor
 from server.jsonutil import json_response
 from server.keys import METRICS
@@ -19,6 +21,8 @@ from server.validation import Name, NewAccount, Payload, Storable, Text
 class RegisterBody(NewAccount):
     """Self-registration: the rules of every new account (server/validation.py)."""
 
+    app_id: UUID | None = None  # the embedding app (handlers/identity/policy.py)
+
 
 class LoginBody(Payload):
     email: Annotated[str, Field(min_length=3, max_length=320), Storable]
@@ -27,6 +31,7 @@ class LoginBody(Payload):
 
 class GuestBody(Payload):
     name: Name | None = None
+    app_id: UUID | None = None  # the embedding app (handlers/identity/policy.py)
 
 
 class RoleBody(Payload):
@@ -35,6 +40,7 @@ class RoleBody(Payload):
 
 async def register(request: web.Request) -> web.Response:
     body = await read_json(request, RegisterBody)
+    await policy.check_unverified_sign_up(core_of(request), app_id=body.app_id, origin=request.headers.get("Origin"))
     result = await auth.register(core_of(request), email=str(body.email), password=body.password, name=body.name, ip=client_ip(request))
     return json_response(result, status=201)
 
@@ -46,6 +52,7 @@ async def login(request: web.Request) -> web.Response:
 
 async def guest(request: web.Request) -> web.Response:
     body = await read_json(request, GuestBody)
+    await policy.check_unverified_sign_up(core_of(request), app_id=body.app_id, origin=request.headers.get("Origin"))
     return json_response(await auth.guest(core_of(request), name=body.name, ip=client_ip(request)), status=201)
 
 
@@ -71,10 +78,10 @@ async def health(request: web.Request) -> web.Response:
     core = core_of(request)
     database = "ok" if await core.db.ping() else "down"
     redis_state = "disabled"
-    if core.settings.redis_url:
+    if core.settings.cluster.redis_url:
         import redis.asyncio as aioredis
 
-        client = aioredis.from_url(core.settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+        client = aioredis.from_url(core.settings.cluster.redis_url, socket_timeout=1, socket_connect_timeout=1)
         try:
             redis_state = "ok" if await client.ping() else "down"
         except Exception:

@@ -13,7 +13,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def static_dir(app: web.Application) -> Path:
-    return app[SETTINGS].static_dir or REPO_ROOT / "static"
+    return app[SETTINGS].http.static_dir or REPO_ROOT / "static"
 
 
 async def index(request: web.Request) -> web.StreamResponse:

@@ -8,9 +8,9 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import Field
 
-from handlers import pipeline, threads
+from handlers import threads
 from handlers.core import Actor, Core
-from server.gateway import EventSpec, Gateway
+from server.gateway import EventSpec
 from server.http import core_of, path_uuid, query_int, require_actor
 from server.jsonutil import json_response
 from server.validation import ClientId, Content, Payload, Title
@@ -118,8 +118,3 @@ async def list_messages(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     app.router.add_get("/api/conversations", list_conversations)
     app.router.add_get("/api/conversations/{id}/messages", list_messages)
-
-
-def bind(app: web.Application, core: Core, gateway: Gateway) -> None:
-    pipeline.install(core)
-    gateway.add_events(EVENTS)

@@ -1,9 +1,8 @@
-"""Transport for support tickets: agent events, the queue's HTTP routes, the SLA watcher."""
+"""Transport for support tickets: agent events and the queue's HTTP routes. The service,
+its pipeline hook and the SLA watcher are wired in server/assembly.py."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -11,17 +10,16 @@ from aiohttp import web
 from pydantic import Field
 
 from handlers.core import Actor, Core
-from handlers.pipeline import get_pipeline
+from handlers.errors import ApiError
 from handlers.tickets import queue as tickets_queue
 from handlers.tickets.service import TicketService
-from server.gateway import EventSpec, Gateway
+from server.gateway import EventSpec
 from server.http import core_of, path_uuid, query_int, require_actor
 from server.jsonutil import json_response
-from server.keys import CORE
 from server.validation import Content, Payload, Storable
+from storage.records import STAFF_ROLES
 
-STAFF = frozenset({"agent", "admin"})
-STAFF_ROLES = ("agent", "admin")
+STAFF = frozenset(STAFF_ROLES)
 Reason = Annotated[str, Field(min_length=1, max_length=500), Storable]
 
 
@@ -53,7 +51,12 @@ class Resolve(Payload):
 
 
 def _service(core: Core) -> TicketService:
-    return core.services["tickets"]
+    """The agents' actions are the concrete service's own (the `Escalations` port on Core
+    is what the tutor uses)."""
+    service = core.tickets
+    if not isinstance(service, TicketService):
+        raise ApiError("unavailable", "Tickets are not available on this server.")
+    return service
 
 
 async def on_create(core: Core, actor: Actor, p: CreateTicket) -> dict:
@@ -111,24 +114,8 @@ async def list_priorities(request: web.Request) -> web.Response:
     return json_response(await tickets_queue.priorities(core_of(request)))
 
 
-async def _watch_ctx(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(tickets_queue.watch(app[CORE]))
-    yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-
-
 def setup(app: web.Application) -> None:
-    """Routes and the SLA/auto-assignment watcher (its ctx runs after the core's)."""
+    """Add routes; called by the app factory before startup."""
     app.router.add_get("/api/tickets", list_tickets)
     app.router.add_get("/api/ticket-priorities", list_priorities)
     app.router.add_get("/api/tickets/{id}", get_ticket)
-    app.cleanup_ctx.append(_watch_ctx)
-
-
-def bind(app: web.Application, core: Core, gateway: Gateway) -> None:
-    service = TicketService()
-    core.services["tickets"] = service
-    gateway.add_events(EVENTS)
-    get_pipeline(core).after_commit.append(service.reopen_after_close)
-    gateway.on_connect.append(tickets_queue.agent_connected)

@@ -1,10 +1,8 @@
 """Transport for the tutor: tutor:start / tutor:stop / tutor:escalate, usage and decision
-routes, and the service's lifecycle (pipeline hook, recovery loop, shutdown)."""
+routes. The service, its pipeline hooks and its loops are wired in server/assembly.py."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
@@ -14,14 +12,10 @@ from pydantic import Field
 
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
-from handlers.knowledge import kb_of
-from handlers.pipeline import get_pipeline
 from handlers.tutor import service as tutor
-from handlers.tutor.limits import TutorGate, TutorLimits
-from server.gateway import EventSpec, Gateway
+from server.gateway import EventSpec
 from server.http import core_of, path_uuid, query_uuid, require_actor
 from server.jsonutil import json_response
-from server.keys import CORE
 from server.validation import Payload, Storable, Title
 
 Short = Annotated[str, Field(min_length=1, max_length=200), Storable]
@@ -85,30 +79,7 @@ async def get_decisions(request: web.Request) -> web.Response:
     return json_response(await tutor.decisions(core_of(request), actor, conversation_id=conversation_id))
 
 
-async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Crash recovery and the sweep of abandoned answers while the app runs; close workers,
-    locks and the model client after."""
-    service = tutor.service_of(app[CORE])
-    tasks = [asyncio.create_task(service.recovery_loop(), name="tutor-recovery"),
-             asyncio.create_task(service.sweep_loop(), name="tutor-sweep")]
-    yield
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await service.close()
-
-
 def setup(app: web.Application) -> None:
     """Add routes; called by the app factory before startup."""
     app.router.add_get("/api/usage", get_usage)
     app.router.add_get("/api/tutor/{id}/decisions", get_decisions)
-    app.cleanup_ctx.append(_service_ctx)
-
-
-def bind(app: web.Application, core: Core, gateway: Gateway) -> None:
-    """Install the tutor service and its pipeline hook; register the tutor events."""
-    core.services["tutor"] = tutor.TutorService(core, kb_of(core), tutor.chat_model_from_settings(core.settings))
-    core.services["tutor_limits"] = TutorGate(core.limiter, TutorLimits.from_settings(core.settings))
-    get_pipeline(core).before_commit.append(tutor.check_question)
-    get_pipeline(core).after_commit.append(tutor.on_message_committed)
-    gateway.add_events(EVENTS)

@@ -1,5 +1,6 @@
-"""HTTP for webhooks (handlers/webhooks/, docs/webhooks.md), and each instance's delivery
-loop, subscription cache and database listener.
+"""HTTP for webhooks (handlers/webhooks/, docs/webhooks.md), and the loops each instance
+runs for them (the delivery loop, the database listener, the subscriptions' reload), which
+server/assembly.py builds and registers with the other loops.
 
 Admins:
 - `POST /api/webhooks/endpoints` `{app_id, url, events, description?}` → 201 `{endpoint, secret}`
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -22,15 +22,12 @@ import asyncpg
 from aiohttp import web
 from pydantic import Field
 
-from handlers.background import repeat
 from handlers.core import Core
-from handlers.pipeline import get_pipeline
 from handlers.webhooks import endpoints
 from handlers.webhooks.delivery import Dispatcher
-from handlers.webhooks.outbox import SERVICE, MessageOutbox, Subscriptions
+from handlers.webhooks.outbox import Subscriptions
 from server.http import client_ip, core_of, path_uuid, query_int, query_uuid, read_json, require_actor
 from server.jsonutil import json_response
-from server.keys import CORE
 from server.validation import Payload, Storable
 from storage.webhooks import DELIVERIES_CHANNEL, ENDPOINTS_CHANNEL
 
@@ -94,14 +91,7 @@ async def redeliver(request: web.Request) -> web.Response:
                                                    ip=client_ip(request)))
 
 
-def bind(app: web.Application, core: Core, gateway: Any) -> None:
-    """The subscription cache, and message batches committing with their outbox rows."""
-    subs = Subscriptions(core.db)
-    core.services[SERVICE] = subs
-    get_pipeline(core).writer.outbox = MessageOutbox(subs)
-
-
-async def _listen(core: Core, subs: Subscriptions, dispatcher: Dispatcher) -> None:
+async def listen(core: Core, subs: Subscriptions, dispatcher: Dispatcher) -> None:
     """LISTEN on a connection of its own: new deliveries wake the loop at once, a changed
     endpoint reloads the subscriptions. Reconnects when the connection drops; meanwhile
     the poll and the periodic reload cover."""
@@ -116,7 +106,7 @@ async def _listen(core: Core, subs: Subscriptions, dispatcher: Dispatcher) -> No
         conn: asyncpg.Connection | None = None
         closed = asyncio.Event()
         try:
-            conn = await asyncpg.connect(core.db.url, timeout=core.settings.db_connect_timeout_seconds)
+            conn = await asyncpg.connect(core.db.url, timeout=core.settings.database.connect_timeout_seconds)
             conn.add_termination_listener(lambda *_, done=closed: done.set())
             await conn.add_listener(DELIVERIES_CHANNEL, on_deliveries)
             await conn.add_listener(ENDPOINTS_CHANNEL, on_endpoints)
@@ -133,29 +123,6 @@ async def _listen(core: Core, subs: Subscriptions, dispatcher: Dispatcher) -> No
         await asyncio.sleep(LISTEN_RETRY_SECONDS)
 
 
-async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
-    core = app[CORE]
-    subs: Subscriptions = core.services[SERVICE]
-    settings = core.settings.webhooks
-    try:
-        await subs.refresh()
-    except Exception as exc:  # the periodic reload retries
-        log.warning("webhook subscriptions not loaded: %r", exc)
-    dispatcher = Dispatcher(core.db, settings, core.instance_id)
-    app[DISPATCHER] = dispatcher
-    tasks = [
-        asyncio.create_task(dispatcher.run(), name="webhook-delivery"),
-        asyncio.create_task(_listen(core, subs, dispatcher), name="webhook-listen"),
-        asyncio.create_task(repeat(subs.refresh, every=settings.subscriptions_refresh_seconds,
-                                   what="webhook subscriptions"), name="webhook-subscriptions"),
-    ]
-    yield
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await dispatcher.close()
-
-
 def setup(app: web.Application) -> None:
     app.router.add_post("/api/webhooks/endpoints", create_endpoint)
     app.router.add_get("/api/webhooks/endpoints", list_endpoints)
@@ -164,4 +131,3 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/webhooks/endpoints/{id}/{action:enable|disable}", enable_endpoint)
     app.router.add_get("/api/webhooks/endpoints/{id}/deliveries", list_deliveries)
     app.router.add_post("/api/webhooks/deliveries/{id}/redeliver", redeliver)
-    app.cleanup_ctx.append(_webhooks_ctx)

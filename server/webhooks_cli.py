@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 from uuid import UUID
 
 from handlers.settings import Settings
+from server.identity_cli import RunAsync
 
 
 def _uuid(raw: str) -> UUID:
@@ -22,10 +24,10 @@ def _uuid(raw: str) -> UUID:
         raise argparse.ArgumentTypeError(f"not an id: {raw!r}") from None
 
 
-def _run(settings: Settings, action: Callable[[Any], Awaitable[int]]) -> int:
-    """Run `action(core)`; an ApiError is printed as `error: ...` with exit status 1."""
+def _run(settings: Settings, action: Callable[[Any], Awaitable[int]], run_async: RunAsync) -> int:
+    """Run `action(core)` with the CLI's runner; an ApiError is printed as `error: ...`
+    with exit status 1."""
     from handlers.errors import ApiError
-    from server.cli import _run_async
 
     async def run(core: Any) -> int:
         try:
@@ -34,7 +36,7 @@ def _run(settings: Settings, action: Callable[[Any], Awaitable[int]]) -> int:
             print(f"error: {err.message}", file=sys.stderr)
             return 1
 
-    return _run_async(run, settings)
+    return run_async(run, settings)
 
 
 def _endpoint_line(e: dict[str, Any]) -> str:
@@ -42,7 +44,7 @@ def _endpoint_line(e: dict[str, Any]) -> str:
     return f"{e['id']}  app={e['app_id']}  {e['url']}  events={','.join(e['events'])}  {state}"
 
 
-def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_create(args: argparse.Namespace, settings: Settings, *, run_async: RunAsync) -> int:
     from handlers.webhooks import endpoints
 
     events = [p.strip() for p in args.events.split(",") if p.strip()]
@@ -54,10 +56,10 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
         print(f"signing secret (shown once; give it to the receiver): {result['secret']}")
         return 0
 
-    return _run(settings, action)
+    return _run(settings, action, run_async)
 
 
-def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_list(args: argparse.Namespace, settings: Settings, *, run_async: RunAsync) -> int:
     from handlers.webhooks import endpoints
 
     async def action(core: Any) -> int:
@@ -65,10 +67,10 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         print("\n".join(_endpoint_line(e) for e in listed) if listed else "no webhook endpoints")
         return 0
 
-    return _run(settings, action)
+    return _run(settings, action, run_async)
 
 
-def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_delete(args: argparse.Namespace, settings: Settings, *, run_async: RunAsync) -> int:
     from handlers.webhooks import endpoints
 
     async def action(core: Any) -> int:
@@ -76,10 +78,10 @@ def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
         print(f"deleted endpoint {args.endpoint}")
         return 0
 
-    return _run(settings, action)
+    return _run(settings, action, run_async)
 
 
-def cmd_enable(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_enable(args: argparse.Namespace, settings: Settings, *, run_async: RunAsync) -> int:
     from handlers.webhooks import endpoints
 
     async def action(core: Any) -> int:
@@ -87,10 +89,10 @@ def cmd_enable(args: argparse.Namespace, settings: Settings) -> int:
         print(_endpoint_line(result["endpoint"]))
         return 0
 
-    return _run(settings, action)
+    return _run(settings, action, run_async)
 
 
-def cmd_deliveries(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_deliveries(args: argparse.Namespace, settings: Settings, *, run_async: RunAsync) -> int:
     from handlers.webhooks import endpoints
 
     async def action(core: Any) -> int:
@@ -104,10 +106,10 @@ def cmd_deliveries(args: argparse.Namespace, settings: Settings) -> int:
                   + (f"  error={d['last_error']}" if d["last_error"] and d["status"] != "succeeded" else ""))
         return 0
 
-    return _run(settings, action)
+    return _run(settings, action, run_async)
 
 
-def cmd_redeliver(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_redeliver(args: argparse.Namespace, settings: Settings, *, run_async: RunAsync) -> int:
     from handlers.webhooks import endpoints
 
     async def action(core: Any) -> int:
@@ -115,11 +117,12 @@ def cmd_redeliver(args: argparse.Namespace, settings: Settings) -> int:
         print(f"delivery {d['id']} ({d['webhook_id']}) queued again")
         return 0
 
-    return _run(settings, action)
+    return _run(settings, action, run_async)
 
 
-def add_commands(sub: Any) -> None:
-    """Add `webhook create|list|delete|enable|disable|deliveries|redeliver`."""
+def add_commands(sub: Any, run_async: RunAsync) -> None:
+    """Add `webhook create|list|delete|enable|disable|deliveries|redeliver`; server/cli.py
+    hands in its runner, so this module does not import it back (tests/test_import_graph.py)."""
     hook = sub.add_parser("webhook", help="webhook endpoints of apps and their deliveries (docs/webhooks.md)")
     hook_sub = hook.add_subparsers(dest="webhook_command", required=True)
     create = hook_sub.add_parser("create", help="add an endpoint; prints its signing secret once")
@@ -127,21 +130,21 @@ def add_commands(sub: Any) -> None:
     create.add_argument("--url", required=True, help="http(s) URL that receives the POSTs")
     create.add_argument("--events", required=True, help="comma-separated event types, e.g. message.created,ticket.created")
     create.add_argument("--description")
-    create.set_defaults(func=cmd_create)
+    create.set_defaults(func=partial(cmd_create, run_async=run_async))
     listing = hook_sub.add_parser("list", help="list endpoints (with the reason a disabled one was disabled)")
     listing.add_argument("--app", type=_uuid)
-    listing.set_defaults(func=cmd_list)
+    listing.set_defaults(func=partial(cmd_list, run_async=run_async))
     for name, func, what in (("delete", cmd_delete, "delete an endpoint and its deliveries"),
                              ("enable", cmd_enable, "enable an endpoint (its pending deliveries go out)"),
                              ("disable", cmd_enable, "disable an endpoint")):
         p = hook_sub.add_parser(name, help=what)
         p.add_argument("endpoint", type=_uuid)
-        p.set_defaults(func=func)
+        p.set_defaults(func=partial(func, run_async=run_async))
     deliveries = hook_sub.add_parser("deliveries", help="recent deliveries: status, response code, latency, attempts")
     deliveries.add_argument("endpoint", type=_uuid)
     deliveries.add_argument("--status", choices=["pending", "succeeded", "failed"])
     deliveries.add_argument("--limit", type=int, default=20)
-    deliveries.set_defaults(func=cmd_deliveries)
+    deliveries.set_defaults(func=partial(cmd_deliveries, run_async=run_async))
     redeliver = hook_sub.add_parser("redeliver", help="send a delivery again under the same webhook-id")
     redeliver.add_argument("delivery", type=_uuid)
-    redeliver.set_defaults(func=cmd_redeliver)
+    redeliver.set_defaults(func=partial(cmd_redeliver, run_async=run_async))

@@ -4,7 +4,15 @@
  *   <script src="https://studyhall.example/static/widget.js"
  *           data-server="https://studyhall.example"   (optional: defaults to this file's origin)
  *           data-token="..."                           (optional: else a guest token is made)
- *           data-title="Physics tutor" data-course="physics-101" data-open="false"></script>
+ *           data-title="Physics tutor" data-course="physics-101" data-open="false"
+ *           data-identity="<jwt>"                      (optional: a platform's signed identity token)
+ *           data-app-id="<app id>"                     (optional: the platform's app on this server)
+ *           data-identity-refresh="fnName"></script>   (optional: a global async function → a fresh jwt)
+ *
+ * The page can also talk to it (docs/integration.md):
+ *   Studyhall.identify(jwt)                  sign in (or switch) as the platform's user; null signs out
+ *   Studyhall.onIdentityExpired(async () => jwt)   asked for a fresh token when the session ends
+ *   Studyhall.guestToken()                   the guest session to name in a `guest_token` claim
  *
  * It stays a classic script so the one tag works on any page, then loads the widget's
  * ES modules (and the official socket.io-client) from the Studyhall server.
@@ -23,9 +31,33 @@
     lesson: script.dataset.lesson || null,
     open: script.dataset.open === "true",
     assets: new URL(".", src).href, // where widget.js lives: the static folder
+    identity: script.dataset.identity || null,
+    appId: script.dataset.appId || null,
+    identityRefresh: script.dataset.identityRefresh || null,
+    onIdentityExpired: null,
   };
+
+  // The page's handle on the widget. Calls made before the widget's modules have loaded
+  // only set options; afterwards they reach the widget itself.
+  var widget = null;
+  window.Studyhall = {
+    identify: function (jwt) {
+      options.identity = jwt || null;
+      options.signedIn = false; // null: signed out, back to a guest
+      return widget ? widget.identify(jwt) : Promise.resolve();
+    },
+    onIdentityExpired: function (fn) { options.onIdentityExpired = fn; },
+    guestToken: function () {
+      try {
+        var saved = JSON.parse(localStorage.getItem("studyhall-widget:" + options.server) || "{}");
+        return saved.token || null; // the widget keeps only guest sessions there
+      } catch (e) { return null; }
+    },
+  };
+
   import(new URL("js/widget-app.js", options.assets).href)
     .then(function (m) { return m.mount(options); })
+    .then(function (w) { widget = w; })
     .catch(function (err) {
       console.error("Studyhall widget could not start:", err);
       whatIsMissing([new URL("js/widget-app.js", options.assets).href, options.server + "/vendor/socket.io.esm.min.js"])

@@ -85,3 +85,12 @@ async def by_issuer(conn: asyncpg.Connection, issuer: str) -> AppRecord | None:
 async def list_all(conn: asyncpg.Connection) -> list[AppRecord]:
     rows = await conn.fetch(f"SELECT {COLUMNS} FROM apps ORDER BY created_at, id")
     return [AppRecord.from_row(r) for r in rows]
+
+
+async def by_origin(conn: asyncpg.Connection, origin: str) -> list[AppRecord]:
+    """The apps whose allowed origins list `origin` (lower-case scheme://host[:port])."""
+    rows = await conn.fetch(
+        f"SELECT {COLUMNS} FROM apps WHERE $1 = ANY(SELECT lower(o) FROM unnest(allowed_origins) o) ORDER BY created_at",
+        origin,
+    )
+    return [AppRecord.from_row(r) for r in rows]

@@ -8,6 +8,8 @@ from uuid import UUID
 
 import asyncpg
 
+from storage.records import Conversation, ConversationAccess, ConversationMembership
+
 CONV_COLUMNS = "c.id, c.kind, c.title, c.status, c.mode, c.context, c.created_by, c.last_seq, c.created_at"
 
 
@@ -34,7 +36,7 @@ async def insert_conversation(
     mode: str | None = None,
     context: dict[str, Any] | None = None,
     direct_key: str | None = None,
-) -> dict[str, Any] | None:
+) -> Conversation | None:
     """Insert; None when a direct conversation for the same pair already exists."""
     row = await conn.fetchrow(
         """INSERT INTO conversations AS c (kind, title, created_by, mode, context, direct_key)
@@ -42,21 +44,21 @@ async def insert_conversation(
            RETURNING """ + CONV_COLUMNS,
         kind, title, created_by, mode, context or {}, direct_key,
     )
-    return dict(row) if row else None
+    return Conversation.from_row(row) if row else None
 
 
-async def get_by_direct_key(conn: asyncpg.Connection, direct_key: str) -> dict[str, Any] | None:
+async def get_by_direct_key(conn: asyncpg.Connection, direct_key: str) -> Conversation | None:
     row = await conn.fetchrow(f"SELECT {CONV_COLUMNS} FROM conversations c WHERE c.direct_key = $1", direct_key)
-    return dict(row) if row else None
+    return Conversation.from_row(row) if row else None
 
 
-async def get(conn: asyncpg.Connection, conversation_id: UUID, *, for_update: bool = False) -> dict[str, Any] | None:
+async def get(conn: asyncpg.Connection, conversation_id: UUID, *, for_update: bool = False) -> Conversation | None:
     lock = " FOR UPDATE" if for_update else ""
     row = await conn.fetchrow(f"SELECT {CONV_COLUMNS} FROM conversations c WHERE c.id = $1{lock}", conversation_id)
-    return dict(row) if row else None
+    return Conversation.from_row(row) if row else None
 
 
-async def get_with_membership(conn: asyncpg.Connection, conversation_id: UUID, user_id: UUID | None) -> dict[str, Any] | None:
+async def get_with_membership(conn: asyncpg.Connection, conversation_id: UUID, user_id: UUID | None) -> ConversationMembership | None:
     """The conversation plus `is_member`, `member_role` and `last_read_seq` for one user,
     and `member_ids` (empty for live rooms, whose audience is whoever joined): one round
     trip for everything a send needs before its insert."""
@@ -66,7 +68,7 @@ async def get_with_membership(conn: asyncpg.Connection, conversation_id: UUID, u
 
 async def get_many_with_membership(
     conn: asyncpg.Connection, keys: Sequence[tuple[UUID, UUID | None]]
-) -> list[dict[str, Any] | None]:
+) -> list[ConversationMembership | None]:
     """`get_with_membership` for several (conversation, user) pairs in one query; None
     where the conversation does not exist."""
     rows = await conn.fetch(
@@ -80,10 +82,9 @@ async def get_many_with_membership(
             LEFT JOIN conversation_members m ON m.conversation_id = c.id AND m.user_id = k.user_id""",
         [k[0] for k in keys], [k[1] for k in keys],
     )
-    found: list[dict[str, Any] | None] = [None] * len(keys)
+    found: list[ConversationMembership | None] = [None] * len(keys)
     for row in rows:
-        conv = dict(row)
-        found[conv.pop("idx") - 1] = conv
+        found[row["idx"] - 1] = ConversationMembership.from_row(row)
     return found
 
 
@@ -124,8 +125,8 @@ async def members(conn: asyncpg.Connection, conversation_ids: list[UUID]) -> dic
     return out
 
 
-async def list_for_user(conn: asyncpg.Connection, user_id: UUID, *, limit: int = 200) -> list[dict[str, Any]]:
-    """The user's conversations, most recently active first, with unread counts."""
+async def list_for_user(conn: asyncpg.Connection, user_id: UUID, *, limit: int = 200) -> list[tuple[Conversation, int]]:
+    """The user's conversations, most recently active first, each with its unread count."""
     rows = await conn.fetch(
         f"""SELECT {CONV_COLUMNS},
                    (SELECT count(*) FROM messages msg
@@ -136,7 +137,7 @@ async def list_for_user(conn: asyncpg.Connection, user_id: UUID, *, limit: int =
             ORDER BY c.updated_at DESC LIMIT $2""",
         user_id, limit,
     )
-    return [dict(r) for r in rows]
+    return [(Conversation.from_row(r), r["unread"]) for r in rows]
 
 
 async def unread_count(conn: asyncpg.Connection, conversation_id: UUID, user_id: UUID) -> int:
@@ -159,25 +160,24 @@ async def set_read(conn: asyncpg.Connection, conversation_id: UUID, user_id: UUI
     )
 
 
-async def set_mode(conn: asyncpg.Connection, conversation_id: UUID, mode: str) -> dict[str, Any] | None:
+async def set_mode(conn: asyncpg.Connection, conversation_id: UUID, mode: str) -> Conversation | None:
     row = await conn.fetchrow(
         f"UPDATE conversations c SET mode = $2, updated_at = now() WHERE id = $1 RETURNING {CONV_COLUMNS}",
         conversation_id, mode,
     )
-    return dict(row) if row else None
+    return Conversation.from_row(row) if row else None
 
 
-async def set_status(conn: asyncpg.Connection, conversation_id: UUID, status: str) -> dict[str, Any] | None:
+async def set_status(conn: asyncpg.Connection, conversation_id: UUID, status: str) -> Conversation | None:
     row = await conn.fetchrow(
         f"UPDATE conversations c SET status = $2, updated_at = now() WHERE id = $1 RETURNING {CONV_COLUMNS}",
         conversation_id, status,
     )
-    return dict(row) if row else None
+    return Conversation.from_row(row) if row else None
 
 
-async def access_rows(conn: asyncpg.Connection, user_id: UUID, conversation_ids: list[UUID]) -> list[dict[str, Any]]:
-    """For each existing conversation among these, what an access check needs: `id`,
-    `kind`, `status`, and the user's `is_member` / `member_role`. One lean query: the full
+async def access_rows(conn: asyncpg.Connection, user_id: UUID, conversation_ids: list[UUID]) -> list[ConversationAccess]:
+    """For each existing conversation among these, what an access check needs. One lean query: the full
     rows with member lists (`get_many_with_membership`) took 21-27 ms for 500 groups of 50
     where this takes 2-4 ms."""
     rows = await conn.fetch(
@@ -186,4 +186,4 @@ async def access_rows(conn: asyncpg.Connection, user_id: UUID, conversation_ids:
            WHERE c.id = ANY($2::uuid[])""",
         user_id, conversation_ids,
     )
-    return [dict(r) for r in rows]
+    return [ConversationAccess.from_row(r) for r in rows]

@@ -8,6 +8,8 @@ from uuid import UUID
 
 import asyncpg
 
+from storage.records import Message
+
 MSG_COLUMNS = "id, conversation_id, seq, sender_id, role, content, client_id, metadata, created_at, edited_at, deleted"
 
 # Group commit: one statement inserts a batch of messages, possibly for many
@@ -75,7 +77,7 @@ class NewMessage:
     require_mode: str | None = None
 
 
-Inserted = tuple[dict[str, Any], bool]
+Inserted = tuple[Message, bool]
 
 
 async def insert_batch(conn: asyncpg.Connection, batch: list[NewMessage]) -> list[Inserted | LookupError]:
@@ -94,18 +96,16 @@ async def insert_batch(conn: asyncpg.Connection, batch: list[NewMessage]) -> lis
         except asyncpg.UniqueViolationError:
             if attempt or conn.is_in_transaction():  # the transaction is aborted: its owner retries
                 raise
-    by_index: dict[int, dict[str, Any]] = {}
+    by_index: dict[int, Inserted] = {}
     for row in rows:
-        fields = dict(row)
-        by_index[fields.pop("idx") - 1] = fields
+        by_index[row["idx"] - 1] = (Message.from_row(row), row["duplicate"])
     results: list[Inserted | LookupError] = []
     missing_modes = [m.conversation_id for i, m in enumerate(batch) if i not in by_index and m.require_mode is not None]
     existing = await _existing_conversations(conn, missing_modes) if missing_modes else set()
     for i, m in enumerate(batch):
-        message = by_index.get(i)
-        if message is not None:
-            duplicate = message.pop("duplicate")
-            results.append((message, duplicate))
+        inserted = by_index.get(i)
+        if inserted is not None:
+            results.append(inserted)
         elif m.conversation_id in existing:
             results.append(ModeChanged(f"conversation {m.conversation_id} is not in mode {m.require_mode}"))
         else:
@@ -129,32 +129,32 @@ async def insert(conn: asyncpg.Connection, **fields: Any) -> Inserted:
     return result
 
 
-async def get(conn: asyncpg.Connection, message_id: UUID) -> dict[str, Any] | None:
+async def get(conn: asyncpg.Connection, message_id: UUID) -> Message | None:
     row = await conn.fetchrow(f"SELECT {MSG_COLUMNS} FROM messages WHERE id = $1", message_id)
-    return dict(row) if row else None
+    return Message.from_row(row) if row else None
 
 
-async def edit(conn: asyncpg.Connection, message_id: UUID, content: str) -> dict[str, Any] | None:
+async def edit(conn: asyncpg.Connection, message_id: UUID, content: str) -> Message | None:
     row = await conn.fetchrow(
         f"UPDATE messages SET content = $2, edited_at = now() WHERE id = $1 AND NOT deleted RETURNING {MSG_COLUMNS}",
         message_id, content,
     )
-    return dict(row) if row else None
+    return Message.from_row(row) if row else None
 
 
-async def soft_delete(conn: asyncpg.Connection, message_id: UUID) -> dict[str, Any] | None:
+async def soft_delete(conn: asyncpg.Connection, message_id: UUID) -> Message | None:
     """Keep the seq (clients must see no gap); drop the content."""
     row = await conn.fetchrow(
         f"""UPDATE messages SET content = '', metadata = '{{}}'::jsonb, deleted = true, edited_at = now()
             WHERE id = $1 RETURNING {MSG_COLUMNS}""",
         message_id,
     )
-    return dict(row) if row else None
+    return Message.from_row(row) if row else None
 
 
 async def history(
     conn: asyncpg.Connection, conversation_id: UUID, *, before_seq: int | None, limit: int
-) -> tuple[list[dict[str, Any]], bool]:
+) -> tuple[list[Message], bool]:
     """Up to `limit` messages before `before_seq` (newest page first), in ascending seq."""
     rows = await conn.fetch(
         f"""SELECT {MSG_COLUMNS} FROM messages
@@ -163,7 +163,7 @@ async def history(
         conversation_id, before_seq, limit + 1,
     )
     has_more = len(rows) > limit
-    return [dict(r) for r in reversed(rows[:limit])], has_more
+    return [Message.from_row(r) for r in reversed(rows[:limit])], has_more
 
 
 # Per message, what its JSON adds beyond content and metadata (ids, times, keys): an
@@ -200,7 +200,7 @@ ORDER BY c.ord, c.seq
 
 async def since(
     conn: asyncpg.Connection, wanted: dict[UUID, int], *, limit: int, max_bytes: int
-) -> dict[UUID, tuple[list[dict[str, Any]], bool]]:
+) -> dict[UUID, tuple[list[Message], bool]]:
     """For each conversation, messages after the given seq (ascending, at most `limit`) and
     whether that is all. Conversations are filled in the order of `wanted` until the
     messages' estimated size passes `max_bytes` (at least one message is returned): a
@@ -208,18 +208,17 @@ async def since(
     if not wanted:
         return {}
     rows = await conn.fetch(_SINCE, list(wanted.keys()), list(wanted.values()), limit + 1, max_bytes)
-    out: dict[UUID, list[dict[str, Any]]] = {cid: [] for cid in wanted}
+    out: dict[UUID, list[Message]] = {cid: [] for cid in wanted}
     available: dict[UUID, int] = dict.fromkeys(wanted, 0)
     for r in rows:
-        d = dict(r)
-        cid = d.pop("wanted_id")
-        available[cid] = d.pop("available")
-        if d.pop("kept"):
-            out[cid].append(d)
+        cid = r["wanted_id"]
+        available[cid] = r["available"]
+        if r["kept"]:
+            out[cid].append(Message.from_row(r))
     return {cid: (msgs[:limit], len(msgs) == available[cid] <= limit) for cid, msgs in out.items()}
 
 
-async def recent(conn: asyncpg.Connection, conversation_id: UUID, limit: int) -> list[dict[str, Any]]:
+async def recent(conn: asyncpg.Connection, conversation_id: UUID, limit: int) -> list[Message]:
     msgs, _ = await history(conn, conversation_id, before_seq=None, limit=limit)
     return msgs
 

@@ -14,6 +14,8 @@ from uuid import UUID
 
 import asyncpg
 
+from storage.records import LiveSession, RoomAccess, RoomParticipant, SessionLock
+
 _PRESENT_COUNT = """(SELECT count(*) FROM room_participants p
                      WHERE p.live_session_id = s.id AND p.left_at IS NULL AND p.user_id <> s.host_id)"""
 
@@ -23,12 +25,6 @@ SELECT s.id, s.title, s.host_id, s.status, s.type, s.scheduled_start_time, s.sta
        s.created_at, u.name AS host_name, u.role AS host_role
 FROM live_sessions s JOIN users u ON u.id = s.host_id
 """
-
-
-def _session(row: asyncpg.Record) -> dict[str, Any]:
-    d = dict(row)
-    d["host"] = {"id": d["host_id"], "name": d.pop("host_name"), "role": d.pop("host_role")}
-    return d
 
 
 # --- live sessions ------------------------------------------------------------------
@@ -52,12 +48,12 @@ async def insert_session(
     )
 
 
-async def get_session(conn: asyncpg.Connection, session_id: UUID) -> dict[str, Any] | None:
+async def get_session(conn: asyncpg.Connection, session_id: UUID) -> LiveSession | None:
     row = await conn.fetchrow(SESSION_SELECT + " WHERE s.id = $1", session_id)
-    return _session(row) if row else None
+    return LiveSession.from_row(row) if row else None
 
 
-async def lock_session(conn: asyncpg.Connection, session_id: UUID) -> dict[str, Any] | None:
+async def lock_session(conn: asyncpg.Connection, session_id: UUID) -> SessionLock | None:
     """Lock the session row for this transaction (serialises seat-taking across instances).
 
     Counts are read afterwards in their own statement: under READ COMMITTED a new
@@ -68,12 +64,12 @@ async def lock_session(conn: asyncpg.Connection, session_id: UUID) -> dict[str, 
            WHERE id = $1 FOR UPDATE""",
         session_id,
     )
-    return dict(row) if row else None
+    return SessionLock.from_row(row) if row else None
 
 
 async def list_sessions(
     conn: asyncpg.Connection, *, status: str | None, host_id: UUID | None, limit: int
-) -> list[dict[str, Any]]:
+) -> list[LiveSession]:
     """Featured first; live rooms by start, scheduled ones by their planned start, the rest newest first."""
     rows = await conn.fetch(
         SESSION_SELECT
@@ -85,7 +81,7 @@ async def list_sessions(
               LIMIT $3""",
         status, host_id, limit,
     )
-    return [_session(r) for r in rows]
+    return [LiveSession.from_row(r) for r in rows]
 
 
 async def transition(conn: asyncpg.Connection, session_id: UUID, from_status: str, to_status: str) -> bool:
@@ -101,7 +97,7 @@ async def transition(conn: asyncpg.Connection, session_id: UUID, from_status: st
     return result.endswith(" 1")
 
 
-async def session_for_conversation(conn: asyncpg.Connection, conversation_id: UUID, user_id: UUID) -> dict[str, Any] | None:
+async def session_for_conversation(conn: asyncpg.Connection, conversation_id: UUID, user_id: UUID) -> RoomAccess | None:
     """What the room chat policy needs: the session's state and this user's place in it."""
     row = await conn.fetchrow(
         """SELECT s.id, s.status, s.host_id, p.user_id IS NOT NULL AND p.left_at IS NULL AS present,
@@ -111,7 +107,7 @@ async def session_for_conversation(conn: asyncpg.Connection, conversation_id: UU
            WHERE s.conversation_id = $1""",
         conversation_id, user_id,
     )
-    return dict(row) if row else None
+    return RoomAccess.from_row(row) if row else None
 
 
 # --- participants -------------------------------------------------------------------
@@ -124,11 +120,11 @@ async def count_present(conn: asyncpg.Connection, session_id: UUID, host_id: UUI
     )
 
 
-async def get_participant(conn: asyncpg.Connection, session_id: UUID, user_id: UUID) -> dict[str, Any] | None:
+async def get_participant(conn: asyncpg.Connection, session_id: UUID, user_id: UUID) -> RoomParticipant | None:
     row = await conn.fetchrow(
         "SELECT * FROM room_participants WHERE live_session_id = $1 AND user_id = $2", session_id, user_id
     )
-    return dict(row) if row else None
+    return RoomParticipant.from_row(row) if row else None
 
 
 async def enter(conn: asyncpg.Connection, session_id: UUID, user_id: UUID) -> None:

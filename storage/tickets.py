@@ -7,6 +7,8 @@ from uuid import UUID
 
 import asyncpg
 
+from storage.records import Ticket
+
 TICKET_COLUMNS = (
     "t.id, t.number, t.conversation_id, t.user_id, t.subject, t.category, t.priority, t.status, "
     "t.assigned_to, t.escalation_reason, t.escalated_by, t.escalation_source, t.parent_ticket_id, "
@@ -32,35 +34,35 @@ async def set_sla_hours(conn: asyncpg.Connection, priority: str, hours: float) -
     return status.endswith(" 1")
 
 
-async def get(conn: asyncpg.Connection, ticket_id: UUID, *, for_update: bool = False) -> dict[str, Any] | None:
+async def get(conn: asyncpg.Connection, ticket_id: UUID, *, for_update: bool = False) -> Ticket | None:
     lock = " FOR UPDATE" if for_update else ""
     row = await conn.fetchrow(f"SELECT {TICKET_COLUMNS} FROM tickets t WHERE t.id = $1{lock}", ticket_id)
-    return dict(row) if row else None
+    return Ticket.from_row(row) if row else None
 
 
-async def active_for_conversation(conn: asyncpg.Connection, conversation_id: UUID) -> dict[str, Any] | None:
+async def active_for_conversation(conn: asyncpg.Connection, conversation_id: UUID) -> Ticket | None:
     row = await conn.fetchrow(
         f"SELECT {TICKET_COLUMNS} FROM tickets t WHERE t.conversation_id = $1 AND t.status IN ('open', 'assigned')",
         conversation_id,
     )
-    return dict(row) if row else None
+    return Ticket.from_row(row) if row else None
 
 
-async def latest_for_conversation(conn: asyncpg.Connection, conversation_id: UUID) -> dict[str, Any] | None:
+async def latest_for_conversation(conn: asyncpg.Connection, conversation_id: UUID) -> Ticket | None:
     row = await conn.fetchrow(
         f"""SELECT {TICKET_COLUMNS} FROM tickets t WHERE t.conversation_id = $1
             ORDER BY t.created_at DESC, t.number DESC LIMIT 1""",
         conversation_id,
     )
-    return dict(row) if row else None
+    return Ticket.from_row(row) if row else None
 
 
-async def list_for_conversation(conn: asyncpg.Connection, conversation_id: UUID) -> list[dict[str, Any]]:
+async def list_for_conversation(conn: asyncpg.Connection, conversation_id: UUID) -> list[Ticket]:
     rows = await conn.fetch(
         f"SELECT {TICKET_COLUMNS} FROM tickets t WHERE t.conversation_id = $1 ORDER BY t.created_at, t.number",
         conversation_id,
     )
-    return [dict(r) for r in rows]
+    return [Ticket.from_row(r) for r in rows]
 
 
 async def insert(
@@ -75,7 +77,7 @@ async def insert(
     escalated_by: UUID | None,
     escalation_source: str,
     parent_ticket_id: UUID | None,
-) -> dict[str, Any]:
+) -> Ticket:
     """A new open ticket; its SLA due time comes from the priority's hours in the lookup table.
 
     Raises asyncpg.UniqueViolationError when the conversation already has an active ticket.
@@ -91,10 +93,10 @@ async def insert(
     )
     if row is None:
         raise LookupError(f"unknown ticket priority {priority!r}")
-    return dict(row)
+    return Ticket.from_row(row)
 
 
-async def claim(conn: asyncpg.Connection, ticket_id: UUID, agent_id: UUID) -> dict[str, Any] | None:
+async def claim(conn: asyncpg.Connection, ticket_id: UUID, agent_id: UUID) -> Ticket | None:
     """Take an open, unassigned ticket. Under concurrent claims exactly one UPDATE matches:
     the others wait on the row lock, re-check the WHERE on the new row version, and get None."""
     row = await conn.fetchrow(
@@ -103,10 +105,10 @@ async def claim(conn: asyncpg.Connection, ticket_id: UUID, agent_id: UUID) -> di
             RETURNING {TICKET_COLUMNS}""",
         ticket_id, agent_id,
     )
-    return dict(row) if row else None
+    return Ticket.from_row(row) if row else None
 
 
-async def reassign(conn: asyncpg.Connection, ticket_id: UUID, agent_id: UUID) -> dict[str, Any] | None:
+async def reassign(conn: asyncpg.Connection, ticket_id: UUID, agent_id: UUID) -> Ticket | None:
     """Give an active ticket to another agent (transfer)."""
     row = await conn.fetchrow(
         f"""UPDATE tickets t SET status = 'assigned', assigned_to = $2, assigned_at = now(), updated_at = now()
@@ -114,7 +116,7 @@ async def reassign(conn: asyncpg.Connection, ticket_id: UUID, agent_id: UUID) ->
             RETURNING {TICKET_COLUMNS}""",
         ticket_id, agent_id,
     )
-    return dict(row) if row else None
+    return Ticket.from_row(row) if row else None
 
 
 async def finish(
@@ -125,7 +127,7 @@ async def finish(
     resolution: str | None,
     handback: str,
     resolved_by: UUID,
-) -> dict[str, Any] | None:
+) -> Ticket | None:
     """Resolve (handed back to the AI) or close an active ticket."""
     row = await conn.fetchrow(
         f"""UPDATE tickets t SET status = $2, resolution = $3, handback = $4, resolved_by = $5,
@@ -134,7 +136,7 @@ async def finish(
             RETURNING {TICKET_COLUMNS}""",
         ticket_id, status, resolution, handback, resolved_by,
     )
-    return dict(row) if row else None
+    return Ticket.from_row(row) if row else None
 
 
 async def list_tickets(
@@ -144,7 +146,7 @@ async def list_tickets(
     assigned_to: UUID | None = None,
     unassigned: bool = False,
     limit: int = 100,
-) -> list[dict[str, Any]]:
+) -> list[Ticket]:
     """The queue: most pressing SLA first."""
     rows = await conn.fetch(
         f"""SELECT {TICKET_COLUMNS} FROM tickets t
@@ -154,10 +156,10 @@ async def list_tickets(
             ORDER BY t.sla_due_at, t.created_at, t.number LIMIT $4""",
         statuses, assigned_to, unassigned, limit,
     )
-    return [dict(r) for r in rows]
+    return [Ticket.from_row(r) for r in rows]
 
 
-async def mark_sla_breaches(conn: asyncpg.Connection) -> list[dict[str, Any]] | None:
+async def mark_sla_breaches(conn: asyncpg.Connection) -> list[Ticket] | None:
     """Flag active tickets past their due time. Call inside a transaction; returns None when
     another instance holds the sweep lock (it is doing the same work right now)."""
     if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SLA_LOCK_ID):
@@ -167,7 +169,7 @@ async def mark_sla_breaches(conn: asyncpg.Connection) -> list[dict[str, Any]] | 
             WHERE NOT t.sla_breached AND t.status IN ('open', 'assigned') AND t.sla_due_at <= now()
             RETURNING {TICKET_COLUMNS}"""
     )
-    return [dict(r) for r in rows]
+    return [Ticket.from_row(r) for r in rows]
 
 
 async def lock_assignment(conn: asyncpg.Connection) -> None:

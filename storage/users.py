@@ -6,39 +6,40 @@ old per-account columns users.failed_logins and users.locked_until are no longer
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import asyncpg
+
+from storage.records import TokenUser, User
 
 USER_COLUMNS = "id, email, name, role, password_hash, created_at, last_active_at"
 
 
 async def insert_user(
     conn: asyncpg.Connection, *, email: str | None, name: str, role: str, password_hash: str | None
-) -> dict[str, Any] | None:
+) -> User | None:
     """Insert a user; None when the email is taken."""
     row = await conn.fetchrow(
         f"""INSERT INTO users (email, name, role, password_hash) VALUES ($1, $2, $3, $4)
             ON CONFLICT DO NOTHING RETURNING {USER_COLUMNS}""",
         email, name, role, password_hash,
     )
-    return dict(row) if row else None
+    return User.from_row(row) if row else None
 
 
-async def get_user(conn: asyncpg.Connection, user_id: UUID) -> dict[str, Any] | None:
+async def get_user(conn: asyncpg.Connection, user_id: UUID) -> User | None:
     row = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1", user_id)
-    return dict(row) if row else None
+    return User.from_row(row) if row else None
 
 
-async def get_users(conn: asyncpg.Connection, user_ids: list[UUID]) -> list[dict[str, Any]]:
+async def get_users(conn: asyncpg.Connection, user_ids: list[UUID]) -> list[User]:
     rows = await conn.fetch(f"SELECT {USER_COLUMNS} FROM users WHERE id = ANY($1::uuid[])", user_ids)
-    return [dict(r) for r in rows]
+    return [User.from_row(r) for r in rows]
 
 
 async def visible_user(
     conn: asyncpg.Connection, viewer_id: UUID, target_id: UUID, *, public_roles: tuple[str, ...]
-) -> dict[str, Any] | None:
+) -> User | None:
     """The target user if the viewer may see them: their role is public, they host a live
     session, or they share a conversation with the viewer. None otherwise, as for an id
     that is no user, so a caller can answer both the same way."""
@@ -51,12 +52,12 @@ async def visible_user(
                            WHERE a.user_id = $1 AND b.user_id = $2))""",
         viewer_id, target_id, list(public_roles),
     )
-    return dict(row) if row else None
+    return User.from_row(row) if row else None
 
 
-async def get_user_by_email(conn: asyncpg.Connection, email: str) -> dict[str, Any] | None:
+async def get_user_by_email(conn: asyncpg.Connection, email: str) -> User | None:
     row = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE lower(email) = lower($1)", email)
-    return dict(row) if row else None
+    return User.from_row(row) if row else None
 
 
 async def touch_active(conn: asyncpg.Connection, user_id: UUID) -> None:
@@ -64,9 +65,9 @@ async def touch_active(conn: asyncpg.Connection, user_id: UUID) -> None:
     await conn.execute("UPDATE users SET last_active_at = now() WHERE id = $1", user_id)
 
 
-async def set_role(conn: asyncpg.Connection, user_id: UUID, role: str) -> dict[str, Any] | None:
+async def set_role(conn: asyncpg.Connection, user_id: UUID, role: str) -> User | None:
     row = await conn.fetchrow(f"UPDATE users SET role = $2 WHERE id = $1 RETURNING {USER_COLUMNS}", user_id, role)
-    return dict(row) if row else None
+    return User.from_row(row) if row else None
 
 
 # Tokens ---------------------------------------------------------------------------------
@@ -80,7 +81,7 @@ async def insert_token(
     )
 
 
-async def find_token_user(conn: asyncpg.Connection, token_hash: bytes) -> dict[str, Any] | None:
+async def find_token_user(conn: asyncpg.Connection, token_hash: bytes) -> TokenUser | None:
     """The live token's user (None when unknown, expired or revoked), with the token id."""
     row = await conn.fetchrow(
         f"""SELECT t.id AS token_id, t.expires_at, {', '.join('u.' + c for c in USER_COLUMNS.split(', '))}
@@ -88,7 +89,7 @@ async def find_token_user(conn: asyncpg.Connection, token_hash: bytes) -> dict[s
             WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND t.expires_at > now()""",
         token_hash,
     )
-    return dict(row) if row else None
+    return TokenUser.from_row(row) if row else None
 
 
 async def revoke_token(conn: asyncpg.Connection, token_id: UUID) -> None:

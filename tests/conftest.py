@@ -63,32 +63,33 @@ async def db(database_url: str) -> AsyncIterator[Database]:
 
 @pytest.fixture
 def base_settings(database_url: str) -> Settings:
-    return Settings(
-        database_url=database_url,
-        data_dir=Path(tempfile.gettempdir()) / "studyhall-test-unused",
-        presence_grace_seconds=0.3,
-        room_leave_grace_seconds=0.3,
-        log_json=False,
+    return Settings().with_(
+        database__url=database_url,
+        database__data_dir=Path(tempfile.gettempdir()) / "studyhall-test-unused",
+        presence__grace_seconds=0.3,
+        rooms__leave_grace_seconds=0.3,
+        log__json=False,
         # Tests register many users from 127.0.0.1: sign-in limits well above any test's
         # needs (tests/test_hardening_auth.py sets the real defaults to prove them).
-        guest_limit_10min=100_000, guest_limit_day=100_000,
-        register_limit_10min=100_000, register_limit_day=100_000, login_limit_10min=100_000,
+        auth__guest_limit_10min=100_000, auth__guest_limit_day=100_000,
+        auth__register_limit_10min=100_000, auth__register_limit_day=100_000, auth__login_limit_10min=100_000,
     )
 
 
 @pytest.fixture
 async def start_instance(base_settings: Settings) -> AsyncIterator[Any]:
-    """Start real servers on loopback ports: `await start_instance(**setting_overrides)`."""
+    """Start real servers on loopback ports: `await start_instance(**setting_overrides)`, each
+    override a section or `section__setting` (`rooms__leave_grace_seconds=0.5`: Settings.with_)."""
     runners: list[web.AppRunner] = []
 
     async def start(**overrides: Any) -> Instance:
-        settings = base_settings.with_(**{"port": free_port(), **overrides})
+        settings = base_settings.with_(**{"http__port": free_port(), **overrides})
         app = create_app(settings)
         runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", settings.port).start()
+        await web.TCPSite(runner, "127.0.0.1", settings.http.port).start()
         runners.append(runner)
-        return Instance(f"http://127.0.0.1:{settings.port}", app, runner)
+        return Instance(f"http://127.0.0.1:{settings.http.port}", app, runner)
 
     yield start
     for runner in reversed(runners):
@@ -105,7 +106,7 @@ async def server(start_instance: Any) -> Instance:
 async def cluster(start_instance: Any, redis_url: str) -> list[Instance]:
     """Two instances sharing one Redis on a channel private to this test."""
     channel = f"studyhall-test-{uuid.uuid4().hex[:8]}"
-    return [await start_instance(redis_url=redis_url, redis_channel=channel) for _ in range(2)]
+    return [await start_instance(cluster__redis_url=redis_url, cluster__redis_channel=channel) for _ in range(2)]
 
 
 @pytest.fixture

@@ -97,3 +97,28 @@ async def key_platform(api: Api, admin: User, private: Any, alg: str, **body: An
 
 async def sign_in(api: Api, token: str, **extra: Any) -> tuple[int, dict[str, Any]]:
     return await api.request("POST", "/api/auth/identity", json={"identity": token, **extra})
+
+
+# --- API keys (the platform's backend) ------------------------------------------------------
+
+@dataclass
+class Backend:
+    """The platform's backend holding an API key of its app."""
+
+    api: Api
+    app_id: str
+    key_id: str
+    secret: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secret}"}
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        return await self.api.request(method, "/api/platform" + path, headers=self.headers, **kwargs)
+
+
+async def api_key(api: Api, admin: User, app_id: str, scopes: list[str], name: str = "backend") -> Backend:
+    status, body = await api.request("POST", f"/api/apps/{app_id}/keys", admin, json={"name": name, "scopes": scopes})
+    assert status == 201, body
+    return Backend(api, app_id, body["key"]["id"], body["secret"])

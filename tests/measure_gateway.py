@@ -32,7 +32,8 @@ def maybe_stock(monkeypatch):
         monkeypatch.setattr(realtime, "GuardedServer", stock)
 
 async def test_measure(start_instance):
-    inst = await start_instance(**({"user_rate_limit_per_second": 1e9, "user_rate_limit_burst": 10**9, "max_sockets_per_user": 0} if STOCK else {}))
+    unlimited = {"gateway__user_rate_limit_per_second": 1e9, "gateway__user_rate_limit_burst": 10**9, "gateway__max_sockets_per_user": 0}
+    inst = await start_instance(**(unlimited if STOCK else {}))
     buf = io.StringIO()
     h = logging.StreamHandler(buf)
     h.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))

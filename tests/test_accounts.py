@@ -75,7 +75,7 @@ async def test_five_failed_logins_lock_the_account(api: Api, db) -> None:
 async def test_lock_expires(start_instance, database_url) -> None:
     import aiohttp
 
-    inst = await start_instance(lockout_minutes=0)
+    inst = await start_instance(auth__lockout_minutes=0)
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)
         await api.register("Di", email="di@example.com", password="right-password")

@@ -104,7 +104,7 @@ async def test_page_names_a_missing_module_of_its_own(browser, start_instance: A
     static = tmp_path / "static"
     shutil.copytree(REPO / "static", static)
     (static / "js" / "dom.js").unlink()  # imported by the page's module, not by the page itself
-    instance = await start_instance(static_dir=static)
+    instance = await start_instance(http__static_dir=static)
     page = await open_page(browser, f"{instance.url}/static/rooms.html")
     alert = page.locator(".asset-error[role=alert]")
     await expect(alert).to_contain_text("Missing: /static/js/dom.js (HTTP 404)")

@@ -24,7 +24,7 @@ AWAY = [f"While you were away, part {i}" for i in range(1, 6)]
 
 async def serve_on_port(settings: Settings, port: int, runners: list[web.AppRunner]) -> Instance:
     """An instance on a chosen port (the one a restarted server comes back on)."""
-    app = create_app(settings.with_(port=port))
+    app = create_app(settings.with_(http__port=port))
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()

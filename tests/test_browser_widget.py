@@ -50,7 +50,7 @@ async def ask(page: Page, text: str) -> None:
 
 async def test_guest_asks_tutor_then_agent_takes_over_and_hands_back(browser, start_instance, db) -> None:  # noqa: F811
     async with FakeLLM(reply=answer, token_delay=0.06) as llm, aiohttp.ClientSession() as http:
-        server = await start_instance(llm_base_url=llm.base_url, llm_api_key="test")
+        server = await start_instance(tutor__llm_base_url=llm.base_url, tutor__llm_api_key="test")
         api = Api(http, server.url)
         agent = await api.staff(db, "agent", "Alex")
         status, body = await api.request("POST", "/api/documents", agent, json=DOC)

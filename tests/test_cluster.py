@@ -72,8 +72,10 @@ async def test_property_every_client_ends_with_seq_1_to_n_through_a_redis_restar
     redis = RedisServer().start()
     channel = f"prop-{uuid.uuid4().hex[:8]}"
     try:
-        one = await start_instance(redis_url=redis.url, redis_channel=channel, rate_limit_per_second=500, rate_limit_burst=500)
-        two = await start_instance(redis_url=redis.url, redis_channel=channel, rate_limit_per_second=500, rate_limit_burst=500)
+        shared = {"cluster__redis_url": redis.url, "cluster__redis_channel": channel,
+                  "gateway__rate_limit_per_second": 500, "gateway__rate_limit_burst": 500}
+        one = await start_instance(**shared)
+        two = await start_instance(**shared)
         async with aiohttp.ClientSession() as session:
             api = Api(session, one.url)
             users = [await api.register(f"P{i}") for i in range(4)]
@@ -130,7 +132,7 @@ async def test_property_every_client_ends_with_seq_1_to_n_through_a_redis_restar
 
             async with db.connection() as conn:
                 stored, _ = await message_store.history(conn, uuid.UUID(cid), before_seq=None, limit=100_000)
-            truth = {m["seq"]: str(m["id"]) for m in stored}
+            truth = {m.seq: str(m.id) for m in stored}
             n = len(truth)
             assert sorted(truth) == list(range(1, n + 1)), "the database has no gaps"
             assert {str(m["id"]) for m in acked} <= set(truth.values()), "every acked message is stored"
@@ -148,7 +150,7 @@ async def test_property_every_client_ends_with_seq_1_to_n_through_a_redis_restar
 async def test_sends_commit_and_ack_while_redis_is_down(start_instance, db) -> None:
     redis = RedisServer().start()
     try:
-        inst = await start_instance(redis_url=redis.url, redis_channel=f"down-{uuid.uuid4().hex[:6]}")
+        inst = await start_instance(cluster__redis_url=redis.url, cluster__redis_channel=f"down-{uuid.uuid4().hex[:6]}")
         async with aiohttp.ClientSession() as session:
             api = Api(session, inst.url)
             a, b = await api.register("Rd"), await api.register("Rb")

@@ -234,7 +234,7 @@ async def test_demo_with_database_url_creates_nothing_the_second_time_even_at_on
 
 
 def test_printed_pages_use_an_address_a_browser_on_this_machine_can_open() -> None:
-    assert page_base_url(Settings(host="0.0.0.0", port=9000)) == "http://127.0.0.1:9000"
-    assert page_base_url(Settings(host="::", port=9000)) == "http://127.0.0.1:9000"
-    assert page_base_url(Settings(host="10.0.0.5", port=80)) == "http://10.0.0.5:80"
-    assert page_base_url(Settings(host="::1", port=8080)) == "http://[::1]:8080"
+    assert page_base_url(Settings().with_(http__host="0.0.0.0", http__port=9000)) == "http://127.0.0.1:9000"
+    assert page_base_url(Settings().with_(http__host="::", http__port=9000)) == "http://127.0.0.1:9000"
+    assert page_base_url(Settings().with_(http__host="10.0.0.5", http__port=80)) == "http://10.0.0.5:80"
+    assert page_base_url(Settings().with_(http__host="::1", http__port=8080)) == "http://[::1]:8080"

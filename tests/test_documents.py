@@ -155,27 +155,29 @@ async def test_search_course_filter_and_parameters(api: Api, db: Database) -> No
 
 async def test_ingest_and_reindex_commands(base_settings: Any, db: Database, tmp_path: Path, capsys: Any) -> None:
     """`studyhall ingest` and `studyhall reindex` through the functions server/cli.py calls."""
-    from handlers.knowledge import ingest_paths_command, knowledge_base, reindex_command
+    from handlers.knowledge import ingest_paths_command, reindex_command
     from server.cli import core_for_command
+    from server.factories import knowledge_base
 
     (tmp_path / "sub").mkdir()
     (tmp_path / "enzymes.md").write_text("# Enzymes\n\nEnzymes speed up reactions in cells.")
     (tmp_path / "sub" / "osmosis.txt").write_text("Osmosis moves water across a membrane.")
     (tmp_path / "scan.pdf").write_bytes(b"%PDF-1.4 not really a pdf")
     async with core_for_command(base_settings) as core:
-        assert await ingest_paths_command(core, [tmp_path], course="biology") == 1  # one file failed
+        kb = knowledge_base(base_settings, core.db)
+        assert await ingest_paths_command(kb, [tmp_path], course="biology") == 1  # one file failed
         out = capsys.readouterr()
         assert "added 2 document(s)" in out.out and "scan.pdf" in out.err
-        assert await ingest_paths_command(core, [tmp_path / "enzymes.md"], course=None) == 0
+        assert await ingest_paths_command(kb, [tmp_path / "enzymes.md"], course=None) == 0
         assert "1 already stored" in capsys.readouterr().out
-        assert await ingest_paths_command(core, [tmp_path / "missing"], course=None) == 2
+        assert await ingest_paths_command(kb, [tmp_path / "missing"], course=None) == 2
 
     # A new embedder (another dimension is another model): everything awaits reindex.
-    changed = base_settings.with_(embedding_dim=128)
+    changed = base_settings.with_(knowledge__embedding_dim=128)
     kb = knowledge_base(changed, db)
     assert kb.embedder.name == "hashing-128-v1" and await kb.pending_reindex() == 2
     async with core_for_command(changed) as core:
-        assert await reindex_command(core) == 0
+        assert await reindex_command(knowledge_base(changed, core.db)) == 0
     assert "re-embedded 2 chunk(s) with hashing-128-v1" in capsys.readouterr().out
     assert await kb.pending_reindex() == 0
     [hit] = await kb.search("how does water cross a membrane", k=1)

@@ -37,8 +37,8 @@ def test_memory_limit_follows_a_container_limit(tmp_path: Path) -> None:
 
 
 def test_setting_is_validated() -> None:
-    assert Settings.from_env({"STUDYHALL_PG_SHARED_BUFFERS": "1GB"}).pg_shared_buffers == "1GB"
-    assert Settings.from_env({}).pg_shared_buffers is None
+    assert Settings.from_env({"STUDYHALL_PG_SHARED_BUFFERS": "1GB"}).database.pg_shared_buffers == "1GB"
+    assert Settings.from_env({}).database.pg_shared_buffers is None
     with pytest.raises(SystemExit, match="STUDYHALL_PG_SHARED_BUFFERS"):
         Settings.from_env({"STUDYHALL_PG_SHARED_BUFFERS": "1GB; DROP"})
 

@@ -32,12 +32,12 @@ async def clear_of_a_window_boundary() -> None:
     if left < 20:
         await asyncio.sleep(left + 0.5)
 
-DEFAULTS = Settings()
+DEFAULTS = Settings().auth
 # The real defaults of every sign-in limit (tests/conftest.py raises them for other tests).
 DEFAULT_LIMITS = {
-    "guest_limit_10min": DEFAULTS.guest_limit_10min, "guest_limit_day": DEFAULTS.guest_limit_day,
-    "register_limit_10min": DEFAULTS.register_limit_10min, "register_limit_day": DEFAULTS.register_limit_day,
-    "login_limit_10min": DEFAULTS.login_limit_10min,
+    "auth__guest_limit_10min": DEFAULTS.guest_limit_10min, "auth__guest_limit_day": DEFAULTS.guest_limit_day,
+    "auth__register_limit_10min": DEFAULTS.register_limit_10min, "auth__register_limit_day": DEFAULTS.register_limit_day,
+    "auth__login_limit_10min": DEFAULTS.login_limit_10min,
 }
 PASSWORD = "right-password-1"
 
@@ -86,7 +86,7 @@ async def test_guest_route_default_limit_per_10_minutes(start_instance) -> None:
 
 
 async def test_guest_route_default_daily_cap(start_instance, db) -> None:
-    inst = await start_instance(**{**DEFAULT_LIMITS, "guest_limit_10min": 0})
+    inst = await start_instance(**{**DEFAULT_LIMITS, "auth__guest_limit_10min": 0})
     async with aiohttp.ClientSession() as s:
         statuses = await burst(DEFAULTS.guest_limit_day, lambda: post(s, inst, "/api/auth/guest", {}), concurrency=8)
         assert statuses == [201] * DEFAULTS.guest_limit_day
@@ -102,7 +102,7 @@ async def prefill(inst: Instance, route: str, window: str, count: int) -> None:
     machine): hundreds of real calls would take minutes. The counters are the ones the
     route uses, so the last calls over HTTP meet the real default exactly at its edge."""
     core = core_of(inst)
-    (rule,) = [r for r in signin_limits.rules(core.settings, route) if r.name.endswith(window)]
+    (rule,) = [r for r in signin_limits.rules(core.settings.auth, route) if r.name.endswith(window)]
     for _ in range(count):
         assert await core.limiter.hit_ok(rule, "127.0.0.1") is None
 
@@ -124,7 +124,7 @@ async def test_register_route_default_limits(start_instance) -> None:
 
 
 async def test_register_route_default_daily_cap(start_instance) -> None:
-    inst = await start_instance(**{**DEFAULT_LIMITS, "register_limit_10min": 0})
+    inst = await start_instance(**{**DEFAULT_LIMITS, "auth__register_limit_10min": 0})
 
     async def register() -> Any:
         return await post(s, inst, "/api/auth/register",
@@ -139,7 +139,7 @@ async def test_register_route_default_daily_cap(start_instance) -> None:
 @pytest.mark.slow
 async def test_login_route_default_limit_per_10_minutes(start_instance) -> None:
     # No lockout here, so that only the address limit can refuse.
-    inst = await start_instance(**DEFAULT_LIMITS, lockout_attempts=0, lockout_account_attempts=0)
+    inst = await start_instance(**DEFAULT_LIMITS, auth__lockout_attempts=0, auth__lockout_account_attempts=0)
     async with aiohttp.ClientSession() as s:
         api = Api(s, inst.url)
         await api.register("Lo", email="lo@example.com", password=PASSWORD)
@@ -155,7 +155,7 @@ async def test_login_route_default_limit_per_10_minutes(start_instance) -> None:
 
 
 async def test_limit_off_with_zero(start_instance) -> None:
-    inst = await start_instance(guest_limit_10min=0, guest_limit_day=0)
+    inst = await start_instance(auth__guest_limit_10min=0, auth__guest_limit_day=0)
     async with aiohttp.ClientSession() as s:
         statuses = await burst(DEFAULTS.guest_limit_10min + 10, lambda: post(s, inst, "/api/auth/guest", {}))
     assert statuses == [201] * (DEFAULTS.guest_limit_10min + 10)
@@ -163,7 +163,7 @@ async def test_limit_off_with_zero(start_instance) -> None:
 
 async def test_limits_hold_across_instances_through_redis(start_instance, redis_url) -> None:
     channel = f"studyhall-test-{uuid.uuid4().hex[:8]}"
-    a, b = [await start_instance(redis_url=redis_url, redis_channel=channel, guest_limit_10min=6) for _ in range(2)]
+    a, b = [await start_instance(cluster__redis_url=redis_url, cluster__redis_channel=channel, auth__guest_limit_10min=6) for _ in range(2)]
     async with aiohttp.ClientSession() as s:
         for inst in (a, b, a, b, a, b):
             assert (await post(s, inst, "/api/auth/guest", {}))[0] == 201
@@ -174,7 +174,7 @@ async def test_limits_hold_across_instances_through_redis(start_instance, redis_
 # --- 2. the client address: trusted proxies only ------------------------------------------
 
 async def test_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored(start_instance, db) -> None:
-    inst = await start_instance(guest_limit_10min=3)
+    inst = await start_instance(auth__guest_limit_10min=3)
     async with aiohttp.ClientSession() as s:
         for i in range(3):
             status, _, _ = await post(s, inst, "/api/auth/guest", {}, forwarded_for=f"198.51.100.{i}")
@@ -187,7 +187,7 @@ async def test_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored(start_ins
 
 
 async def test_forwarded_for_from_a_trusted_proxy_is_the_client(start_instance, db) -> None:
-    inst = await start_instance(guest_limit_10min=3, trusted_proxies=("127.0.0.1", "10.0.0.0/8"))
+    inst = await start_instance(auth__guest_limit_10min=3, http__trusted_proxies=("127.0.0.1", "10.0.0.0/8"))
     async with aiohttp.ClientSession() as s:
         for _ in range(3):
             status, _, _ = await post(s, inst, "/api/auth/guest", {}, forwarded_for="203.0.113.5")
@@ -229,15 +229,15 @@ def test_a_bad_trusted_proxy_setting_stops_the_start() -> None:
     from server.app import create_app
 
     with pytest.raises(SystemExit, match="STUDYHALL_TRUSTED_PROXIES"):
-        create_app(Settings(trusted_proxies=("10.0.0.0/33",)))
-    assert Settings.from_env({"STUDYHALL_TRUSTED_PROXIES": " 10.0.0.1, 192.168.0.0/16 "}).trusted_proxies == (
+        create_app(Settings().with_(http__trusted_proxies=("10.0.0.0/33",)))
+    assert Settings.from_env({"STUDYHALL_TRUSTED_PROXIES": " 10.0.0.1, 192.168.0.0/16 "}).http.trusted_proxies == (
         "10.0.0.1", "192.168.0.0/16")
 
 
 # --- 4. switches for registration and guests ----------------------------------------------
 
 async def test_registration_can_be_turned_off(start_instance, db) -> None:
-    inst = await start_instance(allow_registration=False)
+    inst = await start_instance(auth__allow_registration=False)
     async with aiohttp.ClientSession() as s:
         status, body, _ = await post(s, inst, "/api/auth/register",
                                      {"email": "no@example.com", "password": PASSWORD, "name": "No"})
@@ -246,11 +246,11 @@ async def test_registration_can_be_turned_off(start_instance, db) -> None:
         assert (await post(s, inst, "/api/auth/guest", {}))[0] == 201  # guests still welcome
     async with db.connection() as conn:
         assert await conn.fetchval("SELECT count(*) FROM users WHERE email IS NOT NULL") == 0
-    assert Settings.from_env({"STUDYHALL_ALLOW_REGISTRATION": "false"}).allow_registration is False
+    assert Settings.from_env({"STUDYHALL_ALLOW_REGISTRATION": "false"}).auth.allow_registration is False
 
 
 async def test_guests_can_be_refused(start_instance, db) -> None:
-    inst = await start_instance(allow_guests=False)
+    inst = await start_instance(auth__allow_guests=False)
     async with aiohttp.ClientSession() as s:
         status, body, _ = await post(s, inst, "/api/auth/guest", {"name": "Visitor"})
         assert status == 403 and body["error"]["code"] == "forbidden"
@@ -258,14 +258,14 @@ async def test_guests_can_be_refused(start_instance, db) -> None:
         await Api(s, inst.url).register("Still", email="still@example.com", password=PASSWORD)
     async with db.connection() as conn:
         assert await conn.fetchval("SELECT count(*) FROM users WHERE role = 'guest'") == 0
-    assert Settings.from_env({"STUDYHALL_ALLOW_GUESTS": "0"}).allow_guests is False
+    assert Settings.from_env({"STUDYHALL_ALLOW_GUESTS": "0"}).auth.allow_guests is False
 
 
 # --- 5. login tells nobody which emails have accounts -------------------------------------
 
 @pytest.mark.slow
 async def test_unknown_email_costs_as_much_as_a_wrong_password(start_instance) -> None:
-    inst = await start_instance(lockout_attempts=0, lockout_account_attempts=0)
+    inst = await start_instance(auth__lockout_attempts=0, auth__lockout_account_attempts=0)
     async with aiohttp.ClientSession() as s:
         await Api(s, inst.url).register("Tim", email="tim@example.com", password=PASSWORD)
 
@@ -287,7 +287,7 @@ async def test_unknown_email_costs_as_much_as_a_wrong_password(start_instance) -
 
 @pytest.mark.slow
 async def test_a_locked_account_answers_like_a_wrong_password(start_instance, db) -> None:
-    inst = await start_instance(lockout_attempts=DEFAULTS.lockout_attempts)
+    inst = await start_instance(auth__lockout_attempts=DEFAULTS.lockout_attempts)
     async with aiohttp.ClientSession() as s:
         await Api(s, inst.url).register("Lu", email="lu@example.com", password=PASSWORD)
         wrong = [await post(s, inst, "/api/auth/login", {"email": "lu@example.com", "password": "wrong"})
@@ -304,7 +304,7 @@ async def test_a_locked_account_answers_like_a_wrong_password(start_instance, db
 
 @pytest.mark.slow
 async def test_an_attackers_failures_do_not_lock_the_user_out_elsewhere(start_instance) -> None:
-    inst = await start_instance(trusted_proxies=("127.0.0.1",))
+    inst = await start_instance(http__trusted_proxies=("127.0.0.1",))
     async with aiohttp.ClientSession() as s:
         await Api(s, inst.url).register("Vi", email="vi@example.com", password=PASSWORD)
 
@@ -320,7 +320,7 @@ async def test_an_attackers_failures_do_not_lock_the_user_out_elsewhere(start_in
 
 @pytest.mark.slow
 async def test_a_success_clears_its_own_addresss_failures(start_instance) -> None:
-    inst = await start_instance(trusted_proxies=("127.0.0.1",))
+    inst = await start_instance(http__trusted_proxies=("127.0.0.1",))
     async with aiohttp.ClientSession() as s:
         await Api(s, inst.url).register("Wu", email="wu@example.com", password=PASSWORD)
 
@@ -339,7 +339,7 @@ async def test_a_success_clears_its_own_addresss_failures(start_instance) -> Non
 @pytest.mark.slow
 async def test_the_per_account_ceiling_stops_a_distributed_attack(start_instance) -> None:
     ceiling = DEFAULTS.lockout_account_attempts
-    inst = await start_instance(trusted_proxies=("127.0.0.1",), lockout_account_attempts=ceiling)
+    inst = await start_instance(http__trusted_proxies=("127.0.0.1",), auth__lockout_account_attempts=ceiling)
     async with aiohttp.ClientSession() as s:
         await Api(s, inst.url).register("Xe", email="xe@example.com", password=PASSWORD)
 
@@ -358,7 +358,7 @@ async def test_the_per_account_ceiling_stops_a_distributed_attack(start_instance
 
 def test_lockout_settings_from_the_environment() -> None:
     s = Settings.from_env({"STUDYHALL_LOCKOUT_ACCOUNT_ATTEMPTS": "7", "STUDYHALL_GUEST_LIMIT_10MIN": "0",
-                           "STUDYHALL_LOGIN_LIMIT_10MIN": "9", "STUDYHALL_GUEST_IDLE_DAYS": "3"})
+                           "STUDYHALL_LOGIN_LIMIT_10MIN": "9", "STUDYHALL_GUEST_IDLE_DAYS": "3"}).auth
     assert (s.lockout_account_attempts, s.guest_limit_10min, s.login_limit_10min, s.guest_idle_days) == (7, 0, 9, 3)
     assert s.register_limit_day == DEFAULTS.register_limit_day == 300
 
@@ -447,7 +447,7 @@ async def test_several_sweeps_at_once_delete_each_guest_once(start_instance, db)
 
 
 async def test_guest_expiry_off_with_zero(start_instance, db) -> None:
-    inst = await start_instance(guest_idle_days=0)
+    inst = await start_instance(auth__guest_idle_days=0)
     async with aiohttp.ClientSession() as s:
         g = await Api(s, inst.url).guest("Keep")
     await _idle(db, g.id, 3650)
@@ -493,7 +493,7 @@ async def test_an_expired_guests_live_room_messages_are_blanked_not_removed(star
 @pytest.mark.slow
 async def test_parallel_guesses_cannot_slip_past_the_lockout(start_instance, db) -> None:
     """Twenty wrong passwords at once from one address: only the threshold's worth are tried."""
-    inst = await start_instance(trusted_proxies=("127.0.0.1",))
+    inst = await start_instance(http__trusted_proxies=("127.0.0.1",))
     async with aiohttp.ClientSession() as s:
         await Api(s, inst.url).register("Ze", email="ze@example.com", password=PASSWORD)
         answers = await asyncio.gather(*(

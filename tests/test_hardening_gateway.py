@@ -202,7 +202,7 @@ async def test_undecodable_events_get_bad_request_and_the_connection_stays(api: 
 async def test_a_thousand_undecodable_frames_log_little_and_count_against_the_rate_limit(
     start_instance: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    inst = await start_instance(rate_limit_per_second=1, rate_limit_burst=50)
+    inst = await start_instance(gateway__rate_limit_per_second=1, gateway__rate_limit_burst=50)
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)
         alice = await api.register("Alice")
@@ -229,8 +229,8 @@ async def test_a_thousand_undecodable_frames_log_little_and_count_against_the_ra
 # --- 3 and 4. per-user limits; rate_limited says when to retry ------------------------------
 
 async def test_one_users_sockets_share_one_event_budget(start_instance: Any) -> None:
-    inst = await start_instance(rate_limit_per_second=1, rate_limit_burst=10,
-                                user_rate_limit_per_second=1, user_rate_limit_burst=20)
+    inst = await start_instance(gateway__rate_limit_per_second=1, gateway__rate_limit_burst=10,
+                                gateway__user_rate_limit_per_second=1, gateway__user_rate_limit_burst=20)
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)
         alice, bob = await api.register("Alice"), await api.register("Bob")
@@ -251,7 +251,7 @@ async def test_one_users_sockets_share_one_event_budget(start_instance: Any) -> 
 
 
 async def test_sockets_per_user_are_capped(start_instance: Any) -> None:
-    inst = await start_instance(max_sockets_per_user=3)
+    inst = await start_instance(gateway__max_sockets_per_user=3)
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)
         alice, bob = await api.register("Alice"), await api.register("Bob")
@@ -277,7 +277,7 @@ async def test_sockets_per_user_are_capped(start_instance: Any) -> None:
 
 
 async def test_rate_limited_acks_say_when_to_retry(start_instance: Any) -> None:
-    inst = await start_instance(rate_limit_per_second=2, rate_limit_burst=3)
+    inst = await start_instance(gateway__rate_limit_per_second=2, gateway__rate_limit_burst=3)
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)
         alice, bob = await api.register("Alice"), await api.register("Bob")
@@ -316,7 +316,7 @@ async def test_polling_client_burst_within_the_rate_limit_is_all_acked(api: Api)
 
 
 async def test_polling_client_sends_200_messages_in_a_row(start_instance: Any, db: Any) -> None:
-    inst = await start_instance(rate_limit_burst=250, user_rate_limit_burst=250)
+    inst = await start_instance(gateway__rate_limit_burst=250, gateway__user_rate_limit_burst=250)
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)
         alice, bob = await api.register("Alice"), await api.register("Bob")
@@ -325,12 +325,12 @@ async def test_polling_client_sends_200_messages_in_a_row(start_instance: Any, d
     assert all(a.get("ok") is True for a in acks), [a for a in acks if not a.get("ok")][:3]
     async with db.connection() as conn:
         stored, _ = await message_store.history(conn, uuid.UUID(cid), before_seq=None, limit=1000)
-    assert sorted(m["content"] for m in stored) == sorted(f"burst {n}" for n in range(200))
-    assert sorted(str(m["id"]) for m in stored) == sorted(a["message"]["id"] for a in acks)
+    assert sorted(m.content for m in stored) == sorted(f"burst {n}" for n in range(200))
+    assert sorted(str(m.id) for m in stored) == sorted(a["message"]["id"] for a in acks)
 
 
 async def test_polling_burst_past_the_limit_is_refused_not_lost(start_instance: Any) -> None:
-    inst = await start_instance(rate_limit_burst=10, user_rate_limit_burst=100)
+    inst = await start_instance(gateway__rate_limit_burst=10, gateway__user_rate_limit_burst=100)
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)
         alice, bob = await api.register("Alice"), await api.register("Bob")
@@ -379,7 +379,7 @@ async def test_a_nul_in_any_event_text_field_is_bad_request(api: Api, server: An
     assert (await sock.ok("message:edit", {"message_id": mine["id"], "content": "edited"}))["message"]["content"] == "edited"
     async with db.connection() as conn:
         stored, _ = await message_store.history(conn, uuid.UUID(cid), before_seq=None, limit=100)
-    assert [m["content"] for m in stored] == ["edited"]
+    assert [m.content for m in stored] == ["edited"]
 
 
 async def test_a_nul_in_any_json_body_is_bad_request(api: Api, db: Any) -> None:
@@ -422,7 +422,7 @@ async def test_good_messages_commit_together_beside_one_the_database_refuses(db:
     assert isinstance(refused, ApiError) and refused.code == "bad_request"
     committed = [o for i, o in enumerate(outcomes) if i != 16]
     assert all(isinstance(o, tuple) for o in committed), [o for o in committed if not isinstance(o, tuple)]
-    assert [o[0]["seq"] for o in committed] == list(range(1, 32))
+    assert [o[0].seq for o in committed] == list(range(1, 32))
     assert writer.statements == 1, "the good 31 went in one statement: the bad one never joined their batch"
 
 
@@ -436,7 +436,7 @@ async def test_a_batch_the_database_refuses_is_split_not_replayed_one_by_one(db:
     outcomes = await asyncio.gather(first, *batch, return_exceptions=True)
     assert isinstance(outcomes[41], Exception) and "foreign key" in str(outcomes[41])
     good = [o for i, o in enumerate(outcomes) if i != 41]
-    assert [o[0]["seq"] for o in good] == list(range(1, 65)), "every good message committed, in order"
+    assert [o[0].seq for o in good] == list(range(1, 65)), "every good message committed, in order"
     # 1 + the failed 64 + its halves down to the bad row: 2 + 2*log2(64) = 14, not 1 + 1 + 64.
     assert writer.statements <= 14, writer.statements
 
@@ -444,7 +444,7 @@ async def test_a_batch_the_database_refuses_is_split_not_replayed_one_by_one(db:
 @pytest.mark.parametrize("fanout", ["fast", "stock"])
 async def test_invalid_engine_io_frames_are_dropped_quietly(start_instance: Any, caplog: pytest.LogCaptureFixture,
                                                             fanout: str) -> None:
-    inst = await start_instance(fanout=fanout)
+    inst = await start_instance(gateway__fanout=fanout)
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)
         alice, bob = await api.register("Alice"), await api.register("Bob")

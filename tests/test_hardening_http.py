@@ -443,10 +443,10 @@ async def test_metrics_open_to_allowed_addresses_and_the_token_only(start_instan
     default = await start_instance()  # allow list: loopback only, no token
     status, text = await get(default)
     assert status == 200 and "studyhall_http_request_seconds" in text
-    by_cidr = await start_instance(metrics_allow="10.0.0.0/8, 127.0.0.0/8")
+    by_cidr = await start_instance(http__metrics_allow="10.0.0.0/8, 127.0.0.0/8")
     assert (await get(by_cidr))[0] == 200
 
-    closed = await start_instance(metrics_allow="10.0.0.0/8,fd00::/8", metrics_token="s3cret-metrics-token")
+    closed = await start_instance(http__metrics_allow="10.0.0.0/8,fd00::/8", http__metrics_token="s3cret-metrics-token")
     refused = await get(closed)
     unknown_path = await api_get(closed, "/no-such-thing")
     assert refused[0] == 404 and refused == unknown_path, (refused, unknown_path)
@@ -454,7 +454,7 @@ async def test_metrics_open_to_allowed_addresses_and_the_token_only(start_instan
     status, text = await get(closed, "s3cret-metrics-token")
     assert status == 200 and "studyhall_http_request_seconds" in text
 
-    no_token = await start_instance(metrics_allow="")
+    no_token = await start_instance(http__metrics_allow="")
     assert (await get(no_token))[0] == 404 and (await get(no_token, "anything"))[0] == 404
 
 
@@ -467,15 +467,15 @@ async def api_get(instance: Instance, path: str) -> tuple[int, Any]:
 def test_hardening_settings_from_env() -> None:
     from handlers.settings import Settings
 
-    assert Settings.from_env({"STUDYHALL_METRICS_ALLOW": "10.0.0.0/8, ::1"}).metrics_allow == "10.0.0.0/8, ::1"
-    assert Settings.from_env({}).metrics_allow == "127.0.0.1/32,::1/128"
+    assert Settings.from_env({"STUDYHALL_METRICS_ALLOW": "10.0.0.0/8, ::1"}).http.metrics_allow == "10.0.0.0/8, ::1"
+    assert Settings.from_env({}).http.metrics_allow == "127.0.0.1/32,::1/128"
     with pytest.raises(SystemExit, match="STUDYHALL_METRICS_ALLOW"):
         Settings.from_env({"STUDYHALL_METRICS_ALLOW": "10.0.0.0/8,not-a-network"})
-    assert Settings.from_env({}).metrics_token is None
-    assert Settings.from_env({"STUDYHALL_METRICS_TOKEN": "t0ken"}).metrics_token == "t0ken"
-    assert Settings.from_env({}).sync_max_bytes == 1024 * 1024
-    assert Settings.from_env({"STUDYHALL_SYNC_MAX_BYTES": "300000"}).sync_max_bytes == 300_000
-    assert Settings.from_env({"STUDYHALL_SYNC_MAX_BYTES": "10"}).sync_max_bytes == 64 * 1024  # at least 64 KiB
+    assert Settings.from_env({}).http.metrics_token is None
+    assert Settings.from_env({"STUDYHALL_METRICS_TOKEN": "t0ken"}).http.metrics_token == "t0ken"
+    assert Settings.from_env({}).threads.sync_max_bytes == 1024 * 1024
+    assert Settings.from_env({"STUDYHALL_SYNC_MAX_BYTES": "300000"}).threads.sync_max_bytes == 300_000
+    assert Settings.from_env({"STUDYHALL_SYNC_MAX_BYTES": "10"}).threads.sync_max_bytes == 64 * 1024  # at least 64 KiB
 
 
 # --- 5. sync answers are bounded by size and page to the end -------------------------------
@@ -487,7 +487,7 @@ async def test_sync_catches_up_a_big_backlog_in_bounded_pages(start_instance: An
     from storage import messages
 
     bound = 200_000
-    instance = await start_instance(sync_max_bytes=bound)
+    instance = await start_instance(threads__sync_max_bytes=bound)
     async with aiohttp.ClientSession() as session:
         api = Api(session, instance.url)
         try:
@@ -529,7 +529,7 @@ async def test_sync_catches_up_a_big_backlog_in_bounded_pages(start_instance: An
 async def test_sync_bound_keeps_one_message_and_reports_unreached_conversations(start_instance: Any, db: Any) -> None:
     """Even a bound smaller than one message returns one (each call makes progress); a
     conversation the answer did not reach is `complete: false` with no messages."""
-    instance = await start_instance(sync_max_bytes=1)
+    instance = await start_instance(threads__sync_max_bytes=1)
     async with aiohttp.ClientSession() as session:
         api = Api(session, instance.url)
         try:
@@ -583,7 +583,7 @@ async def test_security_headers_on_pages_and_api(api: Api, start_instance: Any) 
         if path.startswith("/api/"):
             assert h["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'", path
 
-    listed = await start_instance(cors_origins="https://school.example, http://localhost:9999/")
+    listed = await start_instance(http__cors_origins="https://school.example, http://localhost:9999/")
     for path in PAGES:
         _, h = await _headers(listed.url + path)
         expected = "'self'" if path == "/static/console.html" else "'self' https://school.example http://localhost:9999"

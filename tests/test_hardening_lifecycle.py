@@ -474,8 +474,10 @@ def test_settings_have_defaults_and_are_read() -> None:
     from handlers.settings import Settings
 
     defaults = Settings()
-    assert (defaults.shutdown_seconds, defaults.pg_watch_seconds, defaults.pg_restart_seconds) == (5.0, 1.0, 30.0)
+    assert (defaults.http.shutdown_seconds, defaults.database.pg_watch_seconds,
+            defaults.database.pg_restart_seconds) == (5.0, 1.0, 30.0)
     read = Settings.from_env(
         {"STUDYHALL_SHUTDOWN_SECONDS": "2.5", "STUDYHALL_PG_WATCH_SECONDS": "0.5", "STUDYHALL_PG_RESTART_SECONDS": "9"}
     )
-    assert (read.shutdown_seconds, read.pg_watch_seconds, read.pg_restart_seconds) == (2.5, 0.5, 9.0)
+    assert (read.http.shutdown_seconds, read.database.pg_watch_seconds,
+            read.database.pg_restart_seconds) == (2.5, 0.5, 9.0)

@@ -141,7 +141,7 @@ async def test_frame_ancestors_follow_cors_origins(browser, start_instance: Any,
     framing: dict[str, str] = {}
     allowed_url = await other_site(lambda: framing["html"])
     refused_url = await other_site(lambda: framing["html"])
-    server = await start_instance(cors_origins=f"{allowed_url.rstrip('/')},https://school.example")
+    server = await start_instance(http__cors_origins=f"{allowed_url.rstrip('/')},https://school.example")
     framing["html"] = FRAMING_PAGE.format(server=server.url)
 
     page, problems = await watched_page(browser, allowed_url)

@@ -37,12 +37,12 @@ from tests.client import Api, Socket, User
 DATABASE = "studyhall"
 # Short clocks so the tests run in seconds: graces, heartbeat, and the settle period.
 FAST = {
-    "presence_grace_seconds": 0.3,
-    "room_leave_grace_seconds": 0.5,
-    "room_host_grace_seconds": 1.0,
-    "instance_heartbeat_seconds": 0.5,
-    "registry_settle_seconds": 2.0,
-    "db_connect_timeout_seconds": 2.0,
+    "presence__grace_seconds": 0.3,
+    "rooms__leave_grace_seconds": 0.5,
+    "rooms__host_grace_seconds": 1.0,
+    "cluster__instance_heartbeat_seconds": 0.5,
+    "cluster__registry_settle_seconds": 2.0,
+    "database__connect_timeout_seconds": 2.0,
 }
 
 
@@ -261,9 +261,9 @@ async def test_live_room_and_presence_survive_a_database_crash_on_two_instances(
     every second: without the settle period `one` would judge two's users gone first."""
     channel = f"studyhall-test-{uuid.uuid4().hex[:8]}"
     settle, late_by = 6.0, 3.0
-    settings = {**FAST, "redis_url": redis_url, "redis_channel": channel, "registry_settle_seconds": settle}
+    settings = {**FAST, "cluster__redis_url": redis_url, "cluster__redis_channel": channel, "cluster__registry_settle_seconds": settle}
     one = await start_instance(**settings)
-    two = await start_instance(**settings, database_url=gate.database_url)
+    two = await start_instance(**settings, database__url=gate.database_url)
     api = Api(http, one.url)
     try:
         host = await _mentor(api, crash_pg, "Host")
@@ -295,7 +295,7 @@ async def test_live_room_and_presence_survive_a_database_crash_on_two_instances(
         gate.open = True
         # Past the settle period, then past every grace with several sweeps in between.
         await asyncio.sleep(max(0.0, back_at + settle - time.monotonic()))
-        await asyncio.sleep(FAST["room_host_grace_seconds"] + FAST["room_leave_grace_seconds"] + 3.0)
+        await asyncio.sleep(FAST["rooms__host_grace_seconds"] + FAST["rooms__leave_grace_seconds"] + 3.0)
 
         status, body = await api.request("GET", f"/api/live-sessions/{session_id}", ana)
         assert status == 200, body
@@ -321,9 +321,9 @@ async def test_new_sockets_and_logout_work_right_after_a_database_crash(
     """A socket arrives on instance `two` before two's own heartbeat or sweep has noticed the
     crash: registering it must re-create two's row (and re-register two's other sockets)."""
     channel = f"studyhall-test-{uuid.uuid4().hex[:8]}"
-    slow = {"instance_heartbeat_seconds": 3.0, "room_leave_grace_seconds": 5.0, "registry_settle_seconds": 7.0}
-    one = await start_instance(redis_url=redis_url, redis_channel=channel, **{**FAST, "registry_settle_seconds": 7.0})
-    two = await start_instance(redis_url=redis_url, redis_channel=channel, **{**FAST, **slow})
+    slow = {"cluster__instance_heartbeat_seconds": 3.0, "rooms__leave_grace_seconds": 5.0, "cluster__registry_settle_seconds": 7.0}
+    one = await start_instance(cluster__redis_url=redis_url, cluster__redis_channel=channel, **{**FAST, "cluster__registry_settle_seconds": 7.0})
+    two = await start_instance(cluster__redis_url=redis_url, cluster__redis_channel=channel, **{**FAST, **slow})
     api = Api(http, two.url)
     try:
         leaver, late, friend, early = [await api.register(n) for n in ("Leaver", "Late", "Friend", "Early")]
@@ -472,7 +472,7 @@ async def test_a_frozen_database_answers_unavailable_after_the_timeouts(
 ) -> None:
     """A server that accepts connections and answers nothing (stopped, not dead): the
     command and acquire timeouts bound the wait, then it is `unavailable`, not `internal`."""
-    one = await start_instance(**{**FAST, "db_connect_timeout_seconds": 1.0, "db_command_timeout_seconds": 1.0})
+    one = await start_instance(**{**FAST, "database__connect_timeout_seconds": 1.0, "database__command_timeout_seconds": 1.0})
     api = Api(http, one.url)
     try:
         ana, bob = await api.register("Ana"), await api.register("Bob")
@@ -504,8 +504,8 @@ async def test_disconnects_lost_in_an_outage_are_repaired_when_the_database_is_b
     """Instance `two` loses the database (no crash: its rows stay) while a socket closes, so
     the row could not be removed; its next heartbeat after the outage repairs that."""
     channel = f"studyhall-test-{uuid.uuid4().hex[:8]}"
-    one = await start_instance(redis_url=redis_url, redis_channel=channel, **FAST)
-    two = await start_instance(redis_url=redis_url, redis_channel=channel, database_url=gate.database_url, **FAST)
+    one = await start_instance(cluster__redis_url=redis_url, cluster__redis_channel=channel, **FAST)
+    two = await start_instance(cluster__redis_url=redis_url, cluster__redis_channel=channel, database__url=gate.database_url, **FAST)
     api = Api(http, one.url)
     try:
         ana, bob = await api.register("Ana"), await api.register("Bob")

@@ -47,7 +47,7 @@ async def _forget_rows(db: Database, user: User) -> None:
 @pytest.fixture
 async def pair(start_instance: Any, redis_url: str) -> list[Any]:
     channel = f"revoke-{uuid.uuid4().hex[:8]}"
-    return [await start_instance(redis_url=redis_url, redis_channel=channel, revocation_sweep_seconds=NO_SWEEP) for _ in range(2)]
+    return [await start_instance(cluster__redis_url=redis_url, cluster__redis_channel=channel, auth__revocation_sweep_seconds=NO_SWEEP) for _ in range(2)]
 
 
 async def test_logout_on_one_instance_closes_a_socket_on_the_other_whose_row_is_gone(pair, db) -> None:
@@ -152,7 +152,7 @@ async def test_revoked_sockets_are_swept_when_redis_is_down_and_the_row_is_gone(
     redis = RedisServer().start()
     try:
         channel = f"sweep-{uuid.uuid4().hex[:8]}"
-        one, two = [await start_instance(redis_url=redis.url, redis_channel=channel, revocation_sweep_seconds=0.5) for _ in range(2)]
+        one, two = [await start_instance(cluster__redis_url=redis.url, cluster__redis_channel=channel, auth__revocation_sweep_seconds=0.5) for _ in range(2)]
         async with aiohttp.ClientSession() as session:
             api = Api(session, one.url)
             user = await api.register("Sam")
@@ -184,7 +184,7 @@ async def test_acks_do_not_wait_on_a_frozen_redis(start_instance, db) -> None:
     assert redis.process is not None
     try:
         channel = f"freeze-{uuid.uuid4().hex[:8]}"
-        one, two = [await start_instance(redis_url=redis.url, redis_channel=channel) for _ in range(2)]
+        one, two = [await start_instance(cluster__redis_url=redis.url, cluster__redis_channel=channel) for _ in range(2)]
         async with aiohttp.ClientSession() as session:
             api = Api(session, one.url)
             a, a2, b = await api.register("Fa"), await api.register("Fb"), await api.register("Fc")
@@ -214,7 +214,7 @@ async def test_acks_do_not_wait_on_a_frozen_redis(start_instance, db) -> None:
             assert not late_local, f"local delivery waited: {late_local}"
             async with db.connection() as conn:
                 stored, _ = await message_store.history(conn, uuid.UUID(cid), before_seq=None, limit=100)
-            assert [m["seq"] for m in stored] == [1, 2, 3, 4, 5]
+            assert [m.seq for m in stored] == [1, 2, 3, 4, 5]
 
             # Redis answers again: the other instance's member is told to resync and recovers all.
             await sb.wait_for("resync", timeout=15)
@@ -247,7 +247,7 @@ async def test_a_redis_outage_is_logged_once_not_per_message(start_instance, cap
     redis = RedisServer().start()
     try:
         channel = f"quiet-{uuid.uuid4().hex[:8]}"
-        one = await start_instance(redis_url=redis.url, redis_channel=channel)  # one process log: one instance
+        one = await start_instance(cluster__redis_url=redis.url, cluster__redis_channel=channel)  # one process log: one instance
         async with aiohttp.ClientSession() as session:
             api = Api(session, one.url)
             a, b = await api.register("La"), await api.register("Lb")
@@ -328,7 +328,7 @@ async def test_a_listener_deafened_by_a_silent_partition_is_found_and_reset(star
     proxy = await BlackholeProxy(redis.port).start()
     try:
         channel = f"deaf-{uuid.uuid4().hex[:8]}"
-        one, two = [await start_instance(redis_url=proxy.url, redis_channel=channel) for _ in range(2)]
+        one, two = [await start_instance(cluster__redis_url=proxy.url, cluster__redis_channel=channel) for _ in range(2)]
         async with aiohttp.ClientSession() as session:
             api = Api(session, one.url)
             a, b = await api.register("Da"), await api.register("Db")
@@ -349,8 +349,8 @@ def test_settings_from_env() -> None:
     from handlers.settings import Settings
 
     s = Settings.from_env({"STUDYHALL_REDIS_TIMEOUT": "0.25", "STUDYHALL_REDIS_PUBLISH_QUEUE": "500", "STUDYHALL_REVOCATION_SWEEP": "3"})
-    assert (s.redis_timeout_seconds, s.redis_publish_queue, s.revocation_sweep_seconds) == (0.25, 500, 3.0)
+    assert (s.cluster.redis_timeout_seconds, s.cluster.redis_publish_queue, s.auth.revocation_sweep_seconds) == (0.25, 500, 3.0)
     d = Settings.from_env({})
-    assert (d.redis_timeout_seconds, d.redis_publish_queue, d.revocation_sweep_seconds) == (0.5, 10_000, 10.0)
+    assert (d.cluster.redis_timeout_seconds, d.cluster.redis_publish_queue, d.auth.revocation_sweep_seconds) == (0.5, 10_000, 10.0)
     with pytest.raises(SystemExit, match="STUDYHALL_REDIS_TIMEOUT"):
         Settings.from_env({"STUDYHALL_REDIS_TIMEOUT": "soon"})

@@ -15,6 +15,7 @@ import sys
 import time
 import tracemalloc
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ QUESTION = "What does RuBisCO fix in the stroma?"
 async def stored_user_messages(db: Database, conversation_id: str) -> list[dict[str, Any]]:
     async with db.connection() as conn:
         msgs, _ = await messages.history(conn, uuid.UUID(conversation_id), before_seq=None, limit=100)
-    return [m for m in msgs if m["role"] == "user"]
+    return [asdict(m) for m in msgs if m.role == "user"]
 
 
 async def ticket_count(db: Database) -> int:
@@ -67,9 +68,9 @@ async def test_question_limit_refuses_before_storing_and_before_the_model(
     no model call, on the other instance too (counted in Redis); another student is not
     affected; after the window the student may ask again."""
     channel = f"lim-{uuid.uuid4().hex[:8]}"
-    limits = {"tutor_question_limits": "3/6", "redis_url": redis_url, "redis_channel": channel}
+    limits = {"tutor__question_limits": "3/6", "cluster__redis_url": redis_url, "cluster__redis_channel": channel}
     async with FakeLLM(reply=echo_passages) as llm, tutor_env(start_instance, db, llm, **limits) as env:
-        other = await start_instance(llm_base_url=llm.base_url, llm_api_key="test", **limits)
+        other = await start_instance(tutor__llm_base_url=llm.base_url, tutor__llm_api_key="test", **limits)
         student, sock, conv = await open_tutor(env)
         questions = [await ask(sock, conv, QUESTION) for _ in range(3)]
         for q in questions:
@@ -114,7 +115,7 @@ async def test_guests_have_stricter_default_question_limits(start_instance: Any,
 
 @pytest.mark.slow
 async def test_session_limit(start_instance: Any, db: Database) -> None:
-    async with tutor_env(start_instance, db, tutor_session_limits_guest="2/5") as env:
+    async with tutor_env(start_instance, db, tutor__session_limits_guest="2/5") as env:
         guest = await env.api.guest("Visitor")
         sock = await env.api.socket(guest)
         for _ in range(2):
@@ -134,7 +135,7 @@ async def test_escalation_limit_covers_every_path(start_instance: Any, db: Datab
     """2 escalations per 6 s per user: tutor:escalate and the tutor's own hand-over both count;
     refused, no ticket opens and no agent hears of one; another user is not affected."""
     async with FakeLLM(reply=echo_passages) as llm, \
-            tutor_env(start_instance, db, llm, tutor_escalation_limits="2/6") as env:
+            tutor_env(start_instance, db, llm, tutor__escalation_limits="2/6") as env:
         agent = await env.api.staff(db, "agent", "Agent")
         agent_sock = await env.api.socket(agent)
         student = await env.api.register("Stu")
@@ -166,7 +167,7 @@ async def test_escalation_limit_covers_every_path(start_instance: Any, db: Datab
 async def test_a_swarm_of_fresh_guests_cannot_flood_the_agents(start_instance: Any, db: Database) -> None:
     """Deployment-wide cap on guest tickets (3 per minute here): 10 fresh guests escalating at
     once open 3 tickets; agents get 3 `ticket:new`; a signed-in student still gets through."""
-    async with tutor_env(start_instance, db, guest_ticket_limits="3/60") as env:
+    async with tutor_env(start_instance, db, tutor__guest_ticket_limits="3/60") as env:
         agent = await env.api.staff(db, "agent", "Agent")
         agent_sock = await env.api.socket(agent)
 
@@ -283,7 +284,7 @@ async def test_a_500_page_textbook_still_goes_in(api: Api, db: Database) -> None
 
 
 async def test_total_text_cap_counts_across_pages(start_instance: Any, db: Database) -> None:
-    server = await start_instance(doc_max_text_chars=200_000)
+    server = await start_instance(knowledge__max_text_chars=200_000)
     async with aiohttp.ClientSession() as http:
         api = Api(http, server.url)
         mentor = await api.staff(db, "mentor")
@@ -333,8 +334,8 @@ async def test_answer_of_a_killed_instance_is_cancelled_and_its_usage_recorded(
     channel = f"crash-{uuid.uuid4().hex[:8]}"
     stale = 2.0
     async with FakeLLM(reply=LONG, token_delay=0.1) as llm, tutor_env(
-        start_instance, db, llm, redis_url=redis_url, redis_channel=channel,
-        tutor_stream_stale_seconds=stale, tutor_stream_sweep_seconds=0.5,
+        start_instance, db, llm, cluster__redis_url=redis_url, cluster__redis_channel=channel,
+        tutor__stream_stale_seconds=stale, tutor__stream_sweep_seconds=0.5,
     ) as env:
         port = free_port()
         env_a = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
@@ -373,7 +374,7 @@ async def test_answer_of_a_killed_instance_is_cancelled_and_its_usage_recorded(
             assert 5 <= row["completion_tokens"] <= len(shown.split()) * 2, (dict(row), shown)
 
             # B's recovery pass (every 15 s; run now) answers the question under a new id.
-            await env.inst.app[CORE].services["tutor"].recover(0)
+            await env.inst.app[CORE].tutor.recover(0)
             final = (await sock.wait_for("message:new", reply_to(question), timeout=30))["message"]
             assert final["id"] != draft["message_id"] and final["content"].startswith("word0")
         finally:

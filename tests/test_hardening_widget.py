@@ -47,8 +47,8 @@ async def test_draft_disappears_on_message_cancelled_then_the_recovered_answer_s
     from tests.fakellm import FakeLLM
 
     async with FakeLLM(reply=LONG, token_delay=0.12) as llm, aiohttp.ClientSession() as http:
-        server = await start_instance(llm_base_url=llm.base_url, llm_api_key="test",
-                                      tutor_stream_stale_seconds=1.0, tutor_stream_sweep_seconds=0.3)
+        server = await start_instance(tutor__llm_base_url=llm.base_url, tutor__llm_api_key="test",
+                                      tutor__stream_stale_seconds=1.0, tutor__stream_sweep_seconds=0.3)
         api = Api(http, server.url)
         mentor = await api.staff(db, "mentor")
         status, _ = await api.request("POST", "/api/documents", mentor, json={"title": "Photosynthesis", "content": CALVIN})
@@ -56,7 +56,7 @@ async def test_draft_disappears_on_message_cancelled_then_the_recovered_answer_s
         page, w = await guest_with_draft(browser, server.url)
 
         # The answer's task dies without cleaning up after itself (its stream row stays).
-        service = server.app[CORE].services["tutor"]
+        service = server.app[CORE].tutor
         for task in list(service._workers):
             task.cancel()
         await expect(w.locator("li.draft")).to_have_count(0, timeout=5_000)
@@ -77,8 +77,8 @@ async def test_orphan_draft_is_replaced_after_a_reconnect_that_missed_the_cancel
 
     runners: list[web.AppRunner] = []
     async with FakeLLM(reply=LONG, token_delay=0.12) as llm, aiohttp.ClientSession() as http:
-        llm_settings = {"llm_base_url": llm.base_url, "llm_api_key": "test",
-                        "tutor_stream_stale_seconds": 1.0, "tutor_stream_sweep_seconds": 0.3}
+        llm_settings = {"tutor__llm_base_url": llm.base_url, "tutor__llm_api_key": "test",
+                        "tutor__stream_stale_seconds": 1.0, "tutor__stream_sweep_seconds": 0.3}
         first = await start_instance(**llm_settings)
         port = int(first.url.rsplit(":", 1)[1])
         other = await start_instance(**llm_settings)  # no Redis: nothing it sends reaches the widget live
@@ -94,7 +94,7 @@ async def test_orphan_draft_is_replaced_after_a_reconnect_that_missed_the_cancel
             await expect(w.locator(f'li.draft[data-id="{orphan}"]')).to_have_count(1)  # the cancel was missed
 
             # The other instance answers the question again (its recovery pass), committed.
-            await other.app[CORE].services["tutor"].recover(0)
+            await other.app[CORE].tutor.recover(0)
             async with db.connection() as conn:
                 for _ in range(300):
                     if await conn.fetchval("SELECT count(*) FROM messages WHERE role = 'assistant'"):

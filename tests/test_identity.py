@@ -246,7 +246,7 @@ async def test_malformed_body_is_bad_request(api: Api) -> None:
 async def test_identity_attempts_count_against_the_sign_in_limit(start_instance: Any, db: Any) -> None:
     import aiohttp
 
-    inst = await start_instance(login_limit_10min=3)
+    inst = await start_instance(auth__login_limit_10min=3)
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)
         statuses = [(await sign_in(api, "not.a.jwt"))[0] for _ in range(6)]

@@ -42,8 +42,8 @@ async def test_socket_io_client_thread_across_two_instances_through_redis_restar
     await site.start()
     control_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        one = await start_instance(redis_url=redis.url, redis_channel=channel)
-        two = await start_instance(redis_url=redis.url, redis_channel=channel)
+        one = await start_instance(cluster__redis_url=redis.url, cluster__redis_channel=channel)
+        two = await start_instance(cluster__redis_url=redis.url, cluster__redis_channel=channel)
         async with aiohttp.ClientSession() as session:
             api = Api(session, one.url)
             alice, bob = await api.register("Alice"), await api.register("Bob")
@@ -61,8 +61,8 @@ async def test_socket_io_client_thread_across_two_instances_through_redis_restar
         assert restarted.is_set(), "Redis was restarted mid-conversation"
         async with db.connection() as conn:
             stored, _ = await message_store.history(conn, uuid.UUID(cid), before_seq=None, limit=1000)
-        truth = [str(m["id"]) for m in stored]
-        assert [m["seq"] for m in stored] == list(range(1, 81)), "80 messages, seq 1..80, no gaps"
+        truth = [str(m.id) for m in stored]
+        assert [m.seq for m in stored] == list(range(1, 81)), "80 messages, seq 1..80, no gaps"
         assert sorted(result["acked"]) == sorted(truth), "every acked message stored, once"
         assert result["aliceSeqs"] == list(range(1, 81)) and result["bobSeqs"] == list(range(1, 81))
         assert result["alice"] == truth and result["bob"] == truth, "both clients hold exactly the database's thread"

@@ -94,7 +94,7 @@ async def test_cost_uses_the_price_table(llm: FakeLLM) -> None:
 
 def test_price_lookup_and_env_config() -> None:
     from handlers.settings import Settings
-    from handlers.tutor.service import chat_model_from_settings
+    from server.factories import chat_model
 
     settings = Settings.from_env(
         {
@@ -106,7 +106,7 @@ def test_price_lookup_and_env_config() -> None:
             "STUDYHALL_LLM_STREAM_USAGE": "0",
         }
     )
-    model = chat_model_from_settings(settings)
+    model = chat_model(settings.tutor)
     assert model is not None
     cfg = model.config
     assert cfg.model == "local-model" and cfg.timeout == 7.0 and cfg.total_timeout == 12.0 and cfg.stream_usage is False
@@ -114,7 +114,7 @@ def test_price_lookup_and_env_config() -> None:
     assert cfg.price("gpt-4o-mini-2024-07-18") == cfg.prices["gpt-4o-mini"]
     assert cfg.price("gpt-4o-2024-08-06") == cfg.prices["gpt-4o"]
     assert cfg.price("mystery") == (0.0, 0.0)
-    assert chat_model_from_settings(Settings.from_env({})) is None
+    assert chat_model(Settings.from_env({}).tutor) is None
 
 
 async def test_retries_after_500_then_succeeds(llm: FakeLLM) -> None:

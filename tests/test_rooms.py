@@ -338,7 +338,7 @@ async def test_end_notifies_and_stops_chat(api: Api, db: Database) -> None:
 
 @pytest.mark.slow
 async def test_host_disconnect_grace_ends_the_room(api: Api, db: Database, start_instance: Any) -> None:
-    inst = await start_instance(room_host_grace_seconds=0.5)
+    inst = await start_instance(rooms__host_grace_seconds=0.5)
     api.url = inst.url
     mentor = await api.staff(db, "mentor")
     session = await _session(api, mentor)

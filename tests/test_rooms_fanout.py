@@ -28,7 +28,7 @@ def fast_fanout(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def create_sio(settings: Settings) -> socketio.AsyncServer:
         sio = stock(settings)
-        sio.manager = fanout.create_manager(settings)
+        sio.manager = fanout.create_manager(settings.cluster)
         sio.manager.set_server(sio)
         fanout.install(sio)
         return sio
@@ -117,8 +117,8 @@ async def test_fast_fanout_across_two_instances(fast_fanout: None, cluster: list
 async def test_a_consumer_that_cannot_keep_up_is_closed(fast_fanout: None, start_instance: Any, db: Database,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fanout, "MAX_BUFFERED_BYTES", 256 * 1024)
-    inst = await start_instance(rate_limit_per_second=100_000, rate_limit_burst=100_000,
-                                user_rate_limit_per_second=100_000, user_rate_limit_burst=100_000)
+    inst = await start_instance(gateway__rate_limit_per_second=100_000, gateway__rate_limit_burst=100_000,
+                                gateway__user_rate_limit_per_second=100_000, gateway__user_rate_limit_burst=100_000)
     def small_receive_buffer(addr_info: Any) -> socket.socket:
         family, type_, proto, _, _ = addr_info
         sock = socket.socket(family=family, type=type_, proto=proto)

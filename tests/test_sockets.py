@@ -73,7 +73,7 @@ async def test_frames_over_one_megabyte_are_refused(api: Api) -> None:
 async def test_rate_limit(start_instance) -> None:
     import aiohttp
 
-    inst = await start_instance(rate_limit_per_second=1, rate_limit_burst=5)
+    inst = await start_instance(gateway__rate_limit_per_second=1, gateway__rate_limit_burst=5)
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)
         sock = await api.socket(await api.register("Ned"))

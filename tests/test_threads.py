@@ -204,7 +204,7 @@ async def test_stock_fanout_setting_delivers_too(start_instance) -> None:
     from server.fanout import FastFanout
     from server.keys import SIO
 
-    inst = await start_instance(fanout="stock")
+    inst = await start_instance(gateway__fanout="stock")
     assert not isinstance(inst.app[SIO].manager, FastFanout), "the setting must turn the fast path off"
     async with aiohttp.ClientSession() as session:
         api = Api(session, inst.url)

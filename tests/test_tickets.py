@@ -54,7 +54,7 @@ async def test_escalation_via_service_opens_one_ticket_and_tells_everyone(api: A
     assert not ss.received("ticket:new") and not sm.received("ticket:new")
     async with db.connection() as conn:
         assert len(await tickets.list_for_conversation(conn, uuid.UUID(cid))) == 1
-        assert (await conversations.get(conn, uuid.UUID(cid)))["mode"] == "waiting"
+        assert (await conversations.get(conn, uuid.UUID(cid))).mode == "waiting"
     esc = [e for e in await audit_actions(db) if e["action"] == "ticket.escalated"]
     assert len(esc) == 1 and esc[0]["target_id"] == str(ticket["id"]) and esc[0]["details"]["source"] == "tutor"
 
@@ -242,7 +242,7 @@ async def test_resolve_with_handback_ai(api: Api, db, server) -> None:
     assert (await sa.call("ticket:claim", {"ticket_id": tid}))["error"]["code"] == "conflict"
     async with db.connection() as conn:
         conv = await conversations.get(conn, uuid.UUID(cid))
-        assert conv["mode"] == "ai" and conv["status"] == "open"
+        assert conv.mode == "ai" and conv.status == "open"
     # A later escalation of the same conversation is a new ticket linked to this one.
     again = await escalate(server, cid)
     assert str(again["id"]) != tid and str(again["parent_ticket_id"]) == tid
@@ -303,7 +303,7 @@ async def test_students_and_mentors_get_forbidden_on_agent_events(api: Api, db, 
             assert ack["ok"] is False and ack["error"]["code"] == "forbidden", (user.role, event, ack)
     async with db.connection() as conn:
         t = await tickets.get(conn, uuid.UUID(tid))
-    assert t["status"] == "open" and t["assigned_to"] is None
+    assert t.status == "open" and t.assigned_to is None
     assert [e["action"] for e in await audit_actions(db)] == ["ticket.escalated"]
 
 

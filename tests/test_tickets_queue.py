@@ -78,7 +78,7 @@ async def test_ticket_detail_gives_transcript_sources_notes_and_decisions(api: A
             tutor_store = None
         if tutor_store is not None:
             decision = await tutor_store.log_decision(
-                conn, conversation_id=uuid.UUID(cid), message_id=None, answer_id=answer["id"], action="answer",
+                conn, conversation_id=uuid.UUID(cid), message_id=None, answer_id=answer.id, action="answer",
                 reason="relevant_material", confidence=0.82, category=None, urgent=False, outcome="answered", model="fake",
             )
     ticket = await escalate(server, cid)
@@ -89,7 +89,7 @@ async def test_ticket_detail_gives_transcript_sources_notes_and_decisions(api: A
     assert body["ticket"]["id"] == tid and body["ticket"]["number"] == ticket["number"]
     roles = [m["role"] for m in body["messages"]]
     assert roles == ["user", "assistant", "system"] and body["messages_complete"] is True
-    ai = next(m for m in body["messages"] if m["id"] == str(answer["id"]))
+    ai = next(m for m in body["messages"] if m["id"] == str(answer.id))
     assert ai["metadata"]["citations"] == [citation]
     assert [n["content"] for n in body["notes"]] == ["first note"]
     assert body["notes"][0]["author_name"] == agent.name
@@ -99,12 +99,12 @@ async def test_ticket_detail_gives_transcript_sources_notes_and_decisions(api: A
     else:
         assert [(d["id"], d["action"], d["reason"], d["model"]) for d in body["decisions"]] == [
             (decision["id"], "answer", "relevant_material", "fake")]
-        assert body["decisions"][0]["answer_id"] == str(answer["id"])
+        assert body["decisions"][0]["answer_id"] == str(answer.id)
 
 
 @pytest.mark.slow
 async def test_sla_breach_is_marked_once_and_announced(start_instance, session, db) -> None:
-    inst = await start_instance(sla_check_seconds=0.2)
+    inst = await start_instance(tickets__sla_check_seconds=0.2)
     api = Api(session, inst.url)
     try:
         student = await api.register("Sol")
@@ -121,8 +121,8 @@ async def test_sla_breach_is_marked_once_and_announced(start_instance, session, 
         await asyncio.sleep(0.7)  # several more sweeps: announced once only, the other untouched
         assert len([d for d in sa.received("ticket:updated") if d["ticket"]["id"] == str(late["id"])]) == 1
         async with db.connection() as conn:
-            assert (await tickets.get(conn, late["id"]))["sla_breached"] is True
-            assert (await tickets.get(conn, fine["id"]))["sla_breached"] is False
+            assert (await tickets.get(conn, late["id"])).sla_breached is True
+            assert (await tickets.get(conn, fine["id"])).sla_breached is False
         breaches = [e for e in await audit_actions(db) if e["action"] == "ticket.sla_breached"]
         assert [e["target_id"] for e in breaches] == [str(late["id"])]
     finally:
@@ -145,7 +145,7 @@ async def test_sla_breach_flagged_once_with_both_instances_sweeping(cluster, ses
         # Sweep from both instances at once, as their loops would, then once more.
         results = await asyncio.gather(*[check_sla(core_of(i)) for i in (one, two, one, two)])
         results.append(await check_sla(core_of(two)))
-        flagged = [x["id"] for r in results for x in r]
+        flagged = [x.id for r in results for x in r]
         assert flagged == [t["id"]]
         await sa.wait_for("ticket:updated", lambda d: d["ticket"]["id"] == str(t["id"]) and d["ticket"]["sla_breached"])
         await asyncio.sleep(0.3)
@@ -155,7 +155,7 @@ async def test_sla_breach_flagged_once_with_both_instances_sweeping(cluster, ses
 
 
 async def test_auto_assignment_round_robin_under_the_limit(start_instance, session, db) -> None:
-    inst = await start_instance(ticket_auto_assign=True, ticket_agent_limit=2, sla_check_seconds=0.3)
+    inst = await start_instance(tickets__auto_assign=True, tickets__agent_limit=2, tickets__sla_check_seconds=0.3)
     api = Api(session, inst.url)
     try:
         student = await api.register("Ada")
@@ -181,7 +181,7 @@ async def test_auto_assignment_round_robin_under_the_limit(start_instance, sessi
         first_agent = socks[[a.id for a in online].index(owners[0])]
         await first_agent.wait_for("conversation:new", lambda d: d["conversation"]["id"] == cids[0])
         async with db.connection() as conn:
-            assert (await tickets.get(conn, results[4]["id"]))["status"] == "open"
+            assert (await tickets.get(conn, results[4]["id"])).status == "open"
         # A slot frees up: the waiting ticket goes to that agent on the next sweep.
         await first_agent.ok("ticket:resolve", {"ticket_id": str(results[0]["id"]), "handback": "ai"})
         got = await first_agent.wait_for(
@@ -194,7 +194,7 @@ async def test_auto_assignment_round_robin_under_the_limit(start_instance, sessi
 
 
 async def test_agent_coming_online_takes_waiting_tickets(start_instance, session, db) -> None:
-    inst = await start_instance(ticket_auto_assign=True, ticket_agent_limit=1)
+    inst = await start_instance(tickets__auto_assign=True, tickets__agent_limit=1)
     api = Api(session, inst.url)
     try:
         student = await api.register("Bo")
@@ -207,9 +207,9 @@ async def test_agent_coming_online_takes_waiting_tickets(start_instance, session
         await asyncio.sleep(0.3)
         async with db.connection() as conn:
             states = [(await tickets.get(conn, t["id"])) for t in waiting]
-        assigned = [s for s in states if s["status"] == "assigned"]
-        assert len(assigned) == 1 and str(assigned[0]["assigned_to"]) == agent.id  # the limit is 1
-        assert str(assigned[0]["conversation_id"]) == first["conversation"]["id"]
+        assigned = [s for s in states if s.status == "assigned"]
+        assert len(assigned) == 1 and str(assigned[0].assigned_to) == agent.id  # the limit is 1
+        assert str(assigned[0].conversation_id) == first["conversation"]["id"]
     finally:
         await api.close_sockets()
 

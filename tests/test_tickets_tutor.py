@@ -53,7 +53,7 @@ async def _history(sock: Socket, cid: str) -> list[dict[str, Any]]:
 @pytest.mark.slow
 async def test_person_request_to_resolved_ticket_handed_back_to_ai(start_instance, session, db) -> None:
     async with FakeLLM(reply=ANSWER) as llm:
-        inst = await start_instance(llm_base_url=llm.base_url, llm_api_key="test")
+        inst = await start_instance(tutor__llm_base_url=llm.base_url, tutor__llm_api_key="test")
         api = Api(session, inst.url)
         try:
             student = await api.register("Pia")
@@ -117,7 +117,7 @@ async def _stream_started(ss: Socket, cid: str, client_id: str) -> None:
 @pytest.mark.slow
 async def test_ai_silent_from_escalation_mid_stream(start_instance, session, db) -> None:
     async with FakeLLM(reply="sunlight " * 300, token_delay=0.02) as llm:
-        inst = await start_instance(llm_base_url=llm.base_url, llm_api_key="test")
+        inst = await start_instance(tutor__llm_base_url=llm.base_url, tutor__llm_api_key="test")
         api = Api(session, inst.url)
         try:
             student = await api.register("Mo")
@@ -148,7 +148,8 @@ async def test_ai_silent_when_staff_escalate_from_another_instance_mid_stream(st
     instance notices the mode change and stops; nothing of the answer is committed."""
     async with FakeLLM(reply="chlorophyll " * 300, token_delay=0.02) as llm:
         channel = f"studyhall-test-{uuid.uuid4().hex[:8]}"
-        one, two = [await start_instance(llm_base_url=llm.base_url, llm_api_key="test", redis_url=redis_url, redis_channel=channel)
+        one, two = [await start_instance(tutor__llm_base_url=llm.base_url, tutor__llm_api_key="test",
+                                         cluster__redis_url=redis_url, cluster__redis_channel=channel)
                     for _ in range(2)]
         api = Api(session, one.url)
         try:

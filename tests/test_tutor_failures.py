@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ LONG = " ".join(f"word{i}" for i in range(60)) + " [1]."
 async def assistant_messages(db: Database, conversation_id: str) -> list[dict[str, Any]]:
     async with db.connection() as conn:
         msgs, _ = await messages.history(conn, uuid.UUID(conversation_id), before_seq=None, limit=100)
-    return [m for m in msgs if m["role"] == "assistant"]
+    return [asdict(m) for m in msgs if m.role == "assistant"]
 
 
 async def test_stop_keeps_the_partial_answer_marked(start_instance: Any, db: Database) -> None:
@@ -46,7 +47,7 @@ async def test_stop_keeps_the_partial_answer_marked(start_instance: Any, db: Dat
 
 @pytest.mark.slow
 async def test_failing_model_gives_a_clear_message_without_hanging(start_instance: Any, db: Database) -> None:
-    async with FakeLLM(reply=echo_passages) as llm, tutor_env(start_instance, db, llm, llm_timeout_seconds=0.3) as env:
+    async with FakeLLM(reply=echo_passages) as llm, tutor_env(start_instance, db, llm, tutor__llm_timeout_seconds=0.3) as env:
         _, sock, conv = await open_tutor(env)
         cases = [
             (lambda: llm.fail_next(2, 500), "HTTP 500"),
@@ -103,7 +104,7 @@ async def test_person_taking_over_mid_stream_cuts_the_ai_off(start_instance: Any
         core: Core = env.inst.app[CORE]
         async with db.connection() as conn:
             await conversations.set_mode(conn, uuid.UUID(conv["id"]), "waiting")
-        assert await core.services["tutor"].cancel(uuid.UUID(conv["id"])) is True
+        assert await core.tutor.cancel(uuid.UUID(conv["id"])) is True
         again = await sock.wait_for("message:cancelled", lambda d: d["message_id"] != cancelled["message_id"], timeout=2)
         assert again["reason"] == "cancelled"
         await sock.expect_none("message:new", reply_to(second), within=0.3)
@@ -130,14 +131,14 @@ async def test_commit_rechecks_the_mode(start_instance: Any, db: Database) -> No
             await conversations.set_mode(conn, uuid.UUID(conv["id"]), "ai")
         message, _ = await commit_message(core, uuid.UUID(conv["id"]), sender=None, role="assistant", content="on time",
                                           message_id=chosen, require_mode="ai")
-        assert message["id"] == chosen and message["seq"] == 1
+        assert message.id == chosen and message.seq == 1
 
 
 async def test_stop_from_another_instance(start_instance: Any, db: Database, redis_url: str) -> None:
     channel = f"tutor-{uuid.uuid4().hex[:8]}"
     async with FakeLLM(reply=LONG, token_delay=0.05) as llm, \
-            tutor_env(start_instance, db, llm, redis_url=redis_url, redis_channel=channel) as env:
-        other = await start_instance(llm_base_url=llm.base_url, llm_api_key="test", redis_url=redis_url, redis_channel=channel)
+            tutor_env(start_instance, db, llm, cluster__redis_url=redis_url, cluster__redis_channel=channel) as env:
+        other = await start_instance(tutor__llm_base_url=llm.base_url, tutor__llm_api_key="test", cluster__redis_url=redis_url, cluster__redis_channel=channel)
         student, sock, conv = await open_tutor(env)
         sock_b = await env.api.socket(student, url=other.url)
         question = await ask(sock, conv, "Explain how the Calvin cycle builds sugars")
@@ -158,13 +159,13 @@ async def test_crash_recovery_answers_what_was_left(start_instance: Any, db: Dat
             q2, _ = await messages.insert(conn, conversation_id=cid, sender_id=uuid.UUID(student.id), role="user",
                                           content="Which pigment absorbs red light?", client_id="left-2")
         # Two instances start at once: each finds both questions; each is answered once, in order.
-        await asyncio.gather(*[start_instance(llm_base_url=llm.base_url, llm_api_key="test") for _ in range(2)])
+        await asyncio.gather(*[start_instance(tutor__llm_base_url=llm.base_url, tutor__llm_api_key="test") for _ in range(2)])
         async with asyncio.timeout(10):
             while len(answers := await assistant_messages(db, conv["id"])) < 2:
                 await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)
         answers = await assistant_messages(db, conv["id"])
-        assert [a["metadata"]["reply_to"] for a in answers] == [str(q1["id"]), str(q2["id"])]
+        assert [a["metadata"]["reply_to"] for a in answers] == [str(q1.id), str(q2.id)]
         assert all(a["metadata"]["citations"] for a in answers)
         assert len(llm.chat_requests) == 2
 
@@ -176,16 +177,16 @@ async def test_tutor_escalate_event(start_instance: Any, db: Database) -> None:
         ack = await outsider.call("tutor:escalate", {"conversation_id": conv["id"]})
         assert ack["ok"] is False and ack["error"]["code"] == "not_found"
         core: Core = env.inst.app[CORE]
-        tickets = core.services.pop("tickets", None)
+        tickets, core.tickets = core.tickets, None
         ack = await sock.call("tutor:escalate", {"conversation_id": conv["id"], "reason": "I am stuck"})
         assert ack["ok"] is False and ack["error"]["code"] == "unavailable"
         if tickets is None:
             return  # the tickets feature is not part of this build
-        core.services["tickets"] = tickets
+        core.tickets = tickets
         ack = await sock.ok("tutor:escalate", {"conversation_id": conv["id"], "reason": "I am stuck on homework"})
         assert ack["ticket"]["conversation_id"] == conv["id"]
         async with db.connection() as conn:
-            assert (await conversations.get(conn, uuid.UUID(conv["id"])))["mode"] == "waiting"
+            assert (await conversations.get(conn, uuid.UUID(conv["id"]))).mode == "waiting"
         [decision] = await wait_decisions(db, conv["id"])
         assert decision["reason"] == "requested_by_student" and decision["outcome"] == "escalated"
         # The AI now stays silent.

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from handlers.settings import WebhookSettings
+from handlers.webhooks.settings import WebhookSettings
 from server.webhooks import DISPATCHER
 from storage import webhooks as webhook_store
 from storage.db import Database
@@ -443,3 +443,4 @@ def test_refused_addresses() -> None:
     for bad in ("file:///etc/passwd", "http://user:pw@example.com/", "http:///nohost", "http://127.0.0.1/"):
         with pytest.raises(TargetRefused):
             check_url(bad, allow_private=False)
+

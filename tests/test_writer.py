@@ -22,10 +22,10 @@ async def make_conversations(db: Database, n: int) -> tuple[uuid.UUID, list[uuid
                                   password_hash="x", role="student")
         ids = []
         for i in range(n):
-            conv = await conversations.insert_conversation(conn, kind="group", title=f"g{i}", created_by=user["id"])
-            await conversations.add_members(conn, conv["id"], [user["id"]])
-            ids.append(conv["id"])
-    return user["id"], ids
+            conv = await conversations.insert_conversation(conn, kind="group", title=f"g{i}", created_by=user.id)
+            await conversations.add_members(conn, conv.id, [user.id])
+            ids.append(conv.id)
+    return user.id, ids
 
 
 async def test_concurrent_messages_share_batches_and_keep_order(db: Database) -> None:
@@ -36,8 +36,8 @@ async def test_concurrent_messages_share_batches_and_keep_order(db: Database) ->
         seqs = []
         for i in range(10):  # one conversation's messages one after another, as the pipeline's lock makes them
             message, duplicate = await writer.insert(NewMessage(cid, sender, "user", f"m{i}", client_id=f"c{i}"))
-            assert not duplicate and message["content"] == f"m{i}" and message["conversation_id"] == cid
-            seqs.append(message["seq"])
+            assert not duplicate and message.content == f"m{i}" and message.conversation_id == cid
+            seqs.append(message.seq)
         return seqs
 
     results = await asyncio.gather(*(send_all(c) for c in convs))
@@ -47,8 +47,8 @@ async def test_concurrent_messages_share_batches_and_keep_order(db: Database) ->
     async with db.connection() as conn:
         for cid in convs:
             history, _ = await messages.history(conn, cid, before_seq=None, limit=100)
-            assert [m["content"] for m in history] == [f"m{i}" for i in range(10)]
-            assert (await conversations.get_with_membership(conn, cid, sender))["last_seq"] == 10
+            assert [m.content for m in history] == [f"m{i}" for i in range(10)]
+            assert (await conversations.get_with_membership(conn, cid, sender)).last_seq == 10
 
 
 async def test_one_bad_message_fails_alone(db: Database) -> None:
@@ -65,12 +65,12 @@ async def test_one_bad_message_fails_alone(db: Database) -> None:
     ]
     outcomes = await asyncio.gather(first, *batch, return_exceptions=True)
     assert (writer.batcher.batches, writer.batcher.requests) == (1, 4), "the four shared one batch"
-    assert outcomes[0][0]["seq"] == 1 and outcomes[1][0]["seq"] == 2 and outcomes[1][0]["content"] == "kept"
+    assert outcomes[0][0].seq == 1 and outcomes[1][0].seq == 2 and outcomes[1][0].content == "kept"
     assert isinstance(outcomes[2], Exception) and "foreign key" in str(outcomes[2])
     assert isinstance(outcomes[3], LookupError)
     async with db.connection() as conn:
         history, _ = await messages.history(conn, cid, before_seq=None, limit=10)
-        assert [m["content"] for m in history] == ["first", "kept"]
+        assert [m.content for m in history] == ["first", "kept"]
         assert (await messages.history(conn, other, before_seq=None, limit=10))[0] == []
 
 
@@ -84,7 +84,7 @@ async def test_retry_in_the_same_batch_is_a_duplicate(db: Database) -> None:
         writer.insert(NewMessage(cid, sender, "user", "hello", client_id="same")),
     )
     await earlier
-    assert one[0]["id"] == two[0]["id"] and one[0]["seq"] == 2
+    assert one[0].id == two[0].id and one[0].seq == 2
     assert (one[1], two[1]) == (False, True)
     # The retry waited for a batch of its own instead of breaking the first batch's
     # statement on the unique index (which the one-by-one fallback would then hide).
@@ -97,4 +97,4 @@ async def test_mode_is_checked_per_message(db: Database) -> None:
     with pytest.raises(messages.ModeChanged):
         await writer.insert(NewMessage(cid, None, "assistant", "answer", require_mode="ai"))
     message, _ = await writer.insert(NewMessage(cid, sender, "user", "still fine"))
-    assert message["seq"] == 1
+    assert message.seq == 1

@@ -20,11 +20,11 @@ async def tutor_conversation(db: Database, student: User, question: str | None =
             conn, kind="tutor", title="Fractions", created_by=uuid.UUID(student.id), mode="ai"
         )
         assert conv is not None
-        await conversations.add_members(conn, conv["id"], [uuid.UUID(student.id)])
+        await conversations.add_members(conn, conv.id, [uuid.UUID(student.id)])
         if question:
-            await messages.insert(conn, conversation_id=conv["id"], sender_id=uuid.UUID(student.id), role="user",
+            await messages.insert(conn, conversation_id=conv.id, sender_id=uuid.UUID(student.id), role="user",
                                   content=question, client_id="q1")
-    return str(conv["id"])
+    return str(conv.id)
 
 
 def core_of(instance: Instance) -> Core:
@@ -32,11 +32,12 @@ def core_of(instance: Instance) -> Core:
 
 
 async def escalate(instance: Instance, cid: str, reason: str = "human_requested", **kw: Any) -> dict[str, Any]:
-    """Escalate the way the tutor does: through `core.services["tickets"]` on a running instance."""
+    """Escalate the way the tutor does: through `core.tickets` on a running instance."""
     core = core_of(instance)
     kw.setdefault("escalated_by", None)
     kw.setdefault("source", "tutor")
-    return await core.services["tickets"].escalate(core, conversation_id=uuid.UUID(cid), reason=reason, **kw)
+    assert core.tickets is not None
+    return await core.tickets.escalate(core, conversation_id=uuid.UUID(cid), reason=reason, **kw)
 
 
 async def audit_actions(db: Database, prefix: str = "ticket.") -> list[dict[str, Any]]:

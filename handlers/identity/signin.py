@@ -21,25 +21,33 @@ from typing import Any
 from uuid import UUID
 
 from handlers import signin_limits
-from handlers.auth import hash_token, public_user
+from handlers.auth import hash_token
 from handlers.core import Core
 from handlers.errors import ApiError
+from handlers.identity import carryover, policy
 from handlers.identity.jwks import JwksCache
 from handlers.identity.verify import Claims, IdentityRefused, peek, verify
 from handlers.webhooks import outbox as webhooks
-from storage import apps, audit, identities, users
+from storage import app_users, apps, audit, identities, users
 from storage.apps import AppRecord
+from storage.records import User
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "User"
 
 
-async def sign_in(core: Core, jwks: JwksCache, *, token: Any, app_id: Any = None, ip: str | None) -> dict[str, Any]:
-    """`{user, token}` like a password login; `unauthorized` with a short reason otherwise."""
+async def sign_in(
+    core: Core, jwks: JwksCache, *, token: Any, app_id: Any = None, ip: str | None, origin: str | None = None
+) -> dict[str, Any]:
+    """`{user, token}` like a password login; `unauthorized` with a short reason otherwise.
+    `origin`: the browser's Origin header (`forbidden` when the app does not list it)."""
     await signin_limits.check(core, "login", ip)
+    carried: carryover.Moved | None = None
     try:
         app, claims = await _verified(core, jwks, token, app_id)
+        if not policy.origin_allowed(app, origin):
+            await _refused_origin(core, app, origin, ip)
         async with core.db.transaction() as conn:
             if claims.jti is not None:
                 until = claims.expires_at + timedelta(seconds=core.settings.identity.leeway_seconds)
@@ -49,11 +57,14 @@ async def sign_in(core: Core, jwks: JwksCache, *, token: Any, app_id: Any = None
             if created:
                 await webhooks.emit(core, conn, "user.created",
                                     webhooks.user_data(user_row, "identity", app_id=app.id, subject=claims.sub))
+            if claims.guest_token is not None:
+                carried = await carryover.carry_over(conn, guest_token=claims.guest_token, user_id=user_row.id,
+                                                     app_id=app.id, ip=ip)
             session = secrets.token_urlsafe(32)
             expires = datetime.now(UTC) + timedelta(hours=core.settings.identity.session_hours)
-            await users.insert_token(conn, user_row["id"], hash_token(session), expires)
+            await users.insert_token(conn, user_row.id, hash_token(session), expires)
             await audit.record(
-                conn, "login.identity", actor_id=user_row["id"], target_type="user", target_id=user_row["id"], ip=ip,
+                conn, "login.identity", actor_id=user_row.id, target_type="user", target_id=user_row.id, ip=ip,
                 details={"app_id": str(app.id), "sub": claims.sub, "created": created},
             )
     except IdentityRefused as refused:
@@ -62,7 +73,17 @@ async def sign_in(core: Core, jwks: JwksCache, *, token: Any, app_id: Any = None
             await audit.record(conn, "login.identity_failed", target_type="app", target_id=refused.app_id, ip=ip,
                                details={"reason": refused.reason})
         raise ApiError("unauthorized", refused.message) from None
-    return {"user": public_user(user_row), "token": session}
+    if carried is not None:
+        await carryover.close_guest_sockets(core, carried.tokens_revoked)
+    return {"user": user_row.public(), "token": session}
+
+
+async def _refused_origin(core: Core, app: AppRecord, origin: str | None, ip: str | None) -> None:
+    log.info("identity sign-in refused", extra={"reason": "origin not allowed", "app_id": str(app.id)})
+    async with core.db.transaction() as conn:
+        await audit.record(conn, "login.identity_failed", target_type="app", target_id=app.id, ip=ip,
+                           details={"reason": "origin not allowed", "origin": (origin or "")[:300]})
+    raise ApiError("forbidden", policy.ORIGIN_REFUSED)
 
 
 async def _verified(core: Core, jwks: JwksCache, token: Any, app_id: Any) -> tuple[AppRecord, Claims]:
@@ -81,7 +102,7 @@ async def _verified(core: Core, jwks: JwksCache, token: Any, app_id: Any) -> tup
     return app, await verify(app, token, header, jwks, core.settings.identity)
 
 
-async def _map_user(conn: Any, app: AppRecord, claims: Claims) -> tuple[dict[str, Any], bool]:
+async def _map_user(conn: Any, app: AppRecord, claims: Claims) -> tuple[User, bool]:
     """The user for (app, sub), made or updated from the claims; True when made now."""
     await identities.lock_subject(conn, app.id, claims.sub)
     known = await identities.get(conn, app.id, claims.sub)
@@ -89,9 +110,11 @@ async def _map_user(conn: Any, app: AppRecord, claims: Claims) -> tuple[dict[str
         row = await users.insert_user(conn, email=None, name=claims.name or DEFAULT_NAME, role=claims.role,
                                       password_hash=None)
         assert row is not None  # no email: nothing to conflict with
-        await identities.insert(conn, app_id=app.id, subject=claims.sub, user_id=row["id"], email=claims.email,
+        await identities.insert(conn, app_id=app.id, subject=claims.sub, user_id=row.id, email=claims.email,
                                 avatar_url=claims.avatar_url, courses=list(claims.courses or ()))
         return row, True
+    if await app_users.deactivated_at(conn, known.user_id) is not None:  # deactivated by the platform API
+        raise IdentityRefused("deactivated user", "This account is deactivated.", app.id)
     name = claims.name or known.name
     email = claims.email if claims.email is not None else known.email
     avatar = claims.avatar_url if claims.avatar_url is not None else known.avatar_url

@@ -58,6 +58,8 @@ class Claims:
     email: str | None
     avatar_url: str | None
     courses: tuple[str, ...] | None
+    # The guest session the platform says this user had (carry-over, handlers/identity/carryover.py).
+    guest_token: str | None = None
 
 
 def peek(token: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -145,6 +147,7 @@ def _claims(app: AppRecord, payload: dict[str, Any], settings: IdentitySettings)
         email=_email(app, payload),
         avatar_url=_avatar(app, payload),
         courses=_courses(app, payload),
+        guest_token=_text(app, payload, "guest_token", 200),
     )
 
 

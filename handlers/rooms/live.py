@@ -33,6 +33,7 @@ from handlers.events import conversation_room
 from handlers.rooms import sessions
 from storage import audit, connections, messages, rooms, users
 from storage.availability import DatabaseUnavailable
+from storage.records import ConversationAccess, LiveSession, RoomAccess
 
 log = logging.getLogger(__name__)
 
@@ -47,42 +48,42 @@ class RoomPolicy:
     room is live and the sender is not muted. The host and admins may always read, and
     write while live. Messages go to the sockets in the room, not to stored members."""
 
-    async def _state(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> dict[str, Any]:
+    async def _state(self, core: Core, conn: asyncpg.Connection | None, conv: ConversationAccess, actor: Actor) -> RoomAccess:
         async with core.db.connection() if conn is None else nullcontext(conn) as c:
-            state = await rooms.session_for_conversation(c, conv["id"], actor.user_id)
+            state = await rooms.session_for_conversation(c, conv.id, actor.user_id)
         if state is None:
             raise ApiError("not_found", "No such conversation.")
         return state
 
-    async def check_read(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None:
+    async def check_read(self, core: Core, conn: asyncpg.Connection | None, conv: ConversationAccess, actor: Actor) -> None:
         state = await self._state(core, conn, conv, actor)
         if sessions.may_moderate(actor, state):
             return
-        if state["banned"]:
+        if state.banned:
             raise ApiError("forbidden", "You are banned from this room.")
-        if not state["present"]:
+        if not state.present:
             raise ApiError("forbidden", "Join the room to read its chat.")
 
-    async def check_send(self, core: Core, conn: asyncpg.Connection | None, conv: dict[str, Any], actor: Actor) -> None:
+    async def check_send(self, core: Core, conn: asyncpg.Connection | None, conv: ConversationAccess, actor: Actor) -> None:
         state = await self._state(core, conn, conv, actor)
-        if state["status"] != "live":
-            raise ApiError("not_live", f"The room is {state['status']}.")
+        if state.status != "live":
+            raise ApiError("not_live", f"The room is {state.status}.")
         if sessions.may_moderate(actor, state):
             return
-        if state["banned"]:
+        if state.banned:
             raise ApiError("forbidden", "You are banned from this room.")
-        if not state["present"]:
+        if not state.present:
             raise ApiError("forbidden", "Join the room to chat.")
-        if state["muted"]:
+        if state.muted:
             raise ApiError("forbidden", "You are muted in this room.")
 
-    def fans_out_to_members(self, conv: dict[str, Any]) -> bool:
+    def fans_out_to_members(self, conv: ConversationAccess) -> bool:
         return False
 
 
-async def _announce(core: Core, session: dict[str, Any], user: dict[str, Any], action: str) -> None:
+async def _announce(core: Core, session: LiveSession, user: dict[str, Any], action: str) -> None:
     await core.events.to_rooms(
-        sessions.audience(session), "room:participant", {"live_session_id": session["id"], "user": user, "action": action}
+        sessions.audience(session), "room:participant", {"live_session_id": session.id, "user": user, "action": action}
     )
 
 
@@ -92,34 +93,34 @@ async def join(core: Core, actor: Actor, session_id: UUID) -> dict[str, Any]:
         locked = await rooms.lock_session(conn, session_id)
         if locked is None:
             raise ApiError("not_found", "No such live session.")
-        if locked["status"] != "live":
-            raise ApiError("not_live", f"The room is {locked['status']}.")
+        if locked.status != "live":
+            raise ApiError("not_live", f"The room is {locked.status}.")
         place = await rooms.get_participant(conn, session_id, actor.user_id)
-        if place is not None and place["banned"]:
+        if place is not None and place.banned:
             raise ApiError("forbidden", "You are banned from this room.")
-        arrived = place is None or place["left_at"] is not None
+        arrived = place is None or place.left_at is not None
         if arrived:
-            if actor.user_id != locked["host_id"]:
-                taken = await rooms.count_present(conn, session_id, locked["host_id"])
-                if taken >= locked["max_participants"]:
+            if actor.user_id != locked.host_id:
+                taken = await rooms.count_present(conn, session_id, locked.host_id)
+                if taken >= locked.max_participants:
                     raise ApiError("room_full", "The room is full.")
             await rooms.enter(conn, session_id, actor.user_id)
         else:
             await rooms.mark_back(conn, session_id, actor.user_id)
     # Enter the chat before reading recent messages: anything committed after the read is
     # fanned out after it, to sockets that are already in the room. No gap.
-    await core.events.join_user_sockets(actor.user_id, conversation_room(locked["conversation_id"]))
+    await core.events.join_user_sockets(actor.user_id, conversation_room(locked.conversation_id))
     async with core.db.connection() as conn:
         row = await rooms.get_session(conn, session_id)
         present = await rooms.participants(conn, session_id)
-        recent = await messages.recent(conn, locked["conversation_id"], RECENT_MESSAGES)
+        recent = await messages.recent(conn, locked.conversation_id, RECENT_MESSAGES)
     assert row is not None
     if arrived:
         me = next((p for p in present if p["id"] == actor.user_id), None)
         if me is not None:
             await _announce(core, row, me, "joined")
         sessions.schedule_update(core, session_id)
-    return {"live_session": sessions.session_out(row), "participants": present, "messages": recent}
+    return {"live_session": row.to_wire(), "participants": present, "messages": recent}
 
 
 async def _seat_freed(core: Core, session_id: UUID, user_id: UUID, action: str, *, remove_sockets: bool) -> None:
@@ -131,7 +132,7 @@ async def _seat_freed(core: Core, session_id: UUID, user_id: UUID, action: str, 
         return
     await _announce(core, row, user, action)
     if remove_sockets:
-        await core.events.leave_user_sockets(user_id, conversation_room(row["conversation_id"]))
+        await core.events.leave_user_sockets(user_id, conversation_room(row.conversation_id))
     sessions.schedule_update(core, session_id)
 
 
@@ -146,8 +147,8 @@ async def leave(core: Core, actor: Actor, session_id: UUID) -> dict[str, Any]:
 
 async def hand(core: Core, actor: Actor, session_id: UUID, raised: bool) -> dict[str, Any]:
     session = await sessions.load(core, session_id)
-    if session["status"] != "live":
-        raise ApiError("not_live", f"The room is {session['status']}.")
+    if session.status != "live":
+        raise ApiError("not_live", f"The room is {session.status}.")
     async with core.db.transaction() as conn:
         changed = await rooms.set_flag(conn, session_id, actor.user_id, "hand_raised", raised, present_only=True)
         user = await rooms.participant_out(conn, session_id, actor.user_id)
@@ -166,9 +167,9 @@ async def moderate(core: Core, actor: Actor, session_id: UUID, user_id: UUID, ac
             raise ApiError("not_found", "No such live session.")
         if not sessions.may_moderate(actor, locked):
             raise ApiError("forbidden", "Only the host or an admin may moderate this room.")
-        if locked["status"] != "live":
-            raise ApiError("not_live", f"The room is {locked['status']}.")
-        if user_id == locked["host_id"] or user_id == actor.user_id:
+        if locked.status != "live":
+            raise ApiError("not_live", f"The room is {locked.status}.")
+        if user_id == locked.host_id or user_id == actor.user_id:
             raise ApiError("forbidden", "Neither the host nor yourself can be moderated.")
         changed: bool | None
         if action in ("mute", "unmute"):
@@ -223,15 +224,15 @@ async def socket_disconnected(core: Core, actor: Actor) -> None:
         if await connections.count_for_user(conn, actor.user_id) > 0:
             return
         present, hosting = await rooms.mark_user_away(conn, actor.user_id)
-    s = core.settings
+    s = core.settings.rooms
     if core.closing:
         # Shutting down: start no grace timers here; the sweepers of the instances still
         # running free those seats.
         return
     if present:
-        core.spawn(_after(core, s.room_leave_grace_seconds, expire_seats, actor.user_id), name=f"room-leave:{actor.user_id}")
+        core.spawn(_after(core, s.leave_grace_seconds, expire_seats, actor.user_id), name=f"room-leave:{actor.user_id}")
     if hosting:
-        core.spawn(_after(core, s.room_host_grace_seconds, end_abandoned, actor.user_id), name=f"room-host:{actor.user_id}")
+        core.spawn(_after(core, s.host_grace_seconds, end_abandoned, actor.user_id), name=f"room-host:{actor.user_id}")
 
 
 async def _after(core: Core, delay: float, action: Any, user_id: UUID) -> None:
@@ -249,7 +250,7 @@ async def _after(core: Core, delay: float, action: Any, user_id: UUID) -> None:
 async def expire_seats(core: Core, user_id: UUID | None = None) -> None:
     """Free the seats of users away past the grace (one user, or everyone for the sweeper)."""
     async with registry.settled(core) as conn:
-        freed = await rooms.expire_away(conn, core.settings.room_leave_grace_seconds, user_id)
+        freed = await rooms.expire_away(conn, core.settings.rooms.leave_grace_seconds, user_id)
     for session_id, uid in freed:
         await _seat_freed(core, session_id, uid, "left", remove_sockets=False)
 
@@ -257,7 +258,7 @@ async def expire_seats(core: Core, user_id: UUID | None = None) -> None:
 async def end_abandoned(core: Core, host_id: UUID | None = None) -> None:
     """End live rooms whose host has been gone past the host grace."""
     async with registry.settled(core) as conn:
-        due = await rooms.hosts_gone(conn, core.settings.room_host_grace_seconds, host_id)
+        due = await rooms.hosts_gone(conn, core.settings.rooms.host_grace_seconds, host_id)
     for session_id in due:
         try:
             await sessions.change_status(core, None, session_id, "end")
@@ -267,7 +268,7 @@ async def end_abandoned(core: Core, host_id: UUID | None = None) -> None:
 
 
 def sweep_interval(core: Core) -> float:
-    return max(1.0, min(10.0, core.settings.room_leave_grace_seconds))
+    return max(1.0, min(10.0, core.settings.rooms.leave_grace_seconds))
 
 
 async def sweep(core: Core) -> None:

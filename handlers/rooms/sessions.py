@@ -16,15 +16,16 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from handlers.core import Actor, Core
+from handlers.core import Actor, Core, RoomSockets
 from handlers.errors import ApiError
 from handlers.events import conversation_room, user_room
 from handlers.webhooks.outbox import conversation_data
 from handlers.webhooks.outbox import emit as emit_webhook
 from storage import audit, conversations, rooms, users
+from storage.records import LiveSession, Role, RoomAccess, SessionLock
 
 STATUSES = ("scheduled", "live", "ended", "cancelled")
-CREATOR_ROLES = ("mentor", "admin")
+CREATOR_ROLES = (Role.MENTOR, Role.ADMIN)
 # room:updated is coalesced per room on each instance: a burst of joins sends one update
 # with the final count instead of one per join to every participant.
 UPDATE_COALESCE_SECONDS = 0.1
@@ -42,29 +43,23 @@ class RoomService:
     pending_updates: dict[UUID, asyncio.Task[Any]] = field(default_factory=dict)
 
 
-def service(core: Core) -> RoomService:
-    return core.services["rooms"]
+def service(core: Core) -> RoomSockets:
+    """The app's room state (`core.rooms`, a RoomService built by server/assembly.py)."""
+    if core.rooms is None:
+        raise RuntimeError("this Core was built without rooms (a command-line tool)")
+    return core.rooms
 
 
-def session_out(row: dict[str, Any]) -> dict[str, Any]:
-    """The protocol's live_session object (plus `host` and `created_at`)."""
-    keys = (
-        "id", "title", "host_id", "status", "type", "scheduled_start_time", "started_at", "ended_at",
-        "max_participants", "current_participants", "conversation_id", "is_featured", "host", "created_at",
-    )
-    return {k: row[k] for k in keys}
-
-
-def audience(session: dict[str, Any]) -> list[str]:
+def audience(session: LiveSession) -> list[str]:
     """Who hears about a room: its joined sockets and the host's sockets."""
-    return [conversation_room(session["conversation_id"]), user_room(session["host_id"])]
+    return [conversation_room(session.conversation_id), user_room(session.host_id)]
 
 
-def may_moderate(actor: Actor, session: dict[str, Any]) -> bool:
-    return actor.user_id == session["host_id"] or actor.role == "admin"
+def may_moderate(actor: Actor, session: LiveSession | SessionLock | RoomAccess) -> bool:
+    return actor.user_id == session.host_id or actor.role == Role.ADMIN
 
 
-async def load(core: Core, session_id: UUID) -> dict[str, Any]:
+async def load(core: Core, session_id: UUID) -> LiveSession:
     async with core.db.connection() as conn:
         row = await rooms.get_session(conn, session_id)
     if row is None:
@@ -98,13 +93,13 @@ async def create(
         await rooms.insert_session(
             conn, session_id=session_id, title=title, host_id=actor.user_id, type=type,
             scheduled_start_time=scheduled_start_time, max_participants=max_participants,
-            is_featured=is_featured, conversation_id=conv["id"],
+            is_featured=is_featured, conversation_id=conv.id,
         )
         await audit.record(conn, "live_session.create", actor_id=actor.user_id, target_type="live_session", target_id=session_id)
         await emit_webhook(core, conn, "conversation.created", conversation_data(conv, []))
         row = await rooms.get_session(conn, session_id)
     assert row is not None
-    return {"live_session": session_out(row)}
+    return {"live_session": row.to_wire()}
 
 
 async def list_sessions(core: Core, actor: Actor, *, status: str | None, host_id: UUID | None, limit: int) -> dict[str, Any]:
@@ -112,11 +107,11 @@ async def list_sessions(core: Core, actor: Actor, *, status: str | None, host_id
         raise ApiError("bad_request", f"status must be one of {', '.join(STATUSES)}.")
     async with core.db.connection() as conn:
         rows = await rooms.list_sessions(conn, status=status, host_id=host_id, limit=limit)
-    return {"live_sessions": [session_out(r) for r in rows]}
+    return {"live_sessions": [r.to_wire() for r in rows]}
 
 
 async def get(core: Core, actor: Actor, session_id: UUID) -> dict[str, Any]:
-    return {"live_session": session_out(await load(core, session_id))}
+    return {"live_session": (await load(core, session_id)).to_wire()}
 
 
 async def change_status(core: Core, actor: Actor | None, session_id: UUID, action: str) -> dict[str, Any]:
@@ -128,29 +123,29 @@ async def change_status(core: Core, actor: Actor | None, session_id: UUID, actio
             raise ApiError("not_found", "No such live session.")
         if actor is not None and not may_moderate(actor, locked):
             raise ApiError("forbidden", "Only the host or an admin may do this.")
-        if locked["status"] != from_status:
-            raise ApiError("conflict", f"Cannot {action} a session that is {locked['status']}.")
+        if locked.status != from_status:
+            raise ApiError("conflict", f"Cannot {action} a session that is {locked.status}.")
         await rooms.transition(conn, session_id, from_status, to_status)
         if to_status in ("ended", "cancelled"):
             await rooms.leave_everyone(conn, session_id)
-            await conversations.set_status(conn, locked["conversation_id"], "closed")
+            await conversations.set_status(conn, locked.conversation_id, "closed")
         await audit.record(
             conn, f"live_session.{action}", actor_id=actor.user_id if actor else None,
             target_type="live_session", target_id=session_id, details={} if actor else {"by": "server"},
         )
         row = await rooms.get_session(conn, session_id)
-        followers = await rooms.followers_to_notify(conn, locked["host_id"]) if to_status == "live" else []
+        followers = await rooms.followers_to_notify(conn, locked.host_id) if to_status == "live" else []
         if row is not None and to_status in ("live", "ended"):
             event = "live_session.started" if to_status == "live" else "live_session.ended"
-            await emit_webhook(core, conn, event, {"live_session": session_out(row)})
+            await emit_webhook(core, conn, event, {"live_session": row.to_wire()})
     assert row is not None
-    out = session_out(row)
+    out = row.to_wire()
     if to_status == "live" and followers:
         await core.events.to_users(followers, "live:started", {"live_session": out})
     if to_status == "ended":
         await core.events.to_rooms(audience(row), "room:updated", {"live_session": out})
         await core.events.to_rooms(audience(row), "room:ended", {"live_session_id": session_id})
-        await service(core).close_socket_room(conversation_room(row["conversation_id"]))
+        await service(core).close_socket_room(conversation_room(row.conversation_id))
     return {"live_session": out}
 
 
@@ -172,7 +167,7 @@ async def _send_update(core: Core, session_id: UUID) -> None:
     async with core.db.connection() as conn:
         row = await rooms.get_session(conn, session_id)
     if row is not None:
-        await core.events.to_rooms(audience(row), "room:updated", {"live_session": session_out(row)})
+        await core.events.to_rooms(audience(row), "room:updated", {"live_session": row.to_wire()})
 
 
 # --- favorites ----------------------------------------------------------------------
@@ -181,7 +176,7 @@ async def _send_update(core: Core, session_id: UUID) -> None:
 # see anyway: people in these roles (the school's mentors and support staff, whose rooms
 # and replies everyone meets), hosts of live sessions (every signed-in user can list them),
 # and people who share a conversation with the actor (`storage.users.visible_user`).
-PUBLIC_ROLES = ("mentor", "agent", "admin")
+PUBLIC_ROLES = (Role.MENTOR, Role.AGENT, Role.ADMIN)
 
 async def favorite(core: Core, actor: Actor, *, user_id: UUID, notify_when_online: bool) -> dict[str, Any]:
     if user_id == actor.user_id:
@@ -191,7 +186,7 @@ async def favorite(core: Core, actor: Actor, *, user_id: UUID, notify_when_onlin
         if target is None:  # no such user, or one the actor may not see: one answer
             raise ApiError("not_found", "No such user.")
         row = await rooms.upsert_favorite(conn, actor.user_id, user_id, notify_when_online)
-    return {"favorite": _favorite_out(row, target)}
+    return {"favorite": _favorite_out(row, target.public())}
 
 
 async def unfavorite(core: Core, actor: Actor, *, user_id: UUID) -> None:

@@ -12,11 +12,12 @@ from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.events import STAFF_ROOM
 from handlers.threads import describe
-from handlers.tickets.service import announce_agent_joined, seat_agent, ticket_out
+from handlers.tickets.seating import announce_agent_joined, seat_agent
 from handlers.webhooks.outbox import emit as emit_webhook
 from storage import audit, connections, messages, users
 from storage import tickets as store
 from storage.availability import DatabaseUnavailable
+from storage.records import Role, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ async def list_queue(core: Core, actor: Actor, *, status: str | None, assigned: 
             raise ApiError("bad_request", "assigned must be 'me', 'none' or a user id.") from None
     async with core.db.connection() as conn:
         rows = await store.list_tickets(conn, statuses=statuses, assigned_to=assigned_to, unassigned=unassigned, limit=limit)
-    return {"tickets": [ticket_out(r) for r in rows]}
+    return {"tickets": [r.to_wire() for r in rows]}
 
 
 async def detail(core: Core, ticket_id: UUID) -> dict[str, Any]:
@@ -67,19 +68,19 @@ async def detail(core: Core, ticket_id: UUID) -> dict[str, Any]:
         row = await store.get(conn, ticket_id)
         if row is None:
             raise ApiError("not_found", "No such ticket.")
-        cid = row["conversation_id"]
+        cid = row.conversation_id
         transcript, has_more = await messages.history(conn, cid, before_seq=None, limit=TRANSCRIPT_LIMIT)
         notes = await store.list_notes(conn, [ticket_id])
         decisions = await store.tutor_decisions(conn, cid)
         related = await store.list_for_conversation(conn, cid)
     return {
-        "ticket": ticket_out(row),
+        "ticket": row.to_wire(),
         "messages": transcript,
         "messages_complete": not has_more,
         "notes": notes,
         "decisions": decisions,
         "conversation": await describe(core, cid),
-        "related_tickets": [ticket_out(r) for r in related if r["id"] != ticket_id],
+        "related_tickets": [r.to_wire() for r in related if r.id != ticket_id],
     }
 
 
@@ -95,21 +96,21 @@ async def priorities(core: Core) -> dict[str, Any]:
     }
 
 
-async def check_sla(core: Core) -> list[dict[str, Any]]:
+async def check_sla(core: Core) -> list[Ticket]:
     """Flag breached tickets once (one instance sweeps at a time) and tell the staff."""
     async with core.db.transaction() as conn:
         rows = await store.mark_sla_breaches(conn)
         for r in rows or []:
-            await audit.record(conn, "ticket.sla_breached", target_type="ticket", target_id=r["id"],
-                               details={"number": r["number"], "sla_due_at": r["sla_due_at"].isoformat()})
-        await emit_webhook(core, conn, "ticket.sla_breached", *({"ticket": ticket_out(r)} for r in rows or []))
-    tickets = [ticket_out(r) for r in rows or []]
+            await audit.record(conn, "ticket.sla_breached", target_type="ticket", target_id=r.id,
+                               details={"number": r.number, "sla_due_at": r.sla_due_at.isoformat()})
+        await emit_webhook(core, conn, "ticket.sla_breached", *({"ticket": r.to_wire()} for r in rows or []))
+    tickets = rows or []
     for ticket in tickets:
-        await core.events.to_rooms([STAFF_ROOM], "ticket:updated", {"ticket": ticket})
+        await core.events.to_rooms([STAFF_ROOM], "ticket:updated", {"ticket": ticket.to_wire()})
     return tickets
 
 
-async def auto_assign(core: Core, ticket_ids: list[UUID]) -> list[dict[str, Any]]:
+async def auto_assign(core: Core, ticket_ids: list[UUID]) -> list[Ticket]:
     """Give open tickets to online agents, round-robin (least recently assigned first), each
     under `ticket_agent_limit` assigned tickets. Returns the tickets it assigned.
 
@@ -117,11 +118,11 @@ async def auto_assign(core: Core, ticket_ids: list[UUID]) -> list[dict[str, Any]
     once cannot both take an agent's last free slot; the conditional claim means a ticket
     an agent claimed by hand meanwhile is left alone.
     """
-    done: list[tuple[dict[str, Any], UUID]] = []
+    done: list[tuple[Ticket, UUID]] = []
     async with core.db.transaction() as conn:
         await store.lock_assignment(conn)
         for ticket_id in ticket_ids:
-            candidates = await store.agents_under_limit(conn, core.settings.ticket_agent_limit)
+            candidates = await store.agents_under_limit(conn, core.settings.tickets.agent_limit)
             online = await connections.online_users(conn, candidates) if candidates else set()
             agent_id = next((a for a in candidates if a in online), None)
             if agent_id is None:
@@ -129,22 +130,21 @@ async def auto_assign(core: Core, ticket_ids: list[UUID]) -> list[dict[str, Any]
             row = await store.claim(conn, ticket_id, agent_id)
             if row is None:
                 continue
-            await seat_agent(conn, row["conversation_id"], agent_id)
+            await seat_agent(conn, row.conversation_id, agent_id)
             await audit.record(conn, "ticket.auto_assigned", target_type="ticket", target_id=ticket_id,
-                               details={"number": row["number"], "agent_id": str(agent_id)})
-            await emit_webhook(core, conn, "ticket.claimed", {"ticket": ticket_out(row), "agent_id": agent_id,
+                               details={"number": row.number, "agent_id": str(agent_id)})
+            await emit_webhook(core, conn, "ticket.claimed", {"ticket": row.to_wire(), "agent_id": agent_id,
                                                               "auto_assigned": True})
             done.append((row, agent_id))
-        names = {u["id"]: u["name"] for u in await users.get_users(conn, [a for _, a in done])} if done else {}
+        names = {u.id: u.name for u in await users.get_users(conn, [a for _, a in done])} if done else {}
     out = []
-    for row, agent_id in done:
-        ticket = ticket_out(row)
+    for ticket, agent_id in done:
         await announce_agent_joined(core, ticket, agent_id, names.get(agent_id, "An agent"), event="assigned")
         out.append(ticket)
     return out
 
 
-async def assign_waiting(core: Core) -> list[dict[str, Any]]:
+async def assign_waiting(core: Core) -> list[Ticket]:
     """Auto-assign tickets still waiting (no agent was free or online when they came in)."""
     async with core.db.connection() as conn:
         waiting = await store.open_unassigned(conn, SWEEP_BATCH)
@@ -153,7 +153,7 @@ async def assign_waiting(core: Core) -> list[dict[str, Any]]:
 
 async def agent_connected(core: Core, actor: Actor) -> None:
     """Gateway hook: an agent coming online may take waiting tickets (auto-assignment only)."""
-    if core.settings.ticket_auto_assign and actor.role == "agent":
+    if core.settings.tickets.auto_assign and actor.role == Role.AGENT:
         core.spawn(_safely(assign_waiting(core)), name="ticket-assign-waiting")
 
 
@@ -162,10 +162,10 @@ async def watch(core: Core) -> None:
 
     async def one_pass() -> None:
         await check_sla(core)
-        if core.settings.ticket_auto_assign:
+        if core.settings.tickets.auto_assign:
             await assign_waiting(core)
 
-    await repeat(one_pass, every=max(core.settings.sla_check_seconds, MIN_WATCH_SECONDS), what="ticket watch")
+    await repeat(one_pass, every=max(core.settings.tickets.sla_check_seconds, MIN_WATCH_SECONDS), what="ticket watch")
 
 
 async def _safely(coro: Any) -> None:

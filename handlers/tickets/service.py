@@ -21,13 +21,14 @@ import asyncpg
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.events import STAFF_ROOM
-from handlers.pipeline import commit_message
 from handlers.threads import announce_conversation
-from handlers.tutor.limits import gate_of
+from handlers.tickets.queue import auto_assign
+from handlers.tickets.seating import announce_agent_joined, seat_agent, system_message, unseat_agent
 from handlers.webhooks.outbox import emit as emit_webhook
 from rag.decide import HUMAN, NO_MATERIAL, NO_MATERIAL_AGAIN, SAFETY, safety_concern
 from storage import audit, conversations, messages, users
 from storage import tickets as store
+from storage.records import STAFF_ROLES, ConversationMembership, Message, Role, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +40,6 @@ PRIORITIES = ("low", "normal", "high", "urgent")
 REOPEN_REASON = "reopened_after_close"
 MAX_REASON_CHARS = 500
 SUBJECT_CHARS = 120
-
-TICKET_FIELDS = (
-    "id", "number", "conversation_id", "user_id", "subject", "category", "priority", "status",
-    "assigned_to", "escalation_reason", "sla_due_at", "sla_breached", "created_at", "resolved_at",
-    # additions to the protocol's ticket object
-    "escalated_by", "escalation_source", "parent_ticket_id", "resolution", "handback", "resolved_by",
-    "assigned_at", "closed_at", "updated_at",
-)
-
-
-def ticket_out(row: dict[str, Any]) -> dict[str, Any]:
-    """The protocol's ticket object (plus documented extra fields)."""
-    return {k: row.get(k) for k in TICKET_FIELDS}
-
 
 def priority_for(reason: str, *, urgent: bool, category: str | None, source: str) -> str:
     """Safety signals are urgent; an explicit request for a person is high; the rest normal."""
@@ -77,23 +64,24 @@ def category_for(reason: str, *, category: str | None, priority: str, source: st
     return "other"
 
 
-def _subject(recent: list[dict[str, Any]], title: str | None, fallback: str) -> str:
+def _subject(recent: list[Message], title: str | None, fallback: str) -> str:
     for msg in reversed(recent):
-        if msg["role"] == "user" and not msg["deleted"] and msg["content"].strip():
-            line = " ".join(msg["content"].split())
+        if msg.role == "user" and not msg.deleted and msg.content.strip():
+            line = " ".join(msg.content.split())
             return line if len(line) <= SUBJECT_CHARS else line[: SUBJECT_CHARS - 1] + "…"
     return title or fallback
 
 
-def _escalated_text(ticket: dict[str, Any]) -> str:
-    text = f"A member of our support team will join this conversation shortly (ticket {ticket['number']})."
-    if ticket["priority"] == "urgent":
+def _escalated_text(ticket: Ticket) -> str:
+    text = f"A member of our support team will join this conversation shortly (ticket {ticket.number})."
+    if ticket.priority == "urgent":
         text += " If you are in danger right now, please contact your local emergency services."
     return text
 
 
 class TicketService:
-    """Installed as `core.services["tickets"]`; the tutor calls `escalate`."""
+    """`core.tickets` (the `Escalations` port): the tutor calls `admit` and `escalate`;
+    the agents' events call the rest (server/tickets.py)."""
 
     async def escalate(
         self,
@@ -130,7 +118,7 @@ class TicketService:
         for a guest, the deployment-wide guest cap); `rate_limited` when over. Staff
         escalations and conversations that already have an active ticket are not counted."""
         source = SOURCE_ALIASES.get(source, source)
-        gate = gate_of(core.services)
+        gate = core.tutor_limits
         if gate is None or source == "staff":
             return
         async with core.db.connection() as conn:
@@ -165,38 +153,38 @@ class TicketService:
                 conv = await conversations.get(conn, conversation_id, for_update=True)
                 if conv is None:
                     raise ApiError("not_found", "No such conversation.")
-                if conv["kind"] != "tutor":
+                if conv.kind != "tutor":
                     raise ApiError("bad_request", "Only tutor conversations can be escalated.")
                 existing = await store.active_for_conversation(conn, conversation_id)
                 if existing is not None:
-                    return ticket_out(existing)
+                    return existing.to_wire()
                 previous = await store.latest_for_conversation(conn, conversation_id)
                 recent = await messages.recent(conn, conversation_id, 20)
                 prio = priority or priority_for(reason, urgent=urgent, category=category, source=source)
                 row = await store.insert(
                     conn,
                     conversation_id=conversation_id,
-                    user_id=conv["created_by"],
-                    subject=_subject(recent, conv["title"], "Help requested"),
+                    user_id=conv.created_by,
+                    subject=_subject(recent, conv.title, "Help requested"),
                     category=category_for(reason, category=category, priority=prio, source=source),
                     priority=prio,
                     escalation_reason=reason,
                     escalated_by=escalated_by_id,
                     escalation_source=source,
-                    parent_ticket_id=previous["id"] if previous else None,
+                    parent_ticket_id=previous.id if previous else None,
                 )
                 await conversations.set_mode(conn, conversation_id, "waiting")
-                if conv["status"] == "closed":
+                if conv.status == "closed":
                     await conversations.set_status(conn, conversation_id, "open")
                 await audit.record(
-                    conn, "ticket.escalated", actor_id=escalated_by_id, target_type="ticket", target_id=row["id"],
-                    details={"number": row["number"], "conversation_id": str(conversation_id), "reason": reason,
+                    conn, "ticket.escalated", actor_id=escalated_by_id, target_type="ticket", target_id=row.id,
+                    details={"number": row.number, "conversation_id": str(conversation_id), "reason": reason,
                              "source": source, "priority": prio,
-                             "parent_ticket_id": str(row["parent_ticket_id"]) if row["parent_ticket_id"] else None},
+                             "parent_ticket_id": str(row.parent_ticket_id) if row.parent_ticket_id else None},
                 )
-                await emit_webhook(core, conn, "ticket.created", {"ticket": ticket_out(row)})
+                await emit_webhook(core, conn, "ticket.created", {"ticket": row.to_wire()})
                 await emit_webhook(core, conn, "tutor.escalated", {
-                    "conversation_id": conversation_id, "ticket_id": row["id"], "reason": reason, "source": source,
+                    "conversation_id": conversation_id, "ticket_id": row.id, "reason": reason, "source": source,
                     "escalated_by": escalated_by_id, "priority": prio})
         except asyncpg.UniqueViolationError:
             # Only reachable if a conversation row lock was bypassed; the index still holds.
@@ -204,40 +192,38 @@ class TicketService:
                 existing = await store.active_for_conversation(conn, conversation_id)
             if existing is None:
                 raise
-            return ticket_out(existing)
+            return existing.to_wire()
 
-        ticket = ticket_out(row)
+        ticket = row
         await _cancel_ai(core, conversation_id)
-        await _system_message(core, ticket, _escalated_text(ticket), "escalated")
+        await system_message(core, ticket, _escalated_text(ticket), "escalated")
         await announce_conversation(core, conversation_id)
-        await core.events.to_rooms([STAFF_ROOM], "ticket:new", {"ticket": ticket})
-        if core.settings.ticket_auto_assign:
-            from handlers.tickets.queue import auto_assign
-
-            assigned = await auto_assign(core, [ticket["id"]])
+        await core.events.to_rooms([STAFF_ROOM], "ticket:new", {"ticket": ticket.to_wire()})
+        if core.settings.tickets.auto_assign:
+            assigned = await auto_assign(core, [ticket.id])
             if assigned:
                 ticket = assigned[0]
             else:
                 # The watcher's sweep may have assigned it in between: answer with what is stored.
                 async with core.db.connection() as conn:
-                    current = await store.get(conn, ticket["id"])
+                    current = await store.get(conn, ticket.id)
                 if current is not None:
-                    ticket = ticket_out(current)
-        return ticket
+                    ticket = current
+        return ticket.to_wire()
 
-    async def reopen_after_close(self, core: Core, conv: dict[str, Any], message: dict[str, Any]) -> None:
+    async def reopen_after_close(self, core: Core, conv: ConversationMembership, message: Message) -> None:
         """Pipeline hook: a user writing in a closed tutor conversation opens one new ticket,
         linked to the last. Only user messages count, so the system notices it writes cannot
         loop; concurrent messages meet the conversation row lock and find the new ticket."""
-        if conv["kind"] != "tutor" or conv["status"] != "closed" or message["role"] != "user":
+        if conv.kind != "tutor" or conv.status != "closed" or message.role != "user":
             return
-        core.spawn(self._reopen(core, conv["id"], message), name=f"ticket-reopen:{conv['id']}")
+        core.spawn(self._reopen(core, conv.id, message), name=f"ticket-reopen:{conv.id}")
 
-    async def _reopen(self, core: Core, conversation_id: UUID, message: dict[str, Any]) -> None:
+    async def _reopen(self, core: Core, conversation_id: UUID, message: Message) -> None:
         try:
             await self._escalate(
-                core, conversation_id=conversation_id, reason=REOPEN_REASON, escalated_by_id=message["sender_id"],
-                source="reopen", urgent=safety_concern(message["content"]),
+                core, conversation_id=conversation_id, reason=REOPEN_REASON, escalated_by_id=message.sender_id,
+                source="reopen", urgent=safety_concern(message.content),
             )
         except ApiError as err:
             if err.code != "rate_limited":
@@ -258,19 +244,18 @@ class TicketService:
                 current = await store.get(conn, ticket_id)
                 if current is None:
                     raise ApiError("not_found", "No such ticket.")
-                if current["status"] == "assigned" and current["assigned_to"] == actor.user_id:
-                    return {"ticket": ticket_out(current)}
-                if current["status"] in ("resolved", "closed"):
-                    raise ApiError("conflict", f"Ticket {current['number']} is already {current['status']}.")
-                raise ApiError("conflict", f"Ticket {current['number']} is already taken by another agent.")
-            await seat_agent(conn, row["conversation_id"], actor.user_id)
+                if current.status == "assigned" and current.assigned_to == actor.user_id:
+                    return {"ticket": current.to_wire()}
+                if current.status in ("resolved", "closed"):
+                    raise ApiError("conflict", f"Ticket {current.number} is already {current.status}.")
+                raise ApiError("conflict", f"Ticket {current.number} is already taken by another agent.")
+            await seat_agent(conn, row.conversation_id, actor.user_id)
             await audit.record(conn, "ticket.claimed", actor_id=actor.user_id, target_type="ticket", target_id=ticket_id,
-                               details={"number": row["number"], "conversation_id": str(row["conversation_id"])})
-            await emit_webhook(core, conn, "ticket.claimed", {"ticket": ticket_out(row), "agent_id": actor.user_id,
+                               details={"number": row.number, "conversation_id": str(row.conversation_id)})
+            await emit_webhook(core, conn, "ticket.claimed", {"ticket": row.to_wire(), "agent_id": actor.user_id,
                                                               "auto_assigned": False})
-        ticket = ticket_out(row)
-        await announce_agent_joined(core, ticket, actor.user_id, actor.name, event="claimed")
-        return {"ticket": ticket}
+        await announce_agent_joined(core, row, actor.user_id, actor.name, event="claimed")
+        return {"ticket": row.to_wire()}
 
     async def add_note(self, core: Core, actor: Actor, ticket_id: UUID, content: str) -> dict[str, Any]:
         """Internal: stored apart from messages and sent only to the staff room."""
@@ -280,7 +265,7 @@ class TicketService:
                 raise ApiError("not_found", "No such ticket.")
             note = await store.insert_note(conn, ticket_id, actor.user_id, content)
             await audit.record(conn, "ticket.note_added", actor_id=actor.user_id, target_type="ticket", target_id=ticket_id,
-                               details={"number": row["number"], "note_id": str(note["id"]), "chars": len(content)})
+                               details={"number": row.number, "note_id": str(note["id"]), "chars": len(content)})
         await core.events.to_rooms([STAFF_ROOM], "ticket:note", {"ticket_id": ticket_id, "note": note})
         return {"note": note}
 
@@ -290,28 +275,27 @@ class TicketService:
             current = await store.get(conn, ticket_id, for_update=True)
             if current is None:
                 raise ApiError("not_found", "No such ticket.")
-            if current["status"] not in store.ACTIVE:
-                raise ApiError("conflict", f"Ticket {current['number']} is already {current['status']}.")
+            if current.status not in store.ACTIVE:
+                raise ApiError("conflict", f"Ticket {current.number} is already {current.status}.")
             _check_holder(current, actor, "transfer")
             target = await users.get_user(conn, agent_id)
-            if target is None or target["role"] not in ("agent", "admin"):
+            if target is None or target.role not in STAFF_ROLES:
                 raise ApiError("bad_request", "agent_id must be an agent or an admin.")
-            previous = current["assigned_to"]
+            previous = current.assigned_to
             if previous == agent_id:
-                return {"ticket": ticket_out(current)}
+                return {"ticket": current.to_wire()}
             row = await store.reassign(conn, ticket_id, agent_id)
             assert row is not None
             if previous is not None:
-                await unseat_agent(conn, row["conversation_id"], previous)
-            await seat_agent(conn, row["conversation_id"], agent_id)
+                await unseat_agent(conn, row.conversation_id, previous)
+            await seat_agent(conn, row.conversation_id, agent_id)
             await audit.record(conn, "ticket.transferred", actor_id=actor.user_id, target_type="ticket", target_id=ticket_id,
-                               details={"number": row["number"], "from": str(previous) if previous else None, "to": str(agent_id)})
-            await emit_webhook(core, conn, "ticket.transferred", {"ticket": ticket_out(row), "from_agent_id": previous,
+                               details={"number": row.number, "from": str(previous) if previous else None, "to": str(agent_id)})
+            await emit_webhook(core, conn, "ticket.transferred", {"ticket": row.to_wire(), "from_agent_id": previous,
                                                                   "to_agent_id": agent_id, "by": actor.user_id})
-        ticket = ticket_out(row)
-        await announce_agent_joined(core, ticket, agent_id, target["name"], event="transferred",
+        await announce_agent_joined(core, row, agent_id, target.name, event="transferred",
                                     left=[previous] if previous else [])
-        return {"ticket": ticket}
+        return {"ticket": row.to_wire()}
 
     async def resolve(self, core: Core, actor: Actor, ticket_id: UUID, *, resolution: str | None, handback: str) -> dict[str, Any]:
         """`handback: "ai"` → ticket `resolved`, mode `ai`; `"close"` → ticket and conversation `closed`.
@@ -323,31 +307,31 @@ class TicketService:
             current = await store.get(conn, ticket_id, for_update=True)
             if current is None:
                 raise ApiError("not_found", "No such ticket.")
-            if current["status"] not in store.ACTIVE:
-                raise ApiError("conflict", f"Ticket {current['number']} is already {current['status']}.")
+            if current.status not in store.ACTIVE:
+                raise ApiError("conflict", f"Ticket {current.number} is already {current.status}.")
             _check_holder(current, actor, "resolve")
             status = "resolved" if handback == "ai" else "closed"
             row = await store.finish(conn, ticket_id, status=status, resolution=resolution, handback=handback,
                                      resolved_by=actor.user_id)
             assert row is not None
-            cid = row["conversation_id"]
+            cid = row.conversation_id
             if handback == "ai":
                 await conversations.set_mode(conn, cid, "ai")
             else:
                 await conversations.set_status(conn, cid, "closed")
-            left = [current["assigned_to"]] if current["assigned_to"] else []
+            left = [current.assigned_to] if current.assigned_to else []
             for agent_id in left:
                 await unseat_agent(conn, cid, agent_id)
             await audit.record(conn, "ticket.resolved" if handback == "ai" else "ticket.closed", actor_id=actor.user_id,
                                target_type="ticket", target_id=ticket_id,
-                               details={"number": row["number"], "handback": handback, "resolution": resolution})
-            await emit_webhook(core, conn, "ticket.resolved", {"ticket": ticket_out(row), "handback": handback})
-        ticket = ticket_out(row)
+                               details={"number": row.number, "handback": handback, "resolution": resolution})
+            await emit_webhook(core, conn, "ticket.resolved", {"ticket": row.to_wire(), "handback": handback})
+        ticket = row.to_wire()
         if handback == "ai":
             text = "Our support team has finished helping here. The AI tutor is back to answer your questions."
         else:
             text = "Our support team closed this conversation. Write again at any time if you still need help."
-        await _system_message(core, ticket, text, "resolved" if handback == "ai" else "closed")
+        await system_message(core, row, text, "resolved" if handback == "ai" else "closed")
         conv = await announce_conversation(core, cid)
         if left:
             await core.events.to_users(left, "conversation:updated", {"conversation": conv})
@@ -355,57 +339,18 @@ class TicketService:
         return {"ticket": ticket}
 
 
-def _check_holder(ticket: dict[str, Any], actor: Actor, verb: str) -> None:
+def _check_holder(ticket: Ticket, actor: Actor, verb: str) -> None:
     """Only the assignee or an admin acts on an assigned ticket; any staff on an unassigned one."""
-    holder = ticket["assigned_to"]
-    if holder is not None and holder != actor.user_id and actor.role != "admin":
-        raise ApiError("forbidden", f"Only the assigned agent or an admin may {verb} ticket {ticket['number']}.")
-
-
-async def seat_agent(conn: asyncpg.Connection, conversation_id: UUID, agent_id: UUID) -> None:
-    """The agent joins (so fan-out reaches their sockets) and the AI stays silent (`human`)."""
-    await conversations.add_members(conn, conversation_id, [agent_id], member_role="agent")
-    await conversations.set_mode(conn, conversation_id, "human")
-
-
-async def unseat_agent(conn: asyncpg.Connection, conversation_id: UUID, agent_id: UUID) -> None:
-    """Remove an agent who joined for a ticket; never a member who was there in another role."""
-    membership = await conversations.get_with_membership(conn, conversation_id, agent_id)
-    if membership and membership["is_member"] and membership["member_role"] == "agent":
-        await conversations.remove_member(conn, conversation_id, agent_id)
-
-
-async def announce_agent_joined(
-    core: Core, ticket: dict[str, Any], agent_id: UUID, agent_name: str, *, event: str, left: list[UUID] | None = None
-) -> None:
-    """After commit: the user sees who joined; members (the agent included) get the new state."""
-    cid = ticket["conversation_id"]
-    await _system_message(core, ticket, f"{agent_name} from the support team joined the conversation.", event,
-                          agent={"id": agent_id, "name": agent_name})
-    conv = await announce_conversation(core, cid)
-    await core.events.to_users([agent_id], "conversation:new", {"conversation": conv})
-    if left:
-        await core.events.to_users(left, "conversation:updated", {"conversation": conv})
-    await core.events.to_rooms([STAFF_ROOM], "ticket:updated", {"ticket": ticket})
-
-
-async def _system_message(core: Core, ticket: dict[str, Any], content: str, event: str, **extra: Any) -> None:
-    try:
-        await commit_message(
-            core, ticket["conversation_id"], sender=None, role="system", content=content,
-            metadata={"ticket_id": ticket["id"], "ticket_number": ticket["number"], "event": event, **extra},
-        )
-    except Exception:
-        # The ticket change is committed; the notice is a courtesy, its loss must not undo it.
-        log.exception("ticket system message failed", extra={"ticket_id": str(ticket["id"])})
+    holder = ticket.assigned_to
+    if holder is not None and holder != actor.user_id and actor.role != Role.ADMIN:
+        raise ApiError("forbidden", f"Only the assigned agent or an admin may {verb} ticket {ticket.number}.")
 
 
 async def _cancel_ai(core: Core, conversation_id: UUID) -> None:
-    tutor = core.services.get("tutor")
-    cancel = getattr(tutor, "cancel", None)
-    if cancel is None:
+    tutor = core.tutor
+    if tutor is None:
         return
     try:
-        await cancel(conversation_id)
+        await tutor.cancel(conversation_id)
     except Exception:
         log.exception("cancelling the tutor's answer failed", extra={"conversation_id": str(conversation_id)})

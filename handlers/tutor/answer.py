@@ -19,24 +19,23 @@ import unicodedata
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from uuid import UUID
 
+from handlers.core import Core
 from handlers.errors import ApiError
 from handlers.pipeline import commit_message
 from handlers.tutor import texts as tutor_texts
 from rag.decide import Decision, SentinelFilter, decide, model_cannot_help
 from rag.embeddings import STOPWORDS
-from rag.llm import ModelUnavailable, StreamResult, count_message_tokens
+from rag.llm import ChatModel, ModelUnavailable, StreamResult, count_message_tokens
 from rag.offline import OfflineStream, stream_offline
 from rag.prompts import SESSION_TYPES, Passage, build_messages, cited_passages, system_prompt
-from rag.retrieval import SearchResult
+from rag.retrieval import KnowledgeBase, SearchResult
 from rag.tokens import count_tokens
 from storage import conversations, messages
 from storage import tutor as store
-
-if TYPE_CHECKING:
-    from handlers.tutor.service import TutorService
+from storage.records import Conversation, Message
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +79,20 @@ class LiveAnswer:
         return "".join(self.shown)
 
 
+class Answerer(Protocol):
+    """What answering needs of the tutor service (handlers/tutor/service.py's TutorService
+    satisfies it): a port, so this module does not import the service that imports it."""
+
+    core: Core
+    kb: KnowledgeBase
+    model: ChatModel | None
+    live: dict[UUID, LiveAnswer]
+    poll_seconds: float
+
+    @property
+    def model_name(self) -> str: ...
+
+
 # ---- relevance ----------------------------------------------------------------------------
 
 _TERM = re.compile(r"\w+", re.UNICODE)
@@ -117,27 +130,27 @@ def relevance(question: str, hit: SearchResult) -> float:
     return round(max(hit.similarity or 0.0, coverage), 3)
 
 
-def prior_messages(recent: Sequence[dict[str, Any]], question_seq: int, limit: int) -> list[dict[str, Any]]:
+def prior_messages(recent: Sequence[Message], question_seq: int, limit: int) -> list[Message]:
     """What came before the question: earlier messages, plus tutor and staff messages
     committed after it (two quick questions: answering the second, the first one's answer
     has a higher seq than the second question but belongs before it). Later student
     questions are not history yet."""
-    kept = [m for m in recent if m["seq"] < question_seq or (m["seq"] > question_seq and m["role"] != "user")]
+    kept = [m for m in recent if m.seq < question_seq or (m.seq > question_seq and m.role != "user")]
     return kept[-limit:] if limit > 0 else []
 
 
-def history_turns(history: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+def history_turns(history: Sequence[Message]) -> list[dict[str, str]]:
     """Earlier messages as chat turns; a staff member's words are marked as theirs."""
     turns = []
     for m in history:
-        content = (m["content"] or "").strip()
-        if m["deleted"] or not content:
+        content = (m.content or "").strip()
+        if m.deleted or not content:
             continue
-        if m["role"] == "user":
+        if m.role == "user":
             turns.append({"role": "user", "content": content})
-        elif m["role"] == "assistant":
+        elif m.role == "assistant":
             turns.append({"role": "assistant", "content": content})
-        elif m["role"] == "agent":
+        elif m.role == "agent":
             turns.append({"role": "assistant", "content": f"(a staff member wrote) {content}"})
     return turns
 
@@ -149,16 +162,16 @@ def _ms(start: float | None, end: float | None) -> float | None:
 class Turn:
     """One student message being handled."""
 
-    def __init__(self, svc: TutorService, job: Job, conv: dict[str, Any], msg: dict[str, Any], member_ids: list[UUID]) -> None:
+    def __init__(self, svc: Answerer, job: Job, conv: Conversation, msg: Message, member_ids: list[UUID]) -> None:
         self.svc = svc
         self.core = svc.core
         self.job = job
         self.conv = conv
         self.msg = msg
-        self.cid: UUID = conv["id"]
+        self.cid: UUID = conv.id
         self.member_ids = member_ids
-        self.question: str = msg["content"]
-        self.context: dict[str, Any] = conv["context"] or {}
+        self.question: str = msg.content
+        self.context: dict[str, Any] = conv.context or {}
         self.live = LiveAnswer(self.cid)
         self.decision = Decision("answer", "relevant_material", 0.0)
         # The usage row written when the model call began (updated as text streams, and
@@ -168,9 +181,9 @@ class Turn:
         self._touched_at = 0.0
 
     # ---- building blocks ------------------------------------------------------------
-    async def commit(self, content: str, metadata: dict[str, Any]) -> dict[str, Any] | None:
+    async def commit(self, content: str, metadata: dict[str, Any]) -> Message | None:
         """Commit the tutor's message (under the streamed id), only while mode is still `ai`."""
-        meta = {"reply_to": str(self.msg["id"]), "decision": self.decision.as_dict(), **metadata}
+        meta = {"reply_to": str(self.msg.id), "decision": self.decision.as_dict(), **metadata}
         try:
             message, _ = await commit_message(
                 self.core, self.cid, sender=None, role="assistant", content=content, metadata=meta,
@@ -187,7 +200,7 @@ class Turn:
         latency = round((time.perf_counter() - self.job.enqueued_at) * 1000)
         async with self.core.db.transaction() as conn:
             await store.log_decision(
-                conn, conversation_id=self.cid, message_id=self.msg["id"], answer_id=answer_id,
+                conn, conversation_id=self.cid, message_id=self.msg.id, answer_id=answer_id,
                 action=d.action, reason=d.reason, confidence=d.confidence, category=d.category, urgent=d.urgent,
                 outcome=outcome, model=usage.model if usage else "rules",
                 prompt_tokens=usage.prompt_tokens if usage else 0,
@@ -196,7 +209,7 @@ class Turn:
             )
             if usage is not None and usage.model != "offline-extractive":
                 await store.record_usage(
-                    conn, user_id=self.msg["sender_id"], conversation_id=self.cid, message_id=answer_id,
+                    conn, user_id=self.msg.sender_id, conversation_id=self.cid, message_id=answer_id,
                     model=usage.model, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
                     cost_usd=usage.cost_usd, estimated=usage.usage_estimated, usage_id=self.usage_id,
                 )
@@ -217,13 +230,13 @@ class Turn:
         self.live.shown.append(text)
         await self.core.events.to_users(self.member_ids, "message:delta", {
             "conversation_id": self.cid, "message_id": self.live.answer_id, "delta": text,
-            "reply_to": self.msg["id"],
+            "reply_to": self.msg.id,
         })
 
     # ---- the three decisions ----------------------------------------------------------
     async def clarify(self) -> None:
         message = await self.commit(tutor_texts.clarify(self.question, self.context.get("lesson")), {"model": "rules"})
-        await self.log("clarified" if message else "cut_off", message["id"] if message else None)
+        await self.log("clarified" if message else "cut_off", message.id if message else None)
 
     async def escalate(self, usage: StreamResult | None = None) -> None:
         """Tell the student, then open the ticket (mode becomes `waiting` once it exists).
@@ -232,7 +245,7 @@ class Turn:
         coming when no ticket will open: over the limit, they hear no person can be reached
         now (the safety words are said either way) and the AI stays in charge."""
         d = self.decision
-        tickets = self.core.services.get("tickets")
+        tickets = self.core.tickets
         limited: ApiError | None = None
         if tickets is not None:
             try:
@@ -265,11 +278,11 @@ class Turn:
         elif d.urgent:
             log.error("urgent escalation but no ticket could be opened",
                       extra={"conversation_id": str(self.cid), "rate_limited": limited is not None})
-        await self.log("escalated", message["id"], usage=usage,
+        await self.log("escalated", message.id, usage=usage,
                        details={"ticket_id": str(ticket["id"]) if ticket else None,
                                 **({"rate_limited": True} if limited else {})})
 
-    async def answer(self, passages: list[Passage], history: list[dict[str, Any]]) -> None:
+    async def answer(self, passages: list[Passage], history: list[Message]) -> None:
         """Stream the answer as deltas, watching for tutor:stop and mode changes, then commit."""
         live = self.live
         try:
@@ -290,7 +303,7 @@ class Turn:
             async with self.core.db.transaction() as conn:
                 if start is not None:
                     self.usage_id = await store.record_usage(
-                        conn, user_id=self.msg["sender_id"], conversation_id=self.cid, message_id=live.answer_id,
+                        conn, user_id=self.msg.sender_id, conversation_id=self.cid, message_id=live.answer_id,
                         model=start.model, prompt_tokens=start.prompt_tokens, completion_tokens=0,
                         cost_usd=start.cost_usd, estimated=True,
                     )
@@ -315,7 +328,7 @@ class Turn:
         passages_shown = stream.passages if isinstance(stream, OfflineStream) else built_passages
         await self._finish(live.task, isinstance(stream, OfflineStream), passages_shown, prompt)
 
-    def _open_stream(self, passages: list[Passage], history: list[dict[str, Any]]) -> tuple[Any, list[Passage], list[dict[str, str]]]:
+    def _open_stream(self, passages: list[Passage], history: list[Message]) -> tuple[Any, list[Passage], list[dict[str, str]]]:
         """The model's stream (or the offline one), the passages in its prompt, and the prompt."""
         model = self.svc.model
         if model is None:
@@ -327,7 +340,7 @@ class Turn:
                 socratic=bool(self.context.get("socratic")),
                 course=self.context.get("course"), lesson=self.context.get("lesson"),
             ),
-            history_turns(history), passages, self.question, self.core.settings.tutor_prompt_budget_tokens,
+            history_turns(history), passages, self.question, self.core.settings.tutor.prompt_budget_tokens,
         )
         return model.stream(built.messages), built.passages, built.messages
 
@@ -368,7 +381,7 @@ class Turn:
     async def _touch(self) -> None:
         """Every quarter of the stale time: say this stream is alive, and record the tokens
         streamed so far in its usage row (what a crash would otherwise lose)."""
-        every = max(self.svc.poll_seconds, self.core.settings.tutor_stream_stale_seconds / 4)
+        every = max(self.svc.poll_seconds, self.core.settings.tutor.stream_stale_seconds / 4)
         if time.monotonic() - self._touched_at < every:
             return
         self._touched_at = time.monotonic()
@@ -440,7 +453,7 @@ class Turn:
             await self.tell_cancelled()
             await self.log("cut_off", None, usage=result, details={"reason": "mode_changed"})
             return
-        await self.log("answered", message["id"], usage=result)
+        await self.log("answered", message.id, usage=result)
 
     def _base_meta(self) -> dict[str, Any]:
         return {"latency_ms": round((time.perf_counter() - self.job.enqueued_at) * 1000), "timings": self._timings()}
@@ -457,7 +470,7 @@ class Turn:
                  "citations": [p.citation() for p in cited], "stopped": True},
             )
             if message is not None:
-                await self.log("stopped", message["id"], usage=usage)
+                await self.log("stopped", message.id, usage=usage)
                 return
         await self.tell_cancelled()
         await self.log("cut_off", None, usage=usage, details={"reason": live.cut})
@@ -474,42 +487,42 @@ class Turn:
         })
         if message is None:
             await self.tell_cancelled()
-        await self.log("failed" if message else "cut_off", message["id"] if message else None,
+        await self.log("failed" if message else "cut_off", message.id if message else None,
                        usage=usage, details={"error": reason})
 
 
-async def handle(svc: TutorService, job: Job) -> None:
+async def handle(svc: Answerer, job: Job) -> None:
     """Answer one student message, unless it is answered already or the AI is not in charge."""
     core = svc.core
     async with core.db.connection() as conn:
         conv = await conversations.get(conn, job.conversation_id)
         msg = await messages.get(conn, job.message_id)
-        if (conv is None or conv["kind"] != "tutor" or conv["mode"] != "ai" or conv["status"] != "open"
-                or msg is None or msg["deleted"] or msg["role"] != "user" or msg["conversation_id"] != conv["id"]):
+        if (conv is None or conv.kind != "tutor" or conv.mode != "ai" or conv.status != "open"
+                or msg is None or msg.deleted or msg.role != "user" or msg.conversation_id != conv.id):
             return
-        if await store.is_answered(conn, conv["id"], msg["seq"], msg["id"]):
+        if await store.is_answered(conn, conv.id, msg.seq, msg.id):
             return
-    context = conv["context"] or {}
+    context = conv.context or {}
 
     async def retrieve() -> list[SearchResult]:
         try:
-            return await svc.kb.search(msg["content"], k=RETRIEVE_K, course=context.get("course"))
+            return await svc.kb.search(msg.content, k=RETRIEVE_K, course=context.get("course"))
         except Exception:
             log.warning("retrieval failed; answering without course material", exc_info=True)
             return []
 
-    async def load() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[UUID]]:
-        limit = core.settings.tutor_history_messages
+    async def load() -> tuple[list[Message], list[dict[str, Any]], list[UUID]]:
+        limit = core.settings.tutor.history_messages
         async with core.db.connection() as conn:
-            recent = await messages.recent(conn, conv["id"], limit + HISTORY_SLACK)
-            previous = await store.decisions(conn, conv["id"], limit=1)
-            member_ids = await conversations.member_ids(conn, conv["id"])
-        return prior_messages(recent, msg["seq"], limit), previous, member_ids
+            recent = await messages.recent(conn, conv.id, limit + HISTORY_SLACK)
+            previous = await store.decisions(conn, conv.id, limit=1)
+            member_ids = await conversations.member_ids(conn, conv.id)
+        return prior_messages(recent, msg.seq, limit), previous, member_ids
 
     # Retrieval is most of the time before the model call: overlap it with the reads.
     hits, (history, previous, member_ids) = await asyncio.gather(retrieve(), load())
     turn = Turn(svc, job, conv, msg, member_ids)
-    svc.live[conv["id"]] = turn.live
+    svc.live[conv.id] = turn.live
     try:
         passages = [
             Passage(str(h.chunk_id), str(h.document_id), h.title, h.content, relevance(turn.question, h), h.source)
@@ -523,5 +536,5 @@ async def handle(svc: TutorService, job: Job) -> None:
         else:
             await turn.answer(passages, history)
     finally:
-        if svc.live.get(conv["id"]) is turn.live:
-            del svc.live[conv["id"]]
+        if svc.live.get(conv.id) is turn.live:
+            del svc.live[conv.id]

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from handlers.ratelimit import RateLimiter, Rule
-from handlers.settings import Settings
 
 QUESTION_MESSAGE = "Too many questions to the tutor in a short time; please wait a moment."
 SESSION_MESSAGE = "Too many new tutor conversations; please continue an existing one or wait a moment."
@@ -36,7 +35,7 @@ def parse_rates(spec: str, setting: str) -> tuple[tuple[int, int], ...]:
     return tuple(sorted((p for p in pairs if p[0] > 0), key=lambda p: p[1]))
 
 
-def _rules(name: str, spec: str, setting: str, message: str) -> tuple[Rule, ...]:
+def spec_rules(name: str, spec: str, setting: str, message: str) -> tuple[Rule, ...]:
     return tuple(Rule(f"{name}-{seconds}", count, seconds, message) for count, seconds in parse_rates(spec, setting))
 
 
@@ -53,35 +52,12 @@ class RoleRules:
 
 @dataclass(frozen=True)
 class TutorLimits:
-    """The tutor's limits, built once from Settings (a bad value stops the start)."""
+    """The tutor's limits, built once at start from `settings.tutor` (server/factories.py)."""
 
     questions: RoleRules
     sessions: RoleRules
     escalations: RoleRules
     guest_tickets: tuple[Rule, ...]
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> TutorLimits:
-        return cls(
-            questions=RoleRules(
-                _rules("tutor-question", s.tutor_question_limits, "STUDYHALL_TUTOR_QUESTION_LIMITS", QUESTION_MESSAGE),
-                _rules("tutor-question-guest", s.tutor_question_limits_guest,
-                       "STUDYHALL_TUTOR_QUESTION_LIMITS_GUEST", QUESTION_MESSAGE),
-            ),
-            sessions=RoleRules(
-                _rules("tutor-session", s.tutor_session_limits, "STUDYHALL_TUTOR_SESSION_LIMITS", SESSION_MESSAGE),
-                _rules("tutor-session-guest", s.tutor_session_limits_guest,
-                       "STUDYHALL_TUTOR_SESSION_LIMITS_GUEST", SESSION_MESSAGE),
-            ),
-            escalations=RoleRules(
-                _rules("tutor-escalation", s.tutor_escalation_limits, "STUDYHALL_TUTOR_ESCALATION_LIMITS",
-                       ESCALATION_MESSAGE),
-                _rules("tutor-escalation-guest", s.tutor_escalation_limits_guest,
-                       "STUDYHALL_TUTOR_ESCALATION_LIMITS_GUEST", ESCALATION_MESSAGE),
-            ),
-            guest_tickets=_rules("guest-tickets", s.guest_ticket_limits, "STUDYHALL_GUEST_TICKET_LIMITS",
-                                 GUEST_TICKETS_MESSAGE),
-        )
 
 
 async def _hit_all(limiter: RateLimiter, rules: tuple[Rule, ...], key: str) -> None:
@@ -91,7 +67,7 @@ async def _hit_all(limiter: RateLimiter, rules: tuple[Rule, ...], key: str) -> N
 
 
 class TutorGate:
-    """`core.services["tutor_limits"]`: the checks, each raising `rate_limited`."""
+    """`core.tutor_limits` (the `UsageLimits` port): the checks, each raising `rate_limited`."""
 
     def __init__(self, limiter: RateLimiter, limits: TutorLimits) -> None:
         self.limiter = limiter
@@ -114,7 +90,3 @@ class TutorGate:
         if role == "guest":
             await _hit_all(self.limiter, self.limits.guest_tickets, "all")
 
-
-def gate_of(core_services: dict[str, object]) -> TutorGate | None:
-    gate = core_services.get("tutor_limits")
-    return gate if isinstance(gate, TutorGate) else None

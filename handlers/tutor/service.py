@@ -24,41 +24,22 @@ import asyncpg
 
 from handlers import threads
 from handlers.background import repeat
-from handlers.core import Actor, Core
+from handlers.core import Actor, Core, Tutoring
 from handlers.errors import ApiError
 from handlers.pipeline import load_conversation
-from handlers.settings import Settings
 from handlers.tutor.answer import Job, LiveAnswer, handle
-from handlers.tutor.limits import gate_of
 from handlers.webhooks import outbox as webhooks
 from rag.decide import safety_concern
-from rag.llm import DEFAULT_PRICES, ChatModel, LLMConfig
+from rag.llm import ChatModel
 from rag.offline import MODEL_NAME as OFFLINE_MODEL
 from rag.retrieval import KnowledgeBase
 from storage import conversations, messages
 from storage import tutor as store
+from storage.records import ConversationMembership, Message, Role
 
 log = logging.getLogger(__name__)
 
 SESSION_TYPES = ("lesson", "interactive", "exam_prep")
-
-
-def chat_model_from_settings(settings: Settings) -> ChatModel | None:
-    """The model from Settings; None (offline tutor) when no URL or key is configured."""
-    if not settings.llm_configured:
-        return None
-    config = LLMConfig(
-        base_url=settings.llm_base_url,
-        api_key=settings.llm_api_key or "not-needed",
-        model=settings.llm_model,
-        timeout=settings.llm_timeout_seconds,
-        max_attempts=max(1, settings.llm_max_attempts),
-        total_timeout=settings.llm_total_timeout_seconds,
-        max_tokens=settings.llm_max_tokens,
-        stream_usage=settings.llm_stream_usage,
-        prices={**DEFAULT_PRICES, **settings.llm_prices},
-    )
-    return ChatModel(config)
 
 
 class ConversationLocks:
@@ -120,9 +101,10 @@ class ConversationLocks:
 
 
 class TutorService:
-    """`core.services["tutor"]`: queues student messages and answers them, one at a time
-    per conversation. `cancel(conversation_id)` cuts off an answer streaming here (the
-    tickets feature calls it when a person takes over)."""
+    """`core.tutor` (the `Tutoring` port): queues student messages and answers them, one at
+    a time per conversation. `cancel(conversation_id)` cuts off an answer streaming here
+    (the tickets feature calls it when a person takes over). Its loops (`recovery_loop`,
+    `sweep_loop`) and `close` are started and run by server/assembly.py."""
 
     poll_seconds = 0.25  # how often a streaming answer re-reads the mode and stop requests
     lock_wait_seconds = 120.0
@@ -239,7 +221,7 @@ class TutorService:
         the partial text: `message:cancelled` with reason `interrupted`. The question stays
         unanswered, so the recovery pass answers it again under a new id."""
         async with self.core.db.connection() as conn:
-            taken = await store.take_abandoned_streams(conn, self.core.settings.tutor_stream_stale_seconds)
+            taken = await store.take_abandoned_streams(conn, self.core.settings.tutor.stream_stale_seconds)
             notices = [(cid, answer_id, await conversations.member_ids(conn, cid))
                        for cid, answer_id, committed in taken if not committed]
         for cid, answer_id, member_ids in notices:
@@ -250,7 +232,7 @@ class TutorService:
         return len(notices)
 
     async def sweep_loop(self) -> None:
-        await repeat(self.sweep_abandoned, every=self.core.settings.tutor_stream_sweep_seconds,
+        await repeat(self.sweep_abandoned, every=self.core.settings.tutor.stream_sweep_seconds,
                      what="tutor sweep of abandoned answers", first_delay=0)
 
     async def close(self) -> None:
@@ -263,20 +245,22 @@ class TutorService:
             await self.model.aclose()
 
 
-def service_of(core: Core) -> TutorService:
-    return core.services["tutor"]
+def service_of(core: Core) -> Tutoring:
+    if core.tutor is None:
+        raise ApiError("unavailable", "The tutor is not available on this server.")
+    return core.tutor
 
 
 async def check_question(
-    core: Core, conv: dict[str, Any], sender: Actor, role: str, client_id: str | None
+    core: Core, conv: ConversationMembership, sender: Actor, role: str, client_id: str | None
 ) -> None:
     """Pipeline check before commit: a question the AI will answer counts against the
     sender's question limit; refused, it is neither stored nor answered. A resend of a
     question already stored (same client_id) is let through: the pipeline returns the
     first message and nothing new is answered."""
-    if conv["kind"] != "tutor" or role != "user" or conv.get("mode") != "ai" or conv.get("status") != "open":
+    if conv.kind != "tutor" or role != "user" or conv.mode != "ai" or conv.status != "open":
         return
-    gate = gate_of(core.services)
+    gate = core.tutor_limits
     if gate is None:
         return
     try:
@@ -284,18 +268,18 @@ async def check_question(
     except ApiError:
         if client_id:
             async with core.db.connection() as conn:
-                if await messages.exists_for_client_id(conn, conv["id"], sender.user_id, client_id):
+                if await messages.exists_for_client_id(conn, conv.id, sender.user_id, client_id):
                     return
         raise
 
 
-async def on_message_committed(core: Core, conv: dict[str, Any], message: dict[str, Any]) -> None:
+async def on_message_committed(core: Core, conv: ConversationMembership, message: Message) -> None:
     """Pipeline hook: a student's message in an AI-answered tutor conversation is queued."""
-    if conv["kind"] != "tutor" or message["role"] != "user" or conv.get("mode") != "ai":
+    if conv.kind != "tutor" or message.role != "user" or conv.mode != "ai":
         return
-    service = core.services.get("tutor")
+    service = core.tutor
     if service is not None:
-        service.enqueue(conv["id"], message["id"], message["seq"])
+        service.enqueue(conv.id, message.id, message.seq)
 
 
 # ---- client events ------------------------------------------------------------------
@@ -314,7 +298,7 @@ async def start(
     if session_type is not None and session_type not in SESSION_TYPES:
         raise ApiError("bad_request", f"session_type must be one of {', '.join(SESSION_TYPES)}.")
     context = {"course": course, "lesson": lesson, "session_type": session_type or "interactive", "socratic": bool(socratic)}
-    if (gate := gate_of(core.services)) is not None:
+    if (gate := core.tutor_limits) is not None:
         await gate.session(actor.user_id, actor.role)
     title = title or (f"Tutor: {lesson or course}" if (lesson or course) else "Tutor")
     async with core.db.transaction() as conn:
@@ -322,17 +306,17 @@ async def start(
             conn, kind="tutor", title=title, created_by=actor.user_id, mode="ai", context=context
         )
         assert conv is not None
-        await conversations.add_members(conn, conv["id"], [actor.user_id])
+        await conversations.add_members(conn, conv.id, [actor.user_id])
         await webhooks.emit(core, conn, "conversation.created", webhooks.conversation_data(conv, [actor.user_id]))
-    out = await threads.describe(core, conv["id"], actor.user_id)
+    out = await threads.describe(core, conv.id, actor.user_id)
     await core.events.to_users([actor.user_id], "conversation:new", {"conversation": out})
     return {"conversation": out}
 
 
-async def _tutor_conversation(core: Core, actor: Actor, conversation_id: UUID) -> dict[str, Any]:
+async def _tutor_conversation(core: Core, actor: Actor, conversation_id: UUID) -> ConversationMembership:
     async with core.db.connection() as conn:
         conv = await load_conversation(core, conn, conversation_id, actor)
-    if conv["kind"] != "tutor":
+    if conv.kind != "tutor":
         raise ApiError("bad_request", "This is not a tutor conversation.")
     return conv
 
@@ -349,7 +333,7 @@ async def stop(core: Core, actor: Actor, *, conversation_id: UUID) -> dict[str, 
 async def escalate(core: Core, actor: Actor, *, conversation_id: UUID, reason: str | None) -> dict[str, Any]:
     """The student (or staff) asks for a person: a ticket through the tickets feature."""
     conv = await _tutor_conversation(core, actor, conversation_id)
-    tickets = core.services.get("tickets")
+    tickets = core.tickets
     if tickets is None:
         raise ApiError("unavailable", "Handing over to a person is not available on this server.")
     urgent = bool(reason) and safety_concern(reason or "")
@@ -361,7 +345,7 @@ async def escalate(core: Core, actor: Actor, *, conversation_id: UUID, reason: s
     )
     async with core.db.connection() as conn:
         await store.log_decision(
-            conn, conversation_id=conv["id"], message_id=None, answer_id=None, action="escalate",
+            conn, conversation_id=conv.id, message_id=None, answer_id=None, action="escalate",
             reason="requested_by_staff" if actor.is_staff else "requested_by_student", confidence=1.0,
             category=category, urgent=urgent, outcome="escalated", model="rules",
             details={"ticket_id": str(ticket["id"]) if ticket and ticket.get("id") else None, "by": str(actor.user_id)},
@@ -372,7 +356,7 @@ async def escalate(core: Core, actor: Actor, *, conversation_id: UUID, reason: s
 async def usage(core: Core, actor: Actor, *, user_id: UUID | None, since: datetime | None) -> dict[str, Any]:
     """Model usage of one user: your own, or anyone's for an admin."""
     target = user_id or actor.user_id
-    if target != actor.user_id and actor.role != "admin":
+    if target != actor.user_id and actor.role != Role.ADMIN:
         raise ApiError("forbidden", "Only admins may see other users' usage.")
     async with core.db.connection() as conn:
         by_model = await store.usage_for_user(conn, target, since=since)

@@ -26,7 +26,7 @@ import aiohttp
 import orjson
 from standardwebhooks.webhooks import Webhook
 
-from handlers.settings import WebhookSettings
+from handlers.webhooks.settings import WebhookSettings
 from handlers.webhooks.targets import GuardedResolver, RefusedAddress, TargetRefused, check_url
 from storage import webhooks as store
 from storage.availability import DatabaseUnavailable

@@ -13,7 +13,6 @@ from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.webhooks import EVENTS
 from handlers.webhooks.delivery import webhook_id
-from handlers.webhooks.outbox import subscriptions
 from handlers.webhooks.targets import TargetRefused, check_host
 from storage import apps, audit
 from storage import webhooks as store
@@ -45,9 +44,8 @@ def _admin(actor: Actor | None) -> None:
 
 async def _refresh(core: Core) -> None:
     """This instance sees the change at once; the others on the database's notification."""
-    subs = subscriptions(core)
-    if subs is not None:
-        await subs.refresh()
+    if core.webhooks is not None:
+        await core.webhooks.refresh()
 
 
 async def create(

@@ -25,10 +25,9 @@ from storage import messages
 from storage import webhooks as store
 from storage.db import Database
 from storage.messages import Inserted, NewMessage
+from storage.records import Conversation, User
 
 log = logging.getLogger(__name__)
-
-SERVICE = "webhooks"
 
 
 class Subscriptions:
@@ -46,14 +45,10 @@ class Subscriptions:
             self.events = frozenset(await store.subscribed_events(conn))
 
 
-def subscriptions(core: Core) -> Subscriptions | None:
-    return core.services.get(SERVICE)
-
-
 async def emit(core: Core, conn: asyncpg.Connection, event_type: str, *payloads: dict[str, Any]) -> None:
     """Queue `event_type` with each payload (its `data`) for every subscribed endpoint;
     call inside the change's transaction, so it commits or rolls back with it."""
-    subs = subscriptions(core)
+    subs = core.webhooks
     if subs is None or not payloads or not subs.wants(event_type):
         return
     await store.enqueue(conn, event_type, list(payloads))
@@ -77,7 +72,7 @@ class MessageOutbox:
             try:
                 async with conn.transaction():
                     results = await messages.insert_batch(conn, batch)
-                    new: list[UUID] = [r[0]["id"] for r in results if isinstance(r, tuple) and not r[1]]
+                    new: list[UUID] = [r[0].id for r in results if isinstance(r, tuple) and not r[1]]
                     if new:
                         await store.enqueue_messages(conn, new)
                 return results
@@ -87,13 +82,15 @@ class MessageOutbox:
         raise AssertionError("unreachable")
 
 
-def conversation_data(conv: dict[str, Any], member_ids: list[UUID]) -> dict[str, Any]:
-    """`conversation.created`'s data, from a row as `conversations.insert_conversation` returns it."""
-    keys = ("id", "kind", "title", "status", "mode", "context", "created_by", "created_at")
-    return {"conversation": {**{k: conv.get(k) for k in keys}, "member_ids": member_ids}}
+def conversation_data(conv: Conversation, member_ids: list[UUID]) -> dict[str, Any]:
+    """`conversation.created`'s data, from the record `conversations.insert_conversation` returns."""
+    return {"conversation": {
+        "id": conv.id, "kind": conv.kind, "title": conv.title, "status": conv.status, "mode": conv.mode,
+        "context": conv.context, "created_by": conv.created_by, "created_at": conv.created_at,
+        "member_ids": member_ids,
+    }}
 
 
-def user_data(row: dict[str, Any], via: str, **extra: Any) -> dict[str, Any]:
-    """`user.created`'s data: the public user (id, name, role) and how it was made."""
-    return {"user": {"id": row["id"], "name": row["name"], "role": row["role"], "created_at": row.get("created_at")},
-            "via": via, **extra}
+def user_data(user: User, via: str, **extra: Any) -> dict[str, Any]:
+    """`user.created`'s data: the public user (id, name, role), when, and how it was made."""
+    return {"user": {**user.public(), "created_at": user.created_at}, "via": via, **extra}

@@ -62,8 +62,9 @@ export class Live {
   constructor(server, token, { onStatus = () => {}, ackTimeout = 10000 } = {}) {
     this.ackTimeout = ackTimeout;
     this.onStatus = onStatus;
+    this.token = token;
     this.socket = io(server || undefined, {
-      auth: { token },
+      auth: (cb) => cb({ token: this.token }), // read at each (re)connect: see setToken
       reconnectionDelay: 300,
       reconnectionDelayMax: 3000,
     });
@@ -103,6 +104,14 @@ export class Live {
     if (ack && ack.ok) return ack;
     const e = (ack && ack.error) || {};
     throw new ApiError(e.code || "internal", e.message || "The request failed.");
+  }
+
+  /** Carry on with another session token (a refreshed sign-in of the same user): the
+   * socket reconnects with it, and `connect` listeners (sync, outbox) run as after any drop. */
+  setToken(token) {
+    this.token = token;
+    if (this.socket.connected) this.socket.disconnect();
+    this.socket.connect();
   }
 
   close() { this.socket.disconnect(); }

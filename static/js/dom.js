@@ -74,6 +74,7 @@ const ROLE_LABEL = { assistant: "Tutor (AI)", system: "Studyhall", agent: "Agent
 export function senderName(msg, { selfId, names }) {
   if (msg.sender_id && msg.sender_id === selfId) return "You";
   if (msg.role === "assistant" || msg.role === "system") return ROLE_LABEL[msg.role];
+  if (msg.role === "app") return msg.metadata?.app?.name || "App"; // posted by a platform's backend
   const name = names?.get?.(msg.sender_id);
   if (msg.role === "agent") return name ? `${name} (agent)` : "Agent";
   return name || "Someone";

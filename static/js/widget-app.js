@@ -26,7 +26,40 @@ class Store {
   clear() { localStorage.removeItem(this.key); }
 }
 
+/** A platform's signed identity token (docs/integration.md) → a Studyhall session. */
+async function exchange(options, jwt) {
+  const body = { identity: jwt };
+  if (options.appId) body.app_id = options.appId;
+  const { token, user } = await new Http(options.server).post("/api/auth/identity", body);
+  return { token, user, guest: false, identity: true };
+}
+
+/** The host page's refresh callback (`Studyhall.onIdentityExpired` or `data-identity-refresh`). */
+function refresher(options) {
+  if (typeof options.onIdentityExpired === "function") return options.onIdentityExpired;
+  const named = options.identityRefresh && window[options.identityRefresh];
+  return typeof named === "function" ? named : null;
+}
+
 async function identify(options, store) {
+  if (options.identity || options.signedIn) {
+    // Once the page has signed its user in, the widget never falls back to a guest.
+    options.signedIn = true;
+    const given = options.identity;
+    options.identity = null; // single use (its jti): a later sign-in asks the page again
+    const refresh = refresher(options);
+    let signedIn;
+    try {
+      if (!given && !refresh) throw new ApiError("unauthorized", "The page gave no fresh identity token.");
+      signedIn = await exchange(options, given || await refresh());
+    } catch (err) {
+      // The page's token expired before the chat was opened: ask the page for a fresh one.
+      if (!given || !(err instanceof ApiError) || err.code !== "unauthorized" || !refresh) throw err;
+      signedIn = await exchange(options, await refresh());
+    }
+    store.set({ token: null, user: null }); // the guest session is over (carried over or not)
+    return signedIn;
+  }
   if (options.token) {
     const { user } = await new Http(options.server, options.token).get("/api/me");
     return { token: options.token, user, guest: false };
@@ -41,9 +74,17 @@ async function identify(options, store) {
       store.clear(); // expired guest: start over as a new guest
     }
   }
-  const { token, user } = await new Http(options.server).post("/api/auth/guest", {});
-  store.set({ token, user, conversation_id: null });
-  return { token, user, guest: true };
+  try {
+    const { token, user } = await new Http(options.server).post("/api/auth/guest", options.appId ? { app_id: options.appId } : {});
+    store.set({ token, user, conversation_id: null });
+    return { token, user, guest: true };
+  } catch (err) {
+    // This site's app requires verified identity: ask the page for one, if it can.
+    const refresh = refresher(options);
+    if (!(err instanceof ApiError) || err.code !== "forbidden" || !refresh) throw err;
+    options.signedIn = true;
+    return exchange(options, await refresh());
+  }
 }
 
 export async function mount(options) {
@@ -76,6 +117,7 @@ class Widget {
     this.launcher = h("button", { type: "button", class: "launcher", "aria-expanded": "false", "aria-controls": "sh-panel", onclick: () => this.toggle() },
       chatIcon(), h("span", { class: "launcher-text" }, "Ask the tutor"), this.badge);
     this.modeEl = h("p", { class: "mode", id: "sh-mode" }, MODE_TEXT.ai);
+    this.whoEl = h("p", { class: "who", hidden: true });
     this.connEl = h("span", { class: "conn", role: "status", hidden: true });
     this.noticeEl = h("div", { class: "notice", role: "status", hidden: true });
     this.messagesEl = h("ol", { class: "messages", id: "sh-messages", "aria-label": "Conversation" });
@@ -91,7 +133,7 @@ class Widget {
       h("label", { for: "sh-input", class: "sr-only" }, "Your question"), this.input, this.sendBtn);
     this.panel = h("section", { id: "sh-panel", class: "panel", role: "dialog", "aria-labelledby": "sh-title", "aria-describedby": "sh-mode", hidden: true },
       h("header", {},
-        h("div", { class: "titles" }, h("h2", { id: "sh-title" }, this.options.title), this.modeEl),
+        h("div", { class: "titles" }, h("h2", { id: "sh-title" }, this.options.title), this.modeEl, this.whoEl),
         this.connEl,
         h("button", { type: "button", class: "close", "aria-label": "Close chat", onclick: () => this.close() }, "×")),
       this.noticeEl, this.scroll, this.typingEl,
@@ -133,6 +175,8 @@ class Widget {
     this.notice("Connecting…");
     this.identity = await identify(this.options, this.store);
     this.names.set(this.identity.user.id, this.identity.user.name);
+    this.whoEl.hidden = this.identity.guest;
+    this.whoEl.textContent = this.identity.guest ? "" : `Signed in as ${this.identity.user.name}`;
     this.http = new Http(this.options.server, this.identity.token);
     this.live = new Live(this.options.server, this.identity.token, { onStatus: (s) => this.status(s) });
     this.recovery = new Recovery(this.live);
@@ -300,8 +344,53 @@ class Widget {
     this.live.call("read", { conversation_id: this.conversation.id, seq: this.timeline.lastSeq }).catch(() => { this.sentRead = 0; });
   }
 
+  // ---- signed identity ------------------------------------------------------------------
+  /** The page signed its user in, switched users or signed out (null): start over. */
+  async identify(jwt) {
+    this.options.identity = jwt || null;
+    this.options.signedIn = false; // null: signed out, back to a guest
+    if (!this.started) return;
+    await this.started.catch(() => {});
+    this.live?.close();
+    this.started = null;
+    this.conversation = null;
+    this.timeline = null;
+    this.view?.clear();
+    if (!this.panel.hidden) this.open();
+  }
+
+  /**
+   * The session of an identity sign-in ended: ask the page for a fresh identity token,
+   * sign in again as the same user, and reconnect the same socket. Pending sends stay in
+   * the outbox and go out on the reconnect; the timeline syncs from its last seq.
+   */
+  async refreshIdentity() {
+    this.refreshing ??= (async () => {
+      const refresh = refresher(this.options);
+      if (!refresh) throw new Error("no refresh callback");
+      const next = await exchange(this.options, await refresh());
+      if (next.user.id !== this.identity.user.id) throw new Error("the page signed in someone else");
+      this.identity = next;
+      this.http.token = next.token;
+      this.live.setToken(next.token);
+    })().catch((err) => {
+      console.warn("Studyhall: could not refresh the identity:", err);
+      this.live.close();
+      this.started = null;
+      this.notice("Your session expired; reload the page to continue.", true);
+    }).finally(() => { this.refreshing = null; });
+    return this.refreshing;
+  }
+
   // ---- rendering helpers --------------------------------------------------------------
   status(status) {
+    if (status === "unauthorized" && this.identity?.identity) {
+      this.connEl.hidden = false;
+      this.connEl.dataset.status = "connecting";
+      this.connEl.textContent = "Reconnecting…";
+      this.refreshIdentity();
+      return;
+    }
     if (status === "unauthorized" && !this.options.token) {
       this.store.clear(); // the guest token expired: come back as a new guest
       this.live.close();

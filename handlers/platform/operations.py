@@ -1,0 +1,266 @@
+"""What an app's backend may do with an API key (docs/integration.md, "API keys").
+
+An app acts as itself (`AppActor`), never as a user, and reaches only its own users (the
+identities it made, by `sub`) and the conversations they are members of. Where an existing
+handler needs an `Actor` for a person (a live session is hosted by its mentor), the actor
+is that person, and the audit log records the app and key that asked.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import openai
+
+from handlers import threads
+from handlers.core import Actor, Core
+from handlers.errors import ApiError
+from handlers.knowledge import _embedder_failed, kb_of
+from handlers.pipeline import commit_message
+from handlers.platform.keys import AppActor
+from handlers.rooms import sessions
+from rag.embeddings import EmbedderUnavailable
+from rag.extract import DocumentError, DocumentTooLarge
+from storage import app_users, audit, connections, identities, messages, users
+from storage import tickets as ticket_store
+from storage.records import Role
+
+DEFAULT_NAME = "User"
+
+
+# --- users -------------------------------------------------------------------------------
+
+async def _user_of(conn: Any, app: AppActor, sub: str) -> identities.IdentityRecord:
+    found = await identities.get(conn, app.app_id, sub)
+    if found is None:
+        raise ApiError("not_found", "This app has no user with this sub.")
+    return found
+
+
+async def upsert_user(
+    core: Core, app: AppActor, sub: str, *, name: str | None, email: str | None, role: str | None,
+    ip: str | None = None,
+) -> dict[str, Any]:
+    """Make or update the app's user `sub` (as an identity token would): `{user, created,
+    deactivated}`. A role the app may not grant is `forbidden`. A changed role closes the
+    user's sockets, which reconnect with the new one."""
+    app.require("users:write")
+    role = role or "student"
+    if role not in app.roles:
+        raise ApiError("forbidden", f"This app may not grant the role {role}.")
+    async with core.db.transaction() as conn:
+        await identities.lock_subject(conn, app.app_id, sub)
+        known = await identities.get(conn, app.app_id, sub)
+        role_changed = False
+        if known is None:
+            row = await users.insert_user(conn, email=None, name=name or DEFAULT_NAME, role=role, password_hash=None)
+            assert row is not None  # no email: nothing to conflict with
+            user_id = row.id
+            await identities.insert(conn, app_id=app.app_id, subject=sub, user_id=user_id, email=email,
+                                    avatar_url=None, courses=[])
+        else:
+            user_id = known.user_id
+            new_name = name or known.name
+            role_changed = role != known.role
+            if (new_name, role) != (known.name, known.role):
+                await identities.update_user(conn, user_id, name=new_name, role=role)
+            if email is not None and email != known.email:
+                await identities.update_profile(conn, app_id=app.app_id, subject=sub, email=email,
+                                                avatar_url=known.avatar_url, courses=list(known.courses))
+        await audit.record(
+            conn, "platform.user.upsert", target_type="user", target_id=user_id, ip=ip,
+            details=app.audit_details(sub=sub, created=known is None, role=role),
+        )
+        row = await users.get_user(conn, user_id)
+        assert row is not None
+        deactivated = await app_users.deactivated_at(conn, user_id) is not None
+        # Open sockets carry the old role: closed below, they reconnect with the new one.
+        sids = await connections.sids_for_token(conn, await users.live_token_ids(conn, user_id)) if role_changed else []
+    if role_changed:
+        await core.events.disconnect_user(user_id)
+        await core.events.disconnect_sids(sids)
+    return {"user": row.public(), "sub": sub, "created": known is None, "deactivated": deactivated}
+
+
+async def set_active(core: Core, app: AppActor, sub: str, *, active: bool, ip: str | None = None) -> dict[str, Any]:
+    """Deactivate (`active` False) the app's user: their sign-in tokens are revoked, their
+    sockets closed on every instance, and identity sign-in refuses them from now on. Or
+    reactivate them: they may sign in again."""
+    app.require("users:write")
+    async with core.db.transaction() as conn:
+        # Under the subject's lock, as identity sign-in: a sign-in racing this deactivation
+        # either commits its token first (revoked here) or sees the user deactivated.
+        await identities.lock_subject(conn, app.app_id, sub)
+        known = await _user_of(conn, app, sub)
+        await app_users.set_deactivated(conn, known.user_id, not active)
+        revoked = [] if active else await app_users.revoke_user_tokens(conn, known.user_id)
+        sids = await connections.sids_for_token(conn, revoked) if revoked else []
+        await audit.record(
+            conn, "platform.user.deactivate" if not active else "platform.user.reactivate", target_type="user",
+            target_id=known.user_id, ip=ip, details=app.audit_details(sub=sub, tokens_revoked=len(revoked)),
+        )
+        row = await users.get_user(conn, known.user_id)
+    assert row is not None
+    if not active:
+        # Every instance's sockets in memory first; the table's sids as a second net.
+        await core.events.disconnect_tokens(revoked)
+        await core.events.disconnect_user(known.user_id)
+        await core.events.disconnect_sids(sids)
+    return {"user": row.public(), "sub": sub, "deactivated": not active}
+
+
+# --- documents ---------------------------------------------------------------------------
+
+async def add_document(
+    core: Core, app: AppActor, *, title: str | None, content: str, source: str | None, language: str | None,
+    course: str | None, ip: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Add text to the knowledge base (as staff do over `POST /api/documents`)."""
+    app.require("documents:write")
+    try:
+        document, created = await kb_of(core).ingest_text(
+            title, content, source=source, language=language, course=course, created_by=None,
+        )
+    except DocumentTooLarge as exc:
+        raise ApiError("too_large", f"The document is too large: {exc}.") from None
+    except DocumentError as exc:
+        raise ApiError("bad_request", str(exc)) from None
+    except (openai.OpenAIError, EmbedderUnavailable) as exc:
+        raise _embedder_failed(exc) from None
+    if created:
+        async with core.db.connection() as conn:
+            await audit.record(
+                conn, "document.create", target_type="document", target_id=document.id, ip=ip,
+                details=app.audit_details(title=document.title, course=document.course, chunks=document.chunk_count),
+            )
+    return document.as_dict(), created
+
+
+async def delete_document(core: Core, app: AppActor, document_id: UUID, *, ip: str | None = None) -> dict[str, Any]:
+    app.require("documents:write")
+    kb = kb_of(core)
+    document = await kb.get_document(document_id)
+    if document is None or not await kb.delete(document_id):
+        raise ApiError("not_found", "No such document.")
+    async with core.db.connection() as conn:
+        await audit.record(conn, "document.delete", target_type="document", target_id=document_id, ip=ip,
+                           details=app.audit_details(title=document.title))
+    return document.as_dict()
+
+
+# --- live sessions -----------------------------------------------------------------------
+
+def _person(known: identities.IdentityRecord) -> Actor:
+    """The app's user as the actor of a handler that acts for a person (no sign-in token)."""
+    return Actor(user_id=known.user_id, role=Role(known.role), name=known.name, token_id=uuid.UUID(int=0))
+
+
+async def create_session(
+    core: Core, app: AppActor, *, host_sub: str, title: str, type: str, scheduled_start_time: datetime | None,
+    max_participants: int, ip: str | None = None,
+) -> dict[str, Any]:
+    """A live session hosted by the app's mentor `host_sub`."""
+    app.require("sessions:write")
+    async with core.db.connection() as conn:
+        host = await _user_of(conn, app, host_sub)
+        if await app_users.deactivated_at(conn, host.user_id) is not None:
+            raise ApiError("conflict", "This user is deactivated.")
+    result = await sessions.create(core, _person(host), title=title, type=type,
+                                   scheduled_start_time=scheduled_start_time, max_participants=max_participants,
+                                   is_featured=False)
+    async with core.db.connection() as conn:
+        await audit.record(conn, "platform.session.create", target_type="live_session",
+                           target_id=result["live_session"]["id"], ip=ip,
+                           details=app.audit_details(host_sub=host_sub))
+    return result
+
+
+async def change_session(core: Core, app: AppActor, session_id: UUID, action: str, *, ip: str | None = None) -> dict[str, Any]:
+    """start / end / cancel a session whose host is one of the app's users."""
+    app.require("sessions:write")
+    session = await sessions.load(core, session_id)
+    async with core.db.connection() as conn:
+        host = await identities.for_user(conn, session.host_id)
+    if host is None or host.app_id != app.app_id:
+        raise ApiError("not_found", "No such live session.")
+    result = await sessions.change_status(core, _person(host), session_id, action)
+    async with core.db.connection() as conn:
+        await audit.record(conn, f"platform.session.{action}", target_type="live_session", target_id=session_id,
+                           ip=ip, details=app.audit_details(host_sub=host.subject))
+    return result
+
+
+# --- conversations and messages ----------------------------------------------------------
+
+async def _own_conversation(core: Core, app: AppActor, conversation_id: UUID) -> None:
+    """`not_found` unless one of the conversation's members is one of the app's users."""
+    async with core.db.connection() as conn:
+        if not await app_users.conversation_has_app_member(conn, app.app_id, conversation_id):
+            raise ApiError("not_found", "No such conversation.")
+
+
+async def list_conversations(core: Core, app: AppActor, *, sub: str | None, limit: int) -> dict[str, Any]:
+    app.require("conversations:read")
+    async with core.db.connection() as conn:
+        ids = await app_users.app_conversation_ids(conn, app.app_id, subject=sub, limit=limit)
+    return {"conversations": [await threads.describe(core, cid) for cid in ids]}
+
+
+async def transcript(
+    core: Core, app: AppActor, conversation_id: UUID, *, before_seq: int | None, limit: int,
+) -> dict[str, Any]:
+    """A page of the conversation's messages, oldest first (deleted ones without content)."""
+    app.require("conversations:read")
+    await _own_conversation(core, app, conversation_id)
+    conversation = await threads.describe(core, conversation_id)
+    async with core.db.connection() as conn:
+        page, has_more = await messages.history(conn, conversation_id, before_seq=before_seq, limit=limit)
+    return {"conversation": conversation, "messages": page, "has_more": has_more}
+
+
+async def post_message(core: Core, app: AppActor, conversation_id: UUID, *, content: str, ip: str | None = None) -> dict[str, Any]:
+    """A message from the app (`role: "app"`, `metadata.app: {id, name}`), committed and
+    delivered through the one pipeline: members receive `message:new` as for any other."""
+    app.require("messages:write")
+    await _own_conversation(core, app, conversation_id)
+    message, _ = await commit_message(
+        core, conversation_id, sender=None, role="app", content=content, check_access=False,
+        metadata={"app": {"id": str(app.app_id), "name": app.app_name}},
+    )
+    async with core.db.connection() as conn:
+        await audit.record(conn, "platform.message.create", target_type="message", target_id=message.id, ip=ip,
+                           details=app.audit_details(conversation_id=str(conversation_id)))
+    return {"message": message}
+
+
+# --- tickets -----------------------------------------------------------------------------
+
+async def open_ticket(
+    core: Core, app: AppActor, conversation_id: UUID, *, reason: str, urgent: bool, ip: str | None = None,
+) -> dict[str, Any]:
+    """Hand a tutor conversation of one of the app's users to people (or return its open
+    ticket), as the tutor's escalation does."""
+    app.require("tickets:write")
+    await _own_conversation(core, app, conversation_id)
+    service = core.tickets
+    if service is None:
+        raise ApiError("unavailable", "Tickets are not available on this server.")
+    ticket: dict[str, Any] = await service.escalate(
+        core, conversation_id=conversation_id, reason=reason, escalated_by=None, source="system", urgent=urgent,
+        admitted=True,
+    )
+    async with core.db.connection() as conn:
+        await audit.record(conn, "platform.ticket.open", target_type="ticket", target_id=ticket["id"], ip=ip,
+                           details=app.audit_details(conversation_id=str(conversation_id)))
+    return {"ticket": ticket}
+
+
+async def conversation_tickets(core: Core, app: AppActor, conversation_id: UUID) -> dict[str, Any]:
+    app.require("tickets:read")
+    await _own_conversation(core, app, conversation_id)
+    async with core.db.connection() as conn:
+        rows = await ticket_store.list_for_conversation(conn, conversation_id)
+    return {"tickets": [r.to_wire() for r in rows]}
