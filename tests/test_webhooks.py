@@ -446,3 +446,19 @@ def test_refused_addresses() -> None:
         with pytest.raises(TargetRefused):
             check_url(bad, allow_private=False)
 
+
+
+async def test_createuser_from_the_command_line_emits_user_created(hooked: Instance, hapi: Api, admin: User,
+                                                                   receiver: Receiver, database_url: str) -> None:
+    """A command's Core loads the subscriptions too (server/cli.py): the running server
+    delivers the `user.created` that `studyhall createuser` committed."""
+    from tests.test_identity_keys import run_cli
+
+    await subscribe(hapi, admin, receiver, ["user.created"])
+    email = f"cli-{uuid.uuid4().hex[:8]}@example.com"
+    code, out, err = await run_cli(database_url, "createuser", "--email", email, "--password", "correct horse battery",
+                                   "--name", "From CLI", "--role", "mentor")
+    assert code == 0, err
+    await receiver.wait_for(lambda: any(r.payload["data"]["via"] == "cli" for r in receiver.delivered))
+    (data,) = [r.payload["data"] for r in receiver.delivered if r.payload["data"]["via"] == "cli"]
+    assert data["user"]["name"] == "From CLI" and data["user"]["role"] == "mentor" and "email" not in data["user"]
