@@ -50,6 +50,7 @@ import socketio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import webhooks_bench  # noqa: E402
 from bench.harness import TICK, cpu_seconds, py_spy, quantile_ms, start_servers, stop_servers, wait_up  # noqa: E402
 from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
 from tests.services import RedisServer  # noqa: E402
@@ -321,6 +322,8 @@ async def main() -> None:
                         help="seconds of closed loop, not measured, before the measured one")
     parser.add_argument("--client", choices=["node", "python", "both"], default="node",
                         help="load generator: Node.js socket.io-client (default) or python-socketio")
+    parser.add_argument("--webhook", action="store_true",
+                        help="one endpoint subscribed to message.created, its receiver a process of its own (bench/webhooks_bench.py)")
     args = parser.parse_args()
     loaders = {"node": load_node, "python": load_python}
     client_kinds = ["node", "python"] if args.client == "both" else [args.client]
@@ -335,16 +338,25 @@ async def main() -> None:
         for instances in ([1, 2] if args.instances == "both" else [int(args.instances)]):
             for name in (["direct", "group"] if args.scenario == "all" else [args.scenario]):
                 for kind in client_kinds:
+                    hook_env = webhooks_bench.SERVER_ENV if args.webhook else {}
                     procs = start_servers(instances, database_url, redis.url if instances > 1 else None,
-                                          {"STUDYHALL_REDIS_CHANNEL": "bench"})
+                                          {"STUDYHALL_REDIS_CHANNEL": "bench", **hook_env})
+                    sink = await webhooks_bench.SinkProcess().start() if args.webhook else None
                     try:
                         for _, url in procs:
                             await wait_up(url)
+                        if sink is not None:
+                            await webhooks_bench.add_endpoint(database_url, sink.url)
+                            await asyncio.sleep(1.5)  # every instance hears of the endpoint
                         users = await setup(name, [u for _, u in procs])
                         cpu = CpuWindow([p.pid for p, _ in procs], pg.pgdata, args.seconds)
                         result = await loaders[kind](users, args.seconds, args.warmup, cpu)
                     finally:
                         stop_servers(procs)
+                        if sink is not None:
+                            got = sink.stop()
+                            print(f"webhooks: {got['delivered']:,} message.created delivered, lag p50 / p99 "
+                                  f"{got['lag p50 ms'] or nan:.0f} / {got['lag p99 ms'] or nan:.0f} ms", flush=True)
                     rows.append((instances, name, kind, result))
                     first_error = result.pop("first error")
                     print(f"{instances} instance(s), {name}, {kind} clients: "

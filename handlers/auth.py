@@ -23,6 +23,7 @@ from handlers import signin_limits
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.settings import AuthSettings
+from handlers.webhooks import outbox as webhooks
 from storage import audit, connections, login_failures, users
 from storage.records import Role
 
@@ -73,6 +74,7 @@ async def register(core: Core, *, email: str, password: str, name: str, ip: str 
             raise ApiError("conflict", "An account with this email already exists.")
         token = await _issue_token(core, conn, row.id, row.role)
         await audit.record(conn, "user.register", actor_id=row.id, target_type="user", target_id=row.id, ip=ip)
+        await webhooks.emit(core, conn, "user.created", webhooks.user_data(row, "register"))
     return {"user": row.public(), "token": token}
 
 
@@ -86,6 +88,7 @@ async def create_user(core: Core, *, email: str, password: str, name: str, role:
         if row is None:
             raise ApiError("conflict", "An account with this email already exists.")
         await audit.record(conn, "user.create", target_type="user", target_id=row.id, details={"role": role, "via": "cli"})
+        await webhooks.emit(core, conn, "user.created", webhooks.user_data(row, "cli"))
     return row.public()
 
 
@@ -169,6 +172,7 @@ async def guest(core: Core, *, name: str | None, ip: str | None) -> dict[str, An
         assert row is not None
         token = await _issue_token(core, conn, row.id, Role.GUEST)
         await audit.record(conn, "login.guest", actor_id=row.id, target_type="user", target_id=row.id, ip=ip)
+        await webhooks.emit(core, conn, "user.created", webhooks.user_data(row, "guest"))
     return {"user": row.public(), "token": token}
 
 

@@ -174,6 +174,16 @@ class RoomSockets(Protocol):
     def pending_updates(self) -> dict[UUID, asyncio.Task[Any]]: ...
 
 
+class WebhookEvents(Protocol):
+    """Which webhook events some enabled endpoint subscribes to, as this instance last
+    loaded them (handlers/webhooks/outbox.py, Subscriptions): `emit` writes nothing else."""
+
+    def wants(self, event_type: str) -> bool: ...
+
+    async def refresh(self) -> None:
+        """Load the set again (an endpoint changed)."""
+
+
 @dataclass(frozen=True)
 class Registry:
     """What the transport tells the socket registry (handlers/registry.py): this instance's
@@ -206,6 +216,7 @@ class Core:
     tutor_limits: UsageLimits | None = None
     tickets: Escalations | None = None
     rooms: RoomSockets | None = None
+    webhooks: WebhookEvents | None = None
     closing: bool = False
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 

@@ -7,7 +7,7 @@ differently configured instances in one process.
 `Settings` is made of small frozen sections, one per feature and a few general ones
 (`settings.rooms.leave_grace_seconds`, `settings.database.url`). A feature package declares
 its own section (handlers/tutor/settings.py, handlers/rooms/settings.py,
-handlers/tickets/settings.py); the features that are single modules (and identity, whose
+handlers/tickets/settings.py, handlers/webhooks/settings.py); the features that are single modules (and identity, whose
 package cannot be imported from here), and the general sections, are declared here. Only `Settings.from_env` below reads the environment: it
 names every variable and fills every section. Config flows down: server/ hands each
 feature its section, and server/factories.py builds objects (the model, the knowledge
@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from handlers.rooms.settings import RoomSettings
 from handlers.tickets.settings import TicketSettings
 from handlers.tutor.settings import TutorSettings
+from handlers.webhooks.settings import WebhookSettings
 from storage.embedded import valid_memory_size
 
 
@@ -109,6 +110,16 @@ def _bool(env: dict[str, str], name: str, default: bool) -> bool:
     if raw is None or raw == "":
         return default
     return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _seconds_list(env: dict[str, str], name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        return tuple(float(p) for p in raw.split(",") if p.strip())
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be seconds separated by commas, got {raw!r}") from exc
 
 
 # ---- general sections ----------------------------------------------------------------
@@ -303,6 +314,7 @@ class Settings:
     tutor: TutorSettings = field(default_factory=TutorSettings)
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     platform: PlatformSettings = field(default_factory=PlatformSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -310,7 +322,7 @@ class Settings:
         http, gateway, database, cluster = HttpSettings(), GatewaySettings(), DatabaseSettings(), ClusterSettings()
         log, auth, presence, threads = LogSettings(), AuthSettings(), PresenceSettings(), ThreadSettings()
         knowledge, rooms, tickets, tutor = KnowledgeSettings(), RoomSettings(), TicketSettings(), TutorSettings()
-        identity, platform = IdentitySettings(), PlatformSettings()
+        identity, platform, webhooks = IdentitySettings(), PlatformSettings(), WebhookSettings()
         return cls(
             http=HttpSettings(
                 host=e.get("STUDYHALL_HOST") or http.host,
@@ -433,6 +445,16 @@ class Settings:
                                                         platform.key_last_used_resolution_seconds),
                 key_rotate_overlap_hours=_float(e, "STUDYHALL_API_KEY_ROTATE_OVERLAP_HOURS",
                                                 platform.key_rotate_overlap_hours),
+            ),
+            webhooks=WebhookSettings(
+                allow_private_targets=_bool(e, "STUDYHALL_WEBHOOK_ALLOW_PRIVATE_TARGETS", webhooks.allow_private_targets),
+                retry_schedule=_seconds_list(e, "STUDYHALL_WEBHOOK_RETRY_SCHEDULE", webhooks.retry_schedule),
+                timeout_seconds=_float(e, "STUDYHALL_WEBHOOK_TIMEOUT", webhooks.timeout_seconds),
+                lease_seconds=_float(e, "STUDYHALL_WEBHOOK_LEASE_SECONDS", webhooks.lease_seconds),
+                concurrency=_int(e, "STUDYHALL_WEBHOOK_CONCURRENCY", webhooks.concurrency),
+                poll_seconds=_float(e, "STUDYHALL_WEBHOOK_POLL_SECONDS", webhooks.poll_seconds),
+                subscriptions_refresh_seconds=_float(e, "STUDYHALL_WEBHOOK_SUBSCRIPTIONS_REFRESH_SECONDS",
+                                                     webhooks.subscriptions_refresh_seconds),
             ),
         )
 

@@ -12,6 +12,7 @@ import orjson
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.pipeline import authorize, commit_message, fan_out, get_pipeline, load_conversation
+from handlers.webhooks import outbox as webhooks
 from storage import conversations, messages, users
 from storage.records import Conversation, ConversationMembership, Message, Role
 
@@ -74,6 +75,7 @@ async def create(core: Core, actor: Actor, *, kind: str, member_ids: list[UUID],
             assert conv is not None
         else:
             await conversations.add_members(conn, conv.id, everyone)
+            await webhooks.emit(core, conn, "conversation.created", webhooks.conversation_data(conv, everyone))
     out = await describe(core, conv.id, actor.user_id)
     if created:
         await core.events.to_users(everyone, "conversation:new", {"conversation": {**out, "unread": 0}})

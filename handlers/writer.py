@@ -18,6 +18,7 @@ list) is batched the same way (`storage.conversations.get_many_with_membership`)
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 from uuid import UUID
 
 import asyncpg
@@ -33,6 +34,15 @@ from storage.text import unstorable_reason
 log = logging.getLogger(__name__)
 
 
+class BatchOutbox(Protocol):
+    """What commits a batch together with other rows (webhooks' outbox,
+    handlers/webhooks/outbox.py `MessageOutbox`): the writer does not import it."""
+
+    def wants_messages(self) -> bool: ...
+
+    async def insert_batch(self, conn: asyncpg.Connection, batch: list[NewMessage]) -> list[Inserted | LookupError]: ...
+
+
 class MessageWriter:
     """`insert(message)` commits with the next seq of its conversation, in a batch."""
 
@@ -45,6 +55,9 @@ class MessageWriter:
             conflict_key=lambda m: (m.conversation_id, m.sender_id, m.client_id) if m.client_id is not None else None,
         )
         self.statements = 0  # insert statements run (a failed batch and its halves count)
+        # Webhooks (handlers/webhooks/outbox.py): while anyone subscribes to message.created,
+        # a batch commits together with its outbox rows.
+        self.outbox: BatchOutbox | None = None
 
     async def insert(self, message: NewMessage) -> Inserted:
         """(message, duplicate), or raises like `storage.messages.insert`; `bad_request`
@@ -59,6 +72,8 @@ class MessageWriter:
         try:
             self.statements += 1
             async with self.db.connection() as conn:
+                if self.outbox is not None and self.outbox.wants_messages():
+                    return list(await self.outbox.insert_batch(conn, batch))
                 return list(await messages.insert_batch(conn, batch))
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if len(batch) == 1:

@@ -27,6 +27,7 @@ from server import platform_link as platform_link_feature
 from server import rooms as rooms_feature
 from server import tickets as tickets_feature
 from server import tutor as tutor_feature
+from server import webhooks as webhooks_feature
 from server.assembly import Assembly, assemble
 from server.client_address import trusted_proxies
 from server.gateway import Gateway
@@ -53,6 +54,7 @@ FEATURES = (
     identity_feature,
     platform_feature,  # API keys and the platform API
     platform_link_feature,  # guest carry-over by API key
+    webhooks_feature,  # webhook endpoints and deliveries (admins)
     openapi,  # last: describes every route above (server/openapi.py)
 )
 

@@ -17,13 +17,14 @@ docs/architecture.md, "Services and ports", explains the whole.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from handlers import identity as identity_handlers
 from handlers import knowledge, presence
-from handlers.background import Loop, Loops
+from handlers.background import Loop, Loops, repeat
 from handlers.core import Core, Registry
 from handlers.pipeline import AfterCommitHook, BeforeCommitHook, KindPolicyFor, new_pipeline, register
 from handlers.rooms import live as rooms_live
@@ -31,8 +32,10 @@ from handlers.tickets import queue as tickets_queue
 from handlers.tickets.service import TicketService
 from handlers.tutor import service as tutor
 from handlers.tutor.limits import TutorGate
+from handlers.webhooks.delivery import Dispatcher
+from handlers.webhooks.outbox import MessageOutbox, Subscriptions
 from rag.retrieval import KnowledgeBase
-from server import factories, identity, rooms, threads, tickets
+from server import factories, identity, rooms, threads, tickets, webhooks
 from server import tutor as tutor_transport
 from server.gateway import Gateway
 from server.housekeeping import guest_sweeper, housekeeping
@@ -40,6 +43,8 @@ from server.keys import METRICS, SIO
 from server.realtime import watch_redis
 from server.revocation import Revocation, install_notices
 from storage.connections import SocketRow
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,19 +56,28 @@ class Assembly:
     tickets: TicketService
     revocation: Revocation
     jwks: identity_handlers.JwksCache
+    webhooks: Subscriptions
+    dispatcher: Dispatcher
     loops: Loops
 
     async def start(self) -> None:
-        """After the instance is registered: check the vector index, start every loop."""
+        """After the instance is registered: check the vector index, load which webhook
+        events are subscribed to, start every loop."""
         await knowledge.check_index(self.kb)
+        try:
+            await self.webhooks.refresh()
+        except Exception as exc:  # the listener and the periodic reload retry
+            log.warning("webhook subscriptions not loaded: %r", exc)
         self.loops.start()
 
     async def stop(self) -> None:
         """At shutdown, before the pool closes: every loop, then the tutor's workers,
-        advisory-lock connection and model client, and the JWKS cache's HTTP client."""
+        advisory-lock connection and model client, the JWKS cache's HTTP client and the
+        webhook dispatcher's."""
         await self.loops.stop()
         await self.tutor.close()
         await self.jwks.close()
+        await self.dispatcher.close()
 
 
 def assemble(app: web.Application, core: Core, gateway: Gateway) -> Assembly:
@@ -80,6 +94,9 @@ def assemble(app: web.Application, core: Core, gateway: Gateway) -> Assembly:
     install_notices(core, gateway, sio, metrics)
     revocation = Revocation(core, gateway, sio)
     app[identity.IDENTITY] = jwks = identity_handlers.JwksCache(settings.identity)
+    core.webhooks = subscriptions = Subscriptions(core.db)
+    pipeline.writer.outbox = MessageOutbox(subscriptions)  # a batch commits with its message.created rows
+    app[webhooks.DISPATCHER] = dispatcher = Dispatcher(core.db, settings.webhooks, core.instance_id)
 
     # 2. The pipeline's one list of hooks and policies; hooks run in this order.
     register(pipeline, [
@@ -112,11 +129,15 @@ def assemble(app: web.Application, core: Core, gateway: Gateway) -> Assembly:
         Loop("tutor-sweep", tutor_service.sweep_loop),
         Loop("ticket-watch", lambda: tickets_queue.watch(core)),
         Loop("identity-jti-sweep", lambda: identity.jti_sweeper(core)),
+        Loop("webhook-delivery", dispatcher.run),
+        Loop("webhook-listen", lambda: webhooks.listen(core, subscriptions, dispatcher)),
+        Loop("webhook-subscriptions", lambda: repeat(subscriptions.refresh, what="webhook subscriptions",
+                                                     every=settings.webhooks.subscriptions_refresh_seconds)),
     ]
     if settings.cluster.redis_url:
         loops.append(Loop("redis-watch", lambda: watch_redis(settings, sio, metrics)))
     return Assembly(kb=kb, tutor=tutor_service, tickets=ticket_service, revocation=revocation, jwks=jwks,
-                    loops=Loops(loops))
+                    webhooks=subscriptions, dispatcher=dispatcher, loops=Loops(loops))
 
 
 def _socket_rows(gateway: Gateway) -> list[SocketRow]:

@@ -46,6 +46,7 @@ async def core_for_command(settings: Settings) -> AsyncIterator[Any]:
 
     from handlers.core import Core
     from handlers.ratelimit import RateLimiter
+    from handlers.webhooks.outbox import Subscriptions
     from storage.db import Database
     from storage.migrate import migrate
 
@@ -63,7 +64,12 @@ async def core_for_command(settings: Settings) -> AsyncIterator[Any]:
         db = await Database.connect(url, min_size=1, max_size=4)
         limiter = RateLimiter(settings.cluster.redis_url, prefix=settings.cluster.redis_channel)
         try:
-            yield Core(settings=settings, db=db, events=NoEvents(), instance_id=uuid.uuid4(), limiter=limiter)
+            core = Core(settings=settings, db=db, events=NoEvents(), instance_id=uuid.uuid4(), limiter=limiter)
+            # Webhook events a command causes (`createuser`: user.created) go to the outbox;
+            # a running server delivers them.
+            core.webhooks = subscriptions = Subscriptions(db)
+            await subscriptions.refresh()
+            yield core
         finally:
             await limiter.close()
             await db.close()
@@ -233,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     from server.platform_cli import add_commands as add_key_commands
 
     add_key_commands(app_sub, _run_async)  # app key create|list|revoke|rotate
+    from server.webhooks_cli import add_commands as add_webhook_commands
+
+    add_webhook_commands(sub, _run_async)  # webhook create, list, delete, enable, disable, deliveries, redeliver
     return parser
 
 

@@ -329,3 +329,54 @@ class OpenApiDescription(Out):
     openapi: str
     info: dict[str, Any]
     paths: dict[str, Any]
+
+
+# ---- webhooks (server/webhooks.py) -------------------------------------------------------
+
+class WebhookEndpoint(Out):
+    id: UUID
+    app_id: UUID
+    url: str
+    description: str
+    events: list[str]
+    enabled: bool
+    disabled_reason: str | None
+    disabled_at: datetime | None
+    created_at: datetime
+
+
+class WebhookEndpointResult(Out):
+    endpoint: WebhookEndpoint
+
+
+class WebhookEndpointCreated(WebhookEndpointResult):
+    secret: str  # whsec_…: shown once
+
+
+class WebhookEndpointList(Out):
+    endpoints: list[WebhookEndpoint]
+
+
+class WebhookDelivery(Out):
+    id: UUID
+    webhook_id: str
+    endpoint_id: UUID
+    event_type: str
+    payload: dict[str, Any]
+    created_at: datetime
+    status: Literal["pending", "succeeded", "failed"]
+    attempts: int
+    next_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    last_latency_ms: float | None
+    delivered_at: datetime | None
+
+
+class WebhookDeliveryResult(Out):
+    delivery: WebhookDelivery
+
+
+class WebhookDeliveryList(Out):
+    deliveries: list[WebhookDelivery]

@@ -94,7 +94,7 @@ async def insert_batch(conn: asyncpg.Connection, batch: list[NewMessage]) -> lis
             )
             break
         except asyncpg.UniqueViolationError:
-            if attempt:
+            if attempt or conn.is_in_transaction():  # the transaction is aborted: its owner retries
                 raise
     by_index: dict[int, Inserted] = {}
     for row in rows:

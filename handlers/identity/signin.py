@@ -27,6 +27,7 @@ from handlers.errors import ApiError
 from handlers.identity import carryover, policy
 from handlers.identity.jwks import JwksCache
 from handlers.identity.verify import Claims, IdentityRefused, peek, verify
+from handlers.webhooks import outbox as webhooks
 from storage import app_users, apps, audit, identities, users
 from storage.apps import AppRecord
 from storage.records import User
@@ -53,6 +54,9 @@ async def sign_in(
                 if not await identities.use_jti(conn, app.id, claims.jti, until):
                     raise IdentityRefused("replayed jti", "This identity token was already used.", app.id)
             user_row, created = await _map_user(conn, app, claims)
+            if created:
+                await webhooks.emit(core, conn, "user.created",
+                                    webhooks.user_data(user_row, "identity", app_id=app.id, subject=claims.sub))
             if claims.guest_token is not None:
                 carried = await carryover.carry_over(conn, guest_token=claims.guest_token, user_id=user_row.id,
                                                      app_id=app.id, ip=ip)

@@ -19,6 +19,8 @@ from uuid import UUID
 from handlers.core import Actor, Core, RoomSockets
 from handlers.errors import ApiError
 from handlers.events import conversation_room, user_room
+from handlers.webhooks.outbox import conversation_data
+from handlers.webhooks.outbox import emit as emit_webhook
 from storage import audit, conversations, rooms, users
 from storage.records import LiveSession, Role, RoomAccess, SessionLock
 
@@ -94,6 +96,7 @@ async def create(
             is_featured=is_featured, conversation_id=conv.id,
         )
         await audit.record(conn, "live_session.create", actor_id=actor.user_id, target_type="live_session", target_id=session_id)
+        await emit_webhook(core, conn, "conversation.created", conversation_data(conv, []))
         row = await rooms.get_session(conn, session_id)
     assert row is not None
     return {"live_session": row.to_wire()}
@@ -132,6 +135,9 @@ async def change_status(core: Core, actor: Actor | None, session_id: UUID, actio
         )
         row = await rooms.get_session(conn, session_id)
         followers = await rooms.followers_to_notify(conn, locked.host_id) if to_status == "live" else []
+        if row is not None and to_status in ("live", "ended"):
+            event = "live_session.started" if to_status == "live" else "live_session.ended"
+            await emit_webhook(core, conn, event, {"live_session": row.to_wire()})
     assert row is not None
     out = row.to_wire()
     if to_status == "live" and followers:

@@ -13,6 +13,7 @@ from handlers.errors import ApiError
 from handlers.events import STAFF_ROOM
 from handlers.threads import describe
 from handlers.tickets.seating import announce_agent_joined, seat_agent
+from handlers.webhooks.outbox import emit as emit_webhook
 from storage import audit, connections, messages, users
 from storage import tickets as store
 from storage.availability import DatabaseUnavailable
@@ -102,6 +103,7 @@ async def check_sla(core: Core) -> list[Ticket]:
         for r in rows or []:
             await audit.record(conn, "ticket.sla_breached", target_type="ticket", target_id=r.id,
                                details={"number": r.number, "sla_due_at": r.sla_due_at.isoformat()})
+        await emit_webhook(core, conn, "ticket.sla_breached", *({"ticket": r.to_wire()} for r in rows or []))
     tickets = rows or []
     for ticket in tickets:
         await core.events.to_rooms([STAFF_ROOM], "ticket:updated", {"ticket": ticket.to_wire()})
@@ -131,6 +133,8 @@ async def auto_assign(core: Core, ticket_ids: list[UUID]) -> list[Ticket]:
             await seat_agent(conn, row.conversation_id, agent_id)
             await audit.record(conn, "ticket.auto_assigned", target_type="ticket", target_id=ticket_id,
                                details={"number": row.number, "agent_id": str(agent_id)})
+            await emit_webhook(core, conn, "ticket.claimed", {"ticket": row.to_wire(), "agent_id": agent_id,
+                                                              "auto_assigned": True})
             done.append((row, agent_id))
         names = {u.id: u.name for u in await users.get_users(conn, [a for _, a in done])} if done else {}
     out = []

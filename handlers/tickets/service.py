@@ -24,6 +24,7 @@ from handlers.events import STAFF_ROOM
 from handlers.threads import announce_conversation
 from handlers.tickets.queue import auto_assign
 from handlers.tickets.seating import announce_agent_joined, seat_agent, system_message, unseat_agent
+from handlers.webhooks.outbox import emit as emit_webhook
 from rag.decide import HUMAN, NO_MATERIAL, NO_MATERIAL_AGAIN, SAFETY, safety_concern
 from storage import audit, conversations, messages, users
 from storage import tickets as store
@@ -181,6 +182,10 @@ class TicketService:
                              "source": source, "priority": prio,
                              "parent_ticket_id": str(row.parent_ticket_id) if row.parent_ticket_id else None},
                 )
+                await emit_webhook(core, conn, "ticket.created", {"ticket": row.to_wire()})
+                await emit_webhook(core, conn, "tutor.escalated", {
+                    "conversation_id": conversation_id, "ticket_id": row.id, "reason": reason, "source": source,
+                    "escalated_by": escalated_by_id, "priority": prio})
         except asyncpg.UniqueViolationError:
             # Only reachable if a conversation row lock was bypassed; the index still holds.
             async with core.db.connection() as conn:
@@ -247,6 +252,8 @@ class TicketService:
             await seat_agent(conn, row.conversation_id, actor.user_id)
             await audit.record(conn, "ticket.claimed", actor_id=actor.user_id, target_type="ticket", target_id=ticket_id,
                                details={"number": row.number, "conversation_id": str(row.conversation_id)})
+            await emit_webhook(core, conn, "ticket.claimed", {"ticket": row.to_wire(), "agent_id": actor.user_id,
+                                                              "auto_assigned": False})
         await announce_agent_joined(core, row, actor.user_id, actor.name, event="claimed")
         return {"ticket": row.to_wire()}
 
@@ -284,6 +291,8 @@ class TicketService:
             await seat_agent(conn, row.conversation_id, agent_id)
             await audit.record(conn, "ticket.transferred", actor_id=actor.user_id, target_type="ticket", target_id=ticket_id,
                                details={"number": row.number, "from": str(previous) if previous else None, "to": str(agent_id)})
+            await emit_webhook(core, conn, "ticket.transferred", {"ticket": row.to_wire(), "from_agent_id": previous,
+                                                                  "to_agent_id": agent_id, "by": actor.user_id})
         await announce_agent_joined(core, row, agent_id, target.name, event="transferred",
                                     left=[previous] if previous else [])
         return {"ticket": row.to_wire()}
@@ -316,6 +325,7 @@ class TicketService:
             await audit.record(conn, "ticket.resolved" if handback == "ai" else "ticket.closed", actor_id=actor.user_id,
                                target_type="ticket", target_id=ticket_id,
                                details={"number": row.number, "handback": handback, "resolution": resolution})
+            await emit_webhook(core, conn, "ticket.resolved", {"ticket": row.to_wire(), "handback": handback})
         ticket = row.to_wire()
         if handback == "ai":
             text = "Our support team has finished helping here. The AI tutor is back to answer your questions."

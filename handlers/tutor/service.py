@@ -28,6 +28,7 @@ from handlers.core import Actor, Core, Tutoring
 from handlers.errors import ApiError
 from handlers.pipeline import load_conversation
 from handlers.tutor.answer import Job, LiveAnswer, handle
+from handlers.webhooks import outbox as webhooks
 from rag.decide import safety_concern
 from rag.llm import ChatModel
 from rag.offline import MODEL_NAME as OFFLINE_MODEL
@@ -306,6 +307,7 @@ async def start(
         )
         assert conv is not None
         await conversations.add_members(conn, conv.id, [actor.user_id])
+        await webhooks.emit(core, conn, "conversation.created", webhooks.conversation_data(conv, [actor.user_id]))
     out = await threads.describe(core, conv.id, actor.user_id)
     await core.events.to_users([actor.user_id], "conversation:new", {"conversation": out})
     return {"conversation": out}

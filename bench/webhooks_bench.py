@@ -1,0 +1,233 @@
+"""Webhook delivery throughput and lag, commit → the receiver's 2xx.
+
+    .venv/bin/python bench/webhooks_bench.py [--rate 200] [--seconds 5] [--instances 1|2|both]
+        [--verify]
+
+Starts its own PostgreSQL (embedded), runs `studyhall serve` as separate processes and a
+receiver in this process (aiohttp, answering 204; `--verify` also checks every signature
+with the `standardwebhooks` library). An endpoint subscribed to message.created is added,
+then events are committed straight into the outbox at `--rate` per second (one INSERT per
+10 ms tick, as the message writer's batches do): this measures the delivery side alone;
+what the outbox costs the message path is measured by `bench/threads_bench.py --webhook`.
+
+Reports events/s delivered over the window, lag p50/p99 from commit (the row's
+`created_at`, which is the body's `timestamp`) to the receiver's answer, duplicates (an
+event delivered twice) and what was still pending at the end.
+Full run (docs/webhooks.md#performance): `--rate 1000 --seconds 10 --instances both`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import asyncpg
+import orjson
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.harness import quantile_ms, start_servers, stop_servers, wait_up  # noqa: E402
+from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
+
+SECRET = "whsec_" + "QmVuY2htYXJrIHNlY3JldCBrZXkgMTIzNDU2Nzg="
+SERVER_ENV = {"STUDYHALL_WEBHOOK_ALLOW_PRIVATE_TARGETS": "1", "STUDYHALL_WEBHOOK_POLL_SECONDS": "0.5",
+              "STUDYHALL_WEBHOOK_SUBSCRIPTIONS_REFRESH_SECONDS": "1"}
+
+
+class Sink:
+    """The receiving end: records the lag of each 2xx it answers."""
+
+    def __init__(self, verify: bool = False) -> None:
+        from standardwebhooks.webhooks import Webhook
+
+        self.webhook = Webhook(SECRET) if verify else None
+        self.lags: list[float] = []
+        self.ids: Counter[str] = Counter()
+        self.first: float | None = None
+        self.last = 0.0
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if self.webhook is not None:
+            self.webhook.verify(body, dict(request.headers))
+        now = time.time()
+        committed = datetime.fromisoformat(orjson.loads(body)["timestamp"]).timestamp()
+        self.lags.append(now - committed)
+        self.ids[request.headers["webhook-id"]] += 1
+        self.first = self.first or now
+        self.last = now
+        return web.Response(status=204)
+
+    async def start(self) -> Sink:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class SinkProcess:
+    """A Sink in a process of its own (`--sink PORT`), so that receiving does not take the
+    load generator's event loop; it prints its figures as JSON when told to stop."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.result: dict[str, float] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def start(self) -> SinkProcess:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--sink", str(self.port)], stdout=subprocess.PIPE)
+        for _ in range(100):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                return self
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise RuntimeError("the webhook sink did not start")
+
+    def stop(self) -> dict[str, float]:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=10)
+        self.result = orjson.loads(out.splitlines()[-1])
+        return self.result
+
+
+async def serve_sink(port: int) -> None:
+    sink = Sink()
+    sink.port = port
+    await sink.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    await sink.close()
+    print(orjson.dumps({"delivered": len(sink.ids), "lag p50 ms": quantile_ms(sink.lags, 50),
+                        "lag p99 ms": quantile_ms(sink.lags, 99)}).decode(), flush=True)
+
+
+async def add_endpoint(database_url: str, url: str, events: tuple[str, ...] = ("message.created",)) -> str:
+    """An app and an endpoint written straight to the database (the servers hear of it by NOTIFY)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        app_id = await conn.fetchval(
+            """INSERT INTO apps (name, algorithms, hmac_secrets, issuer, audience)
+               VALUES ('bench', '{HS256}', ARRAY[md5(random()::text) || md5(random()::text)],
+                       'https://bench-' || gen_random_uuid() || '.example', 'studyhall') RETURNING id""")
+        return str(await conn.fetchval(
+            "INSERT INTO webhook_endpoints (app_id, url, events, secret) VALUES ($1, $2, $3, $4) RETURNING id",
+            app_id, url, list(events), SECRET))
+    finally:
+        await conn.close()
+
+
+async def offer(database_url: str, endpoint_id: str, rate: float, seconds: float) -> int:
+    """Commit `rate` events per second into the outbox for `seconds`; returns how many."""
+    conn = await asyncpg.connect(database_url)
+    sent, tick, start = 0, 0.01, time.monotonic()
+    try:
+        while (elapsed := time.monotonic() - start) < seconds:
+            due = int(rate * elapsed) - sent
+            if due > 0:
+                await conn.execute(
+                    """INSERT INTO webhook_deliveries (endpoint_id, event_type, payload)
+                       SELECT $1, 'message.created', jsonb_build_object('n', n) FROM generate_series(1, $2) n""",
+                    endpoint_id, due)
+                sent += due
+            await asyncio.sleep(tick)
+    finally:
+        await conn.close()
+    return sent
+
+
+async def run(database_url: str, instances: int, rate: float, seconds: float, verify: bool) -> dict[str, float]:
+    sink = await Sink(verify).start()
+    conn = await asyncpg.connect(database_url)
+    await conn.execute("TRUNCATE webhook_deliveries")
+    await conn.execute("DELETE FROM webhook_endpoints")
+    await conn.close()
+    procs = start_servers(instances, database_url, None, SERVER_ENV)
+    try:
+        for _, url in procs:
+            await wait_up(url)
+        endpoint_id = await add_endpoint(database_url, sink.url)
+        await asyncio.sleep(1.5)  # every instance hears of the endpoint
+        offered = await offer(database_url, endpoint_id, rate, seconds)
+        deadline = time.monotonic() + 30
+        while len(sink.ids) < offered and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        conn = await asyncpg.connect(database_url)
+        pending = await conn.fetchval("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
+        await conn.close()
+    finally:
+        stop_servers(procs)
+        await sink.close()
+    span = (sink.last - sink.first) if sink.first else 0.0
+    return {
+        "offered": offered, "delivered": len(sink.ids), "duplicates": sum(c - 1 for c in sink.ids.values()),
+        "delivered/s": len(sink.ids) / span if span else 0.0,
+        "lag p50 ms": quantile_ms(sink.lags, 50), "lag p99 ms": quantile_ms(sink.lags, 99), "pending": pending,
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=float, default=200, help="events committed per second")
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--instances", choices=["1", "2", "both"], default="1")
+    parser.add_argument("--verify", action="store_true", help="verify every signature in the receiver")
+    parser.add_argument("--sink", type=int, help=argparse.SUPPRESS)  # run only a receiver (SinkProcess)
+    args = parser.parse_args()
+    if args.sink:
+        await serve_sink(args.sink)
+        return
+    pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="studyhall-bench-pg-")), port=free_port())
+    os.chmod(pg.data_dir, 0o755)
+    database_url = await asyncio.to_thread(pg.start)
+    rows = []
+    try:
+        from storage.migrate import migrate
+
+        await migrate(database_url)
+        for n in [1, 2] if args.instances == "both" else [int(args.instances)]:
+            r = await run(database_url, n, args.rate, args.seconds, args.verify)
+            rows.append((n, r))
+            print(f"{n} instance(s): " + ", ".join(f"{k} {v:,.1f}" for k, v in r.items()), flush=True)
+    finally:
+        pg.destroy()
+    print()
+    print("| instances | offered events/s | delivered events/s | lag p50 / p99 ms | duplicates | pending at end |")
+    print("|---|---|---|---|---|---|")
+    for n, r in rows:
+        print(f"| {n} | {args.rate:,.0f} | {r['delivered/s']:,.0f} | {r['lag p50 ms']:.1f} / {r['lag p99 ms']:.1f} "
+              f"| {r['duplicates']:.0f} | {r['pending']:.0f} |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

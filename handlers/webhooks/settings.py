@@ -1,0 +1,28 @@
+"""The webhooks feature's settings section (`Settings.webhooks`), filled in by handlers/settings.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """Webhooks to platforms (handlers/webhooks/, docs/webhooks.md)."""
+
+    # Targets on private, loopback, link-local, unspecified or multicast addresses are
+    # refused unless this is set (tests; a receiver on the same private network).
+    allow_private_targets: bool = False
+    # Seconds to wait before each retry; after the last one fails the endpoint is disabled.
+    # Each delay gets up to ±20 % jitter. Default: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (about 27.6 h).
+    retry_schedule: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+    # One attempt: connect plus answer.
+    timeout_seconds: float = 10.0
+    # A claimed delivery is retaken by any instance after this (its claimer died); keep it
+    # well above timeout_seconds.
+    lease_seconds: float = 60.0
+    # Deliveries sent at once per instance.
+    concurrency: int = 32
+    # Poll for due deliveries this often besides LISTEN/NOTIFY (retries fall due by time).
+    poll_seconds: float = 1.0
+    # Reload which events anyone subscribes to this often besides the change notifications.
+    subscriptions_refresh_seconds: float = 30.0

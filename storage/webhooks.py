@@ -1,0 +1,269 @@
+"""Webhook endpoints and the outbox of deliveries (migration 0016, docs/webhooks.md).
+
+The outbox rows are written by `enqueue` / `enqueue_messages` inside the transaction that
+makes the change; the delivery loops take them with `claim` (a lease, FOR UPDATE SKIP
+LOCKED) and settle them with `succeeded` / `retry_later` / `give_up`, each only while
+their claim is still the row's (a claim retaken after its lease ran out is not theirs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+ENDPOINT_COLUMNS = (
+    "id, app_id, url, description, events, secret, enabled, disabled_reason, disabled_at, created_at, created_by"
+)
+DELIVERY_COLUMNS = (
+    "id, endpoint_id, event_type, payload, created_at, status, attempts, next_attempt_at, claimed_by, "
+    "last_attempt_at, last_status_code, last_error, last_latency_ms, delivered_at"
+)
+DELIVERIES_CHANNEL = "studyhall_webhook_deliveries"
+ENDPOINTS_CHANNEL = "studyhall_webhook_endpoints"
+
+
+@dataclass(frozen=True)
+class EndpointRecord:
+    id: UUID
+    app_id: UUID
+    url: str
+    description: str
+    events: tuple[str, ...]
+    secret: str
+    enabled: bool
+    disabled_reason: str | None
+    disabled_at: datetime | None
+    created_at: datetime
+    created_by: UUID | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> EndpointRecord:
+        return cls(
+            id=row["id"], app_id=row["app_id"], url=row["url"], description=row["description"],
+            events=tuple(row["events"]), secret=row["secret"], enabled=row["enabled"],
+            disabled_reason=row["disabled_reason"], disabled_at=row["disabled_at"], created_at=row["created_at"],
+            created_by=row["created_by"],
+        )
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery this instance holds the lease of: what it needs to send it."""
+
+    id: UUID
+    claim: UUID
+    endpoint_id: UUID
+    url: str
+    secret: str
+    event_type: str
+    payload: dict[str, Any]
+    created_at: datetime
+    attempts: int  # including this one
+
+
+# ---- endpoints -----------------------------------------------------------------------
+
+
+async def insert_endpoint(
+    conn: asyncpg.Connection, *, app_id: UUID, url: str, description: str, events: list[str], secret: str,
+    created_by: UUID | None,
+) -> EndpointRecord:
+    row = await conn.fetchrow(
+        f"""INSERT INTO webhook_endpoints (app_id, url, description, events, secret, created_by)
+            VALUES ($1, $2, $3, $4, $5, $6) RETURNING {ENDPOINT_COLUMNS}""",
+        app_id, url, description, events, secret, created_by,
+    )
+    assert row is not None
+    return EndpointRecord.from_row(row)
+
+
+async def get_endpoint(conn: asyncpg.Connection, endpoint_id: UUID) -> EndpointRecord | None:
+    row = await conn.fetchrow(f"SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1", endpoint_id)
+    return EndpointRecord.from_row(row) if row else None
+
+
+async def list_endpoints(conn: asyncpg.Connection, app_id: UUID | None = None) -> list[EndpointRecord]:
+    rows = await conn.fetch(
+        f"""SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE $1::uuid IS NULL OR app_id = $1
+            ORDER BY created_at, id""",
+        app_id,
+    )
+    return [EndpointRecord.from_row(r) for r in rows]
+
+
+async def delete_endpoint(conn: asyncpg.Connection, endpoint_id: UUID) -> bool:
+    status = await conn.execute("DELETE FROM webhook_endpoints WHERE id = $1", endpoint_id)
+    return status.endswith(" 1")
+
+
+async def set_enabled(conn: asyncpg.Connection, endpoint_id: UUID, enabled: bool, reason: str | None = None) -> bool:
+    """Enable (clearing the reason) or disable with a reason; False if there is no such endpoint."""
+    status = await conn.execute(
+        """UPDATE webhook_endpoints SET enabled = $2,
+                  disabled_reason = CASE WHEN $2 THEN NULL ELSE $3 END,
+                  disabled_at = CASE WHEN $2 THEN NULL ELSE now() END
+           WHERE id = $1""",
+        endpoint_id, enabled, reason,
+    )
+    return status.endswith(" 1")
+
+
+async def subscribed_events(conn: asyncpg.Connection) -> set[str]:
+    """Every event type some enabled endpoint subscribes to."""
+    rows = await conn.fetch("SELECT DISTINCT unnest(events) AS e FROM webhook_endpoints WHERE enabled")
+    return {r["e"] for r in rows}
+
+
+# ---- the outbox ----------------------------------------------------------------------
+
+
+async def enqueue(conn: asyncpg.Connection, event_type: str, payloads: list[dict[str, Any]]) -> None:
+    """One delivery per payload per enabled endpoint subscribed to `event_type`; call in
+    the transaction that makes the change."""
+    await conn.execute(
+        """INSERT INTO webhook_deliveries (endpoint_id, event_type, payload)
+           SELECT e.id, $1, x.p FROM unnest($2::jsonb[]) WITH ORDINALITY AS x(p, i)
+           CROSS JOIN webhook_endpoints e
+           WHERE e.enabled AND $1 = ANY(e.events)
+           ORDER BY x.i""",
+        event_type, payloads,
+    )
+
+
+# `message.created`: the payload is built from the rows just inserted (same transaction),
+# with the conversation's kind.
+_ENQUEUE_MESSAGES = """
+INSERT INTO webhook_deliveries (endpoint_id, event_type, payload)
+SELECT e.id, 'message.created', jsonb_build_object(
+    'message', jsonb_build_object(
+        'id', m.id, 'conversation_id', m.conversation_id, 'seq', m.seq, 'sender_id', m.sender_id,
+        'role', m.role, 'content', m.content, 'client_id', m.client_id, 'metadata', m.metadata,
+        'created_at', m.created_at),
+    'conversation', jsonb_build_object('id', c.id, 'kind', c.kind, 'title', c.title))
+FROM messages m JOIN conversations c ON c.id = m.conversation_id
+CROSS JOIN webhook_endpoints e
+WHERE m.id = ANY($1::uuid[]) AND e.enabled AND 'message.created' = ANY(e.events)
+ORDER BY m.created_at, m.seq
+"""
+
+
+async def enqueue_messages(conn: asyncpg.Connection, message_ids: list[UUID]) -> None:
+    await conn.execute(_ENQUEUE_MESSAGES, message_ids)
+
+
+_CLAIM = """
+WITH due AS (
+    SELECT d.id FROM webhook_deliveries d
+    JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.enabled
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+    ORDER BY d.next_attempt_at
+    LIMIT $1
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE webhook_deliveries d
+SET next_attempt_at = now() + make_interval(secs => $2), claim = gen_random_uuid(), claimed_by = $3,
+    attempts = d.attempts + 1, last_attempt_at = now()
+FROM due, webhook_endpoints e
+WHERE d.id = due.id AND e.id = d.endpoint_id
+RETURNING d.id, d.claim, d.endpoint_id, e.url, e.secret, d.event_type, d.payload, d.created_at, d.attempts
+"""
+
+
+async def claim(conn: asyncpg.Connection, *, limit: int, lease_seconds: float, instance_id: UUID) -> list[Claimed]:
+    """Take up to `limit` due deliveries of enabled endpoints for `lease_seconds`. Rows
+    another instance is claiming right now are skipped, not waited for; a row it has
+    claimed is not due until its lease runs out."""
+    rows = await conn.fetch(_CLAIM, limit, lease_seconds, instance_id)
+    return [Claimed(**dict(r)) for r in rows]
+
+
+async def succeeded(conn: asyncpg.Connection, c: Claimed, *, status_code: int, latency_ms: float) -> bool:
+    done = await conn.execute(
+        """UPDATE webhook_deliveries SET status = 'succeeded', delivered_at = now(), claim = NULL,
+                  last_status_code = $3, last_latency_ms = $4, last_error = NULL
+           WHERE id = $1 AND claim = $2""",
+        c.id, c.claim, status_code, latency_ms,
+    )
+    return done.endswith(" 1")
+
+
+async def succeeded_many(conn: asyncpg.Connection, done: list[tuple[Claimed, int, float]]) -> int:
+    """`succeeded` for a pass's (claimed, status code, latency ms) in one statement and one commit."""
+    status = await conn.execute(
+        """UPDATE webhook_deliveries d SET status = 'succeeded', delivered_at = now(), claim = NULL,
+                  last_status_code = x.code, last_latency_ms = x.ms, last_error = NULL
+           FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::real[]) AS x(id, claim, code, ms)
+           WHERE d.id = x.id AND d.claim = x.claim""",
+        [c.id for c, _, _ in done], [c.claim for c, _, _ in done], [code for _, code, _ in done],
+        [ms for _, _, ms in done],
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def retry_later(
+    conn: asyncpg.Connection, c: Claimed, *, delay_seconds: float, status_code: int | None, error: str,
+    latency_ms: float | None,
+) -> bool:
+    done = await conn.execute(
+        """UPDATE webhook_deliveries SET next_attempt_at = now() + make_interval(secs => $3), claim = NULL,
+                  last_status_code = $4, last_error = $5, last_latency_ms = $6
+           WHERE id = $1 AND claim = $2""",
+        c.id, c.claim, delay_seconds, status_code, error, latency_ms,
+    )
+    return done.endswith(" 1")
+
+
+async def give_up(
+    conn: asyncpg.Connection, c: Claimed, *, status_code: int | None, error: str, latency_ms: float | None, reason: str
+) -> bool:
+    """The last attempt failed: the delivery fails and its endpoint is disabled with `reason`
+    (call in a transaction)."""
+    done = await conn.execute(
+        """UPDATE webhook_deliveries SET status = 'failed', claim = NULL,
+                  last_status_code = $3, last_error = $4, last_latency_ms = $5
+           WHERE id = $1 AND claim = $2""",
+        c.id, c.claim, status_code, error, latency_ms,
+    )
+    if not done.endswith(" 1"):
+        return False
+    await conn.execute(
+        """UPDATE webhook_endpoints SET enabled = false, disabled_reason = $2, disabled_at = now()
+           WHERE id = $1 AND enabled""",
+        c.endpoint_id, reason,
+    )
+    return True
+
+
+async def list_deliveries(
+    conn: asyncpg.Connection, endpoint_id: UUID, *, status: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        f"""SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries
+            WHERE endpoint_id = $1 AND ($2::text IS NULL OR status = $2)
+            ORDER BY created_at DESC, id LIMIT $3""",
+        endpoint_id, status, limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def get_delivery(conn: asyncpg.Connection, delivery_id: UUID) -> dict[str, Any] | None:
+    row = await conn.fetchrow(f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1", delivery_id)
+    return dict(row) if row else None
+
+
+async def redeliver(conn: asyncpg.Connection, delivery_id: UUID) -> dict[str, Any] | None:
+    """Send a delivery again, under the same webhook-id, as soon as a loop is free; its
+    attempt count starts over. None if there is no such delivery or it is being sent now."""
+    row = await conn.fetchrow(
+        f"""UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(), claim = NULL
+            WHERE id = $1 AND (status <> 'pending' OR claim IS NULL OR next_attempt_at < now())
+            RETURNING {DELIVERY_COLUMNS}""",
+        delivery_id,
+    )
+    if row is not None:
+        await conn.execute(f"SELECT pg_notify('{DELIVERIES_CHANNEL}', '')")
+    return dict(row) if row else None
