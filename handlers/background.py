@@ -60,7 +60,21 @@ class Loops:
         self.tasks = [asyncio.create_task(loop.run(), name=loop.name) for loop in self.loops]
 
     async def stop(self) -> None:
+        """Cancel every loop and wait until each has ended."""
         tasks, self.tasks = self.tasks, []
-        for task in tasks:
+        await cancel_until_done(tasks)
+
+
+RECANCEL_SECONDS = 1.0
+
+
+async def cancel_until_done(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel the tasks and wait for them to end, cancelling again every second those that
+    still run. One cancel is not always enough on Python 3.11: `asyncio.wait_for` swallows a
+    cancellation that arrives just as the awaited thing completes (python/cpython#86296,
+    fixed in 3.12), and a loop around such a wait then goes on for ever, hanging shutdown."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL_SECONDS)

@@ -24,6 +24,7 @@ from uuid import UUID
 
 import asyncpg
 
+from handlers.background import cancel_until_done
 from handlers.events import Events
 from handlers.ratelimit import RateLimiter
 from handlers.settings import Settings
@@ -249,8 +250,6 @@ class Core:
         self.closing = True
         while self._tasks:
             tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_until_done(tasks)  # a cancellation swallowed by wait_for is repeated
             self._tasks.difference_update(tasks)
 

@@ -4,7 +4,6 @@ real servers on real ports, and real Socket.IO clients."""
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import tempfile
 import uuid
@@ -135,16 +134,29 @@ INSTANCE_STOP_SECONDS = 60.0
 
 
 async def _stop_instance(runner: web.AppRunner) -> None:
-    """Stop an instance, failing with every pending task's stack if it takes over a minute
-    (every shutdown step has its own timeout: a stop this slow is a bug to see, not a CI
-    job hanging until it is killed)."""
-    try:
-        await asyncio.wait_for(runner.cleanup(), INSTANCE_STOP_SECONDS)
-    except TimeoutError:
-        stacks = io.StringIO()
-        for task in asyncio.all_tasks():
-            task.print_stack(file=stacks)
-        pytest.fail(f"an instance took over {INSTANCE_STOP_SECONDS:.0f} s to stop; pending tasks:\n{stacks.getvalue()}")
+    """Stop an instance, failing with every pending task's await chain if it takes over a
+    minute (every shutdown step has its own timeout: a stop this slow is a bug to see, not
+    a CI job hanging until it is killed)."""
+    stopping = asyncio.ensure_future(runner.cleanup())
+    done, _ = await asyncio.wait({stopping}, timeout=INSTANCE_STOP_SECONDS)
+    if stopping in done:
+        stopping.result()
+        return
+    chains = "\n".join(f"- {task.get_name()}: {_await_chain(task)}" for task in asyncio.all_tasks())
+    stopping.cancel()
+    pytest.fail(f"an instance took over {INSTANCE_STOP_SECONDS:.0f} s to stop; pending tasks:\n{chains}")
+
+
+def _await_chain(task: asyncio.Task[Any]) -> str:
+    """Where a task waits, innermost last: each coroutine's function and line."""
+    links: list[str] = []
+    coro: Any = task.get_coro()
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            links.append(f"{frame.f_code.co_qualname} ({Path(frame.f_code.co_filename).name}:{frame.f_lineno})")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return " -> ".join(links) or repr(task)
 
 
 @pytest.fixture

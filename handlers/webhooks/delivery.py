@@ -117,8 +117,9 @@ class Dispatcher:
                 if self._succeeded or (has_room and (claim_now or self._more)):
                     continue
                 self.wake.clear()
-                try:
-                    await asyncio.wait_for(self.wake.wait(), self.settings.poll_seconds)
+                try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
+                    async with asyncio.timeout(self.settings.poll_seconds):
+                        await self.wake.wait()
                 except TimeoutError:
                     claim_now = True  # retries fall due by time
         finally:
