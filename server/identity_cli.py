@@ -19,6 +19,21 @@ from handlers.settings import Settings
 RunAsync = Callable[[Callable[[Any], Awaitable[int]], Settings], int]
 
 
+def run_reporting(settings: Settings, action: Callable[[Any], Awaitable[int]], run_async: RunAsync) -> int:
+    """Run `action(core)` with the CLI's runner; an ApiError is printed as `error: ...` with
+    exit status 1 (the `app key` and `webhook` commands)."""
+    from handlers.errors import ApiError
+
+    async def run(core: Any) -> int:
+        try:
+            return await action(core)
+        except ApiError as err:
+            print(f"error: {err.message}", file=sys.stderr)
+            return 1
+
+    return run_async(run, settings)
+
+
 def _csv(raw: str | None) -> list[str]:
     return [p.strip() for p in (raw or "").split(",") if p.strip()]
 

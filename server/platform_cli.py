@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import uuid
-from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
 from handlers.settings import Settings
 from server.identity_cli import RunAsync
+from server.identity_cli import run_reporting as _run
 
 
 def _uuid(raw: str) -> uuid.UUID:
@@ -18,19 +17,6 @@ def _uuid(raw: str) -> uuid.UUID:
         return uuid.UUID(raw)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{raw!r} is not an id (a UUID)") from None
-
-
-def _run(settings: Settings, work: Callable[[Any], Awaitable[int]], run_async: RunAsync) -> int:
-    from handlers.errors import ApiError
-
-    async def run(core: Any) -> int:
-        try:
-            return await work(core)
-        except ApiError as err:
-            print(f"error: {err.message}", file=sys.stderr)
-            return 1
-
-    return run_async(run, settings)
 
 
 def _describe(key: dict[str, Any]) -> str:

@@ -7,14 +7,13 @@ hears of a change through the database's notification.
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 from uuid import UUID
 
 from handlers.settings import Settings
 from server.identity_cli import RunAsync
+from server.identity_cli import run_reporting as _run
 
 
 def _uuid(raw: str) -> UUID:
@@ -22,21 +21,6 @@ def _uuid(raw: str) -> UUID:
         return UUID(raw)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an id: {raw!r}") from None
-
-
-def _run(settings: Settings, action: Callable[[Any], Awaitable[int]], run_async: RunAsync) -> int:
-    """Run `action(core)` with the CLI's runner; an ApiError is printed as `error: ...`
-    with exit status 1."""
-    from handlers.errors import ApiError
-
-    async def run(core: Any) -> int:
-        try:
-            return await action(core)
-        except ApiError as err:
-            print(f"error: {err.message}", file=sys.stderr)
-            return 1
-
-    return run_async(run, settings)
 
 
 def _endpoint_line(e: dict[str, Any]) -> str:
