@@ -17,7 +17,7 @@ from uuid import UUID
 import openai
 from tqdm import tqdm
 
-from handlers.core import Actor, Core
+from handlers.core import Core
 from handlers.errors import ApiError
 from rag.embeddings import EmbedderUnavailable
 from rag.extract import DocumentError, DocumentTooLarge
@@ -59,7 +59,7 @@ def _embedder_failed(exc: Exception) -> ApiError:
 
 async def add_document(
     core: Core,
-    actor: Actor,
+    actor_id: UUID | None,
     *,
     title: str | None,
     content: str | None = None,
@@ -69,18 +69,21 @@ async def add_document(
     language: str | None = None,
     course: str | None = None,
     ip: str | None = None,
+    audit_extra: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Store text or an uploaded file; returns (document, created). Same text twice → created False."""
+    """Store text or an uploaded file; returns (document, created). Same text twice → created False.
+    `actor_id` is the staff member who added it (None: an app's API key, which names itself
+    in `audit_extra`)."""
     kb = kb_of(core)
     try:
         if file is not None:
             document, created = await kb.ingest_file(
                 file, filename, title=title, source=source, language=language, course=course,
-                created_by=actor.user_id,
+                created_by=actor_id,
             )
         else:
             document, created = await kb.ingest_text(
-                title, content or "", source=source, language=language, course=course, created_by=actor.user_id,
+                title, content or "", source=source, language=language, course=course, created_by=actor_id,
             )
     except DocumentTooLarge as exc:
         raise ApiError("too_large", f"The document is too large: {exc}.") from None
@@ -91,8 +94,9 @@ async def add_document(
     if created:
         async with core.db.connection() as conn:
             await audit.record(
-                conn, "document.create", actor_id=actor.user_id, target_type="document", target_id=document.id,
-                ip=ip, details={"title": document.title, "course": document.course, "chunks": document.chunk_count},
+                conn, "document.create", actor_id=actor_id, target_type="document", target_id=document.id, ip=ip,
+                details={**(audit_extra or {}), "title": document.title, "course": document.course,
+                         "chunks": document.chunk_count},
             )
     return document.as_dict(), created
 
@@ -109,15 +113,18 @@ async def get_document(core: Core, document_id: UUID) -> dict[str, Any]:
     return document.as_dict()
 
 
-async def delete_document(core: Core, actor: Actor, document_id: UUID, *, ip: str | None = None) -> dict[str, Any]:
+async def delete_document(
+    core: Core, actor_id: UUID | None, document_id: UUID, *, ip: str | None = None,
+    audit_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     kb = kb_of(core)
     document = await kb.get_document(document_id)
     if document is None or not await kb.delete(document_id):
         raise ApiError("not_found", "No such document.")
     async with core.db.connection() as conn:
         await audit.record(
-            conn, "document.delete", actor_id=actor.user_id, target_type="document", target_id=document_id,
-            ip=ip, details={"title": document.title},
+            conn, "document.delete", actor_id=actor_id, target_type="document", target_id=document_id,
+            ip=ip, details={**(audit_extra or {}), "title": document.title},
         )
     return document.as_dict()
 

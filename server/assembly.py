@@ -32,6 +32,7 @@ from handlers.tickets import queue as tickets_queue
 from handlers.tickets.service import TicketService
 from handlers.tutor import service as tutor
 from handlers.tutor.limits import TutorGate
+from handlers.webhooks import listener
 from handlers.webhooks.delivery import Dispatcher
 from handlers.webhooks.outbox import MessageOutbox, Subscriptions
 from rag.retrieval import KnowledgeBase
@@ -130,7 +131,7 @@ def assemble(app: web.Application, core: Core, gateway: Gateway) -> Assembly:
         Loop("ticket-watch", lambda: tickets_queue.watch(core)),
         Loop("identity-jti-sweep", lambda: identity.jti_sweeper(core)),
         Loop("webhook-delivery", dispatcher.run),
-        Loop("webhook-listen", lambda: webhooks.listen(core, subscriptions, dispatcher)),
+        Loop("webhook-listen", lambda: listener.listen_forever(core, subscriptions, dispatcher)),
         Loop("webhook-subscriptions", lambda: repeat(subscriptions.refresh, what="webhook subscriptions",
                                                      every=settings.webhooks.subscriptions_refresh_seconds)),
     ]

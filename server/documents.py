@@ -132,13 +132,13 @@ async def create_document(request: web.Request) -> web.Response:
     if request.content_type.startswith("multipart/"):
         meta, data, filename = await _from_multipart(request, limit)
         document, created = await knowledge.add_document(
-            core, actor, title=meta.title, file=data, filename=filename, source=meta.source,
+            core, actor.user_id, title=meta.title, file=data, filename=filename, source=meta.source,
             language=meta.language, course=meta.course, ip=client_ip(request),
         )
     else:
         body = await _from_json(request)
         document, created = await knowledge.add_document(
-            core, actor, title=body.title, content=body.content, source=body.source,
+            core, actor.user_id, title=body.title, content=body.content, source=body.source,
             language=body.language, course=body.course, ip=client_ip(request),
         )
     return json_response({"document": document, "created": created}, status=201 if created else 200)
@@ -174,7 +174,7 @@ async def get_document(request: web.Request) -> web.Response:
 @api("Delete a document", ok=out.DocumentDeleted, auth="session", tag="documents")
 async def delete_document(request: web.Request) -> web.Response:
     actor = await require_actor(request, knowledge.EDITOR_ROLES)
-    document = await knowledge.delete_document(core_of(request), actor, _document_id(request), ip=client_ip(request))
+    document = await knowledge.delete_document(core_of(request), actor.user_id, _document_id(request), ip=client_ip(request))
     return json_response({"document": document, "deleted": True})
 
 

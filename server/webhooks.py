@@ -1,6 +1,6 @@
-"""HTTP for webhooks (handlers/webhooks/, docs/webhooks.md), and the loops each instance
-runs for them (the delivery loop, the database listener, the subscriptions' reload), which
-server/assembly.py builds and registers with the other loops.
+"""HTTP for webhooks (handlers/webhooks/, docs/webhooks.md). Their loops (delivery, the
+database listener in handlers/webhooks/listener.py, the subscriptions' reload) are built
+and registered with the other loops in server/assembly.py.
 
 Admins:
 - `POST /api/webhooks/endpoints` `{app_id, url, events, description?}` → 201 `{endpoint, secret}`
@@ -13,30 +13,24 @@ Admins:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
-import asyncpg
 from aiohttp import web
 from pydantic import Field
 
-from handlers.core import Core
 from handlers.webhooks import endpoints
 from handlers.webhooks.delivery import Dispatcher
-from handlers.webhooks.outbox import Subscriptions
 from server import schemas as out
 from server.apidoc import Handler, QueryInt, QueryText, QueryUuid, api
 from server.http import client_ip, core_of, path_uuid, read_json, require_actor
 from server.jsonutil import json_response
 from server.validation import Payload, Storable
-from storage.webhooks import DELIVERIES_CHANNEL, ENDPOINTS_CHANNEL
 
 log = logging.getLogger(__name__)
 
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("webhook_dispatcher")
-LISTEN_RETRY_SECONDS = 2.0
 
 
 class NewEndpointBody(Payload):
@@ -113,38 +107,6 @@ async def redeliver(request: web.Request) -> web.Response:
     actor = await require_actor(request, ("admin",))
     return json_response(await endpoints.redeliver(core_of(request), actor, path_uuid(request, "id", "delivery"),
                                                    ip=client_ip(request)))
-
-
-async def listen(core: Core, subs: Subscriptions, dispatcher: Dispatcher) -> None:
-    """LISTEN on a connection of its own: new deliveries wake the loop at once, a changed
-    endpoint reloads the subscriptions. Reconnects when the connection drops; meanwhile
-    the poll and the periodic reload cover."""
-
-    def on_deliveries(*_: Any) -> None:
-        dispatcher.notify()
-
-    def on_endpoints(*_: Any) -> None:
-        core.spawn(subs.refresh(), name="webhook-subscriptions")
-
-    while True:
-        conn: asyncpg.Connection | None = None
-        closed = asyncio.Event()
-        try:
-            conn = await asyncpg.connect(core.db.url, timeout=core.settings.database.connect_timeout_seconds)
-            conn.add_termination_listener(lambda *_, done=closed: done.set())
-            await conn.add_listener(DELIVERIES_CHANNEL, on_deliveries)
-            await conn.add_listener(ENDPOINTS_CHANNEL, on_endpoints)
-            await subs.refresh()  # whatever changed while not listening
-            dispatcher.notify()
-            await closed.wait()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.debug("webhook listener: %r", exc)
-        finally:
-            if conn is not None and not conn.is_closed():
-                await conn.close(timeout=1)
-        await asyncio.sleep(LISTEN_RETRY_SECONDS)
 
 
 def setup(app: web.Application) -> None:

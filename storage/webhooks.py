@@ -8,6 +8,7 @@ their claim is still the row's (a claim retaken after its lease ran out is not t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -267,3 +268,20 @@ async def redeliver(conn: asyncpg.Connection, delivery_id: UUID) -> dict[str, An
     if row is not None:
         await conn.execute(f"SELECT pg_notify('{DELIVERIES_CHANNEL}', '')")
     return dict(row) if row else None
+
+
+async def listen(
+    url: str, *, timeout: float, on_deliveries: Callable[..., None], on_endpoints: Callable[..., None],
+    on_closed: Callable[..., None],
+) -> asyncpg.Connection:
+    """A connection of its own that LISTENs for new deliveries and changed endpoints (the
+    triggers of migration 0016 NOTIFY them); `on_closed` runs if it drops. The caller closes it."""
+    conn = await asyncpg.connect(url, timeout=timeout)
+    try:
+        conn.add_termination_listener(on_closed)
+        await conn.add_listener(DELIVERIES_CHANNEL, on_deliveries)
+        await conn.add_listener(ENDPOINTS_CHANNEL, on_endpoints)
+    except BaseException:
+        await conn.close(timeout=1)
+        raise
+    return conn

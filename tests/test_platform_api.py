@@ -384,7 +384,8 @@ async def test_documents_with_a_key(api: Api, backend: Backend, db: Any) -> None
     assert_error(status, body, 404, "not_found")
     [made] = await audit_rows(db, "document.create")
     assert made["actor_id"] is None and made["details"]["key_id"] == backend.key_id
-    assert len(await audit_rows(db, "document.delete")) == 1
+    [removed] = await audit_rows(db, "document.delete")
+    assert removed["actor_id"] is None and removed["details"]["key_id"] == backend.key_id
 
 
 async def test_live_sessions_on_behalf_of_a_mentor(api: Api, backend: Backend, platform: Platform, db: Any) -> None:

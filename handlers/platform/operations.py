@@ -13,17 +13,12 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-import openai
-
-from handlers import threads
+from handlers import knowledge, threads
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
-from handlers.knowledge import _embedder_failed, kb_of
 from handlers.pipeline import commit_message
 from handlers.platform.keys import AppActor
 from handlers.rooms import sessions
-from rag.embeddings import EmbedderUnavailable
-from rag.extract import DocumentError, DocumentTooLarge
 from storage import app_users, audit, connections, identities, messages, users
 from storage import tickets as ticket_store
 from storage.records import Role
@@ -118,37 +113,15 @@ async def add_document(
     core: Core, app: AppActor, *, title: str | None, content: str, source: str | None, language: str | None,
     course: str | None, ip: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Add text to the knowledge base (as staff do over `POST /api/documents`)."""
+    """Add text to the knowledge base, as staff do over `POST /api/documents`."""
     app.require("documents:write")
-    try:
-        document, created = await kb_of(core).ingest_text(
-            title, content, source=source, language=language, course=course, created_by=None,
-        )
-    except DocumentTooLarge as exc:
-        raise ApiError("too_large", f"The document is too large: {exc}.") from None
-    except DocumentError as exc:
-        raise ApiError("bad_request", str(exc)) from None
-    except (openai.OpenAIError, EmbedderUnavailable) as exc:
-        raise _embedder_failed(exc) from None
-    if created:
-        async with core.db.connection() as conn:
-            await audit.record(
-                conn, "document.create", target_type="document", target_id=document.id, ip=ip,
-                details=app.audit_details(title=document.title, course=document.course, chunks=document.chunk_count),
-            )
-    return document.as_dict(), created
+    return await knowledge.add_document(core, None, title=title, content=content, source=source, language=language,
+                                        course=course, ip=ip, audit_extra=app.audit_details())
 
 
 async def delete_document(core: Core, app: AppActor, document_id: UUID, *, ip: str | None = None) -> dict[str, Any]:
     app.require("documents:write")
-    kb = kb_of(core)
-    document = await kb.get_document(document_id)
-    if document is None or not await kb.delete(document_id):
-        raise ApiError("not_found", "No such document.")
-    async with core.db.connection() as conn:
-        await audit.record(conn, "document.delete", target_type="document", target_id=document_id, ip=ip,
-                           details=app.audit_details(title=document.title))
-    return document.as_dict()
+    return await knowledge.delete_document(core, None, document_id, ip=ip, audit_extra=app.audit_details())
 
 
 # --- live sessions -----------------------------------------------------------------------
