@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
-from rag.embeddings import Embedder, EmbedderUnavailable, HashingEmbedder, make_embedder
+from handlers.settings import Settings
+from rag.embeddings import ONNX_DEFAULT_NAME, Embedder, EmbedderUnavailable, HashingEmbedder, make_embedder
 from rag.extract import EmptyDocument
 from rag.ingest import ingest_paths
 from rag.retrieval import KnowledgeBase, SearchResult, embedding_input, fuse
 from storage import documents as store
 from storage.db import Database
+from tests.client import Api
 from tests.fakellm import FakeLLM
 
 CORPUS = {
@@ -403,3 +407,45 @@ async def test_course_filter_still_fills_k_through_the_index(kb: KnowledgeBase, 
         await conn.execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
         hits = await store.search_vector(conn, qv, model=kb.embedder.name, dim=kb.embedder.dim, k=2, course="poetry")
     assert sorted(h.heading_path[0] for h in hits) == ["Odes", "Sonnets"]
+
+
+async def test_two_servers_switch_to_the_neural_default_together(
+    start_instance: Any, base_settings: Settings, db: Database, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Upgrading a running deployment: one server still on `hashing`, one restarted with the
+    new default, `studyhall reindex` in between; /api/search answers throughout."""
+    from handlers.knowledge import reindex_command
+    from server.factories import knowledge_base
+
+    old = await start_instance()  # the suite's settings: hashing
+    new = await start_instance(knowledge__embedder="onnx")
+    q = "when did the uprising in France start"
+    async with aiohttp.ClientSession() as session:
+        api_old, api_new = Api(session, old.url), Api(session, new.url)
+        mentor = await api_old.staff(db, "mentor")
+        for title, (course, text) in CORPUS.items():
+            status, _ = await api_old.request("POST", "/api/documents", mentor,
+                                              json={"title": title, "content": text, "course": course})
+            assert status == 201
+
+        async def top(api: Api) -> SearchResult:
+            status, body = await api.request("GET", "/api/search", mentor, params={"q": q, "k": "10"})
+            assert status == 200, body
+            best = max((r for r in body["results"] if r["similarity"] is not None), key=lambda r: r["similarity"])
+            return SearchResult(uuid.UUID(best["chunk_id"]), uuid.UUID(best["document_id"]), best["title"],
+                                best["content"], best["score"], best["heading_path"], best["similarity"])
+
+        for api in (api_old, api_new):  # both on the hashing vectors
+            hit = await top(api)
+            assert hit.similarity == pytest.approx(await similarity_by(HashingEmbedder(), q, hit), abs=1e-5)
+
+        onnx_settings = base_settings.with_(knowledge__embedder="onnx")
+        assert await reindex_command(knowledge_base(onnx_settings, db)) == 0
+        out = capsys.readouterr().out
+        assert f"search switched from hashing-384-v1 to {ONNX_DEFAULT_NAME}" in out
+
+        neural = make_embedder("onnx")
+        for api in (api_old, api_new):  # both on the new vectors, without a restart
+            hit = await top(api)
+            assert hit.title == "The French Revolution"
+            assert hit.similarity == pytest.approx(await similarity_by(neural, q, hit), abs=1e-4)
