@@ -33,7 +33,9 @@ class SentenceTransformerEmbedder:
         else:
             label = model_path.rstrip("/").rsplit("/", 1)[-1]
         self._model = SentenceTransformer(model_path, device=device)
-        dim = self._model.get_sentence_embedding_dimension()
+        # Renamed in sentence-transformers 6 (the old name warns); older releases have only the old one.
+        dimension = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        dim = dimension()
         if not dim:
             raise EmbedderUnavailable(f"{model_path} does not say its embedding dimension")
         self.dim = int(dim)
