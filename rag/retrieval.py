@@ -137,10 +137,11 @@ class KnowledgeBase:
                 active = await store.claim_active_model(conn, self.embedder.name, self.embedder.dim)
         return active
 
-    def embedder_for(self, model: str) -> Embedder | None:
-        """The embedder that made `model`'s vectors (None: it cannot run here)."""
+    async def embedder_for(self, model: str) -> Embedder | None:
+        """The embedder that made `model`'s vectors (None: it cannot run here). Built once
+        per process, in a thread: loading a neural model takes about a second."""
         if model not in self._embedders:
-            built = self._resolve(model)
+            built = await asyncio.to_thread(self._resolve, model)
             if built is not None and built.name != model:
                 built = None
             if built is None:
@@ -180,7 +181,7 @@ class KnowledgeBase:
         # The active model's vectors serve search now; during a change of model the
         # configured one's wait beside them, so `reindex` need not embed this document again.
         active = await self.active_model()
-        embedders = [e for e in (self.embedder_for(active.model), self.embedder) if e is not None]
+        embedders = [e for e in (await self.embedder_for(active.model), self.embedder) if e is not None]
         inputs = [embedding_input(c.heading_path, c.content) for c in chunks]
         by_model = {e.name: await self._embed(inputs, e) for e in {e.name: e for e in embedders}.values()}
         new_chunks = [
@@ -236,7 +237,7 @@ class KnowledgeBase:
         # slow each other down.
         async def nearest() -> list[store.ChunkHit]:
             active = await self.active_model()
-            embedder = self.embedder_for(active.model)
+            embedder = await self.embedder_for(active.model)
             if embedder is None:
                 return []
             [query_vector] = await embedder.embed([q])
