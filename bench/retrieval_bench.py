@@ -217,7 +217,7 @@ async def quality_and_ingest(
     name = await pg.create_database()
     db = await Database.connect(pg.url(name), min_size=1, max_size=4)
     try:
-        kb = KnowledgeBase(db, make_embedder(embedder))
+        kb = KnowledgeBase(db, bench_embedder(embedder))
         print(f"\nembedder {kb.embedder.name} ({corpus})")
         await kb.ensure_index()  # as `studyhall ingest` does: the active model's HNSW index exists first
         started = time.perf_counter()
@@ -237,6 +237,13 @@ async def quality_and_ingest(
     finally:
         await db.close()
         await pg.drop_database(name)
+
+
+def bench_embedder(kind: str) -> Embedder:
+    """`onnx@128`: the default model reading at most 128 word pieces (an experiment)."""
+    if kind.startswith("onnx@"):
+        return make_embedder("onnx", max_tokens=int(kind.removeprefix("onnx@")))
+    return make_embedder(kind)
 
 
 def synthetic_chunks(
@@ -336,8 +343,8 @@ async def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--embedders", default="onnx",
-                        help="comma-separated: onnx (default), hashing, sentence-transformers; the scale "
-                             "part uses the first")
+                        help="comma-separated: onnx (default), hashing, sentence-transformers, onnx@N "
+                             "(reading N word pieces); the scale part uses the first")
     parser.add_argument("--shared-buffers", default=None,
                         help="the embedded PostgreSQL's shared_buffers, e.g. 128MB (default: as studyhall serve)")
     args = parser.parse_args()
@@ -355,7 +362,7 @@ async def main() -> None:
             qs, p = await quality_and_ingest(pg, files, args.corpus, embedder, with_pool=i == 0 and not args.skip_scale)
             questions, pool = (qs, p) if i == 0 else (questions, pool)
         if not args.skip_scale:
-            emb = make_embedder(embedders[0])
+            emb = bench_embedder(embedders[0])
             for n in (int(s) for s in args.sizes.split(",") if s):
                 await scale(pg, n, emb, pool, questions, args.queries)
     finally:

@@ -75,6 +75,8 @@ class OnnxEmbedder:
             if not (model_file.is_file() and tokenizer_file.is_file()):
                 raise EmbedderUnavailable(f"{folder} needs model.onnx and tokenizer.json")
             self.name = f"onnx:{folder.resolve().name}"
+        if max_tokens != MAX_TOKENS:  # other inputs, other vectors: another name
+            self.name += f"@{max_tokens}"
         self._np = np
         self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self._tokenizer.no_padding()
