@@ -21,8 +21,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from standardwebhooks.webhooks import Webhook
 
-from tests.client import Api
 from storage.embedded import free_port
+from tests.client import Api
 from tests.identity_platform import create_app, sign_in
 
 README = Path(__file__).resolve().parent.parent / "README.md"
