@@ -6,6 +6,7 @@ text. A student's own message shows exactly as typed."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import aiohttp
@@ -30,7 +31,10 @@ NASTY = [
     "![img](x\" onerror=\"window.__pwned='img-md')",
     "**<svg/onload=window.__pwned='svg'>**",
 ]
+OTHER = {"title": "Cell energy", "source": "https://example.org/biology/energy",
+         "content": "Mitochondria are the powerhouse of the cell and make most of its energy."}
 ANSWER = "\n".join([
+    "Mitochondria are the cell's powerhouse [2].",
     "Mitochondria make **ATP** [1], the cell's *energy currency*.",
     "",
     "- first item",
@@ -47,6 +51,14 @@ ANSWER = "\n".join([
     "",
     *NASTY,
 ])
+
+
+async def assistant_citations(api: Api, db: Any) -> list[dict[str, Any]]:
+    """The committed answer's `metadata.citations`, from the database."""
+    async with db.connection() as conn:
+        raw = await conn.fetchval("SELECT metadata->'citations' FROM messages WHERE role = 'assistant' "
+                                  "ORDER BY created_at DESC LIMIT 1")
+    return json.loads(raw) if isinstance(raw, str) else raw
 
 
 def widget(page: Page) -> Any:
@@ -81,8 +93,9 @@ async def test_tutor_markdown_renders_and_nothing_smuggled_runs(browser, start_i
         server = await start_instance(tutor__llm_base_url=llm.base_url, tutor__llm_api_key="test")
         api = Api(http, server.url)
         staff = await api.staff(db, "agent", "Alex")
-        status, body = await api.request("POST", "/api/documents", staff, json=DOC)
-        assert status == 201, body
+        for doc in (DOC, OTHER):
+            status, body = await api.request("POST", "/api/documents", staff, json=doc)
+            assert status == 201, body
         page, w = await open_widget(browser, server.url)
         await ask(page, "What do mitochondria make?")
         body_el = w.locator("li.msg-assistant[data-seq] .msg-body")
@@ -99,12 +112,20 @@ async def test_tutor_markdown_renders_and_nothing_smuggled_runs(browser, start_i
         await expect(course).to_have_attribute("rel", "noopener noreferrer")
         await expect(course).to_have_attribute("target", "_blank")
         await expect(body_el.get_by_role("link", name="mail us")).to_have_attribute("href", "mailto:help@example.org")
-        # The citation [1] links to its source.
-        cite = body_el.locator("a.cite")
-        await expect(cite).to_have_text("[1]")
-        await expect(cite).to_have_attribute("href", SOURCE)
-        await expect(cite).to_have_attribute("rel", "noopener noreferrer")
-        await expect(cite).to_have_attribute("title", DOC["title"])
+        # Each [n] links to the source the answer cites as n (metadata.citations[].n), though
+        # the citations are listed in order of first citation.
+        cites = body_el.locator("a.cite")
+        await expect(cites).to_have_count(2)
+        links = await cites.evaluate_all(
+            "els => els.map(a => [a.textContent, a.getAttribute('href'), a.getAttribute('rel'), a.title])")
+        citations = await assistant_citations(api, db)
+        by_n = {c["n"]: c for c in citations}
+        assert sorted(by_n) == [1, 2] and {c["source"] for c in citations} == {SOURCE, OTHER["source"]}
+        assert links == [
+            [f"[{n}]", by_n[n]["source"], "noopener noreferrer", by_n[n]["title"]]
+            for n in (int(text.strip("[]")) for text, *_ in links)
+        ]
+        assert {link[1] for link in links} == {SOURCE, OTHER["source"]}
 
         # The nasty lines are text: visible, inert.
         text = await body_el.inner_text()
