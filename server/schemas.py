@@ -55,6 +55,8 @@ class UserResult(Out):
 class SignedIn(Out):
     user: PublicUser
     token: str
+    # Identity sign-ins: when the session ends (a client refreshes it before: auth:refresh).
+    expires_at: datetime | None = None
 
 
 class Health(Out):

@@ -44,6 +44,13 @@ HISTORY_SLACK = 20  # extra rows read, for later questions that are skipped
 CANNOT_HELP = Decision("escalate", "model_cannot_help", 0.7, "model_cannot_help")
 
 
+def numbered(cited: list[Passage], passages: list[Passage]) -> list[dict[str, object]]:
+    """`metadata.citations`: each cited passage with `n`, the number the answer cites it by
+    (`[n]` is passage n of the prompt), so clients link `[n]` to the right source even though
+    the list is in order of first citation."""
+    return [{**p.citation(), "n": passages.index(p) + 1} for p in cited]
+
+
 @dataclass
 class Job:
     """A student message waiting for the tutor."""
@@ -447,7 +454,7 @@ class Turn:
             return
         cited = passages if offline else cited_passages(result.text, passages)
         message = await self.commit(result.text.strip() or tutor_texts.text("unavailable", self.question), {
-            **self._base_meta(), **self._usage_meta(result), "citations": [p.citation() for p in cited],
+            **self._base_meta(), **self._usage_meta(result), "citations": numbered(cited, passages),
         })
         if message is None:
             await self.tell_cancelled()
@@ -467,7 +474,7 @@ class Turn:
             message = await self.commit(
                 live.text if live.text.strip() else tutor_texts.text("stopped", self.question),
                 {**self._base_meta(), **self._usage_meta(usage), "model": self.svc.model_name,
-                 "citations": [p.citation() for p in cited], "stopped": True},
+                 "citations": numbered(cited, passages), "stopped": True},
             )
             if message is not None:
                 await self.log("stopped", message.id, usage=usage)
