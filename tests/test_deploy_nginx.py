@@ -13,11 +13,15 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import sysconfig
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +30,52 @@ import pytest
 from playwright.async_api import Browser, expect
 
 from storage.db import Database
+from storage.embedded import free_port
 from tests.client import Api, User
 from tests.deploy_stack import Nginx
 from tests.pagekit import CHROMIUM_ARGS, browser  # noqa: F401
 from tests.services import DatabasePool, Postgres, RedisServer
-from tests.test_hardening_lifecycle import Serve, public_tempdir
+from tests.test_deploy_files import INSTALL_PREFIX, docker_cmd, docker_healthcheck, docker_install
+from tests.test_hardening_lifecycle import Serve, command_env, public_tempdir
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
+ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).parent / "js" / "deploy_clients.mjs"
 SHUTDOWN_BOUND_SECONDS = 5.0  # STUDYHALL_SHUTDOWN_SECONDS is 3 here
+
+
+@dataclass
+class ImageServe(Serve):
+    """An instance installed by the Dockerfile's install step and started with its CMD."""
+
+    argv: list[str] = field(default_factory=list)
+
+    def start(self, wait: bool = False) -> ImageServe:
+        self.process = subprocess.Popen(
+            self.argv, env=command_env(self.data_dir, self.port, **self.env_extra),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=self.data_dir.parent,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        return self
+
+
+def install_as_the_image_does(prefix: Path) -> dict[str, str]:
+    """Run the Dockerfile's build step (deploy/install.sh) into `prefix`; returns the
+    environment to run what it installed with. The image's install also fetches the
+    dependencies; here they are the test environment's, handed over on PYTHONPATH
+    (PIP_NO_DEPS), so the step takes seconds and needs no index."""
+    site = sysconfig.get_paths()["purelib"]
+    env = {**os.environ, "PYTHONPATH": site}
+    script = docker_install()[1]  # ["sh", "deploy/install.sh", PREFIX, SRC]
+    install = {**env, "PYTHON": sys.executable, "PIP_NO_DEPS": "1", "PIP_NO_BUILD_ISOLATION": "1"}
+    done = subprocess.run(["sh", str(ROOT / script), str(prefix), str(ROOT)], env=install,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    where = subprocess.run([str(prefix / "bin" / "python"), "-c", "import server; print(server.__file__)"],
+                           env=env, capture_output=True, text=True, cwd=prefix)
+    assert where.stdout.startswith(str(prefix)), f"the installed copy is not the one run: {where.stdout}{where.stderr}"
+    return {"PYTHONPATH": site}
 
 
 @dataclass
@@ -45,9 +85,7 @@ class Stack:
     two: Serve
     database_url: str
     prefix: Path
-
-    def port_of(self, serve: Serve) -> int:
-        return serve.port
+    installed: Path
 
     def addresses(self, port: int, count: int, taken: set[str]) -> list[str]:
         """`count` client addresses that nginx's hash sends to the instance on `port`."""
@@ -85,14 +123,18 @@ def stack(postgres: Postgres, database_pool: DatabasePool, redis_server: RedisSe
     redis_url = os.environ.get("TEST_REDIS_URL") or redis_server.url  # type: ignore[union-attr]
     base = public_tempdir("studyhall-test-deploy-")
     env = serve_env(postgres.url(name), redis_url, f"deploy-{uuid.uuid4().hex[:8]}")
-    one = Serve(base / "unused-one", env_extra=env).start(wait=False)
     two = Serve(base / "unused-two", env_extra=env).start(wait=False)
+    # Instance one as the image runs it: installed by its build step, started by its CMD.
+    installed = base / INSTALL_PREFIX.strip("/").replace("/", "-")
+    cmd = docker_cmd()
+    one = ImageServe(base / "unused-one", env_extra={**env, **install_as_the_image_does(installed)},
+                     argv=[str(installed / "bin" / cmd[0]), *cmd[1:]]).start()
     nginx = Nginx(Path(tempfile.mkdtemp(prefix="studyhall-test-nginx-")), [one.port, two.port])
     try:
         _wait_started(one)
         _wait_started(two)
         nginx.start()
-        yield Stack(nginx, one, two, postgres.url(name), base)
+        yield Stack(nginx, one, two, postgres.url(name), base, installed)
     finally:
         nginx.stop()
         for serve in (one, two):
@@ -325,6 +367,18 @@ async def test_widget_in_chromium_through_nginx_talks_across_instances(stack: St
     assert any("transport=websocket" in h.request and h.status == 101 for h in hits), "the widget never upgraded"
 
 
+def test_the_images_healthcheck_passes_on_a_serving_instance_only(stack: Stack) -> None:
+    """The Dockerfile's HEALTHCHECK command, run as the image would (its python, its
+    STUDYHALL_PORT): 0 against a serving instance, not 0 where nothing listens."""
+    command = docker_healthcheck()
+    assert command[0] == "python"
+    argv = [str(stack.installed / "bin" / "python"), *command[1:]]
+    env = {**os.environ, "STUDYHALL_PORT": str(stack.one.port)}
+    assert subprocess.run(argv, env=env, capture_output=True, timeout=10).returncode == 0
+    env["STUDYHALL_PORT"] = str(free_port())
+    assert subprocess.run(argv, env=env, capture_output=True, timeout=10).returncode != 0
+
+
 async def test_drain_behind_nginx_loses_and_repeats_nothing(stack: Stack) -> None:
     """SIGTERM to instance one while six clients (websocket and polling, on both
     instances) send: it exits within the bound; its clients reconnect through nginx to
@@ -337,9 +391,9 @@ async def test_drain_behind_nginx_loses_and_repeats_nothing(stack: Stack) -> Non
             ("d-up1", on_one[2], ["polling", "websocket"]),
             ("d-ws2", on_two[0], ["websocket"]), ("d-poll2", on_two[1], ["polling"]),
             ("d-up2", on_two[2], ["polling", "websocket"])]
-    count = 40
+    count = 25
     users, cid = await _group(stack, [name for name, _, _ in plan])
-    config = {"url": stack.nginx.url, "cid": cid, "count": count, "pauseMs": 40, "participants": [
+    config = {"url": stack.nginx.url, "cid": cid, "count": count, "pauseMs": 30, "participants": [
         {"name": name, "token": u.token, "xff": xff, "transports": transports}
         for (name, xff, transports), u in zip(plan, users)]}
     stopped: dict[str, Any] = {}
