@@ -36,7 +36,7 @@ from tests.deploy_stack import Nginx
 from tests.pagekit import CHROMIUM_ARGS, browser  # noqa: F401
 from tests.services import DatabasePool, Postgres, RedisServer
 from tests.test_deploy_files import INSTALL_PREFIX, docker_cmd, docker_healthcheck, docker_install
-from tests.test_hardening_lifecycle import Serve, command_env, public_tempdir
+from tests.test_hardening_lifecycle import Serve, command_env, health, public_tempdir, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -124,31 +124,32 @@ def stack(postgres: Postgres, database_pool: DatabasePool, redis_server: RedisSe
     base = public_tempdir("studyhall-test-deploy-")
     env = serve_env(postgres.url(name), redis_url, f"deploy-{uuid.uuid4().hex[:8]}")
     two = Serve(base / "unused-two", env_extra=env).start(wait=False)
-    # Instance one as the image runs it: installed by its build step, started by its CMD.
-    installed = base / INSTALL_PREFIX.strip("/").replace("/", "-")
-    cmd = docker_cmd()
-    one = ImageServe(base / "unused-one", env_extra={**env, **install_as_the_image_does(installed)},
-                     argv=[str(installed / "bin" / cmd[0]), *cmd[1:]]).start()
-    nginx = Nginx(Path(tempfile.mkdtemp(prefix="studyhall-test-nginx-")), [one.port, two.port])
+    one: Serve | None = None
+    nginx: Nginx | None = None
     try:
+        # Instance one as the image runs it: installed by its build step, started by its CMD.
+        installed = base / INSTALL_PREFIX.strip("/").replace("/", "-")
+        cmd = docker_cmd()
+        one = ImageServe(base / "unused-one", env_extra={**env, **install_as_the_image_does(installed)},
+                         argv=[str(installed / "bin" / cmd[0]), *cmd[1:]]).start()
+        nginx = Nginx(Path(tempfile.mkdtemp(prefix="studyhall-test-nginx-")), [one.port, two.port])
         _wait_started(one)
         _wait_started(two)
         nginx.start()
         yield Stack(nginx, one, two, postgres.url(name), base, installed)
     finally:
-        nginx.stop()
+        if nginx is not None:
+            nginx.stop()
+            shutil.rmtree(nginx.prefix, ignore_errors=True)
         for serve in (one, two):
-            if serve.process and serve.process.poll() is None:
+            if serve is not None and serve.process and serve.process.poll() is None:
                 serve.process.kill()
                 serve.process.wait()
-        shutil.rmtree(nginx.prefix, ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)
         asyncio.run(database_pool.give_back(name))
 
 
 def _wait_started(serve: Serve) -> None:
-    from tests.test_hardening_lifecycle import health, wait_until
-
     assert serve.process is not None
     wait_until(lambda: serve.announced or serve.process.poll() is not None, 90, "Studyhall on")  # type: ignore[union-attr]
     assert serve.process.poll() is None, serve.log
