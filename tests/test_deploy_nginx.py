@@ -409,7 +409,9 @@ async def test_drain_behind_nginx_loses_and_repeats_nothing(stack: Stack) -> Non
     exited_at = time.time()
 
     reconnects = {p["name"]: p["connects"] - 1 for p in result["participants"]}
-    print(f"drain: SIGTERM to exit {seconds:.2f} s; reconnects {reconnects}")  # the figure, in CI's log (-rP)
+    resent = sum(p["resent"] for p in result["participants"])
+    # The figures, in CI's log (-rP): how long the drain took, who moved, how many sends went again.
+    print(f"drain: SIGTERM to exit {seconds:.2f} s; reconnects {reconnects}; sends resent {resent}")
     assert code == 0, stack.one.log
     assert seconds < SHUTDOWN_BOUND_SECONDS, f"shutdown took {seconds:.1f} s\n{stack.one.log}"
     assert "shutdown: closing" in stack.one.log and "shutdown: done in" in stack.one.log, stack.one.log

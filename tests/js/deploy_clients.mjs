@@ -10,7 +10,7 @@
 // does: the server answers a repeat with the first message. A gap in seqs, a reconnect and
 // the end all `sync` from the last contiguous seq.
 // Prints JSON lines: {type: "acked", name, total} as sends are acked, then
-// {type: "done", participants: [{name, acked, view, duplicates, connects, transport}]}.
+// {type: "done", participants: [{name, acked, view, duplicates, connects, resent, transport}]}.
 import { createRequire } from "node:module";
 const require = createRequire(import.meta.url);
 const { io } = require(process.env.SOCKET_IO_CLIENT || "socket.io-client");
@@ -31,7 +31,7 @@ function participant({ name, token, xff, transports }) {
     reconnectionDelay: 100,
     reconnectionDelayMax: 500,
   });
-  const p = { name, socket, view: new Map(), delivered: new Set(), duplicates: [], acked: [], connects: 0 };
+  const p = { name, socket, view: new Map(), delivered: new Set(), duplicates: [], acked: [], connects: 0, resent: 0 };
   const contiguous = () => { let s = 0; while (p.view.has(s + 1)) s += 1; return s; };
   const record = (m) => {
     if (m.conversation_id !== cid) return;
@@ -66,6 +66,7 @@ function participant({ name, token, xff, transports }) {
   p.send = async (n) => {
     const payload = { conversation_id: cid, content: `${name} ${n}`, client_id: `${name}-${n}` };
     for (let attempt = 0; attempt < 200; attempt += 1) {
+      if (attempt > 0) p.resent += 1;
       await connected();
       let ack;
       try {
@@ -113,6 +114,7 @@ const done = JSON.stringify({
     view: Object.fromEntries(p.view),
     duplicates: p.duplicates,
     connects: p.connects,
+    resent: p.resent,
     transport: p.socket.io.engine?.transport?.name ?? null,
   })),
 });
