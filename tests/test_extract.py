@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from rag.chunking import chunk_text
 from rag.extract import (
     DocumentError,
     Extracted,
+    NotTextDocument,
     UnsupportedFormat,
     content_hash,
     extract,
@@ -222,3 +224,41 @@ def test_deeply_nested_and_empty_html_do_not_crash() -> None:
     extract("<div>" * 50_000 + "x", "deeper.html")  # past the parser's depth: no text, and no crash
     assert extract("<html><body><script>x()</script></body></html>", "empty.html").text == ""
     assert extract("", "blank.html").text == ""
+
+
+# ---- binary files named as text are refused -------------------------------------------
+
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489") + bytes(range(64))
+
+
+def random_bytes(n: int, seed: int = 15) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "notes.md", "page.html", "page.htm", "notes.markdown"])
+def test_random_bytes_named_as_text_are_refused(name: str) -> None:
+    with pytest.raises(NotTextDocument, match="not text"):
+        extract(random_bytes(4096), name)
+    # Without a single NUL byte too: the share of control characters gives it away.
+    with pytest.raises(NotTextDocument, match="not text"):
+        extract(random_bytes(4096).replace(b"\x00", b"a"), name)
+
+
+def test_a_known_binary_format_is_named_in_the_error() -> None:
+    with pytest.raises(NotTextDocument, match=r"image/png"):
+        extract(PNG, "diagram.txt")
+    with pytest.raises(NotTextDocument, match=r"application/zip"):
+        extract(b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + random_bytes(300), "slides.md")
+    with pytest.raises(NotTextDocument, match="not a PDF"):
+        extract(random_bytes(2000), "scan.pdf")
+    assert issubclass(NotTextDocument, DocumentError)  # the API answers bad_request
+
+
+def test_real_text_in_other_encodings_is_still_accepted() -> None:
+    assert extract("Résumé of the café\n".encode("utf-16"), "fr.txt").text == "Résumé of the café"
+    assert extract("Ünïcode".encode("utf-32"), "u.md").text == "Ünïcode"
+    legacy = "Le café coûte 2 € à Noël.".encode("cp1252")
+    assert extract(legacy, "menu.txt").text == "Le café coûte 2 € à Noël."
+    # A log with a few colour escape sequences is still text.
+    log = ("\x1b[32mOK\x1b[0m " + "step finished without errors. " * 10 + "\n").encode() * 20
+    assert "step finished" in extract(log, "build-log.txt").text
