@@ -185,7 +185,8 @@ async def ingest_paths_command(
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return IngestExit.USAGE
-    print(f"added {report.added} document(s) ({report.chunks} chunks), {report.duplicates} already stored")
+    relinked = f", {report.relinked} of them now linked to {links.base}" if links and report.relinked else ""
+    print(f"added {report.added} document(s) ({report.chunks} chunks), {report.duplicates} already stored{relinked}")
     for path, reason in report.failed.items():
         print(f"failed: {path}: {reason}", file=sys.stderr)
     if report.unsupported:

@@ -189,11 +189,24 @@ def pdf_to_text(data: bytes, limits: DocumentLimits | None = None) -> tuple[str,
     return "\n\n".join(pages), (str(meta_title) if meta_title else None)
 
 
+def _first_heading(text: str) -> str | None:
+    """The first markdown heading outside fenced code (a `# comment` in code is not one)."""
+    fence: str | None = None
+    for line in text.split("\n"):
+        if fence is None and (opening := _FENCE_OPEN.match(line)):
+            fence = opening.group(1)
+        elif fence is not None:
+            if _FENCE_CLOSE.fullmatch(line.strip()) and line.strip().startswith(fence):
+                fence = None
+        elif match := _MD_HEADING.match(line):
+            return match.group(1).strip()
+    return None
+
+
 def guess_title(text: str, fallback: str) -> str:
     """First markdown heading, else the first line if it is short, else `fallback`."""
-    match = _MD_HEADING.search(text)
-    if match:
-        return match.group(1).strip()[:200]
+    if heading := _first_heading(text):
+        return heading[:200]
     first_line = text.split("\n", 1)[0].strip()
     if first_line and len(first_line) <= 120:
         return first_line

@@ -4,7 +4,8 @@ Files in a folder whose type is not supported are not silently passed over: they
 listed in the report (`unsupported`), so an operator sees what the tutor will not know.
 With a `PublicLinks`, each document's `source` is the public address of the page (base
 URL + the file's path inside the folder given), which citations carry to students;
-without one it is the local path, as before.
+without one it is the local path, as before. A document stored before (same text) gets
+the link too, so adding `--base-url` to a second run fixes the citations of the first.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from rag.extract import SUPPORTED_SUFFIXES, DocumentError, DocumentTooLarge
 from rag.retrieval import KnowledgeBase
+from storage import documents as store
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class IngestReport:
     failed: dict[str, str] = field(default_factory=dict)
     chunks: int = 0
     unsupported: list[str] = field(default_factory=list)
+    relinked: int = 0  # documents already stored whose source became the public link
 
     @property
     def seen(self) -> int:
@@ -139,6 +142,9 @@ async def ingest_paths(
             if created:
                 report.added += 1
                 report.chunks += document.chunk_count
-            else:
-                report.duplicates += 1
+                continue
+            report.duplicates += 1
+            if source is not None and document.source != source:  # ingested before without --base-url
+                async with kb.db.transaction() as conn:
+                    report.relinked += await store.set_document_source(conn, document.id, source)
     return report

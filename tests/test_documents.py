@@ -242,8 +242,14 @@ async def test_base_url_turns_local_paths_into_links_in_search_and_tutor_citatio
     (docs / "tutorial join.html").write_bytes((FIXTURES / "postgres_tutorial_join.html").read_bytes())
     async with core_for_command(base_settings) as core:
         kb = knowledge_base(base_settings, core.db)
+        assert await ingest_paths_command(kb, [docs], course="python") == 0  # first without links
+        assert {d.source for d in await kb.list_documents()} == {str(docs / "library" / "venv.html"),
+                                                                 str(docs / "tutorial join.html")}
+        capsys.readouterr()
         code = await ingest_paths_command(kb, [docs], course="python", base_url="https://docs.python.org/3.11")
-        assert code == 0, capsys.readouterr().err
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        assert "2 already stored, 2 of them now linked to https://docs.python.org/3.11/" in out.out
     venv_url = "https://docs.python.org/3.11/library/venv.html"
     sources = {d.title: d.source for d in await knowledge_base(base_settings, db).list_documents()}
     assert sources == {"venv — Creation of virtual environments": venv_url,

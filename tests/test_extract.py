@@ -211,6 +211,12 @@ def test_ordinary_page_keeps_the_article_and_drops_menu_sidebar_footer_and_cooki
         assert gone not in doc.text, gone
 
 
+def test_a_comment_in_code_is_not_taken_for_the_title() -> None:
+    doc = extract("Setup notes\n\n```sh\n# install the tools first\napt-get install make\n```\n\n# Building\n\nRun make.",
+                  "setup.md")
+    assert doc.title == "Building"
+
+
 def test_code_in_markdown_keeps_indentation_and_prose_is_still_normalised() -> None:
     text = "# Loops\n\nA   loop:\n\n```python\nfor x in xs:\n    # not a heading\n\tprint(x)   \n```\n\nAfter   it."
     doc = extract(text, "loops.md")
