@@ -6,6 +6,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rag.chunking import chunk_text
 from rag.extract import (
@@ -268,3 +270,16 @@ def test_real_text_in_other_encodings_is_still_accepted() -> None:
     # A log with a few colour escape sequences is still text.
     log = ("\x1b[32mOK\x1b[0m " + "step finished without errors. " * 10 + "\n").encode() * 20
     assert "step finished" in extract(log, "build-log.txt").text
+
+
+_LINES = st.sampled_from(["```", "```python", "~~~", "    indented();", "\t\ttabbed", "# heading", "text  with   spaces ",
+                          "", "   ", "\x0c", "a\u2028b", "caf\u0065\u0301", "  ````  ", "\x00ctrl\x07"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_LINES, max_size=25))
+def test_normalising_twice_changes_nothing(lines: list[str]) -> None:
+    """The dedupe key is the hash of normalised text, and text is normalised again when it
+    is stored: a second pass that changed anything would store a duplicate."""
+    once = normalize_text("\n".join(lines))
+    assert normalize_text(once) == once
