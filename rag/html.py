@@ -57,6 +57,8 @@ _BLOCK_TAGS = frozenset({
 _HTML_SPACE = re.compile(r"\s+")
 _PILCROW = re.compile(r"\s*¶\s*$")
 _BACKTICKS = re.compile(r"`{3,}")
+# "- " then a blank line: a list item whose text is in a <p> (Sphinx writes <li><p>…).
+_EMPTY_BULLET = re.compile(r"\n- [ \t]*\n(?:[ \t]*\n)*(?!- )")
 _XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>", re.IGNORECASE)
 
 
@@ -141,7 +143,7 @@ def render(root: lxml.html.HtmlElement) -> str:
             if item.text and name:
                 stack.append(_Text(_HTML_SPACE.sub(" ", item.text)))
             stack.append(_Text(before))
-    return "".join(out)
+    return _EMPTY_BULLET.sub("\n- ", "".join(out))
 
 
 def prune(root: lxml.html.HtmlElement) -> None:

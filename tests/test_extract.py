@@ -150,6 +150,9 @@ def test_sphinx_page_keeps_body_code_and_version_markers_and_drops_navigation() 
     assert ("Deprecated since version 3.6: pyvenv was the recommended tool for creating virtual environments "
             "for Python 3.3 and 3.4, and is deprecated in Python 3.6.") in doc.text
     assert "Changed in version 3.5: The use of venv is now recommended" in doc.text
+    # A list item's paragraph stays on its bullet (no lone "-" lines of list debris).
+    assert "\n- system_site_packages – a Boolean value indicating that the system Python site-packages" in doc.text
+    assert not [line for line in doc.text.split("\n") if line.strip() == "-"]
     # Code keeps its indentation, and its comments stay code.
     assert "\n        # Can't install pip without setuptools\n" in doc.text
     assert "\n    def __init__(self, *args, **kwargs):\n        self.nodist = kwargs.pop('nodist', False)\n" in doc.text
