@@ -56,7 +56,9 @@ BENCH_threads     := bench/threads_bench.py --seconds 2 --scenario direct --inst
 # These two read PostgreSQL's HTML manual (apt-get install postgresql-doc-15, or --docs DIR).
 BENCH_retrieval   := bench/retrieval_bench.py --skip-scale --queries 20
 BENCH_first_token := bench/tutor_first_token.py --pages 20 --questions 20
-BENCHES := abuse db_outage pdf_bomb rooms threads retrieval first_token
+# Also reads Python's HTML docs (apt-get install python3.11-doc).
+BENCH_ingest      := bench/ingest_bench.py --pages 10
+BENCHES := abuse db_outage pdf_bomb rooms threads retrieval first_token ingest
 
 bench: $(VENV)/.installed ## list the benchmarks; `make bench B=rooms` runs one with small defaults
 ifeq ($(B),)

@@ -176,8 +176,8 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from server.factories import knowledge_base
 
     paths = [Path(p) for p in args.paths]
-    return _run_async(lambda core: ingest_paths_command(knowledge_base(settings, core.db), paths, course=args.course),
-                      settings)
+    return _run_async(lambda core: ingest_paths_command(knowledge_base(settings, core.db), paths, course=args.course,
+                                                        base_url=args.base_url, exclude=args.exclude), settings)
 
 
 def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
@@ -225,9 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     cu.add_argument("--name", required=True)
     cu.add_argument("--role", required=True, choices=[Role.ADMIN, Role.MENTOR, Role.AGENT, Role.STUDENT])
     cu.set_defaults(func=cmd_createuser)
-    ing = sub.add_parser("ingest", help="add documents (files and folders) to the knowledge base")
+    ing = sub.add_parser("ingest", help="add documents (files and folders) to the knowledge base",
+                         description="Exit status: 0 all stored, 1 some files failed, 2 a path is missing or "
+                                     "--base-url is not a URL, 3 a folder held files of unsupported types.")
     ing.add_argument("paths", nargs="+")
     ing.add_argument("--course", help="course the documents belong to")
+    ing.add_argument("--base-url", help="public address of the folders given: a file's link (what citations "
+                                        "show) is this URL plus its path inside the folder")
+    ing.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                     help="skip files whose path inside the folder (or name) matches, e.g. '_sources/*'; repeatable")
     ing.set_defaults(func=cmd_ingest)
     sub.add_parser("reindex", help="re-embed chunks after a change of embedding model").set_defaults(func=cmd_reindex)
     sub.add_parser(
