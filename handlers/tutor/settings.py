@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rag.relevance import DEFAULT_THRESHOLDS, Thresholds
+
 
 @dataclass(frozen=True)
 class TutorSettings:
@@ -36,6 +38,13 @@ class TutorSettings:
     escalation_limits_guest: str = "3/3600"
     # Deployment-wide: tickets opened for guests (a swarm of fresh guests).
     guest_ticket_limits: str = "30/60"
+
+    # When a retrieved passage counts as relevant: cosine thresholds per embedder family
+    # (rag/relevance.py; measured in docs/tutor.md, "Calibrating relevance").
+    relevance_hashing: Thresholds = DEFAULT_THRESHOLDS["hashing"]
+    relevance_neural: Thresholds = DEFAULT_THRESHOLDS["neural"]
+    # A failing model endpoint is logged at once, then at most once per this many seconds.
+    model_failure_log_seconds: float = 60.0
 
     # An answer whose streaming instance stopped touching its row this long ago was abandoned.
     stream_stale_seconds: float = 20.0
