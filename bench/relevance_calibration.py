@@ -11,9 +11,14 @@ calibrated confidence and the verdict, then the similarity distribution of both 
 `relevant` belongs above the off-topic maximum and below most on-topic best hits.
 
 `hashing` (the default) uses the stored vectors through the app's hybrid search. Any other
-embedder embeds every chunk in memory first (numpy; `sentence-transformers` needs the
-`local-embeddings` extra) and searches exhaustively, with the database's full text as the
-second signal, so the stored vectors need not be rebuilt to calibrate a new model.
+embedder embeds chunks in memory first (numpy; `sentence-transformers` needs the
+`local-embeddings` extra) and searches them exhaustively, with the database's full text as
+the second signal, so the stored vectors need not be rebuilt to calibrate a new model.
+`--sample N` embeds only a pool: for every question its 40 nearest chunks by the stored
+(hashing) vectors and its 40 best full-text matches, plus N random chunks (seeded); on a
+busy 2-core machine this is what fits in minutes. The pool holds the likely best hits of
+on-topic questions; for off-topic ones the best similarity over the pool is a slight
+underestimate of the best over the whole corpus, so leave a margin above it.
 `--answers` prints the offline tutor's answer to each SCENARIO question.
 """
 from __future__ import annotations
@@ -34,7 +39,7 @@ from rag.decide import decide
 from rag.embeddings import Embedder, make_embedder
 from rag.offline import offline_answer
 from rag.prompts import Passage
-from rag.relevance import DEFAULT_THRESHOLDS, Judgement, family, judge
+from rag.relevance import DEFAULT_THRESHOLDS, Judgement, family, judge, with_similarity
 from rag.retrieval import KnowledgeBase, SearchResult, embedding_input
 from server.cli import core_for_command
 from storage import documents as store
@@ -98,28 +103,45 @@ OFF_TOPIC = [
 class Exhaustive:
     """Search for an embedder whose vectors are not stored: every chunk embedded here."""
 
-    def __init__(self, embedder: Embedder, kb: KnowledgeBase) -> None:
-        self.embedder, self.kb = embedder, kb
+    def __init__(self, embedder: Embedder, kb: KnowledgeBase, sample: int | None) -> None:
+        self.embedder, self.kb, self.sample = embedder, kb, sample
         self.rows: list[Any] = []
         self.matrix: Any = None
 
-    async def load(self) -> None:
+    async def load(self, questions: list[str]) -> None:
+        import random
+
         import numpy as np
 
         async with self.kb.db.connection() as conn:
             self.rows = await conn.fetch(
                 "SELECT c.id, c.document_id, d.title, d.source, c.content, c.heading_path"
                 " FROM chunks c JOIN documents d ON d.id = c.document_id ORDER BY c.id")
-        cache = Path(f"/tmp/relevance-{self.embedder.name.replace('/', '_').replace(':', '_')}-{len(self.rows)}.npy")
+        if self.sample is not None:
+            stored = KnowledgeBase(self.kb.db, make_embedder("hashing"))
+            pool: set[Any] = set()
+            for q in questions:
+                pool |= {h.chunk_id for h in await stored.search(q, k=10)}
+                [vector] = await stored.embedder.embed([q])
+                async with self.kb.db.connection() as conn:
+                    pool |= {h.chunk_id for h in await store.search_vector(
+                        conn, vector, model=stored.embedder.name, dim=stored.embedder.dim, k=40)}
+                    pool |= {h.chunk_id for h in await store.search_text(conn, q, k=40)}
+            rest = [r for r in self.rows if r["id"] not in pool]
+            picked = random.Random(15).sample(rest, min(self.sample, len(rest)))
+            self.rows = [r for r in self.rows if r["id"] in pool] + picked
+            print(f"  pool {len(pool)} chunks + {len(picked)} sampled", file=sys.stderr, flush=True)
+        name = self.embedder.name.replace("/", "_").replace(":", "_")
+        cache = Path(f"/tmp/relevance-{name}-{len(self.rows)}-{self.sample}.npy")
         if cache.exists():
             self.matrix = np.load(cache)
             return
         started = time.monotonic()
         texts = [embedding_input(list(r["heading_path"]), r["content"]) for r in self.rows]
         vectors: list[list[float]] = []
-        for first in range(0, len(texts), 256):
-            vectors += await self.embedder.embed(texts[first:first + 256])
-            print(f"  embedded {len(vectors)}/{len(texts)} chunks", file=sys.stderr, end="\r")
+        for first in range(0, len(texts), 128):
+            vectors += await self.embedder.embed(texts[first:first + 128])
+            print(f"  embedded {len(vectors)}/{len(texts)} chunks", file=sys.stderr, flush=True)
         matrix = np.asarray(vectors, dtype=np.float32)
         self.matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
         np.save(cache, self.matrix)
@@ -154,6 +176,7 @@ async def main() -> None:
     parser.add_argument("--embedder", default="hashing")
     parser.add_argument("--answers", action="store_true")
     parser.add_argument("--json")
+    parser.add_argument("--sample", type=int, help="embed only a pool per question plus N random chunks")
     args = parser.parse_args()
     settings = Settings.from_env()
     embedder = make_embedder(args.embedder)
@@ -163,12 +186,12 @@ async def main() -> None:
         kb = KnowledgeBase(core.db, embedder)
         searcher: Any = kb
         if args.embedder != "hashing":
-            searcher = Exhaustive(embedder, kb)
-            await searcher.load()
+            searcher = Exhaustive(embedder, kb, args.sample)
+            await searcher.load([*ON_TOPIC, *OFF_TOPIC])
         rows = []
         for group, questions in (("on", ON_TOPIC), ("off", OFF_TOPIC)):
             for q in questions:
-                hits = await searcher.search(q, k=5)
+                hits = await with_similarity(q, await searcher.search(q, k=5), embedder)
                 judgement: Judgement = judge(q, hits, embedder.name, thresholds)
                 sims = [h.similarity for h in hits if h.similarity is not None]
                 best = max(judgement.judged, key=lambda j: j.confidence, default=None)

@@ -113,19 +113,20 @@ def _bool(env: dict[str, str], name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _thresholds(env: dict[str, str], name: str, default: Thresholds) -> Thresholds:
-    """"UNRELATED,RELEVANT,CERTAIN[,TEXT_BONUS]" cosine thresholds (rag/relevance.py)."""
+def _thresholds(env: dict[str, str], name: str, default: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    """"UNRELATED,RELEVANT,CERTAIN[,TEXT_BONUS]" cosine thresholds (rag/relevance.py),
+    checked at start (rising, bonus 0..0.5)."""
     raw = (env.get(name) or "").strip()
     if not raw:
         return default
     try:
-        values = [float(p) for p in raw.split(",")]
+        values = tuple(float(p) for p in raw.split(","))
         if len(values) not in (3, 4):
             raise ValueError("three or four numbers")
-        bonus = values[3] if len(values) == 4 else default.text_bonus
-        return Thresholds(values[0], values[1], values[2], text_bonus=bonus, text_floor=default.text_floor)
-    except ValueError as exc:
+        Thresholds(*values)
+    except (ValueError, TypeError) as exc:
         raise SystemExit(f"{name} must be rising cosines UNRELATED,RELEVANT,CERTAIN[,TEXT_BONUS], got {raw!r}") from exc
+    return values
 
 
 def _seconds_list(env: dict[str, str], name: str, default: tuple[float, ...]) -> tuple[float, ...]:

@@ -90,7 +90,7 @@ _KINDS: dict[str, tuple[tuple[str, re.Pattern[str]], ...]] = {
 MAX_UNITS = (3, 2)  # sentences quoted from the first and the second passage
 SECOND_PASSAGE_RATIO = 0.8  # the second passage's best sentence must be this close to the first's
 KEEP_RATIO = 0.6  # a sentence is quoted if it scores this share of its passage's best
-MAX_CODE_LINES = 20  # a longer code block is not quoted along with its introduction
+MAX_CODE_LINES = 12  # a longer code block is not quoted (the citation leads to it)
 
 
 def detect_language(text: str) -> str:
@@ -124,16 +124,21 @@ def _pick(scored: list[tuple[Unit, float]], limit: int) -> list[Unit]:
     """The best `limit` units (near the passage's best), in document order. A sentence
     from a paragraph that introduces code brings the paragraph's last sentence (the
     introduction, "Some examples:") and the code block after it."""
-    if not scored:
+    scored = [(u, s) for u, s in scored if u.kind != "code" or u.text.count("\n") < MAX_CODE_LINES]
+    prose = [(u, s) for u, s in scored if u.kind == "sentence"]
+    if not prose:
         return []
-    best = max(score for _, score in scored)
-    ranked = sorted(scored, key=lambda us: -us[1])
+    best = max(score for _, score in prose)
+    ranked = sorted(prose, key=lambda us: -us[1])  # code comes only with its introduction
     chosen = {u.index for u, score in ranked[:limit] if score >= best * KEEP_RATIO and score > 0}
     units_ = [u for u, _ in scored]
     for unit in [u for u in units_ if u.index in chosen and u.introduces_code]:
         same = [u for u in units_ if u.paragraph == unit.paragraph]
         code = [u for u in units_ if u.kind == "code" and u.paragraph == unit.paragraph + 1]
-        chosen |= {same[-1].index, *(c.index for c in code if c.text.count("\n") < MAX_CODE_LINES)}
+        if code:
+            chosen |= {same[-1].index, code[0].index}
+        else:  # the code was too long to quote: an introduction to nothing is left out
+            chosen.discard(same[-1].index)
     return [u for u in units_ if u.index in chosen]
 
 
@@ -167,14 +172,16 @@ async def offline_answer(
 ) -> tuple[str, list[Passage]]:
     """The answer text and the passages it quotes (for citations).
 
-    `passages` have `score` = calibrated confidence (rag/relevance.py); the most confident
-    are quoted first."""
+    `passages` come in the search's order (the fused ranking, measured better at putting
+    the answer first than any one score) with `score` = calibrated confidence
+    (rag/relevance.py); the first relevant ones are quoted."""
     lang = detect_language(question)
     t = TEMPLATES[lang]
-    ranked = sorted(passages, key=lambda p: -p.score)
-    candidates = [p for p in ranked if p.score >= min_confidence][:max_passages]
+    # Every relevant passage is a candidate: one may hold nothing quotable (a table of
+    # contents), and the next one then speaks instead.
+    candidates = [p for p in passages if p.score >= min_confidence]
     split = [(p, units(p.content, lang)) for p in candidates]
-    split = [(p, us) for p, us in split if us]
+    split = [(p, us) for p, us in split if any(u.kind == "sentence" for u in us)][:max_passages]
     if not split:
         return nothing_found(question), []
     vectors = await embed([question, *(u.text for _, us in split for u in us)])

@@ -29,7 +29,7 @@ from rag.decide import Decision, SentinelFilter, decide, model_cannot_help
 from rag.llm import ChatModel, ModelUnavailable, StreamResult, count_message_tokens
 from rag.offline import OfflineStream, stream_offline
 from rag.prompts import SESSION_TYPES, Passage, build_messages, cited_passages, system_prompt
-from rag.relevance import Judgement, Thresholds, judge
+from rag.relevance import Judgement, Thresholds, judge, with_similarity
 from rag.retrieval import KnowledgeBase, SearchResult
 from rag.tokens import count_tokens
 from storage import conversations, messages
@@ -488,7 +488,8 @@ async def handle(svc: Answerer, job: Job) -> None:
 
     async def retrieve() -> list[SearchResult]:
         try:
-            return await svc.kb.search(msg.content, k=RETRIEVE_K, course=context.get("course"))
+            hits = await svc.kb.search(msg.content, k=RETRIEVE_K, course=context.get("course"))
+            return await with_similarity(msg.content, hits, svc.kb.embedder)
         except Exception:
             log.warning("retrieval failed; answering without course material", exc_info=True)
             return []

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rag.relevance import DEFAULT_THRESHOLDS, Thresholds
-
 
 @dataclass(frozen=True)
 class TutorSettings:
@@ -39,10 +37,11 @@ class TutorSettings:
     # Deployment-wide: tickets opened for guests (a swarm of fresh guests).
     guest_ticket_limits: str = "30/60"
 
-    # When a retrieved passage counts as relevant: cosine thresholds per embedder family
-    # (rag/relevance.py; measured in docs/tutor.md, "Calibrating relevance").
-    relevance_hashing: Thresholds = DEFAULT_THRESHOLDS["hashing"]
-    relevance_neural: Thresholds = DEFAULT_THRESHOLDS["neural"]
+    # When a retrieved passage counts as relevant: (unrelated, relevant, certain[, text_bonus])
+    # cosine similarities per embedder family; None: rag/relevance.py's measured defaults
+    # (docs/tutor.md, "Calibrating relevance").
+    relevance_hashing: tuple[float, ...] | None = None
+    relevance_neural: tuple[float, ...] | None = None
     # A failing model endpoint is logged at once, then at most once per this many seconds.
     model_failure_log_seconds: float = 60.0
 
