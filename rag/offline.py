@@ -187,10 +187,13 @@ async def offline_answer(
     vectors = await embed([question, *(u.text for _, us in split for u in us)])
     asked, rest = vectors[0], iter(vectors[1:])
     scored = [(p, [(u, _cosine(asked, next(rest))) for u in us]) for p, us in split]
-    top = max(score for _, pairs in scored[:1] for _, score in pairs)
+    def best_sentence(pairs: list[tuple[Unit, float]]) -> float:
+        return max(score for u, score in pairs if u.kind == "sentence")
+
+    top = best_sentence(scored[0][1])
     used: list[tuple[Passage, list[Unit]]] = []
     for n, (passage, pairs) in enumerate(scored):
-        if n and max(score for _, score in pairs) < top * SECOND_PASSAGE_RATIO:
+        if n and best_sentence(pairs) < top * SECOND_PASSAGE_RATIO:
             continue
         picked = _pick(pairs, MAX_UNITS[min(n, len(MAX_UNITS) - 1)])
         if picked:

@@ -94,6 +94,9 @@ def _blocks(content: str) -> list[tuple[UnitKind, str]]:
         if not prose:
             return
         joined = " ".join(p.strip() for p in prose)
+        if not _WORD.search(joined):  # a bare bullet ("-") or rule: nothing to quote
+            prose.clear()
+            return
         after_colon = bool(blocks) and blocks[-1][0] == "sentence" and blocks[-1][1].rstrip().endswith(":")
         if after_colon and not _CLOSED.search(joined):
             # "... executing the command venv:" then an unpunctuated paragraph: a command or

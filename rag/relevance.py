@@ -64,7 +64,7 @@ RELEVANT = 0.5  # the confidence from which a passage counts as relevant
 # normalised vectors), the default embedder; `hashing` the word-overlap embedder.
 DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
     "hashing": Thresholds(unrelated=0.15, relevant=0.34, certain=0.5, text_bonus=0.35, text_floor=0.0, min_coverage=0.5),
-    "neural": Thresholds(unrelated=0.25, relevant=0.45, certain=0.7, text_bonus=0.1, text_floor=0.3),
+    "neural": Thresholds(unrelated=0.25, relevant=0.42, certain=0.65, text_bonus=0.1, text_floor=0.3),
 }
 
 
