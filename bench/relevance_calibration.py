@@ -19,7 +19,9 @@ the second signal, so the stored vectors need not be rebuilt to calibrate a new 
 busy 2-core machine this is what fits in minutes. The pool holds the likely best hits of
 on-topic questions; for off-topic ones the best similarity over the pool is a slight
 underestimate of the best over the whole corpus, so leave a margin above it.
-`--answers` prints the offline tutor's answer to each SCENARIO question.
+`--answers` prints the offline tutor's answer to each SCENARIO question, and how long
+composing it took (splitting, embedding the sentences, choosing: what the offline tutor adds
+before its first delta).
 """
 from __future__ import annotations
 
@@ -189,6 +191,7 @@ async def main() -> None:
             searcher = Exhaustive(embedder, kb, args.sample)
             await searcher.load([*ON_TOPIC, *OFF_TOPIC])
         rows = []
+        compose_ms: list[float] = []
         for group, questions in (("on", ON_TOPIC), ("off", OFF_TOPIC)):
             for q in questions:
                 hits = await with_similarity(q, await searcher.search(q, k=5), embedder)
@@ -209,7 +212,9 @@ async def main() -> None:
                     passages = [Passage(str(j.hit.chunk_id), str(j.hit.document_id), j.hit.title, j.hit.content,
                                         j.confidence, j.hit.source) for j in judgement.judged]
                     decision = decide(q, [], passages)
+                    started = time.perf_counter()
                     text, _ = await offline_answer(q, passages, embedder.embed)
+                    compose_ms.append((time.perf_counter() - started) * 1000)
                     print(f"    decision {decision.action}/{decision.reason} confidence {decision.confidence}")
                     print("    " + text.replace("\n", "\n    "))
         on = [r["best_similarity"] for r in rows if r["group"] == "on"]
@@ -219,6 +224,9 @@ async def main() -> None:
         kept = sum(r["relevant"] for r in rows if r["group"] == "on")
         leaked = sum(r["relevant"] for r in rows if r["group"] == "off")
         print(f"relevant with these thresholds: on-topic {kept}/{len(on)}, off-topic {leaked}/{len(off)}")
+        if compose_ms:
+            print(f"offline answer composed in median {statistics.median(compose_ms):.1f} ms, "
+                  f"max {max(compose_ms):.1f} ms ({len(compose_ms)} answers)")
         if args.json:
             Path(args.json).write_text(json.dumps({"embedder": embedder.name, "rows": rows}, indent=1))
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from rag.llm import StreamResult
 from rag.passages import Unit, units
 from rag.prompts import Passage
-from rag.relevance import RELEVANT
+from rag.relevance import RELEVANT, key_terms
 
 MODEL_NAME = "offline-extractive"
 
@@ -90,6 +90,7 @@ _KINDS: dict[str, tuple[tuple[str, re.Pattern[str]], ...]] = {
 MAX_UNITS = (3, 2)  # sentences quoted from the first and the second passage
 SECOND_PASSAGE_RATIO = 0.8  # the second passage's best sentence must be this close to the first's
 KEEP_RATIO = 0.6  # a sentence is quoted if it scores this share of its passage's best
+EMBED_PER_PASSAGE = 12  # sentences of one passage compared with the question by the embedder
 MAX_CODE_LINES = 12  # a longer code block is not quoted (the citation leads to it)
 
 
@@ -184,9 +185,19 @@ async def offline_answer(
     split = [(p, us) for p, us in split if any(u.kind == "sentence" for u in us)][:max_passages]
     if not split:
         return nothing_found(question), []
-    vectors = await embed([question, *(u.text for _, us in split for u in us)])
-    asked, rest = vectors[0], iter(vectors[1:])
-    scored = [(p, [(u, _cosine(asked, next(rest))) for u in us]) for p, us in split]
+    # Only sentences are embedded (code comes with its introduction), at most
+    # EMBED_PER_PASSAGE per passage, the ones sharing most key terms with the question:
+    # a sentence model embeds a sentence in milliseconds, a long passage's forty in a second.
+    asked_terms = key_terms(question)
+    chosen: list[Unit] = []
+    for _, us in split:
+        sentences = [u for u in us if u.kind == "sentence"]
+        sentences.sort(key=lambda u: -len(asked_terms & key_terms(u.text)))
+        chosen += sentences[:EMBED_PER_PASSAGE]
+    vectors = await embed([question, *(u.text for u in chosen)])
+    similarity = {id(u): _cosine(vectors[0], v) for u, v in zip(chosen, vectors[1:], strict=True)}
+    scored = [(p, [(u, similarity.get(id(u), 0.0)) for u in us]) for p, us in split]
+
     def best_sentence(pairs: list[tuple[Unit, float]]) -> float:
         return max(score for u, score in pairs if u.kind == "sentence")
 
