@@ -140,7 +140,11 @@ def _pick(scored: list[tuple[Unit, float]], limit: int) -> list[Unit]:
             chosen |= {same[-1].index, code[0].index}
         else:  # the code was too long to quote: an introduction to nothing is left out
             chosen.discard(same[-1].index)
-    return [u for u in units_ if u.index in chosen]
+    picked = [u for u in units_ if u.index in chosen]
+    # "... proceeds as follows:" quoted without what follows reads as cut off.
+    return [u for n, u in enumerate(picked)
+            if not (u.kind == "sentence" and u.text.rstrip().endswith(":")
+                    and (n + 1 == len(picked) or picked[n + 1].kind != "code"))]
 
 
 def _quote(picked: list[Unit]) -> str:

@@ -102,6 +102,14 @@ async def test_code_session_is_quoted_fenced_inside_the_quote() -> None:
     assert lines[start + 1] == "> >>> IPv4Address('127.0.0.2') > IPv4Address('127.0.0.1')" and lines[start + 2] == "> True"
 
 
+async def test_an_introduction_without_its_list_or_code_is_not_quoted() -> None:
+    text = ("The with statement wraps the execution of a block with methods of a context manager. "
+            "The execution of the with statement proceeds as follows:\n\n-\n\n"
+            "The context expression is evaluated to obtain a context manager.\n")
+    answer, _ = await offline_answer("What does the with statement do?", [passage(text, "Compound statements", 0.9)], embed)
+    assert "The with statement wraps the execution" in answer and "proceeds as follows:" not in answer
+
+
 async def test_a_second_passage_is_quoted_only_when_it_answers_nearly_as_well() -> None:
     question = "How do I create a virtual environment?"
     text, used = await offline_answer(
