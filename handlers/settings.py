@@ -26,6 +26,7 @@ from handlers.rooms.settings import RoomSettings
 from handlers.tickets.settings import TicketSettings
 from handlers.tutor.settings import TutorSettings
 from handlers.webhooks.settings import WebhookSettings
+from rag.relevance import Thresholds
 from storage.embedded import valid_memory_size
 
 
@@ -110,6 +111,22 @@ def _bool(env: dict[str, str], name: str, default: bool) -> bool:
     if raw is None or raw == "":
         return default
     return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _thresholds(env: dict[str, str], name: str, default: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    """"UNRELATED,RELEVANT,CERTAIN[,TEXT_BONUS]" cosine thresholds (rag/relevance.py),
+    checked at start (rising, bonus 0..0.5)."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        values = tuple(float(p) for p in raw.split(","))
+        if len(values) not in (3, 4):
+            raise ValueError("three or four numbers")
+        Thresholds(*values)
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"{name} must be rising cosines UNRELATED,RELEVANT,CERTAIN[,TEXT_BONUS], got {raw!r}") from exc
+    return values
 
 
 def _seconds_list(env: dict[str, str], name: str, default: tuple[float, ...]) -> tuple[float, ...]:
@@ -428,6 +445,10 @@ class Settings:
                 escalation_limits_guest=(e.get("STUDYHALL_TUTOR_ESCALATION_LIMITS_GUEST")
                                          or tutor.escalation_limits_guest),
                 guest_ticket_limits=e.get("STUDYHALL_GUEST_TICKET_LIMITS") or tutor.guest_ticket_limits,
+                relevance_hashing=_thresholds(e, "STUDYHALL_TUTOR_RELEVANCE_HASHING", tutor.relevance_hashing),
+                relevance_neural=_thresholds(e, "STUDYHALL_TUTOR_RELEVANCE_NEURAL", tutor.relevance_neural),
+                model_failure_log_seconds=_float(e, "STUDYHALL_TUTOR_MODEL_FAILURE_LOG_SECONDS",
+                                                 tutor.model_failure_log_seconds),
                 stream_stale_seconds=_float(e, "STUDYHALL_TUTOR_STREAM_STALE_SECONDS", tutor.stream_stale_seconds),
                 stream_sweep_seconds=_float(e, "STUDYHALL_TUTOR_STREAM_SWEEP_SECONDS", tutor.stream_sweep_seconds),
             ),
