@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import orjson
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -73,6 +75,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", choices=sorted(SETS), action="append", help="default: every set")
     parser.add_argument("--embedder", default="hashing")
+    parser.add_argument("--json", type=Path, help="also write every set's report (with each question's outcome) here")
     parser.add_argument("--weights", default="1:1,1:0.5,1:0.25,0.5:1",
                         help="hybrid weights to measure, vector:text, comma-separated (the first is 'configured')")
     args = parser.parse_args()
@@ -89,6 +92,8 @@ async def main() -> None:
     finally:
         await asyncio.to_thread(pg.stop)
     print("\n" + markdown(reports))
+    if args.json:
+        args.json.write_bytes(orjson.dumps({name: r.as_dict() for name, r in reports.items()}, option=orjson.OPT_INDENT_2))
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def test_weighted_fusion_moves_the_order() -> None:
 def test_fusion_settings_are_checked() -> None:
     for bad in ({"mode": "both"}, {"vector_weight": -1.0}, {"vector_weight": 0.0, "text_weight": 0.0}, {"rrf_k": 0}):
         with pytest.raises(ValueError):
-            Fusion(**bad)  # type: ignore[arg-type]
+            Fusion(**bad)
     assert not Fusion(mode="hybrid", vector_weight=0.0).uses_vector
     assert Fusion(mode="vector").label == "vector" and Fusion(text_weight=0.5).label == "hybrid 1:0.5"
 
@@ -103,3 +103,29 @@ def test_fusion_settings_are_checked() -> None:
                 {"STUDYHALL_RETRIEVAL_RRF_K": "0"}, {"STUDYHALL_RETRIEVAL_TEXT_WEIGHT": "lots"}):
         with pytest.raises(SystemExit, match="STUDYHALL_RETRIEVAL"):
             Settings.from_env(env)
+
+
+def test_expected_documents_are_found_by_id_source_tail_or_title() -> None:
+    from datetime import UTC, datetime
+
+    from handlers.errors import ApiError
+    from handlers.evaluation import EvalQuestion, _Names
+    from storage.documents import DocumentRow
+
+    def doc(n: int, title: str, source: str | None) -> DocumentRow:
+        return DocumentRow(uuid.UUID(int=n), title, source, None, None, "h", None, datetime.now(UTC), 1)
+
+    names = _Names([doc(1, "Boiler  Manual", "/srv/docs/home/boiler.md"), doc(2, "Old boiler", "/srv/myboiler.md"),
+                    doc(3, "Seals", None)])
+    find = names.resolve
+    # A source names the whole stored path or its last segments, on a "/" boundary only.
+    assert find(EvalQuestion("q", sources=("boiler.md",)), "q") == {uuid.UUID(int=1)}
+    assert find(EvalQuestion("q", sources=("home/boiler.md",)), "q") == {uuid.UUID(int=1)}
+    assert find(EvalQuestion("q", sources=("/srv/myboiler.md",)), "q") == {uuid.UUID(int=2)}
+    assert find(EvalQuestion("q", titles=("boiler manual",), document_ids=(uuid.UUID(int=3),)), "q") == {
+        uuid.UUID(int=1), uuid.UUID(int=3)}
+    for question in (EvalQuestion("q", sources=("oiler.md",)), EvalQuestion("q", titles=("Boiler",)),
+                     EvalQuestion("q", document_ids=(uuid.UUID(int=9),))):
+        with pytest.raises(ApiError) as refused:
+            find(question, "line 7")
+        assert refused.value.code == "bad_request" and refused.value.message.startswith("line 7: no document")
