@@ -87,14 +87,13 @@ def test_eval_command_end_to_end(cli_env: Path, tmp_path: Path, capsys: pytest.C
     assert rows["text"][1:5] == ["0.500", "0.500", "0.500", "0.500"]
     assert "hybrid 1:1 *" in printed and "2 questions, course home" in printed
 
-    # Vector alone configured: the marker moves, the figures stay the same.
-    env_vector = {"STUDYHALL_RETRIEVAL_MODE": "vector"}
+    # Vector alone configured: it is the marked row, and no hybrid row is left.
     with pytest.MonkeyPatch.context() as mp:
-        for name, value in env_vector.items():
-            mp.setenv(name, value)
+        mp.setenv("STUDYHALL_RETRIEVAL_MODE", "vector")
         assert main(["eval", str(questions), "--k", "1,2", "--course", "home"]) == 0
-    printed = capsys.readouterr().out
-    assert "vector *" in printed and "hybrid" not in printed.split("\n", 2)[2].split("*")[0]
+    table = capsys.readouterr().out.splitlines()[2:-1]
+    assert [line.split("  ")[0] for line in table] == ["vector *", "text"]
+    assert table[0].split()[2:6] == ["0.500", "1.000", "0.750", "0.815"]
 
 
 def test_eval_command_refuses_bad_question_files(cli_env: Path, tmp_path: Path,
