@@ -139,6 +139,22 @@ def _seconds_list(env: dict[str, str], name: str, default: tuple[float, ...]) ->
         raise SystemExit(f"{name} must be seconds separated by commas, got {raw!r}") from exc
 
 
+def _retrieval(env: dict[str, str], default: RetrievalSettings) -> RetrievalSettings:
+    """The fusion settings; weights that select nothing stop the start with the names."""
+    section = RetrievalSettings(
+        mode=_choice(env, "STUDYHALL_RETRIEVAL_MODE", default.mode, ("hybrid", "vector", "text")),
+        vector_weight=_float(env, "STUDYHALL_RETRIEVAL_VECTOR_WEIGHT", default.vector_weight),
+        text_weight=_float(env, "STUDYHALL_RETRIEVAL_TEXT_WEIGHT", default.text_weight),
+        rrf_k=_int(env, "STUDYHALL_RETRIEVAL_RRF_K", default.rrf_k),
+    )
+    if section.vector_weight < 0 or section.text_weight < 0 or section.vector_weight + section.text_weight <= 0:
+        raise SystemExit("STUDYHALL_RETRIEVAL_VECTOR_WEIGHT and STUDYHALL_RETRIEVAL_TEXT_WEIGHT must be >= 0, "
+                         f"not both 0; got {section.vector_weight:g} and {section.text_weight:g}")
+    if section.rrf_k < 1:
+        raise SystemExit(f"STUDYHALL_RETRIEVAL_RRF_K must be at least 1, got {section.rrf_k}")
+    return section
+
+
 # ---- general sections ----------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -311,6 +327,19 @@ class PlatformSettings:
     key_rotate_overlap_hours: float = 24.0
 
 
+@dataclass(frozen=True)
+class RetrievalSettings:
+    """How search ranks passages (rag/retrieval.py `Fusion`, built in server/factories.py):
+    `hybrid` fuses the vector and full-text rankings by weighted RRF; `vector` or `text`
+    runs one alone. The defaults were measured with `studyhall eval` (README, "Measuring
+    retrieval"); re-measure on your material after changing the embedder."""
+
+    mode: str = "hybrid"
+    vector_weight: float = 1.0
+    text_weight: float = 1.0
+    rrf_k: int = 60
+
+
 # ---- all of them -----------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -332,6 +361,7 @@ class Settings:
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     platform: PlatformSettings = field(default_factory=PlatformSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -340,6 +370,7 @@ class Settings:
         log, auth, presence, threads = LogSettings(), AuthSettings(), PresenceSettings(), ThreadSettings()
         knowledge, rooms, tickets, tutor = KnowledgeSettings(), RoomSettings(), TicketSettings(), TutorSettings()
         identity, platform, webhooks = IdentitySettings(), PlatformSettings(), WebhookSettings()
+        retrieval = RetrievalSettings()
         return cls(
             http=HttpSettings(
                 host=e.get("STUDYHALL_HOST") or http.host,
@@ -477,6 +508,7 @@ class Settings:
                 subscriptions_refresh_seconds=_float(e, "STUDYHALL_WEBHOOK_SUBSCRIPTIONS_REFRESH_SECONDS",
                                                      webhooks.subscriptions_refresh_seconds),
             ),
+            retrieval=_retrieval(e, retrieval),
         )
 
     def with_(self, **changes: Any) -> Settings:
