@@ -13,6 +13,14 @@ from bench import capacity_sim as sim
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def test_the_users_model_covers_every_hour_of_the_day() -> None:
+    for curve in (sim.ONLINE, sim.IN_CLASS, sim.IN_OFFICE_HOURS, sim.TUTOR_PER_HOUR, sim.SUPPORT_PEAK):
+        assert len(curve) == 24
+    assert all(c + o <= 1 for c, o in zip(sim.IN_CLASS, sim.IN_OFFICE_HOURS, strict=True))
+    assert abs(sum(share for _, share in sim.CLASS_SIZES) - 1) < 1e-9
+    assert {size for size, _ in sim.CLASS_SIZES} <= set(range(30, 501))
+
+
 def test_more_instances_lower_each_instances_load_but_not_what_it_receives() -> None:
     few = sim.replay(20000, sim.Fleet(instances=2))
     many = sim.replay(20000, sim.Fleet(instances=8))
