@@ -57,7 +57,12 @@ BENCH_threads     := bench/threads_bench.py --seconds 2 --scenario direct --inst
 # retrieval_bench also --corpus python: apt-get install python3.11-doc).
 BENCH_retrieval   := bench/retrieval_bench.py --skip-scale --pages 60 --embedders onnx,hashing
 BENCH_first_token := bench/tutor_first_token.py --pages 20 --questions 20
-BENCHES := abuse db_outage pdf_bomb rooms threads retrieval first_token
+# Also reads Python's HTML docs (apt-get install python3.11-doc).
+BENCH_ingest      := bench/ingest_bench.py --pages 10
+# The capacity model (docs/scaling.md): the probe measures its constants, the simulation needs no services.
+BENCH_capacity    := bench/capacity_sim.py --size 10000 100000 1000000
+BENCH_capacity_probe := bench/capacity_probe.py --seconds 2 --sockets 200 --events 5000
+BENCHES := abuse db_outage pdf_bomb rooms threads retrieval first_token ingest capacity capacity_probe
 
 bench: $(VENV)/.installed ## list the benchmarks; `make bench B=rooms` runs one with small defaults
 ifeq ($(B),)

@@ -193,6 +193,22 @@ async def authenticate(core: Core, token: str | None, sid: str | None = None) ->
     )
 
 
+async def refresh_socket(core: Core, actor: Actor, token: str) -> Actor:
+    """The actor a connected socket becomes with a fresh session `token` of the same user
+    and role (`auth:refresh`, docs/protocol.md): it then lives as long as that session, with
+    no reconnect. Another user's token is `forbidden`; a changed role is `conflict` (the
+    client reconnects: staff rooms are joined at connect)."""
+    fresh = await authenticate(core, token, sid=actor.sid)
+    if fresh.user_id != actor.user_id:
+        raise ApiError("forbidden", "This token belongs to another user; reconnect to switch users.")
+    if fresh.role != actor.role:
+        raise ApiError("conflict", "This token carries another role; reconnect with it.")
+    if actor.sid is not None:
+        async with core.db.connection() as conn:
+            await connections.set_token(conn, actor.sid, fresh.token_id)
+    return fresh
+
+
 async def logout(core: Core, actor: Actor, *, ip: str | None) -> None:
     """Revoke the token and drop its open sockets on every instance."""
     async with core.db.transaction() as conn:

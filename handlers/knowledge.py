@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
+from collections import Counter
+from collections.abc import Sequence
+from enum import IntEnum
+from pathlib import Path, PurePath
 from typing import Any
 from uuid import UUID
 
@@ -20,8 +23,8 @@ from tqdm import tqdm
 from handlers.core import Core
 from handlers.errors import ApiError
 from rag.embeddings import EmbedderUnavailable
-from rag.extract import DocumentError, DocumentTooLarge
-from rag.ingest import ingest_paths
+from rag.extract import SUPPORTED_SUFFIXES, DocumentError, DocumentTooLarge
+from rag.ingest import PublicLinks, ingest_paths
 from rag.retrieval import KnowledgeBase, SearchResult
 from storage import audit
 from storage.records import Role
@@ -153,19 +156,55 @@ async def search(core: Core, q: str, *, k: int = 5, course: str | None = None) -
 
 # ---- command line -------------------------------------------------------------------
 
-async def ingest_paths_command(kb: KnowledgeBase, paths: list[Path], course: str | None) -> int:
-    """`studyhall ingest PATH…`: 0 when every file was stored (or already was), 1 if some
-    failed, 2 if a path does not exist."""
+class IngestExit(IntEnum):
+    """`studyhall ingest` exit statuses (docs/tutor.md): the most serious case wins."""
+
+    OK = 0  # every file stored, or already stored
+    FAILED = 1  # some files could not be stored (not text, unreadable, empty, too large)
+    USAGE = 2  # a path does not exist, or --base-url is not an http(s) URL
+    UNSUPPORTED = 3  # everything readable was stored, but a folder held files of unsupported types
+
+
+SHOW_UNSUPPORTED = 50
+
+
+def _print_unsupported(paths: list[str]) -> None:
+    by_type = Counter(PurePath(p).suffix.lower() or "(no extension)" for p in paths)
+    kinds = ", ".join(f"{suffix} {n}" for suffix, n in by_type.most_common())
+    print(f"skipped {len(paths)} file(s) of unsupported types ({kinds}); "
+          f"supported: {', '.join(sorted(SUPPORTED_SUFFIXES))}", file=sys.stderr)
+    for path in paths[:SHOW_UNSUPPORTED]:
+        print(f"unsupported: {path}", file=sys.stderr)
+    if len(paths) > SHOW_UNSUPPORTED:
+        print(f"… and {len(paths) - SHOW_UNSUPPORTED} more", file=sys.stderr)
+
+
+async def ingest_paths_command(
+    kb: KnowledgeBase, paths: list[Path], course: str | None, *, base_url: str | None = None,
+    exclude: Sequence[str] = (),
+) -> int:
+    """`studyhall ingest PATH…`; returns an `IngestExit` status."""
+    try:
+        links = PublicLinks(base_url) if base_url else None
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return IngestExit.USAGE
     await kb.ensure_index()
     try:
-        report = await ingest_paths(kb, paths, course, show_progress=sys.stderr.isatty())
+        report = await ingest_paths(kb, paths, course, show_progress=sys.stderr.isatty(), links=links,
+                                    exclude=exclude)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"added {report.added} document(s) ({report.chunks} chunks), {report.duplicates} already stored")
+        return IngestExit.USAGE
+    relinked = f", {report.relinked} of them now linked to {links.base}" if links and report.relinked else ""
+    print(f"added {report.added} document(s) ({report.chunks} chunks), {report.duplicates} already stored{relinked}")
     for path, reason in report.failed.items():
         print(f"failed: {path}: {reason}", file=sys.stderr)
-    return 1 if report.failed else 0
+    if report.unsupported:
+        _print_unsupported(report.unsupported)
+    if report.failed:
+        return IngestExit.FAILED
+    return IngestExit.UNSUPPORTED if report.unsupported else IngestExit.OK
 
 
 async def reindex_command(kb: KnowledgeBase) -> int:

@@ -26,6 +26,7 @@ from handlers.rooms.settings import RoomSettings
 from handlers.tickets.settings import TicketSettings
 from handlers.tutor.settings import TutorSettings
 from handlers.webhooks.settings import WebhookSettings
+from rag.relevance import Thresholds
 from storage.embedded import valid_memory_size
 
 
@@ -112,6 +113,22 @@ def _bool(env: dict[str, str], name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _thresholds(env: dict[str, str], name: str, default: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    """"UNRELATED,RELEVANT,CERTAIN[,TEXT_BONUS]" cosine thresholds (rag/relevance.py),
+    checked at start (rising, bonus 0..0.5)."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        values = tuple(float(p) for p in raw.split(","))
+        if len(values) not in (3, 4):
+            raise ValueError("three or four numbers")
+        Thresholds(*values)
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"{name} must be rising cosines UNRELATED,RELEVANT,CERTAIN[,TEXT_BONUS], got {raw!r}") from exc
+    return values
+
+
 def _seconds_list(env: dict[str, str], name: str, default: tuple[float, ...]) -> tuple[float, ...]:
     raw = (env.get(name) or "").strip()
     if not raw:
@@ -120,6 +137,22 @@ def _seconds_list(env: dict[str, str], name: str, default: tuple[float, ...]) ->
         return tuple(float(p) for p in raw.split(",") if p.strip())
     except ValueError as exc:
         raise SystemExit(f"{name} must be seconds separated by commas, got {raw!r}") from exc
+
+
+def _retrieval(env: dict[str, str], default: RetrievalSettings) -> RetrievalSettings:
+    """The fusion settings; weights that select nothing stop the start with the names."""
+    section = RetrievalSettings(
+        mode=_choice(env, "STUDYHALL_RETRIEVAL_MODE", default.mode, ("hybrid", "vector", "text")),
+        vector_weight=_float(env, "STUDYHALL_RETRIEVAL_VECTOR_WEIGHT", default.vector_weight),
+        text_weight=_float(env, "STUDYHALL_RETRIEVAL_TEXT_WEIGHT", default.text_weight),
+        rrf_k=_int(env, "STUDYHALL_RETRIEVAL_RRF_K", default.rrf_k),
+    )
+    if section.vector_weight < 0 or section.text_weight < 0 or section.vector_weight + section.text_weight <= 0:
+        raise SystemExit("STUDYHALL_RETRIEVAL_VECTOR_WEIGHT and STUDYHALL_RETRIEVAL_TEXT_WEIGHT must be >= 0, "
+                         f"not both 0; got {section.vector_weight:g} and {section.text_weight:g}")
+    if section.rrf_k < 1:
+        raise SystemExit(f"STUDYHALL_RETRIEVAL_RRF_K must be at least 1, got {section.rrf_k}")
+    return section
 
 
 # ---- general sections ----------------------------------------------------------------
@@ -295,6 +328,19 @@ class PlatformSettings:
     key_rotate_overlap_hours: float = 24.0
 
 
+@dataclass(frozen=True)
+class RetrievalSettings:
+    """How search ranks passages (rag/retrieval.py `Fusion`, built in server/factories.py):
+    `hybrid` fuses the vector and full-text rankings by weighted RRF; `vector` or `text`
+    runs one alone. The defaults were measured with `studyhall eval` (README, "Measuring
+    retrieval"); re-measure on your material after changing the embedder."""
+
+    mode: str = "hybrid"
+    vector_weight: float = 1.0
+    text_weight: float = 1.0
+    rrf_k: int = 60
+
+
 # ---- all of them -----------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -316,6 +362,7 @@ class Settings:
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     platform: PlatformSettings = field(default_factory=PlatformSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -324,6 +371,7 @@ class Settings:
         log, auth, presence, threads = LogSettings(), AuthSettings(), PresenceSettings(), ThreadSettings()
         knowledge, rooms, tickets, tutor = KnowledgeSettings(), RoomSettings(), TicketSettings(), TutorSettings()
         identity, platform, webhooks = IdentitySettings(), PlatformSettings(), WebhookSettings()
+        retrieval = RetrievalSettings()
         return cls(
             http=HttpSettings(
                 host=e.get("STUDYHALL_HOST") or http.host,
@@ -429,6 +477,10 @@ class Settings:
                 escalation_limits_guest=(e.get("STUDYHALL_TUTOR_ESCALATION_LIMITS_GUEST")
                                          or tutor.escalation_limits_guest),
                 guest_ticket_limits=e.get("STUDYHALL_GUEST_TICKET_LIMITS") or tutor.guest_ticket_limits,
+                relevance_hashing=_thresholds(e, "STUDYHALL_TUTOR_RELEVANCE_HASHING", tutor.relevance_hashing),
+                relevance_neural=_thresholds(e, "STUDYHALL_TUTOR_RELEVANCE_NEURAL", tutor.relevance_neural),
+                model_failure_log_seconds=_float(e, "STUDYHALL_TUTOR_MODEL_FAILURE_LOG_SECONDS",
+                                                 tutor.model_failure_log_seconds),
                 stream_stale_seconds=_float(e, "STUDYHALL_TUTOR_STREAM_STALE_SECONDS", tutor.stream_stale_seconds),
                 stream_sweep_seconds=_float(e, "STUDYHALL_TUTOR_STREAM_SWEEP_SECONDS", tutor.stream_sweep_seconds),
             ),
@@ -457,6 +509,7 @@ class Settings:
                 subscriptions_refresh_seconds=_float(e, "STUDYHALL_WEBHOOK_SUBSCRIPTIONS_REFRESH_SECONDS",
                                                      webhooks.subscriptions_refresh_seconds),
             ),
+            retrieval=_retrieval(e, retrieval),
         )
 
     def with_(self, **changes: Any) -> Settings:

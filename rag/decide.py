@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rag.prompts import CANNOT_HELP
+from rag.relevance import RELEVANT as RELEVANT_CONFIDENCE
 
 Action = Literal["answer", "clarify", "escalate"]
 
@@ -24,7 +25,8 @@ NO_MATERIAL_AGAIN = "no_relevant_material_again"
 TOO_VAGUE = "too_vague"
 RELEVANT = "relevant_material"
 
-MIN_RELEVANCE = 0.35  # retrieval score below which a passage does not count as relevant
+# Calibrated confidence (rag/relevance.py) below which a passage does not count as relevant.
+MIN_RELEVANCE = RELEVANT_CONFIDENCE
 
 
 @dataclass(frozen=True)
@@ -216,7 +218,8 @@ def decide(
 
     `recent_decisions` are this conversation's earlier decisions, oldest first (Decision
     objects or their `as_dict()`); `retrieval_results` are search hits with a `score`
-    (objects or dicts), higher is more relevant. Order matters: safety first, then a
+    (objects or dicts): the calibrated confidence 0..1 of rag/relevance.py, so the
+    confidence of an answer says how sure we are the material is on topic. Order matters: safety first, then a
     request for a person, then vagueness, then whether the course material covers it:
     the first miss still answers (category "no_results"), a second miss in a row escalates.
     """

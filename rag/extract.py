@@ -14,25 +14,20 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from bs4 import BeautifulSoup, NavigableString, Tag
 from pypdf import PdfReader, apply_configuration
 from pypdf.errors import LimitReachedError
 from pypdf.errors import PyPdfError as PdfError
 
+from rag.html import main_content
+from rag.sniff import NotText, decode_text
+
 SUPPORTED_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".html", ".htm", ".pdf"})
 
-_DROP_TAGS = ("script", "style", "nav", "noscript", "template", "svg", "iframe", "head")
-_BLOCK_TAGS = frozenset({
-    "p", "div", "section", "article", "main", "aside", "header", "footer", "blockquote",
-    "pre", "ul", "ol", "dl", "dt", "dd", "table", "tr", "figure", "figcaption", "form",
-    "address", "details", "summary", "hr",
-})
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u2028\u2029\ufeff]")
-_WHITESPACE_MAP = str.maketrans(
-    {"\t": " ", "\x0b": "\n", "\x0c": "\n", "\x85": "\n", "\u2028": "\n", "\u2029": "\n\n"}
-)
+_LINE_BREAKS = str.maketrans({"\x0b": "\n", "\x0c": "\n", "\x85": "\n", "\u2028": "\n", "\u2029": "\n\n"})
+_FENCE_OPEN = re.compile(r"^(`{3,}|~{3,})")
+_FENCE_CLOSE = re.compile(r"`{3,}|~{3,}")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
-_HTML_SPACE = re.compile(r"\s+")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 _MD_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 
@@ -43,6 +38,10 @@ class DocumentError(ValueError):
 
 class UnsupportedFormat(DocumentError):
     """The file's type is not one we can extract text from."""
+
+
+class NotTextDocument(UnsupportedFormat):
+    """A .txt/.md/.html file whose content is binary (an image, an archive, random bytes)."""
 
 
 class EmptyDocument(DocumentError):
@@ -110,16 +109,32 @@ class Extracted:
     content_hash: str
 
 
+def _normalize_line(line: str) -> str:
+    return _SPACES.sub(" ", _CONTROL_CHARS.sub("", line.replace("\t", " "))).strip()
+
+
 def normalize_text(text: str) -> str:
-    """NFC, `\\n` newlines, no control characters, single spaces, at most one blank line."""
+    """NFC, `\\n` newlines, no control characters, single spaces, at most one blank line.
+
+    Inside fenced code (```` ``` ```` or `~~~` lines) a line keeps its indentation and inner
+    spaces and loses only trailing ones: Python without its indentation is not Python, and
+    the fences are what tells the chunker that a `# comment` there is not a heading."""
     text = unicodedata.normalize("NFC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = text.translate(_WHITESPACE_MAP)
-    text = _CONTROL_CHARS.sub("", text)
-    text = _SPACES.sub(" ", text)
-    text = "\n".join(line.strip() for line in text.split("\n"))
-    text = _MANY_NEWLINES.sub("\n\n", text)
-    return text.strip()
+    text = text.translate(_LINE_BREAKS)
+    lines: list[str] = []
+    fence: str | None = None
+    for line in text.split("\n"):
+        if fence is None:
+            line = _normalize_line(line)
+            if opening := _FENCE_OPEN.match(line):
+                fence = opening.group(1)
+        elif _FENCE_CLOSE.fullmatch(line.strip()) and line.strip().startswith(fence):
+            fence, line = None, line.strip()
+        else:
+            line = _CONTROL_CHARS.sub("", line).rstrip()
+        lines.append(line)
+    return _MANY_NEWLINES.sub("\n\n", "\n".join(lines)).strip()
 
 
 def content_hash(normalized_text: str) -> str:
@@ -128,39 +143,18 @@ def content_hash(normalized_text: str) -> str:
 
 
 def decode_bytes(data: bytes) -> str:
-    """UTF-8 (with or without BOM), falling back to cp1252 for old Windows files."""
+    """The text of a .txt/.md/.html file; `NotTextDocument` if its content is not text."""
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return data.decode("cp1252", errors="replace")
+        return decode_text(data)
+    except NotText as exc:
+        raise NotTextDocument(str(exc)) from None
 
 
 def html_to_text(html: str) -> tuple[str, str | None]:
-    """Readable text of an HTML page with headings as `#` lines, and its <title>."""
-    soup = BeautifulSoup(html, "html.parser")
-    title_tag = soup.find("title")
-    title = title_tag.get_text(" ", strip=True) if title_tag else None
-    for tag in soup(list(_DROP_TAGS)):
-        tag.decompose()
-    # Outside <pre>, a newline in HTML source is just a space.
-    for string in soup.find_all(string=True):
-        if type(string) is NavigableString and string.find_parent(["pre", "textarea"]) is None:
-            string.replace_with(NavigableString(_HTML_SPACE.sub(" ", str(string))))
-    for tag in soup.find_all(True):
-        name = tag.name
-        if re.fullmatch(r"h[1-6]", name):
-            heading = " ".join(tag.get_text(" ", strip=True).split())
-            tag.replace_with(NavigableString(f"\n\n{'#' * int(name[1])} {heading}\n\n"))
-        elif name == "br":
-            tag.replace_with(NavigableString("\n"))
-        elif name == "li":
-            tag.insert_before(NavigableString("\n- "))
-        elif name in ("td", "th"):
-            tag.insert_after(NavigableString(" "))
-        elif name in _BLOCK_TAGS and isinstance(tag, Tag):
-            tag.insert_before(NavigableString("\n\n"))
-            tag.insert_after(NavigableString("\n\n"))
-    return soup.get_text(), title
+    """The page's main content with headings as `#` lines and code fenced (rag/html.py),
+    and its title."""
+    page = main_content(html)
+    return page.text, page.title
 
 
 def pdf_to_text(data: bytes, limits: DocumentLimits | None = None) -> tuple[str, str | None]:
@@ -195,11 +189,24 @@ def pdf_to_text(data: bytes, limits: DocumentLimits | None = None) -> tuple[str,
     return "\n\n".join(pages), (str(meta_title) if meta_title else None)
 
 
+def _first_heading(text: str) -> str | None:
+    """The first markdown heading outside fenced code (a `# comment` in code is not one)."""
+    fence: str | None = None
+    for line in text.split("\n"):
+        if fence is None and (opening := _FENCE_OPEN.match(line)):
+            fence = opening.group(1)
+        elif fence is not None:
+            if _FENCE_CLOSE.fullmatch(line.strip()) and line.strip().startswith(fence):
+                fence = None
+        elif match := _MD_HEADING.match(line):
+            return match.group(1).strip()
+    return None
+
+
 def guess_title(text: str, fallback: str) -> str:
     """First markdown heading, else the first line if it is short, else `fallback`."""
-    match = _MD_HEADING.search(text)
-    if match:
-        return match.group(1).strip()[:200]
+    if heading := _first_heading(text):
+        return heading[:200]
     first_line = text.split("\n", 1)[0].strip()
     if first_line and len(first_line) <= 120:
         return first_line
@@ -218,6 +225,8 @@ def extract(data: bytes | str, filename: str, limits: DocumentLimits | None = No
     if suffix == ".pdf":
         if isinstance(data, str):
             raise UnsupportedFormat("a PDF must be given as bytes")
+        if b"%PDF-" not in data[:1024]:
+            raise NotTextDocument("the file is named .pdf but is not a PDF")
         try:
             raw, meta_title = pdf_to_text(data, limits)
         except DocumentTooLarge:

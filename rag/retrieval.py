@@ -1,9 +1,12 @@
 """The knowledge base: ingest documents, hybrid search, reindex after a model change.
 
-Search is hybrid: the nearest chunks by embedding and the best full-text matches are
-fused by reciprocal rank fusion (RRF, k=60). RRF needs no score calibration between the two
-lists, and each half covers the other's blind spot: full text finds exact names, codes and
-rare words; vectors find paraphrases.
+Search is hybrid by default: the nearest chunks by embedding and the best full-text
+matches are fused by weighted reciprocal rank fusion (RRF, k=60). RRF needs no score
+calibration between the two lists, and each half covers the other's blind spot: full text
+finds exact names, codes and rare words; vectors find paraphrases. How much each half
+counts, or whether only one runs, is a `Fusion` (STUDYHALL_RETRIEVAL_*): fusing full text
+into a strong embedder's ranking can make it worse (QuackIR on BEIR), so the weights are
+chosen by measuring with `studyhall eval` on the operator's own material (docs/tutor.md).
 """
 from __future__ import annotations
 
@@ -26,6 +29,46 @@ log = logging.getLogger(__name__)
 RRF_K = 60
 # How often `reindex` embeds chunks added while it ran before it gives up switching.
 SWITCH_ATTEMPTS = 20
+RETRIEVAL_MODES = ("hybrid", "vector", "text")
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """Which retrievers run and how their rankings are fused.
+
+    `hybrid` runs both queries and adds `weight / (rrf_k + rank)` from each list; `vector`
+    or `text` runs that query alone (its own order, no fusion). The default weights were
+    picked with `studyhall eval` on bench/evalsets for the `hashing` embedder (README,
+    "Measuring retrieval"); re-measure after changing the embedder.
+    """
+
+    mode: str = "hybrid"
+    vector_weight: float = 1.0
+    text_weight: float = 1.0
+    rrf_k: int = RRF_K
+
+    def __post_init__(self) -> None:
+        if self.mode not in RETRIEVAL_MODES:
+            raise ValueError(f"retrieval mode must be one of {', '.join(RETRIEVAL_MODES)}, got {self.mode!r}")
+        if self.vector_weight < 0 or self.text_weight < 0 or self.vector_weight + self.text_weight <= 0:
+            raise ValueError("fusion weights must be >= 0 and not both 0")
+        if self.rrf_k < 1:
+            raise ValueError("rrf_k must be at least 1")
+
+    @property
+    def label(self) -> str:
+        """How reports name it: `vector`, `text`, or `hybrid 1:0.5` (vector:text weights)."""
+        if self.mode != "hybrid":
+            return self.mode
+        return f"hybrid {self.vector_weight:g}:{self.text_weight:g}"
+
+    @property
+    def uses_vector(self) -> bool:
+        return self.mode == "vector" or (self.mode == "hybrid" and self.vector_weight > 0)
+
+    @property
+    def uses_text(self) -> bool:
+        return self.mode == "text" or (self.mode == "hybrid" and self.text_weight > 0)
 
 
 @dataclass(frozen=True)
@@ -68,19 +111,27 @@ def embedding_input(heading_path: list[str], content: str) -> str:
 
 
 def fuse(
-    vector_hits: list[store.ChunkHit], text_hits: list[store.ChunkHit], k: int, rrf_k: int = RRF_K
+    vector_hits: list[store.ChunkHit], text_hits: list[store.ChunkHit], k: int, fusion: Fusion | None = None
 ) -> list[SearchResult]:
-    """Reciprocal rank fusion: score = sum over lists of 1 / (rrf_k + rank)."""
+    """Weighted reciprocal rank fusion: score = sum over lists of weight / (rrf_k + rank).
+
+    With one list empty (a single-retriever mode, or nothing matched on one side) this is
+    that list's own order. A list with weight 0 adds nothing to the order but still fills
+    `similarity` / `text_rank`."""
+    fusion = fusion or Fusion()
     scores: dict[UUID, float] = {}
     hits: dict[UUID, store.ChunkHit] = {}
     similarity: dict[UUID, float] = {}
     text_rank: dict[UUID, float] = {}
-    for ranked, side in ((vector_hits, similarity), (text_hits, text_rank)):
+    sides = ((vector_hits, similarity, fusion.vector_weight), (text_hits, text_rank, fusion.text_weight))
+    for ranked, side, weight in sides:
         for rank, hit in enumerate(ranked, start=1):
-            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + 1.0 / (rrf_k + rank)
+            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + weight / (fusion.rrf_k + rank)
             hits.setdefault(hit.chunk_id, hit)
             side[hit.chunk_id] = hit.score
-    order = sorted(scores, key=lambda cid: (-scores[cid], -similarity.get(cid, -1.0), str(cid)))
+    # Ties (e.g. a zero-weight list's hits) go to the higher cosine, then the better text rank.
+    order = sorted(scores, key=lambda cid: (-scores[cid], -similarity.get(cid, -1.0), -text_rank.get(cid, -1.0),
+                                            str(cid)))
     return [
         SearchResult(
             chunk_id=cid, document_id=hits[cid].document_id, title=hits[cid].title,
@@ -111,8 +162,10 @@ class KnowledgeBase:
         embed_batch: int = 64,
         limits: DocumentLimits | None = None,
         resolve: Callable[[str], Embedder | None] = embedder_for_name,
+        fusion: Fusion | None = None,
     ) -> None:
         self.db = db
+        self.fusion = fusion or Fusion()
         self._resolve = resolve
         self._embedders: dict[str, Embedder | None] = {embedder.name: embedder}
         self.limits = limits or DocumentLimits()
@@ -221,11 +274,16 @@ class KnowledgeBase:
             language=language, course=course, created_by=created_by,
         )
 
-    async def search(self, q: str, k: int = 5, course: str | None = None) -> list[SearchResult]:
-        """Hybrid search: vector and full-text candidates fused by RRF, best `k` returned."""
+    async def search(
+        self, q: str, k: int = 5, course: str | None = None, *, fusion: Fusion | None = None
+    ) -> list[SearchResult]:
+        """The best `k` chunks by the configured fusion (`fusion` overrides it: `studyhall
+        eval` compares retrievers through this same path)."""
         if not q.strip() or k <= 0:
             return []
-        candidates = max(4 * k, 20)
+        fusion = fusion or self.fusion
+        # Single-retriever modes need only k; fused lists need room for the other side's picks.
+        candidates = max(4 * k, 20) if fusion.mode == "hybrid" else k
 
         # The two queries at the same time on two connections: the full-text one from the
         # start, the vector one as soon as the query is embedded (a network call with a
@@ -236,6 +294,8 @@ class KnowledgeBase:
         # an earlier run 27.6 vs 18.7): two queries copying pages in from the OS cache
         # slow each other down.
         async def nearest() -> list[store.ChunkHit]:
+            if not fusion.uses_vector:
+                return []
             active = await self.active_model()
             embedder = await self.embedder_for(active.model)
             if embedder is None:
@@ -250,13 +310,15 @@ class KnowledgeBase:
 
         vector_search = asyncio.ensure_future(nearest())
         try:
-            async with self.db.connection() as conn:
-                text_hits = await store.search_text(conn, q, k=candidates, course=course)
+            text_hits: list[store.ChunkHit] = []
+            if fusion.uses_text:
+                async with self.db.connection() as conn:
+                    text_hits = await store.search_text(conn, q, k=candidates, course=course)
             vector_hits = await vector_search
         finally:
             if not vector_search.done():
                 vector_search.cancel()
-        return fuse(vector_hits, text_hits, k)
+        return fuse(vector_hits, text_hits, k, fusion)
 
     async def ensure_index(self) -> str:
         """Create the HNSW indexes of the active and the configured model if missing (cheap

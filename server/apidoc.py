@@ -121,6 +121,8 @@ class Doc:
     also: Mapping[int, type[BaseModel] | None] = field(default_factory=dict)
     content_type: str = "application/json"
     description: str = ""
+    # Optional request headers the handler reads (name -> description).
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def api(
@@ -128,12 +130,12 @@ def api(
     body: type[BaseModel] | None = None, multipart: type[BaseModel] | None = None,
     query: tuple[QueryParam, ...] = (), path: Mapping[str, dict[str, Any]] | None = None,
     errors: tuple[int, ...] = (), also: Mapping[int, type[BaseModel] | None] | None = None,
-    content_type: str = "application/json", description: str = "",
+    content_type: str = "application/json", description: str = "", headers: Mapping[str, str] | None = None,
 ) -> Callable[[H], H]:
     """Attach a `Doc` to a route handler (read back by `doc_of`)."""
     doc = Doc(summary=summary, ok=ok if isinstance(ok, tuple) else (200, ok), auth=auth, tag=tag, body=body,
               multipart=multipart, query=query, path=dict(path or {}), errors=errors, also=dict(also or {}),
-              content_type=content_type, description=description)
+              content_type=content_type, description=description, headers=dict(headers or {}))
 
     def attach(handler: H) -> H:
         setattr(handler, DOC_ATTR, doc)

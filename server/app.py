@@ -20,6 +20,7 @@ from handlers.core import Core
 from handlers.ratelimit import RateLimiter
 from handlers.settings import Settings
 from server import documents as documents_feature
+from server import evaluation as evaluation_feature
 from server import identity as identity_feature
 from server import openapi, pages, routes_accounts, routes_static, threads
 from server import platform_api as platform_feature
@@ -55,6 +56,7 @@ FEATURES = (
     platform_feature,  # API keys and the platform API
     platform_link_feature,  # guest carry-over by API key
     webhooks_feature,  # webhook endpoints and deliveries (admins)
+    evaluation_feature,  # retrieval evaluation (staff)
     openapi,  # last: describes every route above (server/openapi.py)
 )
 

@@ -36,7 +36,7 @@ from handlers.webhooks import listener
 from handlers.webhooks.delivery import Dispatcher
 from handlers.webhooks.outbox import MessageOutbox, Subscriptions
 from rag.retrieval import KnowledgeBase
-from server import factories, identity, rooms, threads, tickets, webhooks
+from server import factories, identity, rooms, session_refresh, threads, tickets, webhooks
 from server import tutor as tutor_transport
 from server.gateway import Gateway
 from server.housekeeping import guest_sweeper, housekeeping
@@ -106,7 +106,8 @@ def assemble(app: web.Application, core: Core, gateway: Gateway) -> Assembly:
         AfterCommitHook(ticket_service.reopen_after_close),  # writing in a closed one reopens a ticket
         KindPolicyFor("room", rooms_live.RoomPolicy()),  # every other kind: MemberPolicy
     ])
-    gateway.add_events([*threads.EVENTS, *tutor_transport.EVENTS, *rooms.EVENTS, *tickets.EVENTS])
+    gateway.add_events([*threads.EVENTS, *tutor_transport.EVENTS, *rooms.EVENTS, *tickets.EVENTS,
+                        *session_refresh.events(gateway, revocation)])
     gateway.identity_connect = identity.connect_with_identity(app)  # auth: {identity}
     gateway.on_connect += [
         presence.socket_connected,

@@ -1,4 +1,4 @@
-"""The `studyhall` command: serve, migrate, createuser, ingest, reindex, demo, app."""
+"""The `studyhall` command: serve, migrate, createuser, ingest, reindex, eval, demo, app."""
 
 from __future__ import annotations
 
@@ -176,8 +176,8 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from server.factories import knowledge_base
 
     paths = [Path(p) for p in args.paths]
-    return _run_async(lambda core: ingest_paths_command(knowledge_base(settings, core.db), paths, course=args.course),
-                      settings)
+    return _run_async(lambda core: ingest_paths_command(knowledge_base(settings, core.db), paths, course=args.course,
+                                                        base_url=args.base_url, exclude=args.exclude), settings)
 
 
 def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
@@ -185,6 +185,23 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     from server.factories import knowledge_base
 
     return _run_async(lambda core: reindex_command(knowledge_base(settings, core.db)), settings)
+
+
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from handlers.evaluation import eval_command
+    from handlers.knowledge import MAX_K
+    from server.evaluation import parse_weights, read_questions
+    from server.factories import knowledge_base
+
+    try:
+        questions = read_questions(Path(args.questions))
+        ks = [int(k) for k in args.k.split(",") if k.strip()]
+        extra = [parse_weights(w, settings.retrieval.rrf_k) for w in args.weights]
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return _run_async(lambda core: eval_command(knowledge_base(settings, core.db), questions, ks=ks, course=args.course,
+                                                extra=extra, json_out=args.json, max_k=MAX_K), settings)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -225,11 +242,26 @@ def build_parser() -> argparse.ArgumentParser:
     cu.add_argument("--name", required=True)
     cu.add_argument("--role", required=True, choices=[Role.ADMIN, Role.MENTOR, Role.AGENT, Role.STUDENT])
     cu.set_defaults(func=cmd_createuser)
-    ing = sub.add_parser("ingest", help="add documents (files and folders) to the knowledge base")
+    ing = sub.add_parser("ingest", help="add documents (files and folders) to the knowledge base",
+                         description="Exit status: 0 all stored, 1 some files failed, 2 a path is missing or "
+                                     "--base-url is not a URL, 3 a folder held files of unsupported types.")
     ing.add_argument("paths", nargs="+")
     ing.add_argument("--course", help="course the documents belong to")
+    ing.add_argument("--base-url", help="public address of the folders given: a file's link (what citations "
+                                        "show) is this URL plus its path inside the folder")
+    ing.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                     help="skip files whose path inside the folder (or name) matches, e.g. '_sources/*'; repeatable")
     ing.set_defaults(func=cmd_ingest)
     sub.add_parser("reindex", help="re-embed chunks after a change of embedding model").set_defaults(func=cmd_reindex)
+    ev = sub.add_parser("eval", help="measure retrieval on questions with known answers (docs/tutor.md)")
+    ev.add_argument("questions", help="a JSON Lines file: one question and its expected document(s) per line")
+    ev.add_argument("--json", metavar="OUT", help="also write the figures (and each question's outcome) to OUT as JSON")
+    ev.add_argument("--k", default="1,5,10", help="recall cutoffs, comma-separated; MRR and nDCG at the largest "
+                                                  "(default 1,5,10)")
+    ev.add_argument("--course", help="search this course's documents (and general ones), as the tutor would")
+    ev.add_argument("--weights", action="append", default=[], metavar="V:T",
+                    help="also measure hybrid search with these vector:text weights (repeatable), e.g. 1:0.5")
+    ev.set_defaults(func=cmd_eval)
     sub.add_parser(
         "demo", help="load a sample course with demo accounts and a live room, and print what to try (safe to rerun)"
     ).set_defaults(func=cmd_demo)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from handlers.settings import KnowledgeSettings, Settings
+from handlers.settings import KnowledgeSettings, RetrievalSettings, Settings
 from handlers.tutor.limits import (
     ESCALATION_MESSAGE,
     GUEST_TICKETS_MESSAGE,
@@ -25,7 +25,7 @@ from handlers.tutor.settings import TutorSettings
 from rag.embeddings import Embedder, EmbedderUnavailable, embedder_for_name, make_embedder
 from rag.extract import DocumentLimits
 from rag.llm import DEFAULT_PRICES, ChatModel, LLMConfig
-from rag.retrieval import KnowledgeBase
+from rag.retrieval import Fusion, KnowledgeBase
 from storage.db import Database
 
 # ---- tutor ------------------------------------------------------------------------------
@@ -122,9 +122,15 @@ def document_limits(knowledge: KnowledgeSettings) -> DocumentLimits:
     )
 
 
+def fusion(retrieval: RetrievalSettings) -> Fusion:
+    """How search fuses its vector and full-text rankings (STUDYHALL_RETRIEVAL_*)."""
+    return Fusion(mode=retrieval.mode, vector_weight=retrieval.vector_weight, text_weight=retrieval.text_weight,
+                  rrf_k=retrieval.rrf_k)
+
+
 def knowledge_base(settings: Settings, db: Database) -> KnowledgeBase:
     """The knowledge base: the app builds one at start, each command line tool its own."""
     return KnowledgeBase(
         db, embedder(settings.knowledge, settings.tutor), limits=document_limits(settings.knowledge),
-        resolve=previous_embedder(settings.knowledge, settings.tutor),
+        fusion=fusion(settings.retrieval), resolve=previous_embedder(settings.knowledge, settings.tutor),
     )

@@ -191,6 +191,11 @@ def build(app: web.Application) -> dict[str, Any]:
              **({"description": q.description} if q.description else {})}
             for q in doc.query
         ]
+        parameters += [
+            {"name": name, "in": "header", "required": False, "description": text,
+             "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
+            for name, text in doc.headers.items()
+        ]
         if parameters:
             operation["parameters"] = parameters
         content: dict[str, Any] = {}

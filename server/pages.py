@@ -1,13 +1,17 @@
-"""What the browser pages need beyond `static/`: the socket.io-client bundle, CORS for
-the embeddable widget, and a presence snapshot.
+"""What the browser pages need beyond `static/`: the vendored npm bundles, CORS for the
+embeddable widget, and a presence snapshot.
 
 Why each exists:
-- `/vendor/…` serves `socket.io-client`'s own prebuilt ESM bundle (and its source map),
-  vendored unchanged in `server/vendor/socket.io-client/` and shipped in the package, so
-  the pages work right after `pip install` (no npm) and speak the protocol through the
-  official client. `server/vendor/update.py` refreshes it from npm and records the version
-  and sha256 in `VENDORED.json`. It lives outside `/static/` so it does not depend on
-  route order with the static route.
+- `/vendor/…` serves the npm packages' own prebuilt bundles (and source maps), vendored
+  unchanged in `server/vendor/<package>/` and shipped in the package, so the pages work
+  right after `pip install` (no npm): `socket.io-client` (the pages speak the protocol
+  through the official client), `markdown-it` and `dompurify` (Markdown in tutor and agent
+  messages, static/js/markdown.js). `server/vendor/update.py` refreshes them from npm and
+  records each version and sha256 in its `VENDORED.json`. markdown-it ships only a UMD
+  build: it is served as an ES module by wrapping it in two lines here (`module.exports`
+  becomes the default export, so nothing lands on the host page's `window`), and the
+  file on disk stays byte for byte npm's. It lives outside `/static/` so it does not
+  depend on route order with the static route.
 - The widget is embedded in other sites: its HTTP calls (guest token, conversation list)
   and its ES module imports are cross-origin, so `/api/*`, `/static/*` and `/vendor/*`
   answer CORS (origins from `STUDYHALL_CORS_ORIGINS`, the same setting Socket.IO uses).
@@ -20,6 +24,7 @@ Why each exists:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -33,11 +38,33 @@ from server.http import core_of, require_actor
 from server.jsonutil import json_response
 from server.keys import SETTINGS
 
-VENDOR_DIR = Path(__file__).resolve().parent / "vendor" / "socket.io-client"
+VENDOR_ROOT = Path(__file__).resolve().parent / "vendor"
+
+
+@dataclass(frozen=True)
+class Vendored:
+    """One served file: its package folder under VENDOR_ROOT, the file there, its type, and
+    whether a UMD build is wrapped as an ES module."""
+
+    package: str
+    file: str
+    content_type: str
+    wrap_umd: bool = False
+
+
+JS, MAP = "text/javascript", "application/json"
 VENDOR_FILES = {
-    "socket.io.esm.min.js": "text/javascript",
-    "socket.io.esm.min.js.map": "application/json",
+    "socket.io.esm.min.js": Vendored("socket.io-client", "socket.io.esm.min.js", JS),
+    "socket.io.esm.min.js.map": Vendored("socket.io-client", "socket.io.esm.min.js.map", MAP),
+    "markdown-it.esm.js": Vendored("markdown-it", "markdown-it.min.js", JS, wrap_umd=True),
+    "markdown-it.min.js.map": Vendored("markdown-it", "markdown-it.min.js.map", MAP),
+    "purify.es.mjs": Vendored("dompurify", "purify.es.mjs", JS),
+    "purify.es.mjs.map": Vendored("dompurify", "purify.es.mjs.map", MAP),
 }
+# The UMD prologue takes the CommonJS branch; on the licence-comment line, so the source
+# map's lines still match.
+UMD_HEAD = b"const module = { exports: {} }, exports = module.exports;"
+UMD_TAIL = b"\nexport default module.exports;\n"
 CORS_PREFIXES = ("/api/", "/static/", "/vendor/")
 ALLOWED_HEADERS = "Authorization, Content-Type"
 ALLOWED_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
@@ -75,14 +102,17 @@ async def preflight(request: web.Request) -> web.Response:
 
 async def vendor(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
-    content_type = VENDOR_FILES.get(name)
-    path = VENDOR_DIR / name
-    if content_type is None:
+    served = VENDOR_FILES.get(name)
+    if served is None:
         raise ApiError("not_found", "No such file.")
+    path = VENDOR_ROOT / served.package / served.file
     if not path.is_file():
-        raise ApiError("not_found", f"{name} is missing from the Studyhall package ({VENDOR_DIR}); "
+        raise ApiError("not_found", f"{name} is missing from the Studyhall package ({path.parent}); "
                        "reinstall Studyhall or run `python3 server/vendor/update.py` in a checkout.")
-    return web.FileResponse(path, headers={"Content-Type": content_type, "Cache-Control": "public, max-age=3600"})
+    headers = {"Content-Type": served.content_type, "Cache-Control": "public, max-age=3600"}
+    if served.wrap_umd:
+        return web.Response(body=UMD_HEAD + path.read_bytes() + UMD_TAIL, headers=headers)
+    return web.FileResponse(path, headers=headers)
 
 
 @api("Who is online among the people you share a conversation with", ok=out.Presence, auth="session", tag="threads")

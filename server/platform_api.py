@@ -58,8 +58,13 @@ class SessionBody(Payload):
     type: SessionType = "lecture"
 
 
+IdempotencyKey = Annotated[str, Field(min_length=1, max_length=255), Storable]
+
+
 class MessageBody(Payload):
     content: Content
+    # The socket protocol's client_id; the Idempotency-Key header says the same (see post_message).
+    client_id: IdempotencyKey | None = None
 
 
 class TicketBody(Payload):
@@ -217,14 +222,36 @@ async def get_transcript(request: web.Request) -> web.Response:
     ))
 
 
-@api("Post a message as the app", body=MessageBody, ok=(201, out.MessageResult), auth="api_key", tag="platform",
-     errors=(409,))
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def _idempotency_key(request: web.Request, body: MessageBody) -> str | None:
+    """The key from the `Idempotency-Key` header or the body's `client_id` (both: equal)."""
+    raw = request.headers.get(IDEMPOTENCY_HEADER)
+    header = header_ascii(request, IDEMPOTENCY_HEADER)
+    if raw is not None and (header is None or not 1 <= len(header.strip()) <= 255):
+        raise ApiError("bad_request", "Idempotency-Key must be 1 to 255 printable ASCII characters.")
+    header = header.strip() if header is not None else None
+    if header is not None and body.client_id is not None and header != body.client_id:
+        raise ApiError("bad_request", "Idempotency-Key and client_id differ; send one, or the same in both.")
+    return header or body.client_id
+
+
+@api("Post a message as the app", body=MessageBody, ok=(201, out.MessageResult), also={200: out.MessageResult},
+     auth="api_key", tag="platform", errors=(409,),
+     headers={IDEMPOTENCY_HEADER: "A key of your choosing (1-255 characters): a retry with it returns the first "
+                                  "message (200, `Idempotent-Replayed: true`) and posts nothing."})
 async def post_message(request: web.Request) -> web.Response:
     app = await require_app(request)
     body = await read_json(request, MessageBody)
-    result = await operations.post_message(core_of(request), app, path_uuid(request, "id", "conversation"),
-                                           content=body.content, ip=client_ip(request))
-    return json_response(result, status=201)
+    result, replayed = await operations.post_message(
+        core_of(request), app, path_uuid(request, "id", "conversation"), content=body.content,
+        idempotency_key=_idempotency_key(request, body), ip=client_ip(request),
+    )
+    response = json_response(result, status=200 if replayed else 201)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
 @api("Open a ticket on a conversation", body=TicketBody, ok=(201, out.TicketResult), auth="api_key", tag="platform",

@@ -52,6 +52,14 @@ class Revocation:
         loop = asyncio.get_running_loop()
         self.timers[actor.sid] = loop.call_later(max(0.0, delay), self._expired, actor.sid, actor.token_id)
 
+    async def rearm(self, actor: Actor) -> None:
+        """The socket runs on a new token (`auth:refresh`): its expiry replaces the old one's."""
+        if actor.sid is not None:
+            timer = self.timers.pop(actor.sid, None)
+            if timer is not None:
+                timer.cancel()
+        await self.socket_connected(self.core, actor)
+
     async def socket_disconnected(self, core: Core, actor: Actor) -> None:
         if actor.sid is None:
             return

@@ -55,6 +55,8 @@ class UserResult(Out):
 class SignedIn(Out):
     user: PublicUser
     token: str
+    # Identity sign-ins: when the session ends (a client refreshes it before: auth:refresh).
+    expires_at: datetime | None = None
 
 
 class Health(Out):
@@ -148,6 +150,33 @@ class SearchHit(Out):
 
 class SearchResults(Out):
     results: list[SearchHit]
+
+
+class RetrieverFigures(Out):
+    """One retriever's averages; also `recall@K` for each K asked, `mrr@K` and `ndcg@K`
+    at the largest K (keys named by the cutoffs, so listed as additional properties)."""
+
+    retriever: str
+    questions: int
+    p50_ms: float
+    p95_ms: float
+
+
+class QuestionOutcome(Out):
+    id: str
+    question: str
+    # Per retriever: the position of the first chunk of a right document, null if missed.
+    first_relevant: dict[str, int | None]
+
+
+class EvalResult(Out):
+    embedder: str
+    configured: str
+    k: list[int]
+    course: str | None
+    questions: int
+    retrievers: list[RetrieverFigures]
+    per_question: list[QuestionOutcome]
 
 
 # --- tutor -------------------------------------------------------------------------------

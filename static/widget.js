@@ -60,7 +60,9 @@
     .then(function (w) { widget = w; })
     .catch(function (err) {
       console.error("Studyhall widget could not start:", err);
-      whatIsMissing([new URL("js/widget-app.js", options.assets).href, options.server + "/vendor/socket.io.esm.min.js"])
+      whatIsMissing([new URL("js/widget-app.js", options.assets).href, new URL("js/markdown.js", options.assets).href,
+        options.server + "/vendor/socket.io.esm.min.js", options.server + "/vendor/markdown-it.esm.js",
+        options.server + "/vendor/purify.es.mjs"])
         .then(showFailure);
     });
 
@@ -81,7 +83,7 @@
     box.setAttribute("role", "alert");
     box.textContent = "The Studyhall tutor could not start: " + (missing.length
       ? "missing " + missing.join(", ") + ". Reinstall Studyhall on the server (pip install -e .) " +
-        "or restore the files (python3 server/vendor/update.py refreshes the socket.io-client bundle)."
+        "or restore the files (python3 server/vendor/update.py refreshes the vendored npm bundles)."
       : "a script failed to load (the browser console names it).");
     // Styled through the CSSOM (the Content-Security-Policy allows no inline styles), in a
     // shadow root so the host page's CSS does not reach it.

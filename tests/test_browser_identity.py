@@ -20,6 +20,7 @@ from aiohttp import web
 from playwright.async_api import Page, expect
 
 from handlers.settings import IdentitySettings
+from server.keys import GATEWAY
 from storage.embedded import free_port
 from tests.client import Api
 from tests.identity_platform import Platform, hs256_platform
@@ -183,6 +184,57 @@ async def test_widget_signed_in_by_the_platform_refreshes_and_loses_nothing(
     assert set(site.signed) == {"ada-1"}
     assert_clean(first)
     assert_clean(second)
+
+
+WATCH_CONNECTION = """() => {
+  // Every time the widget's connection line shows (offline, reconnecting, signed out).
+  window.connStates = [];
+  const el = document.querySelector("#studyhall-widget").shadowRoot.querySelector(".conn");
+  new MutationObserver(() => { if (!el.hidden) window.connStates.push(`${el.dataset.status}: ${el.textContent}`); })
+    .observe(el, { attributes: true, childList: true, characterData: true, subtree: true });
+}"""
+
+
+async def test_the_widget_refreshes_ahead_of_the_sessions_end_and_never_drops(
+    browser, server_and_api: tuple[Any, Api], site: PlatformSite, db: Any,  # noqa: F811
+) -> None:
+    """A little before the session ends, the widget asks the page for a fresh token and
+    hands the new session to its open socket (`auth:refresh`): the same socket lives on past
+    the old session's end (when the server would have closed it), with no reconnect."""
+    server, api = server_and_api
+    admin = await api.staff(db, "admin")
+    site.platform = await hs256_platform(api, admin, origins=[site.origin])
+    page = await open_page(browser, site.url + "/?sub=grace-1&name=Grace%20Hopper")
+    w = widget(page)
+    await w.get_by_role("button", name="Ask the tutor").click()
+    await expect(w.locator(".who")).to_have_text("Signed in as Grace Hopper")
+    await ask(page, "What is a derivative?")
+    await expect(w.locator("li.msg-mine[data-seq]")).to_have_count(1)
+    await page.evaluate(WATCH_CONNECTION)
+    gateway = server.app[GATEWAY]
+
+    def sockets() -> dict[str, Any]:
+        return {sid: st.actor.token_id for sid, st in gateway.sockets.items() if st.actor.name == "Grace Hopper"}
+
+    before = sockets()
+    assert len(before) == 1, before
+    # Past two and a half session lifetimes: without the refresh ahead, the server closes
+    # the socket at the end of each.
+    await asyncio.sleep(SESSION_SECONDS * 2.5)
+    after = sockets()
+    assert after.keys() == before.keys(), (before, after)  # the same socket, never closed
+    assert set(after.values()).isdisjoint(before.values())  # now on a newer session
+    assert await page.evaluate("window.refreshes") >= 2
+    assert await page.evaluate("window.connStates") == []
+    async with db.connection() as conn:
+        row_token = await conn.fetchval("SELECT token_id FROM connections WHERE sid = $1", next(iter(after)))
+    assert row_token == next(iter(after.values()))  # revoking the new session finds the socket
+    await ask(page, "And an integral?")
+    await expect(w.locator("li.msg-mine[data-seq] .msg-body")).to_have_text(["What is a derivative?", "And an integral?"])
+    await expect(w.locator("li.msg-pending")).to_have_count(0)
+    assert sockets().keys() == before.keys()
+    assert await page.evaluate("window.connStates") == []
+    assert_clean(page)
 
 
 async def test_a_guest_signed_in_by_the_platform_keeps_the_conversation(

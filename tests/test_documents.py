@@ -10,7 +10,7 @@ import aiohttp
 
 from storage.db import Database
 from tests.client import Api, User
-from tests.test_extract import make_pdf
+from tests.test_extract import FIXTURES, PNG, make_pdf, random_bytes
 
 PHOTOSYNTHESIS = """# Photosynthesis
 
@@ -88,6 +88,13 @@ async def test_bad_uploads_are_bad_requests(api: Api, db: Database) -> None:
     assert status == 400 and body["error"]["code"] == "bad_request"
     status, body = await api.request("POST", "/api/documents", admin, json={"content": 42})
     assert status == 400
+    for name, data, named in (("notes.txt", random_bytes(5000), "binary data"), ("diagram.md", PNG, "image/png"),
+                              ("page.html", random_bytes(5000).replace(b"\x00", b"."), "binary data")):
+        status, body = await _upload(api, admin, name, data)
+        assert status == 400 and body["error"]["code"] == "bad_request", (name, body)
+        assert "not text" in body["error"]["message"] and named in body["error"]["message"], body
+    status, listed = await api.request("GET", "/api/documents", admin)
+    assert status == 200 and listed["documents"] == []  # nothing of any refused upload was stored
     for multipart in (True, False):
         form = aiohttp.FormData(default_to_multipart=multipart)
         form.add_field("title", "no file")
@@ -182,3 +189,86 @@ async def test_ingest_and_reindex_commands(base_settings: Any, db: Database, tmp
     assert await kb.pending_reindex() == 0
     [hit] = await kb.search("how does water cross a membrane", k=1)
     assert hit.title == "osmosis" or "Osmosis" in hit.content
+
+
+async def test_ingest_lists_unsupported_and_refused_files_and_exit_status_says_so(
+    base_settings: Any, db: Database, tmp_path: Path, capsys: Any
+) -> None:
+    from handlers.knowledge import IngestExit, ingest_paths_command
+    from server.cli import core_for_command
+    from server.factories import knowledge_base
+
+    course = tmp_path / "course"
+    (course / "img").mkdir(parents=True)
+    (course / "enzymes.md").write_text("# Enzymes\n\nEnzymes speed up reactions in cells.")
+    (course / "img" / "cell.png").write_bytes(PNG)
+    (course / "slides.pptx").write_bytes(b"PK\x03\x04" + random_bytes(100))
+    (course / ".git").mkdir()
+    (course / ".git" / "HEAD").write_text("ref: refs/heads/main")  # hidden: neither ingested nor listed
+    async with core_for_command(base_settings) as core:
+        kb = knowledge_base(base_settings, core.db)
+        assert await ingest_paths_command(kb, [course], course="biology") == IngestExit.UNSUPPORTED == 3
+        out = capsys.readouterr()
+        assert "added 1 document(s)" in out.out
+        assert "skipped 2 file(s) of unsupported types (.png 1, .pptx 1)" in out.err
+        assert f"unsupported: {course / 'img' / 'cell.png'}" in out.err and "slides.pptx" in out.err
+        assert ".git" not in out.err
+
+        # A binary file named .txt is refused, not stored as garbage: status 1 wins over 3.
+        (course / "notes.txt").write_bytes(random_bytes(3000))
+        assert await ingest_paths_command(kb, [course], course="biology") == IngestExit.FAILED == 1
+        out = capsys.readouterr()
+        assert f"failed: {course / 'notes.txt'}: the file is not text" in out.err and "1 already stored" in out.out
+        assert [d.title for d in await kb.list_documents()] == ["Enzymes"]
+
+        # Excluded files are neither tried nor listed.
+        assert await ingest_paths_command(kb, [course], course=None, exclude=["*.txt", "img/*", "*.pptx"]) == 0
+        assert "unsupported" not in capsys.readouterr().err
+        assert await ingest_paths_command(kb, [course], course=None, base_url="ftp://example.org/") == 2
+        assert "--base-url must be an absolute http(s) URL" in capsys.readouterr().err
+
+
+async def test_base_url_turns_local_paths_into_links_in_search_and_tutor_citations(
+    base_settings: Any, db: Database, tmp_path: Path, start_instance: Any, capsys: Any
+) -> None:
+    """`studyhall ingest DOCS --base-url URL`: a student's citation opens the public page."""
+    from handlers.knowledge import ingest_paths_command
+    from server.cli import core_for_command
+    from server.factories import knowledge_base
+
+    docs = tmp_path / "html"
+    (docs / "library").mkdir(parents=True)
+    (docs / "library" / "venv.html").write_bytes((FIXTURES / "sphinx_venv.html").read_bytes())
+    (docs / "tutorial join.html").write_bytes((FIXTURES / "postgres_tutorial_join.html").read_bytes())
+    async with core_for_command(base_settings) as core:
+        kb = knowledge_base(base_settings, core.db)
+        assert await ingest_paths_command(kb, [docs], course="python") == 0  # first without links
+        assert {d.source for d in await kb.list_documents()} == {str(docs / "library" / "venv.html"),
+                                                                 str(docs / "tutorial join.html")}
+        capsys.readouterr()
+        code = await ingest_paths_command(kb, [docs], course="python", base_url="https://docs.python.org/3.11")
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        assert "2 already stored, 2 of them now linked to https://docs.python.org/3.11/" in out.out
+    venv_url = "https://docs.python.org/3.11/library/venv.html"
+    sources = {d.title: d.source for d in await knowledge_base(base_settings, db).list_documents()}
+    assert sources == {"venv — Creation of virtual environments": venv_url,
+                       "2.6. Joins Between Tables": "https://docs.python.org/3.11/tutorial%20join.html"}
+
+    inst = await start_instance()
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, inst.url)
+        student = await api.register("Stu")
+        status, found = await api.request("GET", "/api/search", student,
+                                          params={"q": "create a virtual environment with venv", "k": "3"})
+        assert status == 200 and found["results"][0]["source"] == venv_url, found
+        sock = await api.socket(student)
+        conv = (await sock.ok("tutor:start", {"course": "python"}))["conversation"]
+        question = (await sock.ok("message:send", {"conversation_id": conv["id"], "client_id": "q1",
+                                                   "content": "How do I create a virtual environment with venv?"}))
+        asked = question["message"]
+        final = (await sock.wait_for(
+            "message:new", lambda d: d["message"]["metadata"].get("reply_to") == asked["id"], timeout=15))["message"]
+        citations = final["metadata"]["citations"]
+        assert citations and {c["source"] for c in citations} == {venv_url}, citations
+        await api.close_sockets()

@@ -112,6 +112,17 @@ def test_cited_passages_follow_the_answer() -> None:
     assert cited_passages("no citations", passages) == []
 
 
+def test_citations_say_the_number_the_answer_cites_them_by() -> None:
+    """The widget links `[n]` to the citation whose `n` is n: the list is in order of first
+    citation, so position alone would link [2] to passage 1's source here."""
+    from handlers.tutor.answer import numbered
+
+    passages = [passage(1), passage(2), passage(3)]
+    cited = cited_passages("First [3], then [1].", passages)
+    assert [(c["n"], c["chunk_id"]) for c in numbered(cited, passages)] == [
+        (3, passages[2].chunk_id), (1, passages[0].chunk_id)]
+
+
 def test_passage_from_search_result_and_citation() -> None:
     row = {"chunk_id": "c", "document_id": "d", "title": "T", "content": "x", "score": 0.5}
     p = Passage.from_mapping(row)

@@ -15,7 +15,7 @@ from handlers.tutor.settings import TutorSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("http", "gateway", "database", "cluster", "log", "auth", "presence", "threads", "knowledge",
-            "rooms", "tickets", "tutor", "identity", "platform", "webhooks")
+            "rooms", "tickets", "tutor", "identity", "platform", "webhooks", "retrieval")
 
 
 def test_settings_is_made_of_frozen_sections() -> None:

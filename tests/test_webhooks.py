@@ -462,3 +462,28 @@ async def test_createuser_from_the_command_line_emits_user_created(hooked: Insta
     await receiver.wait_for(lambda: any(r.payload["data"]["via"] == "cli" for r in receiver.delivered))
     (data,) = [r.payload["data"] for r in receiver.delivered if r.payload["data"]["via"] == "cli"]
     assert data["user"]["name"] == "From CLI" and data["user"]["role"] == "mentor" and "email" not in data["user"]
+
+
+async def test_a_platform_api_upsert_that_creates_a_user_emits_user_created(hapi: Api, admin: User,
+                                                                              receiver: Receiver) -> None:
+    """`PUT /api/platform/users/{sub}` makes the user and queues `user.created` (via
+    "platform") in one transaction; later upserts of that user only update it."""
+    from tests.identity_platform import api_key
+
+    endpoint = await subscribe(hapi, admin, receiver, ["user.created"])
+    backend = await api_key(hapi, admin, endpoint["app_id"], ["users:write"])
+    status, made = await backend.call("PUT", "/users/lms-42", json={"name": "Grace", "role": "student"})
+    assert status == 201 and made["created"] is True, made
+    for name in ("Grace H.", "Grace Hopper"):
+        status, updated = await backend.call("PUT", "/users/lms-42", json={"name": name})
+        assert status == 200 and updated["created"] is False, updated
+    status, _ = await backend.call("PUT", "/users/lms-42", json={"role": "admin"})  # not the app's to grant
+    assert status == 403
+    await receiver.wait_for(lambda: receiver.delivered)
+    await asyncio.sleep(1.0)  # several poll periods: an update would have been delivered by now
+    [event] = [r.payload for r in receiver.delivered]
+    assert event["type"] == "user.created"
+    data = event["data"]
+    assert data["via"] == "platform" and data["subject"] == "lms-42" and data["app_id"] == endpoint["app_id"]
+    assert data["user"]["id"] == made["user"]["id"] and data["user"]["name"] == "Grace"
+    assert data["user"]["role"] == "student" and not receiver.refused

@@ -75,7 +75,8 @@ async def sign_in(
         raise ApiError("unauthorized", refused.message) from None
     if carried is not None:
         await carryover.close_guest_sockets(core, carried.tokens_revoked)
-    return {"user": user_row.public(), "token": session}
+    # expires_at: when the session ends; a client refreshes a little before (auth:refresh).
+    return {"user": user_row.public(), "token": session, "expires_at": expires}
 
 
 async def _refused_origin(core: Core, app: AppRecord, origin: str | None, ip: str | None) -> None:

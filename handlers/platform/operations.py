@@ -13,12 +13,16 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import asyncpg
+
 from handlers import knowledge, threads
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.pipeline import commit_message
+from handlers.platform import idempotency
 from handlers.platform.keys import AppActor
 from handlers.rooms import sessions
+from handlers.webhooks import outbox as webhooks
 from storage import app_users, audit, connections, identities, messages, users
 from storage import tickets as ticket_store
 from storage.records import Role
@@ -56,6 +60,9 @@ async def upsert_user(
             user_id = row.id
             await identities.insert(conn, app_id=app.app_id, subject=sub, user_id=user_id, email=email,
                                     avatar_url=None, courses=[])
+            # In this transaction, as identity sign-in does: a rolled-back upsert tells nobody.
+            await webhooks.emit(core, conn, "user.created",
+                                webhooks.user_data(row, "platform", app_id=app.app_id, subject=sub))
         else:
             user_id = known.user_id
             new_name = name or known.name
@@ -194,19 +201,42 @@ async def transcript(
     return {"conversation": conversation, "messages": page, "has_more": has_more}
 
 
-async def post_message(core: Core, app: AppActor, conversation_id: UUID, *, content: str, ip: str | None = None) -> dict[str, Any]:
+async def post_message(
+    core: Core, app: AppActor, conversation_id: UUID, *, content: str, idempotency_key: str | None = None,
+    ip: str | None = None,
+) -> tuple[dict[str, Any], bool]:
     """A message from the app (`role: "app"`, `metadata.app: {id, name}`), committed and
-    delivered through the one pipeline: members receive `message:new` as for any other."""
+    delivered through the one pipeline: members receive `message:new` as for any other.
+    Returns (`{message}`, replayed): with an `idempotency_key` already used for this
+    message, the first one, posted and delivered nothing anew (handlers/platform/idempotency.py)."""
     app.require("messages:write")
     await _own_conversation(core, app, conversation_id)
-    message, _ = await commit_message(
-        core, conversation_id, sender=None, role="app", content=content, check_access=False,
-        metadata={"app": {"id": str(app.app_id), "name": app.app_name}},
-    )
+    chosen_id = idempotency.message_id(app.app_id, idempotency_key) if idempotency_key is not None else None
+    if chosen_id is not None:
+        async with core.db.connection() as conn:
+            existing = await messages.get(conn, chosen_id)
+        if existing is not None:
+            return {"message": idempotency.check_replay(existing, conversation_id, content)}, True
+    try:
+        message, _ = await commit_message(
+            core, conversation_id, sender=None, role="app", content=content, check_access=False,
+            client_id=idempotency_key, message_id=chosen_id,
+            metadata={"app": {"id": str(app.app_id), "name": app.app_name}},
+        )
+    except asyncpg.UniqueViolationError:
+        if chosen_id is None:
+            raise
+        # A retry racing this one (here or on another instance) committed the id first.
+        async with core.db.connection() as conn:
+            existing = await messages.get(conn, chosen_id)
+        if existing is None:
+            raise
+        return {"message": idempotency.check_replay(existing, conversation_id, content)}, True
     async with core.db.connection() as conn:
         await audit.record(conn, "platform.message.create", target_type="message", target_id=message.id, ip=ip,
-                           details=app.audit_details(conversation_id=str(conversation_id)))
-    return {"message": message}
+                           details=app.audit_details(conversation_id=str(conversation_id),
+                                                     idempotency_key=idempotency_key))
+    return {"message": message}, False
 
 
 # --- tickets -----------------------------------------------------------------------------

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-import unicodedata
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,11 +24,12 @@ from handlers.core import Core
 from handlers.errors import ApiError
 from handlers.pipeline import commit_message
 from handlers.tutor import texts as tutor_texts
+from handlers.tutor.modelstatus import ModelFailureLog
 from rag.decide import Decision, SentinelFilter, decide, model_cannot_help
-from rag.embeddings import STOPWORDS
 from rag.llm import ChatModel, ModelUnavailable, StreamResult, count_message_tokens
 from rag.offline import OfflineStream, stream_offline
 from rag.prompts import SESSION_TYPES, Passage, build_messages, cited_passages, system_prompt
+from rag.relevance import Judgement, Thresholds, judge, with_similarity
 from rag.retrieval import KnowledgeBase, SearchResult
 from rag.tokens import count_tokens
 from storage import conversations, messages
@@ -42,6 +41,13 @@ log = logging.getLogger(__name__)
 RETRIEVE_K = 5
 HISTORY_SLACK = 20  # extra rows read, for later questions that are skipped
 CANNOT_HELP = Decision("escalate", "model_cannot_help", 0.7, "model_cannot_help")
+
+
+def numbered(cited: list[Passage], passages: list[Passage]) -> list[dict[str, object]]:
+    """`metadata.citations`: each cited passage with `n`, the number the answer cites it by
+    (`[n]` is passage n of the prompt), so clients link `[n]` to the right source even though
+    the list is in order of first citation."""
+    return [{**p.citation(), "n": passages.index(p) + 1} for p in cited]
 
 
 @dataclass
@@ -88,6 +94,8 @@ class Answerer(Protocol):
     model: ChatModel | None
     live: dict[UUID, LiveAnswer]
     poll_seconds: float
+    model_failures: ModelFailureLog | None
+    relevance_thresholds: Thresholds
 
     @property
     def model_name(self) -> str: ...
@@ -95,39 +103,12 @@ class Answerer(Protocol):
 
 # ---- relevance ----------------------------------------------------------------------------
 
-_TERM = re.compile(r"\w+", re.UNICODE)
-_ASKING = frozenset(
-    "explain describe define tell mean means meaning give example examples please know help understand "
-    "expliquer explique expliquez définir comment pourquoi quoi est-ce exemple aide".split()
-)
-
-
-def _key(word: str) -> str:
-    if len(word) > 3 and word.endswith("s"):
-        word = word[:-1]
-    return word[:5]
-
-
-def _terms(text: str) -> set[str]:
-    text = unicodedata.normalize("NFKD", text.casefold())
-    text = "".join(ch for ch in text if not unicodedata.combining(ch))
-    return {_key(w) for w in _TERM.findall(text) if len(w) > 2 and w not in STOPWORDS and w not in _ASKING}
-
-
-def relevance(question: str, hit: SearchResult) -> float:
-    """How well a hit covers the question, 0..1, comparable across embedders.
-
-    RRF scores are ranks, not relevance. Cosine similarity depends on the embedder (the
-    offline hashing one gives 0.25-0.4 for a right answer). So: the larger of the cosine
-    and the share of the question's content words (prefix-matched, so plurals and
-    inflections count) found in the chunk's title, headings and text.
-    """
-    asked = _terms(question)
-    coverage = 0.0
-    if asked:
-        found = _terms(" ".join([hit.title, *hit.heading_path, hit.content]))
-        coverage = len(asked & found) / len(asked)
-    return round(max(hit.similarity or 0.0, coverage), 3)
+def passages_of(judgement: Judgement) -> list[Passage]:
+    """The hits as prompt passages, in the search's order, `score` = calibrated confidence (0..1)."""
+    return [
+        Passage(str(j.hit.chunk_id), str(j.hit.document_id), j.hit.title, j.hit.content, j.confidence, j.hit.source)
+        for j in judgement.judged
+    ]
 
 
 def prior_messages(recent: Sequence[Message], question_seq: int, limit: int) -> list[Message]:
@@ -174,6 +155,7 @@ class Turn:
         self.context: dict[str, Any] = conv.context or {}
         self.live = LiveAnswer(self.cid)
         self.decision = Decision("answer", "relevant_material", 0.0)
+        self.relevance: Judgement | None = None  # the scores behind the decision, for its log
         # The usage row written when the model call began (updated as text streams, and
         # completed by `log`), so an instance that dies mid-answer leaves what it spent.
         self.usage_id: int | None = None
@@ -198,6 +180,8 @@ class Turn:
         """The decision log row, and the user's usage when a model was called, together."""
         d = self.decision
         latency = round((time.perf_counter() - self.job.enqueued_at) * 1000)
+        if self.relevance is not None:
+            details = {**(details or {}), "relevance": self.relevance.log_details()}
         async with self.core.db.transaction() as conn:
             await store.log_decision(
                 conn, conversation_id=self.cid, message_id=self.msg.id, answer_id=answer_id,
@@ -286,7 +270,7 @@ class Turn:
         """Stream the answer as deltas, watching for tutor:stop and mode changes, then commit."""
         live = self.live
         try:
-            stream, built_passages, prompt = self._open_stream(passages, history)
+            stream, built_passages, prompt = await self._open_stream(passages, history)
         except Exception as exc:  # e.g. a prompt budget too small for the system prompt
             log.error("could not build the tutor prompt", exc_info=exc, extra={"conversation_id": str(self.cid)})
             await self._failed("internal error", [])
@@ -328,11 +312,11 @@ class Turn:
         passages_shown = stream.passages if isinstance(stream, OfflineStream) else built_passages
         await self._finish(live.task, isinstance(stream, OfflineStream), passages_shown, prompt)
 
-    def _open_stream(self, passages: list[Passage], history: list[Message]) -> tuple[Any, list[Passage], list[dict[str, str]]]:
+    async def _open_stream(self, passages: list[Passage], history: list[Message]) -> tuple[Any, list[Passage], list[dict[str, str]]]:
         """The model's stream (or the offline one), the passages in its prompt, and the prompt."""
         model = self.svc.model
         if model is None:
-            return stream_offline(self.question, passages), [], []
+            return await stream_offline(self.question, passages, self.svc.kb.embedder.embed), [], []
         session_type = self.context.get("session_type")
         built = build_messages(
             system_prompt(
@@ -435,19 +419,24 @@ class Turn:
             await self._stopped(prompt, passages)
             return
         error = task.exception()
+        failures = self.svc.model_failures
         if error is not None:
             if not isinstance(error, ModelUnavailable):
                 log.error("tutor answer failed", exc_info=error, extra={"conversation_id": str(self.cid)})
+            elif failures is not None:
+                failures.failed(error)
             await self._failed(error.reason if isinstance(error, ModelUnavailable) else "internal error", prompt)
             return
         result, sentinel = task.result()
+        if failures is not None and not offline:
+            failures.succeeded()
         if sentinel or model_cannot_help(result.text):
             self.decision = CANNOT_HELP
             await self.escalate(usage=result)
             return
         cited = passages if offline else cited_passages(result.text, passages)
         message = await self.commit(result.text.strip() or tutor_texts.text("unavailable", self.question), {
-            **self._base_meta(), **self._usage_meta(result), "citations": [p.citation() for p in cited],
+            **self._base_meta(), **self._usage_meta(result), "citations": numbered(cited, passages),
         })
         if message is None:
             await self.tell_cancelled()
@@ -467,7 +456,7 @@ class Turn:
             message = await self.commit(
                 live.text if live.text.strip() else tutor_texts.text("stopped", self.question),
                 {**self._base_meta(), **self._usage_meta(usage), "model": self.svc.model_name,
-                 "citations": [p.citation() for p in cited], "stopped": True},
+                 "citations": numbered(cited, passages), "stopped": True},
             )
             if message is not None:
                 await self.log("stopped", message.id, usage=usage)
@@ -506,7 +495,8 @@ async def handle(svc: Answerer, job: Job) -> None:
 
     async def retrieve() -> list[SearchResult]:
         try:
-            return await svc.kb.search(msg.content, k=RETRIEVE_K, course=context.get("course"))
+            hits = await svc.kb.search(msg.content, k=RETRIEVE_K, course=context.get("course"))
+            return await with_similarity(msg.content, hits, svc.kb.embedder)
         except Exception:
             log.warning("retrieval failed; answering without course material", exc_info=True)
             return []
@@ -524,10 +514,8 @@ async def handle(svc: Answerer, job: Job) -> None:
     turn = Turn(svc, job, conv, msg, member_ids)
     svc.live[conv.id] = turn.live
     try:
-        passages = [
-            Passage(str(h.chunk_id), str(h.document_id), h.title, h.content, relevance(turn.question, h), h.source)
-            for h in hits
-        ]
+        turn.relevance = judge(turn.question, hits, svc.kb.embedder.name, svc.relevance_thresholds)
+        passages = passages_of(turn.relevance)
         turn.decision = decide(turn.question, previous, passages)
         if turn.decision.action == "escalate":
             await turn.escalate()

@@ -28,10 +28,12 @@ from handlers.core import Actor, Core, Tutoring
 from handlers.errors import ApiError
 from handlers.pipeline import load_conversation
 from handlers.tutor.answer import Job, LiveAnswer, handle
+from handlers.tutor.modelstatus import ModelFailureLog, describe_mode, endpoint_host
 from handlers.webhooks import outbox as webhooks
 from rag.decide import safety_concern
 from rag.llm import ChatModel
 from rag.offline import MODEL_NAME as OFFLINE_MODEL
+from rag.relevance import Thresholds, thresholds_for
 from rag.retrieval import KnowledgeBase
 from storage import conversations, messages
 from storage import tutor as store
@@ -120,6 +122,17 @@ class TutorService:
         self.queues: dict[UUID, deque[Job]] = {}
         self.live: dict[UUID, LiveAnswer] = {}
         self._workers: set[asyncio.Task[Any]] = set()
+        settings = core.settings.tutor
+        self.relevance_thresholds: Thresholds = thresholds_for(
+            kb.embedder.name, {"hashing": settings.relevance_hashing, "neural": settings.relevance_neural})
+        self.model_failures: ModelFailureLog | None = None
+        if model is not None:
+            self.model_failures = ModelFailureLog(endpoint_host(model.config.base_url), model.config.model,
+                                                  interval=settings.model_failure_log_seconds)
+        # Built once per instance at start: the operator learns here which tutor answers.
+        log.info("%s", describe_mode(model, kb.embedder.name),
+                 extra={"tutor_model": model.config.model if model else OFFLINE_MODEL,
+                        "endpoint": endpoint_host(model.config.base_url) if model else None})
 
     @property
     def model_name(self) -> str:

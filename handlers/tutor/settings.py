@@ -37,6 +37,14 @@ class TutorSettings:
     # Deployment-wide: tickets opened for guests (a swarm of fresh guests).
     guest_ticket_limits: str = "30/60"
 
+    # When a retrieved passage counts as relevant: (unrelated, relevant, certain[, text_bonus])
+    # cosine similarities per embedder family; None: rag/relevance.py's measured defaults
+    # (docs/tutor.md, "Calibrating relevance").
+    relevance_hashing: tuple[float, ...] | None = None
+    relevance_neural: tuple[float, ...] | None = None
+    # A failing model endpoint is logged at once, then at most once per this many seconds.
+    model_failure_log_seconds: float = 60.0
+
     # An answer whose streaming instance stopped touching its row this long ago was abandoned.
     stream_stale_seconds: float = 20.0
     stream_sweep_seconds: float = 5.0

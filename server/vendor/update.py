@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
-"""Refresh the vendored socket.io-client browser bundle in server/vendor/socket.io-client/.
+"""Refresh the browser bundles vendored in server/vendor/<package>/ (the pages load them; no npm at run time).
 
-    python3 server/vendor/update.py            # the version pinned in package-lock.json
-    python3 server/vendor/update.py 4.8.5      # another version (then also run
-                                               # `npm install socket.io-client@~4.8.5` so the
-                                               # JS test client in tests/js uses the same one)
+    python3 server/vendor/update.py                       # every package, at the version in package-lock.json
+    python3 server/vendor/update.py socket.io-client 4.8.5  # one package at another version (then also run
+                                                          # `npm install socket.io-client@~4.8.5` so the
+                                                          # lock and the JS test client follow)
 
-Needs npm (only here, never at run time). It runs `npm pack socket.io-client@VERSION`,
+Needs npm (only here, never at run time). For each package it runs `npm pack NAME@VERSION`,
 checks the tarball against package-lock.json's integrity when the versions match, copies
-the files the pages load (FILES) and the licence, and records the version, the tarball's
-integrity and each file's sha256 in VENDORED.json (tests/test_vendor.py checks the served
-files against it).
+the files the pages load (PACKAGES) and the licence, and records the version, the tarball's
+integrity and each file's sha256 in VENDORED.json (tests/test_browser_assets.py checks the
+served files against it).
 """
 
 from __future__ import annotations
@@ -25,53 +25,68 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEST = HERE / "socket.io-client"
 REPO = HERE.parent.parent
 LOCK = REPO / "package-lock.json"
-FILES = ["dist/socket.io.esm.min.js", "dist/socket.io.esm.min.js.map", "LICENSE"]
+# package -> (licence, files from its tarball). markdown-it ships only a UMD build: the
+# server wraps it as an ES module when serving it (server/pages.py), the file stays as is.
+# DOMPurify is dual licensed (MPL-2.0 OR Apache-2.0): taken under Apache-2.0, as Studyhall is.
+PACKAGES: dict[str, tuple[str, list[str]]] = {
+    "socket.io-client": ("MIT", ["dist/socket.io.esm.min.js", "dist/socket.io.esm.min.js.map", "LICENSE"]),
+    "markdown-it": ("MIT", ["dist/markdown-it.min.js", "dist/markdown-it.min.js.map", "LICENSE"]),
+    "dompurify": ("Apache-2.0", ["dist/purify.es.mjs", "dist/purify.es.mjs.map", "LICENSE"]),
+}
 
 
-def locked() -> tuple[str, str]:
-    entry = json.loads(LOCK.read_text())["packages"]["node_modules/socket.io-client"]
+def locked(package: str) -> tuple[str, str]:
+    entry = json.loads(LOCK.read_text())["packages"][f"node_modules/{package}"]
     return entry["version"], entry["integrity"]
 
 
-def main(argv: list[str]) -> int:
-    lock_version, lock_integrity = locked()
-    version = argv[1] if len(argv) > 1 else lock_version
+def vendor(package: str, version: str | None) -> int:
+    licence, files = PACKAGES[package]
+    dest = HERE / package
+    lock_version, lock_integrity = locked(package)
+    version = version or lock_version
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
-            ["npm", "pack", "--silent", f"socket.io-client@{version}", "--pack-destination", tmp],
+            ["npm", "pack", "--silent", f"{package}@{version}", "--pack-destination", tmp],
             check=True, capture_output=True, text=True,
         ).stdout.strip().splitlines()[-1]
         tarball = Path(tmp) / out
         data = tarball.read_bytes()
         integrity = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
         if version == lock_version and integrity != lock_integrity:
-            print(f"integrity mismatch: npm gave {integrity}, package-lock.json has {lock_integrity}", file=sys.stderr)
+            print(f"{package}: integrity mismatch: npm gave {integrity}, package-lock.json has {lock_integrity}",
+                  file=sys.stderr)
             return 1
-        DEST.mkdir(exist_ok=True)
+        dest.mkdir(exist_ok=True)
         record: dict[str, object] = {
-            "package": "socket.io-client",
+            "package": package,
             "version": version,
             "tarball_integrity": integrity,
-            "license": "MIT",
+            "license": licence,
             "updated_by": "python3 server/vendor/update.py",
             "files": {},
         }
         with tarfile.open(tarball) as tar:
-            for name in FILES:
+            for name in files:
                 member = tar.extractfile(f"package/{name}")
                 assert member is not None, name
                 content = member.read()
-                target = DEST / Path(name).name
+                target = dest / Path(name).name
                 target.write_bytes(content)
                 record["files"][target.name] = hashlib.sha256(content).hexdigest()  # type: ignore[index]
-    (DEST / "VENDORED.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"socket.io-client {version} -> {DEST.relative_to(REPO)}")
+    (dest / "VENDORED.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{package} {version} -> {dest.relative_to(REPO)}")
     if version != lock_version:
-        print(f"note: package-lock.json pins {lock_version}; run `npm install socket.io-client@~{version}` too")
+        print(f"note: package-lock.json pins {lock_version}; run `npm install {package}@~{version}` too")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        return vendor(argv[1], argv[2] if len(argv) > 2 else None)
+    return max(vendor(package, None) for package in PACKAGES)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,10 @@ export class Live {
     this.socket.connect();
   }
 
+  /** The token the next (re)connect signs in with, without dropping the socket (the
+   * server was told of it with `auth:refresh`). */
+  useToken(token) { this.token = token; }
+
   close() { this.socket.disconnect(); }
 }
 

@@ -1,5 +1,7 @@
 // Small DOM helpers and the message list every page shares. Text always goes in as text
-// (textContent), never as HTML, so a message cannot inject markup.
+// (textContent), never as HTML, so a message cannot inject markup; what the tutor, agents
+// and platforms write is Markdown, rendered and sanitised by markdown.js into DOM nodes.
+import { renderMarkdown } from "./markdown.js";
 
 /** h("button", {class: "x", onclick: fn, "aria-label": "..."}, "text", child) */
 export function h(tag, props = {}, ...children) {
@@ -80,6 +82,17 @@ export function senderName(msg, { selfId, names }) {
   return name || "Someone";
 }
 
+// Who writes Markdown: the tutor, agents and platforms (their texts are formatted for
+// reading). A student's or member's own text shows exactly as typed (docs/browser.md).
+const MARKDOWN_ROLES = new Set(["assistant", "agent", "app"]);
+
+/** A message's body: Markdown for MARKDOWN_ROLES, plain text otherwise. */
+export function renderBody(msg) {
+  if (msg.deleted) return h("div", { class: "msg-body" }, "This message was deleted.");
+  if (!MARKDOWN_ROLES.has(msg.role)) return h("div", { class: "msg-body" }, msg.content);
+  return h("div", { class: "msg-body md" }, renderMarkdown(msg.content, { citations: msg.metadata?.citations }));
+}
+
 export function renderMessage(msg, ctx) {
   const mine = msg.sender_id && msg.sender_id === ctx.selfId;
   const cls = ["msg", `msg-${msg.role}`, mine ? "msg-mine" : "", msg.deleted ? "msg-deleted" : ""].join(" ").trim();
@@ -89,7 +102,7 @@ export function renderMessage(msg, ctx) {
       h("span", { class: "msg-sender" }, senderName(msg, ctx)),
       h("time", { datetime: msg.created_at }, formatTime(msg.created_at)),
       msg.edited_at && !msg.deleted ? h("span", { class: "msg-edited" }, "edited") : null),
-    h("div", { class: "msg-body" }, msg.deleted ? "This message was deleted." : msg.content),
+    renderBody(msg),
     meta.stopped || meta.partial ? h("div", { class: "msg-note" }, "Answer stopped before it was finished.") : null,
     msg.role === "assistant" ? renderCitations(meta.citations) : null,
     ctx.extra ? ctx.extra(msg) : null);

@@ -30,8 +30,8 @@ class Store {
 async function exchange(options, jwt) {
   const body = { identity: jwt };
   if (options.appId) body.app_id = options.appId;
-  const { token, user } = await new Http(options.server).post("/api/auth/identity", body);
-  return { token, user, guest: false, identity: true };
+  const { token, user, expires_at } = await new Http(options.server).post("/api/auth/identity", body);
+  return { token, user, guest: false, identity: true, expiresAt: Date.parse(expires_at || "") || null };
 }
 
 /** The host page's refresh callback (`Studyhall.onIdentityExpired` or `data-identity-refresh`). */
@@ -199,6 +199,7 @@ class Widget {
       }
     });
     this.live.on("disconnect", () => this.messagesEl.querySelectorAll(".draft .msg-note").forEach((n) => { n.textContent = "connection lost — the answer will follow"; }));
+    this.scheduleRefresh();
     await this.openConversation();
   }
 
@@ -347,6 +348,7 @@ class Widget {
   // ---- signed identity ------------------------------------------------------------------
   /** The page signed its user in, switched users or signed out (null): start over. */
   async identify(jwt) {
+    clearTimeout(this.refreshTimer);
     this.options.identity = jwt || null;
     this.options.signedIn = false; // null: signed out, back to a guest
     if (!this.started) return;
@@ -373,6 +375,7 @@ class Widget {
       this.identity = next;
       this.http.token = next.token;
       this.live.setToken(next.token);
+      this.scheduleRefresh();
     })().catch((err) => {
       console.warn("Studyhall: could not refresh the identity:", err);
       this.live.close();
@@ -380,6 +383,47 @@ class Widget {
       this.notice("Your session expired; reload the page to continue.", true);
     }).finally(() => { this.refreshing = null; });
     return this.refreshing;
+  }
+
+  /**
+   * Refresh ahead: a little before the session ends (a quarter of its life, at most a
+   * minute), ask the page for a fresh identity token, exchange it, and hand the new session
+   * to the open socket (`auth:refresh`): the server then keeps the socket past the old
+   * session's end, so there is no disconnect and nothing to resync. If that fails, the
+   * session-ended path above still runs when the server closes the socket.
+   */
+  scheduleRefresh() {
+    clearTimeout(this.refreshTimer);
+    const expiresAt = this.identity?.identity ? this.identity.expiresAt : null;
+    if (!expiresAt || !refresher(this.options)) return;
+    const left = expiresAt - Date.now();
+    const lead = Math.min(60_000, Math.max(500, left / 4));
+    this.refreshTimer = setTimeout(() => this.refreshAhead(), Math.max(0, left - lead));
+  }
+
+  async refreshAhead() {
+    if (this.refreshing) return;
+    const live = this.live;
+    try {
+      const next = await exchange(this.options, await refresher(this.options)());
+      if (live !== this.live || this.refreshing) return; // signed out, switched, or already refreshed
+      if (next.user.id !== this.identity.user.id) throw new Error("the page signed in someone else");
+      this.identity = next;
+      this.http.token = next.token;
+      live.useToken(next.token); // any later reconnect uses the new session
+      if (live.connected) {
+        try {
+          await live.call("auth:refresh", { token: next.token });
+        } catch (err) {
+          // Another role (staff rooms are joined at connect): reconnect with it now. Offline
+          // or a timeout: the reconnect already uses the new token.
+          if (err instanceof ApiError && (err.code === "conflict" || err.code === "forbidden")) live.setToken(next.token);
+        }
+      }
+      this.scheduleRefresh();
+    } catch (err) {
+      console.warn("Studyhall: could not refresh the identity ahead of its end:", err);
+    }
   }
 
   // ---- rendering helpers --------------------------------------------------------------
