@@ -240,7 +240,7 @@ async def quality_and_ingest(
 
 
 def bench_embedder(kind: str) -> Embedder:
-    """`onnx@128`: the default model reading at most 128 word pieces (an experiment)."""
+    """`onnx@256`: the default model reading at most 256 word pieces (the default reads 128)."""
     if kind.startswith("onnx@"):
         return make_embedder("onnx", max_tokens=int(kind.removeprefix("onnx@")))
     return make_embedder(kind)

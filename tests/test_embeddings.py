@@ -223,11 +223,12 @@ def test_embedders_are_rebuilt_from_their_stored_names() -> None:
     assert embedder_for_name("onnx:my-own-export") is None
 
 
-async def test_onnx_reading_fewer_word_pieces_is_another_model() -> None:
-    """Vectors of a shorter reading differ for long texts, so they must never share a name."""
-    short = make_embedder("onnx", max_tokens=128)
-    assert (short.name, short.dim) == (f"{ONNX_DEFAULT_NAME}@128", 384)
+async def test_onnx_reading_more_word_pieces_is_another_model() -> None:
+    """The default reads 128 word pieces; vectors of a longer reading differ for long texts,
+    so they must never share a name."""
+    longer = make_embedder("onnx", max_tokens=256)
+    assert (longer.name, longer.dim) == (f"{ONNX_DEFAULT_NAME}@256", 384)
     long_text = "Photosynthesis happens in chloroplasts. " * 10 + "The Bastille was stormed in 1789. " * 30
-    [a] = await short.embed([long_text])
+    [a] = await longer.embed([long_text])
     [b] = await make_embedder("onnx").embed([long_text])
     assert cosine(a, b) < 0.99
