@@ -51,7 +51,6 @@ async def check_index(kb: KnowledgeBase) -> int:
     await kb.ensure_index()
     active = await kb.active_model()
     pending = await kb.pending_reindex()
-    log.info("knowledge base embedder", extra={"active_embedder": active.model, "embedder": kb.embedder.name})
     if active.model != kb.embedder.name:
         log.warning(
             "search uses the previous embedding model until `studyhall reindex` has embedded every chunk "
