@@ -53,8 +53,9 @@ BENCH_db_outage   := -m bench.db_outage_bench --requests 20
 BENCH_pdf_bomb    := bench/pdf_bomb.py --chars 1000000
 BENCH_rooms       := bench/rooms_bench.py --participants 50 --instances 1 --client raw --fanout fast --rates 5 --seconds 2 --workers 1 --senders 5
 BENCH_threads     := bench/threads_bench.py --seconds 2 --scenario direct --instances 1 --client python
-# These two read PostgreSQL's HTML manual (apt-get install postgresql-doc-15, or --docs DIR).
-BENCH_retrieval   := bench/retrieval_bench.py --skip-scale --queries 20
+# These two read PostgreSQL's HTML manual (apt-get install postgresql-doc-15, or --docs DIR;
+# retrieval_bench also --corpus python: apt-get install python3.11-doc).
+BENCH_retrieval   := bench/retrieval_bench.py --skip-scale --pages 60 --embedders onnx,hashing
 BENCH_first_token := bench/tutor_first_token.py --pages 20 --questions 20
 # Also reads Python's HTML docs (apt-get install python3.11-doc).
 BENCH_ingest      := bench/ingest_bench.py --pages 10

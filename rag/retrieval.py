@@ -11,6 +11,7 @@ chosen by measuring with `studyhall eval` on the operator's own material (docs/t
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +19,16 @@ from typing import Any
 from uuid import UUID
 
 from rag.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP_TOKENS, TooManyChunks, chunk_text
-from rag.embeddings import Embedder
+from rag.embeddings import Embedder, embedder_for_name
 from rag.extract import DocumentLimits, DocumentTooLarge, EmptyDocument, content_hash, extract, normalize_text
 from storage import documents as store
 from storage.db import Database
 
+log = logging.getLogger(__name__)
+
 RRF_K = 60
+# How often `reindex` embeds chunks added while it ran before it gives up switching.
+SWITCH_ATTEMPTS = 20
 RETRIEVAL_MODES = ("hybrid", "vector", "text")
 
 
@@ -138,7 +143,14 @@ def fuse(
 
 
 class KnowledgeBase:
-    """Documents and chunks in PostgreSQL, embedded by one active `Embedder`."""
+    """Documents and chunks in PostgreSQL, searched with the vectors of the active model.
+
+    `embedder` is the configured model. The active one, whose vectors search uses, is
+    recorded in the database (storage/documents.py `embedding_state`): after a change of
+    configuration it stays the previous model, rebuilt by `resolve` from its name, until
+    `reindex` has embedded every chunk with the new one and switches, for every instance
+    at once. Meanwhile new documents are embedded by both.
+    """
 
     def __init__(
         self,
@@ -149,21 +161,47 @@ class KnowledgeBase:
         overlap_tokens: int = DEFAULT_OVERLAP_TOKENS,
         embed_batch: int = 64,
         limits: DocumentLimits | None = None,
+        resolve: Callable[[str], Embedder | None] = embedder_for_name,
         fusion: Fusion | None = None,
     ) -> None:
         self.db = db
         self.fusion = fusion or Fusion()
+        self._resolve = resolve
+        self._embedders: dict[str, Embedder | None] = {embedder.name: embedder}
         self.limits = limits or DocumentLimits()
         self.embedder = embedder
         self.max_tokens = max_tokens
         self.overlap_tokens = overlap_tokens
         self.embed_batch = embed_batch
 
-    async def _embed(self, texts: list[str]) -> list[list[float]]:
+    async def _embed(self, texts: list[str], embedder: Embedder | None = None) -> list[list[float]]:
+        embedder = embedder or self.embedder
         vectors: list[list[float]] = []
         for first in range(0, len(texts), self.embed_batch):
-            vectors.extend(await self.embedder.embed(texts[first:first + self.embed_batch]))
+            vectors.extend(await embedder.embed(texts[first:first + self.embed_batch]))
         return vectors
+
+    async def active_model(self) -> store.ActiveModel:
+        """The model search uses (read each time: another instance may have switched it).
+        A knowledge base that never had one takes the configured model."""
+        async with self.db.connection() as conn:
+            active = await store.get_active_model(conn)
+            if active is None:
+                active = await store.claim_active_model(conn, self.embedder.name, self.embedder.dim)
+        return active
+
+    async def embedder_for(self, model: str) -> Embedder | None:
+        """The embedder that made `model`'s vectors (None: it cannot run here). Built once
+        per process, in a thread: loading a neural model takes about a second."""
+        if model not in self._embedders:
+            built = await asyncio.to_thread(self._resolve, model)
+            if built is not None and built.name != model:
+                built = None
+            if built is None:
+                log.warning("the active embedding model %s cannot run here: search uses full text "
+                            "only until `studyhall reindex` switches to %s", model, self.embedder.name)
+            self._embedders[model] = built
+        return self._embedders[model]
 
     async def ingest_text(
         self,
@@ -193,16 +231,22 @@ class KnowledgeBase:
                 chunk_text, text, self.max_tokens, self.overlap_tokens, self.limits.max_chunks)
         except TooManyChunks as exc:
             raise DocumentTooLarge(str(exc)) from None
-        vectors = await self._embed([embedding_input(c.heading_path, c.content) for c in chunks])
+        # The active model's vectors serve search now; during a change of model the
+        # configured one's wait beside them, so `reindex` need not embed this document again.
+        active = await self.active_model()
+        embedders = [e for e in (await self.embedder_for(active.model), self.embedder) if e is not None]
+        inputs = [embedding_input(c.heading_path, c.content) for c in chunks]
+        by_model = {e.name: await self._embed(inputs, e) for e in {e.name: e for e in embedders}.values()}
         new_chunks = [
-            store.NewChunk(c.index, c.content, c.start_char, c.end_char, c.token_count, c.heading_path, v)
-            for c, v in zip(chunks, vectors, strict=True)
+            store.NewChunk(c.index, c.content, c.start_char, c.end_char, c.token_count, c.heading_path,
+                           {model: vectors[i] for model, vectors in by_model.items()})
+            for i, c in enumerate(chunks)
         ]
         title = (title or "").strip() or text.split("\n", 1)[0][:120]
         async with self.db.transaction() as conn:
             return await store.insert_document(
                 conn, title=title, content=text, content_hash=digest, chunks=new_chunks,
-                embedding_model=self.embedder.name, source=source, language=language,
+                fallback_model=self.embedder.name, source=source, language=language,
                 course=course, created_by=created_by,
             )
 
@@ -252,13 +296,16 @@ class KnowledgeBase:
         async def nearest() -> list[store.ChunkHit]:
             if not fusion.uses_vector:
                 return []
-            [query_vector] = await self.embedder.embed([q])
+            active = await self.active_model()
+            embedder = await self.embedder_for(active.model)
+            if embedder is None:
+                return []
+            [query_vector] = await embedder.embed([q])
             if not any(query_vector):  # an all-zero query (only stopwords) has no direction
                 return []
             async with self.db.connection() as conn:
                 return await store.search_vector(
-                    conn, query_vector, model=self.embedder.name, dim=self.embedder.dim,
-                    k=candidates, course=course,
+                    conn, query_vector, model=active.model, dim=active.dim, k=candidates, course=course,
                 )
 
         vector_search = asyncio.ensure_future(nearest())
@@ -274,40 +321,59 @@ class KnowledgeBase:
         return fuse(vector_hits, text_hits, k, fusion)
 
     async def ensure_index(self) -> str:
-        """Create the active model's HNSW index if missing (cheap when it exists)."""
+        """Create the HNSW indexes of the active and the configured model if missing (cheap
+        when they exist); returns the configured model's index name."""
+        active = await self.active_model()
         async with self.db.connection() as conn:
+            if active.model != self.embedder.name:
+                await store.ensure_vector_index(conn, active.model, active.dim)
             return await store.ensure_vector_index(conn, self.embedder.name, self.embedder.dim)
 
     async def pending_reindex(self) -> int:
-        """Chunks not embedded by the active model (invisible to vector search until reindexed)."""
+        """Chunks without a vector of the configured model (reindex embeds them)."""
         async with self.db.connection() as conn:
             return await store.count_chunks_to_embed(conn, self.embedder.name)
 
     async def reindex(self, progress: Callable[[int, int], None] | None = None, batch: int = 128) -> int:
-        """Re-embed every chunk the active model did not embed; returns how many.
+        """Embed every chunk the configured model has no vector for, then make it the active
+        model; returns how many chunks were embedded.
 
-        `progress(done, total)` is called after each batch. Each batch commits on its own,
-        so an interrupted reindex resumes where it stopped.
+        Search keeps using the previous model's vectors until the switch, one transaction
+        (storage/documents.py `switch_active_model`). `progress(done, total)` is called
+        after each batch. Each batch commits on its own, so an interrupted reindex resumes
+        where it stopped.
         """
+        target = self.embedder
         total = await self.pending_reindex()
         done = 0
-        after: UUID | None = None
-        while True:
+        for _ in range(SWITCH_ATTEMPTS):
+            active = await self.active_model()
+            in_place = active.model == target.name
+            after: UUID | None = None
+            while True:
+                async with self.db.connection() as conn:
+                    todo = await store.chunks_to_embed(conn, target.name, after=after, limit=batch)
+                if not todo:
+                    break
+                after = todo[-1].id
+                vectors = await self._embed([embedding_input(c.heading_path, c.content) for c in todo])
+                pairs = [(c.id, v) for c, v in zip(todo, vectors, strict=True)]
+                async with self.db.transaction() as conn:
+                    if in_place:
+                        await store.update_embeddings(conn, target.name, pairs)
+                    else:
+                        await store.stage_embeddings(conn, target.name, pairs)
+                done += len(todo)
+                if progress is not None:
+                    progress(done, max(total, done))
             async with self.db.connection() as conn:
-                todo = await store.chunks_to_embed(conn, self.embedder.name, after=after, limit=batch)
-            if not todo:
-                break
-            after = todo[-1].id
-            vectors = await self._embed([embedding_input(c.heading_path, c.content) for c in todo])
-            async with self.db.transaction() as conn:
-                await store.update_embeddings(
-                    conn, self.embedder.name, [(c.id, v) for c, v in zip(todo, vectors, strict=True)]
-                )
-            done += len(todo)
-            if progress is not None:
-                progress(done, max(total, done))
-        await self.ensure_index()
-        return done
+                # The index first, while the model has no rows in `chunks`: the switch fills it.
+                await store.ensure_vector_index(conn, target.name, target.dim)
+                if await store.switch_active_model(conn, target.name, target.dim) == 0:
+                    if not in_place:
+                        log.info("embedding model switched", extra={"from": active.model, "to": target.name})
+                    return done
+        raise RuntimeError(f"chunks kept arriving without a {target.name} vector; run reindex again")
 
     async def delete(self, document_id: UUID) -> bool:
         async with self.db.transaction() as conn:

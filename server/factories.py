@@ -8,6 +8,7 @@ sections into objects; handlers get the objects.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from handlers.settings import KnowledgeSettings, RetrievalSettings, Settings
@@ -21,7 +22,7 @@ from handlers.tutor.limits import (
     spec_rules,
 )
 from handlers.tutor.settings import TutorSettings
-from rag.embeddings import Embedder, make_embedder
+from rag.embeddings import Embedder, EmbedderUnavailable, embedder_for_name, make_embedder
 from rag.extract import DocumentLimits
 from rag.llm import DEFAULT_PRICES, ChatModel, LLMConfig
 from rag.retrieval import Fusion, KnowledgeBase
@@ -89,8 +90,28 @@ def embedder(knowledge: KnowledgeSettings, tutor: TutorSettings) -> Embedder:
         )
     options: dict[str, Any] = {}
     if knowledge.embedding_model != KnowledgeSettings.embedding_model:  # an explicit local model path
-        options["model_path"] = knowledge.embedding_model
+        options["model_dir" if kind == "onnx" else "model_path"] = knowledge.embedding_model
     return make_embedder(kind, **options)
+
+
+def previous_embedder(knowledge: KnowledgeSettings, tutor: TutorSettings) -> Callable[[str], Embedder | None]:
+    """Rebuilds the active model's embedder from its stored name while the configuration
+    names another (a change of model before `studyhall reindex`): built-in models by
+    name, an OpenAI-compatible model with this configuration's endpoint."""
+
+    def resolve(name: str) -> Embedder | None:
+        if name.startswith("openai:") and "@" not in name:
+            try:
+                return make_embedder(
+                    "openai", model=name.removeprefix("openai:"),
+                    base_url=knowledge.embedding_base_url or tutor.llm_base_url,
+                    api_key=knowledge.embedding_api_key or tutor.llm_api_key,
+                )
+            except EmbedderUnavailable:
+                return None
+        return embedder_for_name(name)
+
+    return resolve
 
 
 def document_limits(knowledge: KnowledgeSettings) -> DocumentLimits:
@@ -109,5 +130,7 @@ def fusion(retrieval: RetrievalSettings) -> Fusion:
 
 def knowledge_base(settings: Settings, db: Database) -> KnowledgeBase:
     """The knowledge base: the app builds one at start, each command line tool its own."""
-    return KnowledgeBase(db, embedder(settings.knowledge, settings.tutor), limits=document_limits(settings.knowledge),
-                         fusion=fusion(settings.retrieval))
+    return KnowledgeBase(
+        db, embedder(settings.knowledge, settings.tutor), limits=document_limits(settings.knowledge),
+        fusion=fusion(settings.retrieval), resolve=previous_embedder(settings.knowledge, settings.tutor),
+    )

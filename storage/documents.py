@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 
@@ -71,7 +71,8 @@ class DocumentRow:
 
 @dataclass(frozen=True)
 class NewChunk:
-    """A chunk to insert, with its embedding already computed."""
+    """A chunk to insert, with its embeddings already computed: one per model name (the
+    active model's, and during a model change also the incoming model's)."""
 
     chunk_index: int
     content: str
@@ -79,7 +80,15 @@ class NewChunk:
     end_char: int
     token_count: int
     heading_path: list[str]
-    embedding: Sequence[float]
+    embeddings: Mapping[str, Sequence[float]]
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    """The embedding model whose vectors search uses (table `embedding_state`, 0017)."""
+
+    model: str
+    dim: int
 
 
 @dataclass(frozen=True)
@@ -150,14 +159,24 @@ async def insert_document(
     content: str,
     content_hash: str,
     chunks: Sequence[NewChunk],
-    embedding_model: str,
+    fallback_model: str,
     source: str | None = None,
     language: str | None = None,
     course: str | None = None,
     created_by: UUID | None = None,
 ) -> tuple[DocumentRow, bool]:
-    """Insert a document and its chunks atomically; `(existing, False)` if the hash exists."""
+    """Insert a document and its chunks atomically; `(existing, False)` if the hash exists.
+
+    Each chunk's vector of the active model goes to `chunks.embedding`, vectors of other
+    models to `chunk_vectors` (a model change in progress). The active model is read under
+    a share lock, so a switch (`switch_active_model`) waits for this insert or this insert
+    for the switch: no chunk ends up with only the old model's vector after a switch. When
+    the active model's vector was not computed, `fallback_model`'s goes to `chunks` (it
+    then waits for `studyhall reindex`, as it would have before 0017).
+    """
     async with conn.transaction():
+        state = await conn.fetchrow("SELECT active_model FROM embedding_state FOR SHARE")
+        active = state["active_model"] if state else None
         row = await conn.fetchrow(
             """INSERT INTO documents (title, source, language, course, content_hash, content, created_by)
                VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -169,16 +188,26 @@ async def insert_document(
             existing = await get_document_by_hash(conn, content_hash)
             assert existing is not None
             return existing, False
+        primary: str = active if active is not None and chunks and active in chunks[0].embeddings else fallback_model
+        ids = [uuid4() for _ in chunks]
         await conn.executemany(
-            """INSERT INTO chunks (document_id, chunk_index, content, start_char, end_char, token_count,
+            """INSERT INTO chunks (id, document_id, chunk_index, content, start_char, end_char, token_count,
                                    heading_path, course, embedding_model, embedding)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::vector)""",
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::text::vector)""",
             [
-                (row["id"], c.chunk_index, c.content, c.start_char, c.end_char, c.token_count,
-                 list(c.heading_path), course, embedding_model, vector_literal(c.embedding))
-                for c in chunks
+                (chunk_id, row["id"], c.chunk_index, c.content, c.start_char, c.end_char, c.token_count,
+                 list(c.heading_path), course, primary, vector_literal(c.embeddings[primary]))
+                for chunk_id, c in zip(ids, chunks, strict=True)
             ],
         )
+        others = [
+            (model, chunk_id, vector_literal(vec))
+            for chunk_id, c in zip(ids, chunks, strict=True) for model, vec in c.embeddings.items() if model != primary
+        ]
+        if others:
+            await conn.executemany(
+                "INSERT INTO chunk_vectors (model, chunk_id, embedding) VALUES ($1, $2, $3::text::vector)", others
+            )
         document = await get_document(conn, row["id"])
         assert document is not None
         return document, True
@@ -317,32 +346,96 @@ async def search_text(
     ]
 
 
+# ---- the active model and a change of model (0017) -------------------------------------
+
+_LACKS_VECTOR = """NOT (c.embedding_model IS NOT DISTINCT FROM $1 AND c.embedding IS NOT NULL)
+    AND NOT EXISTS (SELECT 1 FROM chunk_vectors v WHERE v.model = $1 AND v.chunk_id = c.id)"""
+
+
+async def get_active_model(conn: asyncpg.Connection) -> ActiveModel | None:
+    """The model search uses; None on an install that has not embedded anything yet."""
+    row = await conn.fetchrow("SELECT active_model, active_dim FROM embedding_state")
+    if row is None or row["active_model"] is None:
+        return None
+    return ActiveModel(row["active_model"], row["active_dim"])
+
+
+async def claim_active_model(conn: asyncpg.Connection, model: str, dim: int) -> ActiveModel:
+    """Record `model` as active unless one is already; returns the active one either way."""
+    await conn.execute(
+        """INSERT INTO embedding_state (id, active_model, active_dim, switched_at) VALUES (true, $1, $2, now())
+           ON CONFLICT (id) DO UPDATE SET active_model = $1, active_dim = $2, switched_at = now()
+           WHERE embedding_state.active_model IS NULL""",
+        model, _check_dim(dim),
+    )
+    active = await get_active_model(conn)
+    assert active is not None
+    return active
+
+
 async def chunks_to_embed(
     conn: asyncpg.Connection, model: str, *, after: UUID | None = None, limit: int = 256
 ) -> list[ChunkToEmbed]:
-    """A batch of chunks not embedded by `model`, in id order after `after` (keyset paging,
-    so a reindex of N chunks reads the table once rather than once per batch)."""
+    """A batch of chunks with no vector from `model` (in `chunks` or `chunk_vectors`), in id
+    order after `after` (keyset paging: a reindex of N chunks reads the table once)."""
     rows = await conn.fetch(
-        """SELECT id, content, heading_path FROM chunks
-           WHERE (embedding_model IS DISTINCT FROM $1 OR embedding IS NULL)
-             AND ($2::uuid IS NULL OR id > $2)
-           ORDER BY id LIMIT $3""",
+        f"""SELECT c.id, c.content, c.heading_path FROM chunks c
+            WHERE {_LACKS_VECTOR} AND ($2::uuid IS NULL OR c.id > $2)
+            ORDER BY c.id LIMIT $3""",
         model, after, limit,
     )
     return [ChunkToEmbed(r["id"], r["content"], list(r["heading_path"])) for r in rows]
 
 
 async def count_chunks_to_embed(conn: asyncpg.Connection, model: str) -> int:
-    return await conn.fetchval(
-        "SELECT count(*) FROM chunks WHERE embedding_model IS DISTINCT FROM $1 OR embedding IS NULL", model
-    )
+    """Chunks with no vector from `model` yet."""
+    return await conn.fetchval(f"SELECT count(*) FROM chunks c WHERE {_LACKS_VECTOR}", model)
 
 
 async def update_embeddings(
     conn: asyncpg.Connection, model: str, embeddings: Sequence[tuple[UUID, Sequence[float]]]
 ) -> None:
-    """Store new embeddings made by `model`."""
+    """Store vectors of the active `model` in place (chunks left behind by another model)."""
     await conn.executemany(
         "UPDATE chunks SET embedding = $2::text::vector, embedding_model = $3 WHERE id = $1",
         [(chunk_id, vector_literal(vec), model) for chunk_id, vec in embeddings],
     )
+
+
+async def stage_embeddings(
+    conn: asyncpg.Connection, model: str, embeddings: Sequence[tuple[UUID, Sequence[float]]]
+) -> None:
+    """Keep vectors of an incoming `model` aside until `switch_active_model`; search does not see them."""
+    await conn.executemany(
+        """INSERT INTO chunk_vectors (model, chunk_id, embedding) VALUES ($1, $2, $3::text::vector)
+           ON CONFLICT (model, chunk_id) DO UPDATE SET embedding = EXCLUDED.embedding""",
+        [(model, chunk_id, vector_literal(vec)) for chunk_id, vec in embeddings],
+    )
+
+
+async def switch_active_model(conn: asyncpg.Connection, model: str, dim: int) -> int:
+    """Make `model` the active one if every chunk has its vector; returns how many lack one
+    (0: switched; otherwise nothing changed, embed those and call again).
+
+    One transaction: the state row is locked first, so inserts (which read it FOR SHARE)
+    wait and none slips in with only the old model's vector. Readers are never blocked:
+    until commit they see the old model and its vectors, from commit on the new ones.
+    The new model's partial HNSW index should exist before (`ensure_vector_index`, empty
+    and quick to create then): the copy fills it, and search never runs without it.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT 1 FROM embedding_state FOR UPDATE")
+        missing = await count_chunks_to_embed(conn, model)
+        if missing:
+            return int(missing)
+        await conn.execute(
+            """UPDATE chunks c SET embedding = v.embedding, embedding_model = v.model
+               FROM chunk_vectors v WHERE v.model = $1 AND v.chunk_id = c.id""",
+            model, timeout=INDEX_BUILD_TIMEOUT_S,
+        )
+        await conn.execute("DELETE FROM chunk_vectors WHERE model = $1", model)
+        await conn.execute(
+            "UPDATE embedding_state SET active_model = $1, active_dim = $2, switched_at = now()",
+            model, _check_dim(dim),
+        )
+    return 0

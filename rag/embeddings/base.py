@@ -1,0 +1,22 @@
+"""The interface every embedder implements, and the error for one that cannot run here."""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into vectors of `dim` floats; `name` identifies model and version.
+
+    The name is stored with every vector, so a change of model is detected and search
+    only ever compares vectors of one model.
+    """
+
+    name: str
+    dim: int
+
+    async def embed(self, texts: list[str]) -> list[list[float]]: ...
+
+
+class EmbedderUnavailable(RuntimeError):
+    """The configured embedder cannot run here (missing extra, bad configuration)."""
