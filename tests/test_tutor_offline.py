@@ -130,3 +130,27 @@ async def test_failing_model_is_logged_once_per_interval_then_its_recovery(
         [back] = [r for r in caplog.records if "answers again" in r.getMessage()]
         assert back.getMessage() == f"tutor model endpoint {host} answers again after 3 failure(s)"
     assert secret not in caplog.text and all(secret not in str(r.__dict__) for r in caplog.records)
+
+
+async def test_during_a_model_change_relevance_is_judged_by_the_model_search_used(
+        start_instance: Any, db: Database) -> None:
+    """The operator configured the neural model but has not run `studyhall reindex` yet: search
+    still uses the hashing vectors, so their similarities are judged with hashing's thresholds
+    (the neural ones would call a good hashing hit, ~0.3-0.7, unrelated)."""
+    async with python_docs(start_instance, db, ("ipaddress_operators.md", "venv_creating.md")):
+        pass
+    inst = await start_instance(knowledge__embedder="onnx")
+    async with aiohttp.ClientSession() as session:
+        env = Env(inst, Api(session, inst.url), None)
+        try:
+            _, sock, conv = await open_tutor(env, course="python")
+            question = await ask(sock, conv, "How do I create a virtual environment?")
+            final = (await sock.wait_for("message:new", reply_to(question), timeout=20))["message"]
+            assert final["metadata"]["decision"]["reason"] == "relevant_material"
+            assert "python3 -m venv /path/to/new/virtual/environment" in final["content"]
+            [decision] = await wait_decisions(db, conv["id"])
+            why = decision["details"]["relevance"]
+            assert why["embedder"].startswith("hashing")
+            assert why["thresholds"] == asdict(DEFAULT_THRESHOLDS["hashing"])
+        finally:
+            await env.api.close_sockets()

@@ -95,7 +95,8 @@ class Answerer(Protocol):
     live: dict[UUID, LiveAnswer]
     poll_seconds: float
     model_failures: ModelFailureLog | None
-    relevance_thresholds: Thresholds
+
+    def relevance_thresholds(self, embedder_name: str) -> Thresholds: ...
 
     @property
     def model_name(self) -> str: ...
@@ -493,13 +494,19 @@ async def handle(svc: Answerer, job: Job) -> None:
             return
     context = conv.context or {}
 
-    async def retrieve() -> list[SearchResult]:
+    async def retrieve() -> tuple[list[SearchResult], str]:
+        """The hits, scored by the model whose vectors search used: during a change of
+        embedding model (`studyhall reindex`) that is still the previous one, and its
+        similarities need that model's thresholds, not the configured one's."""
+        kb = svc.kb
         try:
-            hits = await svc.kb.search(msg.content, k=RETRIEVE_K, course=context.get("course"))
-            return await with_similarity(msg.content, hits, svc.kb.embedder)
+            hits = await kb.search(msg.content, k=RETRIEVE_K, course=context.get("course"))
+            active = await kb.active_model()
+            embedder = await kb.embedder_for(active.model) or kb.embedder
+            return await with_similarity(msg.content, hits, embedder), embedder.name
         except Exception:
             log.warning("retrieval failed; answering without course material", exc_info=True)
-            return []
+            return [], kb.embedder.name
 
     async def load() -> tuple[list[Message], list[dict[str, Any]], list[UUID]]:
         limit = core.settings.tutor.history_messages
@@ -510,11 +517,11 @@ async def handle(svc: Answerer, job: Job) -> None:
         return prior_messages(recent, msg.seq, limit), previous, member_ids
 
     # Retrieval is most of the time before the model call: overlap it with the reads.
-    hits, (history, previous, member_ids) = await asyncio.gather(retrieve(), load())
+    (hits, scored_by), (history, previous, member_ids) = await asyncio.gather(retrieve(), load())
     turn = Turn(svc, job, conv, msg, member_ids)
     svc.live[conv.id] = turn.live
     try:
-        turn.relevance = judge(turn.question, hits, svc.kb.embedder.name, svc.relevance_thresholds)
+        turn.relevance = judge(turn.question, hits, scored_by, svc.relevance_thresholds(scored_by))
         passages = passages_of(turn.relevance)
         turn.decision = decide(turn.question, previous, passages)
         if turn.decision.action == "escalate":

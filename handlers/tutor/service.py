@@ -123,8 +123,9 @@ class TutorService:
         self.live: dict[UUID, LiveAnswer] = {}
         self._workers: set[asyncio.Task[Any]] = set()
         settings = core.settings.tutor
-        self.relevance_thresholds: Thresholds = thresholds_for(
-            kb.embedder.name, {"hashing": settings.relevance_hashing, "neural": settings.relevance_neural})
+        # Thresholds follow the model that scored each search (its similarities differ by
+        # family), not only the configured one: see relevance_thresholds.
+        self._relevance_overrides = {"hashing": settings.relevance_hashing, "neural": settings.relevance_neural}
         self.model_failures: ModelFailureLog | None = None
         if model is not None:
             self.model_failures = ModelFailureLog(endpoint_host(model.config.base_url), model.config.model,
@@ -133,6 +134,11 @@ class TutorService:
         log.info("%s", describe_mode(model, kb.embedder.name),
                  extra={"tutor_model": model.config.model if model else OFFLINE_MODEL,
                         "endpoint": endpoint_host(model.config.base_url) if model else None})
+
+    def relevance_thresholds(self, embedder_name: str) -> Thresholds:
+        """The relevance thresholds for the model that scored a search: its family's measured
+        defaults or the operator's override (rag/relevance.py, docs/tutor.md)."""
+        return thresholds_for(embedder_name, self._relevance_overrides)
 
     @property
     def model_name(self) -> str:
