@@ -56,7 +56,9 @@ BENCH_threads     := bench/threads_bench.py --seconds 2 --scenario direct --inst
 # These two read PostgreSQL's HTML manual (apt-get install postgresql-doc-15, or --docs DIR).
 BENCH_retrieval   := bench/retrieval_bench.py --skip-scale --queries 20
 BENCH_first_token := bench/tutor_first_token.py --pages 20 --questions 20
-BENCHES := abuse db_outage pdf_bomb rooms threads retrieval first_token
+BENCH_conversation := bench/conversation_bench.py --members 10,100 --senders 1 --deliveries 2000,5000 --seconds 2 --workers 1
+BENCH_socket_memory := bench/socket_memory_bench.py --sockets 500 --settle 3 --workers 2
+BENCHES := abuse db_outage pdf_bomb rooms threads retrieval first_token conversation socket_memory
 
 bench: $(VENV)/.installed ## list the benchmarks; `make bench B=rooms` runs one with small defaults
 ifeq ($(B),)
