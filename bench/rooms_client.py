@@ -45,6 +45,7 @@ class SioParticipant:
     def __init__(self, url: str, token: str, sink: Sink, counts: Counter[str]) -> None:
         self.url, self.token = url, token
         self.sio = socketio.AsyncClient(reconnection=False)
+        self.connect_timeout = 30.0
 
         async def on_new(data: dict[str, Any]) -> None:
             counts["message:new"] += 1
@@ -61,7 +62,7 @@ class SioParticipant:
         self.sio.on("disconnect", on_disconnect)
 
     async def connect(self) -> None:
-        await self.sio.connect(self.url, auth={"token": self.token}, transports=["websocket"], wait_timeout=30)
+        await self.sio.connect(self.url, auth={"token": self.token}, transports=["websocket"], wait_timeout=self.connect_timeout)
 
     async def call(self, event: str, data: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
         return await self.sio.call(event, data, timeout=timeout)
@@ -259,12 +260,13 @@ class Worker:
         self.latencies.append(t - float(rest.split("|", 1)[0]))
         self.last_delivery = t
 
-    async def connect(self, concurrency: int) -> dict[str, Any]:
+    async def connect(self, concurrency: int, timeout: float = 30.0) -> dict[str, Any]:
         for url, token in self.creds:
             if self.kind in ("raw", "raw-deflate"):
                 self.people.append(RawParticipant(url, token, self.sink, self.counts, deflate=self.kind == "raw-deflate"))
             else:
                 self.people.append(SioParticipant(url, token, self.sink, self.counts))
+            self.people[-1].connect_timeout = timeout
         sem = asyncio.Semaphore(concurrency)
         failed = 0
 

@@ -10,7 +10,8 @@ permessage-deflate as browsers do, and compress and inflate every frame when the
 agrees), in `--workers` processes; Studyhall's are authenticated guests, 100 sockets per
 guest (STUDYHALL_MAX_SOCKETS_PER_USER=0 lifts the per-user cap).
 
-Method: 200 sockets connect first and stay (warm-up: code paths, pools, caches), the
+PostgreSQL runs without fsync here (memory does not depend on the disk; every connect
+writes a row). Method: 200 sockets connect first and stay (warm-up: code paths, pools, caches), the
 server's RSS (VmRSS from /proc) is read, then `--sockets` more connect. RSS is read again
 right after, and after `--settle` seconds, longer than the 20 s ping interval, so every
 socket has exchanged a ping and, with deflate, holds its compressor and decompressor.
@@ -39,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench.harness import start_servers, stop_servers, wait_up  # noqa: E402
 from bench.rooms_bench import Workers  # noqa: E402
 from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
+from tests.services import ThrowawayPostgres  # noqa: E402
 
 WARMUP = 200
 SOCKETS_PER_GUEST = 100
@@ -61,12 +63,12 @@ def raise_fd_limit() -> None:
 
 
 async def guest_tokens(url: str, n: int) -> list[str]:
+    sem = asyncio.Semaphore(10)
     async with aiohttp.ClientSession() as s:
-        out = []
-        for i in range(n):
-            async with s.post(url + "/api/auth/guest", json={"name": f"Idle {i}"}) as r:
-                out.append((await r.json())["token"])
-        return out
+        async def one(i: int) -> str:
+            async with sem, s.post(url + "/api/auth/guest", json={"name": f"Idle {i}"}) as r:
+                return str((await r.json())["token"])
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
 def start_node() -> tuple[subprocess.Popen[bytes], str]:
@@ -83,7 +85,7 @@ async def measure(name: str, proc: subprocess.Popen[bytes], url: str, args: argp
     pid = proc.pid
 
     def creds(n: int) -> list[tuple[str, str]]:
-        return [(url, tokens[i // SOCKETS_PER_GUEST % len(tokens)]) for i in range(n)]
+        return [(url, tokens[i % len(tokens)]) for i in range(n)]  # sockets in flight: different users
 
     warm = Workers("raw-deflate", 1, creds(WARMUP), NO_SESSION)
     main_workers: Workers | None = None
@@ -94,7 +96,7 @@ async def measure(name: str, proc: subprocess.Popen[bytes], url: str, args: argp
         before = rss_kib(pid)
         main_workers = Workers("raw-deflate", args.workers, creds(args.sockets), NO_SESSION)
         t0 = time.monotonic()
-        r = await main_workers.all("connect", {"concurrency": args.concurrency})
+        r = await main_workers.all("connect", {"concurrency": args.concurrency, "timeout": 120.0})
         connected = sum(x["connected"] for x in r)
         connect_s = time.monotonic() - t0
         after_connect = rss_kib(pid)
@@ -144,14 +146,17 @@ async def main() -> None:
                     proc.wait()
                 continue
             if pg is None:
-                pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="studyhall-bench-pg-")), port=free_port(), listen_tcp=True)
+                # Without fsync: what a socket costs in memory does not depend on the disk, and
+                # each connect writes to the database (presence, connections), which on a busy
+                # disk would make 10,000 connects take most of an hour.
+                pg = ThrowawayPostgres(Path(tempfile.mkdtemp(prefix="studyhall-bench-pg-")), port=free_port(), listen_tcp=True)
                 os.chmod(pg.data_dir, 0o755)
                 database_url = await asyncio.to_thread(pg.start)
             deflate = "1" if name == "studyhall-deflate" else "0"
             procs = start_servers(1, database_url, None, {"STUDYHALL_WS_DEFLATE": deflate, "STUDYHALL_MAX_SOCKETS_PER_USER": "0"})
             try:
                 url = procs[0][1]
-                await wait_up(url)
+                await wait_up(url, attempts=1200)
                 tokens = await guest_tokens(url, (args.sockets + WARMUP) // SOCKETS_PER_GUEST + 1)
                 rows.append(await measure(name, procs[0][0], url, args, tokens))
             finally:

