@@ -157,7 +157,7 @@ class GatewaySettings:
     # Sockets one user may hold open at once on an instance (0: no cap).
     max_sockets_per_user: int = 20
     fanout: str = "fast"  # "fast": encode-once websocket frames (server/fanout.py); "stock": python-socketio's
-    # permessage-deflate for clients that offer it: off, as in Node's socket.io (about 80 KiB
+    # permessage-deflate for clients that offer it: off, as in Node's socket.io (about 100 KiB
     # more per idle socket and more CPU per frame when on; server/ws_deflate.py).
     websocket_deflate: bool = False
 

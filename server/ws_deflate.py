@@ -3,7 +3,7 @@
 python-engineio (4.x) builds aiohttp's `WebSocketResponse` with aiohttp's default
 `compress=True`, so every client that offers permessage-deflate (browsers and
 socket.io-client all do) gets it, with no setting to refuse. Each such socket then holds
-a zlib compressor and decompressor for its whole life: about 80 KiB more per idle socket
+a zlib compressor and decompressor for its whole life: about 100 KiB more per idle socket
 measured here (docs/performance.md, `bench/socket_memory_bench.py`), and more CPU per
 frame. Node's socket.io does not negotiate it by default either. Chat frames are small
 JSON, and broadcasts from the fast fan-out (server/fanout.py) go out uncompressed anyway,
