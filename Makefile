@@ -62,7 +62,9 @@ BENCH_ingest      := bench/ingest_bench.py --pages 10
 # The capacity model (docs/scaling.md): the probe measures its constants, the simulation needs no services.
 BENCH_capacity    := bench/capacity_sim.py --size 10000 100000 1000000
 BENCH_capacity_probe := bench/capacity_probe.py --seconds 2 --sockets 200 --events 5000
-BENCHES := abuse db_outage pdf_bomb rooms threads retrieval first_token ingest capacity capacity_probe
+BENCH_conversation := bench/conversation_bench.py --members 10,100 --senders 1 --deliveries 2000,5000 --seconds 2 --workers 1
+BENCH_socket_memory := bench/socket_memory_bench.py --sockets 500 --settle 3 --workers 2
+BENCHES := abuse db_outage pdf_bomb rooms threads retrieval first_token ingest capacity capacity_probe conversation socket_memory
 
 bench: $(VENV)/.installed ## list the benchmarks; `make bench B=rooms` runs one with small defaults
 ifeq ($(B),)

@@ -8,6 +8,9 @@ Two client kinds, the same protocol:
        receiving costs the load generator a few µs per frame and the figures say more
        about the server.
 
+`raw-deflate` is the raw client offering permessage-deflate the way browsers do; when the
+server agrees, it compresses what it sends and inflates what it gets (bench/socket_memory_bench.py).
+
 Times are CLOCK_MONOTONIC, which on Linux is one clock for every process on the machine,
 so a sender in one worker and a receiver in another measure latency on the same clock.
 """
@@ -21,6 +24,7 @@ import os
 import random
 import struct
 import time
+import zlib
 from array import array
 from collections import Counter
 from collections.abc import Callable
@@ -41,6 +45,7 @@ class SioParticipant:
     def __init__(self, url: str, token: str, sink: Sink, counts: Counter[str]) -> None:
         self.url, self.token = url, token
         self.sio = socketio.AsyncClient(reconnection=False)
+        self.connect_timeout = 30.0
 
         async def on_new(data: dict[str, Any]) -> None:
             counts["message:new"] += 1
@@ -57,7 +62,7 @@ class SioParticipant:
         self.sio.on("disconnect", on_disconnect)
 
     async def connect(self) -> None:
-        await self.sio.connect(self.url, auth={"token": self.token}, transports=["websocket"], wait_timeout=30)
+        await self.sio.connect(self.url, auth={"token": self.token}, transports=["websocket"], wait_timeout=self.connect_timeout)
 
     async def call(self, event: str, data: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
         return await self.sio.call(event, data, timeout=timeout)
@@ -70,13 +75,17 @@ class _RawProtocol(asyncio.Protocol):
     """A websocket client on a bare asyncio Protocol: frames are parsed straight from the
     received bytes, with no per-frame futures or queues, so that 1,000 participants cost
     the load generator little. Client frames are masked with a zero key (RFC 6455 requires
-    the mask bit, not a random key) and no extension is offered, so frames arrive plain."""
+    the mask bit, not a random key) and, unless `deflate`, no extension is offered, so
+    frames arrive plain. With `deflate` it offers permessage-deflate like a browser; if the
+    server agrees (`self.inflater` is set) every frame both ways is compressed."""
 
-    def __init__(self, owner: RawParticipant, host: str, path: str) -> None:
-        self.owner, self.host, self.path = owner, host, path
+    def __init__(self, owner: RawParticipant, host: str, path: str, deflate: bool = False) -> None:
+        self.owner, self.host, self.path, self.deflate = owner, host, path, deflate
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.handshake_done = False
+        self.inflater: Any = None
+        self.deflater: Any = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -84,19 +93,25 @@ class _RawProtocol(asyncio.Protocol):
         key = base64.b64encode(os.urandom(16)).decode()
         self.transport.write((
             f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            + ("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" if self.deflate else "")
+            + "\r\n"
         ).encode())
 
     def send_text(self, text: str) -> None:
         assert self.transport is not None
         payload = text.encode()
+        b0 = 0x81
+        if self.deflater is not None:  # RFC 7692 §7.2.1: drop the sync flush's 00 00 ff ff
+            payload = (self.deflater.compress(payload) + self.deflater.flush(zlib.Z_SYNC_FLUSH))[:-4]
+            b0 = 0xC1
         n = len(payload)
         if n < 126:
-            header = struct.pack("!BB", 0x81, 0x80 | n)
+            header = struct.pack("!BB", b0, 0x80 | n)
         elif n < 65536:
-            header = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+            header = struct.pack("!BBH", b0, 0x80 | 126, n)
         else:
-            header = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
+            header = struct.pack("!BBQ", b0, 0x80 | 127, n)
         self.transport.write(header + b"\0\0\0\0" + payload)
 
     def data_received(self, data: bytes) -> None:
@@ -108,6 +123,10 @@ class _RawProtocol(asyncio.Protocol):
                 return
             if not buf.startswith(b"HTTP/1.1 101"):
                 raise ConnectionError(bytes(buf[:end]).decode(errors="replace"))
+            if self.deflate and b"permessage-deflate" in bytes(buf[:end]).lower():
+                # Small windows on this side: the load generator's memory is not measured.
+                self.inflater = zlib.decompressobj(-15)
+                self.deflater = zlib.compressobj(6, zlib.DEFLATED, -9, 1)
             del buf[:end + 4]
             self.handshake_done = True
         pos, size = 0, len(buf)
@@ -126,7 +145,10 @@ class _RawProtocol(asyncio.Protocol):
                 break
             opcode = b0 & 0x0F
             if opcode == 0x1:
-                self.owner.frame(bytes(buf[pos + head:pos + head + n]))
+                payload = bytes(buf[pos + head:pos + head + n])
+                if b0 & 0x40 and self.inflater is not None:
+                    payload = self.inflater.decompress(payload + b"\x00\x00\xff\xff")
+                self.owner.frame(payload)
             elif opcode == 0x8:
                 self.transport.close()  # type: ignore[union-attr]
             pos += head + n
@@ -144,12 +166,13 @@ class RawParticipant:
     MESSAGE_NEW = b'42["message:new"'
     CLIENT_ID = b'"client_id":"'
 
-    def __init__(self, url: str, token: str, sink: Sink, counts: Counter[str]) -> None:
-        self.url, self.token, self.sink, self.counts = url, token, sink, counts
+    def __init__(self, url: str, token: str, sink: Sink, counts: Counter[str], deflate: bool = False) -> None:
+        self.url, self.token, self.sink, self.counts, self.deflate = url, token, sink, counts, deflate
         self.proto: _RawProtocol | None = None
         self.ids = itertools.count()
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.connected: asyncio.Future[None] | None = None
+        self.connect_timeout = 30.0
 
     async def connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -157,9 +180,16 @@ class RawParticipant:
         host, port = host_port.rsplit(":", 1)
         self.connected = loop.create_future()
         _, self.proto = await loop.create_connection(
-            lambda: _RawProtocol(self, host_port, "/socket.io/?EIO=4&transport=websocket"), host, int(port)
+            lambda: _RawProtocol(self, host_port, "/socket.io/?EIO=4&transport=websocket", self.deflate), host, int(port)
         )
-        await asyncio.wait_for(self.connected, 30)
+        try:
+            await asyncio.wait_for(self.connected, self.connect_timeout)
+        except BaseException:
+            # Not left half-open: a socket the server finishes connecting later would be
+            # counted by the server and not by the caller.
+            if self.proto.transport is not None:
+                self.proto.transport.abort()
+            raise
 
     def frame(self, d: bytes) -> None:
         assert self.proto is not None and self.connected is not None
@@ -189,7 +219,9 @@ class RawParticipant:
             self.proto.send_text("40" + orjson.dumps({"token": self.token}).decode())
 
     def lost(self) -> None:
-        self.counts["connections lost"] += 1
+        if self.connected is not None and self.connected.done() and not self.connected.cancelled() \
+                and self.connected.exception() is None:  # not a connect that failed or was given up
+            self.counts["connections lost"] += 1
         for fut in self.pending.values():
             if not fut.done():
                 fut.set_exception(ConnectionError("closed"))
@@ -228,12 +260,13 @@ class Worker:
         self.latencies.append(t - float(rest.split("|", 1)[0]))
         self.last_delivery = t
 
-    async def connect(self, concurrency: int) -> dict[str, Any]:
+    async def connect(self, concurrency: int, timeout: float = 30.0) -> dict[str, Any]:
         for url, token in self.creds:
-            if self.kind == "raw":
-                self.people.append(RawParticipant(url, token, self.sink, self.counts))
+            if self.kind in ("raw", "raw-deflate"):
+                self.people.append(RawParticipant(url, token, self.sink, self.counts, deflate=self.kind == "raw-deflate"))
             else:
                 self.people.append(SioParticipant(url, token, self.sink, self.counts))
+            self.people[-1].connect_timeout = timeout
         sem = asyncio.Semaphore(concurrency)
         failed = 0
 
@@ -315,6 +348,10 @@ class Worker:
             await asyncio.sleep(quiet)
         return {"sent": sent, "acks": dict(acks), "ack_latencies": ack_lat.tolist(), "start": start, "last_delivery": self.last_delivery,
                 "latencies": self.latencies.tolist()}
+
+    async def stats(self) -> dict[str, Any]:
+        """Nothing to do: the reply carries the counts (connections lost, events seen)."""
+        return {"people": len(self.people)}
 
     async def close(self) -> None:
         await asyncio.gather(*(p.close() for p in self.people), return_exceptions=True)

@@ -190,6 +190,9 @@ class GatewaySettings:
     # Sockets one user may hold open at once on an instance (0: no cap).
     max_sockets_per_user: int = 20
     fanout: str = "fast"  # "fast": encode-once websocket frames (server/fanout.py); "stock": python-socketio's
+    # permessage-deflate for clients that offer it: off, as in Node's socket.io (about 100 KiB
+    # more per idle socket and more CPU per frame when on; server/ws_deflate.py).
+    websocket_deflate: bool = False
 
 
 @dataclass(frozen=True)
@@ -392,6 +395,7 @@ class Settings:
                 user_rate_limit_burst=_int(e, "STUDYHALL_USER_RATE_BURST", gateway.user_rate_limit_burst),
                 max_sockets_per_user=_int(e, "STUDYHALL_MAX_SOCKETS_PER_USER", gateway.max_sockets_per_user),
                 fanout=_choice(e, "STUDYHALL_FANOUT", gateway.fanout, ("fast", "stock")),
+                websocket_deflate=_bool(e, "STUDYHALL_WS_DEFLATE", gateway.websocket_deflate),
             ),
             database=DatabaseSettings(
                 url=e.get("DATABASE_URL") or None,

@@ -28,6 +28,7 @@ from server.jsonutil import OrjsonModule
 from server.metrics import Metrics
 from server.notices import Notice, SocketNotices
 from server.redisbus import QueuedRedisManager, ResilientRedis
+from server.ws_deflate import set_websocket_deflate
 from storage import connections
 from storage.db import Database
 
@@ -46,7 +47,8 @@ def create_sio(settings: Settings) -> GuardedServer:
     accepted). By default with the encode-once fan-out (server/fanout.py):
     python-socketio's manager, or its Redis manager with REDIS_URL, whose local delivery
     writes one pre-built websocket frame per recipient instead of one task and one
-    encoding per recipient. STUDYHALL_FANOUT=stock uses python-socketio's own delivery."""
+    encoding per recipient. STUDYHALL_FANOUT=stock uses python-socketio's own delivery.
+    permessage-deflate only with STUDYHALL_WS_DEFLATE (server/ws_deflate.py)."""
     cluster = settings.cluster
     if settings.gateway.fanout == "fast":
         manager = fanout.create_manager(cluster)
@@ -70,6 +72,7 @@ def create_sio(settings: Settings) -> GuardedServer:
     if settings.gateway.fanout == "fast":
         fanout.install(sio)
     sio.guard_websockets()
+    set_websocket_deflate(sio, settings.gateway.websocket_deflate)
     return sio
 
 

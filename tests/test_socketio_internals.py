@@ -1,5 +1,5 @@
-"""The python-socketio / python-engineio internals server/fanout.py and server/guarded_sio.py
-rely on. pyproject caps both below their next major version; this catches a minor release
+"""The python-socketio / python-engineio internals server/fanout.py, server/guarded_sio.py and
+server/ws_deflate.py rely on. pyproject caps both below their next major version; this catches a minor release
 that renames or reshapes one of them, naming it, before anything subtler breaks.
 
 Each check is the exact attribute, method or call shape the two modules use. When one fails,
@@ -165,6 +165,19 @@ def test_internals_still_exist() -> None:
     _check(problems, W, eio_aiohttp, "WebSocket", "handler", "server")
     if "self._sock" not in inspect.getsource(eio_aiohttp.WebSocket):
         problems.append(f"{W}._sock (the aiohttp WebSocketResponse fanout.install reads) is gone")
+    # ws_deflate.set_websocket_deflate repeats the driver's __call__ with compress= added.
+    try:
+        call_source = inspect.getsource(eio_aiohttp.WebSocket.__call__)
+    except (TypeError, OSError):
+        call_source = ""
+    for line in ("request = environ['aiohttp.request']",
+                 "self._sock = WebSocketResponse(\n            max_msg_size=self.server.max_http_buffer_size)",
+                 "await self._sock.prepare(request)", "self.environ = environ", "await self.handler(self)",
+                 "return self._sock"):
+        if line not in call_source:
+            problems.append(f"{W}.__call__ (which server/ws_deflate.py repeats) no longer has {line!r}")
+    if "compress" not in inspect.signature(aiohttp.web_ws.WebSocketResponse).parameters:
+        problems.append("aiohttp.web_ws.WebSocketResponse has no compress= argument (server/ws_deflate.py)")
     # fanout.install reads the transport from aiohttp's WebSocketResponse._writer.transport.
     if "_writer" not in getattr(aiohttp.web_ws.WebSocketResponse, "__annotations__", {}) and \
             "_writer" not in inspect.getsource(aiohttp.web_ws.WebSocketResponse):
@@ -178,6 +191,6 @@ def test_internals_still_exist() -> None:
 def _fail(problems: list[str]) -> None:
     assert not problems, (
         f"python-socketio {version('python-socketio')} / python-engineio "
-        f"{version('python-engineio')} changed internals that server/fanout.py or "
-        "server/guarded_sio.py use:\n  " + "\n  ".join(problems)
+        f"{version('python-engineio')} changed internals that server/fanout.py, "
+        "server/guarded_sio.py or server/ws_deflate.py use:\n  " + "\n  ".join(problems)
     )

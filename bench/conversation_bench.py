@@ -1,0 +1,290 @@
+"""One busy conversation, Studyhall beside Node's socket.io in the same run (issue 16).
+
+    .venv/bin/python bench/conversation_bench.py [--members 10,100,1000] [--senders 1,10]
+        [--deliveries 500,1000,2000,5000,10000,20000,40000,80000,160000] [--seconds 3] [--workers 2]
+
+For each room size N, both servers are up at once and hold N websocket members each:
+  studyhall  `studyhall serve` (one process) with PostgreSQL: a mentor's live room, N guests
+             joined by `room:join`; every `message:send` is validated, committed with its
+             seq, acked and fanned out as `message:new` (the durable path);
+  node       Node's socket.io 4.8 with its defaults (bench/node_relay.mjs): every socket is
+             in one room; `message:send` is relayed as a `message:new` of the same shape
+             and acked. It stores and checks nothing: the yardstick, not a peer in work.
+The same load generator drives both (bench/rooms_client.py's raw websocket clients in
+`--workers` processes, no permessage-deflate). For each number of senders, a ladder of
+offered deliveries/s (N × msg/s, open loop, `--seconds` each) runs on Studyhall and then
+on Node at every step; a server's ladder stops once its p99 passes 2 s or it loses a
+delivery.
+
+Per step: msg/s acked, deliveries/s (delivered / time from first send to last delivery),
+delivery latency p50/p99 (send → `message:new` at every member), CPU of the server
+process, of PostgreSQL (postmaster and its backends; Studyhall only) and of the load
+generator, as % of one core, and µs of server CPU per delivery (PostgreSQL included for
+Studyhall). The summary prints, per N and senders, each server's best step and the ratios
+Studyhall / Node: deliveries/s, CPU efficiency (Node µs per delivery / Studyhall's) and
+p99 at the highest offered load both passed.
+
+Everything shares the machine's cores (2 here): compare ratios within one run. The disk's
+fdatasync time is printed before and after: each message waits for its commit, so a busy
+disk lowers msg/s without raising CPU. `--fsync off` takes the disk out (not durable: for
+seeing CPU costs only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import socketio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.harness import TICK, quantile_ms, start_servers, stop_servers, wait_up  # noqa: E402
+from bench.rooms_bench import Workers, setup_room  # noqa: E402
+from bench.socket_memory_bench import raise_fd_limit, start_node  # noqa: E402
+from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
+from tests.services import ThrowawayPostgres  # noqa: E402
+
+P99_LIMIT_MS = 2000.0
+
+
+def fsync_ms(directory: Path, n: int = 50) -> tuple[float, float]:
+    """p50 and p90 of one 8 KiB write + fdatasync where PostgreSQL keeps its WAL: each
+    Studyhall message waits for one commit, so a busy disk shows up in msg/s, not CPU."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    times = []
+    try:
+        for _ in range(n):
+            os.write(fd, b"x" * 8192)
+            t = time.perf_counter()
+            os.fdatasync(fd)
+            times.append((time.perf_counter() - t) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    times.sort()
+    return times[n // 2], times[n * 9 // 10]
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User+system CPU seconds of `root` and its live children (PostgreSQL's backends)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == root or int(fields[1]) == root:
+            total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
+class Side:
+    """One server under test, its members connected, and what to read its CPU from."""
+
+    def __init__(self, name: str, workers: Workers, server_pid: int, pg_pid: int | None) -> None:
+        self.name, self.workers, self.server_pid, self.pg_pid = name, workers, server_pid, pg_pid
+        self.stopped: set[int] = set()  # sender counts whose ladder ended
+
+    def cpu(self) -> tuple[float, float, float]:
+        pg = tree_cpu_seconds(self.pg_pid) if self.pg_pid else 0.0
+        workers = sum(tree_cpu_seconds(p) for p in self.workers.pids if p is not None)
+        return tree_cpu_seconds(self.server_pid), pg, workers
+
+
+async def step(side: Side, n: int, senders: int, rate: float, args: argparse.Namespace) -> dict[str, Any]:
+    """Offer `rate` msg/s from `senders` members for `args.seconds`; measure."""
+    per_worker = max(1, senders // args.workers)
+    used = per_worker * args.workers if senders >= args.workers else 1
+    tag = f"{side.name[:2]}{rate:g}-{uuid.uuid4().hex[:4]}"
+    params = [{"senders": list(range(per_worker)), "per_sender_rate": rate / used, "seconds": args.seconds,
+               "tag": tag, "quiet": 1.5} for _ in range(args.workers)]
+    if senders < args.workers:  # one sender: only the first worker sends
+        params = [{**p, "senders": [] if i else [0]} for i, p in enumerate(params)]
+    (s0, p0, w0), t0 = side.cpu(), time.monotonic()
+    r = await side.workers.all("chat", params)
+    (s1, p1, w1), wall = side.cpu(), time.monotonic() - t0
+    lat = [v for x in r for v in x["latencies"]]
+    sent = sum(x["sent"] for x in r)
+    acked = sum(x["acks"].get("ok", 0) for x in r)
+    span = max(x["last_delivery"] for x in r) - min(x["start"] for x in r)
+    server_cpu = (s1 - s0) + (p1 - p0)
+    row = {
+        "server": side.name, "members": n, "senders": used, "offered msg/s": rate, "offered deliveries/s": rate * n,
+        "sent": sent, "msg/s": acked / span if span > 0 else 0.0, "deliveries/s": len(lat) / span if span > 0 else 0.0,
+        "loss %": 100 * (1 - len(lat) / (sent * n)) if sent else 0.0,
+        "p50 ms": quantile_ms(lat, 50), "p99 ms": quantile_ms(lat, 99),
+        "server cpu %": 100 * (s1 - s0) / wall, "pg cpu %": 100 * (p1 - p0) / wall, "load gen cpu %": 100 * (w1 - w0) / wall,
+        "us/delivery": 1e6 * server_cpu / len(lat) if lat else float("nan"),
+        "errors": {k: v for x in r for k, v in x["acks"].items() if k != "ok"},
+        "lost": sum(x["counts"].get("connections lost", 0) for x in r),
+    }
+    print(f"  N={n} senders={used} {side.name:9s} offered {rate:>7,.0f} msg/s → {row['msg/s']:>7,.0f} msg/s, "
+          f"{row['deliveries/s']:>8,.0f} deliveries/s, p50 {row['p50 ms']:.1f} ms, p99 {row['p99 ms']:.1f} ms, "
+          f"loss {row['loss %']:.2f}%, cpu server {row['server cpu %']:.0f}% pg {row['pg cpu %']:.0f}% "
+          f"loadgen {row['load gen cpu %']:.0f}%, {row['us/delivery']:.1f} µs/delivery {row['errors'] or ''}", flush=True)
+    return row
+
+
+def passed(row: dict[str, Any]) -> bool:
+    return row["p99 ms"] <= P99_LIMIT_MS and row["loss %"] <= 0 and not row["lost"] and not row["errors"]
+
+
+async def studyhall_side(n: int, database_url: str, pg_pid: int, args: argparse.Namespace) -> tuple[Side, Any, Any]:
+    procs = start_servers(1, database_url, None, {"STUDYHALL_ROOM_HOST_GRACE": "600"})
+    url = procs[0][1]
+    try:
+        await wait_up(url, attempts=1200)  # a busy shared machine: imports and migrations can take a while
+        session, tokens, host_token = await setup_room(url, database_url, n)
+        host = socketio.AsyncClient(reconnection=False)  # the host stays connected (no host-gone grace)
+        await host.connect(url, auth={"token": host_token}, transports=["websocket"], wait_timeout=60)
+    except BaseException:
+        stop_servers(procs)
+        raise
+    workers = Workers("raw", args.workers, [(url, t) for t in tokens], session)
+    try:
+        r = await workers.all("connect", {"concurrency": 50, "timeout": 120.0})
+        assert sum(x["connected"] for x in r) == n, r
+        for _ in range(5):  # a join refused `unavailable` (the database slow to answer) is asked again
+            r = await workers.all("join", {"concurrency": 20})
+            if sum(x["codes"].get("ok", 0) for x in r) == n:
+                break
+        else:
+            raise RuntimeError(f"joins failed: {[x['codes'] for x in r]}")
+    except BaseException:
+        await workers.close()
+        await host.disconnect()
+        stop_servers(procs)
+        raise
+    await asyncio.sleep(1.0)  # the joins' room:participant broadcasts drain
+    return Side("studyhall", workers, procs[0][0].pid, pg_pid), procs, host
+
+
+async def node_side(n: int, args: argparse.Namespace) -> tuple[Side, subprocess.Popen[bytes]]:
+    proc, url = start_node()
+    session = {"id": "", "conversation_id": str(uuid.uuid4())}
+    workers = Workers("raw", args.workers, [(url, "-")] * n, session)
+    r = await workers.all("connect", {"concurrency": 50, "timeout": 120.0})
+    assert sum(x["connected"] for x in r) == n, r
+    return Side("node", workers, proc.pid, None), proc
+
+
+async def room_size(n: int, database_url: str, pg_pid: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    study, procs, host = await studyhall_side(n, database_url, pg_pid, args)
+    try:
+        node, node_proc = await node_side(n, args)
+    except BaseException:
+        await study.workers.close()
+        await host.disconnect()
+        stop_servers(procs)
+        raise
+    try:
+        for senders in (int(x) for x in args.senders.split(",")):
+            for deliveries in (float(x) for x in args.deliveries.split(",")):
+                rate = deliveries / n
+                for side in (study, node):
+                    if senders in side.stopped:
+                        continue
+                    row = await step(side, n, senders, rate, args)
+                    rows.append(row)
+                    if not passed(row):
+                        side.stopped.add(senders)
+                if senders in study.stopped and senders in node.stopped:
+                    break
+    finally:
+        for side in (study, node):
+            await side.workers.close()
+        await host.disconnect()
+        stop_servers(procs)
+        node_proc.terminate()
+        node_proc.wait()
+    return rows
+
+
+def summary(rows: list[dict[str, Any]]) -> None:
+    print()
+    print("| members | senders | server | offered msg/s | msg/s | deliveries/s | p50 / p99 ms | loss | server CPU | PostgreSQL CPU "
+          "| load gen CPU | µs server CPU / delivery |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['members']:,} | {r['senders']} | {r['server']} | {r['offered msg/s']:,.0f} | {r['msg/s']:,.0f} "
+              f"| {r['deliveries/s']:,.0f} | {r['p50 ms']:.1f} / {r['p99 ms']:.1f} | {r['loss %']:.2f}% "
+              f"| {r['server cpu %']:.0f}% | {r['pg cpu %']:.0f}% | {r['load gen cpu %']:.0f}% | {r['us/delivery']:.1f} |")
+    print()
+    print("Best passing step of each (p99 ≤ 2 s, nothing lost); ratios are Studyhall / Node.")
+    print("| members | senders | Studyhall deliveries/s (msg/s) | Node deliveries/s (msg/s) | deliveries/s ratio "
+          "| µs/delivery Studyhall / Node | CPU efficiency ratio | p99 ms at equal load (offered msg/s) | p99 ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for key in dict.fromkeys((r["members"], r["senders"]) for r in rows):
+        mine = [r for r in rows if (r["members"], r["senders"]) == key]
+        best = {s: max((r for r in mine if r["server"] == s and passed(r)), key=lambda r: r["deliveries/s"], default=None)
+                for s in ("studyhall", "node")}
+        st, nd = best["studyhall"], best["node"]
+        if st is None or nd is None:
+            print(f"| {key[0]:,} | {key[1]} | {_best(st)} | {_best(nd)} | | | | | |")
+            continue
+        both = [r["offered msg/s"] for r in mine if r["server"] == "studyhall" and passed(r)
+                and any(o["server"] == "node" and o["offered msg/s"] == r["offered msg/s"] and passed(o) for o in mine)]
+        equal = max(both) if both else None
+        p99 = {s: next(r["p99 ms"] for r in mine if r["server"] == s and r["offered msg/s"] == equal) for s in ("studyhall", "node")} if equal else {}
+        print(f"| {key[0]:,} | {key[1]} | {st['deliveries/s']:,.0f} ({st['msg/s']:,.0f}) | {nd['deliveries/s']:,.0f} ({nd['msg/s']:,.0f}) "
+              f"| {st['deliveries/s'] / nd['deliveries/s']:.2f}× | {st['us/delivery']:.1f} / {nd['us/delivery']:.1f} "
+              f"| {nd['us/delivery'] / st['us/delivery']:.2f}× "
+              + (f"| {p99['studyhall']:.1f} vs {p99['node']:.1f} ({equal:,.0f}) | {p99['studyhall'] / p99['node']:.1f}× |" if equal else "| | |"))
+
+
+def _best(row: dict[str, Any] | None) -> str:
+    return "none passed" if row is None else f"{row['deliveries/s']:,.0f} ({row['msg/s']:,.0f})"
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--members", default="10,100,1000")
+    parser.add_argument("--senders", default="1,10")
+    parser.add_argument("--deliveries", default="500,1000,2000,5000,10000,20000,40000,80000,160000",
+                        help="the ladder of offered deliveries/s (msg/s × members)")
+    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--fsync", choices=["on", "off"], default="on",
+                        help="off: PostgreSQL without fsync, to see CPU costs when the disk is slow (not durable: say so)")
+    args = parser.parse_args()
+    raise_fd_limit()
+
+    kind = EmbeddedPostgres if args.fsync == "on" else ThrowawayPostgres
+    pg = kind(Path(tempfile.mkdtemp(prefix="studyhall-bench-pg-")), port=free_port(), listen_tcp=True)
+    os.chmod(pg.data_dir, 0o755)
+    database_url = await asyncio.to_thread(pg.start)
+    pg_pid = int((pg.pgdata / "postmaster.pid").read_text().split()[0])
+    rows: list[dict[str, Any]] = []
+    disk = [fsync_ms(pg.data_dir)]
+    print(f"disk: 8 KiB write + fdatasync p50 {disk[0][0]:.2f} ms, p90 {disk[0][1]:.2f} ms", flush=True)
+    try:
+        for n in (int(x) for x in args.members.split(",")):
+            print(f"{n} members", flush=True)
+            try:
+                rows += await room_size(n, database_url, pg_pid, args)
+            except Exception as exc:  # keep what the other sizes measured
+                print(f"  N={n} not measured: {exc!r}"[:500], flush=True)
+        disk.append(fsync_ms(pg.data_dir))
+    finally:
+        pg.destroy()
+    summary(rows)
+    print(f"\ndisk (PostgreSQL's data directory), 8 KiB write + fdatasync: before p50 {disk[0][0]:.2f} ms / p90 {disk[0][1]:.2f} ms"
+          + (f", after p50 {disk[1][0]:.2f} ms / p90 {disk[1][1]:.2f} ms" if len(disk) > 1 else ""))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
