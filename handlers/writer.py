@@ -35,12 +35,10 @@ log = logging.getLogger(__name__)
 
 
 class BatchOutbox(Protocol):
-    """What commits a batch together with other rows (webhooks' outbox,
-    handlers/webhooks/outbox.py `MessageOutbox`): the writer does not import it."""
+    """Whether a batch's statement also writes `message.created` deliveries (webhooks'
+    outbox, handlers/webhooks/outbox.py `MessageOutbox`): the writer does not import it."""
 
     def wants_messages(self) -> bool: ...
-
-    async def insert_batch(self, conn: asyncpg.Connection, batch: list[NewMessage]) -> list[Inserted | LookupError]: ...
 
 
 class MessageWriter:
@@ -71,10 +69,9 @@ class MessageWriter:
     async def _commit(self, batch: list[NewMessage]) -> list[Inserted | BaseException]:
         try:
             self.statements += 1
+            webhooks = self.outbox is not None and self.outbox.wants_messages()
             async with self.db.connection() as conn:
-                if self.outbox is not None and self.outbox.wants_messages():
-                    return list(await self.outbox.insert_batch(conn, batch))
-                return list(await messages.insert_batch(conn, batch))
+                return list(await messages.insert_batch(conn, batch, webhooks=webhooks))
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if len(batch) == 1:
                 return [exc]

@@ -1,8 +1,8 @@
 """Webhook endpoints and the outbox of deliveries (migration 0016, docs/webhooks.md).
 
-The outbox rows are written by `enqueue` / `enqueue_messages` inside the transaction that
-makes the change; the delivery loops take them with `claim` (a lease, FOR UPDATE SKIP
-LOCKED) and settle them with `succeeded` / `retry_later` / `give_up`, each only while
+The outbox rows are written by `enqueue` (for messages, by `MESSAGE_CREATED_CTE` in the
+batch's own statement) inside the transaction that makes the change; the delivery loops
+take them with `claim` (a lease, FOR UPDATE SKIP LOCKED) and settle them with `succeeded` / `retry_later` / `give_up`, each only while
 their claim is still the row's (a claim retaken after its lease ran out is not theirs).
 """
 
@@ -135,25 +135,25 @@ async def enqueue(conn: asyncpg.Connection, event_type: str, payloads: list[dict
     )
 
 
-# `message.created`: the payload is built from the rows just inserted (same transaction),
-# with the conversation's kind.
-_ENQUEUE_MESSAGES = """
-INSERT INTO webhook_deliveries (endpoint_id, event_type, payload)
-SELECT e.id, 'message.created', jsonb_build_object(
-    'message', jsonb_build_object(
-        'id', m.id, 'conversation_id', m.conversation_id, 'seq', m.seq, 'sender_id', m.sender_id,
-        'role', m.role, 'content', m.content, 'client_id', m.client_id, 'metadata', m.metadata,
-        'created_at', m.created_at),
-    'conversation', jsonb_build_object('id', c.id, 'kind', c.kind, 'title', c.title))
-FROM messages m JOIN conversations c ON c.id = m.conversation_id
-CROSS JOIN webhook_endpoints e
-WHERE m.id = ANY($1::uuid[]) AND e.enabled AND 'message.created' = ANY(e.events)
-ORDER BY m.created_at, m.seq
-"""
-
-
-async def enqueue_messages(conn: asyncpg.Connection, message_ids: list[UUID]) -> None:
-    await conn.execute(_ENQUEUE_MESSAGES, message_ids)
+# `message.created` for a batch of messages: one more CTE of the batch's own statement
+# (storage/messages.py `insert_batch(..., webhooks=True)`), so the messages and their
+# deliveries are one statement and one commit, and roll back together. It reads the rows
+# the statement inserts (`ins`) and the conversations it locked (`locked`: id, kind, title);
+# the endpoints are picked here, so a stale subscription cache costs an empty INSERT.
+MESSAGE_CREATED_CTE = """
+hooks AS (
+    INSERT INTO webhook_deliveries (endpoint_id, event_type, payload)
+    SELECT e.id, 'message.created', jsonb_build_object(
+        'message', jsonb_build_object(
+            'id', i.id, 'conversation_id', i.conversation_id, 'seq', i.seq, 'sender_id', i.sender_id,
+            'role', i.role, 'content', i.content, 'client_id', i.client_id, 'metadata', i.metadata,
+            'created_at', i.created_at),
+        'conversation', jsonb_build_object('id', l.id, 'kind', l.kind, 'title', l.title))
+    FROM ins i JOIN locked l ON l.id = i.conversation_id
+    CROSS JOIN webhook_endpoints e
+    WHERE e.enabled AND 'message.created' = ANY(e.events)
+    ORDER BY i.conversation_id, i.seq
+)"""
 
 
 _CLAIM = """
