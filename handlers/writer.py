@@ -70,7 +70,7 @@ class MessageWriter:
         try:
             self.statements += 1
             webhooks = self.outbox is not None and self.outbox.wants_messages()
-            async with self.db.connection() as conn:
+            async with self.db.connection(pipeline=True) as conn:
                 return list(await messages.insert_batch(conn, batch, webhooks=webhooks))
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if len(batch) == 1:
@@ -94,5 +94,5 @@ class ConversationLoader:
         return await self.batcher.submit((conversation_id, user_id))
 
     async def _load(self, keys: list[tuple[UUID, UUID | None]]) -> list[ConversationMembership | BaseException | None]:
-        async with self.db.connection() as conn:
+        async with self.db.connection(pipeline=True) as conn:
             return list(await conversations.get_many_with_membership(conn, keys))

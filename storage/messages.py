@@ -88,6 +88,20 @@ class NewMessage:
 Inserted = tuple[Message, bool]
 
 
+def statement(*, webhooks: bool) -> str:
+    """The batch's statement (its parameters: `batch_arguments`)."""
+    return _INSERT_BATCH_WITH_WEBHOOKS if webhooks else _INSERT_BATCH
+
+
+def batch_arguments(batch: list[NewMessage]) -> tuple[list[Any], ...]:
+    """The statement's eight arrays, one element per message."""
+    return (
+        [m.conversation_id for m in batch], [m.sender_id for m in batch], [m.role for m in batch],
+        [m.content for m in batch], [m.client_id for m in batch], [m.metadata or {} for m in batch],
+        [m.message_id for m in batch], [m.require_mode for m in batch],
+    )
+
+
 async def insert_batch(
     conn: asyncpg.Connection, batch: list[NewMessage], *, webhooks: bool = False
 ) -> list[Inserted | LookupError]:
@@ -97,12 +111,7 @@ async def insert_batch(
     `webhooks`: the same statement queues `message.created` for every subscribed endpoint."""
     for attempt in range(2):
         try:
-            rows = await conn.fetch(
-                _INSERT_BATCH_WITH_WEBHOOKS if webhooks else _INSERT_BATCH,
-                [m.conversation_id for m in batch], [m.sender_id for m in batch], [m.role for m in batch],
-                [m.content for m in batch], [m.client_id for m in batch], [m.metadata or {} for m in batch],
-                [m.message_id for m in batch], [m.require_mode for m in batch],
-            )
+            rows = await conn.fetch(statement(webhooks=webhooks), *batch_arguments(batch))
             break
         except asyncpg.UniqueViolationError:
             if attempt or conn.is_in_transaction():  # the transaction is aborted: its owner retries
