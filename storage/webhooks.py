@@ -156,11 +156,20 @@ hooks AS (
 )"""
 
 
+# One statement per pass of a delivery loop: record the deliveries that succeeded since
+# the last pass (their claims must still be this loop's), then claim what is due, skipping
+# rows another instance is claiming right now. One commit for both.
 _CLAIM = """
-WITH due AS (
+WITH done AS (
+    UPDATE webhook_deliveries d SET status = 'succeeded', delivered_at = now(), claim = NULL,
+           last_status_code = x.code, last_latency_ms = x.ms, last_error = NULL
+    FROM unnest($4::uuid[], $5::uuid[], $6::int[], $7::real[]) AS x(id, claim, code, ms)
+    WHERE d.id = x.id AND d.claim = x.claim
+    RETURNING d.id
+), due AS (
     SELECT d.id FROM webhook_deliveries d
     JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.enabled
-    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND d.id <> ALL($4::uuid[])
     ORDER BY d.next_attempt_at
     LIMIT $1
     FOR UPDATE OF d SKIP LOCKED
@@ -173,12 +182,23 @@ WHERE d.id = due.id AND e.id = d.endpoint_id
 RETURNING d.id, d.claim, d.endpoint_id, e.url, e.secret, d.event_type, d.payload, d.created_at, d.attempts
 """
 
+Succeeded = tuple[Claimed, int, float]  # the claim, the status code, the latency in ms
 
-async def claim(conn: asyncpg.Connection, *, limit: int, lease_seconds: float, instance_id: UUID) -> list[Claimed]:
+
+async def claim(
+    conn: asyncpg.Connection, *, limit: int, lease_seconds: float, instance_id: UUID,
+    succeeded: list[Succeeded] | None = None,
+) -> list[Claimed]:
     """Take up to `limit` due deliveries of enabled endpoints for `lease_seconds`. Rows
     another instance is claiming right now are skipped, not waited for; a row it has
-    claimed is not due until its lease runs out."""
-    rows = await conn.fetch(_CLAIM, limit, lease_seconds, instance_id)
+    claimed is not due until its lease runs out. `succeeded`: record these first, in the
+    same statement and commit (`succeeded_many`)."""
+    done = succeeded or []
+    rows = await conn.fetch(
+        _CLAIM, limit, lease_seconds, instance_id,
+        [c.id for c, _, _ in done], [c.claim for c, _, _ in done], [code for _, code, _ in done],
+        [ms for _, _, ms in done],
+    )
     return [Claimed(**dict(r)) for r in rows]
 
 
@@ -192,7 +212,7 @@ async def succeeded(conn: asyncpg.Connection, c: Claimed, *, status_code: int, l
     return done.endswith(" 1")
 
 
-async def succeeded_many(conn: asyncpg.Connection, done: list[tuple[Claimed, int, float]]) -> int:
+async def succeeded_many(conn: asyncpg.Connection, done: list[Succeeded]) -> int:
     """`succeeded` for a pass's (claimed, status code, latency ms) in one statement and one commit."""
     status = await conn.execute(
         """UPDATE webhook_deliveries d SET status = 'succeeded', delivered_at = now(), claim = NULL,
