@@ -156,17 +156,17 @@ async def explain_at_size(url: str, rows: int) -> None:
     try:
         cid = await conn.fetchval("SELECT id FROM conversations WHERE title = 'filler' LIMIT 1")
         sender = await conn.fetchval("SELECT sender_id FROM messages WHERE conversation_id = $1 LIMIT 1", cid)
-        batch = [NewMessage(conversation_id=cid, sender_id=sender, role="user", content="x", client_id="explained")]
         await conn.execute("PREPARE ins(uuid[], uuid[], text[], text[], text[], jsonb[], uuid[], text[]) AS "
                            + messages.statement(webhooks=False))
+        # EXECUTE takes no bind parameters: the one message's arrays as literals.
+        arguments = (f"ARRAY['{cid}']::uuid[], ARRAY['{sender}']::uuid[], ARRAY['user'], ARRAY['x'], "
+                     "ARRAY['explained'], ARRAY['{}']::jsonb[], ARRAY[NULL]::uuid[], ARRAY[NULL]::text[]")
         for mode in ("force_custom_plan", "force_generic_plan"):
             await conn.execute(f"SET plan_cache_mode = {mode}")
             tx = conn.transaction()
             await tx.start()
             try:
-                plan = await conn.fetch(
-                    "EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) EXECUTE ins($1, $2, $3, $4, $5, $6, $7, $8)",
-                    *messages.batch_arguments(batch))
+                plan = await conn.fetch(f"EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) EXECUTE ins({arguments})")
             finally:
                 await tx.rollback()
             print(f"\nEXPLAIN ANALYZE, one message into a conversation of {rows // 10000:,} among {rows:,} messages, {mode}:")
