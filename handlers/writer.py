@@ -16,8 +16,8 @@ a time: the messages that arrive while it commits go together in the next one, i
 order they arrived, which is their seq order. Each message's `then` (the pipeline's
 fan-out) runs once its batch has committed, in seq order, before the conversation's next
 batch is taken, so members receive a conversation's messages in seq order; run back to
-back in one event-loop turn, a batch's messages to the same sockets leave in one write
-per socket (server/fanout.py's outbox). No timer: an idle conversation's message is
+back, a batch's frames to one socket can share one write (server/fanout.py's outbox
+flushes once per event-loop turn). No timer: an idle conversation's message is
 committed at once, alone.
 
 The look-up a send makes first (the conversation, the sender's membership and the member

@@ -2,8 +2,10 @@
 
 The outbox rows are written by `enqueue` (for messages, by `MESSAGE_CREATED_CTE` in the
 batch's own statement) inside the transaction that makes the change; the delivery loops
-take them with `claim` (a lease, FOR UPDATE SKIP LOCKED) and settle them with `succeeded` / `retry_later` / `give_up`, each only while
-their claim is still the row's (a claim retaken after its lease ran out is not theirs).
+take them with `claim` (a lease, FOR UPDATE SKIP LOCKED; it records the last pass's
+successes too) and settle them with `succeeded_many` / `retry_later` / `give_up`, each
+only while their claim is still the row's (a claim retaken after its lease ran out is not
+theirs).
 """
 
 from __future__ import annotations
