@@ -32,7 +32,13 @@ class Batcher(Generic[T, R]):
     """At most `concurrency` batches of at most `max_batch` requests in flight.
 
     `conflict_key`: requests with the same (non-None) key never share a batch; the later
-    waits for the next one (a retried message must see the first one committed)."""
+    waits for the next one (a retried message must see the first one committed).
+
+    `exclusive_key`: requests with the same key are run in submission order, one batch at
+    a time: while a batch holding a key is in flight, later requests with that key wait,
+    together, for the next batch (one conversation's messages: seq order is the order they
+    were submitted in, and a batch's fan-out ends before the next one's starts). Once one
+    of them waits, so do all later ones with its key, so none overtakes another."""
 
     def __init__(
         self,
@@ -41,11 +47,14 @@ class Batcher(Generic[T, R]):
         max_batch: int = 200,
         concurrency: int = 2,
         conflict_key: Callable[[T], Hashable | None] | None = None,
+        exclusive_key: Callable[[T], Hashable] | None = None,
     ) -> None:
         self._run = run
         self.max_batch = max_batch
         self.concurrency = concurrency
         self._conflict_key = conflict_key
+        self._exclusive_key = exclusive_key
+        self._busy: set[Hashable] = set()  # exclusive keys of the batches in flight
         self._queue: list[_Pending[T, R]] = []
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -65,27 +74,46 @@ class Batcher(Generic[T, R]):
     async def _drain(self) -> None:
         try:
             while self._queue:
-                await self._run_one(self._take())
+                batch, held = self._take()
+                if not batch:  # everything queued waits for a batch in flight; its drainer takes it
+                    return
+                try:
+                    await self._run_one(batch)
+                finally:
+                    self._busy.difference_update(held)
         finally:
             self._running -= 1
 
-    def _take(self) -> list[_Pending[T, R]]:
-        if self._conflict_key is None:
+    def _take(self) -> tuple[list[_Pending[T, R]], set[Hashable]]:
+        """The next batch, and the exclusive keys it now holds."""
+        if self._conflict_key is None and self._exclusive_key is None:
             taken, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
-            return taken
+            return taken, set()
         batch: list[_Pending[T, R]] = []
         rest: list[_Pending[T, R]] = []
         keys: set[Hashable] = set()
+        held: set[Hashable] = set()
+        waiting: set[Hashable] = set()  # exclusive keys with a request left for later
         for p in self._queue:
-            key = self._conflict_key(p.request)
-            if len(batch) >= self.max_batch or (key is not None and key in keys):
+            key = self._conflict_key(p.request) if self._conflict_key is not None else None
+            ex = self._exclusive_key(p.request) if self._exclusive_key is not None else None
+            if (
+                len(batch) >= self.max_batch
+                or (key is not None and key in keys)
+                or (ex is not None and (ex in self._busy or ex in waiting))
+            ):
                 rest.append(p)
+                if ex is not None:
+                    waiting.add(ex)
                 continue
             if key is not None:
                 keys.add(key)
+            if ex is not None:
+                held.add(ex)
             batch.append(p)
         self._queue = rest
-        return batch
+        self._busy.update(held)
+        return batch, held
 
     async def _run_one(self, batch: list[_Pending[T, R]]) -> None:
         try:

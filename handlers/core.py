@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -80,27 +78,6 @@ class KindPolicy(Protocol):
     def fans_out_to_members(self, conv: ConversationAccess) -> bool: ...
 
 
-class KeyedLocks:
-    """One asyncio.Lock per key, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[Any, asyncio.Lock] = {}
-        self._users: dict[Any, int] = defaultdict(int)
-
-    @asynccontextmanager
-    async def hold(self, key: Any) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        self._users[key] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._users[key] -= 1
-            if self._users[key] == 0:
-                del self._users[key]
-                self._locks.pop(key, None)
-
-
 @dataclass
 class Pipeline:
     """Per app: the writer, and what features registered (server/assembly.py, one list)."""
@@ -110,8 +87,6 @@ class Pipeline:
     policies: dict[str, KindPolicy] = field(default_factory=dict)
     after_commit: list[AfterCommit] = field(default_factory=list)
     before_commit: list[BeforeCommit] = field(default_factory=list)
-    # Per conversation, on this instance: commit and fan-out in seq order.
-    locks: KeyedLocks = field(default_factory=KeyedLocks)
     # (user_id, conversation_id) -> when `typing: true` was last passed on.
     typing_sent: dict[tuple[UUID, UUID], float] = field(default_factory=dict)
 

@@ -170,14 +170,18 @@ async def commit_message(
     if sender is not None:
         for check in pipeline.before_commit:
             await check(core, conv, sender, role, client_id)
-    async with pipeline.locks.hold(conversation_id):
-        message, duplicate = await pipeline.writer.insert(messages.NewMessage(
-            conversation_id=conversation_id, sender_id=sender.user_id if sender else None,
-            role=role, content=content, client_id=client_id, metadata=metadata,
-            message_id=message_id, require_mode=require_mode,
-        ))
-        if not duplicate:
-            await fan_out(core, conv, "message:new", {"message": message})
+    delivered_to = conv
+
+    async def deliver(message: Message) -> None:
+        await fan_out(core, delivered_to, "message:new", {"message": message})
+
+    # The writer commits the conversation's messages in batches, in the order they arrive
+    # (their seq order), and runs `deliver` for each in seq order after its commit.
+    message, duplicate = await pipeline.writer.insert(messages.NewMessage(
+        conversation_id=conversation_id, sender_id=sender.user_id if sender else None,
+        role=role, content=content, client_id=client_id, metadata=metadata,
+        message_id=message_id, require_mode=require_mode,
+    ), then=deliver)
     if not duplicate:
         conv = replace(conv, last_seq=message.seq)
         for hook in pipeline.after_commit:

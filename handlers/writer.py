@@ -11,6 +11,15 @@ batch still fails as a whole (a deadlock with another writer, one row the databa
 refuses), it is split in halves and each half committed on its own, down to the bad row,
 so it fails alone and the others go through in about 2·log2(n) statements rather than n.
 
+Within one conversation (handlers/batching.py `exclusive_key`), one batch is in flight at
+a time: the messages that arrive while it commits go together in the next one, in the
+order they arrived, which is their seq order. Each message's `then` (the pipeline's
+fan-out) runs once its batch has committed, in seq order, before the conversation's next
+batch is taken, so members receive a conversation's messages in seq order; run back to
+back, a batch's frames to one socket can share one write (server/fanout.py's outbox
+flushes once per event-loop turn). No timer: an idle conversation's message is
+committed at once, alone.
+
 The look-up a send makes first (the conversation, the sender's membership and the member
 list) is batched the same way (`storage.conversations.get_many_with_membership`).
 """
@@ -18,6 +27,8 @@ list) is batched the same way (`storage.conversations.get_many_with_membership`)
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
@@ -28,19 +39,27 @@ from handlers.errors import ApiError
 from storage import conversations, messages
 from storage.db import Database
 from storage.messages import Inserted, NewMessage
-from storage.records import ConversationMembership
+from storage.records import ConversationMembership, Message
 from storage.text import unstorable_reason
 
 log = logging.getLogger(__name__)
 
 
 class BatchOutbox(Protocol):
-    """What commits a batch together with other rows (webhooks' outbox,
-    handlers/webhooks/outbox.py `MessageOutbox`): the writer does not import it."""
+    """Whether a batch's statement also writes `message.created` deliveries (webhooks'
+    outbox, handlers/webhooks/outbox.py `MessageOutbox`): the writer does not import it."""
 
     def wants_messages(self) -> bool: ...
 
-    async def insert_batch(self, conn: asyncpg.Connection, batch: list[NewMessage]) -> list[Inserted | LookupError]: ...
+
+# Runs after a message is committed (not for a duplicate): the pipeline's fan-out.
+AfterInsert = Callable[[Message], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    message: NewMessage
+    then: AfterInsert | None
 
 
 class MessageWriter:
@@ -50,31 +69,48 @@ class MessageWriter:
         self.db = db
         # A retry of a client_id already in a batch waits for the next one, so that it
         # finds the first message committed and is answered as a duplicate.
-        self.batcher: Batcher[NewMessage, Inserted] = Batcher(
-            self._commit, max_batch=max_batch, concurrency=concurrency,
-            conflict_key=lambda m: (m.conversation_id, m.sender_id, m.client_id) if m.client_id is not None else None,
+        self.batcher: Batcher[_Job, Inserted] = Batcher(
+            self._run, max_batch=max_batch, concurrency=concurrency,
+            conflict_key=lambda j: (
+                (j.message.conversation_id, j.message.sender_id, j.message.client_id)
+                if j.message.client_id is not None else None
+            ),
+            exclusive_key=lambda j: j.message.conversation_id,
         )
         self.statements = 0  # insert statements run (a failed batch and its halves count)
         # Webhooks (handlers/webhooks/outbox.py): while anyone subscribes to message.created,
-        # a batch commits together with its outbox rows.
+        # a batch's statement writes its outbox rows too.
         self.outbox: BatchOutbox | None = None
 
-    async def insert(self, message: NewMessage) -> Inserted:
+    async def insert(self, message: NewMessage, then: AfterInsert | None = None) -> Inserted:
         """(message, duplicate), or raises like `storage.messages.insert`; `bad_request`
-        for text the database cannot store."""
+        for text the database cannot store. `then(message)` runs after the commit, in seq
+        order with the conversation's other messages, before this returns; if it raises,
+        this raises that (the message stays committed)."""
         for value in (message.content, message.client_id):
             what = unstorable_reason(value) if value is not None else None
             if what is not None:
                 raise ApiError("bad_request", f"A message cannot contain {what}.")
-        return await self.batcher.submit(message)
+        return await self.batcher.submit(_Job(message, then))
+
+    async def _run(self, jobs: list[_Job]) -> list[Inserted | BaseException]:
+        outcomes = await self._commit([j.message for j in jobs])
+        for i, (job, outcome) in enumerate(zip(jobs, outcomes, strict=True)):
+            if job.then is None or not isinstance(outcome, tuple) or outcome[1]:
+                continue
+            try:
+                await job.then(outcome[0])
+            except Exception as exc:  # this message's fan-out alone; the others still go
+                log.exception("after-insert step failed", extra={"conversation_id": str(job.message.conversation_id)})
+                outcomes[i] = exc
+        return outcomes
 
     async def _commit(self, batch: list[NewMessage]) -> list[Inserted | BaseException]:
         try:
             self.statements += 1
-            async with self.db.connection() as conn:
-                if self.outbox is not None and self.outbox.wants_messages():
-                    return list(await self.outbox.insert_batch(conn, batch))
-                return list(await messages.insert_batch(conn, batch))
+            webhooks = self.outbox is not None and self.outbox.wants_messages()
+            async with self.db.connection(pipeline=True) as conn:
+                return list(await messages.insert_batch(conn, batch, webhooks=webhooks))
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if len(batch) == 1:
                 return [exc]
@@ -97,5 +133,5 @@ class ConversationLoader:
         return await self.batcher.submit((conversation_id, user_id))
 
     async def _load(self, keys: list[tuple[UUID, UUID | None]]) -> list[ConversationMembership | BaseException | None]:
-        async with self.db.connection() as conn:
+        async with self.db.connection(pipeline=True) as conn:
             return list(await conversations.get_many_with_membership(conn, keys))

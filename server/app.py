@@ -149,7 +149,7 @@ async def _core_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.wait_for(db.close(), settings.http.shutdown_seconds)
         except TimeoutError:
             log.warning("shutdown: database connections still busy after %.1f s; closing them", settings.http.shutdown_seconds)
-            db.pool.terminate()
+            db.terminate()
     finally:
         if watchdog is not None:
             watchdog.cancel()

@@ -26,6 +26,18 @@ from storage.availability import DatabaseUnavailable, Outage, is_connection_fail
 CONNECT_TIMEOUT_SECONDS = 5.0
 COMMAND_TIMEOUT_SECONDS = 60.0
 
+# The message pipeline's connections (`connection(pipeline=True)`): the writer's and the
+# look-up's batches, two in flight each (handlers/writer.py). They run two statements,
+# again and again, each with arrays whose length PostgreSQL's plan cache cannot see: a
+# generic plan is costed for ten elements, a custom plan for the real one or two, so under
+# the default `plan_cache_mode` (auto) the custom plan always looks cheaper and every
+# execution was planned again (0.36 ms of the 0.49 ms of statement time per message). On
+# these connections only, plans are generic: planned once per connection. Their plans are
+# index probes whatever the array's length (docs/performance.md: EXPLAIN at 10M messages);
+# other statements keep the default, where a custom plan can matter.
+PIPELINE_POOL_SIZE = 4
+PIPELINE_PLAN_CACHE_MODE = "force_generic_plan"
+
 
 def _json_dumps(value: object) -> str:
     # default=str: UUIDs from asyncpg (its own subclass) and other scalars stored as text.
@@ -52,8 +64,12 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
 class Database:
     """A pool of connections to one PostgreSQL database."""
 
-    def __init__(self, pool: asyncpg.Pool, url: str, *, acquire_timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, url: str, *, acquire_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        pipeline_pool: asyncpg.Pool | None = None,
+    ) -> None:
         self.pool = pool
+        self.pipeline_pool = pipeline_pool or pool
         self.url = url
         # Waiting longer than a connect for a free connection means the server is stuck.
         self.acquire_timeout = acquire_timeout
@@ -68,17 +84,30 @@ class Database:
         max_size: int = 20,
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
         command_timeout: float = COMMAND_TIMEOUT_SECONDS,
+        pipeline_size: int = PIPELINE_POOL_SIZE,
+        pipeline_plan_cache_mode: str | None = PIPELINE_PLAN_CACHE_MODE,
     ) -> Database:
         """`connect_timeout` bounds opening a connection and waiting for a pooled one (a
         frozen or unreachable server answers `unavailable` after it, not after a minute);
-        `command_timeout` bounds each statement."""
+        `command_timeout` bounds each statement. The pipeline's pool opens its connections
+        on first use (a command-line tool that sends no message opens none);
+        `pipeline_plan_cache_mode=None` leaves PostgreSQL's default (the benchmark's "before")."""
         quiet_pool_retries()
         pool = await asyncpg.create_pool(
             url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset,
             command_timeout=command_timeout, timeout=connect_timeout,
         )
         assert pool is not None
-        return cls(pool, url, acquire_timeout=connect_timeout)
+        settings = {"plan_cache_mode": pipeline_plan_cache_mode} if pipeline_plan_cache_mode else {}
+        try:
+            pipeline_pool = await asyncpg.create_pool(
+                url, min_size=0, max_size=max(1, pipeline_size), init=_init_connection, reset=_no_reset,
+                command_timeout=command_timeout, timeout=connect_timeout, server_settings=settings,
+            )
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, url, acquire_timeout=connect_timeout, pipeline_pool=pipeline_pool)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -88,16 +117,17 @@ class Database:
                 yield conn
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A connection for single statements that need no transaction."""
-        async with self._guarded() as conn:
+    async def connection(self, *, pipeline: bool = False) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for single statements that need no transaction. `pipeline`: one of
+        the message pipeline's own, with generic plans (PIPELINE_PLAN_CACHE_MODE)."""
+        async with self._guarded(pipeline=pipeline) as conn:
             yield conn
 
-    def _acquire(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
-        return self.pool.acquire(timeout=self.acquire_timeout)
+    def _acquire(self, pipeline: bool = False) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        return (self.pipeline_pool if pipeline else self.pool).acquire(timeout=self.acquire_timeout)
 
     @asynccontextmanager
-    async def _guarded(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _guarded(self, *, pipeline: bool = False) -> AsyncIterator[asyncpg.Connection]:
         """Acquire a connection; unreachable-server failures leave as DatabaseUnavailable.
 
         A failure counts as unreachable when its kind says so, or when the connection it
@@ -105,7 +135,7 @@ class Database:
         machine tripped on, e.g. InternalClientError "cannot switch to state")."""
         failure: BaseException | None = None
         try:
-            async with self._acquire() as conn:
+            async with self._acquire(pipeline) as conn:
                 try:
                     yield conn
                 except DatabaseUnavailable:
@@ -128,6 +158,8 @@ class Database:
     async def _failed(self, exc: BaseException) -> None:
         if self.outage.failed(exc):
             await self.pool.expire_connections()
+            if self.pipeline_pool is not self.pool:
+                await self.pipeline_pool.expire_connections()
 
     async def ping(self) -> bool:
         try:
@@ -141,5 +173,13 @@ class Database:
             self.outage.succeeded()
         return up
 
+    def terminate(self) -> None:
+        """Close every connection at once (shutdown, after `close` timed out)."""
+        if self.pipeline_pool is not self.pool:
+            self.pipeline_pool.terminate()
+        self.pool.terminate()
+
     async def close(self) -> None:
+        if self.pipeline_pool is not self.pool:
+            await self.pipeline_pool.close()
         await self.pool.close()

@@ -9,6 +9,7 @@ from uuid import UUID
 import asyncpg
 
 from storage.records import Message
+from storage.webhooks import MESSAGE_CREATED_CTE
 
 MSG_COLUMNS = "id, conversation_id, seq, sender_id, role, content, client_id, metadata, created_at, edited_at, deleted"
 
@@ -24,12 +25,12 @@ MSG_COLUMNS = "id, conversation_id, seq, sender_id, role, content, client_id, me
 # The retry look-up is a LATERAL index probe per message that the planner cannot turn
 # into a join: as a join, with statistics from when the table was small (autovacuum
 # analyses it only every minute or so), it scanned the whole messages table per batch.
-_INSERT_BATCH = f"""
+_BATCH_CTES = f"""
 WITH req AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::uuid[], $8::text[])
         WITH ORDINALITY AS r(conversation_id, sender_id, role, content, client_id, metadata, message_id, require_mode, idx)
 ), locked AS MATERIALIZED (
-    SELECT id, last_seq, mode FROM conversations WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
+    SELECT id, last_seq, mode, kind, title FROM conversations WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
 ), existing AS MATERIALIZED (
     SELECT r.idx, m.* FROM req r CROSS JOIN LATERAL (
         SELECT {MSG_COLUMNS} FROM messages
@@ -50,11 +51,18 @@ WITH req AS (
     SELECT coalesce(message_id, gen_random_uuid()), conversation_id, seq, sender_id, role, content, client_id, metadata
     FROM todo
     RETURNING {MSG_COLUMNS}
-)
+)"""
+_BATCH_RESULT = """
 SELECT t.idx, ins.*, false AS duplicate FROM ins JOIN todo t ON t.conversation_id = ins.conversation_id AND t.seq = ins.seq
 UNION ALL
 SELECT e.*, true AS duplicate FROM existing e
 """
+_INSERT_BATCH = _BATCH_CTES + _BATCH_RESULT
+# While an endpoint subscribes to `message.created`: the same statement with one more CTE
+# that writes the new messages' deliveries (storage/webhooks.py). One statement is one
+# transaction: the messages and their outbox rows commit, or roll back, together, and a
+# batch costs the same round trips as without webhooks.
+_INSERT_BATCH_WITH_WEBHOOKS = _BATCH_CTES + ",\n" + MESSAGE_CREATED_CTE + _BATCH_RESULT
 
 
 class ModeChanged(LookupError):
@@ -80,18 +88,30 @@ class NewMessage:
 Inserted = tuple[Message, bool]
 
 
-async def insert_batch(conn: asyncpg.Connection, batch: list[NewMessage]) -> list[Inserted | LookupError]:
+def statement(*, webhooks: bool) -> str:
+    """The batch's statement (its parameters: `batch_arguments`)."""
+    return _INSERT_BATCH_WITH_WEBHOOKS if webhooks else _INSERT_BATCH
+
+
+def batch_arguments(batch: list[NewMessage]) -> tuple[list[Any], ...]:
+    """The statement's eight arrays, one element per message."""
+    return (
+        [m.conversation_id for m in batch], [m.sender_id for m in batch], [m.role for m in batch],
+        [m.content for m in batch], [m.client_id for m in batch], [m.metadata or {} for m in batch],
+        [m.message_id for m in batch], [m.require_mode for m in batch],
+    )
+
+
+async def insert_batch(
+    conn: asyncpg.Connection, batch: list[NewMessage], *, webhooks: bool = False
+) -> list[Inserted | LookupError]:
     """Insert and commit several messages in one statement; per message, in order:
     (message, duplicate), or ModeChanged / LookupError (no such conversation) for one
-    that was not inserted. Any other error fails the whole batch (nothing is written)."""
+    that was not inserted. Any other error fails the whole batch (nothing is written).
+    `webhooks`: the same statement queues `message.created` for every subscribed endpoint."""
     for attempt in range(2):
         try:
-            rows = await conn.fetch(
-                _INSERT_BATCH,
-                [m.conversation_id for m in batch], [m.sender_id for m in batch], [m.role for m in batch],
-                [m.content for m in batch], [m.client_id for m in batch], [m.metadata or {} for m in batch],
-                [m.message_id for m in batch], [m.require_mode for m in batch],
-            )
+            rows = await conn.fetch(statement(webhooks=webhooks), *batch_arguments(batch))
             break
         except asyncpg.UniqueViolationError:
             if attempt or conn.is_in_transaction():  # the transaction is aborted: its owner retries

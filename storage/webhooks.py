@@ -1,9 +1,11 @@
 """Webhook endpoints and the outbox of deliveries (migration 0016, docs/webhooks.md).
 
-The outbox rows are written by `enqueue` / `enqueue_messages` inside the transaction that
-makes the change; the delivery loops take them with `claim` (a lease, FOR UPDATE SKIP
-LOCKED) and settle them with `succeeded` / `retry_later` / `give_up`, each only while
-their claim is still the row's (a claim retaken after its lease ran out is not theirs).
+The outbox rows are written by `enqueue` (for messages, by `MESSAGE_CREATED_CTE` in the
+batch's own statement) inside the transaction that makes the change; the delivery loops
+take them with `claim` (a lease, FOR UPDATE SKIP LOCKED; it records the last pass's
+successes too) and settle them with `succeeded_many` / `retry_later` / `give_up`, each
+only while their claim is still the row's (a claim retaken after its lease ran out is not
+theirs).
 """
 
 from __future__ import annotations
@@ -135,32 +137,41 @@ async def enqueue(conn: asyncpg.Connection, event_type: str, payloads: list[dict
     )
 
 
-# `message.created`: the payload is built from the rows just inserted (same transaction),
-# with the conversation's kind.
-_ENQUEUE_MESSAGES = """
-INSERT INTO webhook_deliveries (endpoint_id, event_type, payload)
-SELECT e.id, 'message.created', jsonb_build_object(
-    'message', jsonb_build_object(
-        'id', m.id, 'conversation_id', m.conversation_id, 'seq', m.seq, 'sender_id', m.sender_id,
-        'role', m.role, 'content', m.content, 'client_id', m.client_id, 'metadata', m.metadata,
-        'created_at', m.created_at),
-    'conversation', jsonb_build_object('id', c.id, 'kind', c.kind, 'title', c.title))
-FROM messages m JOIN conversations c ON c.id = m.conversation_id
-CROSS JOIN webhook_endpoints e
-WHERE m.id = ANY($1::uuid[]) AND e.enabled AND 'message.created' = ANY(e.events)
-ORDER BY m.created_at, m.seq
-"""
+# `message.created` for a batch of messages: one more CTE of the batch's own statement
+# (storage/messages.py `insert_batch(..., webhooks=True)`), so the messages and their
+# deliveries are one statement and one commit, and roll back together. It reads the rows
+# the statement inserts (`ins`) and the conversations it locked (`locked`: id, kind, title);
+# the endpoints are picked here, so a stale subscription cache costs an empty INSERT.
+MESSAGE_CREATED_CTE = """
+hooks AS (
+    INSERT INTO webhook_deliveries (endpoint_id, event_type, payload)
+    SELECT e.id, 'message.created', jsonb_build_object(
+        'message', jsonb_build_object(
+            'id', i.id, 'conversation_id', i.conversation_id, 'seq', i.seq, 'sender_id', i.sender_id,
+            'role', i.role, 'content', i.content, 'client_id', i.client_id, 'metadata', i.metadata,
+            'created_at', i.created_at),
+        'conversation', jsonb_build_object('id', l.id, 'kind', l.kind, 'title', l.title))
+    FROM ins i JOIN locked l ON l.id = i.conversation_id
+    CROSS JOIN webhook_endpoints e
+    WHERE e.enabled AND 'message.created' = ANY(e.events)
+    ORDER BY i.conversation_id, i.seq
+)"""
 
 
-async def enqueue_messages(conn: asyncpg.Connection, message_ids: list[UUID]) -> None:
-    await conn.execute(_ENQUEUE_MESSAGES, message_ids)
-
-
+# One statement per pass of a delivery loop: record the deliveries that succeeded since
+# the last pass (their claims must still be this loop's), then claim what is due, skipping
+# rows another instance is claiming right now. One commit for both.
 _CLAIM = """
-WITH due AS (
+WITH done AS (
+    UPDATE webhook_deliveries d SET status = 'succeeded', delivered_at = now(), claim = NULL,
+           last_status_code = x.code, last_latency_ms = x.ms, last_error = NULL
+    FROM unnest($4::uuid[], $5::uuid[], $6::int[], $7::real[]) AS x(id, claim, code, ms)
+    WHERE d.id = x.id AND d.claim = x.claim
+    RETURNING d.id
+), due AS (
     SELECT d.id FROM webhook_deliveries d
     JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.enabled
-    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND d.id <> ALL($4::uuid[])
     ORDER BY d.next_attempt_at
     LIMIT $1
     FOR UPDATE OF d SKIP LOCKED
@@ -173,12 +184,23 @@ WHERE d.id = due.id AND e.id = d.endpoint_id
 RETURNING d.id, d.claim, d.endpoint_id, e.url, e.secret, d.event_type, d.payload, d.created_at, d.attempts
 """
 
+Succeeded = tuple[Claimed, int, float]  # the claim, the status code, the latency in ms
 
-async def claim(conn: asyncpg.Connection, *, limit: int, lease_seconds: float, instance_id: UUID) -> list[Claimed]:
+
+async def claim(
+    conn: asyncpg.Connection, *, limit: int, lease_seconds: float, instance_id: UUID,
+    succeeded: list[Succeeded] | None = None,
+) -> list[Claimed]:
     """Take up to `limit` due deliveries of enabled endpoints for `lease_seconds`. Rows
     another instance is claiming right now are skipped, not waited for; a row it has
-    claimed is not due until its lease runs out."""
-    rows = await conn.fetch(_CLAIM, limit, lease_seconds, instance_id)
+    claimed is not due until its lease runs out. `succeeded`: record these first, in the
+    same statement and commit (`succeeded_many`)."""
+    done = succeeded or []
+    rows = await conn.fetch(
+        _CLAIM, limit, lease_seconds, instance_id,
+        [c.id for c, _, _ in done], [c.claim for c, _, _ in done], [code for _, code, _ in done],
+        [ms for _, _, ms in done],
+    )
     return [Claimed(**dict(r)) for r in rows]
 
 
@@ -192,7 +214,7 @@ async def succeeded(conn: asyncpg.Connection, c: Claimed, *, status_code: int, l
     return done.endswith(" 1")
 
 
-async def succeeded_many(conn: asyncpg.Connection, done: list[tuple[Claimed, int, float]]) -> int:
+async def succeeded_many(conn: asyncpg.Connection, done: list[Succeeded]) -> int:
     """`succeeded` for a pass's (claimed, status code, latency ms) in one statement and one commit."""
     status = await conn.execute(
         """UPDATE webhook_deliveries d SET status = 'succeeded', delivered_at = now(), claim = NULL,

@@ -215,3 +215,49 @@ async def test_stock_fanout_setting_delivers_too(start_instance) -> None:
         got = await sb.wait_for("message:new")
         assert got["message"]["content"] == "via stock"
         await api.close_sockets()
+
+
+async def test_busy_group_commits_together_and_everyone_receives_in_seq_order(start_instance) -> None:
+    """Six members send at once, each several messages without waiting: the group's
+    messages share commits (group commit within one conversation), each sender's messages
+    get seqs in the order it sent them, every ack carries its committed message, and every
+    member receives every message once, in seq order."""
+    import aiohttp
+
+    from server.keys import CORE
+
+    instance = await start_instance()
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, instance.url)
+        try:
+            users = [await api.register(f"Busy{i}") for i in range(6)]
+            socks = [await api.socket(u) for u in users]
+            conv = (await socks[0].ok("conversation:create", {
+                "kind": "group", "member_ids": [u.id for u in users[1:]], "title": "busy"}))["conversation"]
+            writer = instance.app[CORE].pipeline.writer
+            before = (writer.batcher.batches, writer.batcher.requests)
+
+            async def burst(i: int) -> list[dict]:
+                return list(await asyncio.gather(*[
+                    socks[i].call("message:send", {"conversation_id": conv["id"], "content": f"{i}:{n}", "client_id": f"{i}-{n}"})
+                    for n in range(15)
+                ]))
+
+            acks = await asyncio.gather(*(burst(i) for i in range(6)))
+            total = 6 * 15
+            for i, sender_acks in enumerate(acks):
+                assert all(a["ok"] for a in sender_acks)
+                seqs = [a["message"]["seq"] for a in sender_acks]
+                assert [a["message"]["content"] for a in sender_acks] == [f"{i}:{n}" for n in range(15)]
+                assert seqs == sorted(seqs), "a sender's messages in the order it sent them"
+            assert sorted(a["message"]["seq"] for sender_acks in acks for a in sender_acks) == list(range(1, total + 1))
+            for s in socks:
+                await s.wait_for("message:new", lambda d: d["message"]["seq"] == total)
+            await asyncio.sleep(0.2)
+            for s in socks:
+                assert [d["message"]["seq"] for d in s.received("message:new")] == list(range(1, total + 1))
+            batches = writer.batcher.batches - before[0]
+            assert writer.batcher.requests - before[1] == total
+            assert batches < total, "one conversation's concurrent messages share commits"
+        finally:
+            await api.close_sockets()

@@ -9,7 +9,6 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
 
 from handlers.webhooks.settings import WebhookSettings
@@ -102,23 +101,25 @@ async def test_no_subscription_writes_no_outbox_rows(hapi: Api, admin: User, rec
         assert await conn.fetchval("SELECT count(*) FROM webhook_deliveries") == 0
 
 
-async def test_a_rolled_back_change_sends_nothing(hapi: Api, admin: User, receiver: Receiver, db: Database,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """The outbox rows are written (the real function runs), then the transaction fails:
-    the message and its deliveries roll back together and nothing is sent."""
+async def test_a_rolled_back_change_sends_nothing(hapi: Api, admin: User, receiver: Receiver, db: Database) -> None:
+    """The outbox row is written (by the batch's own statement), then the statement fails:
+    a trigger on webhook_deliveries sees the row and raises. The message and its delivery
+    roll back together and nothing is sent; the next message goes through."""
     await subscribe(hapi, admin, receiver, ["message.created"])
     sa, cid = await direct(hapi)
-    real = webhook_store.enqueue_messages
-
-    async def enqueue_then_fail(conn: asyncpg.Connection, ids: list[uuid.UUID]) -> None:
-        await real(conn, ids)
-        assert await conn.fetchval("SELECT count(*) FROM webhook_deliveries") == 1  # written, not yet committed
-        await conn.execute("SELECT 1 / 0")
-
-    monkeypatch.setattr(webhook_store, "enqueue_messages", enqueue_then_fail)
+    async with db.connection() as conn:
+        await conn.execute("""
+            CREATE FUNCTION doom() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.payload #>> '{message,content}' = 'doomed' THEN
+                    RAISE EXCEPTION 'doomed after its delivery row was written';
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER doom AFTER INSERT ON webhook_deliveries FOR EACH ROW EXECUTE FUNCTION doom();
+        """)
     ack = await sa.call("message:send", {"conversation_id": cid, "content": "doomed", "client_id": "d1"})
-    assert ack["ok"] is False
-    monkeypatch.setattr(webhook_store, "enqueue_messages", real)
+    assert ack["ok"] is False  # a server-side failure, not the sender's input
     await asyncio.sleep(1.0)
     assert receiver.attempts == []
     async with db.connection() as conn:
@@ -127,6 +128,7 @@ async def test_a_rolled_back_change_sends_nothing(hapi: Api, admin: User, receiv
     await sa.ok("message:send", {"conversation_id": cid, "content": "fine", "client_id": "d2"})
     await receiver.wait_for(lambda: receiver.delivered)
     assert [r.payload["data"]["message"]["content"] for r in receiver.delivered] == ["fine"]
+    assert receiver.delivered[0].payload["data"]["message"]["seq"] == 1  # the doomed one took no seq
 
 
 async def test_receiver_down_then_up_every_event_arrives_under_one_webhook_id(

@@ -98,3 +98,112 @@ async def test_mode_is_checked_per_message(db: Database) -> None:
         await writer.insert(NewMessage(cid, None, "assistant", "answer", require_mode="ai"))
     message, _ = await writer.insert(NewMessage(cid, sender, "user", "still fine"))
     assert message.seq == 1
+
+
+async def make_group(db: Database, members: int) -> tuple[uuid.UUID, list[uuid.UUID]]:
+    async with db.transaction() as conn:
+        ids = [(await users.insert_user(conn, email=f"g-{uuid.uuid4().hex[:8]}@example.com", name=f"G{i}",
+                                        password_hash="x", role="student")).id for i in range(members)]
+        conv = await conversations.insert_conversation(conn, kind="group", title="busy", created_by=ids[0])
+        await conversations.add_members(conn, conv.id, ids)
+    return conv.id, ids
+
+
+async def test_one_conversation_commits_in_batches_in_acceptance_order(db: Database) -> None:
+    """Many senders in one conversation, sending without waiting for their answers: what
+    arrives while a batch commits goes in the next one; seq order is the order the writer
+    accepted them; each message's `then` (the fan-out) runs in seq order, a batch's only
+    after the previous batch's, and before its sender is answered."""
+    cid, members = await make_group(db, 10)
+    writer = MessageWriter(db)
+    delivered: list[int] = []
+
+    async def deliver(message: messages.Message) -> None:
+        await asyncio.sleep(0.002)  # a fan-out that waits must still not be overtaken
+        delivered.append(message.seq)
+
+    async def send(content: str, sender: uuid.UUID) -> tuple[int, bool]:
+        message, duplicate = await writer.insert(NewMessage(cid, sender, "user", content, client_id=content), then=deliver)
+        assert not duplicate and message.content == content
+        return message.seq, message.seq in delivered
+
+    accepted: list[str] = []
+    sends = []
+    for wave in range(20):
+        for sender in members:
+            accepted.append(f"{wave}-{sender}")
+            sends.append(asyncio.ensure_future(send(accepted[-1], sender)))  # started in this order
+        await asyncio.sleep(0.003)  # the next wave arrives while earlier batches commit
+    outcomes = await asyncio.gather(*sends)
+    assert [seq for seq, _ in outcomes] == list(range(1, 201)), "seq order is acceptance order"
+    assert all(answered_after for _, answered_after in outcomes), "answered only after its own fan-out"
+    assert delivered == list(range(1, 201)), "fanned out once each, in seq order"
+    async with db.connection() as conn:
+        history, _ = await messages.history(conn, cid, before_seq=None, limit=500)
+    assert [m.content for m in history] == accepted
+    # One conversation, yet far fewer commits than messages (the pipeline's old lock made
+    # it one commit per message).
+    assert writer.batcher.requests == 200 and writer.batcher.batches <= 100, writer.batcher.batches
+
+
+async def test_an_idle_conversation_commits_at_once(db: Database) -> None:
+    """No timer: a lone message is committed in a batch of its own straight away."""
+    cid, (sender, *_) = await make_group(db, 2)
+    writer = MessageWriter(db)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    message, _ = await writer.insert(NewMessage(cid, sender, "user", "alone"))
+    assert message.seq == 1 and (writer.batcher.batches, writer.batcher.requests) == (1, 1)
+    assert loop.time() - started < 2.0
+
+
+async def test_a_bad_message_in_a_conversations_batch_fails_alone(db: Database) -> None:
+    """One message the database refuses (its sender does not exist) inside one
+    conversation's batch: it fails alone, is fanned out to nobody, and the others keep
+    consecutive seqs in acceptance order."""
+    cid, (sender, *_) = await make_group(db, 2)
+    writer = MessageWriter(db)
+    delivered: list[str] = []
+
+    async def deliver(message: messages.Message) -> None:
+        delivered.append(message.content)
+
+    first = asyncio.ensure_future(writer.insert(NewMessage(cid, sender, "user", "first"), then=deliver))
+    await asyncio.sleep(0)  # `first` is in flight; the next five wait and share a batch
+    rest = [NewMessage(cid, sender, "user", "a"), NewMessage(cid, sender, "user", "b"),
+            NewMessage(cid, uuid.uuid4(), "user", "nobody's"),
+            NewMessage(cid, sender, "user", "c"), NewMessage(cid, sender, "user", "d")]
+    outcomes = await asyncio.gather(first, *(writer.insert(m, then=deliver) for m in rest), return_exceptions=True)
+    assert isinstance(outcomes[3], Exception) and "foreign key" in str(outcomes[3])
+    kept = [o for i, o in enumerate(outcomes) if i != 3]
+    assert [(m.content, m.seq) for m, _ in kept] == [("first", 1), ("a", 2), ("b", 3), ("c", 4), ("d", 5)]
+    assert delivered == ["first", "a", "b", "c", "d"]
+    async with db.connection() as conn:
+        history, _ = await messages.history(conn, cid, before_seq=None, limit=10)
+        assert [m.content for m in history] == ["first", "a", "b", "c", "d"]
+        assert (await conversations.get_with_membership(conn, cid, sender)).last_seq == 5
+
+
+async def test_a_retry_inside_one_conversations_batch_is_a_duplicate_and_overtakes_nothing(db: Database) -> None:
+    """A retried client_id queued with other messages of its conversation: it waits for the
+    next batch (so it finds the first one committed) and so do the messages queued after it,
+    so seq order stays acceptance order and the retry is delivered to nobody."""
+    cid, (alice, bob, *_) = await make_group(db, 3)
+    writer = MessageWriter(db)
+    delivered: list[str] = []
+
+    async def deliver(message: messages.Message) -> None:
+        delivered.append(message.content)
+
+    first = asyncio.ensure_future(writer.insert(NewMessage(cid, alice, "user", "hello", client_id="x"), then=deliver))
+    await asyncio.sleep(0)
+    queued = [
+        NewMessage(cid, bob, "user", "bob 1", client_id="b1"),
+        NewMessage(cid, alice, "user", "hello (retry)", client_id="x"),
+        NewMessage(cid, bob, "user", "bob 2", client_id="b2"),
+    ]
+    (m1, d1), (b1, _), (retry, dup), (b2, _) = await asyncio.gather(
+        first, *(writer.insert(m, then=deliver) for m in queued))
+    assert (d1, dup) == (False, True) and retry.id == m1.id and retry.content == "hello"
+    assert [m1.seq, b1.seq, b2.seq] == [1, 2, 3]
+    assert delivered == ["hello", "bob 1", "bob 2"], "the retry is delivered to nobody again"

@@ -1,7 +1,7 @@
 """The delivery loop: one per instance, taking whatever deliveries are due.
 
-The loop keeps up to `concurrency` deliveries in flight, claiming due ones as slots free
-up, so one slow receiver holds one slot, not the loop. A claim is a lease of
+The loop keeps up to `concurrency` deliveries in flight, claiming due ones in batches as
+slots free up, so one slow receiver holds one slot, not the loop. A claim is a lease of
 `lease_seconds` (FOR UPDATE SKIP LOCKED: two instances never claim the same row, and a row
 whose claimer died falls due again when its lease runs out). It POSTs each, signed per the Standard Webhooks spec
 under the delivery's id as `webhook-id` (the same on every retry), and settles it: a 2xx
@@ -70,7 +70,6 @@ class Dispatcher:
         self.task: asyncio.Task[None] | None = None  # the running loop (tests stop it as a crash would)
         self._inflight: set[asyncio.Task[None]] = set()
         self._succeeded: list[tuple[Claimed, int, float]] = []
-        self._more = False
         self._notified = False
 
     def session(self) -> aiohttp.ClientSession:
@@ -90,38 +89,45 @@ class Dispatcher:
             await self._session.close()
 
     async def run(self) -> None:
-        """Until cancelled: keep up to `concurrency` deliveries in flight. A slot freed by a
-        finished delivery is filled at once while the last claim came back full (more may
-        be due); otherwise the loop waits for a NOTIFY or the poll interval. Successes are
-        recorded together, one statement per turn of the loop."""
+        """Until cancelled: keep up to `concurrency` deliveries in flight, claiming in
+        batches. Each claim is one statement and one commit that also records the
+        successes since the last one, so a pass costs the database the same whether it
+        claims one delivery or many: while deliveries are in flight the loop waits until
+        `claim_batch` slots are free (or nothing is in flight, or a poll interval passed,
+        so a few slow receivers cannot hold the rest back for longer than that). The loop
+        claims again at once while the last claim came back full (more may be due);
+        otherwise it waits for a NOTIFY, a finished delivery or the poll interval."""
         self.task = asyncio.current_task()
-        claim_now = True
+        due = True  # deliveries may be due: at start, after a NOTIFY, a full claim or a poll
+        force = True  # claim whatever fits, even below claim_batch: at start and after a poll
         try:
             while True:
                 free = self.settings.concurrency - len(self._inflight)
+                failed = False
                 try:
-                    await self.record_successes()
-                    if free > 0 and (claim_now or self._more):
-                        self._more = await self.claim_and_send(free) == free
+                    if self._should_claim(free, due, force):
+                        due = await self.claim_and_send(free) == free
+                        force = False
+                    elif self._succeeded and not self._inflight:
+                        await self.record_successes()
                 except asyncio.CancelledError:
                     raise
                 except DatabaseUnavailable:  # logged once per outage by the database's tracker
-                    self._more = False
+                    due, failed = False, True
                 except Exception as exc:
                     log.warning("webhook delivery pass failed: %r", exc)
-                    self._more = False
-                # A NOTIFY that came while every slot was busy still claims once one frees up.
-                claim_now = self._notified or (claim_now and free <= 0)
-                self._notified = False
-                has_room = len(self._inflight) < self.settings.concurrency
-                if self._succeeded or (has_room and (claim_now or self._more)):
+                    due, failed = False, True
+                if self._notified:  # a NOTIFY during the pass, or while every slot was busy
+                    due, self._notified = True, False
+                free = self.settings.concurrency - len(self._inflight)
+                if not failed and (self._should_claim(free, due, force) or (self._succeeded and not self._inflight)):
                     continue
                 self.wake.clear()
                 try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
                     async with asyncio.timeout(self.settings.poll_seconds):
                         await self.wake.wait()
                 except TimeoutError:
-                    claim_now = True  # retries fall due by time
+                    due = force = True  # retries fall due by time
         finally:
             for task in self._inflight:
                 task.cancel()
@@ -131,12 +137,29 @@ class Dispatcher:
             except Exception:  # the database is going away too: at least once, as documented
                 pass
 
+    def _should_claim(self, free: int, due: bool, force: bool) -> bool:
+        if free <= 0 or not due:
+            return False
+        return force or not self._inflight or free >= self.claim_batch
+
+    @property
+    def claim_batch(self) -> int:
+        """Free slots worth a claim while others are in flight: half of them."""
+        return max(1, self.settings.concurrency // 2)
+
     async def claim_and_send(self, limit: int) -> int:
-        """Claim up to `limit` due deliveries and start sending them; returns how many."""
-        async with self.db.connection() as conn:
-            claimed = await store.claim(
-                conn, limit=limit, lease_seconds=self.settings.lease_seconds, instance_id=self.instance_id,
-            )
+        """Record the successes so far and claim up to `limit` due deliveries, in one
+        statement; start sending them; returns how many were claimed."""
+        done, self._succeeded = self._succeeded, []
+        try:
+            async with self.db.connection() as conn:
+                claimed = await store.claim(
+                    conn, limit=limit, lease_seconds=self.settings.lease_seconds, instance_id=self.instance_id,
+                    succeeded=done,
+                )
+        except BaseException:
+            self._succeeded = done + self._succeeded
+            raise
         for c in claimed:
             task = asyncio.create_task(self._send(c), name="webhook-send")
             self._inflight.add(task)

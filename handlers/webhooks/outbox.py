@@ -8,8 +8,9 @@ server/webhooks.py) and every `subscriptions_refresh_seconds`. The INSERT itself
 endpoints, so a stale set can only cost an empty INSERT, or miss events for an endpoint
 created a moment ago on another instance until this one hears of it.
 
-Messages commit in batches (handlers/writer.py): `MessageOutbox.insert_batch` wraps the
-batch's one statement and its outbox rows in one transaction.
+Messages commit in batches (handlers/writer.py): while `MessageOutbox.wants_messages()`, the
+batch's one statement writes its `message.created` rows too (storage/messages.py
+`insert_batch(..., webhooks=True)`): no transaction of its own, no second statement.
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ from uuid import UUID
 import asyncpg
 
 from handlers.core import Core
-from storage import messages
 from storage import webhooks as store
 from storage.db import Database
-from storage.messages import Inserted, NewMessage
 from storage.records import Conversation, User
 
 log = logging.getLogger(__name__)
@@ -55,31 +54,14 @@ async def emit(core: Core, conn: asyncpg.Connection, event_type: str, *payloads:
 
 
 class MessageOutbox:
-    """What handlers/writer.py calls for a batch of messages while anyone subscribes to
-    `message.created`: the batch and its deliveries in one transaction."""
+    """What handlers/writer.py asks of each batch of messages: whether its statement also
+    writes the `message.created` deliveries (while any enabled endpoint subscribes)."""
 
     def __init__(self, subs: Subscriptions) -> None:
         self.subs = subs
 
     def wants_messages(self) -> bool:
         return self.subs.wants("message.created")
-
-    async def insert_batch(self, conn: asyncpg.Connection, batch: list[NewMessage]) -> list[Inserted | LookupError]:
-        # storage.messages.insert_batch runs its statement again after a unique violation (a
-        # retried client_id committed by another instance meanwhile); inside a transaction
-        # the violation aborts it, so the whole transaction is what runs again.
-        for attempt in range(2):
-            try:
-                async with conn.transaction():
-                    results = await messages.insert_batch(conn, batch)
-                    new: list[UUID] = [r[0].id for r in results if isinstance(r, tuple) and not r[1]]
-                    if new:
-                        await store.enqueue_messages(conn, new)
-                return results
-            except asyncpg.UniqueViolationError:
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
 
 
 def conversation_data(conv: Conversation, member_ids: list[UUID]) -> dict[str, Any]:
