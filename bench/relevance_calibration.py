@@ -41,7 +41,7 @@ from rag.decide import decide
 from rag.embeddings import Embedder, make_embedder
 from rag.offline import offline_answer
 from rag.prompts import Passage
-from rag.relevance import DEFAULT_THRESHOLDS, Judgement, family, judge, with_similarity
+from rag.relevance import DEFAULT_THRESHOLDS, Judgement, family, judge
 from rag.retrieval import KnowledgeBase, SearchResult, embedding_input
 from server.cli import core_for_command
 from storage import documents as store
@@ -194,7 +194,8 @@ async def main() -> None:
         compose_ms: list[float] = []
         for group, questions in (("on", ON_TOPIC), ("off", OFF_TOPIC)):
             for q in questions:
-                hits = await with_similarity(q, await searcher.search(q, k=5), embedder)
+                # Exhaustive scores every hit itself; the knowledge base fills in full-text-only hits.
+                hits = (await searcher.search_scored(q, k=5)).hits if searcher is kb else await searcher.search(q, k=5)
                 judgement: Judgement = judge(q, hits, embedder.name, thresholds)
                 sims = [h.similarity for h in hits if h.similarity is not None]
                 best = max(judgement.judged, key=lambda j: j.confidence, default=None)

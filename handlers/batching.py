@@ -64,7 +64,10 @@ class Batcher(Generic[T, R]):
     async def submit(self, request: T) -> R:
         pending: _Pending[T, R] = _Pending(request, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
-        if self._running < self.concurrency:
+        # A request whose exclusive key has a batch in flight waits for that batch's drainer,
+        # which takes it next: starting another would only scan the queue and find nothing.
+        key_busy = self._exclusive_key is not None and self._exclusive_key(request) in self._busy
+        if self._running < self.concurrency and not key_busy:
             self._running += 1
             task = asyncio.ensure_future(self._drain())
             self._tasks.add(task)

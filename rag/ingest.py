@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, urlsplit
@@ -105,11 +105,6 @@ def scan(paths: Iterable[str | Path], exclude: Sequence[str] = ()) -> Scan:
         else:
             raise FileNotFoundError(f"no such file or folder: {path}")
     return Scan(files, unsupported)
-
-
-def find_files(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Supported files among `paths` (see `scan`)."""
-    yield from (found.path for found in scan(paths).files)
 
 
 async def ingest_paths(

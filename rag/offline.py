@@ -12,12 +12,12 @@ introduces a code block brings the block, fenced, indentation kept.
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from rag.embeddings.base import cosine
 from rag.llm import StreamResult
 from rag.passages import Unit, units
 from rag.prompts import Passage
@@ -115,12 +115,6 @@ def nothing_found(question: str) -> str:
     return f"{t['nothing']}\n\n{t['rephrase']}\n\n{t['offer']}"
 
 
-def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b, strict=True))
-    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
-    return dot / norm if norm else 0.0
-
-
 def _pick(scored: list[tuple[Unit, float]], limit: int) -> list[Unit]:
     """The best `limit` units (near the passage's best), in document order. A sentence
     from a paragraph that introduces code brings the paragraph's last sentence (the
@@ -199,7 +193,7 @@ async def offline_answer(
         sentences.sort(key=lambda u: -len(asked_terms & key_terms(u.text)))
         chosen += sentences[:EMBED_PER_PASSAGE]
     vectors = await embed([question, *(u.text for u in chosen)])
-    similarity = {id(u): _cosine(vectors[0], v) for u, v in zip(chosen, vectors[1:], strict=True)}
+    similarity = {id(u): cosine(vectors[0], v) for u, v in zip(chosen, vectors[1:], strict=True)}
     scored = [(p, [(u, similarity.get(id(u), 0.0)) for u in us]) for p, us in split]
 
     def best_sentence(pairs: list[tuple[Unit, float]]) -> float:

@@ -20,7 +20,6 @@ key terms, numbers kept whole ("0.1" is not in "127.0.0.1"). A neural model need
 """
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -28,7 +27,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # settings import this module: keep it free of the retrieval stack
-    from rag.embeddings import Embedder
     from rag.retrieval import SearchResult
 
 
@@ -184,26 +182,6 @@ class Judgement:
                 for j in self.judged
             ],
         }
-
-
-async def with_similarity(question: str, hits: Sequence[SearchResult], embedder: Embedder) -> list[SearchResult]:
-    """Every hit with its cosine similarity to the question: a hit found by full text
-    alone (not among the vector candidates) has none, and is embedded here, the way
-    ingestion embedded it, so that every hit is judged on the same scale."""
-    missing = [h for h in hits if h.similarity is None]
-    if not missing:
-        return list(hits)
-    from rag.retrieval import embedding_input  # lazily: settings import this module
-
-    vectors = await embedder.embed([question, *(embedding_input(h.heading_path, h.content) for h in missing)])
-    asked, found = vectors[0], dict(zip((h.chunk_id for h in missing), vectors[1:], strict=True))
-    norm = math.sqrt(sum(x * x for x in asked))
-
-    def cosine(v: list[float]) -> float:
-        length = norm * math.sqrt(sum(x * x for x in v))
-        return sum(a * b for a, b in zip(asked, v, strict=True)) / length if length else 0.0
-
-    return [replace(h, similarity=cosine(found[h.chunk_id])) if h.similarity is None else h for h in hits]
 
 
 def judge(question: str, hits: Sequence[SearchResult], embedder_name: str, t: Thresholds) -> Judgement:

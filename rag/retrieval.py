@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from rag.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP_TOKENS, TooManyChunks, chunk_text
-from rag.embeddings import Embedder, embedder_for_name
+from rag.embeddings import Embedder, cosine, embedder_for_name
 from rag.extract import DocumentLimits, DocumentTooLarge, EmptyDocument, content_hash, extract, normalize_text
 from storage import documents as store
 from storage.db import Database
@@ -140,6 +140,26 @@ def fuse(
         )
         for cid in order[:k]
     ]
+
+
+@dataclass(frozen=True)
+class ScoredSearch:
+    """A search's hits and the embedding model that scored them (None: no vector search ran,
+    e.g. full-text mode or a model that cannot run here)."""
+
+    hits: list[SearchResult]
+    model: str | None
+
+
+async def _with_similarity(hits: list[SearchResult], embedder: Embedder, query: list[float]) -> list[SearchResult]:
+    """Every hit with its cosine to the query: those found by full text alone (no vector
+    candidate) are embedded here the way ingestion embedded them."""
+    missing = [h for h in hits if h.similarity is None]
+    if not missing:
+        return hits
+    vectors = await embedder.embed([embedding_input(h.heading_path, h.content) for h in missing])
+    found = dict(zip((h.chunk_id for h in missing), vectors, strict=True))
+    return [replace(h, similarity=cosine(query, found[h.chunk_id])) if h.similarity is None else h for h in hits]
 
 
 class KnowledgeBase:
@@ -279,9 +299,20 @@ class KnowledgeBase:
     ) -> list[SearchResult]:
         """The best `k` chunks by the configured fusion (`fusion` overrides it: `studyhall
         eval` compares retrievers through this same path)."""
+        return (await self.search_scored(q, k, course, fusion=fusion, score_all=False)).hits
+
+    async def search_scored(
+        self, q: str, k: int = 5, course: str | None = None, *, fusion: Fusion | None = None,
+        score_all: bool = True,
+    ) -> ScoredSearch:
+        """`search`, and the model whose vectors ranked the hits (during a change of model,
+        still the previous one: `active_model`). With `score_all`, a hit found by full text
+        alone gets its cosine to the question too, by that model and with the query vector
+        the search already made, so the tutor judges every hit on one scale."""
         if not q.strip() or k <= 0:
-            return []
+            return ScoredSearch([], None)
         fusion = fusion or self.fusion
+        used: dict[str, Any] = {}
         # Single-retriever modes need only k; fused lists need room for the other side's picks.
         candidates = max(4 * k, 20) if fusion.mode == "hybrid" else k
 
@@ -301,6 +332,7 @@ class KnowledgeBase:
             if embedder is None:
                 return []
             [query_vector] = await embedder.embed([q])
+            used.update(embedder=embedder, vector=query_vector)
             if not any(query_vector):  # an all-zero query (only stopwords) has no direction
                 return []
             async with self.db.connection() as conn:
@@ -318,7 +350,11 @@ class KnowledgeBase:
         finally:
             if not vector_search.done():
                 vector_search.cancel()
-        return fuse(vector_hits, text_hits, k, fusion)
+        hits = fuse(vector_hits, text_hits, k, fusion)
+        embedder: Embedder | None = used.get("embedder")
+        if score_all and embedder is not None:
+            hits = await _with_similarity(hits, embedder, used["vector"])
+        return ScoredSearch(hits, embedder.name if embedder is not None else None)
 
     async def ensure_index(self) -> str:
         """Create the HNSW indexes of the active and the configured model if missing (cheap

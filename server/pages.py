@@ -24,6 +24,7 @@ Why each exists:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,8 +112,15 @@ async def vendor(request: web.Request) -> web.StreamResponse:
                        "reinstall Studyhall or run `python3 server/vendor/update.py` in a checkout.")
     headers = {"Content-Type": served.content_type, "Cache-Control": "public, max-age=3600"}
     if served.wrap_umd:
-        return web.Response(body=UMD_HEAD + path.read_bytes() + UMD_TAIL, headers=headers)
+        return web.Response(body=_wrapped(path), headers=headers)
     return web.FileResponse(path, headers=headers)
+
+
+@functools.cache
+def _wrapped(path: Path) -> bytes:
+    """A UMD bundle as an ES module, built once: the file does not change while the server
+    runs, and reading it per request would block the event loop."""
+    return UMD_HEAD + path.read_bytes() + UMD_TAIL
 
 
 @api("Who is online among the people you share a conversation with", ok=out.Presence, auth="session", tag="threads")

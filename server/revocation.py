@@ -93,16 +93,6 @@ class Revocation:
             await self.core.events.disconnect_sids(stale)
         return len(stale)
 
-    async def sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.core.settings.auth.revocation_sweep_seconds)
-            try:
-                await self.sweep_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("revocation sweep failed")
-
 
 def install_notices(core: Core, gateway: Gateway, sio: socketio.AsyncServer, metrics: Metrics) -> None:
     """Notices act on the Gateway's sockets; through Redis they reach every instance's."""

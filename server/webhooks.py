@@ -13,7 +13,6 @@ Admins:
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 from uuid import UUID
 
@@ -27,8 +26,6 @@ from server.apidoc import Handler, QueryInt, QueryText, QueryUuid, api
 from server.http import client_ip, core_of, path_uuid, read_json, require_actor
 from server.jsonutil import json_response
 from server.validation import Payload, Storable
-
-log = logging.getLogger(__name__)
 
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("webhook_dispatcher")
 

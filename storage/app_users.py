@@ -21,14 +21,6 @@ async def deactivated_at(conn: asyncpg.Connection, user_id: UUID) -> datetime | 
     return value
 
 
-async def revoke_user_tokens(conn: asyncpg.Connection, user_id: UUID) -> list[UUID]:
-    """Revoke every live sign-in token of the user; returns their ids."""
-    rows = await conn.fetch(
-        "UPDATE auth_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL RETURNING id", user_id
-    )
-    return [r["id"] for r in rows]
-
-
 async def app_conversation_ids(
     conn: asyncpg.Connection, app_id: UUID, *, subject: str | None, limit: int
 ) -> list[UUID]:

@@ -10,6 +10,8 @@ from uuid import UUID
 
 import asyncpg
 
+from storage import users
+
 
 @dataclass(frozen=True)
 class Moved:
@@ -65,6 +67,4 @@ async def move(conn: asyncpg.Connection, guest_id: UUID, user_id: UUID) -> Moved
         "UPDATE tickets SET user_id = $2 WHERE user_id = $1", guest_id, user_id))
     await conn.execute("UPDATE tickets SET escalated_by = $2 WHERE escalated_by = $1", guest_id, user_id)
     await conn.execute("UPDATE llm_usage SET user_id = $2 WHERE user_id = $1", guest_id, user_id)
-    rows = await conn.fetch(
-        "UPDATE auth_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL RETURNING id", guest_id)
-    return Moved(memberships, conversations, messages, tickets, [r["id"] for r in rows])
+    return Moved(memberships, conversations, messages, tickets, await users.revoke_user_tokens(conn, guest_id))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from functools import cache
-from typing import Any
+from typing import Any, Self
 from uuid import UUID
 
 
@@ -62,7 +62,7 @@ class User:
     last_active_at: datetime
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> User:
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
         return cls(**{**_pick(cls, row), "role": Role(row["role"])})
 
     def public(self) -> dict[str, Any]:
@@ -75,10 +75,6 @@ class TokenUser(User):
 
     token_id: UUID
     expires_at: datetime
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> TokenUser:
-        return cls(**{**_pick(cls, row), "role": Role(row["role"])})
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +133,7 @@ class ConversationAccess:
     member_role: str | None  # member, agent; None when not a member
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> ConversationAccess:
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
         return cls(**_pick(cls, row))
 
 
@@ -155,10 +151,6 @@ class ConversationMembership(ConversationAccess):
     created_at: datetime
     last_read_seq: int
     member_ids: list[UUID]
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> ConversationMembership:
-        return cls(**_pick(cls, row))
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,6 +96,14 @@ async def revoke_token(conn: asyncpg.Connection, token_id: UUID) -> None:
     await conn.execute("UPDATE auth_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", token_id)
 
 
+async def revoke_user_tokens(conn: asyncpg.Connection, user_id: UUID) -> list[UUID]:
+    """Revoke every live sign-in token of the user; returns their ids."""
+    rows = await conn.fetch(
+        "UPDATE auth_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL RETURNING id", user_id
+    )
+    return [r["id"] for r in rows]
+
+
 async def live_token_ids(conn: asyncpg.Connection, user_id: UUID) -> list[UUID]:
     rows = await conn.fetch("SELECT id FROM auth_tokens WHERE user_id = $1 AND revoked_at IS NULL", user_id)
     return [r["id"] for r in rows]

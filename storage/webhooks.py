@@ -204,18 +204,8 @@ async def claim(
     return [Claimed(**dict(r)) for r in rows]
 
 
-async def succeeded(conn: asyncpg.Connection, c: Claimed, *, status_code: int, latency_ms: float) -> bool:
-    done = await conn.execute(
-        """UPDATE webhook_deliveries SET status = 'succeeded', delivered_at = now(), claim = NULL,
-                  last_status_code = $3, last_latency_ms = $4, last_error = NULL
-           WHERE id = $1 AND claim = $2""",
-        c.id, c.claim, status_code, latency_ms,
-    )
-    return done.endswith(" 1")
-
-
 async def succeeded_many(conn: asyncpg.Connection, done: list[Succeeded]) -> int:
-    """`succeeded` for a pass's (claimed, status code, latency ms) in one statement and one commit."""
+    """Mark a pass's deliveries (claimed, status code, latency ms) succeeded in one statement and one commit."""
     status = await conn.execute(
         """UPDATE webhook_deliveries d SET status = 'succeeded', delivered_at = now(), claim = NULL,
                   last_status_code = x.code, last_latency_ms = x.ms, last_error = NULL

@@ -34,7 +34,7 @@ async def test_concurrent_messages_share_batches_and_keep_order(db: Database) ->
 
     async def send_all(cid: uuid.UUID) -> list[int]:
         seqs = []
-        for i in range(10):  # one conversation's messages one after another, as the pipeline's lock makes them
+        for i in range(10):  # one conversation's messages one after another, each awaited before the next
             message, duplicate = await writer.insert(NewMessage(cid, sender, "user", f"m{i}", client_id=f"c{i}"))
             assert not duplicate and message.content == f"m{i}" and message.conversation_id == cid
             seqs.append(message.seq)

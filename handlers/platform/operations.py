@@ -98,7 +98,7 @@ async def set_active(core: Core, app: AppActor, sub: str, *, active: bool, ip: s
         await identities.lock_subject(conn, app.app_id, sub)
         known = await _user_of(conn, app, sub)
         await app_users.set_deactivated(conn, known.user_id, not active)
-        revoked = [] if active else await app_users.revoke_user_tokens(conn, known.user_id)
+        revoked = [] if active else await users.revoke_user_tokens(conn, known.user_id)
         sids = await connections.sids_for_token(conn, revoked) if revoked else []
         await audit.record(
             conn, "platform.user.deactivate" if not active else "platform.user.reactivate", target_type="user",

@@ -29,7 +29,7 @@ from rag.decide import Decision, SentinelFilter, decide, model_cannot_help
 from rag.llm import ChatModel, ModelUnavailable, StreamResult, count_message_tokens
 from rag.offline import OfflineStream, stream_offline
 from rag.prompts import SESSION_TYPES, Passage, build_messages, cited_passages, system_prompt
-from rag.relevance import Judgement, Thresholds, judge, with_similarity
+from rag.relevance import Judgement, Thresholds, judge
 from rag.retrieval import KnowledgeBase, SearchResult
 from rag.tokens import count_tokens
 from storage import conversations, messages
@@ -317,7 +317,11 @@ class Turn:
         """The model's stream (or the offline one), the passages in its prompt, and the prompt."""
         model = self.svc.model
         if model is None:
-            return await stream_offline(self.question, passages, self.svc.kb.embedder.embed), [], []
+            # Sentences are picked with the model that scored the search (during a change of
+            # model, the previous one), the configured one if none did.
+            scored_by = await self.svc.kb.embedder_for(self.relevance.embedder) if self.relevance else None
+            embedder = scored_by or self.svc.kb.embedder
+            return await stream_offline(self.question, passages, embedder.embed), [], []
         session_type = self.context.get("session_type")
         built = build_messages(
             system_prompt(
@@ -495,15 +499,13 @@ async def handle(svc: Answerer, job: Job) -> None:
     context = conv.context or {}
 
     async def retrieve() -> tuple[list[SearchResult], str]:
-        """The hits, scored by the model whose vectors search used: during a change of
+        """The hits, each scored by the model whose vectors search used: during a change of
         embedding model (`studyhall reindex`) that is still the previous one, and its
         similarities need that model's thresholds, not the configured one's."""
         kb = svc.kb
         try:
-            hits = await kb.search(msg.content, k=RETRIEVE_K, course=context.get("course"))
-            active = await kb.active_model()
-            embedder = await kb.embedder_for(active.model) or kb.embedder
-            return await with_similarity(msg.content, hits, embedder), embedder.name
+            found = await kb.search_scored(msg.content, k=RETRIEVE_K, course=context.get("course"))
+            return found.hits, found.model or kb.embedder.name
         except Exception:
             log.warning("retrieval failed; answering without course material", exc_info=True)
             return [], kb.embedder.name

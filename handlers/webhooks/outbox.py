@@ -15,7 +15,6 @@ batch's one statement writes its `message.created` rows too (storage/messages.py
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 from uuid import UUID
 
@@ -25,8 +24,6 @@ from handlers.core import Core
 from storage import webhooks as store
 from storage.db import Database
 from storage.records import Conversation, User
-
-log = logging.getLogger(__name__)
 
 
 class Subscriptions:

@@ -15,7 +15,7 @@ import logging
 import re
 from typing import Any
 
-from rag.embeddings.base import Embedder, EmbedderUnavailable
+from rag.embeddings.base import Embedder, EmbedderUnavailable, cosine
 from rag.embeddings.hashing import STOPWORDS, HashingEmbedder
 from rag.embeddings.onnx import DEFAULT_NAME as ONNX_DEFAULT_NAME
 from rag.embeddings.onnx import OnnxEmbedder
@@ -32,6 +32,7 @@ __all__ = [
     "OnnxEmbedder",
     "OpenAIEmbedder",
     "SentenceTransformerEmbedder",
+    "cosine",
     "embedder_for_name",
     "make_embedder",
 ]

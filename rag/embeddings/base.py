@@ -1,6 +1,8 @@
 """The interface every embedder implements, and the error for one that cannot run here."""
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 
@@ -20,3 +22,10 @@ class Embedder(Protocol):
 
 class EmbedderUnavailable(RuntimeError):
     """The configured embedder cannot run here (missing extra, bad configuration)."""
+
+
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    """Cosine similarity of two vectors (0 when either is all zeros)."""
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return dot / norm if norm else 0.0
