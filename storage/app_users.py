@@ -8,6 +8,9 @@ from uuid import UUID
 
 import asyncpg
 
+from storage.conversations import CONV_COLUMNS
+from storage.records import Conversation
+
 
 async def set_deactivated(conn: asyncpg.Connection, user_id: UUID, deactivated: bool) -> None:
     await conn.execute(
@@ -21,19 +24,20 @@ async def deactivated_at(conn: asyncpg.Connection, user_id: UUID) -> datetime | 
     return value
 
 
-async def app_conversation_ids(
+async def app_conversations(
     conn: asyncpg.Connection, app_id: UUID, *, subject: str | None, limit: int
-) -> list[UUID]:
+) -> list[Conversation]:
     """Conversations with a member who is one of the app's users (or the one `subject`),
-    most recently active first."""
+    most recently active first: whole records, so a page is described with one more query
+    for all its members (`conversations.members`), not two per conversation."""
     rows = await conn.fetch(
-        """SELECT c.id FROM conversations c
+        f"""SELECT {CONV_COLUMNS} FROM conversations c
            WHERE EXISTS (SELECT 1 FROM conversation_members m JOIN identities i ON i.user_id = m.user_id
                          WHERE m.conversation_id = c.id AND i.app_id = $1 AND ($2::text IS NULL OR i.subject = $2))
            ORDER BY c.updated_at DESC, c.id LIMIT $3""",
         app_id, subject, limit,
     )
-    return [r["id"] for r in rows]
+    return [Conversation.from_row(r) for r in rows]
 
 
 async def conversation_has_app_member(conn: asyncpg.Connection, app_id: UUID, conversation_id: UUID) -> bool:

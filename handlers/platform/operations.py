@@ -23,7 +23,7 @@ from handlers.platform import idempotency
 from handlers.platform.keys import AppActor
 from handlers.rooms import sessions
 from handlers.webhooks import outbox as webhooks
-from storage import app_users, audit, connections, identities, messages, users
+from storage import app_users, audit, connections, conversations, identities, messages, users
 from storage import tickets as ticket_store
 from storage.records import Role
 
@@ -185,8 +185,9 @@ async def _own_conversation(core: Core, app: AppActor, conversation_id: UUID) ->
 async def list_conversations(core: Core, app: AppActor, *, sub: str | None, limit: int) -> dict[str, Any]:
     app.require("conversations:read")
     async with core.db.connection() as conn:
-        ids = await app_users.app_conversation_ids(conn, app.app_id, subject=sub, limit=limit)
-    return {"conversations": [await threads.describe(core, cid) for cid in ids]}
+        page = await app_users.app_conversations(conn, app.app_id, subject=sub, limit=limit)
+        members = await conversations.members(conn, [conv.id for conv in page])
+    return {"conversations": [threads.conversation_out(conv, members[conv.id]) for conv in page]}
 
 
 async def transcript(
