@@ -3,7 +3,6 @@ deactivation, and which conversations an app may reach (those with one of its us
 
 from __future__ import annotations
 
-from datetime import datetime
 from uuid import UUID
 
 import asyncpg
@@ -17,11 +16,6 @@ async def set_deactivated(conn: asyncpg.Connection, user_id: UUID, deactivated: 
         "UPDATE users SET deactivated_at = CASE WHEN $2 THEN coalesce(deactivated_at, now()) END WHERE id = $1",
         user_id, deactivated,
     )
-
-
-async def deactivated_at(conn: asyncpg.Connection, user_id: UUID) -> datetime | None:
-    value: datetime | None = await conn.fetchval("SELECT deactivated_at FROM users WHERE id = $1", user_id)
-    return value
 
 
 async def app_conversations(

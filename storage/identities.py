@@ -24,6 +24,9 @@ class IdentityRecord:
     # The user's current name and role (users table).
     name: str
     role: str
+    # Set while the platform API has the user deactivated (users table, migration 0015):
+    # carried here because every caller that finds an identity asks next.
+    deactivated_at: datetime | None
 
 
 async def lock_subject(conn: asyncpg.Connection, app_id: UUID, subject: str) -> None:
@@ -33,7 +36,7 @@ async def lock_subject(conn: asyncpg.Connection, app_id: UUID, subject: str) -> 
 
 async def get(conn: asyncpg.Connection, app_id: UUID, subject: str) -> IdentityRecord | None:
     row = await conn.fetchrow(
-        """SELECT i.app_id, i.subject, i.user_id, i.email, i.avatar_url, i.courses, u.name, u.role
+        """SELECT i.app_id, i.subject, i.user_id, i.email, i.avatar_url, i.courses, u.name, u.role, u.deactivated_at
            FROM identities i JOIN users u ON u.id = i.user_id
            WHERE i.app_id = $1 AND i.subject = $2""",
         app_id, subject,
@@ -43,6 +46,7 @@ async def get(conn: asyncpg.Connection, app_id: UUID, subject: str) -> IdentityR
     return IdentityRecord(
         app_id=row["app_id"], subject=row["subject"], user_id=row["user_id"], email=row["email"],
         avatar_url=row["avatar_url"], courses=tuple(row["courses"]), name=row["name"], role=row["role"],
+        deactivated_at=row["deactivated_at"],
     )
 
 

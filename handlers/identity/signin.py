@@ -28,7 +28,7 @@ from handlers.identity import carryover, policy
 from handlers.identity.jwks import JwksCache
 from handlers.identity.verify import Claims, IdentityRefused, peek, verify
 from handlers.webhooks import outbox as webhooks
-from storage import app_users, apps, audit, identities, users
+from storage import apps, audit, identities, users
 from storage.apps import AppRecord
 from storage.records import User
 
@@ -114,7 +114,7 @@ async def _map_user(conn: Any, app: AppRecord, claims: Claims) -> tuple[User, bo
         await identities.insert(conn, app_id=app.id, subject=claims.sub, user_id=row.id, email=claims.email,
                                 avatar_url=claims.avatar_url, courses=list(claims.courses or ()))
         return row, True
-    if await app_users.deactivated_at(conn, known.user_id) is not None:  # deactivated by the platform API
+    if known.deactivated_at is not None:  # deactivated by the platform API
         raise IdentityRefused("deactivated user", "This account is deactivated.", app.id)
     name = claims.name or known.name
     email = claims.email if claims.email is not None else known.email

@@ -78,7 +78,8 @@ async def upsert_user(
         )
         row = await users.get_user(conn, user_id)
         assert row is not None
-        deactivated = await app_users.deactivated_at(conn, user_id) is not None
+        # Under the subject's lock: set_active cannot change it since `known` was read.
+        deactivated = known is not None and known.deactivated_at is not None
         # Open sockets carry the old role: closed below, they reconnect with the new one.
         sids = await connections.sids_for_token(conn, await users.live_token_ids(conn, user_id)) if role_changed else []
     if role_changed:
@@ -146,8 +147,8 @@ async def create_session(
     app.require("sessions:write")
     async with core.db.connection() as conn:
         host = await _user_of(conn, app, host_sub)
-        if await app_users.deactivated_at(conn, host.user_id) is not None:
-            raise ApiError("conflict", "This user is deactivated.")
+    if host.deactivated_at is not None:
+        raise ApiError("conflict", "This user is deactivated.")
     result = await sessions.create(core, _person(host), title=title, type=type,
                                    scheduled_start_time=scheduled_start_time, max_participants=max_participants,
                                    is_featured=False)
