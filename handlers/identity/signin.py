@@ -1,11 +1,8 @@
 """Identity sign-in: a verified platform token → one Studyhall user and a session token.
 
-(app, sub) maps to exactly one user, made on first sight (no password, no email in
-`users`: the platform's email is kept on the identity row and never used to find or link
-an existing account). Later tokens update the name, email, avatar, courses and role; the
-platform is the source of truth for its users, so a role an admin set by hand is replaced
-by the token's. Claims a token leaves out (other than `role`, which defaults to student)
-keep their stored value.
+(app, sub) maps to exactly one user, made on first sight and updated from each later
+token's claims (handlers/identity/subjects.py, shared with the platform API's upsert);
+a deactivated user is refused.
 
 A token's `jti`, when present, is recorded in the same transaction as the sign-in and
 refused if seen again before the token would have expired. Attempts count against the
@@ -26,15 +23,12 @@ from handlers.core import Core
 from handlers.errors import ApiError
 from handlers.identity import carryover, policy
 from handlers.identity.jwks import JwksCache
+from handlers.identity.subjects import Profile, map_subject
 from handlers.identity.verify import Claims, IdentityRefused, peek, verify
-from handlers.webhooks import outbox as webhooks
 from storage import apps, audit, identities, users
 from storage.apps import AppRecord
-from storage.records import User
 
 log = logging.getLogger(__name__)
-
-DEFAULT_NAME = "User"
 
 
 async def sign_in(
@@ -53,10 +47,11 @@ async def sign_in(
                 until = claims.expires_at + timedelta(seconds=core.settings.identity.leeway_seconds)
                 if not await identities.use_jti(conn, app.id, claims.jti, until):
                     raise IdentityRefused("replayed jti", "This identity token was already used.", app.id)
-            user_row, created = await _map_user(conn, app, claims)
-            if created:
-                await webhooks.emit(core, conn, "user.created",
-                                    webhooks.user_data(user_row, "identity", app_id=app.id, subject=claims.sub))
+            profile = Profile(role=claims.role, name=claims.name, email=claims.email,
+                              avatar_url=claims.avatar_url, courses=claims.courses)
+            subject = await map_subject(core, conn, app.id, claims.sub, profile, via="identity",
+                                        refuse_deactivated=True)
+            user_row, created = subject.user, subject.created
             if claims.guest_token is not None:
                 carried = await carryover.carry_over(conn, guest_token=claims.guest_token, user_id=user_row.id,
                                                      app_id=app.id, ip=ip)
@@ -101,33 +96,6 @@ async def _verified(core: Core, jwks: JwksCache, token: Any, app_id: Any) -> tup
     if app is None:
         raise IdentityRefused("unknown app")
     return app, await verify(app, token, header, jwks, core.settings.identity)
-
-
-async def _map_user(conn: Any, app: AppRecord, claims: Claims) -> tuple[User, bool]:
-    """The user for (app, sub), made or updated from the claims; True when made now."""
-    await identities.lock_subject(conn, app.id, claims.sub)
-    known = await identities.get(conn, app.id, claims.sub)
-    if known is None:
-        row = await users.insert_user(conn, email=None, name=claims.name or DEFAULT_NAME, role=claims.role,
-                                      password_hash=None)
-        assert row is not None  # no email: nothing to conflict with
-        await identities.insert(conn, app_id=app.id, subject=claims.sub, user_id=row.id, email=claims.email,
-                                avatar_url=claims.avatar_url, courses=list(claims.courses or ()))
-        return row, True
-    if known.deactivated_at is not None:  # deactivated by the platform API
-        raise IdentityRefused("deactivated user", "This account is deactivated.", app.id)
-    name = claims.name or known.name
-    email = claims.email if claims.email is not None else known.email
-    avatar = claims.avatar_url if claims.avatar_url is not None else known.avatar_url
-    courses = claims.courses if claims.courses is not None else known.courses
-    if (name, claims.role) != (known.name, known.role):
-        await identities.update_user(conn, known.user_id, name=name, role=claims.role)
-    if (email, avatar, courses) != (known.email, known.avatar_url, known.courses):
-        await identities.update_profile(conn, app_id=app.id, subject=claims.sub, email=email, avatar_url=avatar,
-                                        courses=list(courses))
-    row = await users.get_user(conn, known.user_id)
-    assert row is not None
-    return row, False
 
 
 async def sweep_jtis(core: Core) -> int:

@@ -18,17 +18,14 @@ import asyncpg
 from handlers import knowledge, threads
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
+from handlers.identity.subjects import Profile, map_subject
 from handlers.pipeline import commit_message
 from handlers.platform import idempotency
 from handlers.platform.keys import AppActor
 from handlers.rooms import sessions
-from handlers.webhooks import outbox as webhooks
 from storage import app_users, audit, connections, conversations, identities, messages, users
 from storage import tickets as ticket_store
 from storage.records import Role
-
-DEFAULT_NAME = "User"
-
 
 # --- users -------------------------------------------------------------------------------
 
@@ -51,41 +48,20 @@ async def upsert_user(
     if role not in app.roles:
         raise ApiError("forbidden", f"This app may not grant the role {role}.")
     async with core.db.transaction() as conn:
-        await identities.lock_subject(conn, app.app_id, sub)
-        known = await identities.get(conn, app.app_id, sub)
-        role_changed = False
-        if known is None:
-            row = await users.insert_user(conn, email=None, name=name or DEFAULT_NAME, role=role, password_hash=None)
-            assert row is not None  # no email: nothing to conflict with
-            user_id = row.id
-            await identities.insert(conn, app_id=app.app_id, subject=sub, user_id=user_id, email=email,
-                                    avatar_url=None, courses=[])
-            # In this transaction, as identity sign-in does: a rolled-back upsert tells nobody.
-            await webhooks.emit(core, conn, "user.created",
-                                webhooks.user_data(row, "platform", app_id=app.app_id, subject=sub))
-        else:
-            user_id = known.user_id
-            new_name = name or known.name
-            role_changed = role != known.role
-            if (new_name, role) != (known.name, known.role):
-                await identities.update_user(conn, user_id, name=new_name, role=role)
-            if email is not None and email != known.email:
-                await identities.update_profile(conn, app_id=app.app_id, subject=sub, email=email,
-                                                avatar_url=known.avatar_url, courses=list(known.courses))
+        subject = await map_subject(core, conn, app.app_id, sub, Profile(role=role, name=name, email=email),
+                                    via="platform")
+        user_id = subject.user.id
         await audit.record(
             conn, "platform.user.upsert", target_type="user", target_id=user_id, ip=ip,
-            details=app.audit_details(sub=sub, created=known is None, role=role),
+            details=app.audit_details(sub=sub, created=subject.created, role=role),
         )
-        row = await users.get_user(conn, user_id)
-        assert row is not None
-        # Under the subject's lock: set_active cannot change it since `known` was read.
-        deactivated = known is not None and known.deactivated_at is not None
         # Open sockets carry the old role: closed below, they reconnect with the new one.
-        sids = await connections.sids_for_token(conn, await users.live_token_ids(conn, user_id)) if role_changed else []
-    if role_changed:
+        live = await users.live_token_ids(conn, user_id) if subject.role_changed else []
+        sids = await connections.sids_for_token(conn, live) if live else []
+    if subject.role_changed:
         await core.events.disconnect_user(user_id)
         await core.events.disconnect_sids(sids)
-    return {"user": row.public(), "sub": sub, "created": known is None, "deactivated": deactivated}
+    return {"user": subject.user.public(), "sub": sub, "created": subject.created, "deactivated": subject.deactivated}
 
 
 async def set_active(core: Core, app: AppActor, sub: str, *, active: bool, ip: str | None = None) -> dict[str, Any]:
