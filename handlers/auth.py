@@ -19,7 +19,7 @@ from uuid import UUID
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from handlers import signin_limits
+from handlers import disconnects, signin_limits
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.settings import AuthSettings
@@ -214,10 +214,8 @@ async def logout(core: Core, actor: Actor, *, ip: str | None) -> None:
     async with core.db.transaction() as conn:
         await users.revoke_token(conn, actor.token_id)
         await audit.record(conn, "logout", actor_id=actor.user_id, target_type="user", target_id=actor.user_id, ip=ip)
-        sids = await connections.sids_for_token(conn, [actor.token_id])
-    # Every instance's sockets in memory first; the table's sids as a second net (its rows can be lost).
-    await core.events.disconnect_tokens([actor.token_id])
-    await core.events.disconnect_sids(sids)
+        closing = await disconnects.of_tokens(conn, [actor.token_id])
+    await disconnects.close(core, closing)
 
 
 async def me(core: Core, actor: Actor) -> dict[str, Any]:
@@ -244,7 +242,6 @@ async def set_role(core: Core, actor: Actor, user_id: UUID, role: str, *, ip: st
             details={"from": before.role, "to": role},
         )
         # Open sockets carry the old role: close them so the client reconnects with the new one.
-        token_sids = await connections.sids_for_token(conn, await users.live_token_ids(conn, user_id))
-    await core.events.disconnect_user(user_id)  # in memory, every instance
-    await core.events.disconnect_sids(token_sids)  # second net: the table
+        closing = await disconnects.of_user(conn, user_id)
+    await disconnects.close(core, closing)
     return {"user": row.public()}

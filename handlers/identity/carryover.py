@@ -2,32 +2,41 @@
 only when the platform names the guest: in the signed token (`guest_token` claim: the
 guest's Studyhall session token), or with its API key (`link_guest`). Nothing else links them: never an email, a name or
 a device. Runs in the identity sign-in's transaction; the guest's tokens are revoked
-with it, and their sockets closed once it commits (`close_guest_sockets`).
+with it, and their sockets closed once it commits (`Carried.sockets`, handlers/disconnects.py).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from handlers import disconnects
 from handlers.auth import hash_token
 from handlers.core import Core
+from handlers.disconnects import Disconnects
 from handlers.errors import ApiError
 from handlers.platform.keys import AppActor
-from storage import audit, carryover, connections, identities
+from storage import audit, carryover, identities
 from storage.carryover import Moved
 
-__all__ = ["Moved", "carry_over", "close_guest_sockets", "link_guest"]
+__all__ = ["Carried", "Moved", "carry_over", "link_guest"]
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Carried:
+    moved: Moved
+    sockets: Disconnects  # the guest's, to close once the transaction commits
+
+
 async def carry_over(
     conn: Any, *, guest_token: str, user_id: UUID, app_id: UUID, ip: str | None, extra: dict[str, Any] | None = None,
-) -> Moved | None:
-    """Move the guest's data to `user_id`: what moved, with the guest's revoked token ids;
-    None when the token names no live guest (nothing moves)."""
+) -> Carried | None:
+    """Move the guest's data to `user_id`: what moved, and the guest's sockets (their
+    tokens are revoked); None when the token names no live guest (nothing moves)."""
     guest_id = await carryover.lock_guest_by_token(conn, hash_token(guest_token))
     if guest_id is None or guest_id == user_id:
         log.info("guest carry-over skipped: the guest_token names no live guest", extra={"app_id": str(app_id)})
@@ -38,7 +47,7 @@ async def carry_over(
         details={"app_id": str(app_id), "memberships": moved.memberships, "conversations": moved.conversations,
                  "messages": moved.messages, "tickets": moved.tickets, **(extra or {})},
     )
-    return moved
+    return Carried(moved, await disconnects.of_tokens(conn, moved.tokens_revoked))
 
 
 async def link_guest(core: Core, app: AppActor, sub: str, guest_token: str, *, ip: str | None) -> dict[str, Any]:
@@ -51,21 +60,12 @@ async def link_guest(core: Core, app: AppActor, sub: str, guest_token: str, *, i
         known = await identities.get(conn, app.app_id, sub)
         if known is None:
             raise ApiError("not_found", "This app has no user with this sub.")
-        moved = await carry_over(conn, guest_token=guest_token, user_id=known.user_id, app_id=app.app_id, ip=ip,
-                                 extra={"key_id": str(app.key_id), "via": "api_key"})
-        if moved is None:
+        carried = await carry_over(conn, guest_token=guest_token, user_id=known.user_id, app_id=app.app_id, ip=ip,
+                                   extra={"key_id": str(app.key_id), "via": "api_key"})
+        if carried is None:
             raise ApiError("not_found", "No live guest has this token.")
-    await close_guest_sockets(core, moved.tokens_revoked)
+    await disconnects.close(core, carried.sockets)
+    moved = carried.moved
     return {"sub": sub, "user_id": str(known.user_id), "moved": {
         "memberships": moved.memberships, "conversations": moved.conversations, "messages": moved.messages,
         "tickets": moved.tickets}}
-
-
-async def close_guest_sockets(core: Core, token_ids: list[UUID]) -> None:
-    """After the commit: the revoked guest's sockets close on every instance."""
-    if not token_ids:
-        return
-    async with core.db.connection() as conn:
-        sids = await connections.sids_for_token(conn, token_ids)
-    await core.events.disconnect_tokens(token_ids)
-    await core.events.disconnect_sids(sids)

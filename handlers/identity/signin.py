@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from handlers import signin_limits
+from handlers import disconnects, signin_limits
 from handlers.auth import hash_token
 from handlers.core import Core
 from handlers.errors import ApiError
@@ -37,7 +37,7 @@ async def sign_in(
     """`{user, token}` like a password login; `unauthorized` with a short reason otherwise.
     `origin`: the browser's Origin header (`forbidden` when the app does not list it)."""
     await signin_limits.check(core, "login", ip)
-    carried: carryover.Moved | None = None
+    carried: carryover.Carried | None = None
     try:
         app, claims = await _verified(core, jwks, token, app_id)
         if not policy.origin_allowed(app, origin):
@@ -69,7 +69,7 @@ async def sign_in(
                                details={"reason": refused.reason})
         raise ApiError("unauthorized", refused.message) from None
     if carried is not None:
-        await carryover.close_guest_sockets(core, carried.tokens_revoked)
+        await disconnects.close(core, carried.sockets)
     # expires_at: when the session ends; a client refreshes a little before (auth:refresh).
     return {"user": user_row.public(), "token": session, "expires_at": expires}
 

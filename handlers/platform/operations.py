@@ -15,7 +15,7 @@ from uuid import UUID
 
 import asyncpg
 
-from handlers import knowledge, threads
+from handlers import disconnects, knowledge, threads
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.identity.subjects import Profile, map_subject
@@ -23,7 +23,7 @@ from handlers.pipeline import commit_message
 from handlers.platform import idempotency
 from handlers.platform.keys import AppActor
 from handlers.rooms import sessions
-from storage import app_users, audit, connections, conversations, identities, messages, users
+from storage import app_users, audit, conversations, identities, messages, users
 from storage import tickets as ticket_store
 from storage.records import Role
 
@@ -56,11 +56,8 @@ async def upsert_user(
             details=app.audit_details(sub=sub, created=subject.created, role=role),
         )
         # Open sockets carry the old role: closed below, they reconnect with the new one.
-        live = await users.live_token_ids(conn, user_id) if subject.role_changed else []
-        sids = await connections.sids_for_token(conn, live) if live else []
-    if subject.role_changed:
-        await core.events.disconnect_user(user_id)
-        await core.events.disconnect_sids(sids)
+        closing = await disconnects.of_user(conn, user_id) if subject.role_changed else None
+    await disconnects.close(core, closing)
     return {"user": subject.user.public(), "sub": sub, "created": subject.created, "deactivated": subject.deactivated}
 
 
@@ -76,18 +73,14 @@ async def set_active(core: Core, app: AppActor, sub: str, *, active: bool, ip: s
         known = await _user_of(conn, app, sub)
         await app_users.set_deactivated(conn, known.user_id, not active)
         revoked = [] if active else await users.revoke_user_tokens(conn, known.user_id)
-        sids = await connections.sids_for_token(conn, revoked) if revoked else []
+        closing = None if active else await disconnects.of_tokens(conn, revoked, user_id=known.user_id)
         await audit.record(
             conn, "platform.user.deactivate" if not active else "platform.user.reactivate", target_type="user",
             target_id=known.user_id, ip=ip, details=app.audit_details(sub=sub, tokens_revoked=len(revoked)),
         )
         row = await users.get_user(conn, known.user_id)
     assert row is not None
-    if not active:
-        # Every instance's sockets in memory first; the table's sids as a second net.
-        await core.events.disconnect_tokens(revoked)
-        await core.events.disconnect_user(known.user_id)
-        await core.events.disconnect_sids(sids)
+    await disconnects.close(core, closing)
     return {"user": row.public(), "sub": sub, "deactivated": not active}
 
 
