@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers.settings import Settings
+from server.cli_args import csv_list
 from server.logs import setup_logging
 from storage.records import Role
 
@@ -195,7 +196,7 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         questions = read_questions(Path(args.questions))
-        ks = [int(k) for k in args.k.split(",") if k.strip()]
+        ks = [int(k) for k in csv_list(args.k)]
         extra = [parse_weights(w, settings.retrieval.rrf_k) for w in args.weights]
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -106,7 +106,10 @@ async def _from_multipart(request: web.Request, limit: int) -> tuple[FileFields,
     return meta, file[0], file[1]
 
 
-async def _from_json(request: web.Request) -> NewDocument:
+async def read_document_json(request: web.Request) -> NewDocument:
+    """A document sent as JSON (staff's `POST /api/documents`, an app's `POST /api/platform/documents`).
+
+    Not `read_json`: a document may be far larger than other bodies."""
     # request.read() reads the whole body (StreamReader.read(n) may return only part of
     # it) and stops at the app's client_max_size, which is settings.knowledge.max_upload_bytes.
     raw = await request.read()
@@ -136,7 +139,7 @@ async def create_document(request: web.Request) -> web.Response:
             language=meta.language, course=meta.course, ip=client_ip(request),
         )
     else:
-        body = await _from_json(request)
+        body = await read_document_json(request)
         document, created = await knowledge.add_document(
             core, actor.user_id, title=body.title, content=body.content, source=body.source,
             language=body.language, course=body.course, ip=client_ip(request),

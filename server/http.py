@@ -154,10 +154,16 @@ def client_ip(request: web.Request) -> str | None:
     return trusted.client_address(request.remote, request.headers.getall("X-Forwarded-For", []))
 
 
-async def require_actor(request: web.Request, roles: tuple[str, ...] | None = None) -> Actor:
+def bearer_token(request: web.Request) -> str | None:
+    """The token of `Authorization: Bearer <token>` (the scheme in any case, RFC 9110); None
+    without one, or when the header is not printable ASCII. Session tokens, API keys and
+    the /metrics token all come this way."""
     header = header_ascii(request, "Authorization") or ""
-    token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    actor = await auth.authenticate(core_of(request), token)
+    return header[7:].strip() if header[:7].lower() == "bearer " else None
+
+
+async def require_actor(request: web.Request, roles: tuple[str, ...] | None = None) -> Actor:
+    actor = await auth.authenticate(core_of(request), bearer_token(request))
     if roles is not None and actor.role not in roles:
         raise ApiError("forbidden", "Your role may not do this.")
     return actor

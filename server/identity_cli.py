@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers.settings import Settings
+from server.cli_args import csv_list
 
 # server/cli.py's `_run_async`: run a coroutine function on a command-line Core.
 RunAsync = Callable[[Callable[[Any], Awaitable[int]], Settings], int]
@@ -34,10 +35,6 @@ def run_reporting(settings: Settings, action: Callable[[Any], Awaitable[int]], r
     return run_async(run, settings)
 
 
-def _csv(raw: str | None) -> list[str]:
-    return [p.strip() for p in (raw or "").split(",") if p.strip()]
-
-
 def cmd_app_create(args: argparse.Namespace, settings: Settings, *, run_async: RunAsync) -> int:
     from pydantic import ValidationError
 
@@ -54,7 +51,7 @@ def cmd_app_create(args: argparse.Namespace, settings: Settings, *, run_async: R
     fields: dict[str, Any] = {
         "name": args.name, "issuer": args.issuer, "audience": args.audience,
         "hs256_secrets": args.hs256_secret or [], "public_key": public_key, "jwks_url": args.jwks_url,
-        "algorithms": _csv(args.algorithms) or None, "roles": _csv(args.roles) or ["student"],
+        "algorithms": csv_list(args.algorithms) or None, "roles": csv_list(args.roles) or ["student"],
         "origins": args.origin or [], "require_identity": args.require_identity,
     }
     try:

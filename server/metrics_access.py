@@ -14,7 +14,7 @@ from functools import lru_cache
 
 from aiohttp import web
 
-from server.http import client_ip, header_ascii
+from server.http import bearer_token, client_ip
 from server.keys import SETTINGS
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -41,10 +41,8 @@ def address_allowed(address: str | None, setting: str) -> bool:
 def token_matches(request: web.Request, expected: str | None) -> bool:
     if not expected:
         return False
-    header = header_ascii(request, "Authorization") or ""
-    if not header.lower().startswith("bearer "):
-        return False
-    return hmac.compare_digest(header[7:].strip().encode(), expected.encode())
+    token = bearer_token(request)
+    return token is not None and hmac.compare_digest(token.encode(), expected.encode())
 
 
 def may_read_metrics(request: web.Request) -> bool:

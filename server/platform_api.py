@@ -24,9 +24,8 @@ from handlers.platform import keys, operations
 from handlers.platform.keys import AppActor
 from server import schemas as out
 from server.apidoc import QueryInt, QueryText, api
-from server.documents import NewDocument
-from server.documents import _from_json as document_from_json
-from server.http import client_ip, core_of, header_ascii, path_uuid, read_json, require_actor
+from server.documents import NewDocument, read_document_json
+from server.http import bearer_token, client_ip, core_of, header_ascii, path_uuid, read_json, require_actor
 from server.jsonutil import json_response
 from server.rooms import SessionType
 from server.validation import Content, IsoTime, Name, Payload, Storable, Title
@@ -111,14 +110,15 @@ async def rotate_key(request: web.Request) -> web.Response:
 
 async def require_app(request: web.Request) -> AppActor:
     """The app behind `Authorization: Bearer sh_live_…`; anything else is `unauthorized`."""
-    header = header_ascii(request, "Authorization") or ""
-    token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    token = bearer_token(request)
     if not keys.is_api_key(token):
         raise ApiError("unauthorized", "An API key is required (Authorization: Bearer sh_live_…).")
     return await keys.authenticate(core_of(request), token)
 
 
-def _sub(request: web.Request) -> str:
+def path_sub(request: web.Request) -> str:
+    """The app's user id from the path (`{sub}`); one that cannot be a sub is `not_found`,
+    like an unknown one."""
     sub = request.match_info["sub"]
     if not sub or len(sub) > 255:
         raise ApiError("not_found", "This app has no user with this sub.")
@@ -133,7 +133,7 @@ SUB = {"sub": {"type": "string", "minLength": 1, "maxLength": 255, "description"
 async def put_user(request: web.Request) -> web.Response:
     app = await require_app(request)
     body = await read_json(request, UserBody)
-    result = await operations.upsert_user(core_of(request), app, _sub(request), name=body.name, email=body.email,
+    result = await operations.upsert_user(core_of(request), app, path_sub(request), name=body.name, email=body.email,
                                           role=body.role, ip=client_ip(request))
     return json_response(result, status=201 if result["created"] else 200)
 
@@ -141,14 +141,14 @@ async def put_user(request: web.Request) -> web.Response:
 @api("Deactivate the app's user", ok=out.PlatformUser, auth="api_key", tag="platform", path=SUB)
 async def deactivate_user(request: web.Request) -> web.Response:
     app = await require_app(request)
-    return json_response(await operations.set_active(core_of(request), app, _sub(request), active=False,
+    return json_response(await operations.set_active(core_of(request), app, path_sub(request), active=False,
                                                      ip=client_ip(request)))
 
 
 @api("Reactivate the app's user", ok=out.PlatformUser, auth="api_key", tag="platform", path=SUB)
 async def reactivate_user(request: web.Request) -> web.Response:
     app = await require_app(request)
-    return json_response(await operations.set_active(core_of(request), app, _sub(request), active=True,
+    return json_response(await operations.set_active(core_of(request), app, path_sub(request), active=True,
                                                      ip=client_ip(request)))
 
 
@@ -157,7 +157,7 @@ async def reactivate_user(request: web.Request) -> web.Response:
 async def create_document(request: web.Request) -> web.Response:
     app = await require_app(request)
     app.require("documents:write")
-    body = await document_from_json(request)
+    body = await read_document_json(request)
     document, created = await operations.add_document(
         core_of(request), app, title=body.title, content=body.content, source=body.source, language=body.language,
         course=body.course, ip=client_ip(request),

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import uuid
 from functools import partial
 from typing import Any
 
 from handlers.settings import Settings
+from server.cli_args import csv_list, uuid_arg
 from server.identity_cli import RunAsync
 from server.identity_cli import run_reporting as _run
-
-
-def _uuid(raw: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not an id (a UUID)") from None
 
 
 def _describe(key: dict[str, Any]) -> str:
@@ -29,7 +22,7 @@ def _describe(key: dict[str, Any]) -> str:
 def cmd_key_create(args: argparse.Namespace, settings: Settings, *, run_async: RunAsync) -> int:
     from handlers.platform import keys
 
-    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    scopes = csv_list(args.scopes)
 
     async def work(core: Any) -> int:
         result = await keys.create(core, None, args.app_id, name=args.name or "", scopes=scopes)
@@ -86,19 +79,19 @@ def add_commands(app_sub: Any, run_async: RunAsync) -> None:
     key = app_sub.add_parser("key", help="API keys for a platform's backend (docs/integration.md)")
     key_sub = key.add_subparsers(dest="key_command", required=True)
     create = key_sub.add_parser("create", help="make a key; prints it once")
-    create.add_argument("app_id", type=_uuid)
+    create.add_argument("app_id", type=uuid_arg)
     create.add_argument("--scopes", required=True, help=f"comma-separated, among: {','.join(SCOPES)}")
     create.add_argument("--name", help="a label for people (which service holds the key)")
     create.set_defaults(func=partial(cmd_key_create, run_async=run_async))
     listing = key_sub.add_parser("list", help="list an app's keys (never the keys themselves)")
-    listing.add_argument("app_id", type=_uuid)
+    listing.add_argument("app_id", type=uuid_arg)
     listing.set_defaults(func=partial(cmd_key_list, run_async=run_async))
     revoke = key_sub.add_parser("revoke", help="revoke a key at once")
-    revoke.add_argument("app_id", type=_uuid)
-    revoke.add_argument("key_id", type=_uuid)
+    revoke.add_argument("app_id", type=uuid_arg)
+    revoke.add_argument("key_id", type=uuid_arg)
     revoke.set_defaults(func=partial(cmd_key_revoke, run_async=run_async))
     rotate = key_sub.add_parser("rotate", help="a new key with the same scopes; the old one works for --overlap-hours")
-    rotate.add_argument("app_id", type=_uuid)
-    rotate.add_argument("key_id", type=_uuid)
+    rotate.add_argument("app_id", type=uuid_arg)
+    rotate.add_argument("key_id", type=uuid_arg)
     rotate.add_argument("--overlap-hours", type=float, help="how long the old key keeps working (default 24; 0: stop now)")
     rotate.set_defaults(func=partial(cmd_key_rotate, run_async=run_async))

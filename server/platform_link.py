@@ -11,13 +11,12 @@ from typing import Annotated
 from aiohttp import web
 from pydantic import Field
 
-from handlers.errors import ApiError
 from handlers.identity import carryover
 from server import schemas as out
 from server.apidoc import api
 from server.http import client_ip, core_of, read_json
 from server.jsonutil import json_response
-from server.platform_api import SUB, require_app
+from server.platform_api import SUB, path_sub, require_app
 from server.validation import Payload, Storable
 
 
@@ -29,11 +28,9 @@ class LinkGuestBody(Payload):
      tag="platform", path=SUB)
 async def link_guest(request: web.Request) -> web.Response:
     app = await require_app(request)
-    sub = request.match_info["sub"]
-    if not sub or len(sub) > 255:
-        raise ApiError("not_found", "This app has no user with this sub.")
     body = await read_json(request, LinkGuestBody)
-    return json_response(await carryover.link_guest(core_of(request), app, sub, body.guest_token, ip=client_ip(request)))
+    return json_response(await carryover.link_guest(core_of(request), app, path_sub(request), body.guest_token,
+                                                    ip=client_ip(request)))
 
 
 def setup(app: web.Application) -> None:

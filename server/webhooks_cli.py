@@ -9,18 +9,11 @@ from __future__ import annotations
 import argparse
 from functools import partial
 from typing import Any
-from uuid import UUID
 
 from handlers.settings import Settings
+from server.cli_args import csv_list, uuid_arg
 from server.identity_cli import RunAsync
 from server.identity_cli import run_reporting as _run
-
-
-def _uuid(raw: str) -> UUID:
-    try:
-        return UUID(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an id: {raw!r}") from None
 
 
 def _endpoint_line(e: dict[str, Any]) -> str:
@@ -31,7 +24,7 @@ def _endpoint_line(e: dict[str, Any]) -> str:
 def cmd_create(args: argparse.Namespace, settings: Settings, *, run_async: RunAsync) -> int:
     from handlers.webhooks import endpoints
 
-    events = [p.strip() for p in args.events.split(",") if p.strip()]
+    events = csv_list(args.events)
 
     async def action(core: Any) -> int:
         result = await endpoints.create(core, None, app_id=args.app, url=args.url, events=events,
@@ -110,25 +103,25 @@ def add_commands(sub: Any, run_async: RunAsync) -> None:
     hook = sub.add_parser("webhook", help="webhook endpoints of apps and their deliveries (docs/webhooks.md)")
     hook_sub = hook.add_subparsers(dest="webhook_command", required=True)
     create = hook_sub.add_parser("create", help="add an endpoint; prints its signing secret once")
-    create.add_argument("--app", required=True, type=_uuid, help="the app id (studyhall app list)")
+    create.add_argument("--app", required=True, type=uuid_arg, help="the app id (studyhall app list)")
     create.add_argument("--url", required=True, help="http(s) URL that receives the POSTs")
     create.add_argument("--events", required=True, help="comma-separated event types, e.g. message.created,ticket.created")
     create.add_argument("--description")
     create.set_defaults(func=partial(cmd_create, run_async=run_async))
     listing = hook_sub.add_parser("list", help="list endpoints (with the reason a disabled one was disabled)")
-    listing.add_argument("--app", type=_uuid)
+    listing.add_argument("--app", type=uuid_arg)
     listing.set_defaults(func=partial(cmd_list, run_async=run_async))
     for name, func, what in (("delete", cmd_delete, "delete an endpoint and its deliveries"),
                              ("enable", cmd_enable, "enable an endpoint (its pending deliveries go out)"),
                              ("disable", cmd_enable, "disable an endpoint")):
         p = hook_sub.add_parser(name, help=what)
-        p.add_argument("endpoint", type=_uuid)
+        p.add_argument("endpoint", type=uuid_arg)
         p.set_defaults(func=partial(func, run_async=run_async))
     deliveries = hook_sub.add_parser("deliveries", help="recent deliveries: status, response code, latency, attempts")
-    deliveries.add_argument("endpoint", type=_uuid)
+    deliveries.add_argument("endpoint", type=uuid_arg)
     deliveries.add_argument("--status", choices=["pending", "succeeded", "failed"])
     deliveries.add_argument("--limit", type=int, default=20)
     deliveries.set_defaults(func=partial(cmd_deliveries, run_async=run_async))
     redeliver = hook_sub.add_parser("redeliver", help="send a delivery again under the same webhook-id")
-    redeliver.add_argument("delivery", type=_uuid)
+    redeliver.add_argument("delivery", type=uuid_arg)
     redeliver.set_defaults(func=partial(cmd_redeliver, run_async=run_async))
