@@ -41,8 +41,14 @@ async def database_url(settings: Settings) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def core_for_command(settings: Settings) -> AsyncIterator[Any]:
-    """A Core without a web server, for commands that run handlers (createuser, ingest)."""
+async def core_for_command(settings: Settings, *, webhooks: bool = False) -> AsyncIterator[Any]:
+    """A Core without a web server, for commands that run handlers (createuser, ingest).
+
+    `webhooks`: load which webhook events are subscribed, for a command whose changes emit
+    them (`createuser`, `demo`: user.created, conversation.created), so they reach the
+    outbox for a running server to deliver. Other commands (ingest, reindex, eval, app,
+    webhook) emit none and skip the read; without it `core.webhooks` is None and `emit`
+    writes nothing, so a command that comes to emit events must ask for it."""
     import uuid
 
     from handlers.core import Core
@@ -66,10 +72,9 @@ async def core_for_command(settings: Settings) -> AsyncIterator[Any]:
         limiter = RateLimiter(settings.cluster.redis_url, prefix=settings.cluster.redis_channel)
         try:
             core = Core(settings=settings, db=db, events=NoEvents(), instance_id=uuid.uuid4(), limiter=limiter)
-            # Webhook events a command causes (`createuser`: user.created) go to the outbox;
-            # a running server delivers them.
-            core.webhooks = subscriptions = Subscriptions(db)
-            await subscriptions.refresh()
+            if webhooks:
+                core.webhooks = subscriptions = Subscriptions(db)
+                await subscriptions.refresh()
             yield core
         finally:
             await limiter.close()
@@ -150,7 +155,7 @@ def cmd_createuser(args: argparse.Namespace, settings: Settings) -> int:
         return 1
 
     async def run() -> dict[str, Any]:
-        async with core_for_command(settings) as core:
+        async with core_for_command(settings, webhooks=True) as core:
             return await auth.create_user(
                 core, email=str(account.email), password=account.password, name=account.name, role=args.role
             )
@@ -164,9 +169,9 @@ def cmd_createuser(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _run_async(fn: Callable[[Any], Awaitable[int]], settings: Settings) -> int:
+def _run_async(fn: Callable[[Any], Awaitable[int]], settings: Settings, *, webhooks: bool = False) -> int:
     async def run() -> int:
-        async with core_for_command(settings) as core:
+        async with core_for_command(settings, webhooks=webhooks) as core:
             return await fn(core)
 
     return asyncio.run(run())
@@ -214,7 +219,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         print(render(report, page_base_url(settings)))
         return 0
 
-    return _run_async(run, settings)
+    return _run_async(run, settings, webhooks=True)  # its users and thread: user.created, conversation.created
 
 
 def page_base_url(settings: Settings) -> str:
