@@ -36,6 +36,7 @@ from server.http import error_middleware
 from server.keys import CORE, GATEWAY, METRICS, SETTINGS, SIO
 from server.lifecycle import LIFECYCLE, Lifecycle, close_transports, watch_embedded
 from server.metrics import Metrics
+from server.parse_errors import install as install_parse_errors
 from server.realtime import SocketEvents, create_sio
 from server.unavailable import bind_metrics
 from storage import connections
@@ -66,6 +67,7 @@ def create_app(settings: Settings) -> web.Application:
         trusted_proxies(settings.http.trusted_proxies)
     except ValueError as exc:
         raise SystemExit(f"STUDYHALL_TRUSTED_PROXIES: {exc}") from None
+    install_parse_errors()  # parser refusals get the protocol's error body too
     app = web.Application(
         middlewares=[error_middleware],
         client_max_size=max(settings.knowledge.max_upload_bytes, settings.http.max_body_bytes),
