@@ -34,13 +34,11 @@ async def lock_subject(conn: asyncpg.Connection, app_id: UUID, subject: str) -> 
     await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_CLASS, f"{app_id}:{subject}")
 
 
-async def get(conn: asyncpg.Connection, app_id: UUID, subject: str) -> IdentityRecord | None:
-    row = await conn.fetchrow(
-        """SELECT i.app_id, i.subject, i.user_id, i.email, i.avatar_url, i.courses, u.name, u.role, u.deactivated_at
-           FROM identities i JOIN users u ON u.id = i.user_id
-           WHERE i.app_id = $1 AND i.subject = $2""",
-        app_id, subject,
-    )
+_SELECT = """SELECT i.app_id, i.subject, i.user_id, i.email, i.avatar_url, i.courses, u.name, u.role, u.deactivated_at
+             FROM identities i JOIN users u ON u.id = i.user_id"""
+
+
+def _record(row: asyncpg.Record | None) -> IdentityRecord | None:
     if row is None:
         return None
     return IdentityRecord(
@@ -48,6 +46,10 @@ async def get(conn: asyncpg.Connection, app_id: UUID, subject: str) -> IdentityR
         avatar_url=row["avatar_url"], courses=tuple(row["courses"]), name=row["name"], role=row["role"],
         deactivated_at=row["deactivated_at"],
     )
+
+
+async def get(conn: asyncpg.Connection, app_id: UUID, subject: str) -> IdentityRecord | None:
+    return _record(await conn.fetchrow(f"{_SELECT} WHERE i.app_id = $1 AND i.subject = $2", app_id, subject))
 
 
 async def insert(
@@ -79,8 +81,8 @@ async def update_user(conn: asyncpg.Connection, user_id: UUID, *, name: str, rol
 
 
 async def for_user(conn: asyncpg.Connection, user_id: UUID) -> IdentityRecord | None:
-    row = await conn.fetchrow("SELECT app_id, subject FROM identities WHERE user_id = $1", user_id)
-    return await get(conn, row["app_id"], row["subject"]) if row else None
+    """The identity a user was made from (None for users who sign in otherwise)."""
+    return _record(await conn.fetchrow(f"{_SELECT} WHERE i.user_id = $1", user_id))
 
 
 # Used token ids -------------------------------------------------------------------------
