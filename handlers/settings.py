@@ -220,6 +220,10 @@ class ClusterSettings:
     redis_url: str | None = None
     # Socket.IO / Redis channel: instances sharing a Redis and a channel share users.
     redis_channel: str = "studyhall"
+    # "room": each Socket.IO room has its own sharded channel (SPUBLISH/SSUBSCRIBE) and an
+    # instance hears only the rooms its sockets are in; "single": every event on one channel
+    # that every instance hears (python-socketio's design; kept to measure against).
+    redis_channels: str = "room"
     # The longest a Redis publish or health ping may take before Redis counts as down.
     redis_timeout_seconds: float = 0.5
     # Publishes waiting for Redis, per instance; beyond it the oldest are dropped (clients resync).
@@ -409,6 +413,7 @@ class Settings:
             cluster=ClusterSettings(
                 redis_url=e.get("REDIS_URL") or None,
                 redis_channel=e.get("STUDYHALL_REDIS_CHANNEL") or cluster.redis_channel,
+                redis_channels=_choice(e, "STUDYHALL_REDIS_CHANNELS", cluster.redis_channels, ("room", "single")),
                 redis_timeout_seconds=_float(e, "STUDYHALL_REDIS_TIMEOUT", cluster.redis_timeout_seconds),
                 redis_publish_queue=_int(e, "STUDYHALL_REDIS_PUBLISH_QUEUE", cluster.redis_publish_queue),
                 instance_heartbeat_seconds=_float(e, "STUDYHALL_HEARTBEAT_SECONDS", cluster.instance_heartbeat_seconds),
