@@ -170,7 +170,7 @@ def create_manager(cluster: ClusterSettings) -> socketio.AsyncManager:
     if cluster.redis_url:
         manager = FastRedisFanout(cluster.redis_url, channel=cluster.redis_channel, redis_options=REDIS_OPTIONS)
         manager.configure(timeout=cluster.redis_timeout_seconds, queue_size=cluster.redis_publish_queue)
-        manager.configure_rooms(cluster.redis_channels)
+        manager.configure_rooms(cluster.redis_channels, cluster.redis_room_emit_limit)
         return manager
     return FastFanout()
 

@@ -56,7 +56,7 @@ def create_sio(settings: Settings) -> GuardedServer:
     elif cluster.redis_url:
         manager = QueuedRedisManager(cluster.redis_url, channel=cluster.redis_channel, redis_options=fanout.REDIS_OPTIONS)
         manager.configure(timeout=cluster.redis_timeout_seconds, queue_size=cluster.redis_publish_queue)
-        manager.configure_rooms(cluster.redis_channels)
+        manager.configure_rooms(cluster.redis_channels, cluster.redis_room_emit_limit)
     else:
         manager = socketio.AsyncManager()
     sio = GuardedServer(

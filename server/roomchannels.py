@@ -25,7 +25,10 @@ socket learns of a missed message by its seq, as after any gap.
 
 An emit to several rooms is published once per room; a socket in two of them would get it
 twice, so each copy carries an emit id and the receiving instance gives each socket an
-emit once (`RecentEmits`). Rooms keep their order (one channel, one publisher queue); two
+emit once (`RecentEmits`). An emit to more rooms than `STUDYHALL_REDIS_ROOM_EMIT_LIMIT`
+(a big group's message goes to every member's own room) is published once on the global
+channel instead: r copies, one per room, cost the fleet more than one copy per instance
+once r passes the number of instances. Rooms keep their order (one channel, one publisher queue); two
 rooms' events may interleave differently on a Cluster (different shards), which clients
 already handle (everything carries a seq).
 """
@@ -145,8 +148,9 @@ class RoomChannels:
     health: Any
     _own_marker: bytes
 
-    def configure_rooms(self, mode: str) -> None:
+    def configure_rooms(self, mode: str, emit_limit: int = 16) -> None:
         self.room_mode = mode == "room"
+        self.emit_limit = max(1, emit_limit)
         self.subscriptions = Subscriptions()
         self.recent = RecentEmits()
         self._emit_ids = itertools.count(1)
@@ -167,6 +171,9 @@ class RoomChannels:
             return super()._route(data)  # type: ignore[misc]
         namespace = data.get("namespace") or "/"
         names = [room] if isinstance(room, str) else list(room)
+        if len(names) > self.emit_limit:
+            # A big group: one copy to every instance is cheaper than one per member's room.
+            return super()._route(data)  # type: ignore[misc]
         sids = [r for r in names if SID_SHAPE.fullmatch(r)]
         rooms = [r for r in names if not SID_SHAPE.fullmatch(r)]
         out: list[Publication] = []

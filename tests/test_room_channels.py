@@ -281,3 +281,57 @@ async def test_join_while_messages_are_in_flight_misses_nothing(start_instance, 
             assert missing == [], f"messages committed while the student joined never reached it: {missing}"
             assert history and max(history) < last, "the join happened while messages were flowing"
             await api.close_sockets()
+
+
+async def test_an_emit_to_several_rooms_reaches_each_socket_once(start_instance, redis_url, db) -> None:
+    """An agent's socket is in its own user room and in the staff room. An event for both
+    rooms, sent from another instance, comes over two room channels; the agent gets it once.
+    A third instance, with nobody in either room, receives neither copy."""
+    from handlers.events import STAFF_ROOM, user_room
+    from tests.ticket_helpers import core_of
+
+    one, two, three = await _three(start_instance, redis_url, "room")
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, one.url)
+        agent = await api.staff(db, "agent")
+        bystander = await api.register("By")
+        ag = await api.socket(agent, url=two.url)
+        await api.socket(bystander, url=three.url)
+        await asyncio.sleep(0.2)
+        before = await redis_counters(session, three)
+        for i in range(3):
+            await core_of(one).events.to_rooms([user_room(agent.id), STAFF_ROOM], "ticket:note", {"n": i})
+        await ag.wait_for("ticket:note", lambda d: d["n"] == 2)
+        await asyncio.sleep(0.3)
+        assert [d["n"] for d in ag.received("ticket:note")] == [0, 1, 2], "one copy each, in order"
+        two_counters = await redis_counters(session, two)
+        assert two_counters['studyhall_redis_received_total{channel="room"}'] >= 6, "both rooms' copies came"
+        assert heard(await redis_counters(session, three)) == heard(before)
+        await api.close_sockets()
+
+
+async def test_an_emit_to_more_rooms_than_the_limit_goes_once_to_every_instance(start_instance, redis_url) -> None:
+    """Past STUDYHALL_REDIS_ROOM_EMIT_LIMIT rooms, one copy on the global channel is cheaper
+    than one per room: members still get the message once, and every instance hears it."""
+    one, two, three = await _three(start_instance, redis_url, "room", cluster__redis_room_emit_limit=2)
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, one.url)
+        a, b, d, c = [await api.register(n) for n in ("Ana", "Bob", "Dee", "Cy")]
+        sa = await api.socket(a, url=one.url)
+        sb = await api.socket(b, url=two.url)
+        sd = await api.socket(d, url=two.url)
+        await api.socket(c, url=three.url)
+        group = (await sa.ok("conversation:create", {"kind": "group", "title": "G", "member_ids": [b.id, d.id]}))["conversation"]
+        await asyncio.sleep(0.3)
+        before = await redis_counters(session, three)
+        await sa.ok("message:send", {"conversation_id": group["id"], "content": "to all three", "client_id": "x"})
+        for sock in (sb, sd):
+            await sock.wait_for("message:new", lambda m: m["message"]["content"] == "to all three")
+        await asyncio.sleep(0.3)
+        for sock in (sb, sd):
+            assert len([m for m in sock.received("message:new") if m["message"]["content"] == "to all three"]) == 1
+        after = await redis_counters(session, three)
+        assert after['studyhall_redis_received_total{channel="global"}'] - \
+            before.get('studyhall_redis_received_total{channel="global"}', 0) == 1
+        assert emits(after, "ignored") - emits(before, "ignored") == 1
+        await api.close_sockets()
