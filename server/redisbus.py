@@ -121,6 +121,7 @@ class ResilientRedis:
         self._probe_seq = 0
         self._closed = False
         self._own_marker = f'"host_id":"{self.host_id}"'.encode()
+        self._server_checked = False
 
     @property
     def metrics(self) -> Metrics | None:
@@ -254,6 +255,10 @@ class ResilientRedis:
     def _listener_lost(self) -> None:
         """Hook: the listener's connection (and every subscription on it) is gone."""
 
+    async def _check_server(self) -> bool:
+        """Hook: once Redis answers, check it can do what this manager needs; False: ask again."""
+        return True
+
     def _shard_message(self, message: dict[str, Any]) -> bytes | None:
         """Hook: a sharded message or confirmation; returns an event for python-socketio."""
         return None
@@ -335,7 +340,10 @@ class ResilientRedis:
         """Probe every `interval`; after an outage, tell local sockets to resync."""
         try:
             while True:
-                if await self.probe() and self.health.report_up():
+                answered = await self.probe()
+                if answered and not self._server_checked:
+                    self._server_checked = await self._check_server()
+                if answered and self.health.report_up():
                     await sio.emit("resync", {"reason": "fanout_restored"}, ignore_queue=True)
                 await asyncio.sleep(interval)
         finally:

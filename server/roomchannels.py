@@ -190,6 +190,25 @@ class RoomChannels:
             out.append((room_channel(self.channel, namespace, r), b'{"room":' + dumps_bytes(r) + b"," + tail, True))
         return out
 
+    async def _check_server(self) -> bool:
+        """Sharded pub/sub needs Redis 7: on an older server, say so once and use the one
+        channel (every instance sharing that Redis decides the same)."""
+        if not self.room_mode:
+            return True
+        try:
+            info = await asyncio.wait_for(self.client().info("server"), self.timeout * 2)  # type: ignore[attr-defined]
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return False  # asked again after the next probe
+        version = str(info.get("redis_version", "0"))
+        if int(version.split(".")[0] or 0) < 7:
+            log.error("Redis %s has no sharded pub/sub (7.0 or later): room channels are off, every event goes "
+                      "on the one channel (STUDYHALL_REDIS_CHANNELS=single)", version)
+            self.room_mode = False
+            self.subscriptions.wanted.clear()
+        return True
+
     # --- local membership -> subscriptions --------------------------------------------
 
     def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: Any = None) -> None:
@@ -238,7 +257,7 @@ class RoomChannels:
         """Send what changed on the listener's connection. Without a listening connection
         nothing is sent: the listener subscribes everything wanted when it (re)connects."""
         async with self._subscribe_lock:
-            if not self.listening or self.pubsub is None:
+            if not self.room_mode or not self.listening or self.pubsub is None:
                 return
             drop, add = self.subscriptions.changes()
             self._gauge()
