@@ -7,7 +7,7 @@ the measured constants turn them into the load on each part of a fleet (docs/sca
 
     .venv/bin/python bench/capacity_sim.py --users 10000 --instances 8 --pg-cores 4
     .venv/bin/python bench/capacity_sim.py --size 10000 100000 1000000     # smallest fleet per size
-    .venv/bin/python bench/capacity_sim.py --size 1000000 --fanout targeted # after issue 17's fan-out work
+    .venv/bin/python bench/capacity_sim.py --size 1000000 --fanout targeted # per-room channels (issue 17, the default)
 
 A part at 100% or more of its capacity "breaks"; sizing keeps every part under TARGET.
 """
@@ -39,7 +39,8 @@ C: dict[str, Constant] = {
     "delivery_cpu": Constant(15e-6, "instance CPU s per event delivered to one socket (encode-once fan-out)",
                              "docs/performance.md#live-rooms-benchrooms_benchpy: 14-17 µs per delivery, 1 instance"),
     "receive_cpu": Constant(34.5e-6, "instance CPU s per Redis event received for nobody on it",
-                            "bench/capacity_probe.py --part instance: 'instance receive cost'"),
+                            "bench/capacity_probe.py --part instance: 'instance receive cost' at 2,500 events/s; "
+                            "bench/cluster_bench.py measured ~100 µs at 360 events/s (one per wake-up), a low-rate bound"),
     "event_bytes": Constant(688, "bytes per event on Redis (a message:new as published)",
                             "bench/capacity_probe.py --part instance: payload size it prints"),
     "socket_kb": Constant(31, "instance resident KB per connected websocket (no deflate)",
