@@ -18,6 +18,7 @@ from redis import asyncio as aioredis
 
 from storage.embedded import free_port
 from tests.client import Api, Instance, Socket
+from tests.services import RedisServer
 from tests.ticket_helpers import escalate, tutor_conversation
 
 pytestmark = pytest.mark.cluster
@@ -70,12 +71,13 @@ async def _eventually(check: Any, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize("mode", ["room", "single"])
-async def test_threads_reach_members_and_only_their_instances(start_instance, redis_url, mode) -> None:
+@pytest.mark.parametrize("mode,fanout", [("room", "fast"), ("room", "stock"), ("single", "fast")])
+async def test_threads_reach_members_and_only_their_instances(start_instance, redis_url, mode, fanout) -> None:
     """Direct and group threads across three instances; the third holds nobody in them.
-    With room channels it receives nothing at all while they talk; with the single channel
+    With room channels it receives nothing at all while they talk (with the encode-once
+    delivery or python-socketio's own, STUDYHALL_FANOUT=stock); with the single channel
     (python-socketio's design, kept as the baseline) it receives every event and ignores it."""
-    one, two, three = await _three(start_instance, redis_url, mode)
+    one, two, three = await _three(start_instance, redis_url, mode, gateway__fanout=fanout)
     async with aiohttp.ClientSession() as session:
         api = Api(session, one.url)
         a, b, d, c = [await api.register(n) for n in ("Ana", "Bob", "Dee", "Cy")]
@@ -335,3 +337,41 @@ async def test_an_emit_to_more_rooms_than_the_limit_goes_once_to_every_instance(
             before.get('studyhall_redis_received_total{channel="global"}', 0) == 1
         assert emits(after, "ignored") - emits(before, "ignored") == 1
         await api.close_sockets()
+
+
+async def test_after_a_redis_restart_every_room_channel_is_subscribed_again(start_instance) -> None:
+    """Redis restarts (all subscriptions gone). Each instance's listener reconnects and
+    subscribes again to every room its sockets are in: later messages arrive live, without
+    the client asking `sync`, and the room channels are back in Redis."""
+    redis = RedisServer().start()
+    channel = f"restart-{uuid.uuid4().hex[:8]}"
+    try:
+        one = await start_instance(cluster__redis_url=redis.url, cluster__redis_channel=channel)
+        two = await start_instance(cluster__redis_url=redis.url, cluster__redis_channel=channel)
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, one.url)
+            a, b = await api.register("Ana"), await api.register("Bob")
+            sa = await api.socket(a, url=one.url)
+            sb = await api.socket(b, url=two.url)
+            conv = (await sa.ok("conversation:create", {"kind": "direct", "member_ids": [b.id]}))["conversation"]
+            await sb.wait_for("conversation:new")
+            b_channel = f"{channel}:room:/:user:{b.id}"
+            assert await shard_subscribers(redis.url, b_channel) == 1
+
+            await asyncio.to_thread(redis.restart, 0.5)
+
+            async def resubscribed() -> bool:
+                try:
+                    return await shard_subscribers(redis.url, b_channel) == 1
+                except Exception:
+                    return False
+            await _eventually(resubscribed, timeout=15)
+            await sb.wait_for("resync", timeout=10)  # what was published meanwhile is recovered by seq
+            for i in range(3):
+                await sa.ok("message:send", {"conversation_id": conv["id"], "content": f"after {i}", "client_id": f"r{i}"})
+            await sb.wait_for("message:new", lambda d: d["message"]["content"] == "after 2", timeout=10)
+            got = [d["message"]["content"] for d in sb.received("message:new")]
+            assert got == ["after 0", "after 1", "after 2"]
+            await api.close_sockets()
+    finally:
+        redis.stop()
