@@ -174,8 +174,8 @@ class RoomChannels:
         if len(names) > self.emit_limit:
             # A big group: one copy to every instance is cheaper than one per member's room.
             return super()._route(data)  # type: ignore[misc]
-        sids = [r for r in names if SID_SHAPE.fullmatch(r)]
-        rooms = [r for r in names if not SID_SHAPE.fullmatch(r)]
+        sids = [r for r in names if isinstance(r, str) and SID_SHAPE.fullmatch(r)]
+        rooms = [r for r in names if not (isinstance(r, str) and SID_SHAPE.fullmatch(r))]
         out: list[Publication] = []
         remote_sids = [s for s in sids if not self.is_sid_room(namespace, s)]  # type: ignore[attr-defined]
         if remote_sids:

@@ -375,3 +375,21 @@ async def test_after_a_redis_restart_every_room_channel_is_subscribed_again(star
             await api.close_sockets()
     finally:
         redis.stop()
+
+
+async def test_an_emit_to_one_socket_of_another_instance_goes_on_the_global_channel(start_instance, redis_url) -> None:
+    """python-socketio lets a server emit to any sid; nobody subscribes to a sid's own
+    channel, so an emit to a sid held elsewhere travels on the global channel and arrives."""
+    from server.keys import SIO
+
+    one, two, _ = await _three(start_instance, redis_url, "room")
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, one.url)
+        bob = await api.register("Bob")
+        sb = await api.socket(bob, url=two.url)
+        sid = sb.client.get_sid("/")
+        assert sid is not None
+        await one.app[SIO].emit("ticket:note", {"to": "one socket"}, to=sid)
+        got = await sb.wait_for("ticket:note", timeout=5)
+        assert got == {"to": "one socket"}
+        await api.close_sockets()
