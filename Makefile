@@ -64,7 +64,9 @@ BENCH_capacity    := bench/capacity_sim.py --size 10000 100000 1000000
 BENCH_capacity_probe := bench/capacity_probe.py --seconds 2 --sockets 200 --events 5000
 BENCH_conversation := bench/conversation_bench.py --members 10,100 --senders 1 --deliveries 2000,5000 --seconds 2 --workers 1
 BENCH_socket_memory := bench/socket_memory_bench.py --sockets 500 --settle 3 --workers 2
-BENCHES := abuse db_outage pdf_bomb rooms threads retrieval first_token ingest capacity capacity_probe conversation socket_memory
+# Four instances, per-room Redis channels against the one channel (docs/scaling.md#fan-out-per-room-channels).
+BENCH_cluster     := bench/cluster_bench.py --conversations 6 --messages 10 --idle 5
+BENCHES := abuse db_outage pdf_bomb rooms threads retrieval first_token ingest capacity capacity_probe conversation socket_memory cluster
 
 bench: $(VENV)/.installed ## list the benchmarks; `make bench B=rooms` runs one with small defaults
 ifeq ($(B),)

@@ -7,7 +7,7 @@ the measured constants turn them into the load on each part of a fleet (docs/sca
 
     .venv/bin/python bench/capacity_sim.py --users 10000 --instances 8 --pg-cores 4
     .venv/bin/python bench/capacity_sim.py --size 10000 100000 1000000     # smallest fleet per size
-    .venv/bin/python bench/capacity_sim.py --size 1000000 --fanout targeted # after issue 17's fan-out work
+    .venv/bin/python bench/capacity_sim.py --size 1000000 --fanout targeted # per-room channels (issue 17, the default)
 
 A part at 100% or more of its capacity "breaks"; sizing keeps every part under TARGET.
 """
@@ -39,7 +39,8 @@ C: dict[str, Constant] = {
     "delivery_cpu": Constant(15e-6, "instance CPU s per event delivered to one socket (encode-once fan-out)",
                              "docs/performance.md#live-rooms-benchrooms_benchpy: 14-17 µs per delivery, 1 instance"),
     "receive_cpu": Constant(34.5e-6, "instance CPU s per Redis event received for nobody on it",
-                            "bench/capacity_probe.py --part instance: 'instance receive cost'"),
+                            "bench/capacity_probe.py --part instance: 'instance receive cost' at 2,500 events/s; "
+                            "bench/cluster_bench.py measured ~100 µs at 360 events/s (one per wake-up), a low-rate bound"),
     "event_bytes": Constant(688, "bytes per event on Redis (a message:new as published)",
                             "bench/capacity_probe.py --part instance: payload size it prints"),
     "socket_kb": Constant(31, "instance resident KB per connected websocket (no deflate)",
@@ -72,6 +73,7 @@ C: dict[str, Constant] = {
                                      "bench/capacity_probe.py --part redis: (1/61,728 - 1/107,991) / 4 subscribers, same run"),
     "nic_bytes": Constant(1.25e9, "bytes/s out of one server", "ASSUMPTION: a 10 Gbit/s NIC, not measured here"),
 }
+ROOM_EMIT_LIMIT = 16  # server default (STUDYHALL_REDIS_ROOM_EMIT_LIMIT): wider emits go once to every instance
 TARGET = 0.7  # ASSUMPTION (policy): size every part to at most 70% at the peak hour, headroom for bursts
 # ============================================================================================
 
@@ -108,6 +110,7 @@ class Kind:
 
     rate: float  # events/s
     recipients: float
+    room: bool = False  # to one Socket.IO room (a class's chat, the staff room), else to each recipient's user room
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,11 +144,11 @@ def traffic(users: int, hour: int, burst: bool) -> Hour:
         classes = in_class * share / mean_size
         chat = classes * size * CLASS_CHAT_PER_MIN / 60
         sends += chat
-        kinds.append(Kind(chat, size))
+        kinds.append(Kind(chat, size, room=True))
         if burst:
             j = classes * size / (JOIN_MINUTES * 60)
             joins += j
-            kinds.append(Kind(j, size / 2))  # room:participant to everyone already in
+            kinds.append(Kind(j, size / 2, room=True))  # room:participant to everyone already in
     office = online * IN_OFFICE_HOURS[hour]
     office_msgs = office * OFFICE_PER_MIN / 60
     rest = online - in_class - office
@@ -160,7 +163,7 @@ def traffic(users: int, hour: int, burst: bool) -> Hour:
     kinds += [Kind(2 * questions, 1), Kind(questions * TUTOR_PIECES, 1)]
     tickets = questions * ESCALATIONS * SUPPORT_PEAK[hour]
     sends += tickets * AGENT_MESSAGES
-    kinds += [Kind(tickets * AGENT_MESSAGES, 2), Kind(tickets, 20)]  # replies; the queue to 20 agents
+    kinds += [Kind(tickets * AGENT_MESSAGES, 2), Kind(tickets, 20, room=True)]  # replies; the queue to 20 agents
     connects = online / (SESSION_MINUTES * 60)
     kinds.append(Kind(connects, 10))  # presence
     return Hour(hour, online, sends, tuple(kinds), reads, joins, connects, questions)
@@ -205,6 +208,18 @@ class Load:
         return max(self.parts().items(), key=lambda kv: kv[1])
 
 
+def room_channel_copies(e: Kind, instances: int) -> tuple[float, float]:
+    """(publishes, copies delivered by Redis) per event with per-room channels
+    (server/roomchannels.py): a room's event reaches each instance holding a member once; an
+    event for r users' rooms is published once per room, each copy reaching that user's
+    instance, unless r passes ROOM_EMIT_LIMIT, when one copy goes to every instance."""
+    if e.room:
+        return 1.0, instances_reached(e.recipients, instances)
+    if e.recipients > ROOM_EMIT_LIMIT:
+        return 1.0, float(instances)
+    return e.recipients, e.recipients
+
+
 def instances_reached(recipients: float, instances: int) -> float:
     """Instances holding at least one of `recipients` sockets spread evenly at random."""
     return instances * (1 - (1 - 1 / instances) ** recipients)
@@ -214,11 +229,14 @@ def load(h: Hour, fleet: Fleet) -> Load:
     n = fleet.instances
     local = (h.sends * k("send_cpu") + h.deliveries * k("delivery_cpu") + h.searches * k("tutor_cpu")
              + h.online * 2 / k("ping_seconds") * k("delivery_cpu")) / n
+    publishes = h.publishes
     if fleet.fanout == "broadcast":  # every instance subscribes to the one channel
         received = h.publishes * (n - 1) / n
         copies = h.publishes * n
-    else:  # only instances with a recipient hear an event
-        copies = sum(e.rate * instances_reached(e.recipients, n) for e in h.kinds)
+    else:  # per-room channels: only instances with a recipient hear an event
+        per_kind = [(e.rate, room_channel_copies(e, n)) for e in h.kinds]
+        publishes = sum(rate * p for rate, (p, _) in per_kind)
+        copies = sum(rate * c for rate, (_, c) in per_kind)
         received = copies / n * (n - 1) / n
     receive = received * k("receive_cpu")
     socket_kb = k("socket_kb") + (k("deflate_kb") if fleet.deflate else 0)
@@ -234,7 +252,7 @@ def load(h: Hour, fleet: Fleet) -> Load:
         pg_cpu, pg_reads, primary_reads = writes + reads, 0.0, reads
     primary_search = 0.0 if fleet.pg_replicas or fleet.vector_server else search
     shards = fleet.redis_shards if fleet.fanout == "targeted" else 1  # one channel lives on one shard
-    redis_cpu = (h.publishes * k("redis_publish") + copies * k("redis_per_subscriber")) / shards
+    redis_cpu = (publishes * k("redis_publish") + copies * k("redis_per_subscriber")) / shards
     return Load(
         instance_cpu=local + receive, instance_receive=receive, instance_mem=mem,
         pg_cpu=pg_cpu / (2 * pg_scale), pg_cpu_reads=primary_reads / (2 * pg_scale),

@@ -220,6 +220,14 @@ class ClusterSettings:
     redis_url: str | None = None
     # Socket.IO / Redis channel: instances sharing a Redis and a channel share users.
     redis_channel: str = "studyhall"
+    # "room": each Socket.IO room has its own sharded channel (SPUBLISH/SSUBSCRIBE) and an
+    # instance hears only the rooms its sockets are in; "single": every event on one channel
+    # that every instance hears (python-socketio's design; kept to measure against).
+    redis_channels: str = "room"
+    # With room channels, an emit to more rooms than this (a big group's message goes to each
+    # member's room) is published once on the global channel instead: r room copies cost more
+    # than one copy to each of n instances once r > n. Set it near the number of instances.
+    redis_room_emit_limit: int = 16
     # The longest a Redis publish or health ping may take before Redis counts as down.
     redis_timeout_seconds: float = 0.5
     # Publishes waiting for Redis, per instance; beyond it the oldest are dropped (clients resync).
@@ -409,6 +417,8 @@ class Settings:
             cluster=ClusterSettings(
                 redis_url=e.get("REDIS_URL") or None,
                 redis_channel=e.get("STUDYHALL_REDIS_CHANNEL") or cluster.redis_channel,
+                redis_channels=_choice(e, "STUDYHALL_REDIS_CHANNELS", cluster.redis_channels, ("room", "single")),
+                redis_room_emit_limit=_int(e, "STUDYHALL_REDIS_ROOM_EMIT_LIMIT", cluster.redis_room_emit_limit),
                 redis_timeout_seconds=_float(e, "STUDYHALL_REDIS_TIMEOUT", cluster.redis_timeout_seconds),
                 redis_publish_queue=_int(e, "STUDYHALL_REDIS_PUBLISH_QUEUE", cluster.redis_publish_queue),
                 instance_heartbeat_seconds=_float(e, "STUDYHALL_HEARTBEAT_SECONDS", cluster.instance_heartbeat_seconds),

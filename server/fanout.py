@@ -27,8 +27,8 @@ frame (clients dedupe by seq; nothing in the protocol depends on acks before eve
 Wiring (server/realtime.py's `create_sio`, the default; STUDYHALL_FANOUT=stock turns it
 off): the manager comes from `create_manager(settings.cluster)`, then `install(sio)` runs once
 after creating the server. With Redis the manager is python-socketio's AsyncRedisManager
-with this local step swapped in, so each instance still publishes once and delivers
-locally with the fast path.
+with this local step swapped in, so each instance publishes once per room (per-room
+channels, server/roomchannels.py) and delivers locally with the fast path.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from socketio import packet as sio_packet
 
 from handlers.settings import ClusterSettings
 from server.redisbus import ResilientRedis
+from server.roomchannels import RoomChannels
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +151,14 @@ class FastFanout(socketio.AsyncManager):
             await self.server._send_eio_packet(eio_sid, eio_pkt)
 
 
-class FastRedisFanout(ResilientRedis, socketio.AsyncRedisManager, FastFanout):
-    """AsyncRedisManager (publish once, deliver on every instance) with FastFanout's local step
-    and ResilientRedis's queued publishing (server/redisbus.py).
+class FastRedisFanout(RoomChannels, ResilientRedis, socketio.AsyncRedisManager, FastFanout):
+    """AsyncRedisManager (publish once per room channel, deliver on the instances that hold
+    the room's sockets: server/roomchannels.py) with FastFanout's local step and
+    ResilientRedis's queued publishing (server/redisbus.py).
 
-    MRO: ResilientRedis → AsyncRedisManager → AsyncPubSubManager → FastFanout → AsyncManager,
-    so the pub/sub manager's `super().emit` for local delivery lands in FastFanout.emit.
+    MRO: RoomChannels → ResilientRedis → AsyncRedisManager → AsyncPubSubManager → FastFanout →
+    AsyncManager, so the pub/sub manager's `super().emit` for local delivery lands in
+    FastFanout.emit, and RoomChannels sees every local room change first.
     """
 
 
@@ -167,6 +170,7 @@ def create_manager(cluster: ClusterSettings) -> socketio.AsyncManager:
     if cluster.redis_url:
         manager = FastRedisFanout(cluster.redis_url, channel=cluster.redis_channel, redis_options=REDIS_OPTIONS)
         manager.configure(timeout=cluster.redis_timeout_seconds, queue_size=cluster.redis_publish_queue)
+        manager.configure_rooms(cluster.redis_channels, cluster.redis_room_emit_limit)
         return manager
     return FastFanout()
 

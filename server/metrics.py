@@ -32,6 +32,24 @@ class Metrics:
         self.fanout_dropped = Counter(
             "studyhall_fanout_dropped_total", "Publishes to Redis dropped while it was down (clients resync)", registry=r
         )
+        # What Redis costs this instance (server/redisbus.py, server/roomchannels.py): with room
+        # channels, an instance with no socket in a conversation receives nothing for it.
+        self.redis_received = Counter(
+            "studyhall_redis_received_total", "Pub/sub messages received from Redis, by channel kind",
+            ["channel"], registry=r,
+        )
+        self.redis_received_bytes = Counter(
+            "studyhall_redis_received_bytes_total", "Pub/sub payload bytes received from Redis, by channel kind",
+            ["channel"], registry=r,
+        )
+        self.redis_emits = Counter(
+            "studyhall_redis_emits_total",
+            "Events received from Redis: delivered to a local socket, ignored (none here), or own (this instance's echo)",
+            ["outcome"], registry=r,
+        )
+        self.redis_room_channels = Gauge(
+            "studyhall_redis_room_channels", "Room channels this instance subscribes to", registry=r
+        )
         self.socket_notices = Counter(
             "studyhall_socket_notices_total", "Revocation notices applied to this instance's sockets", ["action"], registry=r
         )

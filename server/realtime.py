@@ -2,7 +2,8 @@
 
 With REDIS_URL the server uses python-socketio's AsyncRedisManager, which delivers to
 local sockets first and then publishes for the other instances; publishing is queued and
-never waits on Redis (server/redisbus.py). Redis is only a doorbell: a publish that fails
+never waits on Redis (server/redisbus.py), on each room's own channel, which only the
+instances holding that room's sockets hear (server/roomchannels.py). Redis is only a doorbell: a publish that fails
 is lost, so a watcher notices Redis outages and hangs and, when Redis is back, tells this
 instance's sockets to `resync` (recover by seq through `sync`).
 
@@ -55,6 +56,7 @@ def create_sio(settings: Settings) -> GuardedServer:
     elif cluster.redis_url:
         manager = QueuedRedisManager(cluster.redis_url, channel=cluster.redis_channel, redis_options=fanout.REDIS_OPTIONS)
         manager.configure(timeout=cluster.redis_timeout_seconds, queue_size=cluster.redis_publish_queue)
+        manager.configure_rooms(cluster.redis_channels, cluster.redis_room_emit_limit)
     else:
         manager = socketio.AsyncManager()
     sio = GuardedServer(

@@ -23,6 +23,13 @@ It also logs two errors per failed publish and one per listener retry.
 
 The same subscription also carries small notices of our own on `<channel>:notices` (see
 server/revocation.py), so a logout or ban acts on every instance's sockets in memory.
+
+Where an emit is published, and which channels the listener holds besides the global ones,
+is server/roomchannels.py's business (per-room sharded channels, the default); the hooks
+here (`_route`, `_listener_subscribed`, `_listener_lost`, `_shard_message`) are its seams.
+The publisher sends what is queued in batches (one pipeline, one round trip), which a
+group's emit published once per member's room needs. Every message received is counted
+per channel kind in `studyhall_redis_received_total` and `..._bytes_total`.
 """
 
 from __future__ import annotations
@@ -41,11 +48,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from server.metrics import Metrics
+from server.roomchannels import RoomChannels
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 1.0  # after a failed publish, drop without trying for this long
 LISTEN_RETRY_FIRST, LISTEN_RETRY_MAX = 0.25, 2.0  # listener resubscribe back-off
+
+PUBLISH_BATCH = 256  # queued publishes sent in one pipeline
 
 NoticeHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -100,7 +110,7 @@ class ResilientRedis:
         self.probe_channel = f"{self.channel}:probe:{self.host_id}"
         self.on_notice: NoticeHandler | None = None
         self.listening: bool | None = None  # None: the listener has not started
-        self._queue: deque[tuple[str, bytes | str]] = deque()
+        self._queue: deque[tuple[str, bytes | str, bool]] = deque()  # (channel, payload, sharded)
         self._queue_size = max(1, queue_size)
         self._wake = asyncio.Event()
         self._publisher_task: asyncio.Task[None] | None = None
@@ -110,6 +120,8 @@ class ResilientRedis:
         self._probes: dict[int, asyncio.Future[None]] = {}
         self._probe_seq = 0
         self._closed = False
+        self._own_marker = f'"host_id":"{self.host_id}"'.encode()
+        self._server_checked = False
 
     @property
     def metrics(self) -> Metrics | None:
@@ -127,24 +139,44 @@ class ResilientRedis:
 
     async def _publish(self, data: dict[str, Any]) -> None:
         """python-socketio's publish hook: queue, never wait."""
-        self._enqueue(self.channel, self.json.dumps(data))
+        for channel, payload, sharded in self._route(data):
+            self._enqueue(channel, payload, sharded)
+
+    def _route(self, data: dict[str, Any]) -> list[tuple[str, bytes | str, bool]]:
+        """Where a python-socketio message is published: here, the one global channel."""
+        return [(self.channel, self.json.dumps(data), False)]
 
     def publish_notice(self, notice: dict[str, Any]) -> None:
         self._enqueue(self.notice_channel, orjson.dumps({**notice, "origin": self.host_id}))
 
-    def _enqueue(self, channel: str, payload: bytes | str) -> None:
+    def _enqueue(self, channel: str, payload: bytes | str, sharded: bool = False) -> None:
         if len(self._queue) >= self._queue_size:
             self._queue.popleft()
             self._dropped()
-        self._queue.append((channel, payload))
+        self._queue.append((channel, payload, sharded))
         self._wake.set()
         if not self._closed and (self._publisher_task is None or self._publisher_task.done()):
             self._publisher_task = asyncio.get_running_loop().create_task(self._publisher(), name="redis-publisher")
 
-    def _dropped(self) -> None:
+    def _dropped(self, count: int = 1) -> None:
         self._lost = True
         if self.metrics is not None:
-            self.metrics.fanout_dropped.inc()
+            self.metrics.fanout_dropped.inc(count)
+
+    async def _send(self, batch: list[tuple[str, bytes | str, bool]]) -> None:
+        """PUBLISH or SPUBLISH each, in order; a batch in one pipeline (one round trip)."""
+        client = self.client()
+        if len(batch) == 1:
+            channel, payload, sharded = batch[0]
+            await (client.spublish(channel, payload) if sharded else client.publish(channel, payload))
+            return
+        pipe = client.pipeline(transaction=False)
+        for channel, payload, sharded in batch:
+            if sharded:
+                pipe.spublish(channel, payload)
+            else:
+                pipe.publish(channel, payload)
+        await pipe.execute()
 
     async def _publisher(self) -> None:
         while True:
@@ -152,16 +184,16 @@ class ResilientRedis:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            channel, payload = self._queue.popleft()
+            batch = [self._queue.popleft() for _ in range(min(PUBLISH_BATCH, len(self._queue)))]
             if time.monotonic() < self._retry_at:
-                self._dropped()
+                self._dropped(len(batch))
                 continue
             try:
-                await asyncio.wait_for(self.client().publish(channel, payload), self.timeout * 2)
+                await asyncio.wait_for(self._send(batch), self.timeout * 2)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._dropped()
+                self._dropped(len(batch))
                 self._retry_at = time.monotonic() + RETRY_SECONDS
                 self.health.report_down("publish", exc)
                 continue
@@ -171,7 +203,7 @@ class ResilientRedis:
                 resync = {"method": "emit", "event": "resync", "data": [{"reason": "fanout_restored"}],
                           "binary": False, "namespace": "/", "room": None, "skip_sid": None, "callback": None,
                           "host_id": self.host_id}
-                self._queue.appendleft((self.channel, self.json.dumps(resync)))
+                self._queue.appendleft((self.channel, self.json.dumps(resync), False))
 
     # --- listening --------------------------------------------------------------------
 
@@ -186,11 +218,13 @@ class ResilientRedis:
                 if not subscribed:
                     await self._close_pubsub()
                     self._redis_connect()  # type: ignore[attr-defined]
+                    self.pubsub.ignore_subscribe_messages = False  # room subscriptions wait for their confirmation
                     await asyncio.wait_for(
                         self.pubsub.subscribe(self.channel, self.notice_channel, self.probe_channel), self.timeout * 2
                     )
                     subscribed = True
                     self.listening = True
+                    await self._listener_subscribed()
                     retry = LISTEN_RETRY_FIRST
                 async for message in self.pubsub.listen():
                     yield message
@@ -199,6 +233,7 @@ class ResilientRedis:
             except Exception as exc:
                 subscribed = False
                 self.listening = False
+                self._listener_lost()
                 self.health.report_down("listen", exc)
                 log.debug("Redis listener retrying in %s s: %r", retry, exc)
                 await asyncio.sleep(retry)
@@ -214,20 +249,49 @@ class ResilientRedis:
                 except Exception:
                     pass
 
+    async def _listener_subscribed(self) -> None:
+        """Hook: the listener holds a new connection, subscribed to the global channels."""
+
+    def _listener_lost(self) -> None:
+        """Hook: the listener's connection (and every subscription on it) is gone."""
+
+    async def _check_server(self) -> bool:
+        """Hook: once Redis answers, check it can do what this manager needs; False: ask again."""
+        return True
+
+    def _shard_message(self, message: dict[str, Any]) -> bytes | None:
+        """Hook: a sharded message or confirmation; returns an event for python-socketio."""
+        return None
+
+    def _count(self, kind: str, size: int) -> None:
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.redis_received.labels(kind).inc()
+            metrics.redis_received_bytes.labels(kind).inc(size)
+
     async def _listen(self) -> AsyncIterator[bytes]:
         channel = self.channel.encode()
         notices = self.notice_channel.encode()
         probes = self.probe_channel.encode()
         async for message in self._redis_listen_with_retries():
             if message.get("type") != "message" or "data" not in message:
+                data = self._shard_message(message)
+                if data is not None:
+                    yield data
                 continue
             if message["channel"] == channel:
-                yield message["data"]
+                data = message["data"]
+                self._count("global", len(data))
+                if self._own_marker in data and self.metrics is not None and b'"method":"callback"' not in data:
+                    self.metrics.redis_emits.labels("own").inc()
+                yield data
             elif message["channel"] == probes:
+                self._count("probe", len(message["data"]))
                 waiter = self._probes.pop(int(message["data"]), None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
             elif message["channel"] == notices:
+                self._count("notices", len(message["data"]))
                 await self._handle_notice(message["data"])
 
     async def _handle_notice(self, raw: bytes) -> None:
@@ -276,7 +340,10 @@ class ResilientRedis:
         """Probe every `interval`; after an outage, tell local sockets to resync."""
         try:
             while True:
-                if await self.probe() and self.health.report_up():
+                answered = await self.probe()
+                if answered and not self._server_checked:
+                    self._server_checked = await self._check_server()
+                if answered and self.health.report_up():
                     await sio.emit("resync", {"reason": "fanout_restored"}, ignore_queue=True)
                 await asyncio.sleep(interval)
         finally:
@@ -297,5 +364,6 @@ class ResilientRedis:
                 pass
 
 
-class QueuedRedisManager(ResilientRedis, socketio.AsyncRedisManager):
-    """python-socketio's Redis manager with queued publishing (STUDYHALL_FANOUT=stock)."""
+class QueuedRedisManager(RoomChannels, ResilientRedis, socketio.AsyncRedisManager):
+    """python-socketio's Redis manager with queued publishing and room channels
+    (STUDYHALL_FANOUT=stock)."""

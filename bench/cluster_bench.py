@@ -1,0 +1,198 @@
+"""What each instance receives from Redis, per message, with per-room channels and without.
+
+    .venv/bin/python bench/cluster_bench.py [--conversations 30] [--messages 40] [--idle 20]
+        [--modes single,room] [--group 0]
+
+Starts its own PostgreSQL (embedded) and Redis, then for each mode (STUDYHALL_REDIS_CHANNELS
+= `single`: python-socketio's one channel that every instance hears; `room`: per-room
+sharded channels, server/roomchannels.py) four `studyhall serve` processes sharing them.
+Conversations are direct threads whose two members sit on two of the first three
+instances (pairs 1-2, 2-3, 3-1); the fourth instance holds `--idle` connected users who
+are in none of them (an instance with no member of any conversation). `--group N` adds one
+group of N members spread over instances 1 and 2 only.
+
+The load: each conversation's members take turns sending `--messages` messages, waiting
+for each ack (python-socketio clients in this process, all conversations at once). Then,
+per instance, from its /metrics (`studyhall_redis_*`) and /proc/<pid>/stat:
+
+  events and bytes received from Redis per message sent (probes excluded), how many of
+  those events were delivered to a local socket, ignored (no local recipient) or its own
+  echo, and the CPU the instance used over the load, in total and per message sent.
+
+The fourth instance's figures are the point: with one channel it receives every event and
+spends CPU on each; with room channels it receives nothing for these conversations. The
+machine's two cores are shared by the four instances, PostgreSQL, Redis and the clients:
+compare ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import socketio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.harness import cpu_seconds, start_servers, stop_servers, wait_up  # noqa: E402
+from bench.threads_bench import User, register_users  # noqa: E402
+from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
+from tests.services import RedisServer  # noqa: E402
+
+INSTANCES = 4
+PAIRS = ((0, 1), (1, 2), (2, 0))  # conversations never touch the fourth instance
+
+
+@dataclass
+class InstanceFigures:
+    events: float
+    bytes: float
+    delivered: float
+    ignored: float
+    own: float
+    cpu_s: float
+
+
+async def read_counters(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    async with session.get(url + "/metrics") as r:
+        text = await r.text()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("studyhall_redis_"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def received(c: dict[str, float], what: str) -> float:
+    return sum(v for k, v in c.items() if k.startswith(f"studyhall_redis_{what}{{") and 'channel="probe"' not in k)
+
+
+def outcome(c: dict[str, float], name: str) -> float:
+    return c.get(f'studyhall_redis_emits_total{{outcome="{name}"}}', 0.0)
+
+
+async def connect(user: User) -> socketio.AsyncClient:
+    sio = socketio.AsyncClient(reconnection=False)
+    await sio.connect(user.url, auth={"token": user.token}, transports=["websocket"], wait_timeout=10)
+    return sio
+
+
+async def run_mode(mode: str, args: argparse.Namespace, database_url: str, redis_url: str) -> dict[str, object]:
+    procs = start_servers(INSTANCES, database_url, redis_url,
+                          {"STUDYHALL_REDIS_CHANNEL": f"bench-{mode}", "STUDYHALL_REDIS_CHANNELS": mode})
+    try:
+        urls = [u for _, u in procs]
+        for url in urls:
+            await wait_up(url, attempts=1200)  # four instances starting at once on a loaded machine
+        # Users: two per conversation on its pair of instances, idle ones on the fourth.
+        members: list[tuple[User, User]] = []
+        for k in range(args.conversations):
+            i, j = PAIRS[k % len(PAIRS)]
+            a, b = await register_users([urls[i], urls[j]], 2)
+            members.append((a, b))
+        idle = await register_users([urls[3]], args.idle)
+        group = await register_users([urls[0], urls[1]], args.group) if args.group else []
+        clients: dict[str, socketio.AsyncClient] = {}
+        for u in [x for pair in members for x in pair] + idle + group:
+            clients[u.user_id] = await connect(u)
+        conversations = []
+        for a, b in members:
+            ack = await clients[a.user_id].call("conversation:create", {"kind": "direct", "member_ids": [b.user_id]})
+            conversations.append((ack["conversation"]["id"], [a, b]))
+        if group:
+            ack = await clients[group[0].user_id].call(
+                "conversation:create", {"kind": "group", "title": "bench", "member_ids": [u.user_id for u in group[1:]]})
+            conversations.append((ack["conversation"]["id"], group[:2]))  # two of them send
+        await asyncio.sleep(1.0)  # creation events and presence settle before counting
+
+        async with aiohttp.ClientSession() as session:
+            before = [await read_counters(session, u) for u in urls]
+            cpu_before = [cpu_seconds(p.pid) for p, _ in procs]
+            started = time.perf_counter()
+
+            async def talk(cid: str, senders: list[User]) -> int:
+                sent = 0
+                for n in range(args.messages):
+                    sender = senders[n % len(senders)]
+                    ack = await clients[sender.user_id].call(
+                        "message:send", {"conversation_id": cid, "content": f"bench message {n} " + "x" * 80,
+                                         "client_id": f"c{n}"}, timeout=30)
+                    sent += bool(ack.get("ok"))
+                return sent
+
+            sent = sum(await asyncio.gather(*(talk(cid, s) for cid, s in conversations)))
+            elapsed = time.perf_counter() - started
+            await asyncio.sleep(1.0)  # the last events reach every instance
+            cpu_after = [cpu_seconds(p.pid) for p, _ in procs]
+            after = [await read_counters(session, u) for u in urls]
+        for sio in clients.values():
+            await sio.disconnect()
+    finally:
+        stop_servers(procs)
+    figures = []
+    for b, a, c0, c1 in zip(before, after, cpu_before, cpu_after):
+        figures.append(InstanceFigures(
+            events=received(a, "received_total") - received(b, "received_total"),
+            bytes=received(a, "received_bytes_total") - received(b, "received_bytes_total"),
+            delivered=outcome(a, "delivered") - outcome(b, "delivered"),
+            ignored=outcome(a, "ignored") - outcome(b, "ignored"),
+            own=outcome(a, "own") - outcome(b, "own"),
+            cpu_s=c1 - c0,
+        ))
+    return {"mode": mode, "sent": sent, "elapsed": elapsed, "instances": figures}
+
+
+def report(results: list[dict[str, object]]) -> None:
+    print()
+    print("| mode | instance | members there | events / msg | bytes / msg | delivered / ignored / own (per msg) "
+          "| CPU s | CPU µs / msg |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        sent = max(1, int(r["sent"]))  # type: ignore[call-overload]
+        for n, f in enumerate(r["instances"], start=1):  # type: ignore[attr-defined]
+            print(f"| {r['mode']} | {n} | {'none (idle users only)' if n == 4 else 'some conversations'} "
+                  f"| {f.events / sent:.2f} | {f.bytes / sent:,.0f} "
+                  f"| {f.delivered / sent:.2f} / {f.ignored / sent:.2f} / {f.own / sent:.2f} "
+                  f"| {f.cpu_s:.2f} | {f.cpu_s / sent * 1e6:,.0f} |")
+    for r in results:
+        print(f"{r['mode']}: {r['sent']:,} messages in {r['elapsed']:.1f} s "  # type: ignore[str-format]
+              f"({int(r['sent']) / r['elapsed']:,.0f} msg/s)")  # type: ignore[call-overload, operator]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--conversations", type=int, default=30)
+    parser.add_argument("--messages", type=int, default=40, help="messages per conversation")
+    parser.add_argument("--idle", type=int, default=20, help="connected users on the fourth instance")
+    parser.add_argument("--group", type=int, default=0, help="add one group of N members on instances 1 and 2")
+    parser.add_argument("--modes", default="single,room")
+    args = parser.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="studyhall-bench-pg-")), port=free_port())
+    os.chmod(pg.data_dir, 0o755)
+    database_url = await asyncio.to_thread(pg.start)
+    redis = RedisServer().start()
+    print(f"load average {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
+    results = []
+    try:
+        for mode in modes:
+            results.append(await run_mode(mode, args, database_url, redis.url))
+            print(f"{mode} done", flush=True)
+    finally:
+        redis.stop()
+        pg.destroy()
+    report(results)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
