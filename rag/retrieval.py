@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +31,15 @@ RRF_K = 60
 # How often `reindex` embeds chunks added while it ran before it gives up switching.
 SWITCH_ATTEMPTS = 20
 RETRIEVAL_MODES = ("hybrid", "vector", "text")
+# How long an instance trusts its last read of the active model. Every search used to read
+# it (a round trip and a pool checkout per question, each question of `studyhall eval`
+# too). A switch made by `studyhall reindex` on another instance still takes effect at
+# once: it moves every chunk to the new model in one transaction, so a vector query under
+# the remembered model finds nothing, and then search reads the model again and retries
+# (`search_scored`). The TTL bounds what that cannot see (a new document embedded by the
+# old model, which ingestion reads from here too; inserts read the model under a lock, so
+# nothing is stored under the wrong one: storage/documents.py `insert_document`).
+ACTIVE_MODEL_TTL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,7 @@ class KnowledgeBase:
         limits: DocumentLimits | None = None,
         resolve: Callable[[str], Embedder | None] = embedder_for_name,
         fusion: Fusion | None = None,
+        active_model_ttl: float = ACTIVE_MODEL_TTL_S,
     ) -> None:
         self.db = db
         self.fusion = fusion or Fusion()
@@ -193,6 +204,8 @@ class KnowledgeBase:
         self.max_tokens = max_tokens
         self.overlap_tokens = overlap_tokens
         self.embed_batch = embed_batch
+        self.active_model_ttl = active_model_ttl
+        self._active: tuple[store.ActiveModel, float] | None = None  # and when it was read
 
     async def _embed(self, texts: list[str], embedder: Embedder | None = None) -> list[list[float]]:
         embedder = embedder or self.embedder
@@ -201,13 +214,20 @@ class KnowledgeBase:
             vectors.extend(await embedder.embed(texts[first:first + self.embed_batch]))
         return vectors
 
-    async def active_model(self) -> store.ActiveModel:
-        """The model search uses (read each time: another instance may have switched it).
-        A knowledge base that never had one takes the configured model."""
+    async def active_model(self, *, fresh: bool = False) -> store.ActiveModel:
+        """The model search uses. A knowledge base that never had one takes the configured model.
+
+        Read from the database at most every `active_model_ttl` seconds (another instance
+        may switch it: see ACTIVE_MODEL_TTL_S); `fresh` reads it now, for decisions that
+        must not act on a stale value (reindex, startup checks)."""
+        now = time.monotonic()
+        if not fresh and self._active is not None and now - self._active[1] < self.active_model_ttl:
+            return self._active[0]
         async with self.db.connection() as conn:
             active = await store.get_active_model(conn)
             if active is None:
                 active = await store.claim_active_model(conn, self.embedder.name, self.embedder.dim)
+        self._active = (active, now)
         return active
 
     async def embedder_for(self, model: str) -> Embedder | None:
@@ -238,9 +258,24 @@ class KnowledgeBase:
         `DocumentTooLarge` past the text or chunk caps (`self.limits`)."""
         self.limits.check_text(len(text))
         text = normalize_text(text)
+        return await self._store(title, text, content_hash(text), source=source, language=language,
+                                 course=course, created_by=created_by)
+
+    async def _store(
+        self,
+        title: str | None,
+        text: str,
+        digest: str,
+        *,
+        source: str | None,
+        language: str | None,
+        course: str | None,
+        created_by: UUID | None,
+    ) -> tuple[store.DocumentRow, bool]:
+        """Chunk, embed and insert text that is normalised already, with its hash: an
+        extracted file arrives so (`Extracted`), and hashing a large text twice is waste."""
         if not text:
             raise EmptyDocument("the document has no text")
-        digest = content_hash(text)
         async with self.db.connection() as conn:
             existing = await store.get_document_by_hash(conn, digest)
         if existing is not None:
@@ -289,8 +324,11 @@ class KnowledgeBase:
         if not filename:
             raise ValueError("filename is needed to tell the file type of raw bytes")
         extracted = await asyncio.to_thread(extract, data, filename, self.limits)  # pypdf can be slow
-        return await self.ingest_text(
-            title or extracted.title, extracted.text, source=source or filename,
+        self.limits.check_text(len(extracted.text))
+        # Extraction normalised and hashed the text: stored as it is (normalising is idempotent,
+        # tests/test_extract.py), not normalised and hashed again.
+        return await self._store(
+            title or extracted.title, extracted.text, extracted.content_hash, source=source or filename,
             language=language, course=course, created_by=created_by,
         )
 
@@ -328,17 +366,27 @@ class KnowledgeBase:
             if not fusion.uses_vector:
                 return []
             active = await self.active_model()
-            embedder = await self.embedder_for(active.model)
-            if embedder is None:
-                return []
-            [query_vector] = await embedder.embed([q])
-            used.update(embedder=embedder, vector=query_vector)
-            if not any(query_vector):  # an all-zero query (only stopwords) has no direction
-                return []
-            async with self.db.connection() as conn:
-                return await store.search_vector(
-                    conn, query_vector, model=active.model, dim=active.dim, k=candidates, course=course,
-                )
+            for attempt in range(2):
+                embedder = await self.embedder_for(active.model)
+                hits: list[store.ChunkHit] = []
+                if embedder is not None:
+                    [query_vector] = await embedder.embed([q])
+                    used.update(embedder=embedder, vector=query_vector)
+                    if not any(query_vector):  # an all-zero query (only stopwords) has no direction
+                        return []
+                    async with self.db.connection() as conn:
+                        hits = await store.search_vector(
+                            conn, query_vector, model=active.model, dim=active.dim, k=candidates, course=course,
+                        )
+                if hits or attempt:
+                    return hits
+                # Nothing under the model this instance remembers: a switch elsewhere empties
+                # the old model's rows at once, so look again now rather than after the TTL.
+                if (current := await self.active_model(fresh=True)) == active:
+                    return hits
+                active = current
+                used.clear()
+            return []
 
         vector_search = asyncio.ensure_future(nearest())
         try:
@@ -359,7 +407,7 @@ class KnowledgeBase:
     async def ensure_index(self) -> str:
         """Create the HNSW indexes of the active and the configured model if missing (cheap
         when they exist); returns the configured model's index name."""
-        active = await self.active_model()
+        active = await self.active_model(fresh=True)
         async with self.db.connection() as conn:
             if active.model != self.embedder.name:
                 await store.ensure_vector_index(conn, active.model, active.dim)
@@ -383,7 +431,7 @@ class KnowledgeBase:
         total = await self.pending_reindex()
         done = 0
         for _ in range(SWITCH_ATTEMPTS):
-            active = await self.active_model()
+            active = await self.active_model(fresh=True)
             in_place = active.model == target.name
             after: UUID | None = None
             while True:
@@ -406,6 +454,7 @@ class KnowledgeBase:
                 # The index first, while the model has no rows in `chunks`: the switch fills it.
                 await store.ensure_vector_index(conn, target.name, target.dim)
                 if await store.switch_active_model(conn, target.name, target.dim) == 0:
+                    self._active = (store.ActiveModel(target.name, target.dim), time.monotonic())
                     if not in_place:
                         log.info("embedding model switched", extra={"from": active.model, "to": target.name})
                     return done

@@ -449,3 +449,61 @@ async def test_two_servers_switch_to_the_neural_default_together(
             hit = await top(api)
             assert hit.title == "The French Revolution"
             assert hit.similarity == pytest.approx(await similarity_by(neural, q, hit), abs=1e-4)
+
+
+async def test_active_model_is_remembered_yet_a_switch_elsewhere_shows_on_the_next_search(
+    kb: KnowledgeBase, db: Database
+) -> None:
+    """Search no longer reads the active model for every question, but a `studyhall reindex`
+    on another instance still moves this one's searches to the new vectors at once."""
+    docs = await ingest_corpus(kb)
+    q = "Bastille prison Paris"
+    remembering = KnowledgeBase(db, HashingEmbedder(), active_model_ttl=3600)
+    assert (await remembering.search_scored(q, k=3)).model == "hashing-384-v1"
+    async with db.connection() as conn:  # a change no search can notice: only the state row
+        await conn.execute("UPDATE embedding_state SET active_model = 'elsewhere', active_dim = 8")
+    assert (await remembering.active_model()).model == "hashing-384-v1"  # remembered, not read
+    assert (await remembering.active_model(fresh=True)).model == "elsewhere"
+    async with db.connection() as conn:
+        await conn.execute("UPDATE embedding_state SET active_model = 'hashing-384-v1', active_dim = 384")
+    assert (await remembering.active_model(fresh=True)).model == "hashing-384-v1"
+
+    other = KnowledgeBase(db, HashingEmbedder(128))  # another instance, reconfigured, reindexes
+    await other.reindex()
+    scored = await remembering.search_scored(q, k=3)  # within the hour it would trust its memory
+    assert scored.model == "hashing-128-v1"
+    assert scored.hits[0].document_id == docs["The French Revolution"].id
+    assert scored.hits[0].similarity == pytest.approx(
+        await similarity_by(HashingEmbedder(128), q, scored.hits[0]), abs=1e-5)
+    assert (await remembering.active_model()).model == "hashing-128-v1"
+
+    short = KnowledgeBase(db, HashingEmbedder(), active_model_ttl=0.05)
+    assert (await short.active_model()).model == "hashing-128-v1"
+    async with db.connection() as conn:
+        await conn.execute("UPDATE embedding_state SET active_model = 'elsewhere', active_dim = 8")
+    await asyncio.sleep(0.1)
+    assert (await short.active_model()).model == "elsewhere"  # the TTL bounds what search cannot see
+
+
+async def test_an_extracted_file_is_stored_with_the_hash_extraction_made(
+    kb: KnowledgeBase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ingest_file` stores the text and hash `extract` produced, without normalising and
+    hashing a (possibly large) text a second time."""
+    from rag import retrieval
+    from rag.extract import extract_file
+
+    page = tmp_path / "venv.md"
+    page.write_text("# Virtual environments\n\nCreate one with `python -m venv .venv`.\n", encoding="utf-8")
+    expected = extract_file(page)
+
+    def again(*_: object) -> str:
+        raise AssertionError("normalised or hashed twice")
+
+    monkeypatch.setattr(retrieval, "normalize_text", again)
+    monkeypatch.setattr(retrieval, "content_hash", again)
+    document, created = await kb.ingest_file(page)
+    assert created and document.content_hash == expected.content_hash
+    monkeypatch.undo()
+    same, created = await kb.ingest_text(None, expected.text)  # the same text by the other door
+    assert not created and same.id == document.id
