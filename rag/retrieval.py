@@ -40,6 +40,7 @@ RETRIEVAL_MODES = ("hybrid", "vector", "text")
 # old model, which ingestion reads from here too; inserts read the model under a lock, so
 # nothing is stored under the wrong one: storage/documents.py `insert_document`).
 ACTIVE_MODEL_TTL_S = 2.0
+TEXT_BUDGET_MS = 20
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,12 @@ class Fusion:
     vector_weight: float = 1.0
     text_weight: float = 1.0
     rrf_k: int = RRF_K
+    # Hybrid mode: the full-text query's time budget in ms (0: none). Past it the server
+    # cancels it and that question is ranked by vectors alone, logged and counted
+    # (`KnowledgeBase.text_over_budget`). Full-text cost grows with the rows matching every
+    # word of the question; at 100k chunks a few questions of common words took several
+    # times the median (docs/performance.md). Text-only mode has no budget: nothing to fall back to.
+    text_budget_ms: int = TEXT_BUDGET_MS
 
     def __post_init__(self) -> None:
         if self.mode not in RETRIEVAL_MODES:
@@ -64,6 +71,8 @@ class Fusion:
             raise ValueError("fusion weights must be >= 0 and not both 0")
         if self.rrf_k < 1:
             raise ValueError("rrf_k must be at least 1")
+        if self.text_budget_ms < 0:
+            raise ValueError("text_budget_ms must be >= 0")
 
     @property
     def label(self) -> str:
@@ -206,6 +215,7 @@ class KnowledgeBase:
         self.embed_batch = embed_batch
         self.active_model_ttl = active_model_ttl
         self._active: tuple[store.ActiveModel, float] | None = None  # and when it was read
+        self.text_over_budget = 0  # hybrid searches whose full-text query was cancelled
 
     async def _embed(self, texts: list[str], embedder: Embedder | None = None) -> list[list[float]]:
         embedder = embedder or self.embedder
@@ -392,8 +402,7 @@ class KnowledgeBase:
         try:
             text_hits: list[store.ChunkHit] = []
             if fusion.uses_text:
-                async with self.db.connection() as conn:
-                    text_hits = await store.search_text(conn, q, k=candidates, course=course)
+                text_hits = await self._text_hits(q, candidates, course, fusion)
             vector_hits = await vector_search
         finally:
             if not vector_search.done():
@@ -403,6 +412,20 @@ class KnowledgeBase:
         if score_all and embedder is not None:
             hits = await _with_similarity(hits, embedder, used["vector"])
         return ScoredSearch(hits, embedder.name if embedder is not None else None)
+
+    async def _text_hits(self, q: str, k: int, course: str | None, fusion: Fusion) -> list[store.ChunkHit]:
+        """The full-text ranking; in hybrid mode within `fusion.text_budget_ms`, past which
+        the question is left to the vector ranking (logged, counted)."""
+        budget = fusion.text_budget_ms if fusion.mode == "hybrid" and fusion.uses_vector else 0
+        async with self.db.connection() as conn:
+            try:
+                return await store.search_text(conn, q, k=k, course=course, budget_ms=budget)
+            except store.TextSearchOverBudget:
+                self.text_over_budget += 1
+                log.warning("full-text search over its budget: this question is ranked by vectors alone",
+                            extra={"budget_ms": budget, "over_budget_total": self.text_over_budget,
+                                   "query_chars": len(q)})
+                return []
 
     async def ensure_index(self) -> str:
         """Create the HNSW indexes of the active and the configured model if missing (cheap

@@ -507,3 +507,53 @@ async def test_an_extracted_file_is_stored_with_the_hash_extraction_made(
     monkeypatch.undo()
     same, created = await kb.ingest_text(None, expected.text)  # the same text by the other door
     assert not created and same.id == document.id
+
+
+async def test_full_text_index_keeps_no_pending_list(kb: KnowledgeBase, db: Database) -> None:
+    """Migration 0018: new chunks go straight into the GIN index, so no question has to scan
+    a pending list of unmerged entries first."""
+    await ingest_corpus(kb)
+    async with db.connection() as conn:
+        options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'chunks_tsv_idx'")
+        assert options == ["fastupdate=off"]
+        assert await conn.fetchval("SELECT gin_clean_pending_list('chunks_tsv_idx'::regclass)") == 0
+
+
+async def test_hybrid_search_over_its_text_budget_answers_from_vectors_and_counts_it(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A question whose words match 2,500 chunks: ranking them all takes longer than
+    the budget, so the server cancels the full-text query and hybrid search answers from
+    the vector ranking alone, once logged and counted; with no budget full text ranks them."""
+    import random
+
+    from rag.retrieval import Fusion
+
+    embedder = HashingEmbedder()
+    rng = random.Random(5)
+    chunks = []
+    for i in range(2500):
+        vec = [rng.gauss(0, 1) for _ in range(embedder.dim)]
+        norm = sum(x * x for x in vec) ** 0.5
+        text = f"Chlorophyll in the leaf absorbs light for photosynthesis, note {i}. " + "Plants grow. " * (i % 7)
+        chunks.append(store.NewChunk(i, text, 0, len(text), 20, ["Leaves"], {embedder.name: [x / norm for x in vec]}))
+    budgeted = KnowledgeBase(db, embedder, fusion=Fusion(text_budget_ms=1))
+    await budgeted.active_model()
+    async with db.transaction() as conn:
+        await store.insert_document(conn, title="Leaves", content="leaves", content_hash="leaves", chunks=chunks,
+                                    fallback_model=embedder.name)
+    q = "chlorophyll light photosynthesis"
+    with caplog.at_level("WARNING", logger="rag.retrieval"):
+        hits = await budgeted.search(q, k=5)
+    assert len(hits) == 5 and all(h.similarity is not None and h.text_rank is None for h in hits)
+    assert budgeted.text_over_budget == 1
+    assert [r.message for r in caplog.records].count(
+        "full-text search over its budget: this question is ranked by vectors alone") == 1
+    async with db.connection() as conn:  # the connection went back to the pool clean
+        assert await conn.fetchval("SHOW statement_timeout") != "1ms"
+
+    unbudgeted = KnowledgeBase(db, embedder, fusion=Fusion(text_budget_ms=0))
+    hits = await unbudgeted.search(q, k=5)
+    assert any(h.text_rank is not None for h in hits) and unbudgeted.text_over_budget == 0
+    text_only = KnowledgeBase(db, embedder, fusion=Fusion(mode="text", text_budget_ms=1))
+    assert len(await text_only.search(q, k=5)) == 5  # nothing to fall back to: no budget
