@@ -19,9 +19,17 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from rag.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP_TOKENS, TooManyChunks, chunk_text
+from rag.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP_TOKENS, Chunk, TooManyChunks, chunk_text
 from rag.embeddings import Embedder, cosine, embedder_for_name
-from rag.extract import DocumentLimits, DocumentTooLarge, EmptyDocument, content_hash, extract, normalize_text
+from rag.extract import (
+    DocumentLimits,
+    DocumentTooLarge,
+    EmptyDocument,
+    Extracted,
+    content_hash,
+    extract,
+    normalize_text,
+)
 from storage import documents as store
 from storage.db import Database
 
@@ -162,6 +170,15 @@ def fuse(
 
 
 @dataclass(frozen=True)
+class PreparedFile:
+    """A file read, extracted and chunked, ready to embed and store (`KnowledgeBase.prepare_file`)."""
+
+    path: Path
+    extracted: Extracted
+    chunks: list[Chunk]
+
+
+@dataclass(frozen=True)
 class ScoredSearch:
     """A search's hits and the embedding model that scored them (None: no vector search ran,
     e.g. full-text mode or a model that cannot run here)."""
@@ -281,21 +298,20 @@ class KnowledgeBase:
         language: str | None,
         course: str | None,
         created_by: UUID | None,
+        chunks: list[Chunk] | None = None,
     ) -> tuple[store.DocumentRow, bool]:
         """Chunk, embed and insert text that is normalised already, with its hash: an
-        extracted file arrives so (`Extracted`), and hashing a large text twice is waste."""
+        extracted file arrives so (`Extracted`), and hashing a large text twice is waste.
+        `chunks`: made already (`prepare_file`)."""
         if not text:
             raise EmptyDocument("the document has no text")
         async with self.db.connection() as conn:
             existing = await store.get_document_by_hash(conn, digest)
         if existing is not None:
             return existing, False
-        # Chunking a long document takes about a second per MB of text: keep it off the loop.
-        try:
-            chunks = await asyncio.to_thread(
-                chunk_text, text, self.max_tokens, self.overlap_tokens, self.limits.max_chunks)
-        except TooManyChunks as exc:
-            raise DocumentTooLarge(str(exc)) from None
+        if chunks is None:
+            # Chunking a long document takes about a second per MB of text: keep it off the loop.
+            chunks = await asyncio.to_thread(self._chunk, text)
         # The active model's vectors serve search now; during a change of model the
         # configured one's wait beside them, so `reindex` need not embed this document again.
         active = await self.active_model()
@@ -314,6 +330,37 @@ class KnowledgeBase:
                 fallback_model=self.embedder.name, source=source, language=language,
                 course=course, created_by=created_by,
             )
+
+    def _chunk(self, text: str) -> list[Chunk]:
+        try:
+            return chunk_text(text, self.max_tokens, self.overlap_tokens, self.limits.max_chunks)
+        except TooManyChunks as exc:
+            raise DocumentTooLarge(str(exc)) from None
+
+    def _prepare(self, path: Path) -> PreparedFile:
+        extracted = extract(path.read_bytes(), path.name, self.limits)
+        self.limits.check_text(len(extracted.text))
+        return PreparedFile(path, extracted, self._chunk(extracted.text) if extracted.text else [])
+
+    async def prepare_file(self, path: Path) -> PreparedFile:
+        """Read, extract and chunk a file in a worker thread: the CPU work of ingestion other
+        than embedding, which `ingest_paths` runs for the next file while this one embeds."""
+        return await asyncio.to_thread(self._prepare, path)
+
+    async def ingest_prepared(
+        self,
+        prepared: PreparedFile,
+        *,
+        source: str | None = None,
+        course: str | None = None,
+        created_by: UUID | None = None,
+    ) -> tuple[store.DocumentRow, bool]:
+        """Store a `prepare_file` result (embed, insert); duplicates as `ingest_text`."""
+        extracted = prepared.extracted
+        return await self._store(
+            extracted.title, extracted.text, extracted.content_hash, source=source or str(prepared.path),
+            language=None, course=course, created_by=created_by, chunks=prepared.chunks,
+        )
 
     async def ingest_file(
         self,
