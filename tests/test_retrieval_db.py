@@ -557,3 +557,46 @@ async def test_hybrid_search_over_its_text_budget_answers_from_vectors_and_count
     assert any(h.text_rank is not None for h in hits) and unbudgeted.text_over_budget == 0
     text_only = KnowledgeBase(db, embedder, fusion=Fusion(mode="text", text_budget_ms=1))
     assert len(await text_only.search(q, k=5)) == 5  # nothing to fall back to: no budget
+
+
+async def test_ingest_paths_prepares_the_next_file_while_this_one_embeds(db: Database, tmp_path: Path) -> None:
+    """Extraction and chunking of file n+1 overlap the embedding of file n: the embedder
+    here lets a file's chunks through only once the next file has been prepared."""
+    from rag.retrieval import PreparedFile
+
+    prepared: list[str] = []
+    next_ready = asyncio.Event()
+
+    class Watching(KnowledgeBase):
+        async def prepare_file(self, path: Path) -> PreparedFile:
+            result = await super().prepare_file(path)
+            prepared.append(path.name)
+            if path.name == "b.md":
+                next_ready.set()
+            return result
+
+    class WaitsForNext:
+        name, dim = "hashing-384-v1", 384
+
+        def __init__(self) -> None:
+            self.inner = HashingEmbedder()
+
+        async def embed(self, texts: list[str]) -> list[list[float]]:
+            if any("Alpha" in t for t in texts):  # a.md's chunks: b.md must be under way already
+                await asyncio.wait_for(next_ready.wait(), timeout=3)
+            return await self.inner.embed(texts)
+
+    for name, word in (("a.md", "Alpha"), ("b.md", "Beta"), ("c.md", "Gamma")):
+        (tmp_path / name).write_text(f"# {word}\n\n{word} particles are described here in a sentence.\n")
+    kb = Watching(db, WaitsForNext())
+    report = await ingest_paths(kb, [tmp_path], show_progress=False)
+    assert (report.added, report.failed) == (3, {})
+    assert prepared == ["a.md", "b.md", "c.md"]
+    again = tmp_path / "again"
+    again.mkdir()
+    for name, word in (("a.md", "Alpha"), ("b.md", "Beta")):
+        (again / name).write_text(f"# {word}\n\nNew {word} text, so nothing here is a duplicate.\n")
+    next_ready.clear()
+    # Without prefetch a.md waits for b.md in vain (the timeout, an OSError, is reported as its failure).
+    report = await ingest_paths(Watching(db, WaitsForNext()), [again], show_progress=False, prefetch=False)
+    assert list(report.failed) == [str(again / "a.md")] and report.added == 1
