@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -55,6 +56,8 @@ async def run_set(pg: Postgres, name: str, corpus: Path, embedder: str, weights:
         questions = read_questions(EVALSETS / name / "questions.jsonl")
         result = await run_eval(kb, questions, course=name, extra=weights[1:])
         print(result.render())
+        print(f"hybrid searches whose full-text query ran past its budget ({kb.fusion.text_budget_ms} ms) and were "
+              f"ranked by vectors alone: {kb.text_over_budget}; load average {os.getloadavg()[0]:.1f}")
         return result
     finally:
         await db.close()

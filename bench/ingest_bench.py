@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import statistics
 import sys
@@ -37,6 +38,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -143,11 +145,8 @@ def extract_part(corpora: dict[str, list[Path]]) -> None:
                   f"{statistics.median(times):>8.1f}")
 
 
-async def ingest_part(corpora: dict[str, list[Path]], embedder_kind: str) -> None:
+async def ingest_part(corpora: dict[str, list[Path]], embedder_kind: str, compare_prefetch: bool = False) -> None:
     from rag.embeddings import make_embedder
-    from rag.ingest import ingest_paths
-    from rag.retrieval import KnowledgeBase
-    from storage.db import Database
     from tests.services import Postgres
 
     pg = await asyncio.to_thread(Postgres.start)
@@ -163,16 +162,16 @@ async def ingest_part(corpora: dict[str, list[Path]], embedder_kind: str) -> Non
                 cpu = time.process_time()
                 n_chunks += len(chunk_text(text))
                 chunk_cpu += time.process_time() - cpu
-            db = await Database.connect(pg.url(await pg.create_database()), min_size=1, max_size=4)
-            try:
-                kb = KnowledgeBase(db, make_embedder(embedder_kind))
-                await kb.ensure_index()
-                started, cpu = time.perf_counter(), time.process_time()
-                report = await ingest_paths(kb, pages, show_progress=False)
-                took, took_cpu = time.perf_counter() - started, time.process_time() - cpu
-            finally:
-                await db.close()
             n = len(pages)
+            embedder = make_embedder(embedder_kind)
+            if compare_prefetch:  # the next file extracted while this one embeds, or not: alternated, one process
+                for prefetch in (False, True, False, True):
+                    report, took, took_cpu = await ingest_once(pg, embedder, pages, prefetch)
+                    print(f"{corpus}: prefetch {'on ' if prefetch else 'off'}: {report.chunks} chunks in {took:.1f} s = "
+                          f"{report.chunks / took:.1f} chunks/s ({report.chunks / took_cpu:.1f} per CPU-second); "
+                          f"load average {os.getloadavg()[0]:.1f}")
+                continue
+            report, took, took_cpu = await ingest_once(pg, embedder, pages, True)
             print(f"{corpus}: {n} pages, {report.chunks} chunks in {took:.1f} s = {report.chunks / took:.1f} chunks/s "
                   f"with {embedder_kind} (this process's CPU: {took_cpu:.1f} s = {report.chunks / took_cpu:.1f} "
                   f"chunks per CPU-second); extraction {statistics.median(extract_ms):.1f} ms/page median, "
@@ -182,11 +181,32 @@ async def ingest_part(corpora: dict[str, list[Path]], embedder_kind: str) -> Non
         await asyncio.to_thread(pg.stop)
 
 
+async def ingest_once(pg: Any, embedder: Any, pages: list[Path], prefetch: bool) -> tuple[Any, float, float]:
+    """One ingest of `pages` into a fresh database: (report, wall seconds, CPU seconds)."""
+    from rag.ingest import ingest_paths
+    from rag.retrieval import KnowledgeBase
+    from storage.db import Database
+
+    name = await pg.create_database()
+    db = await Database.connect(pg.url(name), min_size=1, max_size=4)
+    try:
+        kb = KnowledgeBase(db, embedder)
+        await kb.ensure_index()
+        started, cpu = time.perf_counter(), time.process_time()
+        report = await ingest_paths(kb, pages, show_progress=False, prefetch=prefetch)
+        return report, time.perf_counter() - started, time.process_time() - cpu
+    finally:
+        await db.close()
+        await pg.drop_database(name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pages", type=int, default=40, help="pages sampled from each manual")
     parser.add_argument("--part", choices=("extract", "ingest", "both"), default="both")
     parser.add_argument("--embedder", default="hashing", help="the ingest part's embedder (STUDYHALL_EMBEDDER kinds)")
+    parser.add_argument("--compare-prefetch", action="store_true",
+                        help="ingest each corpus four times, extracting the next file ahead off/on/off/on")
     parser.add_argument("--python-docs", type=Path, default=PYTHON_DOCS)
     parser.add_argument("--pg-docs", type=Path, default=PG_DOCS)
     args = parser.parse_args()
@@ -198,7 +218,7 @@ def main() -> None:
     if args.part in ("extract", "both"):
         extract_part(corpora)
     if args.part in ("ingest", "both"):
-        asyncio.run(ingest_part(corpora, args.embedder))
+        asyncio.run(ingest_part(corpora, args.embedder, args.compare_prefetch))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import math
 import os
 import random
@@ -64,16 +65,20 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rag.chunking import chunk_text  # noqa: E402
 from rag.embeddings import Embedder, make_embedder  # noqa: E402
 from rag.ingest import ingest_paths  # noqa: E402
-from rag.retrieval import KnowledgeBase  # noqa: E402
+from rag.retrieval import Fusion, KnowledgeBase  # noqa: E402
 from storage import documents as store  # noqa: E402
 from storage.db import Database  # noqa: E402
-from tests.services import Postgres  # noqa: E402
+from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
+from storage.migrate import migrate  # noqa: E402
+from tests.services import TEMPLATE, Postgres  # noqa: E402
 
 CORPORA = {"postgres": Path("/usr/share/doc/postgresql-doc-15/html"), "python": Path("/usr/share/doc/python3.11/html")}
 _MODULE = re.compile(r"^(?P<name>[\w.]+) — (?P<purpose>.+?)(?: — Python [\d.]+ documentation)?$")
@@ -262,9 +267,24 @@ def synthetic_chunks(
 
 
 async def scale(
-    pg: Postgres, n: int, emb: Embedder, pool: list[tuple[str, list[str], list[float]]], queries: list[str], samples: int
+    pg: Postgres, n: int, emb: Embedder, pool: list[tuple[str, list[str], list[float]]], queries: list[str],
+    samples: int, keep: bool = False, passes: int = 1,
 ) -> None:
-    name = await pg.create_database()
+    """Search latency and HNSW recall at `n` chunks. With `keep` the database is named after
+    `n` and the model and left in place: the next run with `--keep-dir` reuses it (and the
+    questions stored in it) instead of building it again."""
+    name = scale_db_name(n, emb.name) if keep else await pg.create_database()
+    if keep and await scale_db_ready(pg, name):
+        queries = await stored_questions(pg, name)
+        await migrate(pg.url(name))  # a migration added since it was built
+        print(f"\n{n} chunks, {emb.name}: reusing database {name} ({len(queries)} questions)")
+        db = await Database.connect(pg.url(name), min_size=1, max_size=4)
+        await scale_measure(db, n, emb, queries, samples, passes)
+        await db.close()
+        return
+    if keep:
+        await pg.drop_database(name)
+        await admin_sql(pg.admin_url, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
     admin = await Database.connect(pg.url(name), min_size=1, max_size=1)
     async with admin.connection() as conn:  # bench setup: room for the index build, bulk load first
         await conn.execute(f"ALTER DATABASE {name} SET maintenance_work_mem = '1GB'")
@@ -290,48 +310,129 @@ async def scale(
             await conn.execute("ANALYZE chunks")
         built = time.perf_counter() - started
         print(f"\n{n} chunks, {emb.name}: bulk insert {loaded:.1f} s ({n / loaded:.0f} rows/s), HNSW build {built:.1f} s")
+        if keep:
+            async with db.connection() as conn:
+                await conn.execute("CREATE TABLE bench_questions (i serial PRIMARY KEY, text text NOT NULL)")
+                await conn.executemany("INSERT INTO bench_questions (text) VALUES ($1)", [(q,) for q in queries])
+        await scale_measure(db, n, emb, queries, samples, passes)
+    finally:
+        await db.close()
+        if not keep:
+            await pg.drop_database(name)
 
-        rng = random.Random(3)
-        qs = [rng.choice(queries) for _ in range(samples)]
-        for q in qs[:10]:  # warm caches
-            await kb.search(q, k=5)
-        # One pass over all questions per measure (hybrid first): measured in one loop, each
-        # question's later measures found the pages its first had just brought into shared
-        # buffers, and the parts looked faster than the whole.
-        hybrid, vector, text = [], [], []
+
+def scale_db_name(n: int, model: str) -> str:
+    return "scale_" + re.sub(r"[^a-z0-9]+", "_", f"{n}_{model}".lower()).strip("_")[:50]
+
+
+async def admin_sql(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def scale_db_ready(pg: Postgres, name: str) -> bool:
+    if not await admin_sql(pg.admin_url, "SELECT 1 FROM pg_database WHERE datname = $1", name):
+        return False
+    [row] = await admin_sql(pg.url(name), "SELECT to_regclass('bench_questions') IS NOT NULL AS ok")
+    return bool(row["ok"])
+
+
+async def stored_questions(pg: Postgres, name: str) -> list[str]:
+    return [r["text"] for r in await admin_sql(pg.url(name), "SELECT text FROM bench_questions ORDER BY i")]
+
+
+# The full-text query as it was before the shortlist (commit 1713ec5), kept here so that one
+# run times both on the same database and questions.
+TEXT_BEFORE_SQL = f"""WITH q AS (SELECT plainto_tsquery('{store.TS_CONFIG}', $1) AS query)
+    SELECT c.id, c.document_id, d.title, d.source, c.content, c.heading_path,
+           ts_rank_cd(c.tsv, q.query) AS rank
+    FROM q, chunks c JOIN documents d ON d.id = c.document_id
+    WHERE c.tsv @@ q.query
+      AND ($3::text IS NULL OR c.course = $3 OR c.course IS NULL)
+    ORDER BY rank DESC, c.id
+    LIMIT $2"""
+
+
+async def text_before(conn: asyncpg.Connection, q: str, *, k: int, course: str | None = None) -> list[uuid.UUID]:
+    return [r["id"] for r in await conn.fetch(TEXT_BEFORE_SQL, q, k, course)]
+
+
+async def text_now(conn: asyncpg.Connection, q: str, *, k: int, course: str | None = None) -> list[uuid.UUID]:
+    return [h.chunk_id for h in await store.search_text(conn, q, k=k, course=course)]
+
+
+async def scale_measure(db: Database, n: int, emb: Embedder, queries: list[str], samples: int, passes: int) -> None:
+    """Hybrid search, each query alone, and the full-text query before/after, `passes`
+    times each in turn (ratios within one run are what the shared machine leaves intact)."""
+    kb = KnowledgeBase(db, emb)
+    unbudgeted = KnowledgeBase(db, emb, fusion=Fusion(text_budget_ms=0))
+    rng = random.Random(3)
+    qs = [rng.choice(queries) for _ in range(samples)]
+    print(f"  load average {os.getloadavg()[0]:.1f} / {os.getloadavg()[1]:.1f} (1 / 5 min)")
+    for q in qs:  # warm caches: a reused database starts with cold shared buffers
+        await kb.search(q, k=5)
+    # One pass over all questions per measure (hybrid first): measured in one loop, each
+    # question's later measures found the pages its first had just brought into shared
+    # buffers, and the parts looked faster than the whole.
+    times: dict[str, list[list[float]]] = {}
+    vectors = {q: (await emb.embed([q]))[0] for q in set(qs)}
+    for _ in range(passes):
+        hybrid, free, vector, text, before = [], [], [], [], []
         for q in qs:
             t0 = time.perf_counter()
             await kb.search(q, k=5)
             hybrid.append((time.perf_counter() - t0) * 1000)
+        for q in qs:
+            t0 = time.perf_counter()
+            await unbudgeted.search(q, k=5)
+            free.append((time.perf_counter() - t0) * 1000)
         async with db.connection() as conn:
             for q in qs:
-                [vec] = await emb.embed([q])
                 t0 = time.perf_counter()
-                await store.search_vector(conn, vec, model=emb.name, dim=emb.dim, k=20)
+                await store.search_vector(conn, vectors[q], model=emb.name, dim=emb.dim, k=20)
                 vector.append((time.perf_counter() - t0) * 1000)
             for q in qs:
                 t0 = time.perf_counter()
-                await store.search_text(conn, q, k=20)
+                await text_now(conn, q, k=20)
                 text.append((time.perf_counter() - t0) * 1000)
+            for q in qs:
+                t0 = time.perf_counter()
+                await text_before(conn, q, k=20)
+                before.append((time.perf_counter() - t0) * 1000)
         for label, values in (("hybrid search k=5 (embed + both queries)", hybrid),
-                              ("  vector query k=20 (HNSW)", vector), ("  full-text query k=20", text)):
-            print(f"  {label:<42} p50 {percentile(values, 50):6.1f} ms  p95 {percentile(values, 95):6.1f} ms")
+                              ("hybrid search k=5, no full-text budget", free),
+                              ("  vector query k=20 (HNSW)", vector), ("  full-text query k=20", text),
+                              ("  full-text query k=20, before (1713ec5)", before)):
+            times.setdefault(label, []).append(values)
+    for label, runs in times.items():
+        figures = "; ".join(f"p50 {percentile(v, 50):5.1f} p95 {percentile(v, 95):5.1f}" for v in runs)
+        print(f"  {label:<42} {figures} ms")
+    print(f"  full-text budget {kb.fusion.text_budget_ms} ms: {kb.text_over_budget} of {len(qs) * passes} hybrid "
+          f"searches answered from vectors alone")
+    overlap = []
+    async with db.connection() as conn:
+        for q in sorted(set(qs)):
+            old, new = await text_before(conn, q, k=20), await text_now(conn, q, k=20)
+            if old:
+                overlap.append(len(set(old[:5]) & set(new[:5])) / min(5, len(old)))
+    if overlap:
+        print(f"  full-text top 5, now vs before: {statistics.mean(overlap):.3f} of the old top 5 kept "
+              f"(min {min(overlap):.2f}, {len(overlap)} questions with matches)")
 
-        for k in (10, 20):
-            recalls = []
-            for q in qs[:100]:
-                [vec] = await emb.embed([q])
-                async with db.connection() as conn:
-                    approx = {h.chunk_id for h in await store.search_vector(conn, vec, model=emb.name, dim=emb.dim, k=k)}
-                    async with conn.transaction():
-                        await conn.execute("SET LOCAL enable_indexscan = off")  # bench: force the exact scan
-                        exact = {h.chunk_id for h in await store.search_vector(conn, vec, model=emb.name, dim=emb.dim, k=k)}
-                recalls.append(len(approx & exact) / max(1, len(exact)))
-            print(f"  HNSW recall@{k} vs exact (ef_search {max(store.EF_SEARCH_MIN, k)}): {statistics.mean(recalls):.3f} "
-                  f"(min {min(recalls):.2f}, {len(recalls)} queries)")
-    finally:
-        await db.close()
-        await pg.drop_database(name)
+    for k in (10, 20):
+        recalls = []
+        for q in qs[:100]:
+            async with db.connection() as conn:
+                approx = {h.chunk_id for h in await store.search_vector(conn, vectors[q], model=emb.name, dim=emb.dim, k=k)}
+                async with conn.transaction():
+                    await conn.execute("SET LOCAL enable_indexscan = off")  # bench: force the exact scan
+                    exact = {h.chunk_id for h in await store.search_vector(conn, vectors[q], model=emb.name, dim=emb.dim, k=k)}
+            recalls.append(len(approx & exact) / max(1, len(exact)))
+        print(f"  HNSW recall@{k} vs exact (ef_search {max(store.EF_SEARCH_MIN, k)}): {statistics.mean(recalls):.3f} "
+              f"(min {min(recalls):.2f}, {len(recalls)} queries)")
 
 
 async def main() -> None:
@@ -345,28 +446,51 @@ async def main() -> None:
     parser.add_argument("--embedders", default="onnx",
                         help="comma-separated: onnx (default), hashing, sentence-transformers, onnx@N "
                              "(reading N word pieces); the scale part uses the first")
+    parser.add_argument("--keep-dir", type=Path, default=None,
+                        help="run PostgreSQL in this folder and keep it: each scale database is built once "
+                             "and reused by later runs with the same folder (the quality part is then skipped)")
+    parser.add_argument("--passes", type=int, default=1, help="latency passes over the questions at each size")
     parser.add_argument("--shared-buffers", default=None,
                         help="the embedded PostgreSQL's shared_buffers, e.g. 128MB (default: as studyhall serve)")
     args = parser.parse_args()
+    logging.getLogger("rag.retrieval").setLevel(logging.ERROR)  # over-budget searches are counted, not logged
     embedders = [e.strip() for e in args.embedders.split(",") if e.strip()]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local model must never be fetched from the Hub
     docs = args.docs or CORPORA[args.corpus]
     if not docs.is_dir():
         raise SystemExit(f"{docs} not found: apt-get install postgresql-doc-15 python3.11-doc (or pass --docs)")
     files = pick_pages(docs, args.corpus, args.pages)
-    pg = await asyncio.to_thread(Postgres.start, args.shared_buffers)
+    pg = await asyncio.to_thread(start_postgres, args.shared_buffers, args.keep_dir)
     try:
         print(f"PostgreSQL shared_buffers: {await pg.setting('shared_buffers')}")
-        questions, pool = [], []
-        for i, embedder in enumerate(embedders):
-            qs, p = await quality_and_ingest(pg, files, args.corpus, embedder, with_pool=i == 0 and not args.skip_scale)
+        sizes = [int(s) for s in args.sizes.split(",") if s] if not args.skip_scale else []
+        emb = bench_embedder(embedders[0])
+        reuse = args.keep_dir is not None and bool(sizes) and all(
+            [await scale_db_ready(pg, scale_db_name(n, emb.name)) for n in sizes])
+        questions: list[str] = []
+        pool: list[tuple[str, list[str], list[float]]] = []
+        for i, embedder in enumerate([] if reuse else embedders):
+            qs, p = await quality_and_ingest(pg, files, args.corpus, embedder, with_pool=i == 0 and bool(sizes))
             questions, pool = (qs, p) if i == 0 else (questions, pool)
-        if not args.skip_scale:
-            emb = bench_embedder(embedders[0])
-            for n in (int(s) for s in args.sizes.split(",") if s):
-                await scale(pg, n, emb, pool, questions, args.queries)
+        for n in sizes:
+            await scale(pg, n, emb, pool, questions, args.queries, keep=args.keep_dir is not None, passes=args.passes)
     finally:
-        await asyncio.to_thread(pg.stop)
+        if args.keep_dir is not None and pg.embedded is not None:
+            await asyncio.to_thread(pg.embedded.stop)
+        else:
+            await asyncio.to_thread(pg.stop)
+
+
+def start_postgres(shared_buffers: str | None, keep_dir: Path | None) -> Postgres:
+    """The bench's PostgreSQL: throwaway, or kept in `keep_dir` for the next run."""
+    if keep_dir is None:
+        return Postgres.start(shared_buffers)
+    keep_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(keep_dir, 0o755)
+    embedded = EmbeddedPostgres(keep_dir, port=free_port(), listen_tcp=True, shared_buffers=shared_buffers)
+    pg = Postgres(embedded.start(), embedded)
+    asyncio.run(pg._make_template())
+    return pg
 
 
 if __name__ == "__main__":

@@ -146,12 +146,15 @@ def _retrieval(env: dict[str, str], default: RetrievalSettings) -> RetrievalSett
         vector_weight=_float(env, "STUDYHALL_RETRIEVAL_VECTOR_WEIGHT", default.vector_weight),
         text_weight=_float(env, "STUDYHALL_RETRIEVAL_TEXT_WEIGHT", default.text_weight),
         rrf_k=_int(env, "STUDYHALL_RETRIEVAL_RRF_K", default.rrf_k),
+        text_budget_ms=_int(env, "STUDYHALL_RETRIEVAL_TEXT_BUDGET_MS", default.text_budget_ms),
     )
     if section.vector_weight < 0 or section.text_weight < 0 or section.vector_weight + section.text_weight <= 0:
         raise SystemExit("STUDYHALL_RETRIEVAL_VECTOR_WEIGHT and STUDYHALL_RETRIEVAL_TEXT_WEIGHT must be >= 0, "
                          f"not both 0; got {section.vector_weight:g} and {section.text_weight:g}")
     if section.rrf_k < 1:
         raise SystemExit(f"STUDYHALL_RETRIEVAL_RRF_K must be at least 1, got {section.rrf_k}")
+    if section.text_budget_ms < 0:
+        raise SystemExit(f"STUDYHALL_RETRIEVAL_TEXT_BUDGET_MS must be >= 0, got {section.text_budget_ms}")
     return section
 
 
@@ -350,6 +353,9 @@ class RetrievalSettings:
     vector_weight: float = 1.0
     text_weight: float = 1.0
     rrf_k: int = 60
+    # Hybrid mode: past this many ms the full-text query is cancelled and that question is
+    # ranked by vectors alone, logged and counted (0: no budget; rag/retrieval.py `Fusion`).
+    text_budget_ms: int = 20
 
 
 # ---- all of them -----------------------------------------------------------------------

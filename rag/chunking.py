@@ -14,13 +14,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from rag.fences import classify
 from rag.tokens import count_tokens, encode, get_encoding
 
 DEFAULT_MAX_TOKENS = 350
 DEFAULT_OVERLAP_TOKENS = 50
 
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
-_FENCE = re.compile(r"^(```|~~~)")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 # A sentence ends at . ! ? (maybe followed by quotes/brackets) plus whitespace, or at a newline.
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|\n")
@@ -76,12 +76,9 @@ def _sections(text: str) -> list[_Section]:
     """Split at ATX headings (ignoring `#` lines inside fenced code) into paragraph spans."""
     bounds: list[tuple[int, list[str]]] = [(0, [])]
     stack: list[tuple[int, str]] = []
-    in_fence = False
     pos = 0
-    for line in text.split("\n"):
-        if _FENCE.match(line):
-            in_fence = not in_fence
-        elif not in_fence and (match := _HEADING.match(line)):
+    for line, kind in classify(text.split("\n")):
+        if kind == "text" and (match := _HEADING.match(line)):
             level = len(match.group(1))
             while stack and stack[-1][0] >= level:
                 stack.pop()

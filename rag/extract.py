@@ -18,6 +18,7 @@ from pypdf import PdfReader, apply_configuration
 from pypdf.errors import LimitReachedError
 from pypdf.errors import PyPdfError as PdfError
 
+from rag.fences import FenceState, classify
 from rag.html import main_content
 from rag.sniff import NotText, decode_text
 
@@ -25,8 +26,6 @@ SUPPORTED_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".html", ".htm", ".p
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u2028\u2029\ufeff]")
 _LINE_BREAKS = str.maketrans({"\x0b": "\n", "\x0c": "\n", "\x85": "\n", "\u2028": "\n", "\u2029": "\n\n"})
-_FENCE_OPEN = re.compile(r"^(`{3,}|~{3,})")
-_FENCE_CLOSE = re.compile(r"`{3,}|~{3,}")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 _MD_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
@@ -116,23 +115,23 @@ def _normalize_line(line: str) -> str:
 def normalize_text(text: str) -> str:
     """NFC, `\\n` newlines, no control characters, single spaces, at most one blank line.
 
-    Inside fenced code (```` ``` ```` or `~~~` lines) a line keeps its indentation and inner
-    spaces and loses only trailing ones: Python without its indentation is not Python, and
-    the fences are what tells the chunker that a `# comment` there is not a heading."""
+    Inside fenced code (rag/fences.py) a line keeps its indentation and inner spaces and
+    loses only trailing ones: Python without its indentation is not Python, and the fences
+    are what tells the chunker that a `# comment` there is not a heading. A prose line is
+    judged as it will be stored (normalised), so every later reader sees the same fences."""
     text = unicodedata.normalize("NFC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = text.translate(_LINE_BREAKS)
     lines: list[str] = []
-    fence: str | None = None
+    fences = FenceState()
     for line in text.split("\n"):
-        if fence is None:
+        if not fences.in_code:
             line = _normalize_line(line)
-            if opening := _FENCE_OPEN.match(line):
-                fence = opening.group(1)
-        elif _FENCE_CLOSE.fullmatch(line.strip()) and line.strip().startswith(fence):
-            fence, line = None, line.strip()
+            fences.feed(line)
         else:
-            line = _CONTROL_CHARS.sub("", line).rstrip()
+            line = _CONTROL_CHARS.sub("", line).rstrip()  # judged as stored: normalising twice is a no-op
+            if fences.feed(line) == "close":
+                line = line.strip()
         lines.append(line)
     return _MANY_NEWLINES.sub("\n\n", "\n".join(lines)).strip()
 
@@ -191,14 +190,8 @@ def pdf_to_text(data: bytes, limits: DocumentLimits | None = None) -> tuple[str,
 
 def _first_heading(text: str) -> str | None:
     """The first markdown heading outside fenced code (a `# comment` in code is not one)."""
-    fence: str | None = None
-    for line in text.split("\n"):
-        if fence is None and (opening := _FENCE_OPEN.match(line)):
-            fence = opening.group(1)
-        elif fence is not None:
-            if _FENCE_CLOSE.fullmatch(line.strip()) and line.strip().startswith(fence):
-                fence = None
-        elif match := _MD_HEADING.match(line):
+    for line, kind in classify(text.split("\n")):
+        if kind == "text" and (match := _MD_HEADING.match(line)):
             return match.group(1).strip()
     return None
 

@@ -26,6 +26,8 @@ from lxml import etree
 from readability import Document
 from readability.readability import Unparseable
 
+from rag.fences import fence_for
+
 _DROP_TAGS = ("script", "style", "noscript", "template", "svg", "iframe", "nav", "aside", "footer",
               "form", "button", "select", "input", "head", "link", "meta")
 # Navigation, sidebars, footers and permalinks as the supported generators mark them:
@@ -56,7 +58,6 @@ _BLOCK_TAGS = frozenset({
 })
 _HTML_SPACE = re.compile(r"\s+")
 _PILCROW = re.compile(r"\s*¶\s*$")
-_BACKTICKS = re.compile(r"`{3,}")
 # "- " then a blank line: a list item whose text is in a <p> (Sphinx writes <li><p>…).
 _EMPTY_BULLET = re.compile(r"\n- [ \t]*\n(?:[ \t]*\n)*(?!- )")
 _XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>", re.IGNORECASE)
@@ -88,17 +89,11 @@ def _declared_main(page: lxml.html.HtmlElement) -> lxml.html.HtmlElement | None:
     return None
 
 
-def _fence(code: str) -> str:
-    """A fence longer than any run of backticks in the code."""
-    longest = max((len(m.group()) for m in _BACKTICKS.finditer(code)), default=0)
-    return "`" * max(3, longest + 1)
-
-
 def _code_block(pre: lxml.html.HtmlElement) -> str:
     code = pre.text_content().strip("\n")
     if not code.strip():
         return ""
-    fence = _fence(code)
+    fence = fence_for(code)
     return f"\n\n{fence}\n{code}\n{fence}\n\n"
 
 

@@ -9,6 +9,7 @@ the link too, so adding `--base-url` to a second run fixes the citations of the 
 """
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import logging
 from collections.abc import Iterable, Sequence
@@ -19,7 +20,7 @@ from urllib.parse import quote, urlsplit
 from tqdm import tqdm
 
 from rag.extract import SUPPORTED_SUFFIXES, DocumentError, DocumentTooLarge
-from rag.retrieval import KnowledgeBase
+from rag.retrieval import KnowledgeBase, PreparedFile
 from storage import documents as store
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ async def ingest_paths(
     show_progress: bool = True,
     links: PublicLinks | None = None,
     exclude: Sequence[str] = (),
+    prefetch: bool = True,
 ) -> IngestReport:
     """Ingest every supported file under `paths`; duplicates are counted, not stored twice.
 
@@ -123,17 +125,30 @@ async def ingest_paths(
     """
     found = scan(paths, exclude)
     report = IngestReport(unsupported=[str(p) for p in found.unsupported])
+    # The next file is read, extracted and chunked in a worker thread while this one is
+    # embedded and stored: that work is pure Python (one core) and the embedder's wait or
+    # the database's is time it can fill (bench/ingest_bench.py --compare-prefetch).
+    ahead: asyncio.Task[PreparedFile] | None = None
     with tqdm(found.files, unit="file", desc="ingest", disable=not show_progress) as bar:
-        for item in bar:
+        for n, item in enumerate(bar):
             bar.set_postfix_str(item.path.name[-40:])
             source = links.url(item.relative) if links is not None else None
+            current = ahead if ahead is not None else asyncio.ensure_future(kb.prepare_file(item.path))
+            ahead = None
             try:
-                document, created = await kb.ingest_file(item.path, course=course, source=source)
+                prepared = await current
+                if prefetch and n + 1 < len(found.files):
+                    ahead = asyncio.ensure_future(kb.prepare_file(found.files[n + 1].path))
+                document, created = await kb.ingest_prepared(prepared, course=course, source=source)
             except (DocumentError, OSError) as exc:
                 too_large = isinstance(exc, DocumentTooLarge)
                 report.failed[str(item.path)] = f"too large, skipped ({exc})" if too_large else str(exc)
                 log.warning("ingest failed", extra={"path": str(item.path), "error": str(exc)})
                 continue
+            except BaseException:
+                if ahead is not None:
+                    ahead.cancel()
+                raise
             if created:
                 report.added += 1
                 report.chunks += document.chunk_count

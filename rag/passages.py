@@ -21,9 +21,10 @@ from typing import Literal
 
 from sentencex import segment
 
+from rag.fences import fence_for, opening
+
 UnitKind = Literal["sentence", "code"]
 
-_FENCE = re.compile(r"^\s*(```|~~~)")
 _HEADING = re.compile(r"^#{1,6}\s")
 _ITEM = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s+")
 _PROMPT = re.compile(r"^(?:>>>|\.\.\.|\$|%|In \[\d+\]:)(?:\s|$)")
@@ -48,7 +49,7 @@ class Unit:
         """As Markdown: code fenced (indentation kept), prose as it is."""
         if self.kind != "code":
             return self.text
-        fence = "~~~" if "```" in self.text else "```"
+        fence = fence_for(self.text)
         return f"{fence}\n{self.text}\n{fence}"
 
 
@@ -109,12 +110,11 @@ def _blocks(content: str) -> list[tuple[UnitKind, str]]:
     i = 0
     while i < len(lines):
         line = lines[i]
-        if _FENCE.match(line):
+        if (fence := opening(line)) is not None:
             end_prose()
-            mark = _FENCE.match(line).group(1)  # type: ignore[union-attr]
             body: list[str] = []
             i += 1
-            while i < len(lines) and not lines[i].strip().startswith(mark):
+            while i < len(lines) and not fence.closed_by(lines[i]):
                 body.append(lines[i])
                 i += 1
             blocks.append(("code", _dedent(body)))

@@ -12,15 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from rag.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP_TOKENS, TooManyChunks, chunk_text
+from rag.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP_TOKENS, Chunk, TooManyChunks, chunk_text
 from rag.embeddings import Embedder, cosine, embedder_for_name
-from rag.extract import DocumentLimits, DocumentTooLarge, EmptyDocument, content_hash, extract, normalize_text
+from rag.extract import (
+    DocumentLimits,
+    DocumentTooLarge,
+    EmptyDocument,
+    Extracted,
+    content_hash,
+    extract,
+    normalize_text,
+)
 from storage import documents as store
 from storage.db import Database
 
@@ -30,6 +39,16 @@ RRF_K = 60
 # How often `reindex` embeds chunks added while it ran before it gives up switching.
 SWITCH_ATTEMPTS = 20
 RETRIEVAL_MODES = ("hybrid", "vector", "text")
+# How long an instance trusts its last read of the active model. Every search used to read
+# it (a round trip and a pool checkout per question, each question of `studyhall eval`
+# too). A switch made by `studyhall reindex` on another instance still takes effect at
+# once: it moves every chunk to the new model in one transaction, so a vector query under
+# the remembered model finds nothing, and then search reads the model again and retries
+# (`search_scored`). The TTL bounds what that cannot see (a new document embedded by the
+# old model, which ingestion reads from here too; inserts read the model under a lock, so
+# nothing is stored under the wrong one: storage/documents.py `insert_document`).
+ACTIVE_MODEL_TTL_S = 2.0
+TEXT_BUDGET_MS = 20
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,12 @@ class Fusion:
     vector_weight: float = 1.0
     text_weight: float = 1.0
     rrf_k: int = RRF_K
+    # Hybrid mode: the full-text query's time budget in ms (0: none). Past it the server
+    # cancels it and that question is ranked by vectors alone, logged and counted
+    # (`KnowledgeBase.text_over_budget`). Full-text cost grows with the rows matching every
+    # word of the question; at 100k chunks a few questions of common words took several
+    # times the median (docs/performance.md). Text-only mode has no budget: nothing to fall back to.
+    text_budget_ms: int = TEXT_BUDGET_MS
 
     def __post_init__(self) -> None:
         if self.mode not in RETRIEVAL_MODES:
@@ -54,6 +79,8 @@ class Fusion:
             raise ValueError("fusion weights must be >= 0 and not both 0")
         if self.rrf_k < 1:
             raise ValueError("rrf_k must be at least 1")
+        if self.text_budget_ms < 0:
+            raise ValueError("text_budget_ms must be >= 0")
 
     @property
     def label(self) -> str:
@@ -143,6 +170,15 @@ def fuse(
 
 
 @dataclass(frozen=True)
+class PreparedFile:
+    """A file read, extracted and chunked, ready to embed and store (`KnowledgeBase.prepare_file`)."""
+
+    path: Path
+    extracted: Extracted
+    chunks: list[Chunk]
+
+
+@dataclass(frozen=True)
 class ScoredSearch:
     """A search's hits and the embedding model that scored them (None: no vector search ran,
     e.g. full-text mode or a model that cannot run here)."""
@@ -183,6 +219,7 @@ class KnowledgeBase:
         limits: DocumentLimits | None = None,
         resolve: Callable[[str], Embedder | None] = embedder_for_name,
         fusion: Fusion | None = None,
+        active_model_ttl: float = ACTIVE_MODEL_TTL_S,
     ) -> None:
         self.db = db
         self.fusion = fusion or Fusion()
@@ -193,6 +230,9 @@ class KnowledgeBase:
         self.max_tokens = max_tokens
         self.overlap_tokens = overlap_tokens
         self.embed_batch = embed_batch
+        self.active_model_ttl = active_model_ttl
+        self._active: tuple[store.ActiveModel, float] | None = None  # and when it was read
+        self.text_over_budget = 0  # hybrid searches whose full-text query was cancelled
 
     async def _embed(self, texts: list[str], embedder: Embedder | None = None) -> list[list[float]]:
         embedder = embedder or self.embedder
@@ -201,13 +241,20 @@ class KnowledgeBase:
             vectors.extend(await embedder.embed(texts[first:first + self.embed_batch]))
         return vectors
 
-    async def active_model(self) -> store.ActiveModel:
-        """The model search uses (read each time: another instance may have switched it).
-        A knowledge base that never had one takes the configured model."""
+    async def active_model(self, *, fresh: bool = False) -> store.ActiveModel:
+        """The model search uses. A knowledge base that never had one takes the configured model.
+
+        Read from the database at most every `active_model_ttl` seconds (another instance
+        may switch it: see ACTIVE_MODEL_TTL_S); `fresh` reads it now, for decisions that
+        must not act on a stale value (reindex, startup checks)."""
+        now = time.monotonic()
+        if not fresh and self._active is not None and now - self._active[1] < self.active_model_ttl:
+            return self._active[0]
         async with self.db.connection() as conn:
             active = await store.get_active_model(conn)
             if active is None:
                 active = await store.claim_active_model(conn, self.embedder.name, self.embedder.dim)
+        self._active = (active, now)
         return active
 
     async def embedder_for(self, model: str) -> Embedder | None:
@@ -238,19 +285,33 @@ class KnowledgeBase:
         `DocumentTooLarge` past the text or chunk caps (`self.limits`)."""
         self.limits.check_text(len(text))
         text = normalize_text(text)
+        return await self._store(title, text, content_hash(text), source=source, language=language,
+                                 course=course, created_by=created_by)
+
+    async def _store(
+        self,
+        title: str | None,
+        text: str,
+        digest: str,
+        *,
+        source: str | None,
+        language: str | None,
+        course: str | None,
+        created_by: UUID | None,
+        chunks: list[Chunk] | None = None,
+    ) -> tuple[store.DocumentRow, bool]:
+        """Chunk, embed and insert text that is normalised already, with its hash: an
+        extracted file arrives so (`Extracted`), and hashing a large text twice is waste.
+        `chunks`: made already (`prepare_file`)."""
         if not text:
             raise EmptyDocument("the document has no text")
-        digest = content_hash(text)
         async with self.db.connection() as conn:
             existing = await store.get_document_by_hash(conn, digest)
         if existing is not None:
             return existing, False
-        # Chunking a long document takes about a second per MB of text: keep it off the loop.
-        try:
-            chunks = await asyncio.to_thread(
-                chunk_text, text, self.max_tokens, self.overlap_tokens, self.limits.max_chunks)
-        except TooManyChunks as exc:
-            raise DocumentTooLarge(str(exc)) from None
+        if chunks is None:
+            # Chunking a long document takes about a second per MB of text: keep it off the loop.
+            chunks = await asyncio.to_thread(self._chunk, text)
         # The active model's vectors serve search now; during a change of model the
         # configured one's wait beside them, so `reindex` need not embed this document again.
         active = await self.active_model()
@@ -269,6 +330,37 @@ class KnowledgeBase:
                 fallback_model=self.embedder.name, source=source, language=language,
                 course=course, created_by=created_by,
             )
+
+    def _chunk(self, text: str) -> list[Chunk]:
+        try:
+            return chunk_text(text, self.max_tokens, self.overlap_tokens, self.limits.max_chunks)
+        except TooManyChunks as exc:
+            raise DocumentTooLarge(str(exc)) from None
+
+    def _prepare(self, path: Path) -> PreparedFile:
+        extracted = extract(path.read_bytes(), path.name, self.limits)
+        self.limits.check_text(len(extracted.text))
+        return PreparedFile(path, extracted, self._chunk(extracted.text) if extracted.text else [])
+
+    async def prepare_file(self, path: Path) -> PreparedFile:
+        """Read, extract and chunk a file in a worker thread: the CPU work of ingestion other
+        than embedding, which `ingest_paths` runs for the next file while this one embeds."""
+        return await asyncio.to_thread(self._prepare, path)
+
+    async def ingest_prepared(
+        self,
+        prepared: PreparedFile,
+        *,
+        source: str | None = None,
+        course: str | None = None,
+        created_by: UUID | None = None,
+    ) -> tuple[store.DocumentRow, bool]:
+        """Store a `prepare_file` result (embed, insert); duplicates as `ingest_text`."""
+        extracted = prepared.extracted
+        return await self._store(
+            extracted.title, extracted.text, extracted.content_hash, source=source or str(prepared.path),
+            language=None, course=course, created_by=created_by, chunks=prepared.chunks,
+        )
 
     async def ingest_file(
         self,
@@ -289,8 +381,11 @@ class KnowledgeBase:
         if not filename:
             raise ValueError("filename is needed to tell the file type of raw bytes")
         extracted = await asyncio.to_thread(extract, data, filename, self.limits)  # pypdf can be slow
-        return await self.ingest_text(
-            title or extracted.title, extracted.text, source=source or filename,
+        self.limits.check_text(len(extracted.text))
+        # Extraction normalised and hashed the text: stored as it is (normalising is idempotent,
+        # tests/test_extract.py), not normalised and hashed again.
+        return await self._store(
+            title or extracted.title, extracted.text, extracted.content_hash, source=source or filename,
             language=language, course=course, created_by=created_by,
         )
 
@@ -328,24 +423,33 @@ class KnowledgeBase:
             if not fusion.uses_vector:
                 return []
             active = await self.active_model()
-            embedder = await self.embedder_for(active.model)
-            if embedder is None:
-                return []
-            [query_vector] = await embedder.embed([q])
-            used.update(embedder=embedder, vector=query_vector)
-            if not any(query_vector):  # an all-zero query (only stopwords) has no direction
-                return []
-            async with self.db.connection() as conn:
-                return await store.search_vector(
-                    conn, query_vector, model=active.model, dim=active.dim, k=candidates, course=course,
-                )
+            for attempt in range(2):
+                embedder = await self.embedder_for(active.model)
+                hits: list[store.ChunkHit] = []
+                if embedder is not None:
+                    [query_vector] = await embedder.embed([q])
+                    used.update(embedder=embedder, vector=query_vector)
+                    if not any(query_vector):  # an all-zero query (only stopwords) has no direction
+                        return []
+                    async with self.db.connection() as conn:
+                        hits = await store.search_vector(
+                            conn, query_vector, model=active.model, dim=active.dim, k=candidates, course=course,
+                        )
+                if hits or attempt:
+                    return hits
+                # Nothing under the model this instance remembers: a switch elsewhere empties
+                # the old model's rows at once, so look again now rather than after the TTL.
+                if (current := await self.active_model(fresh=True)) == active:
+                    return hits
+                active = current
+                used.clear()
+            return []
 
         vector_search = asyncio.ensure_future(nearest())
         try:
             text_hits: list[store.ChunkHit] = []
             if fusion.uses_text:
-                async with self.db.connection() as conn:
-                    text_hits = await store.search_text(conn, q, k=candidates, course=course)
+                text_hits = await self._text_hits(q, candidates, course, fusion)
             vector_hits = await vector_search
         finally:
             if not vector_search.done():
@@ -356,10 +460,24 @@ class KnowledgeBase:
             hits = await _with_similarity(hits, embedder, used["vector"])
         return ScoredSearch(hits, embedder.name if embedder is not None else None)
 
+    async def _text_hits(self, q: str, k: int, course: str | None, fusion: Fusion) -> list[store.ChunkHit]:
+        """The full-text ranking; in hybrid mode within `fusion.text_budget_ms`, past which
+        the question is left to the vector ranking (logged, counted)."""
+        budget = fusion.text_budget_ms if fusion.mode == "hybrid" and fusion.uses_vector else 0
+        async with self.db.connection() as conn:
+            try:
+                return await store.search_text(conn, q, k=k, course=course, budget_ms=budget)
+            except store.TextSearchOverBudget:
+                self.text_over_budget += 1
+                log.warning("full-text search over its budget: this question is ranked by vectors alone",
+                            extra={"budget_ms": budget, "over_budget_total": self.text_over_budget,
+                                   "query_chars": len(q)})
+                return []
+
     async def ensure_index(self) -> str:
         """Create the HNSW indexes of the active and the configured model if missing (cheap
         when they exist); returns the configured model's index name."""
-        active = await self.active_model()
+        active = await self.active_model(fresh=True)
         async with self.db.connection() as conn:
             if active.model != self.embedder.name:
                 await store.ensure_vector_index(conn, active.model, active.dim)
@@ -383,7 +501,7 @@ class KnowledgeBase:
         total = await self.pending_reindex()
         done = 0
         for _ in range(SWITCH_ATTEMPTS):
-            active = await self.active_model()
+            active = await self.active_model(fresh=True)
             in_place = active.model == target.name
             after: UUID | None = None
             while True:
@@ -406,6 +524,7 @@ class KnowledgeBase:
                 # The index first, while the model has no rows in `chunks`: the switch fills it.
                 await store.ensure_vector_index(conn, target.name, target.dim)
                 if await store.switch_active_model(conn, target.name, target.dim) == 0:
+                    self._active = (store.ActiveModel(target.name, target.dim), time.monotonic())
                     if not in_place:
                         log.info("embedding model switched", extra={"from": active.model, "to": target.name})
                     return done

@@ -125,7 +125,7 @@ def document_limits(knowledge: KnowledgeSettings) -> DocumentLimits:
 def fusion(retrieval: RetrievalSettings) -> Fusion:
     """How search fuses its vector and full-text rankings (STUDYHALL_RETRIEVAL_*)."""
     return Fusion(mode=retrieval.mode, vector_weight=retrieval.vector_weight, text_weight=retrieval.text_weight,
-                  rrf_k=retrieval.rrf_k)
+                  rrf_k=retrieval.rrf_k, text_budget_ms=retrieval.text_budget_ms)
 
 
 def knowledge_base(settings: Settings, db: Database) -> KnowledgeBase:

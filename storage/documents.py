@@ -317,8 +317,22 @@ async def search_vector(
     ]
 
 
+class TextSearchOverBudget(Exception):
+    """The full-text query ran past its time budget and was cancelled by the server."""
+
+
+TEXT_SEARCH_SQL = f"""WITH q AS (SELECT plainto_tsquery('{TS_CONFIG}', $1) AS query)
+    SELECT c.id, c.document_id, d.title, d.source, c.content, c.heading_path,
+           ts_rank_cd(c.tsv, q.query) AS rank
+    FROM q, chunks c JOIN documents d ON d.id = c.document_id
+    WHERE c.tsv @@ q.query
+      AND ($3::text IS NULL OR c.course = $3 OR c.course IS NULL)
+    ORDER BY rank DESC, c.id
+    LIMIT $2"""
+
+
 async def search_text(
-    conn: asyncpg.Connection, query: str, *, k: int = 20, course: str | None = None
+    conn: asyncpg.Connection, query: str, *, k: int = 20, course: str | None = None, budget_ms: int = 0
 ) -> list[ChunkHit]:
     """Full-text top `k`: chunks with every query word (AND), ranked by `ts_rank_cd`.
 
@@ -327,19 +341,23 @@ async def search_text(
     and had to rank most of the table (p95 1.4 s at 100k chunks vs 45 ms). A question
     whose words are not all in one chunk is left to the vector half of hybrid search.
     `ts_rank_cd` (cover density), not the cheaper `ts_rank`: with ts_rank hybrid recall@5
-    fell from 0.86 to 0.84 and MRR@10 from 0.720 to 0.687 on the same bench.
+    fell from 0.86 to 0.84 and MRR@10 from 0.720 to 0.687 on the same bench; ranking only a
+    shortlist chosen by ts_rank was faster but changed the top 5 of one question in seven at
+    100k chunks (docs/performance.md), so every match is still ranked.
+
+    `budget_ms` > 0: the server cancels the query after that long (`statement_timeout`,
+    local to its transaction) and `TextSearchOverBudget` is raised. Ranking costs per
+    matching row, so the questions whose words are common in the corpus are the slow ones.
     """
-    rows = await conn.fetch(
-        f"""WITH q AS (SELECT plainto_tsquery('{TS_CONFIG}', $1) AS query)
-            SELECT c.id, c.document_id, d.title, d.source, c.content, c.heading_path,
-                   ts_rank_cd(c.tsv, q.query) AS rank
-            FROM q, chunks c JOIN documents d ON d.id = c.document_id
-            WHERE c.tsv @@ q.query
-              AND ($3::text IS NULL OR c.course = $3 OR c.course IS NULL)
-            ORDER BY rank DESC, c.id
-            LIMIT $2""",
-        query, k, course,
-    )
+    if budget_ms <= 0:
+        rows = await conn.fetch(TEXT_SEARCH_SQL, query, k, course)
+    else:
+        async with conn.transaction():  # the timeout ends with it (two more round trips, ~0.2 ms)
+            await conn.execute("SELECT set_config('statement_timeout', $1, true)", f"{int(budget_ms)}ms")
+            try:
+                rows = await conn.fetch(TEXT_SEARCH_SQL, query, k, course)
+            except asyncpg.QueryCanceledError as exc:
+                raise TextSearchOverBudget(f"full-text query over {budget_ms} ms") from exc
     return [
         ChunkHit(r["id"], r["document_id"], r["title"], r["content"], list(r["heading_path"]), float(r["rank"]), r["source"])
         for r in rows

@@ -449,3 +449,154 @@ async def test_two_servers_switch_to_the_neural_default_together(
             hit = await top(api)
             assert hit.title == "The French Revolution"
             assert hit.similarity == pytest.approx(await similarity_by(neural, q, hit), abs=1e-4)
+
+
+async def test_active_model_is_remembered_yet_a_switch_elsewhere_shows_on_the_next_search(
+    kb: KnowledgeBase, db: Database
+) -> None:
+    """Search no longer reads the active model for every question, but a `studyhall reindex`
+    on another instance still moves this one's searches to the new vectors at once."""
+    docs = await ingest_corpus(kb)
+    q = "Bastille prison Paris"
+    remembering = KnowledgeBase(db, HashingEmbedder(), active_model_ttl=3600)
+    assert (await remembering.search_scored(q, k=3)).model == "hashing-384-v1"
+    async with db.connection() as conn:  # a change no search can notice: only the state row
+        await conn.execute("UPDATE embedding_state SET active_model = 'elsewhere', active_dim = 8")
+    assert (await remembering.active_model()).model == "hashing-384-v1"  # remembered, not read
+    assert (await remembering.active_model(fresh=True)).model == "elsewhere"
+    async with db.connection() as conn:
+        await conn.execute("UPDATE embedding_state SET active_model = 'hashing-384-v1', active_dim = 384")
+    assert (await remembering.active_model(fresh=True)).model == "hashing-384-v1"
+
+    other = KnowledgeBase(db, HashingEmbedder(128))  # another instance, reconfigured, reindexes
+    await other.reindex()
+    scored = await remembering.search_scored(q, k=3)  # within the hour it would trust its memory
+    assert scored.model == "hashing-128-v1"
+    assert scored.hits[0].document_id == docs["The French Revolution"].id
+    assert scored.hits[0].similarity == pytest.approx(
+        await similarity_by(HashingEmbedder(128), q, scored.hits[0]), abs=1e-5)
+    assert (await remembering.active_model()).model == "hashing-128-v1"
+
+    short = KnowledgeBase(db, HashingEmbedder(), active_model_ttl=0.05)
+    assert (await short.active_model()).model == "hashing-128-v1"
+    async with db.connection() as conn:
+        await conn.execute("UPDATE embedding_state SET active_model = 'elsewhere', active_dim = 8")
+    await asyncio.sleep(0.1)
+    assert (await short.active_model()).model == "elsewhere"  # the TTL bounds what search cannot see
+
+
+async def test_an_extracted_file_is_stored_with_the_hash_extraction_made(
+    kb: KnowledgeBase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ingest_file` stores the text and hash `extract` produced, without normalising and
+    hashing a (possibly large) text a second time."""
+    from rag import retrieval
+    from rag.extract import extract_file
+
+    page = tmp_path / "venv.md"
+    page.write_text("# Virtual environments\n\nCreate one with `python -m venv .venv`.\n", encoding="utf-8")
+    expected = extract_file(page)
+
+    def again(*_: object) -> str:
+        raise AssertionError("normalised or hashed twice")
+
+    monkeypatch.setattr(retrieval, "normalize_text", again)
+    monkeypatch.setattr(retrieval, "content_hash", again)
+    document, created = await kb.ingest_file(page)
+    assert created and document.content_hash == expected.content_hash
+    monkeypatch.undo()
+    same, created = await kb.ingest_text(None, expected.text)  # the same text by the other door
+    assert not created and same.id == document.id
+
+
+async def test_full_text_index_keeps_no_pending_list(kb: KnowledgeBase, db: Database) -> None:
+    """Migration 0018: new chunks go straight into the GIN index, so no question has to scan
+    a pending list of unmerged entries first."""
+    await ingest_corpus(kb)
+    async with db.connection() as conn:
+        options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'chunks_tsv_idx'")
+        assert options == ["fastupdate=off"]
+        assert await conn.fetchval("SELECT gin_clean_pending_list('chunks_tsv_idx'::regclass)") == 0
+
+
+async def test_hybrid_search_over_its_text_budget_answers_from_vectors_and_counts_it(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A question whose words match 2,500 chunks: ranking them all takes longer than
+    the budget, so the server cancels the full-text query and hybrid search answers from
+    the vector ranking alone, once logged and counted; with no budget full text ranks them."""
+    import random
+
+    from rag.retrieval import Fusion
+
+    embedder = HashingEmbedder()
+    rng = random.Random(5)
+    chunks = []
+    for i in range(2500):
+        vec = [rng.gauss(0, 1) for _ in range(embedder.dim)]
+        norm = sum(x * x for x in vec) ** 0.5
+        text = f"Chlorophyll in the leaf absorbs light for photosynthesis, note {i}. " + "Plants grow. " * (i % 7)
+        chunks.append(store.NewChunk(i, text, 0, len(text), 20, ["Leaves"], {embedder.name: [x / norm for x in vec]}))
+    budgeted = KnowledgeBase(db, embedder, fusion=Fusion(text_budget_ms=1))
+    await budgeted.active_model()
+    async with db.transaction() as conn:
+        await store.insert_document(conn, title="Leaves", content="leaves", content_hash="leaves", chunks=chunks,
+                                    fallback_model=embedder.name)
+    q = "chlorophyll light photosynthesis"
+    with caplog.at_level("WARNING", logger="rag.retrieval"):
+        hits = await budgeted.search(q, k=5)
+    assert len(hits) == 5 and all(h.similarity is not None and h.text_rank is None for h in hits)
+    assert budgeted.text_over_budget == 1
+    assert [r.message for r in caplog.records].count(
+        "full-text search over its budget: this question is ranked by vectors alone") == 1
+    async with db.connection() as conn:  # the connection went back to the pool clean
+        assert await conn.fetchval("SHOW statement_timeout") != "1ms"
+
+    unbudgeted = KnowledgeBase(db, embedder, fusion=Fusion(text_budget_ms=0))
+    hits = await unbudgeted.search(q, k=5)
+    assert any(h.text_rank is not None for h in hits) and unbudgeted.text_over_budget == 0
+    text_only = KnowledgeBase(db, embedder, fusion=Fusion(mode="text", text_budget_ms=1))
+    assert len(await text_only.search(q, k=5)) == 5  # nothing to fall back to: no budget
+
+
+async def test_ingest_paths_prepares_the_next_file_while_this_one_embeds(db: Database, tmp_path: Path) -> None:
+    """Extraction and chunking of file n+1 overlap the embedding of file n: the embedder
+    here lets a file's chunks through only once the next file has been prepared."""
+    from rag.retrieval import PreparedFile
+
+    prepared: list[str] = []
+    next_ready = asyncio.Event()
+
+    class Watching(KnowledgeBase):
+        async def prepare_file(self, path: Path) -> PreparedFile:
+            result = await super().prepare_file(path)
+            prepared.append(path.name)
+            if path.name == "b.md":
+                next_ready.set()
+            return result
+
+    class WaitsForNext:
+        name, dim = "hashing-384-v1", 384
+
+        def __init__(self) -> None:
+            self.inner = HashingEmbedder()
+
+        async def embed(self, texts: list[str]) -> list[list[float]]:
+            if any("Alpha" in t for t in texts):  # a.md's chunks: b.md must be under way already
+                await asyncio.wait_for(next_ready.wait(), timeout=3)
+            return await self.inner.embed(texts)
+
+    for name, word in (("a.md", "Alpha"), ("b.md", "Beta"), ("c.md", "Gamma")):
+        (tmp_path / name).write_text(f"# {word}\n\n{word} particles are described here in a sentence.\n")
+    kb = Watching(db, WaitsForNext())
+    report = await ingest_paths(kb, [tmp_path], show_progress=False)
+    assert (report.added, report.failed) == (3, {})
+    assert prepared == ["a.md", "b.md", "c.md"]
+    again = tmp_path / "again"
+    again.mkdir()
+    for name, word in (("a.md", "Alpha"), ("b.md", "Beta")):
+        (again / name).write_text(f"# {word}\n\nNew {word} text, so nothing here is a duplicate.\n")
+    next_ready.clear()
+    # Without prefetch a.md waits for b.md in vain (the timeout, an OSError, is reported as its failure).
+    report = await ingest_paths(Watching(db, WaitsForNext()), [again], show_progress=False, prefetch=False)
+    assert list(report.failed) == [str(again / "a.md")] and report.added == 1
