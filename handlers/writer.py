@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Hashable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
@@ -52,6 +53,13 @@ class BatchOutbox(Protocol):
     outbox, handlers/webhooks/outbox.py `MessageOutbox`): the writer does not import it."""
 
     def wants_messages(self) -> bool: ...
+
+
+# Set by the transport around an event whose order only matters up to the writer's queue
+# (`message:send`, server/gateway.py): called once the message is queued, in order, so
+# the socket's next event may start while this one commits (one sender's messages then
+# share batches instead of each waiting for the previous one's commit).
+QUEUED: ContextVar[Callable[[], None] | None] = ContextVar("studyhall_message_queued", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +109,11 @@ class MessageWriter:
             what = unstorable_reason(value) if value is not None else None
             if what is not None:
                 raise ApiError("bad_request", f"A message cannot contain {what}.")
-        return await self.batcher.submit(_Job(message, then))
+        outcome = self.batcher.enqueue(_Job(message, then))
+        queued = QUEUED.get()
+        if queued is not None:  # its place in the conversation's order is taken
+            queued()
+        return await outcome
 
     async def _run(self, jobs: list[_Job]) -> list[Inserted | BaseException]:
         outcomes = await self._commit([j.message for j in jobs])
