@@ -277,7 +277,7 @@ async def main() -> None:
     print(f"disk: 8 KiB write + fdatasync p50 {disk[0][0]:.2f} ms, p90 {disk[0][1]:.2f} ms", flush=True)
     try:
         for n in (int(x) for x in args.members.split(",")):
-            print(f"{n} members", flush=True)
+            print(f"{n} members (load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())})", flush=True)
             try:
                 rows += await room_size(n, database_url, pg_pid, args)
             except Exception as exc:  # keep what the other sizes measured
@@ -286,6 +286,7 @@ async def main() -> None:
     finally:
         pg.destroy()
     summary(rows)
+    print(f"\nload average at the end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1 / 5 / 15 min)")
     print(f"\ndisk (PostgreSQL's data directory), 8 KiB write + fdatasync: before p50 {disk[0][0]:.2f} ms / p90 {disk[0][1]:.2f} ms"
           + (f", after p50 {disk[1][0]:.2f} ms / p90 {disk[1][1]:.2f} ms" if len(disk) > 1 else ""))
 

@@ -84,7 +84,6 @@ class Outbox:
         self.pending: dict[asyncio.Transport, list[bytes]] = {}
         self.scheduled = False
         self.slow_consumers_closed = 0
-        self.writes = 0  # transport writes made (each carries one or more frames)
 
     def put(self, transport: asyncio.Transport, frame: bytes) -> None:
         frames = self.pending.get(transport)
@@ -106,7 +105,6 @@ class Outbox:
             if transport.is_closing():
                 continue
             transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
-            self.writes += 1
             if transport.get_write_buffer_size() > MAX_BUFFERED_BYTES:
                 self.slow_consumers_closed += 1
                 log.warning("closing a socket that cannot keep up with its events")
