@@ -167,14 +167,14 @@ class FastFanout(socketio.AsyncManager):
         messages: one put per socket, not one per message). With a pub/sub manager (other
         instances must hear each event) or anything but plain text events, one emit each."""
         packets: list[eio_packet.Packet] = []
-        if not isinstance(self, AsyncPubSubManager) and namespace in self.rooms:
+        if len(datas) > 1 and not isinstance(self, AsyncPubSubManager) and namespace in self.rooms:
             for data in datas:
                 args = list(data) if isinstance(data, tuple) else [data]
                 encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args]).encode()
                 if isinstance(encoded, list):  # binary attachments
                     break
                 packets.append(eio_packet.Packet(eio_packet.MESSAGE, encoded))
-        if len(packets) != len(datas) or len(packets) < 2:
+        if len(packets) != len(datas) or len(packets) < 2:  # one message (the usual run at low load), or not for here
             for data in datas:
                 await self.emit(event, data, namespace, room=room)
             return
