@@ -195,6 +195,8 @@ async def room_size(n: int, database_url: str, pg_pid: int, args: argparse.Names
         for senders in (int(x) for x in args.senders.split(",")):
             for deliveries in (float(x) for x in args.deliveries.split(",")):
                 rate = deliveries / n
+                if rate < args.min_rate:  # 0.5 msg/s in 3 s is a message or two: no figure
+                    continue
                 for side in (study, node):
                     if senders in side.stopped:
                         continue
@@ -256,6 +258,8 @@ async def main() -> None:
     parser.add_argument("--senders", default="1,10")
     parser.add_argument("--deliveries", default="500,1000,2000,5000,10000,20000,40000,80000,160000",
                         help="the ladder of offered deliveries/s (msg/s × members)")
+    parser.add_argument("--min-rate", type=float, default=5,
+                        help="skip ladder steps below this many msg/s (N=1,000 starts at 5,000 deliveries/s)")
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--fsync", choices=["on", "off"], default="on",
@@ -273,7 +277,7 @@ async def main() -> None:
     print(f"disk: 8 KiB write + fdatasync p50 {disk[0][0]:.2f} ms, p90 {disk[0][1]:.2f} ms", flush=True)
     try:
         for n in (int(x) for x in args.members.split(",")):
-            print(f"{n} members", flush=True)
+            print(f"{n} members (load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())})", flush=True)
             try:
                 rows += await room_size(n, database_url, pg_pid, args)
             except Exception as exc:  # keep what the other sizes measured
@@ -282,6 +286,7 @@ async def main() -> None:
     finally:
         pg.destroy()
     summary(rows)
+    print(f"\nload average at the end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1 / 5 / 15 min)")
     print(f"\ndisk (PostgreSQL's data directory), 8 KiB write + fdatasync: before p50 {disk[0][0]:.2f} ms / p90 {disk[0][1]:.2f} ms"
           + (f", after p50 {disk[1][0]:.2f} ms / p90 {disk[1][1]:.2f} ms" if len(disk) > 1 else ""))
 

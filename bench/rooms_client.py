@@ -341,7 +341,10 @@ class Worker:
         await asyncio.gather(*(run(self.people[i]) for i in senders))
         while tasks:
             await asyncio.gather(*list(tasks))
-        # Drain: wait until deliveries stop arriving.
+        # Drain: wait until deliveries stop arriving, but not before the sending period is
+        # over: a worker with no senders (or done early) would otherwise stop listening
+        # while another worker's last messages are still on their way, and count them lost.
+        await asyncio.sleep(max(0.0, deadline - now()))
         seen = -1
         while len(self.latencies) != seen:
             seen = len(self.latencies)

@@ -62,6 +62,11 @@ class Batcher(Generic[T, R]):
         self.requests = 0
 
     async def submit(self, request: T) -> R:
+        return await self.enqueue(request)
+
+    def enqueue(self, request: T) -> asyncio.Future[R]:
+        """Queue the request now (its place in the order is taken when this returns) and
+        return the future of its outcome."""
         pending: _Pending[T, R] = _Pending(request, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
         # A request whose exclusive key has a batch in flight waits for that batch's drainer,
@@ -72,7 +77,7 @@ class Batcher(Generic[T, R]):
             task = asyncio.ensure_future(self._drain())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return await pending.outcome
+        return pending.outcome
 
     async def _drain(self) -> None:
         try:

@@ -6,7 +6,7 @@ transaction that made the change has committed, so nobody hears of a rolled-back
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -29,6 +29,13 @@ class Events(Protocol):
 
     async def to_rooms(self, rooms: Iterable[str], event: str, data: dict[str, Any]) -> None:
         """Every socket in these Socket.IO rooms, on every instance (each socket once)."""
+
+    async def to_users_many(self, user_ids: Iterable[UUID | str], event: str, datas: Sequence[dict[str, Any]]) -> None:
+        """`to_users` for several events, in order: each socket gets them together (one
+        write where the transport allows), never reordered."""
+
+    async def to_rooms_many(self, rooms: Iterable[str], event: str, datas: Sequence[dict[str, Any]]) -> None:
+        """`to_rooms` for several events, in order, like `to_users_many`."""
 
     async def join_user_sockets(self, user_id: UUID | str, room: str) -> None:
         """Make every socket of a user, on every instance, enter a room."""

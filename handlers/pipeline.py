@@ -21,7 +21,7 @@ import asyncpg
 from handlers.core import Actor, AfterCommit, BeforeCommit, Core, KindPolicy, Pipeline
 from handlers.errors import ApiError
 from handlers.events import conversation_room
-from handlers.writer import ConversationLoader, MessageWriter
+from handlers.writer import ConversationLoader, Delivery, MessageWriter
 from storage import conversations, messages
 from storage.db import Database
 from storage.records import ConversationAccess, ConversationMembership, Message
@@ -33,7 +33,7 @@ Conv = TypeVar("Conv", bound=ConversationAccess)
 __all__ = [
     "AfterCommit", "AfterCommitHook", "BeforeCommit", "BeforeCommitHook", "KindPolicy", "KindPolicyFor",
     "MemberPolicy", "Pipeline", "authorize", "commit_message", "fan_out", "get_pipeline", "load_conversation",
-    "new_pipeline", "register",
+    "message_delivery", "new_pipeline", "register",
 ]
 
 
@@ -133,6 +133,24 @@ async def fan_out(core: Core, conv: ConversationMembership, event: str, data: di
         await core.events.to_rooms([conversation_room(conv.id)], event, data)
 
 
+def message_delivery(core: Core, conv: ConversationMembership) -> Delivery:
+    """How the writer fans out `message:new` for messages sent to `conv`: to its members or
+    its room (as `fan_out`), several in one go when consecutive messages share the audience."""
+    if get_pipeline(core).policy(conv.kind).fans_out_to_members(conv):
+        members = tuple(conv.member_ids)
+
+        async def to_members(batch: list[Message]) -> None:
+            await core.events.to_users_many(members, "message:new", [{"message": m} for m in batch])
+
+        return Delivery(("members", members), to_members)
+    room = conversation_room(conv.id)
+
+    async def to_room(batch: list[Message]) -> None:
+        await core.events.to_rooms_many([room], "message:new", [{"message": m} for m in batch])
+
+    return Delivery(("room", room), to_room)
+
+
 async def commit_message(
     core: Core,
     conversation_id: UUID,
@@ -170,18 +188,13 @@ async def commit_message(
     if sender is not None:
         for check in pipeline.before_commit:
             await check(core, conv, sender, role, client_id)
-    delivered_to = conv
-
-    async def deliver(message: Message) -> None:
-        await fan_out(core, delivered_to, "message:new", {"message": message})
-
     # The writer commits the conversation's messages in batches, in the order they arrive
-    # (their seq order), and runs `deliver` for each in seq order after its commit.
+    # (their seq order), and delivers them in seq order after their commit.
     message, duplicate = await pipeline.writer.insert(messages.NewMessage(
         conversation_id=conversation_id, sender_id=sender.user_id if sender else None,
         role=role, content=content, client_id=client_id, metadata=metadata,
         message_id=message_id, require_mode=require_mode,
-    ), then=deliver)
+    ), then=message_delivery(core, conv))
     if not duplicate:
         conv = replace(conv, last_seq=message.seq)
         for hook in pipeline.after_commit:

@@ -13,12 +13,14 @@ so it fails alone and the others go through in about 2·log2(n) statements rathe
 
 Within one conversation (handlers/batching.py `exclusive_key`), one batch is in flight at
 a time: the messages that arrive while it commits go together in the next one, in the
-order they arrived, which is their seq order. Each message's `then` (the pipeline's
-fan-out) runs once its batch has committed, in seq order, before the conversation's next
-batch is taken, so members receive a conversation's messages in seq order; run back to
-back, a batch's frames to one socket can share one write (server/fanout.py's outbox
-flushes once per event-loop turn). No timer: an idle conversation's message is
-committed at once, alone.
+order they arrived, which is their seq order. Once a batch has committed, its messages
+are fanned out (each message's `Delivery`, the pipeline's) before the conversation's next
+batch is taken, so members receive a conversation's messages in seq order. Consecutive
+messages of one conversation with the same audience go out in one call (`Delivery.send`
+with the run, in seq order): the frames are built once, the audience is walked once and
+each socket gets the run in one write (server/fanout.py `emit_many`), its senders' acks
+included (the outbox flushes a turn later). No timer: an idle conversation's message is
+committed at once, alone, and delivered as soon as it is committed.
 
 The look-up a send makes first (the conversation, the sender's membership and the member
 list) is batched the same way (`storage.conversations.get_many_with_membership`).
@@ -27,7 +29,8 @@ list) is batched the same way (`storage.conversations.get_many_with_membership`)
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
@@ -52,14 +55,28 @@ class BatchOutbox(Protocol):
     def wants_messages(self) -> bool: ...
 
 
-# Runs after a message is committed (not for a duplicate): the pipeline's fan-out.
-AfterInsert = Callable[[Message], Awaitable[None]]
+# Set by the transport around an event whose order only matters up to the writer's queue
+# (`message:send`, server/gateway.py): called once the message is queued, in order, so
+# the socket's next event may start while this one commits (one sender's messages then
+# share batches instead of each waiting for the previous one's commit).
+QUEUED: ContextVar[Callable[[], None] | None] = ContextVar("studyhall_message_queued", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How a message is fanned out once committed (not for a duplicate): the pipeline's.
+    `audience` names who receives it (hashable: a room, or a member list); a run of a
+    batch's messages of one conversation with equal audiences is delivered by one call
+    of the first one's `send`, with the messages in seq order."""
+
+    audience: Hashable
+    send: Callable[[list[Message]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
 class _Job:
     message: NewMessage
-    then: AfterInsert | None
+    then: Delivery | None
 
 
 class MessageWriter:
@@ -82,27 +99,31 @@ class MessageWriter:
         # a batch's statement writes its outbox rows too.
         self.outbox: BatchOutbox | None = None
 
-    async def insert(self, message: NewMessage, then: AfterInsert | None = None) -> Inserted:
+    async def insert(self, message: NewMessage, then: Delivery | None = None) -> Inserted:
         """(message, duplicate), or raises like `storage.messages.insert`; `bad_request`
-        for text the database cannot store. `then(message)` runs after the commit, in seq
-        order with the conversation's other messages, before this returns; if it raises,
-        this raises that (the message stays committed)."""
+        for text the database cannot store. `then` delivers the message after the commit,
+        in seq order with the conversation's other messages (with the run of them that
+        shares its audience), before this returns; if that raises, this raises it (the
+        message stays committed)."""
         for value in (message.content, message.client_id):
             what = unstorable_reason(value) if value is not None else None
             if what is not None:
                 raise ApiError("bad_request", f"A message cannot contain {what}.")
-        return await self.batcher.submit(_Job(message, then))
+        outcome = self.batcher.enqueue(_Job(message, then))
+        queued = QUEUED.get()
+        if queued is not None:  # its place in the conversation's order is taken
+            queued()
+        return await outcome
 
     async def _run(self, jobs: list[_Job]) -> list[Inserted | BaseException]:
         outcomes = await self._commit([j.message for j in jobs])
-        for i, (job, outcome) in enumerate(zip(jobs, outcomes, strict=True)):
-            if job.then is None or not isinstance(outcome, tuple) or outcome[1]:
-                continue
+        for delivery, run in _runs(jobs, outcomes):
             try:
-                await job.then(outcome[0])
-            except Exception as exc:  # this message's fan-out alone; the others still go
-                log.exception("after-insert step failed", extra={"conversation_id": str(job.message.conversation_id)})
-                outcomes[i] = exc
+                await delivery.send([m for _, m in run])
+            except Exception as exc:  # this run's fan-out alone; the others still go
+                log.exception("fan-out failed", extra={"conversation_id": str(run[0][1].conversation_id)})
+                for i, _ in run:
+                    outcomes[i] = exc
         return outcomes
 
     async def _commit(self, batch: list[NewMessage]) -> list[Inserted | BaseException]:
@@ -135,3 +156,24 @@ class ConversationLoader:
     async def _load(self, keys: list[tuple[UUID, UUID | None]]) -> list[ConversationMembership | BaseException | None]:
         async with self.db.connection(pipeline=True) as conn:
             return list(await conversations.get_many_with_membership(conn, keys))
+
+
+def _runs(jobs: list[_Job], outcomes: list[Inserted | BaseException]) -> list[tuple[Delivery, list[tuple[int, Message]]]]:
+    """The committed (not duplicate) messages to deliver, as runs: per conversation, its
+    messages in batch order (= seq order), cut wherever the audience changes. Runs are in
+    the order of their first message, so each conversation's runs go out in seq order;
+    two conversations' messages have no order between them and never share a run."""
+    runs: list[tuple[Delivery, list[tuple[int, Message]]]] = []
+    open_run: dict[UUID, tuple[Hashable, list[tuple[int, Message]]]] = {}  # conversation -> its last run
+    for i, (job, outcome) in enumerate(zip(jobs, outcomes, strict=True)):
+        if job.then is None or not isinstance(outcome, tuple) or outcome[1]:
+            continue
+        cid = job.message.conversation_id
+        last = open_run.get(cid)
+        if last is not None and last[0] == job.then.audience:
+            last[1].append((i, outcome[0]))
+            continue
+        run = [(i, outcome[0])]
+        runs.append((job.then, run))
+        open_run[cid] = (job.then.audience, run)
+    return runs

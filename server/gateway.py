@@ -7,7 +7,10 @@ disconnects the client. Frames that never become an event (undecodable, reserved
 names; see server/guarded_sio.py) are answered through `refuse_frame`, which counts
 them against the same limits. Events from one socket are handled in the order
 sent: python-socketio runs each event as its own task, so each socket has a FIFO lock
-(asyncio.Lock wakes waiters in order, and tasks start in the order events arrived).
+(asyncio.Lock wakes waiters in order, and tasks start in the order events arrived). A
+`message:send` holds it only until the writer has queued its message (`EventSpec.
+ordered_until_queued`): from there the writer keeps the order (seq order is queue order),
+so one client's sends share group commits instead of waiting out each other's commit.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 import socketio
 from pydantic import BaseModel, ValidationError
 
-from handlers import auth
+from handlers import auth, writer
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.events import STAFF_ROOM, user_room
@@ -46,6 +49,9 @@ class EventSpec:
     handler: Handler
     schema: type[BaseModel] | None = None
     roles: frozenset[str] | None = None  # None: any signed-in user
+    # The socket's next event may start once this one's message is queued by the writer
+    # (in order), rather than when this one is answered: one client's sends pipeline.
+    ordered_until_queued: bool = False
 
 
 @dataclass
@@ -154,8 +160,23 @@ class Gateway:
         if spec is None:
             self.metrics.event_errors.labels("bad_request", "socket").inc()
             return error_ack("bad_request", f"Unknown event {event!r}.")
-        async with state.lock:
+        await state.lock.acquire()
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                state.lock.release()
+
+        # A send's order is fixed once the writer has queued it: the socket's next event
+        # may start then, while this one commits (handlers/writer.py `QUEUED`).
+        token = writer.QUEUED.set(release if spec.ordered_until_queued else None)
+        try:
             return await self._run(spec, state, args)
+        finally:
+            writer.QUEUED.reset(token)
+            release()
 
     def refuse_frame(self, sid: str | None, code: str, message: str, *, count: bool = True) -> dict[str, Any]:
         """The ack for a frame that is not run as an event (undecodable, a reserved name,

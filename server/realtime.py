@@ -15,7 +15,7 @@ second net.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -99,11 +99,26 @@ class SocketEvents:
             self.metrics.fanout_degraded.inc()
             log.exception("fan-out failed", extra={"event": event})
 
+    async def _emit_many(self, event: str, datas: Sequence[dict[str, Any]], to: list[str]) -> None:
+        if not to or not datas:
+            return
+        try:
+            await fanout.emit_many(self.sio, event, datas, to if len(to) > 1 else to[0])
+        except Exception:
+            self.metrics.fanout_degraded.inc()
+            log.exception("fan-out failed", extra={"event": event})
+
     async def to_users(self, user_ids: Iterable[UUID | str], event: str, data: dict[str, Any]) -> None:
         await self._emit(event, data, [user_room(u) for u in dict.fromkeys(user_ids)])
 
     async def to_rooms(self, rooms: Iterable[str], event: str, data: dict[str, Any]) -> None:
         await self._emit(event, data, list(dict.fromkeys(rooms)))
+
+    async def to_users_many(self, user_ids: Iterable[UUID | str], event: str, datas: Sequence[dict[str, Any]]) -> None:
+        await self._emit_many(event, datas, [user_room(u) for u in dict.fromkeys(user_ids)])
+
+    async def to_rooms_many(self, rooms: Iterable[str], event: str, datas: Sequence[dict[str, Any]]) -> None:
+        await self._emit_many(event, datas, list(dict.fromkeys(rooms)))
 
     async def _user_sids(self, user_id: UUID | str) -> list[str]:
         async with self.db.connection() as conn:

@@ -93,7 +93,7 @@ async def on_sync(core: Core, actor: Actor, p: Sync) -> dict:
 
 EVENTS = [
     EventSpec("conversation:create", on_create, CreateConversation),
-    EventSpec("message:send", on_send, SendMessage),
+    EventSpec("message:send", on_send, SendMessage, ordered_until_queued=True),
     EventSpec("message:edit", on_edit, EditMessage),
     EventSpec("message:delete", on_delete, MessageRef),
     EventSpec("typing", on_typing, Typing),

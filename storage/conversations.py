@@ -70,16 +70,23 @@ async def get_many_with_membership(
     conn: asyncpg.Connection, keys: Sequence[tuple[UUID, UUID | None]]
 ) -> list[ConversationMembership | None]:
     """`get_with_membership` for several (conversation, user) pairs in one query; None
-    where the conversation does not exist."""
+    where the conversation does not exist. A live room's conversation comes with its
+    session's state and the user's place in it (`ConversationMembership.room`): a room
+    send then costs one look-up, not two (issue 16)."""
     rows = await conn.fetch(
         f"""SELECT k.idx, {CONV_COLUMNS},
                    m.user_id IS NOT NULL AS is_member, m.member_role,
                    coalesce(m.last_read_seq, 0) AS last_read_seq,
                    CASE WHEN c.kind = 'room' THEN ARRAY[]::uuid[] ELSE
-                       ARRAY(SELECT user_id FROM conversation_members WHERE conversation_id = c.id) END AS member_ids
+                       ARRAY(SELECT user_id FROM conversation_members WHERE conversation_id = c.id) END AS member_ids,
+                   s.id AS room_id, s.status AS room_status, s.host_id AS room_host_id,
+                   p.user_id IS NOT NULL AND p.left_at IS NULL AS room_present,
+                   coalesce(p.banned, false) AS room_banned, coalesce(p.muted, false) AS room_muted
             FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS k(conversation_id, user_id, idx)
             JOIN conversations c ON c.id = k.conversation_id
-            LEFT JOIN conversation_members m ON m.conversation_id = c.id AND m.user_id = k.user_id""",
+            LEFT JOIN conversation_members m ON m.conversation_id = c.id AND m.user_id = k.user_id
+            LEFT JOIN live_sessions s ON c.kind = 'room' AND s.conversation_id = c.id
+            LEFT JOIN room_participants p ON p.live_session_id = s.id AND p.user_id = k.user_id""",
         [k[0] for k in keys], [k[1] for k in keys],
     )
     found: list[ConversationMembership | None] = [None] * len(keys)

@@ -141,7 +141,10 @@ class ConversationAccess:
 class ConversationMembership(ConversationAccess):
     """The conversation with one user's membership and the member list
     (`storage.conversations.get_with_membership`): everything a send needs before its
-    insert. `member_ids` is empty for live rooms, whose audience is whoever joined."""
+    insert. `member_ids` is empty for live rooms, whose audience is whoever joined.
+    `room`: for a live room's conversation, its session's state and this user's place in
+    it, read in the same statement, so the room policy's send check needs no query of
+    its own; None for other kinds."""
 
     title: str | None
     mode: str | None
@@ -151,6 +154,17 @@ class ConversationMembership(ConversationAccess):
     created_at: datetime
     last_read_seq: int
     member_ids: list[UUID]
+    room: RoomAccess | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        """From a row of `conversations.get_many_with_membership`: its `room_*` columns
+        (NULL unless the conversation is a live room's) become `room`."""
+        room = None
+        if row["room_id"] is not None:
+            room = RoomAccess(id=row["room_id"], status=row["room_status"], host_id=row["room_host_id"],
+                              present=row["room_present"], banned=row["room_banned"], muted=row["room_muted"])
+        return cls(**{name: row[name] for name in _names(ConversationMembership)[:-1]}, room=room)  # all but `room`
 
 
 @dataclass(frozen=True, slots=True)

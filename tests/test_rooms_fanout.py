@@ -7,16 +7,18 @@ import asyncio
 import contextlib
 import socket
 import struct
+import uuid
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 import socketio
 
 import server.app as app_module
 from handlers.settings import Settings
 from server import fanout
-from server.keys import SIO
+from server.keys import CORE, SIO
 from storage.db import Database
 from tests.client import Api, Instance
 
@@ -167,3 +169,78 @@ async def test_a_consumer_that_cannot_keep_up_is_closed(fast_fanout: None, start
             assert kinds & {aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSING}
         finally:
             await api.close_sockets()
+
+
+def _frames(data: bytes) -> list[str]:
+    """The text payloads of the server's (unmasked) websocket frames in one write."""
+    out, i = [], 0
+    while i < len(data):
+        assert data[i] == 0x81, "one unfragmented text frame after another"
+        n, i = data[i + 1], i + 2
+        if n == 126:
+            n, i = struct.unpack("!H", data[i:i + 2])[0], i + 2
+        elif n == 127:
+            n, i = struct.unpack("!Q", data[i:i + 8])[0], i + 8
+        out.append(data[i:i + n].decode())
+        i += n
+    return out
+
+
+async def _until(condition: Any, what: str) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_batch_leaves_in_one_write_per_socket_in_seq_order_acks_included(
+        server: Instance, api: Api, db: Database) -> None:
+    """Four sends queue behind a commit, so they are committed as one batch: every socket
+    in the room then gets the batch in one transport write, its `message:new` frames in seq
+    order, and each sender's ack in that same write (a sender does not pay a second write,
+    and a member a write per message)."""
+    session = await _room(api, db, 10)
+    socks = [await api.socket(await api.guest(f"B{i}")) for i in range(6)]
+    for s in socks:
+        await s.ok("room:join", {"live_session_id": session["id"]})
+    await asyncio.sleep(0.3)  # the joins' room:participant broadcasts are out
+    manager = server.app[SIO].manager
+    writer = server.app[CORE].pipeline.writer
+    writes: dict[int, list[bytes]] = {}
+    for i, s in enumerate(socks):  # record every write the server makes to each socket (and make it)
+        transport = manager.websockets[s.client.eio.sid]
+        writes[i] = record = []
+
+        def write(data: bytes, real: Any = transport.write, record: list[bytes] = record) -> None:
+            record.append(bytes(data))
+            real(data)
+
+        transport.write = write
+    cid = session["conversation_id"]
+
+    def send(i: int) -> asyncio.Future[dict[str, Any]]:
+        return asyncio.ensure_future(socks[i].call("message:send", {"conversation_id": cid, "content": f"from {i}",
+                                                                    "client_id": f"b-{i}"}))
+
+    async with db.transaction() as conn:  # hold the conversation's row: the first batch waits on it
+        await conn.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", uuid.UUID(cid))
+        first = send(0)
+        await _until(lambda: writer.batcher.batches == 0 and uuid.UUID(cid) in writer.batcher._busy, "the first batch")
+        rest = [send(i) for i in range(1, 5)]
+        await _until(lambda: len(writer.batcher._queue) == 4, "four sends queued behind it")
+    acks = await asyncio.gather(first, *rest)
+    assert [a["message"]["seq"] for a in acks] == [1, 2, 3, 4, 5] and writer.batcher.batches == 2
+    for s in socks:
+        await s.wait_for("message:new", lambda d: d["message"]["seq"] == 5)
+    await asyncio.sleep(0.2)
+    for i, s in enumerate(socks):
+        assert [d["message"]["seq"] for d in s.received("message:new")] == [1, 2, 3, 4, 5]
+        assert len(writes[i]) == 2, f"socket {i}: one write per batch, not {len(writes[i])}"
+        batch1, batch2 = (_frames(w) for w in writes[i])
+        news = [orjson.loads(f[2:])[1]["message"]["seq"] for f in batch2 if f.startswith('42["message:new"')]
+        assert news == [2, 3, 4, 5], "the second batch's four messages, in seq order, in one write"
+        own_acks = [f for f in batch1 + batch2 if f.startswith("43")]
+        assert len(own_acks) == (1 if i < 5 else 0), "a sender's ack rides in its batch's write"
+        if 1 <= i <= 4:
+            assert batch2[-1].startswith("43"), "after the batch's messages, in the same write"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from tests.client import Api
+from server.keys import CORE
+from tests.client import Api, Instance
 
 
 async def _direct(api: Api):
@@ -43,13 +44,21 @@ async def test_direct_thread_send_receive_order_and_idempotent_retry(api: Api) -
     assert [d["message"]["seq"] for d in sa.received("message:new")] == [1, 2, 3, 4, 5]
 
 
-async def test_pipelined_sends_from_one_socket_keep_their_order(api: Api) -> None:
+async def test_pipelined_sends_from_one_socket_keep_their_order_and_share_commits(server: Instance, api: Api) -> None:
+    """One socket sends 30 messages without waiting: seq order is the order it sent them,
+    everyone receives them in that order, and they share commits (the socket's next send
+    starts once the previous one is queued in the writer, not once it is answered)."""
     a, b, sa, sb, conv = await _direct(api)
+    writer = server.app[CORE].pipeline.writer
+    before = writer.batcher.batches
     acks = await asyncio.gather(*[
         sa.call("message:send", {"conversation_id": conv["id"], "content": f"m{i}", "client_id": f"p{i}"}) for i in range(30)
     ])
     by_content = {ack["message"]["content"]: ack["message"]["seq"] for ack in acks}
     assert [by_content[f"m{i}"] for i in range(30)] == list(range(1, 31))
+    await sb.wait_for("message:new", lambda d: d["message"]["seq"] == 30)
+    assert [d["message"]["content"] for d in sb.received("message:new")] == [f"m{i}" for i in range(30)]
+    assert writer.batcher.batches - before < 30, "one sender's queued messages commit together"
 
 
 async def test_concurrent_retries_of_one_client_id_make_one_message(api: Api) -> None:

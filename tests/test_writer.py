@@ -7,13 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable, Hashable
 
 import pytest
 
-from handlers.writer import MessageWriter
+from handlers.writer import Delivery, MessageWriter
 from storage import conversations, messages, users
 from storage.db import Database
 from storage.messages import NewMessage
+
+
+def each(deliver: Callable[[messages.Message], Awaitable[None]], audience: Hashable = "everyone") -> Delivery:
+    """A Delivery that hands a run's messages to `deliver` one by one, in order."""
+
+    async def send(run: list[messages.Message]) -> None:
+        for m in run:
+            await deliver(m)
+
+    return Delivery(audience, send)
 
 
 async def make_conversations(db: Database, n: int) -> tuple[uuid.UUID, list[uuid.UUID]]:
@@ -123,7 +134,7 @@ async def test_one_conversation_commits_in_batches_in_acceptance_order(db: Datab
         delivered.append(message.seq)
 
     async def send(content: str, sender: uuid.UUID) -> tuple[int, bool]:
-        message, duplicate = await writer.insert(NewMessage(cid, sender, "user", content, client_id=content), then=deliver)
+        message, duplicate = await writer.insert(NewMessage(cid, sender, "user", content, client_id=content), then=each(deliver))
         assert not duplicate and message.content == content
         return message.seq, message.seq in delivered
 
@@ -168,12 +179,12 @@ async def test_a_bad_message_in_a_conversations_batch_fails_alone(db: Database) 
     async def deliver(message: messages.Message) -> None:
         delivered.append(message.content)
 
-    first = asyncio.ensure_future(writer.insert(NewMessage(cid, sender, "user", "first"), then=deliver))
+    first = asyncio.ensure_future(writer.insert(NewMessage(cid, sender, "user", "first"), then=each(deliver)))
     await asyncio.sleep(0)  # `first` is in flight; the next five wait and share a batch
     rest = [NewMessage(cid, sender, "user", "a"), NewMessage(cid, sender, "user", "b"),
             NewMessage(cid, uuid.uuid4(), "user", "nobody's"),
             NewMessage(cid, sender, "user", "c"), NewMessage(cid, sender, "user", "d")]
-    outcomes = await asyncio.gather(first, *(writer.insert(m, then=deliver) for m in rest), return_exceptions=True)
+    outcomes = await asyncio.gather(first, *(writer.insert(m, then=each(deliver)) for m in rest), return_exceptions=True)
     assert isinstance(outcomes[3], Exception) and "foreign key" in str(outcomes[3])
     kept = [o for i, o in enumerate(outcomes) if i != 3]
     assert [(m.content, m.seq) for m, _ in kept] == [("first", 1), ("a", 2), ("b", 3), ("c", 4), ("d", 5)]
@@ -195,7 +206,7 @@ async def test_a_retry_inside_one_conversations_batch_is_a_duplicate_and_overtak
     async def deliver(message: messages.Message) -> None:
         delivered.append(message.content)
 
-    first = asyncio.ensure_future(writer.insert(NewMessage(cid, alice, "user", "hello", client_id="x"), then=deliver))
+    first = asyncio.ensure_future(writer.insert(NewMessage(cid, alice, "user", "hello", client_id="x"), then=each(deliver)))
     await asyncio.sleep(0)
     queued = [
         NewMessage(cid, bob, "user", "bob 1", client_id="b1"),
@@ -203,7 +214,32 @@ async def test_a_retry_inside_one_conversations_batch_is_a_duplicate_and_overtak
         NewMessage(cid, bob, "user", "bob 2", client_id="b2"),
     ]
     (m1, d1), (b1, _), (retry, dup), (b2, _) = await asyncio.gather(
-        first, *(writer.insert(m, then=deliver) for m in queued))
+        first, *(writer.insert(m, then=each(deliver)) for m in queued))
     assert (d1, dup) == (False, True) and retry.id == m1.id and retry.content == "hello"
     assert [m1.seq, b1.seq, b2.seq] == [1, 2, 3]
     assert delivered == ["hello", "bob 1", "bob 2"], "the retry is delivered to nobody again"
+
+
+async def test_a_batch_is_delivered_in_runs_per_audience_in_seq_order(db: Database) -> None:
+    """A batch's messages of one conversation go out in one call per run of equal
+    audiences, cut where the audience changes (a member joined between two sends), so a
+    socket in both audiences still gets them in seq order; another conversation's
+    messages in the same batch never join its runs."""
+    cid, (sender, *_) = await make_group(db, 2)
+    other, (sender2, *_) = await make_group(db, 2)
+    writer = MessageWriter(db, concurrency=1)  # one batch at a time: the queued seven share the second
+    calls: list[tuple[str, list[int]]] = []
+
+    def to(audience: str) -> Delivery:
+        async def send(run: list[messages.Message]) -> None:
+            calls.append((audience, [m.seq if m.conversation_id == cid else -m.seq for m in run]))
+        return Delivery(audience, send)
+
+    first = asyncio.ensure_future(writer.insert(NewMessage(cid, sender, "user", "first"), then=to("A")))
+    await asyncio.sleep(0)  # `first` is in flight; the rest share the next batch
+    queued = [(cid, sender, "A"), (cid, sender, "A"), (other, sender2, "A"), (cid, sender, "B"),
+              (other, sender2, "A"), (cid, sender, "A"), (cid, sender, "A")]
+    done = await asyncio.gather(first, *(writer.insert(NewMessage(c, s, "user", "m"), then=to(a)) for c, s, a in queued))
+    assert [m.seq for m, _ in done] == [1, 2, 3, 1, 4, 2, 5, 6]
+    assert writer.batcher.batches == 2
+    assert calls == [("A", [1]), ("A", [2, 3]), ("A", [-1, -2]), ("B", [4]), ("A", [5, 6])]

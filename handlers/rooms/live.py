@@ -33,7 +33,7 @@ from handlers.events import conversation_room
 from handlers.rooms import sessions
 from storage import audit, connections, messages, rooms, users
 from storage.availability import DatabaseUnavailable
-from storage.records import ConversationAccess, LiveSession, RoomAccess
+from storage.records import ConversationAccess, ConversationMembership, LiveSession, RoomAccess
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,10 @@ class RoomPolicy:
     write while live. Messages go to the sockets in the room, not to stored members."""
 
     async def _state(self, core: Core, conn: asyncpg.Connection | None, conv: ConversationAccess, actor: Actor) -> RoomAccess:
+        # Loaded with the conversation for this actor (`conversations.get_many_with_membership`,
+        # the send path's one look-up): no second round trip per message.
+        if isinstance(conv, ConversationMembership) and conv.room is not None:
+            return conv.room
         async with core.db.connection() if conn is None else nullcontext(conn) as c:
             state = await rooms.session_for_conversation(c, conv.id, actor.user_id)
         if state is None:
