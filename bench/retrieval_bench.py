@@ -344,28 +344,12 @@ async def stored_questions(pg: Postgres, name: str) -> list[str]:
     return [r["text"] for r in await admin_sql(pg.url(name), "SELECT text FROM bench_questions ORDER BY i")]
 
 
-# The full-text query as it was before the shortlist (commit 1713ec5), kept here so that one
-# run times both on the same database and questions.
-TEXT_BEFORE_SQL = f"""WITH q AS (SELECT plainto_tsquery('{store.TS_CONFIG}', $1) AS query)
-    SELECT c.id, c.document_id, d.title, d.source, c.content, c.heading_path,
-           ts_rank_cd(c.tsv, q.query) AS rank
-    FROM q, chunks c JOIN documents d ON d.id = c.document_id
-    WHERE c.tsv @@ q.query
-      AND ($3::text IS NULL OR c.course = $3 OR c.course IS NULL)
-    ORDER BY rank DESC, c.id
-    LIMIT $2"""
-
-
-async def text_before(conn: asyncpg.Connection, q: str, *, k: int, course: str | None = None) -> list[uuid.UUID]:
-    return [r["id"] for r in await conn.fetch(TEXT_BEFORE_SQL, q, k, course)]
-
-
 async def text_now(conn: asyncpg.Connection, q: str, *, k: int, course: str | None = None) -> list[uuid.UUID]:
     return [h.chunk_id for h in await store.search_text(conn, q, k=k, course=course)]
 
 
 async def scale_measure(db: Database, n: int, emb: Embedder, queries: list[str], samples: int, passes: int) -> None:
-    """Hybrid search, each query alone, and the full-text query before/after, `passes`
+    """Hybrid search (with and without the full-text budget) and each query alone, `passes`
     times each in turn (ratios within one run are what the shared machine leaves intact)."""
     kb = KnowledgeBase(db, emb)
     unbudgeted = KnowledgeBase(db, emb, fusion=Fusion(text_budget_ms=0))
@@ -380,7 +364,7 @@ async def scale_measure(db: Database, n: int, emb: Embedder, queries: list[str],
     times: dict[str, list[list[float]]] = {}
     vectors = {q: (await emb.embed([q]))[0] for q in set(qs)}
     for _ in range(passes):
-        hybrid, free, vector, text, before = [], [], [], [], []
+        hybrid, free, vector, text = [], [], [], []
         for q in qs:
             t0 = time.perf_counter()
             await kb.search(q, k=5)
@@ -398,29 +382,15 @@ async def scale_measure(db: Database, n: int, emb: Embedder, queries: list[str],
                 t0 = time.perf_counter()
                 await text_now(conn, q, k=20)
                 text.append((time.perf_counter() - t0) * 1000)
-            for q in qs:
-                t0 = time.perf_counter()
-                await text_before(conn, q, k=20)
-                before.append((time.perf_counter() - t0) * 1000)
         for label, values in (("hybrid search k=5 (embed + both queries)", hybrid),
                               ("hybrid search k=5, no full-text budget", free),
-                              ("  vector query k=20 (HNSW)", vector), ("  full-text query k=20", text),
-                              ("  full-text query k=20, before (1713ec5)", before)):
+                              ("  vector query k=20 (HNSW)", vector), ("  full-text query k=20", text)):
             times.setdefault(label, []).append(values)
     for label, runs in times.items():
         figures = "; ".join(f"p50 {percentile(v, 50):5.1f} p95 {percentile(v, 95):5.1f}" for v in runs)
         print(f"  {label:<42} {figures} ms")
     print(f"  full-text budget {kb.fusion.text_budget_ms} ms: {kb.text_over_budget} of {len(qs) * passes} hybrid "
           f"searches answered from vectors alone")
-    overlap = []
-    async with db.connection() as conn:
-        for q in sorted(set(qs)):
-            old, new = await text_before(conn, q, k=20), await text_now(conn, q, k=20)
-            if old:
-                overlap.append(len(set(old[:5]) & set(new[:5])) / min(5, len(old)))
-    if overlap:
-        print(f"  full-text top 5, now vs before: {statistics.mean(overlap):.3f} of the old top 5 kept "
-              f"(min {min(overlap):.2f}, {len(overlap)} questions with matches)")
 
     for k in (10, 20):
         recalls = []
