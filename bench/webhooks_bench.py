@@ -12,7 +12,9 @@ what the outbox costs the message path is measured by `bench/threads_bench.py --
 
 Reports events/s delivered over the window, lag p50/p99 from commit (the row's
 `created_at`, which is the body's `timestamp`) to the receiver's answer, duplicates (an
-event delivered twice) and what was still pending at the end.
+event delivered twice), what was still pending at the end, and the CPU milliseconds per
+delivery of the servers and of this process (the receiver): on a shared machine these
+move far less than the rates do.
 Full run (docs/webhooks.md#performance): `--rate 1000 --seconds 10 --instances both`.
 """
 
@@ -37,7 +39,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import quantile_ms, start_servers, stop_servers, wait_up  # noqa: E402
+from bench.harness import cpu_seconds, quantile_ms, start_servers, stop_servers, wait_up  # noqa: E402
 from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
 
 SECRET = "whsec_" + "QmVuY2htYXJrIHNlY3JldCBrZXkgMTIzNDU2Nzg="
@@ -229,10 +231,13 @@ async def run(database_url: str, instances: int, rate: float, seconds: float, ve
             await wait_up(url)
         endpoint_id = await add_endpoint(database_url, sink.url)
         await asyncio.sleep(1.5)  # every instance hears of the endpoint
+        pids = [p.pid for p, _ in procs]
+        cpu_before, me_before = cpu_seconds(*pids), cpu_seconds("self")
         offered = await offer(database_url, endpoint_id, rate, seconds)
         deadline = time.monotonic() + 30
         while len(sink.ids) < offered and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
+        server_cpu, me_cpu = cpu_seconds(*pids) - cpu_before, cpu_seconds("self") - me_before
         conn = await asyncpg.connect(database_url)
         pending = await conn.fetchval("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
         await conn.close()
@@ -244,6 +249,10 @@ async def run(database_url: str, instances: int, rate: float, seconds: float, ve
         "offered": offered, "delivered": len(sink.ids), "duplicates": sum(c - 1 for c in sink.ids.values()),
         "delivered/s": len(sink.ids) / span if span else 0.0,
         "lag p50 ms": quantile_ms(sink.lags, 50), "lag p99 ms": quantile_ms(sink.lags, 99), "pending": pending,
+        # CPU per delivery: the servers (claiming, sending, recording), and this process
+        # (mostly the receiver; the offering loop's INSERTs are a small part).
+        "server cpu ms/delivery": 1000 * server_cpu / max(1, len(sink.ids)),
+        "bench cpu ms/delivery": 1000 * me_cpu / max(1, len(sink.ids)),
     }
 
 
@@ -273,11 +282,13 @@ async def main() -> None:
     finally:
         pg.destroy()
     print()
-    print("| instances | offered events/s | delivered events/s | lag p50 / p99 ms | duplicates | pending at end |")
-    print("|---|---|---|---|---|---|")
+    print("| instances | offered events/s | delivered events/s | lag p50 / p99 ms | duplicates | pending at end "
+          "| CPU ms per delivery: server / receiver |")
+    print("|---|---|---|---|---|---|---|")
     for n, r in rows:
         print(f"| {n} | {args.rate:,.0f} | {r['delivered/s']:,.0f} | {r['lag p50 ms']:.1f} / {r['lag p99 ms']:.1f} "
-              f"| {r['duplicates']:.0f} | {r['pending']:.0f} |")
+              f"| {r['duplicates']:.0f} | {r['pending']:.0f} "
+              f"| {r['server cpu ms/delivery']:.3f} / {r['bench cpu ms/delivery']:.3f} |")
 
 
 if __name__ == "__main__":
