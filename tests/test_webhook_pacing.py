@@ -135,7 +135,7 @@ async def test_pipeline_load_reads_the_writers_batches() -> None:
         return list[int | BaseException](batch)
 
     batcher: Batcher[int, int] = Batcher(commit, concurrency=2)
-    load = PipelineLoad(batcher, saturated_batch_size=4, window=0.05)
+    load = PipelineLoad(batcher, saturated_batch_size=4, window=0.05, hold=0.3)
     for i in range(10):  # one at a time
         await batcher.submit(i)
     await asyncio.sleep(0.06)
@@ -144,7 +144,9 @@ async def test_pipeline_load_reads_the_writers_batches() -> None:
     await asyncio.sleep(0.06)
     assert load.saturated() is True and load.mean_batch >= 4
     await asyncio.sleep(0.06)
-    assert load.saturated() is False and load.mean_batch == 0  # nothing committed: idle
+    assert load.saturated() is True and load.mean_batch == 0  # none finished lately: maybe a slow commit
+    await asyncio.sleep(0.3)
+    assert load.saturated() is False and load.mean_batch == 0  # none for longer than `hold`: idle
 
 
 def test_pacer_grants_its_rate() -> None:

@@ -13,7 +13,9 @@ Saturation is read from counters the message writer already keeps (handlers/batc
 `Batcher.requests` and `.batches`): messages that arrive while a batch commits wait and go
 together in the next batch, so the mean batch size over the last quarter second is how
 much work queued behind the commits. At or above `saturated_batch_size` the pipeline is
-saturated. An idle or lightly loaded pipeline commits messages one or two at a time.
+saturated. An idle or lightly loaded pipeline commits messages one or two at a time. A
+window in which no batch finished keeps the last verdict for up to a second (a commit
+slower than the window, on a loaded machine), then counts as idle.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 from typing import Protocol
 
 WINDOW_SECONDS = 0.25
+HOLD_SECONDS = 1.0  # a window with no finished batch counts as idle only after this long
 
 
 class BatchCounters(Protocol):
@@ -34,11 +37,15 @@ class BatchCounters(Protocol):
 class PipelineLoad:
     """Whether the message pipeline is saturated, from its writer's counters."""
 
-    def __init__(self, counters: BatchCounters, *, saturated_batch_size: float, window: float = WINDOW_SECONDS) -> None:
+    def __init__(
+        self, counters: BatchCounters, *, saturated_batch_size: float, window: float = WINDOW_SECONDS,
+        hold: float = HOLD_SECONDS,
+    ) -> None:
         self.counters = counters
         self.saturated_batch_size = saturated_batch_size
         self.window = window
-        self._at = time.monotonic()
+        self.hold = hold
+        self._at = self._batch_at = time.monotonic()
         self._requests, self._batches = counters.requests, counters.batches
         self._saturated = False
         self.mean_batch = 0.0  # over the last window (metrics)
@@ -49,7 +56,13 @@ class PipelineLoad:
             requests, batches = self.counters.requests, self.counters.batches
             d_req, d_batches = requests - self._requests, batches - self._batches
             self.mean_batch = d_req / d_batches if d_batches else 0.0
-            self._saturated = self.mean_batch >= self.saturated_batch_size
+            if d_batches:
+                self._batch_at = now
+                self._saturated = self.mean_batch >= self.saturated_batch_size
+            elif now - self._batch_at >= self.hold:
+                self._saturated = False  # idle
+            # else: no batch finished in this window, yet one did lately: a slow commit
+            # under load, not an idle pipeline; stay as the last window said.
             self._at, self._requests, self._batches = now, requests, batches
         return self._saturated
 
