@@ -324,6 +324,10 @@ async def main() -> None:
                         help="load generator: Node.js socket.io-client (default) or python-socketio")
     parser.add_argument("--webhook", action="store_true",
                         help="one endpoint subscribed to message.created, its receiver a process of its own (bench/webhooks_bench.py)")
+    parser.add_argument("--receiver-nice", type=int, default=None,
+                        help="with --webhook: run the receiver at this niceness (19: only spare CPU)")
+    parser.add_argument("--receiver-cpu", type=float, default=None,
+                        help="with --webhook: cap the receiver at this %% of one CPU (a cgroup; needs root)")
     args = parser.parse_args()
     loaders = {"node": load_node, "python": load_python}
     client_kinds = ["node", "python"] if args.client == "both" else [args.client]
@@ -341,7 +345,8 @@ async def main() -> None:
                     hook_env = webhooks_bench.SERVER_ENV if args.webhook else {}
                     procs = start_servers(instances, database_url, redis.url if instances > 1 else None,
                                           {"STUDYHALL_REDIS_CHANNEL": "bench", **hook_env})
-                    sink = await webhooks_bench.SinkProcess().start() if args.webhook else None
+                    sink = (await webhooks_bench.SinkProcess(args.receiver_nice, args.receiver_cpu).start()
+                            if args.webhook else None)
                     try:
                         for _, url in procs:
                             await wait_up(url)
@@ -355,8 +360,10 @@ async def main() -> None:
                         stop_servers(procs)
                         if sink is not None:
                             got = sink.stop()
-                            print(f"webhooks: {got['delivered']:,} message.created delivered, lag p50 / p99 "
-                                  f"{got['lag p50 ms'] or nan:.0f} / {got['lag p99 ms'] or nan:.0f} ms", flush=True)
+                            print(f"webhooks ({sink.describe()}): {got['delivered']:,} message.created delivered "
+                                  f"over {got['connections']} connection(s), lag p50 / p99 "
+                                  f"{got['lag p50 ms'] or nan:.0f} / {got['lag p99 ms'] or nan:.0f} ms, "
+                                  f"receiver CPU {got['cpu s']:.1f} s", flush=True)
                     rows.append((instances, name, kind, result))
                     first_error = result.pop("first error")
                     print(f"{instances} instance(s), {name}, {kind} clients: "

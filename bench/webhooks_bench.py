@@ -12,7 +12,9 @@ what the outbox costs the message path is measured by `bench/threads_bench.py --
 
 Reports events/s delivered over the window, lag p50/p99 from commit (the row's
 `created_at`, which is the body's `timestamp`) to the receiver's answer, duplicates (an
-event delivered twice) and what was still pending at the end.
+event delivered twice), what was still pending at the end, and the CPU milliseconds per
+delivery of the servers and of this process (the receiver): on a shared machine these
+move far less than the rates do.
 Full run (docs/webhooks.md#performance): `--rate 1000 --seconds 10 --instances both`.
 """
 
@@ -37,7 +39,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import quantile_ms, start_servers, stop_servers, wait_up  # noqa: E402
+from bench.harness import cpu_seconds, quantile_ms, start_servers, stop_servers, wait_up  # noqa: E402
 from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
 
 SECRET = "whsec_" + "QmVuY2htYXJrIHNlY3JldCBrZXkgMTIzNDU2Nzg="
@@ -54,6 +56,7 @@ class Sink:
         self.webhook = Webhook(SECRET) if verify else None
         self.lags: list[float] = []
         self.ids: Counter[str] = Counter()
+        self.connections: set[int] = set()
         self.first: float | None = None
         self.last = 0.0
         self.port = free_port()
@@ -71,6 +74,7 @@ class Sink:
         committed = datetime.fromisoformat(orjson.loads(body)["timestamp"]).timestamp()
         self.lags.append(now - committed)
         self.ids[request.headers["webhook-id"]] += 1
+        self.connections.add(id(request.transport))  # how many the sender opened (keep-alive reuse)
         self.first = self.first or now
         self.last = now
         return web.Response(status=204)
@@ -88,21 +92,63 @@ class Sink:
             await self._runner.cleanup()
 
 
+class CpuCap:
+    """A cgroup (v2 `cpu.max`, or v1 `cpu.cfs_quota_us`) holding a process to `percent` of
+    one CPU: a receiver "elsewhere", that cannot take more than that from the server's cores.
+    Needs a writable cgroup file system (root on this machine)."""
+
+    PERIOD_US = 100_000
+
+    def __init__(self, percent: float) -> None:
+        self.quota_us = max(1000, int(self.PERIOD_US * percent / 100))
+        self.path: Path | None = None
+
+    def hold(self, pid: int) -> None:
+        v2, v1 = Path("/sys/fs/cgroup/cgroup.controllers"), Path("/sys/fs/cgroup/cpu")
+        base = Path("/sys/fs/cgroup") if v2.exists() else v1
+        if not (base / "cgroup.procs").exists():
+            raise SystemExit("--receiver-cpu needs a writable cgroup file system with the cpu controller")
+        self.path = base / f"studyhall-bench-sink-{pid}"
+        self.path.mkdir()
+        if v2.exists():
+            (self.path / "cpu.max").write_text(f"{self.quota_us} {self.PERIOD_US}")
+        else:
+            (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (self.path / "cpu.cfs_quota_us").write_text(str(self.quota_us))
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def release(self) -> None:
+        if self.path is not None:
+            try:
+                self.path.rmdir()  # empty once the receiver has exited
+            except OSError:
+                pass
+
+
 class SinkProcess:
     """A Sink in a process of its own (`--sink PORT`), so that receiving does not take the
-    load generator's event loop; it prints its figures as JSON when told to stop."""
+    load generator's event loop; it prints its figures as JSON when told to stop.
+    `nice`: run it at that niceness (19: it gets only the CPU nothing else wants);
+    `cpu_percent`: cap it at that share of one CPU (`CpuCap`). Either stands for a receiver
+    on a machine of its own, which a deployment has and this bench does not."""
 
-    def __init__(self) -> None:
+    def __init__(self, nice: int | None = None, cpu_percent: float | None = None) -> None:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.result: dict[str, float] = {}
+        self.nice = nice
+        self.cap = CpuCap(cpu_percent) if cpu_percent else None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
 
     async def start(self) -> SinkProcess:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--sink", str(self.port)], stdout=subprocess.PIPE)
+        nice = self.nice
+        self.proc = subprocess.Popen([sys.executable, __file__, "--sink", str(self.port)], stdout=subprocess.PIPE,
+                                     preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        if self.cap is not None:
+            self.cap.hold(self.proc.pid)
         for _ in range(100):
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -116,8 +162,14 @@ class SinkProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGINT)
         out, _ = self.proc.communicate(timeout=10)
+        if self.cap is not None:
+            self.cap.release()
         self.result = orjson.loads(out.splitlines()[-1])
         return self.result
+
+    def describe(self) -> str:
+        return (f"receiver capped at {self.cap.quota_us / 1000:g}% of a CPU" if self.cap
+                else f"receiver at nice {self.nice}" if self.nice else "receiver on the same cores")
 
 
 async def serve_sink(port: int) -> None:
@@ -129,7 +181,8 @@ async def serve_sink(port: int) -> None:
     await stop.wait()
     await sink.close()
     print(orjson.dumps({"delivered": len(sink.ids), "lag p50 ms": quantile_ms(sink.lags, 50),
-                        "lag p99 ms": quantile_ms(sink.lags, 99)}).decode(), flush=True)
+                        "lag p99 ms": quantile_ms(sink.lags, 99), "cpu s": time.process_time(),
+                        "connections": len(sink.connections)}).decode(), flush=True)
 
 
 async def add_endpoint(database_url: str, url: str, events: tuple[str, ...] = ("message.created",)) -> str:
@@ -178,10 +231,13 @@ async def run(database_url: str, instances: int, rate: float, seconds: float, ve
             await wait_up(url)
         endpoint_id = await add_endpoint(database_url, sink.url)
         await asyncio.sleep(1.5)  # every instance hears of the endpoint
+        pids = [p.pid for p, _ in procs]
+        cpu_before, me_before = cpu_seconds(*pids), cpu_seconds("self")
         offered = await offer(database_url, endpoint_id, rate, seconds)
         deadline = time.monotonic() + 30
         while len(sink.ids) < offered and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
+        server_cpu, me_cpu = cpu_seconds(*pids) - cpu_before, cpu_seconds("self") - me_before
         conn = await asyncpg.connect(database_url)
         pending = await conn.fetchval("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
         await conn.close()
@@ -193,6 +249,10 @@ async def run(database_url: str, instances: int, rate: float, seconds: float, ve
         "offered": offered, "delivered": len(sink.ids), "duplicates": sum(c - 1 for c in sink.ids.values()),
         "delivered/s": len(sink.ids) / span if span else 0.0,
         "lag p50 ms": quantile_ms(sink.lags, 50), "lag p99 ms": quantile_ms(sink.lags, 99), "pending": pending,
+        # CPU per delivery: the servers (claiming, sending, recording), and this process
+        # (mostly the receiver; the offering loop's INSERTs are a small part).
+        "server cpu ms/delivery": 1000 * server_cpu / max(1, len(sink.ids)),
+        "bench cpu ms/delivery": 1000 * me_cpu / max(1, len(sink.ids)),
     }
 
 
@@ -222,11 +282,13 @@ async def main() -> None:
     finally:
         pg.destroy()
     print()
-    print("| instances | offered events/s | delivered events/s | lag p50 / p99 ms | duplicates | pending at end |")
-    print("|---|---|---|---|---|---|")
+    print("| instances | offered events/s | delivered events/s | lag p50 / p99 ms | duplicates | pending at end "
+          "| CPU ms per delivery: server / receiver |")
+    print("|---|---|---|---|---|---|---|")
     for n, r in rows:
         print(f"| {n} | {args.rate:,.0f} | {r['delivered/s']:,.0f} | {r['lag p50 ms']:.1f} / {r['lag p99 ms']:.1f} "
-              f"| {r['duplicates']:.0f} | {r['pending']:.0f} |")
+              f"| {r['duplicates']:.0f} | {r['pending']:.0f} "
+              f"| {r['server cpu ms/delivery']:.3f} / {r['bench cpu ms/delivery']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -528,6 +528,11 @@ class Settings:
                 poll_seconds=_float(e, "STUDYHALL_WEBHOOK_POLL_SECONDS", webhooks.poll_seconds),
                 subscriptions_refresh_seconds=_float(e, "STUDYHALL_WEBHOOK_SUBSCRIPTIONS_REFRESH_SECONDS",
                                                      webhooks.subscriptions_refresh_seconds),
+                connections_per_endpoint=_int(e, "STUDYHALL_WEBHOOK_CONNECTIONS_PER_ENDPOINT",
+                                              webhooks.connections_per_endpoint),
+                dns_cache_seconds=_float(e, "STUDYHALL_WEBHOOK_DNS_CACHE_SECONDS", webhooks.dns_cache_seconds),
+                saturated_rate=_float(e, "STUDYHALL_WEBHOOK_SATURATED_RATE", webhooks.saturated_rate),
+                saturated_batch_size=_float(e, "STUDYHALL_WEBHOOK_SATURATED_BATCH_SIZE", webhooks.saturated_batch_size),
             ),
             retrieval=_retrieval(e, retrieval),
         )

@@ -35,6 +35,7 @@ from handlers.tutor.limits import TutorGate
 from handlers.webhooks import listener
 from handlers.webhooks.delivery import Dispatcher
 from handlers.webhooks.outbox import MessageOutbox, Subscriptions
+from handlers.webhooks.pacing import PipelineLoad
 from rag.retrieval import KnowledgeBase
 from server import factories, identity, rooms, session_refresh, threads, tickets, webhooks
 from server import tutor as tutor_transport
@@ -97,7 +98,10 @@ def assemble(app: web.Application, core: Core, gateway: Gateway) -> Assembly:
     app[identity.IDENTITY] = jwks = identity_handlers.JwksCache(settings.identity)
     core.webhooks = subscriptions = Subscriptions(core.db)
     pipeline.writer.outbox = MessageOutbox(subscriptions)  # a batch commits with its message.created rows
-    app[webhooks.DISPATCHER] = dispatcher = Dispatcher(core.db, settings.webhooks, core.instance_id)
+    # Delivery yields to the message path while its writer is saturated (handlers/webhooks/pacing.py).
+    load = PipelineLoad(pipeline.writer.batcher, saturated_batch_size=settings.webhooks.saturated_batch_size)
+    app[webhooks.DISPATCHER] = dispatcher = Dispatcher(core.db, settings.webhooks, core.instance_id, load)
+    webhooks.install_metrics(metrics, dispatcher)
 
     # 2. The pipeline's one list of hooks and policies; hooks run in this order.
     register(pipeline, [

@@ -17,6 +17,7 @@ from typing import Annotated
 from uuid import UUID
 
 from aiohttp import web
+from prometheus_client import Gauge
 from pydantic import Field
 
 from handlers.webhooks import endpoints
@@ -25,9 +26,20 @@ from server import schemas as out
 from server.apidoc import Handler, QueryInt, QueryText, QueryUuid, api
 from server.http import client_ip, core_of, path_uuid, read_json, require_actor
 from server.jsonutil import json_response
+from server.metrics import Metrics
 from server.validation import Payload, Storable
 
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("webhook_dispatcher")
+
+
+def install_metrics(metrics: Metrics, dispatcher: Dispatcher) -> None:
+    """The outbox lag and whether delivery is yielding, read at each scrape (docs/webhooks.md)."""
+    Gauge("studyhall_webhook_outbox_lag_seconds",
+          "How long the oldest delivery of this instance's last claim had been due (0: none was)",
+          registry=metrics.registry).set_function(lambda: dispatcher.lag_seconds)
+    Gauge("studyhall_webhook_yielding",
+          "1 while the message pipeline is saturated and delivery runs at its floor rate",
+          registry=metrics.registry).set_function(lambda: float(dispatcher.yielding))
 
 
 class NewEndpointBody(Payload):

@@ -63,9 +63,10 @@ class Claimed:
     url: str
     secret: str
     event_type: str
-    payload: dict[str, Any]
+    data: bytes  # the payload as PostgreSQL wrote it (jsonb text): sent as is, never parsed
     created_at: datetime
     attempts: int  # including this one
+    late_seconds: float  # how long it had been due when claimed: the outbox lag
 
 
 # ---- endpoints -----------------------------------------------------------------------
@@ -160,7 +161,9 @@ hooks AS (
 
 # One statement per pass of a delivery loop: record the deliveries that succeeded since
 # the last pass (their claims must still be this loop's), then claim what is due, skipping
-# rows another instance is claiming right now. One commit for both.
+# rows another instance is claiming right now. One commit for both. It is also the only
+# statement that records successes (`succeeded_many` runs it with a limit of 0), so the
+# success UPDATE exists once and is prepared once per connection.
 _CLAIM = """
 WITH done AS (
     UPDATE webhook_deliveries d SET status = 'succeeded', delivered_at = now(), claim = NULL,
@@ -169,7 +172,7 @@ WITH done AS (
     WHERE d.id = x.id AND d.claim = x.claim
     RETURNING d.id
 ), due AS (
-    SELECT d.id FROM webhook_deliveries d
+    SELECT d.id, d.next_attempt_at FROM webhook_deliveries d
     JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.enabled
     WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND d.id <> ALL($4::uuid[])
     ORDER BY d.next_attempt_at
@@ -181,40 +184,39 @@ SET next_attempt_at = now() + make_interval(secs => $2), claim = gen_random_uuid
     attempts = d.attempts + 1, last_attempt_at = now()
 FROM due, webhook_endpoints e
 WHERE d.id = due.id AND e.id = d.endpoint_id
-RETURNING d.id, d.claim, d.endpoint_id, e.url, e.secret, d.event_type, d.payload, d.created_at, d.attempts
+RETURNING d.id, d.claim, d.endpoint_id, e.url, e.secret, d.event_type, d.payload::text AS data, d.created_at,
+          d.attempts, greatest(0, extract(epoch FROM clock_timestamp() - due.next_attempt_at))::float8 AS late_seconds
 """
 
 Succeeded = tuple[Claimed, int, float]  # the claim, the status code, the latency in ms
 
 
 async def claim(
-    conn: asyncpg.Connection, *, limit: int, lease_seconds: float, instance_id: UUID,
+    conn: asyncpg.Connection, *, limit: int, lease_seconds: float, instance_id: UUID | None,
     succeeded: list[Succeeded] | None = None,
 ) -> list[Claimed]:
     """Take up to `limit` due deliveries of enabled endpoints for `lease_seconds`. Rows
     another instance is claiming right now are skipped, not waited for; a row it has
     claimed is not due until its lease runs out. `succeeded`: record these first, in the
-    same statement and commit (`succeeded_many`)."""
+    same statement and commit."""
     done = succeeded or []
     rows = await conn.fetch(
         _CLAIM, limit, lease_seconds, instance_id,
         [c.id for c, _, _ in done], [c.claim for c, _, _ in done], [code for _, code, _ in done],
         [ms for _, _, ms in done],
     )
-    return [Claimed(**dict(r)) for r in rows]
+    return [
+        Claimed(id=r["id"], claim=r["claim"], endpoint_id=r["endpoint_id"], url=r["url"], secret=r["secret"],
+                event_type=r["event_type"], data=r["data"].encode(), created_at=r["created_at"],
+                attempts=r["attempts"], late_seconds=r["late_seconds"])
+        for r in rows
+    ]
 
 
-async def succeeded_many(conn: asyncpg.Connection, done: list[Succeeded]) -> int:
-    """Mark a pass's deliveries (claimed, status code, latency ms) succeeded in one statement and one commit."""
-    status = await conn.execute(
-        """UPDATE webhook_deliveries d SET status = 'succeeded', delivered_at = now(), claim = NULL,
-                  last_status_code = x.code, last_latency_ms = x.ms, last_error = NULL
-           FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::real[]) AS x(id, claim, code, ms)
-           WHERE d.id = x.id AND d.claim = x.claim""",
-        [c.id for c, _, _ in done], [c.claim for c, _, _ in done], [code for _, code, _ in done],
-        [ms for _, _, ms in done],
-    )
-    return int(status.rsplit(" ", 1)[1])
+async def succeeded_many(conn: asyncpg.Connection, done: list[Succeeded]) -> None:
+    """Mark deliveries (claimed, status code, latency ms) succeeded in one statement and one
+    commit: the claim statement, claiming nothing."""
+    await claim(conn, limit=0, lease_seconds=0, instance_id=None, succeeded=done)
 
 
 async def retry_later(

@@ -4,7 +4,9 @@
   the transaction that makes a change;
 - `targets`: the SSRF guard (at creation, and at delivery after DNS resolution);
 - `endpoints`: the admin actions (create, list, delete, enable, deliveries, redeliver);
-- `delivery`: the loop that claims due deliveries and sends them, signed.
+- `delivery`: the loop that claims due deliveries and sends them;
+- `sender`: one attempt, signed, with what can be done once per endpoint done once;
+- `pacing`: delivery yields to a saturated message pipeline, down to a floor rate.
 """
 
 from __future__ import annotations

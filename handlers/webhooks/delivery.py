@@ -11,6 +11,11 @@ Settling checks the claim is still this instance's, so a late answer to a retake
 changes nothing. Delivery is at least once: an instance killed after the receiver got a
 request but before settling it leaves the row to be sent again; receivers deduplicate on
 `webhook-id`.
+
+While the message pipeline is saturated (`pacing.PipelineLoad`), the loop claims at most
+`saturated_rate` deliveries a second (`pacing.Pacer`), a tenth of a second's worth per
+claim, and catches up at full speed afterwards; `lag_seconds` is how late the oldest
+delivery of the last claim was (the outbox lag, a metric). The request itself: sender.py.
 """
 
 from __future__ import annotations
@@ -18,16 +23,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
-from datetime import UTC, datetime
 from uuid import UUID
 
-import aiohttp
-import orjson
-from standardwebhooks.webhooks import Webhook
-
+from handlers.webhooks.pacing import Pacer, PipelineLoad
+from handlers.webhooks.sender import Sender, body_of, webhook_id
 from handlers.webhooks.settings import WebhookSettings
-from handlers.webhooks.targets import GuardedResolver, RefusedAddress, TargetRefused, check_url
 from storage import webhooks as store
 from storage.availability import DatabaseUnavailable
 from storage.db import Database
@@ -35,18 +35,10 @@ from storage.webhooks import Claimed
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = "Studyhall-Webhooks/1"
-MAX_ERROR_CHARS = 500
 JITTER = 0.2
+PACED_CLAIM_SECONDS = 0.1  # while yielding, claim this long's worth of the floor rate at once
 
-
-def webhook_id(delivery_id: UUID) -> str:
-    return f"msg_{delivery_id.hex}"
-
-
-def body_of(c: Claimed) -> bytes:
-    """The request body: the same bytes on every attempt."""
-    return orjson.dumps({"type": c.event_type, "timestamp": c.created_at, "data": c.payload})
+__all__ = ["Dispatcher", "body_of", "retry_delay", "webhook_id"]
 
 
 def retry_delay(schedule: tuple[float, ...], attempts: int) -> float | None:
@@ -60,33 +52,27 @@ def retry_delay(schedule: tuple[float, ...], attempts: int) -> float | None:
 class Dispatcher:
     """Claims and sends this instance's share of the due deliveries."""
 
-    def __init__(self, db: Database, settings: WebhookSettings, instance_id: UUID) -> None:
+    def __init__(
+        self, db: Database, settings: WebhookSettings, instance_id: UUID, load: PipelineLoad | None = None
+    ) -> None:
         self.db = db
         self.settings = settings
         self.instance_id = instance_id
+        self.load = load  # None: never yields (command-line tools, a core without a pipeline)
+        self.sender = Sender(settings)
+        rate = settings.saturated_rate
+        self.pacer = Pacer(rate, burst=max(1.0, rate * PACED_CLAIM_SECONDS))
         self.wake = asyncio.Event()
         self.sent = 0  # attempts made by this instance (bench, tests)
-        self._session: aiohttp.ClientSession | None = None
+        self.lag_seconds = 0.0  # how long the oldest delivery of the last claim had been due
+        self.yielding = False  # the pipeline was saturated at the last look: paced
         self.task: asyncio.Task[None] | None = None  # the running loop (tests stop it as a crash would)
         self._inflight: set[asyncio.Task[None]] = set()
         self._succeeded: list[tuple[Claimed, int, float]] = []
         self._notified = False
 
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                resolver=GuardedResolver(allow_private=self.settings.allow_private_targets),
-                limit=max(1, self.settings.concurrency), ttl_dns_cache=None, use_dns_cache=False,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
-                headers={"User-Agent": USER_AGENT}, trust_env=False,
-            )
-        return self._session
-
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.sender.close()
 
     async def run(self) -> None:
         """Until cancelled: keep up to `concurrency` deliveries in flight, claiming in
@@ -96,19 +82,22 @@ class Dispatcher:
         `claim_batch` slots are free (or nothing is in flight, or a poll interval passed,
         so a few slow receivers cannot hold the rest back for longer than that). The loop
         claims again at once while the last claim came back full (more may be due);
-        otherwise it waits for a NOTIFY, a finished delivery or the poll interval."""
+        otherwise it waits for a NOTIFY, a finished delivery or the poll interval. While
+        the pipeline is saturated it claims what the pacer allows, a tenth of a second's
+        worth at a time, and sleeps in between (NOTIFYs then only mark work as due)."""
         self.task = asyncio.current_task()
         due = True  # deliveries may be due: at start, after a NOTIFY, a full claim or a poll
         force = True  # claim whatever fits, even below claim_batch: at start and after a poll
         try:
             while True:
                 free = self.settings.concurrency - len(self._inflight)
+                allowed = self._allowance(free)
                 failed = False
                 try:
-                    if self._should_claim(free, due, force):
-                        due = await self.claim_and_send(free) == free
+                    if self._should_claim(free, allowed, due, force):
+                        due = await self.claim_and_send(allowed) == allowed
                         force = False
-                    elif self._succeeded and not self._inflight:
+                    elif self._record_alone(due):
                         await self.record_successes()
                 except asyncio.CancelledError:
                     raise
@@ -120,7 +109,13 @@ class Dispatcher:
                 if self._notified:  # a NOTIFY during the pass, or while every slot was busy
                     due, self._notified = True, False
                 free = self.settings.concurrency - len(self._inflight)
-                if not failed and (self._should_claim(free, due, force) or (self._succeeded and not self._inflight)):
+                allowed = self._allowance(free)
+                if not failed and (self._should_claim(free, allowed, due, force) or self._record_alone(due)):
+                    continue
+                if not failed and due and free > 0 and self.yielding:
+                    # Paced: the next claim once the pacer has a claim's worth (or a poll passed).
+                    await asyncio.sleep(min(self.settings.poll_seconds, max(0.005, self.pacer.wait_seconds(
+                        min(free, int(self.pacer.burst))))))
                     continue
                 self.wake.clear()
                 try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
@@ -137,10 +132,25 @@ class Dispatcher:
             except Exception:  # the database is going away too: at least once, as documented
                 pass
 
-    def _should_claim(self, free: int, due: bool, force: bool) -> bool:
-        if free <= 0 or not due:
+    def _allowance(self, free: int) -> int:
+        """How many deliveries may be claimed now: every free slot, or while the pipeline
+        is saturated, what the pacer has saved up."""
+        self.yielding = self.load is not None and self.load.saturated()
+        if not self.yielding or free <= 0:
+            return max(0, free)
+        return min(free, self.pacer.available())
+
+    def _should_claim(self, free: int, allowed: int, due: bool, force: bool) -> bool:
+        if allowed <= 0 or not due:
             return False
+        if self.yielding and allowed < min(free, int(self.pacer.burst)):
+            return False  # paced: wait for a claim's worth rather than claim one at a time
         return force or not self._inflight or free >= self.claim_batch
+
+    def _record_alone(self, due: bool) -> bool:
+        """Record successes in a statement of their own: once nothing is in flight, unless a
+        paced claim, which records them too, is coming within a tenth of a second."""
+        return bool(self._succeeded) and not self._inflight and not (self.yielding and due)
 
     @property
     def claim_batch(self) -> int:
@@ -160,6 +170,9 @@ class Dispatcher:
         except BaseException:
             self._succeeded = done + self._succeeded
             raise
+        self.lag_seconds = max((c.late_seconds for c in claimed), default=0.0)
+        if self.yielding:
+            self.pacer.spend(len(claimed))
         for c in claimed:
             task = asyncio.create_task(self._send(c), name="webhook-send")
             self._inflight.add(task)
@@ -195,43 +208,12 @@ class Dispatcher:
         return count
 
     async def _send(self, c: Claimed) -> None:
-        status, error, ms = await self._deliver(c)
+        self.sent += 1
+        status, error, ms = await self.sender.attempt(c)
         if status is not None and 200 <= status < 300:
             self._succeeded.append((c, status, ms))
         else:
             await self._settle(c, status, error, ms)
-
-    async def _deliver(self, c: Claimed) -> tuple[int | None, str, float]:
-        """One attempt: (status code or None, error, latency ms)."""
-        status: int | None = None
-        error = ""
-        started = time.perf_counter()
-        try:
-            check_url(c.url, allow_private=self.settings.allow_private_targets)
-            body = body_of(c)
-            now = datetime.now(UTC)
-            msg_id = webhook_id(c.id)
-            headers = {
-                "webhook-id": msg_id,
-                "webhook-timestamp": str(int(now.timestamp())),
-                "webhook-signature": Webhook(c.secret).sign(msg_id, now, body.decode()),
-                "Content-Type": "application/json",
-            }
-            self.sent += 1
-            async with self.session().post(c.url, data=body, headers=headers, allow_redirects=False) as resp:
-                status = resp.status
-                if 200 <= resp.status < 300:
-                    await resp.read()
-                else:
-                    error = f"HTTP {resp.status}: {(await resp.content.read(200)).decode(errors='replace')}".strip()
-        except TargetRefused as exc:
-            error = f"refused target: {exc}"
-        except TimeoutError:
-            error = f"no answer within {self.settings.timeout_seconds:g} s"
-        except (aiohttp.ClientError, OSError) as exc:
-            refused = exc if isinstance(exc, RefusedAddress) else exc.__cause__
-            error = f"refused target: {refused}" if isinstance(refused, RefusedAddress) else f"{type(exc).__name__}: {exc}"
-        return status, error[:MAX_ERROR_CHARS], (time.perf_counter() - started) * 1000
 
     async def _settle(self, c: Claimed, status: int | None, error: str, latency_ms: float) -> None:
         """A failed attempt: retry later, or give up and disable the endpoint."""

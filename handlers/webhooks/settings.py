@@ -26,3 +26,13 @@ class WebhookSettings:
     poll_seconds: float = 1.0
     # Reload which events anyone subscribes to this often besides the change notifications.
     subscriptions_refresh_seconds: float = 30.0
+    # Keep-alive connections to one endpoint at most (each of `concurrency` in all).
+    connections_per_endpoint: int = 8
+    # Keep a host name's checked addresses this long (0: resolve at every new connection).
+    dns_cache_seconds: float = 10.0
+    # While the message pipeline is saturated, deliveries per second per instance (the floor
+    # the outbox still drains at); full speed again once it is not (handlers/webhooks/pacing.py).
+    saturated_rate: float = 200.0
+    # The pipeline counts as saturated while its writer's batches average at least this
+    # many messages over a quarter second (messages queue behind the commits).
+    saturated_batch_size: float = 8.0

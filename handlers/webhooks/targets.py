@@ -1,11 +1,12 @@
 """The SSRF guard: webhook targets must be public addresses unless the deployment allows
 private ones (`STUDYHALL_WEBHOOK_ALLOW_PRIVATE_TARGETS`).
 
-Checked when an endpoint is created (its host resolved now) and again at every delivery:
-`GuardedResolver` is the delivery session's resolver, so the connection goes to the very
-address that passed the check (a DNS answer that changes between check and connect, DNS
-rebinding, cannot slip a private address in). aiohttp does not resolve a literal IP, so
-`check_url` is also called on the URL before each attempt.
+Checked when an endpoint is created (its host resolved now) and again at every new
+connection: `GuardedResolver` is the delivery session's resolver, so the connection goes to
+the very address that passed the check (a DNS answer that changes between check and
+connect, DNS rebinding, cannot slip a private address in); it keeps checked answers for a
+few seconds. aiohttp does not resolve a literal IP, so `check_url` is also applied to the
+URL before sending (once per endpoint URL: sender.py).
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+
+MAX_CACHED_NAMES = 1000
 
 
 class TargetRefused(ValueError):
@@ -86,14 +90,33 @@ class RefusedAddress(OSError):
 
 class GuardedResolver(AbstractResolver):
     """Resolves like aiohttp's default resolver, then drops every refused address; a name
-    with none left fails the connection. aiohttp connects to the addresses returned here."""
+    with none left fails the connection. aiohttp connects to the addresses returned here.
 
-    def __init__(self, *, allow_private: bool) -> None:
+    The checked answer is kept for `cache_seconds` (0: resolve every time), so endpoints
+    that open connections often do not resolve and check each time. Only what passed the
+    check is kept, and aiohttp connects only to what this returns, so the address connected
+    to is always one that was checked; a name whose answer changes is seen within the TTL.
+    A refusal is not cached: it is checked again at the next connection."""
+
+    def __init__(self, *, allow_private: bool, cache_seconds: float = 0.0, inner: AbstractResolver | None = None) -> None:
         self.allow_private = allow_private
-        self._inner = DefaultResolver()
+        self.cache_seconds = cache_seconds
+        self._inner = inner or DefaultResolver()
+        self._cache: dict[tuple[str, int, int], tuple[float, list[ResolveResult]]] = {}
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
+        key = (host, port, int(family))
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        allowed = self._check(host, await self._inner.resolve(host, port, family))
+        if self.cache_seconds > 0:
+            if len(self._cache) >= MAX_CACHED_NAMES:
+                self._cache.clear()
+            self._cache[key] = (time.monotonic() + self.cache_seconds, allowed)
+        return allowed
+
+    def _check(self, host: str, results: list[ResolveResult]) -> list[ResolveResult]:
         if self.allow_private:
             return results
         allowed = [r for r in results if refused_reason(r["host"]) is None]
