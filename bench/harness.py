@@ -39,7 +39,7 @@ def start_servers(
         if redis_url:
             env["REDIS_URL"] = redis_url
         proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=(None if os.environ.get("BENCH_SERVER_STDERR") else subprocess.DEVNULL))
         out.append((proc, f"http://127.0.0.1:{port}"))
     return out
 
@@ -87,4 +87,4 @@ def py_spy(pid: int, seconds: float, output: str) -> None:
     """Record `pid` with py-spy (next to this Python) for `seconds`, raw format, in the background."""
     subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
                       "--duration", str(max(1, int(seconds))), "--format", "raw", "--output", output],
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     stdout=subprocess.DEVNULL, stderr=(None if os.environ.get("BENCH_SERVER_STDERR") else subprocess.DEVNULL))

@@ -89,6 +89,9 @@ def assemble(app: web.Application, core: Core, gateway: Gateway) -> Assembly:
     core.pipeline = pipeline = new_pipeline(core.db)
     core.registry = Registry(local_sockets=lambda: _socket_rows(gateway))
     core.kb = kb = factories.knowledge_base(settings, core.db)
+    metrics.count_elsewhere("studyhall_search_text_over_budget",
+                            "Hybrid searches whose full-text query passed its time budget (ranked by vectors alone)",
+                            lambda: kb.text_over_budget)
     core.tutor_limits = TutorGate(core.limiter, factories.tutor_limits(settings.tutor))
     core.tutor = tutor_service = tutor.TutorService(core, kb, factories.chat_model(settings.tutor))
     core.tickets = ticket_service = TicketService()

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+
+class CountedElsewhere(Collector):
+    """A counter kept by a lower layer (a plain int on a `rag/` or `handlers/` object, which
+    must not import the metrics), read at each scrape."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], int]) -> None:
+        self.name, self.documentation, self.read = name, documentation, read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.read())
 
 
 @dataclass
@@ -53,6 +67,10 @@ class Metrics:
         self.socket_notices = Counter(
             "studyhall_socket_notices_total", "Revocation notices applied to this instance's sockets", ["action"], registry=r
         )
+
+    def count_elsewhere(self, name: str, documentation: str, read: Callable[[], int]) -> None:
+        """Expose a counter another layer keeps (`name` without `_total`: added on output)."""
+        self.registry.register(CountedElsewhere(name, documentation, read))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

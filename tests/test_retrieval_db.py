@@ -559,6 +559,38 @@ async def test_hybrid_search_over_its_text_budget_answers_from_vectors_and_count
     assert len(await text_only.search(q, k=5)) == 5  # nothing to fall back to: no budget
 
 
+async def test_searches_over_the_text_budget_are_counted_on_metrics(db: Database, start_instance) -> None:
+    """Operators see how often hybrid search ran past its full-text budget: the server's
+    knowledge base counts it and `/metrics` shows it (a counter, read at each scrape)."""
+    import random
+
+    from server.keys import CORE
+
+    inst = await start_instance(retrieval__text_budget_ms=1)
+    kb = inst.app[CORE].kb
+    embedder = HashingEmbedder()
+    rng = random.Random(6)
+    chunks = []
+    for i in range(2500):
+        vec = [rng.gauss(0, 1) for _ in range(embedder.dim)]
+        norm = sum(x * x for x in vec) ** 0.5
+        text = f"Stomata open in the leaf to let carbon dioxide in, note {i}. " + "Leaves breathe. " * (i % 7)
+        chunks.append(store.NewChunk(i, text, 0, len(text), 20, ["Stomata"], {embedder.name: [x / norm for x in vec]}))
+    async with db.transaction() as conn:
+        await store.insert_document(conn, title="Stomata", content="stomata", content_hash="stomata", chunks=chunks,
+                                    fallback_model=embedder.name)
+
+    async def scraped() -> str:
+        async with aiohttp.ClientSession() as http, http.get(inst.url + "/metrics") as r:
+            assert r.status == 200
+            return await r.text()
+
+    assert "studyhall_search_text_over_budget_total 0.0" in await scraped()
+    await kb.search("stomata carbon dioxide leaf", k=5)
+    assert kb.text_over_budget == 1
+    assert "studyhall_search_text_over_budget_total 1.0" in await scraped()
+
+
 async def test_ingest_paths_prepares_the_next_file_while_this_one_embeds(db: Database, tmp_path: Path) -> None:
     """Extraction and chunking of file n+1 overlap the embedding of file n: the embedder
     here lets a file's chunks through only once the next file has been prepared."""
