@@ -27,6 +27,12 @@ protocol's way when it carries an ack id, and keeps the connection up:
   by `create_sio`); events past that are answered `rate_limited`, like the events past
   the burst on a websocket. A client's CLOSE ends its pending poll at once (stock: the
   GET waited for the ping timeout, and python-socketio's client 25 s with it).
+- Long-polling answers: python-engineio hands a pending GET everything queued, however
+  many packets, but its own client (python-socketio's) refuses a payload of more than 16
+  (`Payload.max_decode_packets`) and then hears nothing more: a burst of 17 events during
+  one poll (a group commit of a busy room) silenced it. Each answer here carries at most
+  `POLL_ANSWER_PACKETS`; the rest wait, in order, for the client's next GET, which it
+  sends at once.
 
 Every refused frame is answered through `refuse_frame(sid, code, message) -> ack`, which the
 gateway sets (server/gateway.py) so that refusals count against the event rate limits.
@@ -34,6 +40,7 @@ gateway sets (server/gateway.py) so that refusals count against the event rate l
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import urllib.parse
@@ -188,6 +195,7 @@ class GuardedServer(socketio.AsyncServer):
         sock = self.eio.sockets.get(eio_sid)
         if isinstance(sock, async_socket.AsyncSocket):
             sock.handle_post_request = _PollPost(self, sock)
+            sock.poll = _CappedPoll(sock)
         return result
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
@@ -233,6 +241,40 @@ class GuardedServer(socketio.AsyncServer):
             await self._refuse(eio_sid, namespace, id, "bad_request", f"{data[0]!r} is a reserved event name.")
             return
         await super()._handle_event(eio_sid, namespace, id, data)
+
+
+POLL_ANSWER_PACKETS = 16  # python-engineio's clients refuse more in one payload
+
+
+class _CappedPoll:
+    """python-engineio's `AsyncSocket.poll` (wait for the first packet, then take what is
+    queued without waiting), taking at most `POLL_ANSWER_PACKETS`. The websocket writer of
+    python-engineio uses the same method; there the cap only splits its loop."""
+
+    def __init__(self, sock: async_socket.AsyncSocket) -> None:
+        self.sock = sock
+
+    async def __call__(self) -> list[eio_packet.Packet]:
+        sock = self.sock
+        try:
+            first = await asyncio.wait_for(sock.queue.get(), sock.server.ping_interval + sock.server.ping_timeout)
+            sock.queue.task_done()
+        except (TimeoutError, asyncio.CancelledError):
+            raise exceptions.QueueEmpty() from None
+        if first is None:
+            return []
+        packets = [first]
+        while len(packets) < POLL_ANSWER_PACKETS:
+            try:
+                pkt = sock.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            sock.queue.task_done()
+            if pkt is None:  # the end of the socket: leave it for the next poll
+                sock.queue.put_nowait(None)
+                break
+            packets.append(pkt)
+        return packets
 
 
 class _PollPost:

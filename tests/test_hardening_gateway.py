@@ -21,6 +21,7 @@ import pytest
 import socketio
 
 from handlers.errors import ApiError
+from handlers.events import user_room
 from handlers.writer import MessageWriter
 from server.keys import SIO
 from storage import messages as message_store
@@ -496,6 +497,21 @@ async def test_a_polling_post_that_is_not_utf8_is_dropped_quietly(api: Api, capl
         answer = await resp.text()
     assert answer.startswith("431[") and json.loads(answer[3:])[0]["error"]["code"] == "bad_request", answer
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def test_a_burst_of_events_reaches_a_python_polling_client(api: Api, server: Instance) -> None:
+    """40 events queued for a long-polling socket between two of its polls (a group commit
+    in a busy room does this): python-socketio's client refuses an answer of more than 16
+    packets and then heard nothing more; the server answers in pieces of at most 16, in
+    order, so it gets all 40."""
+    user = await api.register("Pia")
+    sock = await api.socket(user, transports=["polling"])
+    sio = server.app[SIO]
+    for n in range(40):  # no await yields here: all 40 are queued before the pending poll answers
+        await sio.emit("burst:test", {"n": n}, to=user_room(user.id))
+    await sock.wait_for("burst:test", lambda d: d["n"] == 39, timeout=10)
+    assert [d["n"] for d in sock.received("burst:test")] == list(range(40))
+    assert (await sock.call("no:such:event", {}))["error"]["code"] == "bad_request", "the socket still answers"
 
 
 async def test_a_polling_client_disconnects_at_once(api: Api, server: Instance) -> None:
