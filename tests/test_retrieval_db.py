@@ -519,29 +519,37 @@ async def test_full_text_index_keeps_no_pending_list(kb: KnowledgeBase, db: Data
         assert await conn.fetchval("SELECT gin_clean_pending_list('chunks_tsv_idx'::regclass)") == 0
 
 
+async def _store_crowded_document(db: Database, embedder: Embedder, title: str, sentence: str, filler: str,
+                                  seed: int) -> None:
+    """One document of 2,500 chunks that all hold `sentence`'s words (random vectors): a
+    question in those words makes the full-text query rank every one of them."""
+    import random
+
+    rng = random.Random(seed)
+    chunks = []
+    for i in range(2500):
+        vec = [rng.gauss(0, 1) for _ in range(embedder.dim)]
+        norm = sum(x * x for x in vec) ** 0.5
+        text = f"{sentence}, note {i}. " + filler * (i % 7)
+        chunks.append(store.NewChunk(i, text, 0, len(text), 20, [title], {embedder.name: [x / norm for x in vec]}))
+    async with db.transaction() as conn:
+        await store.insert_document(conn, title=title, content=title.lower(), content_hash=title.lower(), chunks=chunks,
+                                    fallback_model=embedder.name)
+
+
 async def test_hybrid_search_over_its_text_budget_answers_from_vectors_and_counts_it(
     db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A question whose words match 2,500 chunks: ranking them all takes longer than
     the budget, so the server cancels the full-text query and hybrid search answers from
     the vector ranking alone, once logged and counted; with no budget full text ranks them."""
-    import random
-
     from rag.retrieval import Fusion
 
     embedder = HashingEmbedder()
-    rng = random.Random(5)
-    chunks = []
-    for i in range(2500):
-        vec = [rng.gauss(0, 1) for _ in range(embedder.dim)]
-        norm = sum(x * x for x in vec) ** 0.5
-        text = f"Chlorophyll in the leaf absorbs light for photosynthesis, note {i}. " + "Plants grow. " * (i % 7)
-        chunks.append(store.NewChunk(i, text, 0, len(text), 20, ["Leaves"], {embedder.name: [x / norm for x in vec]}))
     budgeted = KnowledgeBase(db, embedder, fusion=Fusion(text_budget_ms=1))
     await budgeted.active_model()
-    async with db.transaction() as conn:
-        await store.insert_document(conn, title="Leaves", content="leaves", content_hash="leaves", chunks=chunks,
-                                    fallback_model=embedder.name)
+    await _store_crowded_document(db, embedder, "Leaves", "Chlorophyll in the leaf absorbs light for photosynthesis",
+                                  "Plants grow. ", seed=5)
     q = "chlorophyll light photosynthesis"
     with caplog.at_level("WARNING", logger="rag.retrieval"):
         hits = await budgeted.search(q, k=5)
@@ -559,26 +567,15 @@ async def test_hybrid_search_over_its_text_budget_answers_from_vectors_and_count
     assert len(await text_only.search(q, k=5)) == 5  # nothing to fall back to: no budget
 
 
-async def test_searches_over_the_text_budget_are_counted_on_metrics(db: Database, start_instance) -> None:
+async def test_searches_over_the_text_budget_are_counted_on_metrics(db: Database, start_instance: Any) -> None:
     """Operators see how often hybrid search ran past its full-text budget: the server's
     knowledge base counts it and `/metrics` shows it (a counter, read at each scrape)."""
-    import random
-
     from server.keys import CORE
 
     inst = await start_instance(retrieval__text_budget_ms=1)
     kb = inst.app[CORE].kb
-    embedder = HashingEmbedder()
-    rng = random.Random(6)
-    chunks = []
-    for i in range(2500):
-        vec = [rng.gauss(0, 1) for _ in range(embedder.dim)]
-        norm = sum(x * x for x in vec) ** 0.5
-        text = f"Stomata open in the leaf to let carbon dioxide in, note {i}. " + "Leaves breathe. " * (i % 7)
-        chunks.append(store.NewChunk(i, text, 0, len(text), 20, ["Stomata"], {embedder.name: [x / norm for x in vec]}))
-    async with db.transaction() as conn:
-        await store.insert_document(conn, title="Stomata", content="stomata", content_hash="stomata", chunks=chunks,
-                                    fallback_model=embedder.name)
+    await _store_crowded_document(db, HashingEmbedder(), "Stomata", "Stomata open in the leaf to let carbon dioxide in",
+                                  "Leaves breathe. ", seed=6)
 
     async def scraped() -> str:
         async with aiohttp.ClientSession() as http, http.get(inst.url + "/metrics") as r:
