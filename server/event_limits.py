@@ -11,44 +11,10 @@ handlers/ratelimit.py guard the expensive calls: sign-in, tutor questions).
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass, field
 from uuid import UUID
 
-
-@dataclass
-class TokenBucket:
-    """`rate` tokens a second, at most `burst` saved up; starts full."""
-
-    rate: float
-    burst: float
-    tokens: float = 0.0
-    updated: float = field(default_factory=time.monotonic)
-
-    def __post_init__(self) -> None:
-        self.tokens = self.burst
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-
-    def take(self) -> bool:
-        self._refill()
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-    def wait_ms(self) -> int:
-        """Milliseconds until a token is available (0: one is available now)."""
-        self._refill()
-        if self.tokens >= 1:
-            return 0
-        if self.rate <= 0:
-            return 60_000
-        return max(1, math.ceil((1 - self.tokens) / self.rate * 1000))
+from handlers.tokenbucket import TokenBucket
 
 
 @dataclass

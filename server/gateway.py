@@ -29,7 +29,8 @@ from handlers import auth, writer
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.events import STAFF_ROOM, user_room
-from server.event_limits import EventLimits, TokenBucket
+from handlers.tokenbucket import TokenBucket
+from server.event_limits import EventLimits
 from server.guarded_sio import GuardedServer
 from server.metrics import Metrics
 from server.unavailable import unavailable_error

@@ -22,7 +22,8 @@ from aiohttp.resolver import DefaultResolver
 from standardwebhooks.webhooks import Webhook
 
 from handlers.batching import Batcher
-from handlers.webhooks.pacing import Pacer, PipelineLoad
+from handlers.tokenbucket import TokenBucket
+from handlers.webhooks.pacing import PipelineLoad
 from handlers.webhooks.sender import Signer
 from handlers.webhooks.targets import GuardedResolver, RefusedAddress
 from server.keys import CORE
@@ -150,7 +151,7 @@ async def test_pipeline_load_reads_the_writers_batches() -> None:
 
 
 def test_pacer_grants_its_rate() -> None:
-    pacer = Pacer(rate=100, burst=10)
+    pacer = TokenBucket(rate=100, burst=10)
     assert pacer.available() == 10
     pacer.spend(10)
     assert pacer.available() == 0 and 0.005 < pacer.wait_seconds(1) <= 0.011

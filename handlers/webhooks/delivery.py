@@ -13,7 +13,7 @@ request but before settling it leaves the row to be sent again; receivers dedupl
 `webhook-id`.
 
 While the message pipeline is saturated (`pacing.PipelineLoad`), the loop claims at most
-`saturated_rate` deliveries a second (`pacing.Pacer`), a tenth of a second's worth per
+`saturated_rate` deliveries a second (a `handlers.tokenbucket.TokenBucket`), a tenth of a second's worth per
 claim, and catches up at full speed afterwards; `lag_seconds` is how late the oldest
 delivery of the last claim was (the outbox lag, a metric). The request itself: sender.py.
 """
@@ -25,7 +25,8 @@ import logging
 import random
 from uuid import UUID
 
-from handlers.webhooks.pacing import Pacer, PipelineLoad
+from handlers.tokenbucket import TokenBucket
+from handlers.webhooks.pacing import PipelineLoad
 from handlers.webhooks.sender import Sender, body_of, webhook_id
 from handlers.webhooks.settings import WebhookSettings
 from storage import webhooks as store
@@ -61,7 +62,7 @@ class Dispatcher:
         self.load = load  # None: never yields (command-line tools, a core without a pipeline)
         self.sender = Sender(settings)
         rate = settings.saturated_rate
-        self.pacer = Pacer(rate, burst=max(1.0, rate * PACED_CLAIM_SECONDS))
+        self.pacer = TokenBucket(rate, burst=max(1.0, rate * PACED_CLAIM_SECONDS))
         self.wake = asyncio.Event()
         self.sent = 0  # attempts made by this instance (bench, tests)
         self.lag_seconds = 0.0  # how long the oldest delivery of the last claim had been due

@@ -66,30 +66,3 @@ class PipelineLoad:
             self._at, self._requests, self._batches = now, requests, batches
         return self._saturated
 
-
-class Pacer:
-    """A token bucket: `rate` tokens a second, at most `burst` saved up."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = max(rate, 1e-6)
-        self.burst = max(1.0, burst)
-        self._tokens = self.burst
-        self._at = time.monotonic()
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = now
-
-    def available(self) -> int:
-        self._refill()
-        return int(self._tokens)
-
-    def spend(self, n: int) -> None:
-        self._refill()
-        self._tokens -= n
-
-    def wait_seconds(self, tokens: int = 1) -> float:
-        """Until `tokens` whole tokens are saved up."""
-        self._refill()
-        return max(0.0, (tokens - self._tokens) / self.rate)
