@@ -62,7 +62,10 @@ class InstanceFigures:
 
 
 async def read_counters(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """The instance's `studyhall_redis_*` samples from its /metrics (tests/test_room_channels.py
+    reads them the same way)."""
     async with session.get(url + "/metrics") as r:
+        r.raise_for_status()
         text = await r.text()
     out: dict[str, float] = {}
     for line in text.splitlines():

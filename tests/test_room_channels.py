@@ -16,6 +16,8 @@ import aiohttp
 import pytest
 from redis import asyncio as aioredis
 
+from bench.cluster_bench import outcome as emits
+from bench.cluster_bench import read_counters, received
 from storage.embedded import free_port
 from tests.client import Api, Instance, Socket
 from tests.services import RedisServer
@@ -25,25 +27,13 @@ pytestmark = pytest.mark.cluster
 
 
 async def redis_counters(session: aiohttp.ClientSession, instance: Instance) -> dict[str, float]:
-    """The instance's `studyhall_redis_*` samples, as an operator or the bench reads them."""
-    async with session.get(f"{instance.url}/metrics") as response:
-        assert response.status == 200
-        text = await response.text()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("studyhall_redis_"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
+    """The instance's `studyhall_redis_*` samples, read as the cluster bench reads them."""
+    return await read_counters(session, instance.url)
 
 
 def heard(counters: dict[str, float]) -> float:
     """Every pub/sub message an instance received, whatever the channel, probes aside."""
-    return sum(v for k, v in counters.items() if k.startswith("studyhall_redis_received_total") and "probe" not in k)
-
-
-def emits(counters: dict[str, float], outcome: str) -> float:
-    return counters.get(f'studyhall_redis_emits_total{{outcome="{outcome}"}}', 0.0)
+    return received(counters, "received_total")
 
 
 async def shard_subscribers(redis_url: str, channel: str) -> int:
