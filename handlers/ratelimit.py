@@ -21,10 +21,11 @@ import time
 from dataclasses import dataclass
 
 from limits import RateLimitItemPerSecond
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import MemoryStorage, RedisClusterStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from handlers.errors import ApiError
+from handlers.settings import is_cluster_url
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,10 @@ class RateLimiter:
         self._shared: SlidingWindowCounterRateLimiter | None = None
         self._storage: Storage | None = None
         if redis_url:
-            self._storage = RedisStorage(
+            # A `redis+cluster://` URL: the library's cluster storage keeps each counter's
+            # two windows on one node (a hash tag) and follows the slot map.
+            kind = RedisClusterStorage if is_cluster_url(redis_url) else RedisStorage
+            self._storage = kind(
                 "async+" + redis_url, implementation="redispy", key_prefix=f"{prefix}:limits",
                 socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             )

@@ -220,6 +220,9 @@ class DatabaseSettings:
 class ClusterSettings:
     """Several instances: Redis, and the socket registry they share in the database."""
 
+    # `redis://host:port/0` for one Redis; `redis+cluster://host:port[,host:port...]` (or
+    # `rediss+cluster://`) for a Redis Cluster, the scheme the `limits` library also reads:
+    # any reachable node is enough to find the others (server/rediscluster.py).
     redis_url: str | None = None
     # Socket.IO / Redis channel: instances sharing a Redis and a channel share users.
     redis_channel: str = "studyhall"
@@ -240,6 +243,18 @@ class ClusterSettings:
     # After the socket registry was found reset (a crash or failover empties it), no seat,
     # host or presence grace may expire for this long: every instance re-registers meanwhile.
     registry_settle_seconds: float = 30.0
+
+    @property
+    def redis_cluster(self) -> bool:
+        """REDIS_URL names a Redis Cluster (its scheme ends in `+cluster`)."""
+        return is_cluster_url(self.redis_url)
+
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+def is_cluster_url(url: str | None) -> bool:
+    return bool(url) and str(url).split("://", 1)[0].lower() in CLUSTER_SCHEMES
 
 
 @dataclass(frozen=True)

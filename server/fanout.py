@@ -47,6 +47,7 @@ from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from handlers.settings import ClusterSettings
 from server.redisbus import ResilientRedis
+from server.rediscluster import ClusterRedis
 from server.roomchannels import RoomChannels
 
 log = logging.getLogger(__name__)
@@ -203,10 +204,11 @@ async def emit_many(sio: socketio.AsyncServer, event: str, datas: Sequence[Any],
             await sio.emit(event, data, to=to)
 
 
-class FastRedisFanout(RoomChannels, ResilientRedis, socketio.AsyncRedisManager, FastFanout):
+class FastRedisFanout(RoomChannels, ClusterRedis, ResilientRedis, socketio.AsyncRedisManager, FastFanout):
     """AsyncRedisManager (publish once per room channel, deliver on the instances that hold
     the room's sockets: server/roomchannels.py) with FastFanout's local step and
-    ResilientRedis's queued publishing (server/redisbus.py).
+    ResilientRedis's queued publishing (server/redisbus.py), on one Redis or, with a
+    `redis+cluster://` URL, on a Redis Cluster (ClusterRedis: server/rediscluster.py).
 
     MRO: RoomChannels → ResilientRedis → AsyncRedisManager → AsyncPubSubManager → FastFanout →
     AsyncManager, so the pub/sub manager's `super().emit` for local delivery lands in

@@ -48,6 +48,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from server.metrics import Metrics
+from server.rediscluster import ClusterRedis
 from server.roomchannels import RoomChannels
 
 log = logging.getLogger(__name__)
@@ -174,8 +175,8 @@ class ResilientRedis:
         for channel, payload, sharded in batch:
             if sharded:
                 pipe.spublish(channel, payload)
-            else:
-                pipe.publish(channel, payload)
+            else:  # not pipe.publish: redis-py's cluster pipeline refuses it by name, not by command
+                pipe.execute_command("PUBLISH", channel, payload)
         await pipe.execute()
 
     async def _publisher(self) -> None:
@@ -364,6 +365,7 @@ class ResilientRedis:
                 pass
 
 
-class QueuedRedisManager(RoomChannels, ResilientRedis, socketio.AsyncRedisManager):
+class QueuedRedisManager(RoomChannels, ClusterRedis, ResilientRedis, socketio.AsyncRedisManager):
     """python-socketio's Redis manager with queued publishing and room channels
-    (STUDYHALL_FANOUT=stock)."""
+    (STUDYHALL_FANOUT=stock); on a Redis Cluster with a `redis+cluster://` URL
+    (server/rediscluster.py)."""

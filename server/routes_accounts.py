@@ -89,9 +89,9 @@ async def health(request: web.Request) -> web.Response:
     database = "ok" if await core.db.ping() else "down"
     redis_state = "disabled"
     if core.settings.cluster.redis_url:
-        import redis.asyncio as aioredis
+        from server.rediscluster import redis_client
 
-        client = aioredis.from_url(core.settings.cluster.redis_url, socket_timeout=1, socket_connect_timeout=1)
+        client = redis_client(core.settings.cluster.redis_url, timeout=1)
         try:
             redis_state = "ok" if await client.ping() else "down"
         except Exception:

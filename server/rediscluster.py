@@ -1,0 +1,260 @@
+"""Studyhall's Redis traffic on a Redis Cluster (`REDIS_URL=redis+cluster://host:port,...`).
+
+On a Cluster each sharded channel lives on the master that owns its hash slot: SPUBLISH
+and SSUBSCRIBE must go to that node (`-MOVED` otherwise), and one SSUBSCRIBE may name
+channels of one slot only (`-CROSSSLOT`). A classic PUBLISH is copied to every node, so
+a classic SUBSCRIBE on any node hears it.
+
+- Publishing (`ClusterRedis.client`): redis-py's `RedisCluster` routes SPUBLISH, and
+  PUBLISH too, by the channel's slot, so each channel's events leave in order through one
+  node; a queued batch is one cluster pipeline (one round trip per node, in parallel).
+  The `limits` counters use the `limits` library's own cluster storage
+  (handlers/ratelimit.py), and probes and INFO go through the same client.
+- Listening (`ClusterListener`): the global channels (events, notices, this instance's
+  probe) are subscribed on the node that owns the global channel's slot; each room
+  channel on the node that owns its slot, one connection per node, each read by its own
+  task into one queue. redis-py's `ClusterPubSub` polls its node connections in turn
+  (`get_sharded_message(timeout=...)`), which trades latency for CPU; a reader per node
+  delivers each message as soon as it arrives.
+- Failures: any node connection that fails, an SSUBSCRIBE answered `-MOVED`, or a
+  SUNSUBSCRIBE this instance did not ask for (Redis 7 sends one when the slot moves to
+  another node: resharding or failover) ends the listener. ResilientRedis then does what
+  it does after any lost connection: report the outage once, reconnect with back-off,
+  read the slot map again, subscribe everything again, and `resync` the sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import unquote
+
+from redis import asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.cluster import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from handlers.settings import is_cluster_url
+
+log = logging.getLogger(__name__)
+
+
+def cluster_parts(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """`redis+cluster://[user:password@]host:port[,host:port...][/0]` → startup nodes and
+    connection options (credentials, TLS for `rediss+cluster`)."""
+    if not is_cluster_url(url):
+        raise ValueError(f"not a Redis Cluster URL: {url!r}")
+    scheme, rest = url.split("://", 1)
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    options: dict[str, Any] = {}
+    if "@" in netloc:
+        auth, netloc = netloc.rsplit("@", 1)
+        user, _, password = auth.partition(":") if ":" in auth else ("", "", auth)
+        if user:
+            options["username"] = unquote(user)
+        if password:
+            options["password"] = unquote(password)
+    if scheme.lower().startswith("rediss"):
+        options["ssl"] = True
+    nodes: list[tuple[str, int]] = []
+    for part in netloc.split(","):
+        host, _, port = part.strip().rpartition(":")
+        if not host:
+            host, port = part.strip(), "6379"
+        nodes.append((host.strip("[]"), int(port)))
+    if not nodes or not nodes[0][0]:
+        raise ValueError(f"a Redis Cluster URL needs at least one host: {url!r}")
+    return nodes, options
+
+
+def cluster_client(url: str, *, timeout: float | None) -> RedisCluster:
+    """A cluster client that fails fast: no retries inside redis-py (the callers have their
+    own: the publisher's drop-and-resync, the listener's back-off)."""
+    nodes, options = cluster_parts(url)
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+        socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), **options,
+    )
+
+
+def redis_client(url: str, *, timeout: float) -> aioredis.Redis | RedisCluster:
+    """A client for REDIS_URL, whichever kind it names (the health check's ping)."""
+    if is_cluster_url(url):
+        return cluster_client(url, timeout=timeout)
+    return aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+class SlotMoved(RedisConnectionError):
+    """A room channel's slot left the node this instance subscribed it on."""
+
+
+class ClusterListener:
+    """The listener's subscriptions on a Cluster, with PubSub's `subscribe`, `ssubscribe`,
+    `sunsubscribe`, `listen` and `aclose` (what server/redisbus.py and
+    server/roomchannels.py call). One instance per listener connection: after any
+    failure the manager closes it and builds a new one."""
+
+    def __init__(self, cluster: RedisCluster, connect_timeout: float) -> None:
+        self.cluster = cluster
+        self.connect_timeout = connect_timeout
+        self.ignore_subscribe_messages = False
+        self.pubsubs: dict[str, PubSub] = {}  # node name -> its connection
+        self.readers: dict[str, asyncio.Task[None]] = {}
+        self.where: dict[str, str] = {}  # room channel -> node name it is subscribed on
+        self.leaving: set[str] = set()  # SUNSUBSCRIBEs sent, not yet confirmed
+        self.queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
+        self.initialized = False
+
+    async def _ensure_topology(self) -> None:
+        if not self.initialized:
+            await self.cluster.initialize()  # reads the slot map from a reachable node
+            self.initialized = True
+
+    def _pubsub(self, node: ClusterNode) -> PubSub:
+        pubsub = self.pubsubs.get(node.name)
+        if pubsub is None:
+            options = self.cluster.get_connection_kwargs()
+            client = aioredis.Redis(
+                host=node.host, port=int(node.port), username=options.get("username"), password=options.get("password"),
+                ssl=bool(options.get("ssl")), socket_connect_timeout=self.connect_timeout,
+                socket_timeout=None,  # a quiet channel is not a dead one; failures end the read
+                retry=Retry(NoBackoff(), 0),  # no silent reconnect to a node that may have lost its slots
+            )
+            pubsub = client.pubsub()
+            self.pubsubs[node.name] = pubsub
+        return pubsub
+
+    def _read(self, name: str) -> None:
+        if name not in self.readers:
+            self.readers[name] = asyncio.get_running_loop().create_task(
+                self._reader(self.pubsubs[name]), name=f"redis-cluster-listen:{name}")
+
+    async def _reader(self, pubsub: PubSub) -> None:
+        try:
+            while True:
+                message = await pubsub.handle_message(await pubsub.parse_response(block=True))
+                if message is None:
+                    continue
+                if message.get("type") == "sunsubscribe":
+                    channel = message.get("channel")
+                    name = channel.decode() if isinstance(channel, bytes) else str(channel)
+                    if name not in self.leaving:
+                        raise SlotMoved(f"Redis moved {name} to another node")
+                    self.leaving.discard(name)
+                    continue
+                self.queue.put_nowait(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.queue.put_nowait(exc)
+
+    async def subscribe(self, *channels: str) -> None:
+        """The global channels, on the node that owns the first one's slot (where redis-py
+        sends its PUBLISH too)."""
+        await self._ensure_topology()
+        node = self.cluster.get_node_from_key(channels[0])
+        if node is None:
+            raise RedisConnectionError(f"no node serves {channels[0]}")
+        await self._pubsub(node).subscribe(*channels)
+        self._read(node.name)
+
+    async def ssubscribe(self, *channels: str) -> None:
+        """Each channel on the node that owns its slot; one command per slot (CROSSSLOT)."""
+        await self._ensure_topology()
+        by_slot: dict[tuple[str, int], list[str]] = defaultdict(list)
+        nodes: dict[str, ClusterNode] = {}
+        for channel in channels:
+            slot = key_slot(channel.encode())
+            node = self.cluster.nodes_manager.get_node_from_slot(slot)
+            nodes[node.name] = node
+            by_slot[(node.name, slot)].append(channel)
+        for (name, _), group in by_slot.items():
+            await self._pubsub(nodes[name]).ssubscribe(*group)
+            for channel in group:
+                self.where[channel] = name
+                self.leaving.discard(channel)
+            self._read(name)
+
+    async def sunsubscribe(self, *channels: str) -> None:
+        by_node: dict[str, list[str]] = defaultdict(list)
+        for channel in channels:
+            name = self.where.pop(channel, None)
+            if name is not None and name in self.pubsubs:
+                by_node[name].append(channel)
+        for name, group in by_node.items():
+            self.leaving.update(group)
+            for channel in group:  # one slot per command here too
+                await self.pubsubs[name].sunsubscribe(channel)
+
+    def nodes_of(self) -> dict[str, str]:
+        """Room channel → the node (`host:port`) this listener subscribed it on."""
+        return dict(self.where)
+
+    def fail(self, error: BaseException) -> None:
+        """End `listen()` with this error (the manager then reconnects and resubscribes)."""
+        self.queue.put_nowait(error)
+
+    async def listen(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            item = await self.queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def aclose(self) -> None:
+        readers, self.readers = self.readers, {}
+        for task in readers.values():
+            task.cancel()
+        if readers:
+            await asyncio.wait(readers.values(), timeout=self.connect_timeout)
+        pubsubs, self.pubsubs = self.pubsubs, {}
+        for pubsub in pubsubs.values():
+            try:
+                await pubsub.aclose()
+                await pubsub.connection_pool.disconnect()
+            except Exception:
+                pass
+
+
+class ClusterRedis:
+    """Mixin placed before ResilientRedis (server/redisbus.py) in the Redis managers'
+    bases: when REDIS_URL names a Cluster, the publishing client and the listener speak to
+    the Cluster (see the module docstring); with any other URL it changes nothing."""
+
+    redis_url: str
+    timeout: float
+    redis: Any
+    pubsub: Any
+    connected: bool
+    _client: Any
+
+    @property
+    def on_cluster(self) -> bool:
+        return is_cluster_url(self.redis_url)
+
+    def client(self) -> Any:
+        if not self.on_cluster:
+            return super().client()  # type: ignore[misc]
+        if self._client is None:
+            self._client = cluster_client(self.redis_url, timeout=self.timeout)
+        return self._client
+
+    def _redis_connect(self) -> None:
+        """python-socketio's hook, called by the listener before it subscribes."""
+        if not self.on_cluster:
+            return super()._redis_connect()  # type: ignore[misc]
+        self.redis = cluster_client(self.redis_url, timeout=max(self.timeout, 1.0))
+        self.pubsub = ClusterListener(self.redis, connect_timeout=max(self.timeout, 1.0))
+        self.connected = True
+
+    def reset_listener(self) -> None:
+        if isinstance(self.pubsub, ClusterListener):
+            self.pubsub.fail(RedisConnectionError("listener reset"))
+            return
+        super().reset_listener()  # type: ignore[misc]
