@@ -1,7 +1,7 @@
 """What each instance receives from Redis, per message, with per-room channels and without.
 
     .venv/bin/python bench/cluster_bench.py [--conversations 30] [--messages 40] [--idle 20]
-        [--modes single,room] [--group 0]
+        [--modes single,room] [--group 0] [--redis single|cluster]
 
 Starts its own PostgreSQL (embedded) and Redis, then for each mode (STUDYHALL_REDIS_CHANNELS
 = `single`: python-socketio's one channel that every instance hears; `room`: per-room
@@ -23,6 +23,11 @@ The fourth instance's figures are the point: with one channel it receives every 
 spends CPU on each; with room channels it receives nothing for these conversations. The
 machine's two cores are shared by the four instances, PostgreSQL, Redis and the clients:
 compare ratios within one run.
+
+`--redis cluster` runs the same on a real 3-master Redis Cluster on loopback
+(`REDIS_URL=redis+cluster://...`, tests/services.py `RedisCluster`) and adds, per mode,
+the PUBLISH and SPUBLISH calls each Cluster node served (INFO commandstats): with room
+channels the publishes spread over the nodes by slot.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from bench.harness import cpu_seconds, start_servers, stop_servers, wait_up  # noqa: E402
 from bench.threads_bench import User, register_users  # noqa: E402
 from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
-from tests.services import RedisServer  # noqa: E402
+from tests.services import RedisCluster, RedisServer  # noqa: E402
 
 INSTANCES = 4
 PAIRS = ((0, 1), (1, 2), (2, 0))  # conversations never touch the fourth instance
@@ -154,6 +159,22 @@ async def run_mode(mode: str, args: argparse.Namespace, database_url: str, redis
     return {"mode": mode, "sent": sent, "elapsed": elapsed, "instances": figures}
 
 
+def node_publishes(redis: RedisServer | RedisCluster) -> list[dict[str, int]]:
+    """PUBLISH and SPUBLISH calls each Redis node has served so far (INFO commandstats)."""
+    import redis as redis_py
+
+    ports = [n.port for n in redis.nodes] if isinstance(redis, RedisCluster) else [redis.port]
+    out = []
+    for port in ports:
+        client = redis_py.Redis(host="127.0.0.1", port=port)
+        try:
+            stats = client.info("commandstats")
+        finally:
+            client.close()
+        out.append({name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("publish", "spublish")})
+    return out
+
+
 def report(results: list[dict[str, object]]) -> None:
     print()
     print("| mode | instance | members there | events / msg | bytes / msg | delivered / ignored / own (per msg) "
@@ -178,22 +199,36 @@ async def main() -> None:
     parser.add_argument("--idle", type=int, default=20, help="connected users on the fourth instance")
     parser.add_argument("--group", type=int, default=0, help="add one group of N members on instances 1 and 2")
     parser.add_argument("--modes", default="single,room")
+    parser.add_argument("--redis", choices=("single", "cluster"), default="single",
+                        help="one redis-server, or a 3-master Redis Cluster on loopback")
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="studyhall-bench-pg-")), port=free_port())
     os.chmod(pg.data_dir, 0o755)
     database_url = await asyncio.to_thread(pg.start)
-    redis = RedisServer().start()
-    print(f"load average {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
+    redis: RedisServer | RedisCluster = RedisCluster().start() if args.redis == "cluster" else RedisServer().start()
+    print(f"load average {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+          f"Redis: {args.redis}", flush=True)
     results = []
+    node_calls: list[tuple[str, list[dict[str, int]]]] = []
     try:
         for mode in modes:
+            before = node_publishes(redis)
             results.append(await run_mode(mode, args, database_url, redis.url))
+            after = node_publishes(redis)
+            node_calls.append((mode, [{k: a[k] - b.get(k, 0) for k in a} for b, a in zip(before, after)]))
             print(f"{mode} done", flush=True)
     finally:
         redis.stop()
         pg.destroy()
     report(results)
+    if args.redis == "cluster":
+        print()
+        print("| mode | Cluster node | PUBLISH calls | SPUBLISH calls |")
+        print("|---|---|---|---|")
+        for mode, per_node in node_calls:
+            for n, calls in enumerate(per_node, start=1):
+                print(f"| {mode} | {n} | {calls.get('publish', 0):,} | {calls.get('spublish', 0):,} |")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 

@@ -238,6 +238,12 @@ class ClusterRedis:
     def on_cluster(self) -> bool:
         return is_cluster_url(self.redis_url)
 
+    def configure(self, **options: Any) -> None:
+        """A malformed cluster URL stops the start here, not as an outage retried forever."""
+        if self.on_cluster:
+            cluster_parts(self.redis_url)
+        super().configure(**options)  # type: ignore[misc]
+
     def client(self) -> Any:
         if not self.on_cluster:
             return super().client()  # type: ignore[misc]

@@ -5,9 +5,10 @@ Two instances that hold the members, and a third that holds nobody in the conver
 direct, group and live-room messages cross instances; room channels are subscribed on
 the node that owns each channel's slot, which spreads them over several nodes; the third
 instance receives nothing for the conversations; logout notices act on every instance;
-rate limits count across instances in the Cluster; and a master killed and restarted on
-its port is survived: every acked message reaches its members (live, or through `resync`
-then `sync` by seq) and the subscriptions come back on the restarted node.
+rate limits count across instances in the Cluster; a master killed and restarted on its
+port is survived: every acked message reaches its members (live, or through `resync` then
+`sync` by seq) and the subscriptions come back on the restarted node; and a slot moved to
+another master (resharding, or what a failover does) is followed.
 """
 
 from __future__ import annotations
@@ -231,6 +232,41 @@ async def test_a_master_restart_loses_no_acked_message(start_instance) -> None:
                 await sa.ok("message:send", {"conversation_id": conv["id"], "content": f"after {i}", "client_id": f"r{i}"})
             await sb.wait_for("message:new", lambda d: d["message"]["content"] == "after 2", timeout=10)
             assert [d["message"]["content"] for d in sb.received("message:new")][-3:] == ["after 0", "after 1", "after 2"]
+            await api.close_sockets()
+    finally:
+        cluster.stop()
+
+
+async def test_a_room_channel_whose_slot_moves_to_another_master_is_followed(start_instance) -> None:
+    """Resharding or a failover moves a slot to another master; Redis then ends the shard
+    subscriptions on the old one (an unrequested SUNSUBSCRIBE). The receiver's instance
+    subscribes the channel again on the new owner, and messages keep reaching the member."""
+    cluster = RedisCluster().start()
+    try:
+        one, two = await _instances(start_instance, cluster.url, 2)
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, one.url)
+            a, b = await api.register("Ana"), await api.register("Bob")
+            sa = await api.socket(a, url=one.url)
+            sb = await api.socket(b, url=two.url)
+            conv = (await sa.ok("conversation:create", {"kind": "direct", "member_ids": [b.id]}))["conversation"]
+            b_channel = f"{_channel(one)}:room:/:user:{b.id}"
+            slot = int(await _node_command(cluster.nodes[0].port, "CLUSTER", "KEYSLOT", b_channel))
+            old = cluster.port_of_slot(slot)
+            new = next(n.port for n in cluster.nodes if n.port != old)
+            assert await _shard_subscribers(old, b_channel) == 1
+            new_id = (await _node_command(new, "CLUSTER", "MYID")).decode()
+            for port in [new, old] + [n.port for n in cluster.nodes if n.port not in (old, new)]:
+                await _node_command(port, "CLUSTER", "SETSLOT", slot, "NODE", new_id)
+
+            async def moved() -> bool:
+                return await _shard_subscribers(new, b_channel) == 1 and await _shard_subscribers(old, b_channel) == 0
+            await _eventually(moved, timeout=15)
+            assert _listener(two).nodes_of()[b_channel] == f"127.0.0.1:{new}"
+            for i in range(3):
+                await sa.ok("message:send", {"conversation_id": conv["id"], "content": f"moved {i}", "client_id": f"m{i}"})
+            await sb.wait_for("message:new", lambda d: d["message"]["content"] == "moved 2", timeout=20)
+            assert [d["message"]["content"] for d in sb.received("message:new")] == ["moved 0", "moved 1", "moved 2"]
             await api.close_sockets()
     finally:
         cluster.stop()
