@@ -107,7 +107,10 @@ class ClusterListener:
         self.pubsubs: dict[str, PubSub] = {}  # node name -> its connection
         self.readers: dict[str, asyncio.Task[None]] = {}
         self.where: dict[str, str] = {}  # room channel -> node name it is subscribed on
-        self.leaving: set[str] = set()  # SUNSUBSCRIBEs sent, not yet confirmed
+        # SUNSUBSCRIBEs sent and not yet confirmed, per channel: a confirmation beyond them is
+        # Redis ending the subscription itself (its slot moved). Counted, because a room left
+        # and entered again can have its SSUBSCRIBE sent before the SUNSUBSCRIBE's answer.
+        self.leaving: dict[str, int] = {}
         self.queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
         self.initialized = False
 
@@ -144,9 +147,13 @@ class ClusterListener:
                 if message.get("type") == "sunsubscribe":
                     channel = message.get("channel")
                     name = channel.decode() if isinstance(channel, bytes) else str(channel)
-                    if name not in self.leaving:
+                    left = self.leaving.get(name, 0)
+                    if left <= 0:
                         raise SlotMoved(f"Redis moved {name} to another node")
-                    self.leaving.discard(name)
+                    if left == 1:
+                        del self.leaving[name]
+                    else:
+                        self.leaving[name] = left - 1
                     continue
                 self.queue.put_nowait(message)
         except asyncio.CancelledError:
@@ -178,7 +185,6 @@ class ClusterListener:
             await self._pubsub(nodes[name]).ssubscribe(*group)
             for channel in group:
                 self.where[channel] = name
-                self.leaving.discard(channel)
             self._read(name)
 
     async def sunsubscribe(self, *channels: str) -> None:
@@ -188,8 +194,8 @@ class ClusterListener:
             if name is not None and name in self.pubsubs:
                 by_node[name].append(channel)
         for name, group in by_node.items():
-            self.leaving.update(group)
             for channel in group:  # one slot per command here too
+                self.leaving[channel] = self.leaving.get(channel, 0) + 1
                 await self.pubsubs[name].sunsubscribe(channel)
 
     def nodes_of(self) -> dict[str, str]:

@@ -270,3 +270,32 @@ async def test_a_room_channel_whose_slot_moves_to_another_master_is_followed(sta
             await api.close_sockets()
     finally:
         cluster.stop()
+
+
+async def test_a_room_left_and_entered_again_at_once_keeps_the_listener(redis_cluster) -> None:
+    """SUNSUBSCRIBE then SSUBSCRIBE of one channel, sent before Redis answered the first:
+    the SUNSUBSCRIBE's answer is this instance's own, not Redis moving the slot, so the
+    listener goes on (a rebuild would `resync` every socket of the instance) and the
+    channel's next message arrives."""
+    from server.rediscluster import cluster_client
+
+    listener = ClusterListener(cluster_client(redis_cluster.url, timeout=2.0), connect_timeout=2.0)
+    publisher = cluster_client(redis_cluster.url, timeout=2.0)
+    channel = f"again-{uuid.uuid4().hex[:8]}:room:/:user:x"
+    messages = listener.listen()
+    try:
+        await listener.ssubscribe(channel)
+        first = await asyncio.wait_for(anext(messages), 5)
+        assert first["type"] == "ssubscribe"
+        await listener.sunsubscribe(channel)
+        await listener.ssubscribe(channel)
+        again = await asyncio.wait_for(anext(messages), 5)
+        assert again["type"] == "ssubscribe", again
+        await publisher.spublish(channel, b"still here")
+        got = await asyncio.wait_for(anext(messages), 5)
+        assert (got["type"], got["data"]) == ("smessage", b"still here")
+    finally:
+        await messages.aclose()
+        await listener.aclose()
+        await listener.cluster.aclose()
+        await publisher.aclose()
