@@ -8,6 +8,10 @@ a classic SUBSCRIBE on any node hears it.
 - Publishing (`ClusterRedis.client`): redis-py's `RedisCluster` routes SPUBLISH, and
   PUBLISH too, by the channel's slot, so each channel's events leave in order through one
   node; a queued batch is one cluster pipeline (one round trip per node, in parallel).
+  Measured here (one process, 3,000 SPUBLISHes in batches of 12 rooms): 37-38 µs of CPU
+  per SPUBLISH on a 3-master Cluster against 23 µs on one server, since the batch becomes
+  one pipeline per master; a hand-written publisher with one plain client per master
+  measured the same (38-39 µs), so redis-py's is kept.
   The `limits` counters use the `limits` library's own cluster storage
   (handlers/ratelimit.py), and probes and INFO go through the same client.
 - Listening (`ClusterListener`): the global channels (events, notices, this instance's
