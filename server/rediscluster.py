@@ -20,6 +20,12 @@ a classic SUBSCRIBE on any node hears it.
   task into one queue. redis-py's `ClusterPubSub` polls its node connections in turn
   (`get_sharded_message(timeout=...)`), which trades latency for CPU; a reader per node
   delivers each message as soon as it arrives.
+- Probes: ResilientRedis's probe checks the global channels' master; on a Cluster the
+  listener also holds one sharded probe channel on every master (a name whose slot that
+  master owns), and each probe SPUBLISHes on all of them and waits to hear every one. A
+  master whose listener connection went deaf (a partition that never closes it) is found
+  like the global one: an outage, a reset, everything subscribed again, `resync`. It also
+  keeps a connection to every master, so a master that goes away is seen at once.
 - Failures: any node connection that fails, an SSUBSCRIBE answered `-MOVED`, or a
   SUNSUBSCRIBE this instance did not ask for (Redis 7 sends one when the slot moves to
   another node: resharding or failover) ends the listener. ResilientRedis then does what
@@ -117,6 +123,8 @@ class ClusterListener:
         self.leaving: dict[str, int] = {}
         self.queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
         self.initialized = False
+        self.probe_channels: dict[str, str] = {}  # one per master (`subscribe_probes`): channel -> node
+        self.probe_waiters: dict[str, asyncio.Future[None]] = {}
 
     async def _ensure_topology(self) -> None:
         if not self.initialized:
@@ -159,6 +167,13 @@ class ClusterListener:
                     else:
                         self.leaving[name] = left - 1
                     continue
+                if message.get("type") == "smessage" and self.probe_waiters:
+                    channel = message.get("channel")
+                    waiter = self.probe_waiters.pop(channel.decode() if isinstance(channel, bytes) else str(channel), None)
+                    if waiter is not None:
+                        if not waiter.done():
+                            waiter.set_result(None)
+                        continue
                 self.queue.put_nowait(message)
         except asyncio.CancelledError:
             raise
@@ -202,6 +217,23 @@ class ClusterListener:
                 self.leaving[channel] = self.leaving.get(channel, 0) + 1
                 await self.pubsubs[name].sunsubscribe(channel)
 
+    async def subscribe_probes(self, prefix: str) -> None:
+        """One sharded probe channel per master: `prefix:{n}` with the first n whose slot
+        that master owns (a few tries each: a master owns a third of the slots here)."""
+        await self._ensure_topology()
+        masters = {node.name for node in self.cluster.get_primaries()}
+        found: dict[str, str] = {}
+        n = 0
+        while len(found) < len(masters) and n < 100_000:
+            channel = f"{prefix}:{{{n}}}"
+            node = self.cluster.nodes_manager.get_node_from_slot(key_slot(channel.encode()))
+            found.setdefault(node.name, channel)
+            n += 1
+        self.probe_channels = {channel: name for name, channel in found.items()}
+        await self.ssubscribe(*self.probe_channels)
+        for channel in self.probe_channels:
+            self.where.pop(channel, None)  # not a room channel: never unsubscribed on its own
+
     def nodes_of(self) -> dict[str, str]:
         """Room channel → the node (`host:port`) this listener subscribed it on."""
         return dict(self.where)
@@ -242,6 +274,9 @@ class ClusterRedis:
     redis: Any
     pubsub: Any
     connected: bool
+    listening: bool | None
+    health: Any
+    probe_channel: str
     _client: Any
 
     @property
@@ -268,6 +303,40 @@ class ClusterRedis:
         self.redis = cluster_client(self.redis_url, timeout=max(self.timeout, 1.0))
         self.pubsub = ClusterListener(self.redis, connect_timeout=max(self.timeout, 1.0))
         self.connected = True
+
+    async def _listener_subscribed(self) -> None:
+        await super()._listener_subscribed()  # type: ignore[misc]
+        if isinstance(self.pubsub, ClusterListener):
+            await self.pubsub.subscribe_probes(f"{self.probe_channel}:shard")
+
+    async def probe(self) -> bool:
+        """The global channels' probe, then on a Cluster one SPUBLISH per master, each heard."""
+        answered: bool = await super().probe()  # type: ignore[misc]
+        listener = self.pubsub
+        if not answered or not self.listening or not isinstance(listener, ClusterListener) or not listener.probe_channels:
+            return answered
+        loop = asyncio.get_running_loop()
+        waiters = {channel: loop.create_future() for channel in listener.probe_channels}
+        listener.probe_waiters = dict(waiters)
+        try:
+            pipe = self.client().pipeline(transaction=False)
+            for channel in waiters:
+                pipe.spublish(channel, b"probe")
+            await asyncio.wait_for(pipe.execute(), self.timeout * 2)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.health.report_down("probe", exc)
+            return False
+        try:
+            await asyncio.wait_for(asyncio.gather(*waiters.values()), self.timeout * 2)
+        except TimeoutError:
+            # wait_for cancelled the unheard ones; the heard ones hold a result
+            deaf = sorted(listener.probe_channels[c] for c, w in waiters.items() if w.cancelled() or not w.done())
+            self.health.report_down("listen", f"the listener did not hear its probe on every Cluster master ({deaf})")
+            self.reset_listener()
+            return False
+        return True
 
     def reset_listener(self) -> None:
         if isinstance(self.pubsub, ClusterListener):

@@ -299,3 +299,38 @@ async def test_a_room_left_and_entered_again_at_once_keeps_the_listener(redis_cl
         await listener.aclose()
         await listener.cluster.aclose()
         await publisher.aclose()
+
+
+async def test_a_deaf_connection_to_one_master_is_found_by_the_probe(start_instance, redis_cluster) -> None:
+    """The listener's connection to the master holding the receiver's channel stays open
+    but nothing is read from it any more (what a partition that never closes it looks
+    like). The probe, sent on every master, goes unheard there: the instance reports the
+    outage, rebuilds its listener and tells its sockets to `resync`; later messages arrive."""
+    one, two = await _instances(start_instance, redis_cluster.url, 2)
+    global_node = f"127.0.0.1:{await _owner(redis_cluster, _channel(one))}"
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, one.url)
+        a = await api.register("Ana")
+        sa = await api.socket(a, url=one.url)
+        for i in range(20):  # a receiver whose channel is not on the global channels' master
+            b = await api.register(f"Bob{i}")
+            node = f"127.0.0.1:{await _owner(redis_cluster, f'{_channel(one)}:room:/:user:{b.id}')}"
+            if node != global_node:
+                break
+        assert node != global_node
+        sb = await api.socket(b, url=two.url)
+        conv = (await sa.ok("conversation:create", {"kind": "direct", "member_ids": [b.id]}))["conversation"]
+        await sb.wait_for("conversation:new")
+        listener = _listener(two)
+        assert listener.nodes_of()[f"{_channel(one)}:room:/:user:{b.id}"] == node
+        assert set(listener.probe_channels.values()) == {f"127.0.0.1:{n.port}" for n in redis_cluster.nodes}, \
+            "every master carries a probe channel"
+        listener.readers[node].cancel()  # the global channels' master still answers the usual probe
+
+        await sb.wait_for("resync", timeout=15)
+        assert _listener(two) is not listener, "the deaf listener was replaced"
+        for i in range(3):
+            await sa.ok("message:send", {"conversation_id": conv["id"], "content": f"heard {i}", "client_id": f"h{i}"})
+        await sb.wait_for("message:new", lambda d: d["message"]["content"] == "heard 2", timeout=15)
+        assert [d["message"]["content"] for d in sb.received("message:new")][-3:] == ["heard 0", "heard 1", "heard 2"]
+        await api.close_sockets()
