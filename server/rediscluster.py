@@ -36,7 +36,6 @@ a classic SUBSCRIBE on any node hears it.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -51,8 +50,6 @@ from redis.cluster import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from handlers.settings import is_cluster_url
-
-log = logging.getLogger(__name__)
 
 
 def cluster_parts(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
