@@ -29,24 +29,24 @@ class Constant:
 
 # ============================== MEASURED CONSTANTS ===========================================
 # Every figure below was measured on this project's 2-core development machine (shared, so
-# lower bounds) or is marked ASSUMPTION. Update them when the pipeline changes (group commit,
-# per-socket memory with deflate off, targeted fan-out are in progress) and rerun the
+# lower bounds) or is marked ASSUMPTION. Update them when the pipeline changes and rerun the
 # simulation; docs/scaling.md quotes its output.
 C: dict[str, Constant] = {
     # --- per instance (one `studyhall serve` process: one Python event loop, one core) ---
     "send_cpu": Constant(0.22e-3, "instance CPU s per acked message",
                          "docs/performance.md#messages-benchthreads_benchpy: server 0.22 ms per message with group commit"),
-    "delivery_cpu": Constant(15e-6, "instance CPU s per event delivered to one socket (encode-once fan-out)",
-                             "docs/performance.md#live-rooms-benchrooms_benchpy: 14-17 µs per delivery, 1 instance"),
+    "delivery_cpu": Constant(5e-6, "instance CPU s per event delivered to one socket (encode-once fan-out, batched writes)",
+                             "docs/performance.md, quiet-machine check of the seventh session: bench/conversation_bench.py "
+                             "--members 1000, 5.0 µs of server and PostgreSQL CPU per delivery (3.8-6.1 at 100 members)"),
     "receive_cpu": Constant(34.5e-6, "instance CPU s per Redis event received for nobody on it",
                             "bench/capacity_probe.py --part instance: 'instance receive cost' at 2,500 events/s; "
                             "bench/cluster_bench.py measured ~100 µs at 360 events/s (one per wake-up), a low-rate bound"),
     "event_bytes": Constant(688, "bytes per event on Redis (a message:new as published)",
                             "bench/capacity_probe.py --part instance: payload size it prints"),
-    "socket_kb": Constant(31, "instance resident KB per connected websocket (no deflate)",
-                          "bench/capacity_probe.py --part instance: 'KB per socket'"),
-    "deflate_kb": Constant(150, "extra KB per socket when the client negotiates permessage-deflate",
-                           "/work/shared/GUIDE.md, python-socketio facts"),
+    "socket_kb": Constant(34.5, "instance resident KiB per connected websocket (no deflate, the default)",
+                          "bench/socket_memory_bench.py: 34.5 KiB per idle socket at 10,000 sockets (docs/performance.md)"),
+    "deflate_kb": Constant(103.6, "extra KiB per socket when STUDYHALL_WS_DEFLATE is on and the client negotiates it",
+                           "bench/socket_memory_bench.py: 138.1 KiB with deflate against 34.5 without, 10,000 sockets"),
     "instance_base_mb": Constant(109, "instance resident MB with no sockets",
                                  "bench/capacity_probe.py --part instance: 'MB idle'"),
     "ping_seconds": Constant(20, "Engine.IO ping interval: one ping out, one pong in per socket",
@@ -178,8 +178,9 @@ class Fleet:
     pg_replicas: int = 0  # read replicas (same cores) serving history reads and, without vector_server, search
     vector_server: bool = False  # a dedicated pgvector server (same cores) for search
     redis_shards: int = 1  # Redis Cluster masters; only sharded (targeted) pub/sub spreads over them
-    fanout: str = "broadcast"  # today: every instance receives every event; "targeted": only its sockets'
-    deflate: bool = True  # browsers negotiate permessage-deflate and python-engineio accepts it (today)
+    fanout: str = "targeted"  # per-room channels (the default): an instance receives only its sockets' events;
+    # "broadcast": STUDYHALL_REDIS_CHANNELS=single, every instance receives every event
+    deflate: bool = False  # STUDYHALL_WS_DEFLATE (off by default): sockets that negotiated permessage-deflate
     instance_mem_mb: float = 2048  # memory per process (e.g. an 8 GB node running 4)
 
 
@@ -297,7 +298,7 @@ class Sizing:
     sized: bool
 
 
-def size(users: int, fanout: str = "broadcast", deflate: bool = True, instance_mem_mb: float = 2048) -> Sizing:
+def size(users: int, fanout: str = "targeted", deflate: bool = False, instance_mem_mb: float = 2048) -> Sizing:
     """The smallest fleet (grown one limit at a time, by the engine that lifts it) with every
     part under TARGET all day; or the last one tried and why no fleet of these engines fits."""
     fleet = Fleet(instances=MIN_INSTANCES, fanout=fanout, deflate=deflate, instance_mem_mb=instance_mem_mb)
@@ -419,9 +420,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--replicas", type=int, default=0)
     parser.add_argument("--vector-server", action="store_true")
     parser.add_argument("--redis-shards", type=int, default=1)
-    parser.add_argument("--fanout", choices=["broadcast", "targeted"], default="broadcast")
-    parser.add_argument("--no-deflate", dest="deflate", action="store_false",
-                        help="sockets without permessage-deflate (once the server can refuse it)")
+    parser.add_argument("--fanout", choices=["broadcast", "targeted"], default="targeted",
+                        help="targeted: per-room Redis channels (the default); broadcast: STUDYHALL_REDIS_CHANNELS=single")
+    parser.add_argument("--deflate", action="store_true",
+                        help="sockets with permessage-deflate (STUDYHALL_WS_DEFLATE=1; off by default)")
     parser.add_argument("--size", type=int, nargs="+", metavar="USERS", help="print the smallest fleet for each size")
     parser.add_argument("--node", default="4:8", metavar="CORES:GB", help="node size for --size (default 4:8)")
     parser.add_argument("--per-node", action="store_true", help="print peak users per node size")
