@@ -322,6 +322,11 @@ class RoomChannels:
         room = message.get("room")
         skip = message.get("skip_sid")
         skip_list = skip if isinstance(skip, list) else ([] if skip is None else [skip])
+        if skip_list:
+            # A skipped room name (`user:<id>`: typing and read skip their author's sockets,
+            # wherever they are) stands for this instance's sockets in it.
+            skip_list = self._expand_skip(namespace, skip_list)
+            message = {**message, "skip_sid": skip_list}
         emit_id = message.get("eid")
         if emit_id is not None and message.get("callback") is None:
             targets = [sid for sid, _ in self.get_participants(namespace, room) if sid not in skip_list]  # type: ignore[attr-defined]
@@ -337,6 +342,15 @@ class RoomChannels:
             metrics.redis_emits.labels("delivered" if wanted else "ignored").inc()
         if wanted:
             await super()._handle_emit(message)  # type: ignore[misc]
+
+    def _expand_skip(self, namespace: str, skip: list[Any]) -> list[Any]:
+        ns = self.rooms.get(namespace) or {}
+        out = list(skip)
+        for name in skip:
+            members = ns.get(name) if isinstance(name, str) else None
+            if members:
+                out.extend(sid for sid in members if sid not in out)
+        return out
 
     def _has_recipient(self, namespace: str, room: Any, skip: list[Any]) -> bool:
         ns = self.rooms.get(namespace)
