@@ -58,7 +58,7 @@ async def _subscribed(redis_url: str, channel: str, count: int) -> None:
 async def test_a_40_member_group_reaches_each_member_once_and_no_other_instance(start_instance, redis_url) -> None:
     """40 members, 20 on instance one and 20 on instance two; instance three holds only a
     bystander. Messages from both sides reach every member once, in seq order; typing and
-    read reach the other members, not the author's own sockets; instance three receives
+    read reach the other members, not the author's own sockets (on either instance); instance three receives
     nothing at all, and instance two receives one copy per event, not one per member."""
     one, two, three = await _instances(start_instance, redis_url, 3, **STEADY)
     async with aiohttp.ClientSession() as session:
@@ -67,6 +67,7 @@ async def test_a_40_member_group_reaches_each_member_once_and_no_other_instance(
         bystander = await api.register("By")
         socks = [await api.socket(u, url=(one if i < 20 else two).url) for i, u in enumerate(members)]
         await api.socket(bystander, url=three.url)
+        other_tab = await api.socket(members[25], url=one.url)  # the typist's second tab, elsewhere
         group = (await socks[0].ok("conversation:create", {
             "kind": "group", "title": "Class", "member_ids": [u.id for u in members[1:]]}))["conversation"]
         cid = group["id"]
@@ -92,6 +93,8 @@ async def test_a_40_member_group_reaches_each_member_once_and_no_other_instance(
                 await sock.wait_for("read", lambda d: d["user_id"] == members[3].id)
         await asyncio.sleep(0.3)
         assert socks[25].received("typing") == [] and socks[3].received("read") == [], "no echo to the author"
+        assert other_tab.received("typing") == [], "nor to the author's tab on another instance"
+        assert _seqs(other_tab, cid) == list(range(1, 11))
         for i, sock in enumerate(socks):
             assert len(sock.received("typing")) == (i != 25) and len(sock.received("read")) == (i != 3)
 
