@@ -37,6 +37,7 @@ from uuid import UUID
 from handlers.core import Core
 from handlers.events import group_room, user_room
 from storage import conversations
+from storage.records import Role
 
 
 def uses_group_room(core: Core, kind: str) -> bool:
@@ -57,9 +58,10 @@ def audience(core: Core, *, kind: str, conversation_id: UUID, created_at: dateti
     return rooms
 
 
-async def rooms_for_user(core: Core, user_id: UUID) -> list[str]:
-    """The group rooms a newly connected socket of this user enters."""
-    if not core.settings.threads.group_rooms:
+async def rooms_for_user(core: Core, user_id: UUID, role: str) -> list[str]:
+    """The group rooms a newly connected socket of this user enters. A guest (a widget
+    visitor) is never a group member (handlers/threads.py UNADDABLE_ROLES): no query."""
+    if not core.settings.threads.group_rooms or role == Role.GUEST:
         return []
     async with core.db.connection() as conn:
         found = await conversations.group_ids_of_users(conn, [user_id])

@@ -116,7 +116,7 @@ class Gateway:
                 actor = await auth.authenticate(self.core, token, sid=sid)
             # The groups whose rooms this socket enters (handlers/grouprooms.py): read before
             # it is admitted, so an outage refuses the connection rather than leaving it deaf.
-            groups = await grouprooms.rooms_for_user(self.core, actor.user_id)
+            groups = await grouprooms.rooms_for_user(self.core, actor.user_id, actor.role)
         except ApiError as err:
             self.metrics.event_errors.labels(err.code, "connect").inc()
             raise socketio.exceptions.ConnectionRefusedError(err.message, err.to_dict()) from None
