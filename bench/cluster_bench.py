@@ -2,14 +2,20 @@
 
     .venv/bin/python bench/cluster_bench.py [--conversations 30] [--messages 40] [--idle 20]
         [--modes single,room] [--group 0] [--redis single|cluster]
+    .venv/bin/python bench/cluster_bench.py --conversations 0 --group 40 --modes room-users,room
 
-Starts its own PostgreSQL (embedded) and Redis, then for each mode (STUDYHALL_REDIS_CHANNELS
-= `single`: python-socketio's one channel that every instance hears; `room`: per-room
-sharded channels, server/roomchannels.py) four `studyhall serve` processes sharing them.
-Conversations are direct threads whose two members sit on two of the first three
-instances (pairs 1-2, 2-3, 3-1); the fourth instance holds `--idle` connected users who
-are in none of them (an instance with no member of any conversation). `--group N` adds one
-group of N members spread over instances 1 and 2 only.
+Starts its own PostgreSQL (embedded) and Redis, then for each mode four `studyhall serve`
+processes sharing them. Modes: `single` (STUDYHALL_REDIS_CHANNELS=single: python-socketio's
+one channel that every instance hears); `room` (per-room sharded channels, server/
+roomchannels.py, and each group fans out through its own room, handlers/grouprooms.py);
+`room-users` (room channels, but groups fan out to each member's own room as before
+STUDYHALL_GROUP_ROOMS existed: past STUDYHALL_REDIS_ROOM_EMIT_LIMIT members, once on the
+global channel). Conversations are direct threads whose two members sit on two of the
+first three instances (pairs 1-2, 2-3, 3-1); the fourth instance holds `--idle` connected
+users who are in none of them (an instance with no member of any conversation). `--group N`
+adds one group of N members spread over instances 1 and 2 only; two of them send its
+`--messages`. The group is measured as it is after its first seconds
+(STUDYHALL_GROUP_ROOM_SETTLE=0; the load starts a second after it is created).
 
 The load: each conversation's members take turns sending `--messages` messages, waiting
 for each ack (python-socketio clients in this process, all conversations at once). Then,
@@ -53,6 +59,11 @@ from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
 from tests.services import RedisCluster, RedisServer  # noqa: E402
 
 INSTANCES = 4
+MODES = {  # what each mode sets in the instances' environment
+    "single": {"STUDYHALL_REDIS_CHANNELS": "single"},
+    "room": {"STUDYHALL_REDIS_CHANNELS": "room", "STUDYHALL_GROUP_ROOMS": "1"},
+    "room-users": {"STUDYHALL_REDIS_CHANNELS": "room", "STUDYHALL_GROUP_ROOMS": "0"},
+}
 PAIRS = ((0, 1), (1, 2), (2, 0))  # conversations never touch the fourth instance
 
 
@@ -95,8 +106,8 @@ async def connect(user: User) -> socketio.AsyncClient:
 
 
 async def run_mode(mode: str, args: argparse.Namespace, database_url: str, redis_url: str) -> dict[str, object]:
-    procs = start_servers(INSTANCES, database_url, redis_url,
-                          {"STUDYHALL_REDIS_CHANNEL": f"bench-{mode}", "STUDYHALL_REDIS_CHANNELS": mode})
+    procs = start_servers(INSTANCES, database_url, redis_url, MODES[mode] | {
+        "STUDYHALL_REDIS_CHANNEL": f"bench-{mode}", "STUDYHALL_GROUP_ROOM_SETTLE": "0"})
     try:
         urls = [u for _, u in procs]
         for url in urls:
@@ -156,7 +167,10 @@ async def run_mode(mode: str, args: argparse.Namespace, database_url: str, redis
             own=outcome(a, "own") - outcome(b, "own"),
             cpu_s=c1 - c0,
         ))
-    return {"mode": mode, "sent": sent, "elapsed": elapsed, "instances": figures}
+    hosted = [0] * INSTANCES  # conversation members connected to each instance
+    for u in [x for pair in members for x in pair] + group:
+        hosted[urls.index(u.url)] += 1
+    return {"mode": mode, "sent": sent, "elapsed": elapsed, "instances": figures, "hosted": hosted}
 
 
 def node_publishes(redis: RedisServer | RedisCluster) -> list[dict[str, int]]:
@@ -183,7 +197,8 @@ def report(results: list[dict[str, object]]) -> None:
     for r in results:
         sent = max(1, int(r["sent"]))  # type: ignore[call-overload]
         for n, f in enumerate(r["instances"], start=1):  # type: ignore[attr-defined]
-            print(f"| {r['mode']} | {n} | {'none (idle users only)' if n == 4 else 'some conversations'} "
+            there = r["hosted"][n - 1]  # type: ignore[index]
+            print(f"| {r['mode']} | {n} | {there or 'none'} "
                   f"| {f.events / sent:.2f} | {f.bytes / sent:,.0f} "
                   f"| {f.delivered / sent:.2f} / {f.ignored / sent:.2f} / {f.own / sent:.2f} "
                   f"| {f.cpu_s:.2f} | {f.cpu_s / sent * 1e6:,.0f} |")
@@ -198,11 +213,13 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=40, help="messages per conversation")
     parser.add_argument("--idle", type=int, default=20, help="connected users on the fourth instance")
     parser.add_argument("--group", type=int, default=0, help="add one group of N members on instances 1 and 2")
-    parser.add_argument("--modes", default="single,room")
+    parser.add_argument("--modes", default="single,room", help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--redis", choices=("single", "cluster"), default="single",
                         help="one redis-server, or a 3-master Redis Cluster on loopback")
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if unknown := [m for m in modes if m not in MODES]:
+        parser.error(f"unknown mode(s) {', '.join(unknown)}: choose from {', '.join(MODES)}")
     pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="studyhall-bench-pg-")), port=free_port())
     os.chmod(pg.data_dir, 0o755)
     database_url = await asyncio.to_thread(pg.start)

@@ -20,6 +20,15 @@ def conversation_room(conversation_id: UUID | str) -> str:
     return f"conv:{conversation_id}"
 
 
+def group_room(conversation_id: UUID | str) -> str:
+    """Every connected socket of a group conversation's members (handlers/grouprooms.py):
+    one emit to it reaches exactly the instances that host members. Its own prefix, so the
+    periodic check (server/grouprooms.py) can tell group rooms from live rooms' `conv:`."""
+    return f"group:{conversation_id}"
+
+
+GROUP_ROOM_PREFIX = "group:"
+
 STAFF_ROOM = "staff"  # sockets of agents and admins
 
 
@@ -30,6 +39,11 @@ class Events(Protocol):
     async def to_rooms(self, rooms: Iterable[str], event: str, data: dict[str, Any]) -> None:
         """Every socket in these Socket.IO rooms, on every instance (each socket once)."""
 
+    async def to_rooms_except_user(self, rooms: Iterable[str], user_id: UUID | str, event: str,
+                                   data: dict[str, Any]) -> None:
+        """`to_rooms`, but none of this user's sockets (on any instance) gets it: `typing`
+        and `read` go to the other members only."""
+
     async def to_users_many(self, user_ids: Iterable[UUID | str], event: str, datas: Sequence[dict[str, Any]]) -> None:
         """`to_users` for several events, in order: each socket gets them together (one
         write where the transport allows), never reordered."""
@@ -39,6 +53,9 @@ class Events(Protocol):
 
     async def join_user_sockets(self, user_id: UUID | str, room: str) -> None:
         """Make every socket of a user, on every instance, enter a room."""
+
+    async def join_users_sockets(self, user_ids: Iterable[UUID | str], room: str) -> None:
+        """`join_user_sockets` for several users at once (one notice for all of them)."""
 
     async def leave_user_sockets(self, user_id: UUID | str, room: str) -> None:
         """Make every socket of a user, on every instance, leave a room."""

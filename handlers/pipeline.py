@@ -18,6 +18,7 @@ from uuid import UUID
 
 import asyncpg
 
+from handlers import grouprooms
 from handlers.core import Actor, AfterCommit, BeforeCommit, Core, KindPolicy, Pipeline
 from handlers.errors import ApiError
 from handlers.events import conversation_room
@@ -126,8 +127,11 @@ async def load_conversation(
 
 async def fan_out(core: Core, conv: ConversationMembership, event: str, data: dict[str, Any]) -> None:
     """Deliver an event about a conversation to whoever follows it: its members (loaded
-    with the conversation by `conversations.get_with_membership`), or its room."""
-    if get_pipeline(core).policy(conv.kind).fans_out_to_members(conv):
+    with the conversation by `conversations.get_with_membership`; a group's through its
+    room, handlers/grouprooms.py), or its room."""
+    if (rooms := _group_rooms(core, conv)) is not None:
+        await core.events.to_rooms(rooms, event, data)
+    elif get_pipeline(core).policy(conv.kind).fans_out_to_members(conv):
         await core.events.to_users(conv.member_ids, event, data)
     else:
         await core.events.to_rooms([conversation_room(conv.id)], event, data)
@@ -136,6 +140,13 @@ async def fan_out(core: Core, conv: ConversationMembership, event: str, data: di
 def message_delivery(core: Core, conv: ConversationMembership) -> Delivery:
     """How the writer fans out `message:new` for messages sent to `conv`: to its members or
     its room (as `fan_out`), several in one go when consecutive messages share the audience."""
+    if (rooms := _group_rooms(core, conv)) is not None:
+        to = tuple(rooms)
+
+        async def to_group(batch: list[Message]) -> None:
+            await core.events.to_rooms_many(to, "message:new", [{"message": m} for m in batch])
+
+        return Delivery(("rooms", to), to_group)
     if get_pipeline(core).policy(conv.kind).fans_out_to_members(conv):
         members = tuple(conv.member_ids)
 
@@ -149,6 +160,11 @@ def message_delivery(core: Core, conv: ConversationMembership) -> Delivery:
         await core.events.to_rooms_many([room], "message:new", [{"message": m} for m in batch])
 
     return Delivery(("room", room), to_room)
+
+
+def _group_rooms(core: Core, conv: ConversationMembership) -> list[str] | None:
+    return grouprooms.audience(core, kind=conv.kind, conversation_id=conv.id, created_at=conv.created_at,
+                               member_ids=conv.member_ids)
 
 
 async def commit_message(

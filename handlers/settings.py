@@ -304,6 +304,12 @@ class ThreadSettings:
     max_content_bytes: int = 16 * 1024
     # One `sync` answer carries at most about this many bytes of messages (complete: false past it).
     sync_max_bytes: int = 1024 * 1024
+    # Group conversations fan out to one room their members' sockets are in (handlers/grouprooms.py):
+    # one publish reaches the instances hosting members. Off: to each member's own room (the old way).
+    group_rooms: bool = True
+    # A new group's events also go to its members' own rooms this long, while the notice that
+    # makes their sockets enter reaches every instance (longer than one periodic check).
+    group_room_settle_seconds: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -470,6 +476,9 @@ class Settings:
             ),
             threads=ThreadSettings(
                 sync_max_bytes=max(64 * 1024, _int(e, "STUDYHALL_SYNC_MAX_BYTES", threads.sync_max_bytes)),
+                group_rooms=_bool(e, "STUDYHALL_GROUP_ROOMS", threads.group_rooms),
+                group_room_settle_seconds=max(0.0, _float(e, "STUDYHALL_GROUP_ROOM_SETTLE",
+                                                          threads.group_room_settle_seconds)),
             ),
             knowledge=KnowledgeSettings(
                 embedder=e.get("STUDYHALL_EMBEDDER") or knowledge.embedder,

@@ -9,6 +9,7 @@ from uuid import UUID
 
 import orjson
 
+from handlers import grouprooms
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.pipeline import authorize, commit_message, fan_out, get_pipeline, load_conversation
@@ -47,7 +48,13 @@ async def describe(core: Core, conversation_id: UUID, user_id: UUID | None = Non
 async def announce_conversation(core: Core, conversation_id: UUID, event: str = "conversation:updated") -> dict[str, Any]:
     """Send a conversation's new state to its members (each gets it without per-user unread)."""
     conv = await describe(core, conversation_id)
-    await core.events.to_users([m["id"] for m in conv["members"]], event, {"conversation": conv})
+    member_ids = [m["id"] for m in conv["members"]]
+    rooms = grouprooms.audience(core, kind=conv["kind"], conversation_id=conversation_id,
+                                created_at=conv["created_at"], member_ids=member_ids)
+    if rooms is not None:
+        await core.events.to_rooms(rooms, event, {"conversation": conv})
+    else:
+        await core.events.to_users(member_ids, event, {"conversation": conv})
     return conv
 
 
@@ -78,8 +85,29 @@ async def create(core: Core, actor: Actor, *, kind: str, member_ids: list[UUID],
             await webhooks.emit(core, conn, "conversation.created", webhooks.conversation_data(conv, everyone))
     out = await describe(core, conv.id, actor.user_id)
     if created:
+        if kind == "group":  # before the announcement: a member told of the group is in its room
+            await grouprooms.members_joined(core, conv.id, everyone)
         await core.events.to_users(everyone, "conversation:new", {"conversation": {**out, "unread": 0}})
     return {"conversation": out}
+
+
+async def remove_member(core: Core, conversation_id: UUID, user_id: UUID) -> bool:
+    """Take a member out of a group: the row goes, their sockets leave the group's room on
+    every instance, and the others are told (`conversation:updated`; the removed member
+    too, through their own room). No client event calls this yet (the protocol has none):
+    it is the one way a group loses a member, for operators' tools and a future event.
+    False if they were no member."""
+    async with core.db.transaction() as conn:
+        conv = await conversations.get(conn, conversation_id, for_update=True)
+        if conv is None or conv.kind != "group":
+            raise ApiError("not_found", "No such group.")
+        removed = await conversations.remove_member(conn, conversation_id, user_id)
+    if not removed:
+        return False
+    await grouprooms.members_left(core, conversation_id, [user_id])
+    out = await announce_conversation(core, conversation_id)
+    await core.events.to_users([user_id], "conversation:updated", {"conversation": out})
+    return True
 
 
 async def list_mine(core: Core, actor: Actor) -> dict[str, Any]:
@@ -159,7 +187,11 @@ async def typing(core: Core, actor: Actor, *, conversation_id: UUID, is_typing: 
 
 async def _to_others(core: Core, conv: ConversationMembership, actor: Actor, event: str, data: dict[str, Any]) -> None:
     """Everyone who follows the conversation but the actor (whose other tabs need no echo)."""
-    if get_pipeline(core).policy(conv.kind).fans_out_to_members(conv):
+    rooms = grouprooms.audience(core, kind=conv.kind, conversation_id=conv.id, created_at=conv.created_at,
+                                member_ids=[m for m in conv.member_ids if m != actor.user_id])
+    if rooms is not None:
+        await core.events.to_rooms_except_user(rooms, actor.user_id, event, data)
+    elif get_pipeline(core).policy(conv.kind).fans_out_to_members(conv):
         await core.events.to_users([m for m in conv.member_ids if m != actor.user_id], event, data)
     else:
         await fan_out(core, conv, event, data)

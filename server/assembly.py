@@ -40,6 +40,7 @@ from rag.retrieval import KnowledgeBase
 from server import factories, identity, rooms, session_refresh, threads, tickets, webhooks
 from server import tutor as tutor_transport
 from server.gateway import Gateway
+from server.grouprooms import GroupRoomCheck
 from server.housekeeping import guest_sweeper, housekeeping
 from server.keys import METRICS, SIO
 from server.realtime import watch_redis
@@ -135,6 +136,8 @@ def assemble(app: web.Application, core: Core, gateway: Gateway) -> Assembly:
         Loop("room-sweeper", lambda: rooms_live.sweep_forever(core)),
         Loop("revocation-sweep", lambda: repeat(revocation.sweep_once, every=settings.auth.revocation_sweep_seconds,
                                                 what="revocation sweep")),
+        Loop("group-room-check", lambda: repeat(GroupRoomCheck(core, gateway, sio).check_once,
+                                                every=settings.auth.revocation_sweep_seconds, what="group room check")),
         Loop("tutor-recovery", tutor_service.recovery_loop),
         Loop("tutor-sweep", tutor_service.sweep_loop),
         Loop("ticket-watch", lambda: tickets_queue.watch(core)),

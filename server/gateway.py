@@ -11,6 +11,9 @@ sent: python-socketio runs each event as its own task, so each socket has a FIFO
 `message:send` holds it only until the writer has queued its message (`EventSpec.
 ordered_until_queued`): from there the writer keeps the order (seq order is queue order),
 so one client's sends share group commits instead of waiting out each other's commit.
+
+At connect a socket enters its user's room, the staff room (agents, admins) and the room of
+every group its user is a member of (handlers/grouprooms.py).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 import socketio
 from pydantic import BaseModel, ValidationError
 
-from handlers import auth, writer
+from handlers import auth, grouprooms, writer
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.events import STAFF_ROOM, user_room
@@ -111,6 +114,9 @@ class Gateway:
                 actor = await self.identity_connect(auth_data, environ, sid)
             else:
                 actor = await auth.authenticate(self.core, token, sid=sid)
+            # The groups whose rooms this socket enters (handlers/grouprooms.py): read before
+            # it is admitted, so an outage refuses the connection rather than leaving it deaf.
+            groups = await grouprooms.rooms_for_user(self.core, actor.user_id, actor.role)
         except ApiError as err:
             self.metrics.event_errors.labels(err.code, "connect").inc()
             raise socketio.exceptions.ConnectionRefusedError(err.message, err.to_dict()) from None
@@ -128,6 +134,10 @@ class Gateway:
         await self.sio.enter_room(sid, user_room(actor.user_id))
         if actor.is_staff:
             await self.sio.enter_room(sid, STAFF_ROOM)
+        if groups:
+            # Together: the room channels are subscribed in one batch, and each entry returns
+            # once its channel is (server/roomchannels.py), so nothing sent after is missed.
+            await asyncio.gather(*(self.sio.enter_room(sid, room) for room in groups))
         self.metrics.connections.inc()
         for hook in self.on_connect:
             try:

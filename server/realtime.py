@@ -114,6 +114,23 @@ class SocketEvents:
     async def to_rooms(self, rooms: Iterable[str], event: str, data: dict[str, Any]) -> None:
         await self._emit(event, data, list(dict.fromkeys(rooms)))
 
+    async def to_rooms_except_user(self, rooms: Iterable[str], user_id: UUID | str, event: str,
+                                   data: dict[str, Any]) -> None:
+        """The user's sockets here are skipped by sid; on other instances by the name of
+        the user's room, which each instance reads as its own sockets in that room
+        (server/roomchannels.py `_expand_skip`)."""
+        to = list(dict.fromkeys(rooms))
+        if not to:
+            return
+        own = user_room(user_id)
+        local = self.sio.manager.rooms.get("/", {}).get(own) or {}
+        skip: list[str] = [*local, own]
+        try:
+            await self.sio.emit(event, data, to=to if len(to) > 1 else to[0], skip_sid=skip)
+        except Exception:
+            self.metrics.fanout_degraded.inc()
+            log.exception("fan-out failed", extra={"event": event})
+
     async def to_users_many(self, user_ids: Iterable[UUID | str], event: str, datas: Sequence[dict[str, Any]]) -> None:
         await self._emit_many(event, datas, [user_room(u) for u in dict.fromkeys(user_ids)])
 
@@ -132,6 +149,15 @@ class SocketEvents:
                 await self.sio.enter_room(sid, room)
             except KeyError:
                 pass  # the socket closed since its row was read (or its instance died)
+
+    async def join_users_sockets(self, user_ids: Iterable[UUID | str], room: str) -> None:
+        """One notice for all of them. No second net through the `connections` table (one
+        control message per sid, heard by every instance): a group's first seconds also go
+        to its members' own rooms, and the periodic check (server/grouprooms.py) enters
+        whatever a lost notice missed."""
+        users = tuple(dict.fromkeys(str(u) for u in user_ids))
+        if users and self.notices is not None:
+            await self.notices.send(Notice("enter", room=room, user_ids=users))
 
     async def leave_user_sockets(self, user_id: UUID | str, room: str) -> None:
         if self.notices is not None:

@@ -25,10 +25,15 @@ socket learns of a missed message by its seq, as after any gap.
 
 An emit to several rooms is published once per room; a socket in two of them would get it
 twice, so each copy carries an emit id and the receiving instance gives each socket an
-emit once (`RecentEmits`). An emit to more rooms than `STUDYHALL_REDIS_ROOM_EMIT_LIMIT`
-(a big group's message goes to every member's own room) is published once on the global
-channel instead: r copies, one per room, cost the fleet more than one copy per instance
-once r passes the number of instances. Rooms keep their order (one channel, one publisher queue); two
+emit once (`RecentEmits`). An emit to more rooms than `STUDYHALL_REDIS_ROOM_EMIT_LIMIT` is
+published once on the global channel instead: r copies, one per room, cost the fleet more
+than one copy per instance once r passes the number of instances. Group conversations do
+not come here any more: they have one room their members' sockets are in
+(handlers/grouprooms.py), so a group of any size is one publish; what still names many
+rooms is presence (to a user's partners) and a group in its first seconds (its room plus
+its members' own rooms while the enter notice travels). A room named in `skip_sid` (a
+`user:` room: typing and read skip their author) skips this instance's sockets in it
+(`_expand_skip`). Rooms keep their order (one channel, one publisher queue); two
 rooms' events may interleave differently on a Cluster (different shards), which clients
 already handle (everything carries a seq).
 """
@@ -322,6 +327,11 @@ class RoomChannels:
         room = message.get("room")
         skip = message.get("skip_sid")
         skip_list = skip if isinstance(skip, list) else ([] if skip is None else [skip])
+        if skip_list:
+            # A skipped room name (`user:<id>`: typing and read skip their author's sockets,
+            # wherever they are) stands for this instance's sockets in it.
+            skip_list = self._expand_skip(namespace, skip_list)
+            message = {**message, "skip_sid": skip_list}
         emit_id = message.get("eid")
         if emit_id is not None and message.get("callback") is None:
             targets = [sid for sid, _ in self.get_participants(namespace, room) if sid not in skip_list]  # type: ignore[attr-defined]
@@ -337,6 +347,15 @@ class RoomChannels:
             metrics.redis_emits.labels("delivered" if wanted else "ignored").inc()
         if wanted:
             await super()._handle_emit(message)  # type: ignore[misc]
+
+    def _expand_skip(self, namespace: str, skip: list[Any]) -> list[Any]:
+        ns = self.rooms.get(namespace) or {}
+        out = list(skip)
+        for name in skip:
+            members = ns.get(name) if isinstance(name, str) else None
+            if members:
+                out.extend(sid for sid in members if sid not in out)
+        return out
 
     def _has_recipient(self, namespace: str, room: Any, skip: list[Any]) -> bool:
         ns = self.rooms.get(namespace)

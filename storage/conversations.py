@@ -194,3 +194,18 @@ async def access_rows(conn: asyncpg.Connection, user_id: UUID, conversation_ids:
         user_id, conversation_ids,
     )
     return [ConversationAccess.from_row(r) for r in rows]
+
+
+async def group_ids_of_users(conn: asyncpg.Connection, user_ids: Sequence[UUID]) -> dict[UUID, list[UUID]]:
+    """The group conversations each of these users is a member of (their sockets belong in
+    those groups' rooms, handlers/grouprooms.py); a user in none is left out."""
+    rows = await conn.fetch(
+        """SELECT m.user_id, m.conversation_id FROM conversation_members m
+           JOIN conversations c ON c.id = m.conversation_id AND c.kind = 'group'
+           WHERE m.user_id = ANY($1::uuid[])""",
+        list(user_ids),
+    )
+    out: dict[UUID, list[UUID]] = {}
+    for r in rows:
+        out.setdefault(r["user_id"], []).append(r["conversation_id"])
+    return out

@@ -1,0 +1,51 @@
+"""Group rooms on one instance without Redis (handlers/grouprooms.py): what a group's
+members see does not depend on Redis. The cross-instance cases are in test_group_rooms.py."""
+
+from __future__ import annotations
+
+import uuid
+
+from handlers import threads
+from handlers.events import group_room
+from server.grouprooms import GroupRoomCheck
+from server.keys import CORE, GATEWAY, SIO
+from tests.client import Api, Instance, Socket
+
+
+def _in_room(server: Instance, sock: Socket, room: str) -> bool:
+    return sock.client.get_sid("/") in (server.app[SIO].manager.rooms.get("/", {}).get(room) or {})
+
+
+async def test_a_groups_events_follow_its_room_on_one_instance(api: Api, server: Instance) -> None:
+    """Members' sockets are in the group's room from its creation (and from connect, for a
+    tab opened later); typing reaches the other members and none of the typist's tabs; a
+    removed member leaves the room and hears nothing more; the periodic check puts back a
+    member's socket that lost the room and takes out one that should not be there."""
+    a, b, d = [await api.register(n) for n in ("Ana", "Bob", "Dee")]
+    sa, sb, sd = await api.socket(a), await api.socket(b), await api.socket(d)
+    cid = (await sa.ok("conversation:create", {"kind": "group", "member_ids": [b.id, d.id]}))["conversation"]["id"]
+    room = group_room(cid)
+    assert all(_in_room(server, s, room) for s in (sa, sb, sd))
+    sa2 = await api.socket(a)  # a second tab, opened after the group exists
+    assert _in_room(server, sa2, room)
+
+    await sa.ok("typing", {"conversation_id": cid, "typing": True})
+    await sb.wait_for("typing")
+    await sd.wait_for("typing")
+    await sa2.expect_none("typing", within=0.2)
+    assert sa.received("typing") == []
+
+    assert await threads.remove_member(server.app[CORE], uuid.UUID(cid), uuid.UUID(d.id)) is True
+    assert not _in_room(server, sd, room)
+    await sa.ok("message:send", {"conversation_id": cid, "content": "without dee", "client_id": "1"})
+    for sock in (sa, sa2, sb):
+        await sock.wait_for("message:new", lambda m: m["message"]["content"] == "without dee")
+    await sd.expect_none("message:new", within=0.2)
+    assert await threads.remove_member(server.app[CORE], uuid.UUID(cid), uuid.UUID(d.id)) is False
+
+    sio = server.app[SIO]
+    await sio.leave_room(sb.client.get_sid("/"), room)  # as after a lost enter notice
+    await sio.enter_room(sd.client.get_sid("/"), room)  # as after a lost leave notice
+    check = GroupRoomCheck(server.app[CORE], server.app[GATEWAY], sio)
+    assert await check.check_once() == 2
+    assert _in_room(server, sb, room) and not _in_room(server, sd, room)
