@@ -73,7 +73,8 @@ C: dict[str, Constant] = {
                                      "bench/capacity_probe.py --part redis: (1/61,728 - 1/107,991) / 4 subscribers, same run"),
     "nic_bytes": Constant(1.25e9, "bytes/s out of one server", "ASSUMPTION: a 10 Gbit/s NIC, not measured here"),
 }
-ROOM_EMIT_LIMIT = 16  # server default (STUDYHALL_REDIS_ROOM_EMIT_LIMIT): wider emits go once to every instance
+ROOM_EMIT_LIMIT = 16  # server default (STUDYHALL_REDIS_ROOM_EMIT_LIMIT): emits to more users' rooms go once to
+# every instance; groups no longer pass it (one room each, handlers/grouprooms.py), presence to many partners could
 TARGET = 0.7  # ASSUMPTION (policy): size every part to at most 70% at the peak hour, headroom for bursts
 # ============================================================================================
 
@@ -110,7 +111,7 @@ class Kind:
 
     rate: float  # events/s
     recipients: float
-    room: bool = False  # to one Socket.IO room (a class's chat, the staff room), else to each recipient's user room
+    room: bool = False  # to one Socket.IO room (a class's chat, a group, the staff room), else to each recipient's user room
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +155,15 @@ def traffic(users: int, hour: int, burst: bool) -> Hour:
     rest = online - in_class - office
     direct = rest * DIRECT_PER_HOUR / 3600
     sends += office_msgs + direct
-    kinds += [Kind(office_msgs * (1 + TYPING_PER_MESSAGE), OFFICE_GROUP),
-              Kind(direct * (1 + TYPING_PER_MESSAGE), 2)]
-    reads = (office_msgs * (OFFICE_GROUP - 1) + direct) * READS_PER_MESSAGE
-    kinds.append(Kind(reads, 2))  # a read marker goes to the conversation's other members (direct: 1 + own tabs)
+    # A group's events (messages, typing, read markers) are one publish on the group's room
+    # (handlers/grouprooms.py); a direct thread's go to its members' own rooms.
+    office_reads = office_msgs * (OFFICE_GROUP - 1) * READS_PER_MESSAGE
+    direct_reads = direct * READS_PER_MESSAGE
+    reads = office_reads + direct_reads
+    kinds += [Kind(office_msgs * (1 + TYPING_PER_MESSAGE), OFFICE_GROUP, room=True),
+              Kind(office_reads, OFFICE_GROUP - 1, room=True),  # a read marker: the other members
+              Kind(direct * (1 + TYPING_PER_MESSAGE), 2),
+              Kind(direct_reads, 2)]  # the other member and the reader's other tabs
     questions = rest * TUTOR_PER_HOUR[hour] / 3600
     sends += 2 * questions  # the question and the committed answer
     kinds += [Kind(2 * questions, 1), Kind(questions * TUTOR_PIECES, 1)]
@@ -211,8 +217,9 @@ class Load:
 
 def room_channel_copies(e: Kind, instances: int) -> tuple[float, float]:
     """(publishes, copies delivered by Redis) per event with per-room channels
-    (server/roomchannels.py): a room's event reaches each instance holding a member once; an
-    event for r users' rooms is published once per room, each copy reaching that user's
+    (server/roomchannels.py): a room's event (a live class, a group's room, the staff room) is
+    one publish reaching each instance holding a member once; an event for r users' own rooms
+    (direct threads, presence) is published once per room, each copy reaching that user's
     instance, unless r passes ROOM_EMIT_LIMIT, when one copy goes to every instance."""
     if e.room:
         return 1.0, instances_reached(e.recipients, instances)

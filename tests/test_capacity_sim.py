@@ -40,6 +40,26 @@ def test_more_instances_lower_each_instances_load_but_not_what_it_receives() -> 
     assert max(lo.instance_receive for _, lo in many) < max(lo.instance_receive for _, lo in many_single)
 
 
+def test_a_group_event_is_one_publish_heard_only_by_instances_with_a_member() -> None:
+    # handlers/grouprooms.py: a group's messages, typing and read markers go to the group's
+    # room, one publish on its channel, whatever the group's size (no ROOM_EMIT_LIMIT).
+    hour = next(i for i, share in enumerate(sim.IN_OFFICE_HOURS) if share)
+    h = sim.traffic(100000, hour, burst=False)
+    office_msgs = h.online * sim.IN_OFFICE_HOURS[hour] * sim.OFFICE_PER_MIN / 60
+    group = [e for e in h.kinds if e.recipients == sim.OFFICE_GROUP]
+    reads = [e for e in h.kinds if e.recipients == sim.OFFICE_GROUP - 1]
+    assert group and reads and all(e.room for e in group + reads)
+    assert abs(sum(e.rate for e in group) - office_msgs * (1 + sim.TYPING_PER_MESSAGE)) < 1e-6
+    assert abs(sum(e.rate for e in reads) - office_msgs * (sim.OFFICE_GROUP - 1) * sim.READS_PER_MESSAGE) < 1e-6
+    for members in (sim.OFFICE_GROUP, 40, 500):  # under and over the emit limit
+        publishes, copies = sim.room_channel_copies(sim.Kind(1.0, members, room=True), 100)
+        assert publishes == 1 and copies < min(members, 100)
+    # A direct message still goes to each member's own room: one publish per member.
+    assert sim.room_channel_copies(sim.Kind(1.0, 2), 100) == (2, 2)
+    # Over the emit limit, an emit to users' own rooms goes once to every instance.
+    assert sim.room_channel_copies(sim.Kind(1.0, sim.ROOM_EMIT_LIMIT + 1), 100) == (1.0, 100.0)
+
+
 def test_an_undersized_fleet_breaks_at_the_peak_hour_and_says_so() -> None:
     fleet = sim.Fleet(instances=2)
     users = next(u for u in range(1000, 500000, 1000) if sim.breaks(sim.replay(u, fleet)))
