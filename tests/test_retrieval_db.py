@@ -559,6 +559,11 @@ async def test_hybrid_search_over_its_text_budget_answers_from_vectors_and_count
         "full-text search over its budget: this question is ranked by vectors alone") == 1
     async with db.connection() as conn:  # the connection went back to the pool clean
         assert await conn.fetchval("SHOW statement_timeout") != "1ms"
+    for _ in range(5):  # each cancel lands on its own query, never on the next one
+        await budgeted.search(q, k=5)
+        async with db.connection() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM chunks WHERE tsv @@ plainto_tsquery('english', $1)", q) > 0
+    assert budgeted.text_over_budget == 6
 
     unbudgeted = KnowledgeBase(db, embedder, fusion=Fusion(text_budget_ms=0))
     hits = await unbudgeted.search(q, k=5)
