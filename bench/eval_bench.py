@@ -1,6 +1,7 @@
 """Retrieval quality on the committed evaluation sets: the README's table, regenerated.
 
     apt-get install -y python3.11-doc postgresql-doc-15
+    pip install -e '.[bench]'       # beautifulsoup4, for bench/evalsets/build.py
     python bench/eval_bench.py                                  # hashing, both sets
     python bench/eval_bench.py --embedder NAME --weights 1:1,1:0.5,1:0.25,0.5:1
     python bench/eval_bench.py --set python-faq

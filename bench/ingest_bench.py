@@ -145,7 +145,9 @@ def extract_part(corpora: dict[str, list[Path]]) -> None:
                   f"{statistics.median(times):>8.1f}")
 
 
-async def ingest_part(corpora: dict[str, list[Path]], embedder_kind: str, compare_prefetch: bool = False) -> None:
+async def ingest_part(
+    corpora: dict[str, list[Path]], embedder_kind: str, compare_prefetch: bool = False, compare_spinning: bool = False,
+) -> None:
     from rag.embeddings import make_embedder
     from tests.services import Postgres
 
@@ -164,6 +166,14 @@ async def ingest_part(corpora: dict[str, list[Path]], embedder_kind: str, compar
                 chunk_cpu += time.process_time() - cpu
             n = len(pages)
             embedder = make_embedder(embedder_kind)
+            if compare_spinning:  # onnxruntime's threads spinning while idle (its default) or not: alternated
+                variants = {"spinning": make_embedder(embedder_kind, spin=True), "no spinning": embedder}
+                for label in ("spinning", "no spinning", "spinning", "no spinning"):
+                    report, took, took_cpu = await ingest_once(pg, variants[label], pages, True)
+                    print(f"{corpus}: {label:<11}: {report.chunks} chunks in {took:.1f} s = "
+                          f"{report.chunks / took:.1f} chunks/s ({report.chunks / took_cpu:.1f} per CPU-second); "
+                          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+                continue
             if compare_prefetch:  # the next file extracted while this one embeds, or not: alternated, one process
                 for prefetch in (False, True, False, True):
                     report, took, took_cpu = await ingest_once(pg, embedder, pages, prefetch)
@@ -207,6 +217,8 @@ def main() -> None:
     parser.add_argument("--embedder", default="hashing", help="the ingest part's embedder (STUDYHALL_EMBEDDER kinds)")
     parser.add_argument("--compare-prefetch", action="store_true",
                         help="ingest each corpus four times, extracting the next file ahead off/on/off/on")
+    parser.add_argument("--compare-spinning", action="store_true",
+                        help="onnx: ingest each corpus four times, onnxruntime's idle threads spinning on/off/on/off")
     parser.add_argument("--python-docs", type=Path, default=PYTHON_DOCS)
     parser.add_argument("--pg-docs", type=Path, default=PG_DOCS)
     args = parser.parse_args()
@@ -218,7 +230,7 @@ def main() -> None:
     if args.part in ("extract", "both"):
         extract_part(corpora)
     if args.part in ("ingest", "both"):
-        asyncio.run(ingest_part(corpora, args.embedder, args.compare_prefetch))
+        asyncio.run(ingest_part(corpora, args.embedder, args.compare_prefetch, args.compare_spinning))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ recall against exact search.
     .venv/bin/python bench/retrieval_bench.py [--corpus postgres|python] [--docs DIR]
         [--pages N] [--embedders onnx,hashing,sentence-transformers] [--sizes 10000,100000]
         [--queries 200] [--skip-scale] [--shared-buffers SIZE]
+        [--scale-corpus distinct|synthetic] [--corpus-dir /tmp/studyhall-corpus] [--keep-dir DIR] [--passes N]
+    .venv/bin/python bench/corpus.py          # once: the distinct 100k corpus and its vectors (cached)
 
 Starts its own embedded PostgreSQL (tests/services.py), so it needs nothing running. It is
 configured as `studyhall serve` configures its embedded server (storage/embedded.py:
@@ -44,7 +46,17 @@ N chunks are made from the ingested chunks of the first embedder: each synthetic
 70% of one real chunk's sentences plus 30% of another's, its vector the normalised 0.7/0.3
 mix of their stored embeddings (so the vectors keep the corpus' structure without
 embedding N texts). Rows are bulk-inserted, then the HNSW index is built (as `studyhall
-reindex` would). Search latency is the app's hybrid `KnowledgeBase.search(q, k=5)` over
+reindex` would).
+
+Scale corpus. By default (`--scale-corpus distinct`) the N chunks are not synthetic but the
+first N of bench/corpus.py's corpus: 100k distinct real chunks (the two manuals, man pages,
+installed packages' docstrings, /usr/share/doc), each embedded by the model itself, built
+once and cached in `--corpus-dir` (bench/corpus.py says how), with its own questions made
+by the same recipes (plus man pages' NAME lines), so the scale part also reports recall@5
+and MRR@10 per retriever at N chunks and how many chunks each question's words match.
+`--scale-corpus synthetic` is the old set (70/30 mixes of the quality part's chunks, whose
+figures earlier sessions reported): with `--pages 60` it repeats ~373 real chunks ~270
+times, so full text matches hundreds of identical rows per question. Search latency is the app's hybrid `KnowledgeBase.search(q, k=5)` over
 real questions, query embedding included; HNSW recall@k compares `search_vector` (index,
 ef_search as the app sets it) with the same query forced to an exact scan.
 """
@@ -70,6 +82,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import corpus as real_corpus  # noqa: E402
 from rag.chunking import chunk_text  # noqa: E402
 from rag.embeddings import Embedder, make_embedder  # noqa: E402
 from rag.ingest import ingest_paths  # noqa: E402
@@ -266,20 +279,72 @@ def synthetic_chunks(
     return out
 
 
+@dataclass(frozen=True)
+class ScaleQuestion:
+    """A scale question; `source` (and `heading`) say which chunks answer it, when known
+    (the distinct corpus' questions; the synthetic set's have no answer key)."""
+
+    text: str
+    source: str | None = None
+    heading: str | None = None
+
+
+async def load_distinct(db: Database, emb: Embedder, n: int, corpus_dir: Path) -> list[ScaleQuestion]:
+    """The first `n` chunks of bench/corpus.py's corpus (its text built if missing; its
+    vectors as far as bench/corpus.py has embedded them), inserted a document at a time;
+    returns its questions whose answer is among them."""
+    await asyncio.to_thread(real_corpus.build_text_once, corpus_dir)
+    vectors, real = real_corpus.load_vectors(corpus_dir, emb.name, n)
+    print(f"  distinct corpus {corpus_dir}: {real} of {n} vectors embedded by {emb.name}, "
+          f"{n - real} stand-ins (0.7/0.3 mixes of real ones: run bench/corpus.py to embed them all)")
+    chunks = real_corpus.load_chunks(corpus_dir)[:n]
+    docs = {d.doc: d for d in real_corpus.load_documents(corpus_dir)}
+    by_doc: dict[int, list[int]] = {}
+    for i, c in enumerate(chunks):
+        by_doc.setdefault(c.doc, []).append(i)
+    for doc, rows in by_doc.items():
+        new = [store.NewChunk(j, chunks[i].content, 0, len(chunks[i].content), len(chunks[i].content) // 4,
+                              chunks[i].heading_path, {emb.name: vectors[i].tolist()}) for j, i in enumerate(rows)]
+        async with db.transaction() as conn:
+            await store.insert_document(
+                conn, title=docs[doc].title, content="\n\n".join(chunks[i].content for i in rows),
+                content_hash=uuid.uuid4().hex, chunks=new, fallback_model=emb.name, source=docs[doc].source,
+            )
+    # Only a question whose answer document has real vectors keeps its answer key: recall
+    # over stand-in vectors would measure the stand-ins.
+    return [ScaleQuestion(q.text, docs[q.doc].source if max(by_doc[q.doc]) < real else None, q.heading)
+            for q in real_corpus.load_questions(corpus_dir) if q.doc in by_doc]
+
+
+async def load_synthetic(db: Database, emb: Embedder, n: int, pool: list[tuple[str, list[str], list[float]]],
+                         queries: list[str]) -> list[ScaleQuestion]:
+    per_doc = 100
+    for first in range(0, n, per_doc):
+        chunks = synthetic_chunks(pool, min(per_doc, n - first), seed=first, model=emb.name)
+        async with db.transaction() as conn:
+            await store.insert_document(
+                conn, title=f"synthetic {first // per_doc}", content=" ".join(c.content for c in chunks),
+                content_hash=uuid.uuid4().hex, chunks=chunks, fallback_model=emb.name,
+            )
+    return [ScaleQuestion(q) for q in queries]
+
+
 async def scale(
     pg: Postgres, n: int, emb: Embedder, pool: list[tuple[str, list[str], list[float]]], queries: list[str],
-    samples: int, keep: bool = False, passes: int = 1,
+    samples: int, keep: bool = False, passes: int = 1, corpus_dir: Path | None = None,
 ) -> None:
-    """Search latency and HNSW recall at `n` chunks. With `keep` the database is named after
-    `n` and the model and left in place: the next run with `--keep-dir` reuses it (and the
-    questions stored in it) instead of building it again."""
-    name = scale_db_name(n, emb.name) if keep else await pg.create_database()
+    """Search latency and HNSW recall at `n` chunks: of the distinct corpus in `corpus_dir`,
+    or (None) synthetic ones mixed from `pool`. With `keep` the database is named after
+    `n`, the model and the corpus and left in place: the next run with `--keep-dir` reuses
+    it (and the questions stored in it) instead of building it again."""
+    kind = "synthetic" if corpus_dir is None else "distinct"
+    name = scale_db_name(n, emb.name, kind) if keep else await pg.create_database()
     if keep and await scale_db_ready(pg, name):
-        queries = await stored_questions(pg, name)
+        questions = await stored_questions(pg, name)
         await migrate(pg.url(name))  # a migration added since it was built
-        print(f"\n{n} chunks, {emb.name}: reusing database {name} ({len(queries)} questions)")
+        print(f"\n{n} chunks ({kind}), {emb.name}: reusing database {name} ({len(questions)} questions)")
         db = await Database.connect(pg.url(name), min_size=1, max_size=4)
-        await scale_measure(db, n, emb, queries, samples, passes)
+        await scale_measure(db, n, emb, questions, samples, passes)
         await db.close()
         return
     if keep:
@@ -295,34 +360,35 @@ async def scale(
         kb = KnowledgeBase(db, emb)
         await kb.active_model()  # an empty knowledge base takes the configured model
         started = time.perf_counter()
-        per_doc = 100
-        for first in range(0, n, per_doc):
-            chunks = synthetic_chunks(pool, min(per_doc, n - first), seed=first, model=emb.name)
-            async with db.transaction() as conn:
-                await store.insert_document(
-                    conn, title=f"synthetic {first // per_doc}", content=" ".join(c.content for c in chunks),
-                    content_hash=uuid.uuid4().hex, chunks=chunks, fallback_model=emb.name,
-                )
+        if corpus_dir is None:
+            questions = await load_synthetic(db, emb, n, pool, queries)
+        else:
+            questions = await load_distinct(db, emb, n, corpus_dir)
         loaded = time.perf_counter() - started
         started = time.perf_counter()
         await kb.ensure_index()
         async with db.connection() as conn:
             await conn.execute("ANALYZE chunks")
         built = time.perf_counter() - started
-        print(f"\n{n} chunks, {emb.name}: bulk insert {loaded:.1f} s ({n / loaded:.0f} rows/s), HNSW build {built:.1f} s")
+        print(f"\n{n} chunks ({kind}), {emb.name}: bulk insert {loaded:.1f} s ({n / loaded:.0f} rows/s), "
+              f"HNSW build {built:.1f} s")
         if keep:
             async with db.connection() as conn:
-                await conn.execute("CREATE TABLE bench_questions (i serial PRIMARY KEY, text text NOT NULL)")
-                await conn.executemany("INSERT INTO bench_questions (text) VALUES ($1)", [(q,) for q in queries])
-        await scale_measure(db, n, emb, queries, samples, passes)
+                await conn.execute("CREATE TABLE bench_questions (i serial PRIMARY KEY, text text NOT NULL, "
+                                   "source text, heading text)")
+                await conn.executemany("INSERT INTO bench_questions (text, source, heading) VALUES ($1, $2, $3)",
+                                       [(q.text, q.source, q.heading) for q in questions])
+        await scale_measure(db, n, emb, questions, samples, passes)
     finally:
         await db.close()
         if not keep:
             await pg.drop_database(name)
 
 
-def scale_db_name(n: int, model: str) -> str:
-    return "scale_" + re.sub(r"[^a-z0-9]+", "_", f"{n}_{model}".lower()).strip("_")[:50]
+def scale_db_name(n: int, model: str, kind: str = "synthetic") -> str:
+    """The synthetic set keeps the name earlier runs gave it, so their databases are reused."""
+    suffix = "" if kind == "synthetic" else f"_{kind}"
+    return "scale_" + re.sub(r"[^a-z0-9]+", "_", f"{n}_{model}".lower()).strip("_")[:50] + suffix
 
 
 async def admin_sql(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
@@ -340,21 +406,55 @@ async def scale_db_ready(pg: Postgres, name: str) -> bool:
     return bool(row["ok"])
 
 
-async def stored_questions(pg: Postgres, name: str) -> list[str]:
-    return [r["text"] for r in await admin_sql(pg.url(name), "SELECT text FROM bench_questions ORDER BY i")]
+async def stored_questions(pg: Postgres, name: str) -> list[ScaleQuestion]:
+    [row] = await admin_sql(pg.url(name), "SELECT count(*) AS n FROM information_schema.columns "
+                                          "WHERE table_name = 'bench_questions' AND column_name = 'source'")
+    columns = "text, source, heading" if row["n"] else "text, NULL AS source, NULL AS heading"
+    rows = await admin_sql(pg.url(name), f"SELECT {columns} FROM bench_questions ORDER BY i")
+    return [ScaleQuestion(r["text"], r["source"], r["heading"]) for r in rows]
 
 
 async def text_now(conn: asyncpg.Connection, q: str, *, k: int, course: str | None = None) -> list[uuid.UUID]:
     return [h.chunk_id for h in await store.search_text(conn, q, k=k, course=course)]
 
 
-async def scale_measure(db: Database, n: int, emb: Embedder, queries: list[str], samples: int, passes: int) -> None:
+async def match_counts(db: Database, texts: list[str]) -> list[int]:
+    """How many chunks hold every word of each question: what full text has to rank."""
+    async with db.connection() as conn:
+        return [await conn.fetchval(f"SELECT count(*) FROM chunks WHERE tsv @@ plainto_tsquery('{store.TS_CONFIG}', $1)", t)
+                for t in texts]
+
+
+async def scale_quality(kb: KnowledgeBase, questions: list[ScaleQuestion]) -> None:
+    """recall@5 and MRR@10 per retriever over the questions that have an answer key."""
+    keyed = [q for q in questions if q.source is not None]
+    if not keyed:
+        return
+    found: dict[str, list[int | None]] = {}
+    for label, fusion in (("hybrid", Fusion(text_budget_ms=0)), ("vector", Fusion(mode="vector")),
+                          ("full text", Fusion(mode="text"))):
+        for q in keyed:
+            hits = await kb.search(q.text, k=10, fusion=fusion)
+            rank = next((r for r, h in enumerate(hits, start=1) if h.source == q.source
+                         and (q.heading is None or q.heading in h.heading_path)), None)
+            found.setdefault(label, []).append(rank)
+    print(f"  quality at this size, {len(keyed)} questions with an answer key (no budget): "
+          + "; ".join(f"{label} recall@5 {recall_at(r, 5):.2f} MRR@10 {mrr(r):.3f}" for label, r in found.items()))
+
+
+async def scale_measure(
+    db: Database, n: int, emb: Embedder, questions: list[ScaleQuestion], samples: int, passes: int
+) -> None:
     """Hybrid search (with and without the full-text budget) and each query alone, `passes`
     times each in turn (ratios within one run are what the shared machine leaves intact)."""
     kb = KnowledgeBase(db, emb)
     unbudgeted = KnowledgeBase(db, emb, fusion=Fusion(text_budget_ms=0))
     rng = random.Random(3)
+    queries = [q.text for q in questions]
     qs = [rng.choice(queries) for _ in range(samples)]
+    counts = await match_counts(db, sorted(set(qs)))
+    print(f"  {len(set(qs))} distinct questions; chunks matching all their words: median "
+          f"{statistics.median(counts):.0f}, p95 {percentile([float(c) for c in counts], 95):.0f}, max {max(counts)}")
     print(f"  load average {os.getloadavg()[0]:.1f} / {os.getloadavg()[1]:.1f} (1 / 5 min)")
     for q in qs:  # warm caches: a reused database starts with cold shared buffers
         await kb.search(q, k=5)
@@ -364,7 +464,7 @@ async def scale_measure(db: Database, n: int, emb: Embedder, queries: list[str],
     times: dict[str, list[list[float]]] = {}
     vectors = {q: (await emb.embed([q]))[0] for q in set(qs)}
     for _ in range(passes):
-        hybrid, free, vector, text = [], [], [], []
+        hybrid, free, vector, text, embed = [], [], [], [], []
         for q in qs:
             t0 = time.perf_counter()
             await kb.search(q, k=5)
@@ -373,6 +473,10 @@ async def scale_measure(db: Database, n: int, emb: Embedder, queries: list[str],
             t0 = time.perf_counter()
             await unbudgeted.search(q, k=5)
             free.append((time.perf_counter() - t0) * 1000)
+        for q in qs:  # the part of hybrid search no query plan can help
+            t0 = time.perf_counter()
+            await emb.embed([q])
+            embed.append((time.perf_counter() - t0) * 1000)
         async with db.connection() as conn:
             for q in qs:
                 t0 = time.perf_counter()
@@ -384,6 +488,7 @@ async def scale_measure(db: Database, n: int, emb: Embedder, queries: list[str],
                 text.append((time.perf_counter() - t0) * 1000)
         for label, values in (("hybrid search k=5 (embed + both queries)", hybrid),
                               ("hybrid search k=5, no full-text budget", free),
+                              ("  query embedding alone", embed),
                               ("  vector query k=20 (HNSW)", vector), ("  full-text query k=20", text)):
             times.setdefault(label, []).append(values)
     for label, runs in times.items():
@@ -391,6 +496,8 @@ async def scale_measure(db: Database, n: int, emb: Embedder, queries: list[str],
         print(f"  {label:<42} {figures} ms")
     print(f"  full-text budget {kb.fusion.text_budget_ms} ms: {kb.text_over_budget} of {len(qs) * passes} hybrid "
           f"searches answered from vectors alone")
+    print(f"  load average after: {os.getloadavg()[0]:.1f} / {os.getloadavg()[1]:.1f} (1 / 5 min)")
+    await scale_quality(kb, questions)
 
     for k in (10, 20):
         recalls = []
@@ -420,6 +527,10 @@ async def main() -> None:
                         help="run PostgreSQL in this folder and keep it: each scale database is built once "
                              "and reused by later runs with the same folder (the quality part is then skipped)")
     parser.add_argument("--passes", type=int, default=1, help="latency passes over the questions at each size")
+    parser.add_argument("--scale-corpus", choices=("distinct", "synthetic"), default="distinct",
+                        help="distinct: bench/corpus.py's real chunks (default); synthetic: the old mixes")
+    parser.add_argument("--corpus-dir", type=Path, default=real_corpus.DEFAULT_OUT,
+                        help="where bench/corpus.py keeps the distinct corpus")
     parser.add_argument("--shared-buffers", default=None,
                         help="the embedded PostgreSQL's shared_buffers, e.g. 128MB (default: as studyhall serve)")
     args = parser.parse_args()
@@ -435,15 +546,18 @@ async def main() -> None:
         print(f"PostgreSQL shared_buffers: {await pg.setting('shared_buffers')}")
         sizes = [int(s) for s in args.sizes.split(",") if s] if not args.skip_scale else []
         emb = bench_embedder(embedders[0])
+        distinct = args.scale_corpus == "distinct"
         reuse = args.keep_dir is not None and bool(sizes) and all(
-            [await scale_db_ready(pg, scale_db_name(n, emb.name)) for n in sizes])
+            [await scale_db_ready(pg, scale_db_name(n, emb.name, args.scale_corpus)) for n in sizes])
         questions: list[str] = []
         pool: list[tuple[str, list[str], list[float]]] = []
         for i, embedder in enumerate([] if reuse else embedders):
-            qs, p = await quality_and_ingest(pg, files, args.corpus, embedder, with_pool=i == 0 and bool(sizes))
+            qs, p = await quality_and_ingest(pg, files, args.corpus, embedder,
+                                             with_pool=i == 0 and bool(sizes) and not distinct)
             questions, pool = (qs, p) if i == 0 else (questions, pool)
         for n in sizes:
-            await scale(pg, n, emb, pool, questions, args.queries, keep=args.keep_dir is not None, passes=args.passes)
+            await scale(pg, n, emb, pool, questions, args.queries, keep=args.keep_dir is not None, passes=args.passes,
+                        corpus_dir=args.corpus_dir if distinct else None)
     finally:
         if args.keep_dir is not None and pg.embedded is not None:
             await asyncio.to_thread(pg.embedded.stop)

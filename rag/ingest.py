@@ -20,7 +20,7 @@ from urllib.parse import quote, urlsplit
 from tqdm import tqdm
 
 from rag.extract import SUPPORTED_SUFFIXES, DocumentError, DocumentTooLarge
-from rag.retrieval import KnowledgeBase, PreparedFile
+from rag.retrieval import EmbeddedDocument, KnowledgeBase, PreparedFile
 from storage import documents as store
 
 log = logging.getLogger(__name__)
@@ -121,40 +121,60 @@ async def ingest_paths(
     """Ingest every supported file under `paths`; duplicates are counted, not stored twice.
 
     A file that cannot be read, is not text although named so, or expands past the
-    knowledge base's caps, is reported in `failed` and the run goes on.
+    knowledge base's caps, is reported in `failed` and the run goes on. `prefetch=False`
+    runs the stages one after the other (the benchmark's baseline).
     """
     found = scan(paths, exclude)
     report = IngestReport(unsupported=[str(p) for p in found.unsupported])
-    # The next file is read, extracted and chunked in a worker thread while this one is
-    # embedded and stored: that work is pure Python (one core) and the embedder's wait or
-    # the database's is time it can fill (bench/ingest_bench.py --compare-prefetch).
+    # Three stages overlap: the next file is read, extracted and chunked in a worker
+    # thread (pure Python, one core) and the previous file's rows are inserted (PostgreSQL
+    # works in its own process: the HNSW and GIN index updates) while this file is
+    # embedded on both cores. Without the overlap the embedder idled during each insert
+    # (bench/ingest_bench.py --compare-prefetch, docs/performance.md "Eighth session").
     ahead: asyncio.Task[PreparedFile] | None = None
+    inserting: asyncio.Task[None] | None = None
+
+    async def insert(item: FoundFile, source: str | None, ready: EmbeddedDocument | store.DocumentRow) -> None:
+        if isinstance(ready, store.DocumentRow):
+            document, created = ready, False
+        else:
+            document, created = await kb.insert_embedded(ready)
+        if created:
+            report.added += 1
+            report.chunks += document.chunk_count
+            return
+        report.duplicates += 1
+        if source is not None and document.source != source:  # ingested before without --base-url
+            async with kb.db.transaction() as conn:
+                report.relinked += await store.set_document_source(conn, document.id, source)
+
     with tqdm(found.files, unit="file", desc="ingest", disable=not show_progress) as bar:
-        for n, item in enumerate(bar):
-            bar.set_postfix_str(item.path.name[-40:])
-            source = links.url(item.relative) if links is not None else None
-            current = ahead if ahead is not None else asyncio.ensure_future(kb.prepare_file(item.path))
-            ahead = None
-            try:
-                prepared = await current
-                if prefetch and n + 1 < len(found.files):
-                    ahead = asyncio.ensure_future(kb.prepare_file(found.files[n + 1].path))
-                document, created = await kb.ingest_prepared(prepared, course=course, source=source)
-            except (DocumentError, OSError) as exc:
-                too_large = isinstance(exc, DocumentTooLarge)
-                report.failed[str(item.path)] = f"too large, skipped ({exc})" if too_large else str(exc)
-                log.warning("ingest failed", extra={"path": str(item.path), "error": str(exc)})
-                continue
-            except BaseException:
-                if ahead is not None:
-                    ahead.cancel()
-                raise
-            if created:
-                report.added += 1
-                report.chunks += document.chunk_count
-                continue
-            report.duplicates += 1
-            if source is not None and document.source != source:  # ingested before without --base-url
-                async with kb.db.transaction() as conn:
-                    report.relinked += await store.set_document_source(conn, document.id, source)
+        try:
+            for n, item in enumerate(bar):
+                bar.set_postfix_str(item.path.name[-40:])
+                source = links.url(item.relative) if links is not None else None
+                current = ahead if ahead is not None else asyncio.ensure_future(kb.prepare_file(item.path))
+                ahead = None
+                try:
+                    prepared = await current
+                    if prefetch and n + 1 < len(found.files):
+                        ahead = asyncio.ensure_future(kb.prepare_file(found.files[n + 1].path))
+                    ready = await kb.embed_prepared(prepared, course=course, source=source)
+                except (DocumentError, OSError) as exc:
+                    too_large = isinstance(exc, DocumentTooLarge)
+                    report.failed[str(item.path)] = f"too large, skipped ({exc})" if too_large else str(exc)
+                    log.warning("ingest failed", extra={"path": str(item.path), "error": str(exc)})
+                    continue
+                if inserting is not None:
+                    await inserting
+                inserting = asyncio.ensure_future(insert(item, source, ready)) if prefetch else None
+                if not prefetch:
+                    await insert(item, source, ready)
+            if inserting is not None:
+                await inserting
+        except BaseException:
+            for task in (ahead, inserting):
+                if task is not None:
+                    task.cancel()
+            raise
     return report

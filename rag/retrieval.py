@@ -179,6 +179,20 @@ class PreparedFile:
 
 
 @dataclass(frozen=True)
+class EmbeddedDocument:
+    """A document chunked and embedded, not yet stored (`KnowledgeBase.insert_embedded`)."""
+
+    title: str
+    text: str
+    digest: str
+    chunks: list[store.NewChunk]
+    source: str | None
+    language: str | None
+    course: str | None
+    created_by: UUID | None
+
+
+@dataclass(frozen=True)
 class ScoredSearch:
     """A search's hits and the embedding model that scored them (None: no vector search ran,
     e.g. full-text mode or a model that cannot run here)."""
@@ -303,12 +317,32 @@ class KnowledgeBase:
         """Chunk, embed and insert text that is normalised already, with its hash: an
         extracted file arrives so (`Extracted`), and hashing a large text twice is waste.
         `chunks`: made already (`prepare_file`)."""
+        ready = await self._embed_document(title, text, digest, source=source, language=language, course=course,
+                                           created_by=created_by, chunks=chunks)
+        if isinstance(ready, store.DocumentRow):
+            return ready, False
+        return await self.insert_embedded(ready)
+
+    async def _embed_document(
+        self,
+        title: str | None,
+        text: str,
+        digest: str,
+        *,
+        source: str | None,
+        language: str | None,
+        course: str | None,
+        created_by: UUID | None,
+        chunks: list[Chunk] | None = None,
+    ) -> EmbeddedDocument | store.DocumentRow:
+        """Everything of `_store` but the insert: the stored document if the text is there
+        already, else the document with its chunks' vectors, for `insert_embedded`."""
         if not text:
             raise EmptyDocument("the document has no text")
         async with self.db.connection() as conn:
             existing = await store.get_document_by_hash(conn, digest)
         if existing is not None:
-            return existing, False
+            return existing
         if chunks is None:
             # Chunking a long document takes about a second per MB of text: keep it off the loop.
             chunks = await asyncio.to_thread(self._chunk, text)
@@ -323,12 +357,19 @@ class KnowledgeBase:
                            {model: vectors[i] for model, vectors in by_model.items()})
             for i, c in enumerate(chunks)
         ]
-        title = (title or "").strip() or text.split("\n", 1)[0][:120]
+        return EmbeddedDocument(
+            title=(title or "").strip() or text.split("\n", 1)[0][:120], text=text, digest=digest,
+            chunks=new_chunks, source=source, language=language, course=course, created_by=created_by,
+        )
+
+    async def insert_embedded(self, ready: EmbeddedDocument) -> tuple[store.DocumentRow, bool]:
+        """Insert an `embed_prepared` result; `(existing, False)` if the same text was stored
+        meanwhile (the insert is the arbiter: `ON CONFLICT` on the content hash)."""
         async with self.db.transaction() as conn:
             return await store.insert_document(
-                conn, title=title, content=text, content_hash=digest, chunks=new_chunks,
-                fallback_model=self.embedder.name, source=source, language=language,
-                course=course, created_by=created_by,
+                conn, title=ready.title, content=ready.text, content_hash=ready.digest, chunks=ready.chunks,
+                fallback_model=self.embedder.name, source=ready.source, language=ready.language,
+                course=ready.course, created_by=ready.created_by,
             )
 
     def _chunk(self, text: str) -> list[Chunk]:
@@ -346,6 +387,23 @@ class KnowledgeBase:
         """Read, extract and chunk a file in a worker thread: the CPU work of ingestion other
         than embedding, which `ingest_paths` runs for the next file while this one embeds."""
         return await asyncio.to_thread(self._prepare, path)
+
+    async def embed_prepared(
+        self,
+        prepared: PreparedFile,
+        *,
+        source: str | None = None,
+        course: str | None = None,
+        created_by: UUID | None = None,
+    ) -> EmbeddedDocument | store.DocumentRow:
+        """The first half of `ingest_prepared`: the stored document if this text is stored
+        already, else the document embedded and ready for `insert_embedded`. Split so that
+        `ingest_paths` inserts one file while it embeds the next."""
+        extracted = prepared.extracted
+        return await self._embed_document(
+            extracted.title, extracted.text, extracted.content_hash, source=source or str(prepared.path),
+            language=None, course=course, created_by=created_by, chunks=prepared.chunks,
+        )
 
     async def ingest_prepared(
         self,

@@ -232,3 +232,16 @@ async def test_onnx_reading_more_word_pieces_is_another_model() -> None:
     [a] = await longer.embed([long_text])
     [b] = await make_embedder("onnx").embed([long_text])
     assert cosine(a, b) < 0.99
+
+
+async def test_onnx_threads_sleep_when_idle_and_embed_as_spinning_ones_did() -> None:
+    """onnxruntime's threads busy-wait between operators unless told not to; on shared
+    cores that took the CPU ingestion's other stages need (docs/performance.md, "Eighth
+    session"). The default embedder turns it off, and its vectors are the same."""
+    quiet, spinning = make_embedder("onnx"), make_embedder("onnx", spin=True)
+    options = quiet._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert spinning._session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    texts = ["How do I create a virtual environment?", "Mitochondria are the powerhouse of the cell. " * 30, "x"]
+    for a, b in zip(await quiet.embed(texts), await spinning.embed(texts), strict=True):
+        assert sum(x * y for x, y in zip(a, b, strict=True)) == pytest.approx(1.0, abs=1e-6)

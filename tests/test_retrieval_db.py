@@ -559,6 +559,11 @@ async def test_hybrid_search_over_its_text_budget_answers_from_vectors_and_count
         "full-text search over its budget: this question is ranked by vectors alone") == 1
     async with db.connection() as conn:  # the connection went back to the pool clean
         assert await conn.fetchval("SHOW statement_timeout") != "1ms"
+    for _ in range(5):  # each cancel lands on its own query, never on the next one
+        await budgeted.search(q, k=5)
+        async with db.connection() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM chunks WHERE tsv @@ plainto_tsquery('english', $1)", q) > 0
+    assert budgeted.text_over_budget == 6
 
     unbudgeted = KnowledgeBase(db, embedder, fusion=Fusion(text_budget_ms=0))
     hits = await unbudgeted.search(q, k=5)
@@ -629,3 +634,50 @@ async def test_ingest_paths_prepares_the_next_file_while_this_one_embeds(db: Dat
     # Without prefetch a.md waits for b.md in vain (the timeout, an OSError, is reported as its failure).
     report = await ingest_paths(Watching(db, WaitsForNext()), [again], show_progress=False, prefetch=False)
     assert list(report.failed) == [str(again / "a.md")] and report.added == 1
+
+
+async def test_ingest_paths_inserts_a_file_while_the_next_one_embeds(db: Database, tmp_path: Path) -> None:
+    """The rows of file n are inserted while file n+1 is embedded: here a.md's insert goes
+    through only once b.md's chunks have reached the embedder. Two files with the same
+    text in a row are still stored once (the second counted as a duplicate), and every
+    file's chunks are searchable at the end."""
+    from rag.retrieval import EmbeddedDocument
+
+    embedding_started: dict[str, asyncio.Event] = {w: asyncio.Event() for w in ("Alpha", "Beta", "Gamma")}
+
+    class Watching(KnowledgeBase):
+        async def insert_embedded(self, ready: EmbeddedDocument) -> tuple[store.DocumentRow, bool]:
+            if "Alpha" in ready.text:  # a.md: b.md must be embedding already
+                await asyncio.wait_for(embedding_started["Beta"].wait(), timeout=3)
+            return await super().insert_embedded(ready)
+
+    class Signals:
+        name, dim = "hashing-384-v1", 384
+
+        def __init__(self) -> None:
+            self.inner = HashingEmbedder()
+
+        async def embed(self, texts: list[str]) -> list[list[float]]:
+            for word, started in embedding_started.items():
+                if any(word in t for t in texts):
+                    started.set()
+            return await self.inner.embed(texts)
+
+    for name, word in (("a.md", "Alpha"), ("b.md", "Beta"), ("c.md", "Gamma"), ("d.md", "Gamma")):
+        (tmp_path / name).write_text(f"# {word}\n\n{word} particles are described here in a sentence.\n")
+    kb = Watching(db, Signals())
+    report = await ingest_paths(kb, [tmp_path], show_progress=False)
+    assert (report.added, report.duplicates, report.failed, report.chunks) == (3, 1, {}, 3)
+    for word in ("Alpha", "Beta", "Gamma"):
+        [hit] = await kb.search(f"{word} particles", k=1, fusion=None)
+        assert word in hit.content
+    async with db.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM documents") == 3
+    # One stage after the other, a.md's insert waits for b.md in vain.
+    again = tmp_path / "again"
+    again.mkdir()
+    for name, word in (("a.md", "Alpha"), ("b.md", "Beta")):
+        (again / name).write_text(f"# {word}\n\nNew {word} text, so nothing here is a duplicate.\n")
+    embedding_started["Beta"].clear()
+    with pytest.raises(TimeoutError):
+        await ingest_paths(Watching(db, Signals()), [again], show_progress=False, prefetch=False)

@@ -1,6 +1,7 @@
 """Build the corpora of the evaluation sets from Debian's offline documentation packages.
 
     apt-get install -y python3.11-doc postgresql-doc-15
+    pip install -e '.[bench]'       # beautifulsoup4, for bench/evalsets/build.py
     python bench/evalsets/build.py OUT          # → OUT/python-faq/, OUT/postgres/
 
 python-faq: the Python 3.11 FAQ (/usr/share/doc/python3.11/html/faq/*.html, PSF licence),

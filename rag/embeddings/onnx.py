@@ -62,7 +62,7 @@ class OnnxEmbedder:
 
     def __init__(
         self, model_dir: str | Path | None = None, *, batch_size: int = 16, threads: int | None = None,
-        max_tokens: int = MAX_TOKENS,
+        max_tokens: int = MAX_TOKENS, spin: bool = False,
     ) -> None:
         try:
             import numpy as np
@@ -88,6 +88,15 @@ class OnnxEmbedder:
         options.inter_op_num_threads = 1
         if threads:
             options.intra_op_num_threads = threads
+        # onnxruntime's worker threads busy-wait for work between operators by default. On
+        # 2 cores shared with ingestion's extraction thread, PostgreSQL and other processes,
+        # that spinning takes the CPU the other work needs: embedding the same chunks cost
+        # 1.5x the CPU time with it (16.6 against 25.6 chunks per CPU-second, same outputs;
+        # docs/performance.md, "Eighth session"). Without it a thread sleeps and is woken,
+        # a few microseconds per operator, nothing next to a query's milliseconds.
+        # (`spin=True` restores it, for bench/ingest_bench.py --compare-spinning.)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
         self._session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self._session.get_inputs()}
         hidden = self._session.get_outputs()[0].shape[-1]
