@@ -24,6 +24,15 @@ CPU columns cover the closed loop: the servers and PostgreSQL (from /proc) and t
 generator (its own report for Node, /proc/self for Python). Figures are still lower
 bounds for a real deployment, where the database and the clients have cores of their own.
 
+Webhooks: `--webhook` adds one endpoint subscribed to message.created, its receiver a
+process of its own (`--receiver python`, the default, reports the lag; `--receiver nginx`
+answers 204 for almost no CPU, standing for a receiver on a machine of its own).
+`--pairs N` runs N interleaved rounds without and with the endpoint (ABAB...) and prints
+the median and spread of acked msg/s, each pair's change, and the server's and
+PostgreSQL's CPU ms per acked message: what the endpoint costs, which one pair on a shared
+machine cannot say. BENCH_WEBHOOK_SQL runs an SQL statement once the endpoint exists (an
+experiment, e.g. a trigger disabled).
+
 BENCH_PROFILE=/tmp/profile.txt records the first server with py-spy over the closed loop;
 BENCH_PG_TCP=1 connects the servers to PostgreSQL over loopback TCP instead of its socket.
 """
