@@ -16,7 +16,9 @@ a closed loop, for each variant in turn, `--rounds` times interleaved:
 - `outbox as migrated`: whatever trigger the migrations leave (after 0019: NOTIFY only while
   a delivery loop has announced it is asleep; none here, as while messages flow);
 - `outbox, empty payload`: the outbox CTE writing `{}` instead of the message's payload,
-  no NOTIFY (what a payload-less row would save).
+  no NOTIFY (what a payload-less row would save);
+- `outbox, time-ordered ids`: delivery ids that grow with time (UUIDv7), no NOTIFY (what
+  random primary-key inserts cost).
 
 Prints messages/s and PostgreSQL CPU ms per message for each (median of the rounds). No
 deliveries are made: this isolates the write side. What it costs the whole pipeline is
@@ -46,7 +48,13 @@ from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
 from storage.messages import NewMessage  # noqa: E402
 from storage.webhooks import DELIVERIES_CHANNEL, MESSAGE_CREATED_CTE  # noqa: E402
 
-VARIANTS = ("no outbox", "outbox, NOTIFY", "outbox, no NOTIFY", "outbox as migrated", "outbox, empty payload")
+VARIANTS = ("no outbox", "outbox, NOTIFY", "outbox, no NOTIFY", "outbox as migrated", "outbox, empty payload",
+            "outbox, time-ordered ids")
+# A UUIDv7 in SQL for PostgreSQL before 18 (which has uuidv7()): 48 bits of milliseconds
+# over a random UUID, version 7: the primary key's inserts land at its right edge.
+UUID7 = """encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING
+        substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) FROM 1 FOR 6),
+        52, 1), 53, 1), 'hex')::uuid"""
 CONVERSATIONS = 100
 OLD_TRIGGER = """CREATE OR REPLACE TRIGGER webhook_deliveries_notify AFTER INSERT ON webhook_deliveries
     FOR EACH STATEMENT EXECUTE FUNCTION webhook_notify('studyhall_webhook_deliveries')"""
@@ -90,6 +98,10 @@ async def writer(conn: asyncpg.Connection, user: uuid.UUID, convs: list[uuid.UUI
         cte = MESSAGE_CREATED_CTE
         start, end = cte.index("jsonb_build_object("), cte.index("    FROM ins i")
         sql = sql.replace(cte, cte[:start] + "'{}'::jsonb\n" + cte[end:])
+    if variant == "outbox, time-ordered ids":
+        sql = sql.replace("INSERT INTO webhook_deliveries (endpoint_id, event_type, payload)\n    SELECT e.id,",
+                          f"INSERT INTO webhook_deliveries (id, endpoint_id, event_type, payload)\n    SELECT {UUID7}, e.id,")
+        assert UUID7 in sql
     sent, n = 0, 0
     while time.monotonic() < deadline:
         picked = sorted(convs[(n * batch + i) % len(convs)] for i in range(batch))

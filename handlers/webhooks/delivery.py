@@ -83,6 +83,7 @@ class Dispatcher:
         self._asleep_since = 0.0  # when the announcement was last made (renewed while asleep)
         self._found_at = time.monotonic()  # the last claim that found deliveries (awake after it)
         self._polled_at = 0.0  # the last claim made whatever the free slots (at most poll_seconds apart)
+        self._claimed_at = 0.0  # the last claim: an awake loop polls busy_poll_seconds after it
 
     async def close(self) -> None:
         await self.sender.close()
@@ -138,14 +139,20 @@ class Dispatcher:
                     continue
                 self.wake.clear()
                 awake = not self.asleep and not failed
+                # Awake and nothing known due: until the next busy poll, counted from the last
+                # claim (a finished delivery wakes the loop meanwhile, and must not put it off).
+                next_poll = self._claimed_at + self.settings.busy_poll_seconds
+                timeout = max(0.0, next_poll - time.monotonic()) if awake and not due else self.settings.poll_seconds
                 try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
-                    async with asyncio.timeout(self.settings.busy_poll_seconds if awake else self.settings.poll_seconds):
+                    async with asyncio.timeout(timeout):
                         await self.wake.wait()
                 except TimeoutError:
                     due = True  # awake: new deliveries are found by polling
                     # Asleep, or a poll interval since the last: claim whatever fits (retries
                     # fall due by time; slow receivers hold their slots no longer than that).
                     force = force or not awake or time.monotonic() - self._polled_at >= self.settings.poll_seconds
+                if awake and time.monotonic() >= next_poll:
+                    due = True
         finally:
             for task in self._inflight:
                 task.cancel()
@@ -220,6 +227,7 @@ class Dispatcher:
         """Record the successes so far and claim up to `limit` due deliveries, in one
         statement; start sending them; returns how many were claimed."""
         done, self._succeeded = self._succeeded, []
+        self._claimed_at = time.monotonic()
         try:
             async with self.db.connection() as conn:
                 claimed = await store.claim(
