@@ -26,7 +26,7 @@ class WebhookSettings:
     poll_seconds: float = 1.0
     # While deliveries flow the loop is awake and looks for new ones this often instead of
     # being woken by a NOTIFY per committed batch (docs/webhooks.md#waking-the-delivery-loops).
-    busy_poll_seconds: float = 0.02
+    busy_poll_seconds: float = 0.01
     # Awake this long after the last claim that found deliveries; then the loop announces
     # it is asleep and new deliveries NOTIFY it again.
     idle_seconds: float = 0.5
