@@ -24,6 +24,15 @@ CPU columns cover the closed loop: the servers and PostgreSQL (from /proc) and t
 generator (its own report for Node, /proc/self for Python). Figures are still lower
 bounds for a real deployment, where the database and the clients have cores of their own.
 
+Webhooks: `--webhook` adds one endpoint subscribed to message.created, its receiver a
+process of its own (`--receiver python`, the default, reports the lag; `--receiver nginx`
+answers 204 for almost no CPU, standing for a receiver on a machine of its own).
+`--pairs N` runs N interleaved rounds without and with the endpoint (ABAB...) and prints
+the median and spread of acked msg/s, each pair's change, and the server's and
+PostgreSQL's CPU ms per acked message: what the endpoint costs, which one pair on a shared
+machine cannot say. BENCH_WEBHOOK_SQL runs an SQL statement once the endpoint exists (an
+experiment, e.g. a trigger disabled).
+
 BENCH_PROFILE=/tmp/profile.txt records the first server with py-spy over the closed loop;
 BENCH_PG_TCP=1 connects the servers to PostgreSQL over loopback TCP instead of its socket.
 """
@@ -36,6 +45,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -45,6 +55,7 @@ from math import nan
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import socketio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,6 +322,97 @@ async def load_python(users: list[User], seconds: float, warmup: float, cpu: Cpu
     }
 
 
+# --- one configuration, and interleaved pairs with and without a webhook endpoint --------
+
+def make_sink(args: argparse.Namespace) -> webhooks_bench.SinkProcess | webhooks_bench.NginxSink:
+    if args.receiver == "nginx":
+        return webhooks_bench.NginxSink()
+    return webhooks_bench.SinkProcess(args.receiver_nice, args.receiver_cpu)
+
+
+async def run_once(args: argparse.Namespace, instances: int, name: str, loader, database_url: str,  # type: ignore[no-untyped-def]
+                   redis: RedisServer, pgdata: Path, webhook: bool) -> tuple[dict, dict | None]:
+    """One run: fresh servers (and receiver), setup, the load; prints its line. Returns the
+    load's figures and the receiver's (None without an endpoint). The servers get the same
+    environment either way, so a pair differs only in the endpoint."""
+    procs = start_servers(instances, database_url, redis.url if instances > 1 else None,
+                          {"STUDYHALL_REDIS_CHANNEL": "bench", **webhooks_bench.SERVER_ENV})
+    sink = await make_sink(args).start() if webhook else None
+    got = None
+    endpoint_id = None
+    try:
+        for _, url in procs:
+            await wait_up(url)
+        if sink is not None:
+            endpoint_id = await webhooks_bench.add_endpoint(database_url, sink.url)
+            if os.environ.get("BENCH_WEBHOOK_SQL"):  # an experiment's change, e.g. a trigger disabled
+                conn = await asyncpg.connect(database_url)
+                await conn.execute(os.environ["BENCH_WEBHOOK_SQL"])
+                await conn.close()
+        await asyncio.sleep(1.5)  # every instance hears of the endpoint (both kinds of run wait alike)
+        users = await setup(name, [u for _, u in procs])
+        cpu = CpuWindow([p.pid for p, _ in procs], pgdata, args.seconds)
+        result = await loader(users, args.seconds, args.warmup, cpu)
+        result["server cpu ms/acked"] = 1000 * cpu.server / max(1.0, result["acked/s"] * args.seconds)
+        result["postgres cpu ms/acked"] = 1000 * cpu.postgres / max(1.0, result["acked/s"] * args.seconds)
+    finally:
+        stop_servers(procs)
+        if sink is not None:
+            got = sink.stop()
+            print(f"webhooks ({sink.describe()}): {got['delivered']:,} message.created delivered "
+                  f"over {got['connections']} connection(s), lag p50 / p99 "
+                  f"{got['lag p50 ms'] or nan:.0f} / {got['lag p99 ms'] or nan:.0f} ms, "
+                  f"receiver CPU {got['cpu s']:.2f} s", flush=True)
+        if endpoint_id is not None:  # the next run of a pair has no endpoint
+            conn = await asyncpg.connect(database_url)
+            await conn.execute("DELETE FROM webhook_endpoints WHERE id = $1", uuid.UUID(endpoint_id))
+            await conn.close()
+    first_error = result.pop("first error")
+    print(f"{instances} instance(s), {name}{', webhook' if webhook else ''}: "
+          + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:,.3f}" for k, v in result.items())
+          + (f" (first error: {first_error})" if first_error is not None else ""), flush=True)
+    return result, got
+
+
+def spread(values: list[float]) -> str:
+    return f"median {statistics.median(values):,.3f} (min {min(values):,.3f}, max {max(values):,.3f})"
+
+
+async def webhook_pairs(args: argparse.Namespace, database_url: str, redis: RedisServer, pgdata: Path,  # type: ignore[no-untyped-def]
+                        loader) -> None:
+    """`--pairs N`: N rounds of (no endpoint, endpoint), interleaved ABAB..., then medians
+    and spread: the acked msg/s of each kind, each pair's change, and CPU per acked message
+    of the servers and of PostgreSQL. One pair says little on a shared machine; the median
+    of many interleaved ones says what the endpoint costs."""
+    instances = 1 if args.instances == "both" else int(args.instances)
+    name = "direct" if args.scenario == "all" else args.scenario
+    runs: dict[bool, list[dict]] = {False: [], True: []}
+    receivers: list[dict] = []
+    for i in range(args.pairs):
+        for webhook in (False, True):
+            load = os.getloadavg()[0]
+            print(f"-- pair {i + 1}/{args.pairs}, {'endpoint' if webhook else 'none'}, "
+                  f"{time.strftime('%H:%M:%S', time.gmtime())} UTC, load {load:.1f}", flush=True)
+            result, got = await run_once(args, instances, name, loader, database_url, redis, pgdata, webhook)
+            result["load"] = load
+            runs[webhook].append(result)
+            if got is not None:
+                receivers.append(got)
+    none, hook = runs[False], runs[True]
+    changes = [100 * (h["acked/s"] / n["acked/s"] - 1) for n, h in zip(none, hook, strict=True)]
+    print()
+    print(f"{args.pairs} pairs, {name}, {instances} instance(s), receiver {args.receiver}:")
+    for label, rs in (("none", none), ("endpoint", hook)):
+        print(f"  {label:8} acked msg/s {spread([r['acked/s'] for r in rs])}; "
+              f"server CPU ms/acked {spread([r['server cpu ms/acked'] for r in rs])}; "
+              f"PostgreSQL CPU ms/acked {spread([r['postgres cpu ms/acked'] for r in rs])}")
+    print(f"  per pair, endpoint vs none: {', '.join(f'{c:+.0f}%' for c in changes)}; "
+          f"median {statistics.median(changes):+.1f}% (min {min(changes):+.0f}%, max {max(changes):+.0f}%)")
+    print(f"  medians: endpoint vs none {100 * (statistics.median(r['acked/s'] for r in hook) / statistics.median(r['acked/s'] for r in none) - 1):+.1f}%")
+    print(f"  receiver: {spread([r['delivered'] for r in receivers])} delivered, "
+          f"CPU s {spread([r['cpu s'] for r in receivers])}")
+
+
 # --- main --------------------------------------------------------------------------------
 
 async def main() -> None:
@@ -326,6 +428,11 @@ async def main() -> None:
                         help="one endpoint subscribed to message.created, its receiver a process of its own (bench/webhooks_bench.py)")
     parser.add_argument("--receiver-nice", type=int, default=None,
                         help="with --webhook: run the receiver at this niceness (19: only spare CPU)")
+    parser.add_argument("--receiver", choices=["python", "nginx"], default="python",
+                        help="with --webhook or --pairs: the receiver, a Python aiohttp process (default; its lag is reported) "
+                             "or nginx answering 204 (almost no CPU: a receiver elsewhere)")
+    parser.add_argument("--pairs", type=int, default=0,
+                        help="N interleaved runs without and with an endpoint (ABAB...), then medians and spread")
     parser.add_argument("--receiver-cpu", type=float, default=None,
                         help="with --webhook: cap the receiver at this %% of one CPU (a cgroup; needs root)")
     args = parser.parse_args()
@@ -339,36 +446,15 @@ async def main() -> None:
     redis = RedisServer().start()
     rows = []
     try:
+        if args.pairs:
+            await webhook_pairs(args, database_url, redis, pg.pgdata, loaders[client_kinds[0]])
+            return
         for instances in ([1, 2] if args.instances == "both" else [int(args.instances)]):
             for name in (["direct", "group"] if args.scenario == "all" else [args.scenario]):
                 for kind in client_kinds:
-                    hook_env = webhooks_bench.SERVER_ENV if args.webhook else {}
-                    procs = start_servers(instances, database_url, redis.url if instances > 1 else None,
-                                          {"STUDYHALL_REDIS_CHANNEL": "bench", **hook_env})
-                    sink = (await webhooks_bench.SinkProcess(args.receiver_nice, args.receiver_cpu).start()
-                            if args.webhook else None)
-                    try:
-                        for _, url in procs:
-                            await wait_up(url)
-                        if sink is not None:
-                            await webhooks_bench.add_endpoint(database_url, sink.url)
-                            await asyncio.sleep(1.5)  # every instance hears of the endpoint
-                        users = await setup(name, [u for _, u in procs])
-                        cpu = CpuWindow([p.pid for p, _ in procs], pg.pgdata, args.seconds)
-                        result = await loaders[kind](users, args.seconds, args.warmup, cpu)
-                    finally:
-                        stop_servers(procs)
-                        if sink is not None:
-                            got = sink.stop()
-                            print(f"webhooks ({sink.describe()}): {got['delivered']:,} message.created delivered "
-                                  f"over {got['connections']} connection(s), lag p50 / p99 "
-                                  f"{got['lag p50 ms'] or nan:.0f} / {got['lag p99 ms'] or nan:.0f} ms, "
-                                  f"receiver CPU {got['cpu s']:.1f} s", flush=True)
+                    result, _ = await run_once(args, instances, name, loaders[kind], database_url, redis, pg.pgdata,
+                                               args.webhook)
                     rows.append((instances, name, kind, result))
-                    first_error = result.pop("first error")
-                    print(f"{instances} instance(s), {name}, {kind} clients: "
-                          + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:,.1f}" for k, v in result.items())
-                          + (f" (first error: {first_error})" if first_error is not None else ""), flush=True)
     finally:
         redis.stop()
         pg.destroy()

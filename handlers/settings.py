@@ -550,6 +550,8 @@ class Settings:
                 lease_seconds=_float(e, "STUDYHALL_WEBHOOK_LEASE_SECONDS", webhooks.lease_seconds),
                 concurrency=_int(e, "STUDYHALL_WEBHOOK_CONCURRENCY", webhooks.concurrency),
                 poll_seconds=_float(e, "STUDYHALL_WEBHOOK_POLL_SECONDS", webhooks.poll_seconds),
+                busy_poll_seconds=_float(e, "STUDYHALL_WEBHOOK_BUSY_POLL_SECONDS", webhooks.busy_poll_seconds),
+                idle_seconds=_float(e, "STUDYHALL_WEBHOOK_IDLE_SECONDS", webhooks.idle_seconds),
                 subscriptions_refresh_seconds=_float(e, "STUDYHALL_WEBHOOK_SUBSCRIPTIONS_REFRESH_SECONDS",
                                                      webhooks.subscriptions_refresh_seconds),
                 connections_per_endpoint=_int(e, "STUDYHALL_WEBHOOK_CONNECTIONS_PER_ENDPOINT",

@@ -26,6 +26,13 @@ DELIVERY_COLUMNS = (
     "last_attempt_at, last_status_code, last_error, last_latency_ms, delivered_at"
 )
 DELIVERIES_CHANNEL = "studyhall_webhook_deliveries"
+# Held shared by every insert into the outbox until it commits, taken (try, never waited
+# for) by a delivery loop announcing it sleeps: migration 0019, `fall_asleep`.
+SLEEP_LOCK_ID = 0x5748_534C_4550  # "WHSLEP"
+# A sleeping loop renews its announcement this often; one not renewed for STALE_SLEEPER is
+# an instance that died asleep, whose row would make every insert NOTIFY for nothing.
+SLEEPER_RENEW_SECONDS = 60.0
+STALE_SLEEPER_SECONDS = 300.0
 ENDPOINTS_CHANNEL = "studyhall_webhook_endpoints"
 
 
@@ -284,12 +291,39 @@ async def redeliver(conn: asyncpg.Connection, delivery_id: UUID) -> dict[str, An
     return dict(row) if row else None
 
 
+# ---- waking the delivery loops (migration 0019) --------------------------------------
+
+
+async def fall_asleep(conn: asyncpg.Connection, instance_id: UUID) -> bool:
+    """Announce that this instance's delivery loop sleeps until a NOTIFY (or its poll), so
+    that new deliveries ring again; False, with nothing written, if an insert into the
+    outbox is in flight (its trigger holds SLEEP_LOCK_ID shared until it commits): the loop
+    stays awake and tries later. After True the caller claims once more: every insert
+    either saw this row (and notifies) or committed before this statement took the lock.
+    Sleepers not renewed for STALE_SLEEPER_SECONDS (an instance that died asleep) go."""
+    row = await conn.fetchval(
+        """WITH stale AS (
+               DELETE FROM webhook_sleepers WHERE since < now() - make_interval(secs => $3) AND instance_id <> $1
+           )
+           INSERT INTO webhook_sleepers (instance_id) SELECT $1 WHERE pg_try_advisory_xact_lock($2)
+           ON CONFLICT (instance_id) DO UPDATE SET since = now()
+           RETURNING true""",
+        instance_id, SLEEP_LOCK_ID, STALE_SLEEPER_SECONDS,
+    )
+    return bool(row)
+
+
+async def wake_up(conn: asyncpg.Connection, instance_id: UUID) -> None:
+    """This instance's loop is busy again and polls: new deliveries need not ring for it."""
+    await conn.execute("DELETE FROM webhook_sleepers WHERE instance_id = $1", instance_id)
+
+
 async def listen(
     url: str, *, timeout: float, on_deliveries: Callable[..., None], on_endpoints: Callable[..., None],
     on_closed: Callable[..., None],
 ) -> asyncpg.Connection:
     """A connection of its own that LISTENs for new deliveries and changed endpoints (the
-    triggers of migration 0016 NOTIFY them); `on_closed` runs if it drops. The caller closes it."""
+    triggers of migrations 0016 and 0019 NOTIFY them; new deliveries only while a loop sleeps); `on_closed` runs if it drops. The caller closes it."""
     conn = await asyncpg.connect(url, timeout=timeout)
     try:
         conn.add_termination_listener(on_closed)

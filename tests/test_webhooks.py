@@ -427,11 +427,12 @@ def test_every_webhook_setting_is_read_from_the_environment() -> None:
         "STUDYHALL_WEBHOOK_POLL_SECONDS": "0.5", "STUDYHALL_WEBHOOK_SUBSCRIPTIONS_REFRESH_SECONDS": "7",
         "STUDYHALL_WEBHOOK_CONNECTIONS_PER_ENDPOINT": "3", "STUDYHALL_WEBHOOK_DNS_CACHE_SECONDS": "0",
         "STUDYHALL_WEBHOOK_SATURATED_RATE": "50", "STUDYHALL_WEBHOOK_SATURATED_BATCH_SIZE": "12.5",
+        "STUDYHALL_WEBHOOK_BUSY_POLL_SECONDS": "0.05", "STUDYHALL_WEBHOOK_IDLE_SECONDS": "2",
     }).webhooks
     assert s == WebhookSettings(allow_private_targets=True, retry_schedule=(1.0, 2.5, 60.0), timeout_seconds=3.0,
                                 lease_seconds=30.0, concurrency=4, poll_seconds=0.5, subscriptions_refresh_seconds=7.0,
                                 connections_per_endpoint=3, dns_cache_seconds=0.0, saturated_rate=50.0,
-                                saturated_batch_size=12.5)
+                                saturated_batch_size=12.5, busy_poll_seconds=0.05, idle_seconds=2.0)
     assert Settings.from_env({}).webhooks == WebhookSettings()
     assert sum(WebhookSettings().retry_schedule) > 24 * 3600  # retries for at least a day by default
     with pytest.raises(SystemExit, match="STUDYHALL_WEBHOOK_RETRY_SCHEDULE"):

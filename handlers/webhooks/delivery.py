@@ -12,6 +12,13 @@ changes nothing. Delivery is at least once: an instance killed after the receive
 request but before settling it leaves the row to be sent again; receivers deduplicate on
 `webhook-id`.
 
+Waking (docs/webhooks.md#waking-the-delivery-loops): while deliveries flow the loop is
+awake and polls every `busy_poll_seconds`; after `idle_seconds` without finding any it
+announces that it sleeps (`storage.webhooks.fall_asleep`) and waits for a NOTIFY, which new
+deliveries send only while some loop sleeps (migration 0019). So a busy pipeline's
+batches commit without NOTIFY (each took PostgreSQL's notify lock through its commit) and
+do not wake the loops once per batch, and an idle one is still woken at once.
+
 While the message pipeline is saturated (`pacing.PipelineLoad`), the loop claims at most
 `saturated_rate` deliveries a second (a `handlers.tokenbucket.TokenBucket`), a tenth of a second's worth per
 claim, and catches up at full speed afterwards; `lag_seconds` is how late the oldest
@@ -23,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from uuid import UUID
 
 from handlers.tokenbucket import TokenBucket
@@ -71,6 +79,11 @@ class Dispatcher:
         self._inflight: set[asyncio.Task[None]] = set()
         self._succeeded: list[tuple[Claimed, int, float]] = []
         self._notified = False
+        self.asleep = False  # announced in webhook_sleepers: new deliveries NOTIFY this loop
+        self._asleep_since = 0.0  # when the announcement was last made (renewed while asleep)
+        self._found_at = time.monotonic()  # the last claim that found deliveries (awake after it)
+        self._polled_at = 0.0  # the last claim made whatever the free slots (at most poll_seconds apart)
+        self._claimed_at = 0.0  # the last claim: an awake loop polls busy_poll_seconds after it
 
     async def close(self) -> None:
         await self.sender.close()
@@ -83,7 +96,8 @@ class Dispatcher:
         `claim_batch` slots are free (or nothing is in flight, or a poll interval passed,
         so a few slow receivers cannot hold the rest back for longer than that). The loop
         claims again at once while the last claim came back full (more may be due);
-        otherwise it waits for a NOTIFY, a finished delivery or the poll interval. While
+        otherwise it waits for a finished delivery or the busy poll interval while awake,
+        for a NOTIFY or the poll interval once asleep (see the module's docstring). While
         the pipeline is saturated it claims what the pacer allows, a tenth of a second's
         worth at a time, and sleeps in between (NOTIFYs then only mark work as due)."""
         self.task = asyncio.current_task()
@@ -96,6 +110,8 @@ class Dispatcher:
                 failed = False
                 try:
                     if self._should_claim(free, allowed, due, force):
+                        if force:
+                            self._polled_at = time.monotonic()
                         due = await self.claim_and_send(allowed) == allowed
                         force = False
                     elif self._record_alone(due):
@@ -118,12 +134,25 @@ class Dispatcher:
                     await asyncio.sleep(min(self.settings.poll_seconds, max(0.005, self.pacer.wait_seconds(
                         min(free, int(self.pacer.burst))))))
                     continue
+                if not failed and await self._settle_down():
+                    due = force = True  # announced: one more claim takes what committed unannounced
+                    continue
                 self.wake.clear()
+                awake = not self.asleep and not failed
+                # Awake and nothing known due: until the next busy poll, counted from the last
+                # claim (a finished delivery wakes the loop meanwhile, and must not put it off).
+                next_poll = self._claimed_at + self.settings.busy_poll_seconds
+                timeout = max(0.0, next_poll - time.monotonic()) if awake and not due else self.settings.poll_seconds
                 try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
-                    async with asyncio.timeout(self.settings.poll_seconds):
+                    async with asyncio.timeout(timeout):
                         await self.wake.wait()
                 except TimeoutError:
-                    due = force = True  # retries fall due by time
+                    due = True  # awake: new deliveries are found by polling
+                    # Asleep, or a poll interval since the last: claim whatever fits (retries
+                    # fall due by time; slow receivers hold their slots no longer than that).
+                    force = force or not awake or time.monotonic() - self._polled_at >= self.settings.poll_seconds
+                if awake and time.monotonic() >= next_poll:
+                    due = True
         finally:
             for task in self._inflight:
                 task.cancel()
@@ -132,6 +161,42 @@ class Dispatcher:
                 await asyncio.shield(self.record_successes())
             except Exception:  # the database is going away too: at least once, as documented
                 pass
+            if self.asleep:
+                try:  # inserts need not ring for a loop that is gone
+                    await asyncio.shield(self._wake_up())
+                except Exception:  # a stale row only costs NOTIFYs, and is removed after a while
+                    pass
+
+    async def _settle_down(self) -> bool:
+        """Announce this loop asleep once it has been idle for `idle_seconds` (nothing in
+        flight, nothing to record, no claim found anything); renew the announcement while
+        asleep. True when it was made now: the caller claims once more."""
+        now = time.monotonic()
+        if self.asleep:
+            if now - self._asleep_since >= store.SLEEPER_RENEW_SECONDS:
+                await self._announce()
+            return False
+        if self._inflight or self._succeeded or now - self._found_at < self.settings.idle_seconds:
+            return False
+        await self._announce()
+        return self.asleep
+
+    async def _announce(self) -> None:
+        try:
+            async with self.db.connection() as conn:
+                announced = await store.fall_asleep(conn, self.instance_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # stay awake and polling: slower to sleep, never deaf
+            log.debug("webhook loop could not announce sleep: %r", exc)
+            return
+        if announced:
+            self.asleep, self._asleep_since = True, time.monotonic()
+
+    async def _wake_up(self) -> None:
+        async with self.db.connection() as conn:
+            await store.wake_up(conn, self.instance_id)
+        self.asleep = False
 
     def _allowance(self, free: int) -> int:
         """How many deliveries may be claimed now: every free slot, or while the pipeline
@@ -162,6 +227,7 @@ class Dispatcher:
         """Record the successes so far and claim up to `limit` due deliveries, in one
         statement; start sending them; returns how many were claimed."""
         done, self._succeeded = self._succeeded, []
+        self._claimed_at = time.monotonic()
         try:
             async with self.db.connection() as conn:
                 claimed = await store.claim(
@@ -178,6 +244,10 @@ class Dispatcher:
             task = asyncio.create_task(self._send(c), name="webhook-send")
             self._inflight.add(task)
             task.add_done_callback(self._finished)
+        if claimed:
+            self._found_at = time.monotonic()
+            if self.asleep:  # busy again: polls, so inserts stop ringing for it
+                await self._wake_up()
         return len(claimed)
 
     def notify(self) -> None:

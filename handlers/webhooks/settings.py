@@ -24,6 +24,12 @@ class WebhookSettings:
     concurrency: int = 32
     # Poll for due deliveries this often besides LISTEN/NOTIFY (retries fall due by time).
     poll_seconds: float = 1.0
+    # While deliveries flow the loop is awake and looks for new ones this often instead of
+    # being woken by a NOTIFY per committed batch (docs/webhooks.md#waking-the-delivery-loops).
+    busy_poll_seconds: float = 0.01
+    # Awake this long after the last claim that found deliveries; then the loop announces
+    # it is asleep and new deliveries NOTIFY it again.
+    idle_seconds: float = 0.5
     # Reload which events anyone subscribes to this often besides the change notifications.
     subscriptions_refresh_seconds: float = 30.0
     # Keep-alive connections to one endpoint at most (each of `concurrency` in all).

@@ -1,0 +1,142 @@
+"""New deliveries NOTIFY only while a delivery loop sleeps (migration 0019,
+handlers/webhooks/delivery.py, docs/webhooks.md#waking-the-delivery-loops).
+
+A NOTIFY per committed batch of messages serialised those commits on PostgreSQL's notify
+lock and woke the loops once per batch; a busy loop polls instead. What must hold: an
+idle loop is still woken at once (the latency a platform sees when nothing else happens),
+a busy pipeline's batches commit without NOTIFY, and a loop going to sleep never misses an
+insert that was in flight. Real PostgreSQL, a real instance, a verifying receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import asyncpg
+import pytest
+
+from server.webhooks import DISPATCHER
+from storage import webhooks as store
+from storage.db import Database
+from tests.client import Api, Instance
+from tests.test_webhooks import FAST, direct, subscribe
+from tests.webhook_receiver import Receiver
+
+# A poll far slower than any assertion below: only a NOTIFY can wake a sleeping loop in time.
+SLEEPY = replace(FAST, poll_seconds=30.0, idle_seconds=1.0, busy_poll_seconds=0.01)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = await Receiver().start()
+    yield r
+    await r.close()
+
+
+async def endpoint_row(conn: asyncpg.Connection) -> uuid.UUID:
+    app_id = await conn.fetchval(
+        """INSERT INTO apps (name, algorithms, hmac_secrets, issuer, audience)
+           VALUES ('t', '{HS256}', ARRAY[md5(random()::text) || md5(random()::text)],
+                   'https://t-' || gen_random_uuid() || '.example', 'studyhall') RETURNING id""")
+    return await conn.fetchval(
+        "INSERT INTO webhook_endpoints (app_id, url, events, secret) VALUES ($1, 'http://127.0.0.1:9/h', "
+        "'{message.created}', 'whsec_dGVzdA==') RETURNING id", app_id)
+
+
+async def heard_after_insert(db: Database, listener: asyncpg.Connection, heard: list[str]) -> int:
+    """NOTIFYs the listener gets for one committed insert into the outbox."""
+    before = len(heard)
+    async with db.transaction() as conn:
+        await store.enqueue(conn, "message.created", [{"n": 1}])
+    await asyncio.sleep(0.3)
+    return len(heard) - before
+
+
+async def test_inserts_notify_only_while_a_loop_has_announced_it_sleeps(db: Database) -> None:
+    heard: list[str] = []
+    listener = await asyncpg.connect(db.url)
+    try:
+        await listener.add_listener(store.DELIVERIES_CHANNEL, lambda *a: heard.append(a[2]))
+        async with db.connection() as conn:
+            await endpoint_row(conn)
+            assert await conn.fetchval("SELECT count(*) FROM webhook_sleepers") == 0
+        assert await heard_after_insert(db, listener, heard) == 0  # every loop busy: it polls
+        me = uuid.uuid4()
+        async with db.connection() as conn:
+            assert await store.fall_asleep(conn, me)
+        assert await heard_after_insert(db, listener, heard) == 1  # one asleep: rung
+        async with db.connection() as conn:
+            await store.wake_up(conn, me)
+        assert await heard_after_insert(db, listener, heard) == 0
+    finally:
+        await listener.close()
+
+
+async def test_a_loop_does_not_fall_asleep_while_an_insert_is_in_flight(db: Database) -> None:
+    """The insert below has looked for sleepers (none) and not committed yet: were the loop
+    to sleep now, its last claim would not see the insert and nobody would ring for it. So
+    the announcement is refused until the insert commits, and writes nothing."""
+    me = uuid.uuid4()
+    async with db.connection() as setup:
+        await endpoint_row(setup)
+    async with db.transaction() as writer:
+        await store.enqueue(writer, "message.created", [{"n": 1}])
+        async with db.connection() as conn:
+            assert not await store.fall_asleep(conn, me)
+            assert await conn.fetchval("SELECT count(*) FROM webhook_sleepers") == 0
+    async with db.connection() as conn:
+        assert await store.fall_asleep(conn, me)
+        assert await conn.fetchval("SELECT instance_id FROM webhook_sleepers") == me
+
+
+async def test_a_sleeping_loop_is_woken_at_once_and_a_busy_one_is_not_rung_per_batch(
+    start_instance: Any, db: Database, receiver: Receiver,
+) -> None:
+    import aiohttp
+
+    inst: Instance = await start_instance(webhooks=SLEEPY)
+    dispatcher = inst.app[DISPATCHER]
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, inst.url)
+        try:
+            admin = await api.staff(db, "admin")
+            await subscribe(api, admin, receiver, ["message.created"])
+            sa, cid = await direct(api)
+
+            async def asleep() -> bool:
+                async with db.connection() as conn:
+                    return dispatcher.asleep and await conn.fetchval(
+                        "SELECT count(*) FROM webhook_sleepers WHERE instance_id = $1", dispatcher.instance_id) == 1
+
+            deadline = time.monotonic() + 5
+            while not await asleep():
+                assert time.monotonic() < deadline, "the idle loop never announced it sleeps"
+                await asyncio.sleep(0.05)
+
+            # Idle: one message is delivered well within the 30 s poll, so by the NOTIFY.
+            sent = time.time()
+            await sa.ok("message:send", {"conversation_id": cid, "content": "wake up", "client_id": "w1"})
+            await receiver.wait_for(lambda: len(receiver.delivered) == 1, timeout=2.0)
+            assert receiver.delivered[0].at - sent < 1.0
+
+            # Busy: a stream of batches, each its own commit; the loop, awake, polls for them.
+            heard: list[str] = []
+            listener = await asyncpg.connect(db.url)
+            try:
+                await listener.add_listener(store.DELIVERIES_CHANNEL, lambda *a: heard.append(a[2]))
+                count = 40
+                for i in range(count):
+                    await sa.ok("message:send", {"conversation_id": cid, "content": f"m{i}", "client_id": f"b{i}"})
+                    await asyncio.sleep(0.01)
+                await receiver.wait_for(lambda: len(receiver.delivered) == count + 1, timeout=10.0)
+            finally:
+                await listener.close()
+            assert len(heard) <= 5, f"{len(heard)} NOTIFYs for {count} batches: the busy loop was rung per batch"
+            assert sorted(r.payload["data"]["message"]["content"] for r in receiver.delivered[1:]) == sorted(
+                f"m{i}" for i in range(count))
+        finally:
+            await api.close_sockets()
