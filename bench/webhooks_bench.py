@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -126,6 +127,22 @@ class CpuCap:
                 pass
 
 
+async def port_open(port: int, *, attempts: int, alive: Callable[[], bool]) -> bool:
+    """Whether a receiver listens on loopback `port` within `attempts` tries 50 ms apart;
+    False at once if its process died."""
+    for _ in range(attempts):
+        if not alive():
+            return False
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return True
+    return False
+
+
 class SinkProcess:
     """A Sink in a process of its own (`--sink PORT`), so that receiving does not take the
     load generator's event loop; it prints its figures as JSON when told to stop.
@@ -150,14 +167,9 @@ class SinkProcess:
                                      preexec_fn=(lambda: os.nice(nice)) if nice else None)
         if self.cap is not None:
             self.cap.hold(self.proc.pid)
-        for _ in range(100):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.close()
-                return self
-            except OSError:
-                await asyncio.sleep(0.05)
-        raise RuntimeError("the webhook sink did not start")
+        if not await port_open(self.port, attempts=100, alive=lambda: self.proc is not None and self.proc.poll() is None):
+            raise RuntimeError("the webhook sink did not start")
+        return self
 
     def stop(self) -> dict[str, float]:
         assert self.proc is not None
@@ -219,16 +231,12 @@ class NginxSink:
         self.proc = subprocess.Popen([binary, "-p", str(self.prefix), "-e", str(self.prefix / "error.log"),
                                       "-c", str(conf), "-g", "daemon off;"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for _ in range(200):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited: {self.proc.stderr.read().decode()}")  # type: ignore[union-attr]
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.close()
-                return self
-            except OSError:
-                await asyncio.sleep(0.05)
-        raise RuntimeError("nginx did not start")
+        proc = self.proc
+        if not await port_open(self.port, attempts=200, alive=lambda: proc.poll() is None):
+            if proc.poll() is not None:
+                raise RuntimeError(f"nginx exited: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
+            raise RuntimeError("nginx did not start")
+        return self
 
     def _pids(self) -> list[int]:
         assert self.proc is not None
