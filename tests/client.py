@@ -137,6 +137,16 @@ class Api:
         self.sockets.append(sock)
         return sock
 
+    async def live_session(self, mentor: User, title: str = "Live", max_participants: int = 20) -> dict[str, Any]:
+        """A live session the mentor created and started (`live_session` of the answer)."""
+        status, body = await self.request("POST", "/api/live-sessions", mentor,
+                                          json={"title": title, "max_participants": max_participants})
+        assert status == 201, body
+        live = body["live_session"]
+        status, body = await self.request("POST", f"/api/live-sessions/{live['id']}/start", mentor)
+        assert status == 200, body
+        return live
+
     async def close_sockets(self) -> None:
         for sock in self.sockets:
             try:

@@ -56,11 +56,7 @@ async def test_two_instances_on_redis_6_exchange_room_messages_on_one_channel(st
                     await asyncio.sleep(0.1)
 
                 conv = (await sa.ok("conversation:create", {"kind": "direct", "member_ids": [b.id]}))["conversation"]
-                status, body = await api.request("POST", "/api/live-sessions", mentor, json={"title": "Old", "max_participants": 5})
-                assert status == 201, body
-                live = body["live_session"]
-                status, body = await api.request("POST", f"/api/live-sessions/{live['id']}/start", mentor)
-                assert status == 200, body
+                live = await api.live_session(mentor, "Old", 5)
                 await host.ok("room:join", {"live_session_id": live["id"]})
                 await sb.ok("room:join", {"live_session_id": live["id"]})
                 for i in range(3):

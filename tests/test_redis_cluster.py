@@ -105,11 +105,7 @@ async def test_direct_group_and_live_room_messages_cross_instances_on_a_cluster(
         b, sb = members[0], sockets[0]
 
         # Live room: host on one, the members on two.
-        status, body = await api.request("POST", "/api/live-sessions", mentor, json={"title": "Live", "max_participants": 20})
-        assert status == 201, body
-        live = body["live_session"]
-        status, body = await api.request("POST", f"/api/live-sessions/{live['id']}/start", mentor)
-        assert status == 200, body
+        live = await api.live_session(mentor, "Live", 20)
         await host.ok("room:join", {"live_session_id": live["id"]})
         await sb.ok("room:join", {"live_session_id": live["id"]})
         direct = (await sa.ok("conversation:create", {"kind": "direct", "member_ids": [b.id]}))["conversation"]

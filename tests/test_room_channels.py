@@ -131,11 +131,7 @@ async def test_live_rooms_and_tickets_across_instances_and_unsubscribe(start_ins
         host = await api.socket(mentor, url=one.url)
         stu = await api.socket(student, url=two.url)
         ag = await api.socket(agent, url=three.url)
-        status, body = await api.request("POST", "/api/live-sessions", mentor, json={"title": "Live", "max_participants": 5})
-        assert status == 201, body
-        live = body["live_session"]
-        status, body = await api.request("POST", f"/api/live-sessions/{live['id']}/start", mentor)
-        assert status == 200, body
+        live = await api.live_session(mentor, "Live", 5)
         await host.ok("room:join", {"live_session_id": live["id"]})
         await stu.ok("room:join", {"live_session_id": live["id"]})
         conv_channel = f"{_channel(one)}:room:/:conv:{live['conversation_id']}"
@@ -251,11 +247,7 @@ async def test_join_while_messages_are_in_flight_misses_nothing(start_instance, 
             student = await api.register("Late")
             host = await api.socket(mentor, url=one.url)
             stu: Socket = await api.socket(student, url=two.url)
-            status, body = await api.request("POST", "/api/live-sessions", mentor,
-                                             json={"title": "Race", "max_participants": 5})
-            live = body["live_session"]
-            status, body = await api.request("POST", f"/api/live-sessions/{live['id']}/start", mentor)
-            assert status == 200, body
+            live = await api.live_session(mentor, "Race", 5)
             await host.ok("room:join", {"live_session_id": live["id"]})
             cid = live["conversation_id"]
             stop = asyncio.Event()
