@@ -48,12 +48,8 @@ class Batcher(Generic[T, R]):
         concurrency: int = 2,
         conflict_key: Callable[[T], Hashable | None] | None = None,
         exclusive_key: Callable[[T], Hashable] | None = None,
-        after_settle: Callable[[], None] | None = None,
     ) -> None:
         self._run = run
-        # Called in the batch's task once every caller's outcome is set (their wake-ups are
-        # scheduled): what it schedules with call_soon runs right after those callers resume.
-        self._after_settle = after_settle
         self.max_batch = max_batch
         self.concurrency = concurrency
         self._conflict_key = conflict_key
@@ -140,8 +136,6 @@ class Batcher(Generic[T, R]):
         self.requests += len(batch)
         for p, outcome in zip(batch, outcomes, strict=True):
             _settle(p, outcome)
-        if self._after_settle is not None:
-            self._after_settle()
 
 
 def _settle(p: _Pending[T, R], outcome: R | BaseException) -> None:

@@ -18,12 +18,8 @@ are fanned out (each message's `Delivery`, the pipeline's) before the conversati
 batch is taken, so members receive a conversation's messages in seq order. Consecutive
 messages of one conversation with the same audience go out in one call (`Delivery.send`
 with the run, in seq order): the frames are built once, the audience is walked once and
-each socket gets the run in one write (server/fanout.py `emit_many`), its senders' acks
-included: the fan-out registers its flush in `AFTER_SETTLE`, which runs once the batch's
-senders are answered, so the frames leave one loop turn after the fan-out, with the acks the
-senders produce in that turn (issue 16's latency work: the outbox's own two-turn wait put the
-turn's other work, on a busy loop up to 9-18 ms at p99, into every member's delivery). No
-timer: an idle conversation's message is
+each socket gets the run in one write (server/fanout.py `emit_many`), written during the
+fan-out; the senders' acks follow a loop turn later, together. No timer: an idle conversation's message is
 committed at once, alone, and delivered as soon as it is committed.
 
 The look-up a send makes first (the conversation, the sender's membership and the member
@@ -65,11 +61,6 @@ class BatchOutbox(Protocol):
 # share batches instead of each waiting for the previous one's commit).
 QUEUED: ContextVar[Callable[[], None] | None] = ContextVar("studyhall_message_queued", default=None)
 
-# Set by the writer around a batch's fan-out: the transport adds what must run once the
-# batch's senders have been answered (server/fanout.py: its flush, so that each socket gets
-# the batch's frames and its senders' acks in one write, one loop turn later).
-AFTER_SETTLE: ContextVar[list[Callable[[], None]] | None] = ContextVar("studyhall_after_settle", default=None)
-
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
@@ -102,7 +93,6 @@ class MessageWriter:
                 if j.message.client_id is not None else None
             ),
             exclusive_key=lambda j: j.message.conversation_id,
-            after_settle=_after_settle,
         )
         self.statements = 0  # insert statements run (a failed batch and its halves count)
         # Webhooks (handlers/webhooks/outbox.py): while anyone subscribes to message.created,
@@ -127,7 +117,6 @@ class MessageWriter:
 
     async def _run(self, jobs: list[_Job]) -> list[Inserted | BaseException]:
         outcomes = await self._commit([j.message for j in jobs])
-        AFTER_SETTLE.set([])  # this batch's task only; `_after_settle` runs what the fan-out adds
         for delivery, run in _runs(jobs, outcomes):
             try:
                 await delivery.send([m for _, m in run])
@@ -149,15 +138,6 @@ class MessageWriter:
             log.warning("message batch failed, committing it in halves", extra={"size": len(batch), "error": str(exc)})
             half = len(batch) // 2
             return [*await self._commit(batch[:half]), *await self._commit(batch[half:])]
-
-
-def _after_settle() -> None:
-    """Run (once) what the batch's fan-out registered, now that its senders are answered."""
-    callbacks = AFTER_SETTLE.get()
-    if callbacks:
-        AFTER_SETTLE.set(None)
-        for callback in callbacks:
-            callback()
 
 
 class ConversationLoader:
