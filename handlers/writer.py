@@ -18,8 +18,8 @@ are fanned out (each message's `Delivery`, the pipeline's) before the conversati
 batch is taken, so members receive a conversation's messages in seq order. Consecutive
 messages of one conversation with the same audience go out in one call (`Delivery.send`
 with the run, in seq order): the frames are built once, the audience is walked once and
-each socket gets the run in one write (server/fanout.py `emit_many`), written during the
-fan-out; the senders' acks follow a loop turn later, together. No timer: an idle conversation's message is
+each socket gets the run in one write (server/fanout.py `emit_many`), its senders' acks
+included (the outbox flushes a turn later). No timer: an idle conversation's message is
 committed at once, alone, and delivered as soon as it is committed.
 
 The look-up a send makes first (the conversation, the sender's membership and the member

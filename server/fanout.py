@@ -7,8 +7,9 @@ per socket when the client negotiated permessage-deflate). For a room of 1,000 t
 thousands of task switches and syscalls per message.
 
 `FastFanout` replaces that local delivery step (and only it): the Socket.IO packet, the
-Engine.IO packet and the websocket frame bytes are built once per emit, then written to
-each websocket recipient with one `transport.write` (see below). Sockets on long-polling,
+Engine.IO packet and the websocket frame bytes are built once per emit, then appended
+to each websocket recipient's pending output; one `transport.write` per socket per
+event-loop turn flushes everything that socket got in that turn. Sockets on long-polling,
 still upgrading or still connecting, and emits with callbacks or binary data, go the
 stock way. Frames are sent uncompressed (RFC 7692 allows uncompressed messages on a
 deflate connection), which also saves the per-socket compression.
@@ -17,17 +18,11 @@ A socket whose unsent output passes `MAX_BUFFERED_BYTES` is a consumer that cann
 up: it is closed (the client reconnects and recovers by seq) rather than letting the
 server's memory grow without bound.
 
-Events are written at once, in the emit (`Outbox.write_now`): a member's `message:new`
-leaves while the writer's batch is being fanned out, not a loop turn or two later (on a
-busy loop one turn held the whole room's delivery for up to 8-17 ms at p99, issue 16's
-latency work). Acks to such sockets take the outbox (`install` wraps the server's packet
-sender): the acks a batch produces, one per sender, leave together one turn later, so a
-sender pays one more write per batch (under 1% of the writes of a room of 100).
-Ordering: frames to one socket leave in the order they were produced (an event written at
-once takes whatever the outbox still holds for that socket with it, in front); only what
-still goes the stock way (emits with callbacks or binary data, sockets not yet upgraded)
-can be overtaken by a later frame (clients dedupe by seq; nothing in the protocol depends
-on acks before events).
+Acks to such sockets take the same path (`install` wraps the server's packet sender), so
+a sender's ack and its own `message:new` leave in one write. Ordering: frames to one
+socket leave in the order they were produced; only what still goes the stock way (emits
+with callbacks or binary data, sockets not yet upgraded) can be overtaken by a later
+frame (clients dedupe by seq; nothing in the protocol depends on acks before events).
 
 Wiring (server/realtime.py's `create_sio`, the default; STUDYHALL_FANOUT=stock turns it
 off): the manager comes from `create_manager(settings.cluster)`, then `install(sio)` runs once
@@ -77,10 +72,14 @@ def message_frame(eio_pkt: eio_packet.Packet) -> bytes:
 
 
 class Outbox:
-    """Frames for websocket transports: written at once (`write_now`, events), or queued
-    (`put`, acks) and written one event-loop turn later, one write per transport for all
-    that turn produced (a batch's acks). A turn is not a timer: on an idle server it runs
-    within microseconds."""
+    """Frames waiting to be written, grouped by transport.
+
+    The flush runs two event-loop turns after the first frame is put, not one: a batch's
+    fan-out settles its senders' futures in the same turn as it puts the frames, and the
+    senders' tasks, woken in the next turn, produce their acks there. Flushing a turn
+    later lets each sender's ack leave in the same write as the batch's `message:new`
+    frames (one write per socket per batch, not two). A turn is not a timer: on an idle
+    server both turns run back to back, within microseconds."""
 
     def __init__(self) -> None:
         self.pending: dict[asyncio.Transport, list[bytes]] = {}
@@ -95,27 +94,22 @@ class Outbox:
             frames.append(frame)
         if not self.scheduled:
             self.scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_soon(self._flush_next_turn)
 
-    def write_now(self, transport: asyncio.Transport, frame: bytes) -> None:
-        """Write `frame` now, behind whatever is still queued for this transport (order kept)."""
-        frames = self.pending.pop(transport, None)
-        self._write(transport, frame if frames is None else b"".join([*frames, frame]))
+    def _flush_next_turn(self) -> None:
+        asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         self.scheduled = False
         pending, self.pending = self.pending, {}
         for transport, frames in pending.items():
-            self._write(transport, frames[0] if len(frames) == 1 else b"".join(frames))
-
-    def _write(self, transport: asyncio.Transport, data: bytes) -> None:
-        if transport.is_closing():
-            return
-        transport.write(data)
-        if transport.get_write_buffer_size() > MAX_BUFFERED_BYTES:
-            self.slow_consumers_closed += 1
-            log.warning("closing a socket that cannot keep up with its events")
-            transport.abort()
+            if transport.is_closing():
+                continue
+            transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+            if transport.get_write_buffer_size() > MAX_BUFFERED_BYTES:
+                self.slow_consumers_closed += 1
+                log.warning("closing a socket that cannot keep up with its events")
+                transport.abort()
 
 
 class FastFanout(socketio.AsyncManager):
@@ -163,15 +157,15 @@ class FastFanout(socketio.AsyncManager):
             if transport is None:
                 slow.append(eio_sid)
             else:
-                self.outbox.write_now(transport, frame)
+                self.outbox.put(transport, frame)
         for eio_sid in slow:  # queue puts; nothing here waits on the network
             await self.server._send_eio_packet(eio_sid, eio_pkt)
 
     async def emit_many(self, event: str, datas: Sequence[Any], namespace: str, room: Any) -> None:
         """`emit(event, data)` for each of `datas`, in order, to the same room(s): the frames
         are built once and joined, and the room's participants are walked once, so each
-        websocket gets the run in one write (a batch of a conversation's
-        messages: one write per socket, not one per message). With a pub/sub manager (other
+        websocket gets the run as one piece of its next write (a batch of a conversation's
+        messages: one put per socket, not one per message). With a pub/sub manager (other
         instances must hear each event) or anything but plain text events, one emit each."""
         packets: list[eio_packet.Packet] = []
         if len(datas) > 1 and not isinstance(self, AsyncPubSubManager) and namespace in self.rooms:
@@ -192,7 +186,7 @@ class FastFanout(socketio.AsyncManager):
             if transport is None:
                 slow.append(eio_sid)
             else:
-                self.outbox.write_now(transport, run)
+                self.outbox.put(transport, run)
         for eio_sid in slow:
             for p in packets:
                 await self.server._send_eio_packet(eio_sid, p)
@@ -264,9 +258,9 @@ def install(sio: socketio.AsyncServer) -> None:
     stock_send_packet = sio._send_packet
 
     async def send_packet(eio_sid: str, pkt: Any) -> None:
-        """Acks take the fast path too: no task switch to Engine.IO's writer; the acks of one
-        turn (a batch's senders) leave in one write per socket the next turn, in order with
-        the events written to that socket."""
+        """Acks take the fast path too: no task switch to Engine.IO's writer, and an ack
+        leaves in the same write as the events the same turn produced for that socket
+        (a sender's ack and its own `message:new`), in the order they were produced."""
         if pkt.packet_type == sio_packet.ACK:
             transport = manager.websocket_transport(eio_sid)
             if transport is not None:
