@@ -1,7 +1,7 @@
 """One busy conversation, Studyhall beside Node's socket.io in the same run (issue 16).
 
     .venv/bin/python bench/conversation_bench.py [--members 10,100,1000] [--senders 1,10]
-        [--deliveries 500,1000,2000,5000,10000,20000,40000,80000,160000] [--seconds 3] [--workers 2]
+        [--deliveries 500,...,160000,240000,320000] [--seconds 3] [--repeat 1] [--workers 2] [--probe]
 
 For each room size N, both servers are up at once and hold N websocket members each:
   studyhall  `studyhall serve` (one process) with PostgreSQL: a mentor's live room, N guests
@@ -22,7 +22,13 @@ process, of PostgreSQL (postmaster and its backends; Studyhall only) and of the 
 generator, as % of one core, and µs of server CPU per delivery (PostgreSQL included for
 Studyhall). The summary prints, per N and senders, each server's best step and the ratios
 Studyhall / Node: deliveries/s, CPU efficiency (Node µs per delivery / Studyhall's) and
-p99 at the highest offered load both passed.
+p99 at the highest offered load both passed; then the p99 ratio at every offered load both
+ran, marking the steps below both servers' saturation (each kept up: ≥ 95% of the offered
+msg/s acked, nothing lost, at that step and every lower one). `--repeat K` runs every step
+K times and keeps the run with the median p99 (a 3 s step's p99 is one stall of a shared
+machine); `--probe` prints, under each Studyhall step, the server's own per-step timings
+(bench/latency_probe.py: look-up, queue wait, commit, fan-out, outbox flush, loop lag, GC)
+and PostgreSQL's WAL fsyncs in that step.
 
 Everything shares the machine's cores (2 here): compare ratios within one run. The disk's
 fdatasync time is printed before and after: each message waits for its commit, so a busy
@@ -34,7 +40,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,6 +51,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import socketio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,9 +103,35 @@ def tree_cpu_seconds(root: int) -> float:
 class Side:
     """One server under test, its members connected, and what to read its CPU from."""
 
-    def __init__(self, name: str, workers: Workers, server_pid: int, pg_pid: int | None) -> None:
+    def __init__(self, name: str, workers: Workers, server_pid: int, pg_pid: int | None,
+                 probe: Path | None = None, database_url: str | None = None) -> None:
         self.name, self.workers, self.server_pid, self.pg_pid = name, workers, server_pid, pg_pid
         self.stopped: set[int] = set()  # sender counts whose ladder ended
+        self.probe, self.database_url = probe, database_url  # --probe: bench/latency_probe.py's output
+
+    async def probe_read(self) -> dict[str, Any]:
+        """Ask the probed server for its timings since the last call (SIGUSR1), and read them."""
+        if self.probe is None:
+            return {}
+        before = self.probe.stat().st_mtime_ns if self.probe.exists() else 0
+        os.kill(self.server_pid, signal.SIGUSR1)
+        for _ in range(200):
+            if self.probe.exists() and self.probe.stat().st_mtime_ns != before:
+                return dict(json.loads(self.probe.read_text()))
+            await asyncio.sleep(0.01)
+        return {}
+
+    async def wal_io(self) -> dict[str, float]:
+        """PostgreSQL's WAL writes and fsyncs so far (pg_stat_io, with track_wal_io_timing)."""
+        if self.database_url is None:
+            return {}
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            row = await conn.fetchrow("SELECT sum(writes) AS writes, sum(write_time) AS write_ms, sum(fsyncs) AS fsyncs, "
+                                      "sum(fsync_time) AS fsync_ms FROM pg_stat_io WHERE object = 'wal'")
+        finally:
+            await conn.close()
+        return {k: float(v or 0) for k, v in dict(row).items()} if row else {}
 
     def cpu(self) -> tuple[float, float, float]:
         pg = tree_cpu_seconds(self.pg_pid) if self.pg_pid else 0.0
@@ -113,9 +148,12 @@ async def step(side: Side, n: int, senders: int, rate: float, args: argparse.Nam
                "tag": tag, "quiet": 1.5} for _ in range(args.workers)]
     if senders < args.workers:  # one sender: only the first worker sends
         params = [{**p, "senders": [] if i else [0]} for i, p in enumerate(params)]
+    await side.probe_read()  # forget what came before this step
+    wal0 = await side.wal_io()
     (s0, p0, w0), t0 = side.cpu(), time.monotonic()
     r = await side.workers.all("chat", params)
     (s1, p1, w1), wall = side.cpu(), time.monotonic() - t0
+    probe, wal1 = await side.probe_read(), await side.wal_io()
     lat = [v for x in r for v in x["latencies"]]
     sent = sum(x["sent"] for x in r)
     acked = sum(x["acks"].get("ok", 0) for x in r)
@@ -135,7 +173,45 @@ async def step(side: Side, n: int, senders: int, rate: float, args: argparse.Nam
           f"{row['deliveries/s']:>8,.0f} deliveries/s, p50 {row['p50 ms']:.1f} ms, p99 {row['p99 ms']:.1f} ms, "
           f"loss {row['loss %']:.2f}%, cpu server {row['server cpu %']:.0f}% pg {row['pg cpu %']:.0f}% "
           f"loadgen {row['load gen cpu %']:.0f}%, {row['us/delivery']:.1f} µs/delivery {row['errors'] or ''}", flush=True)
+    if probe:
+        row["probe"] = probe
+        print_probe(probe, {k: wal1[k] - wal0.get(k, 0.0) for k in wal1})
     return row
+
+
+PROBE_STEPS = ("arrival", "queued", "lookup", "queue wait", "commit", "commit+fan-out", "flush wait", "flush", "ack",
+               "loop lag", "gc gen0", "gc gen1", "gc gen2")
+
+
+def print_probe(probe: dict[str, Any], wal: dict[str, float]) -> None:
+    """The server's per-step timings of this step (bench/latency_probe.py), p50 / p99 / max ms."""
+    parts = [f"{k} {v['p50']:.2f}/{v['p99']:.2f}/{v['max']:.1f}" + (f" n={v['n']}" if k.startswith("gc") else "")
+             for k in PROBE_STEPS if (v := probe.get(k))]
+    sizes = [f"{k} mean {v['sum'] / v['n']:.1f} max {v['max']:.0f}" for k in ("batch size", "lookup size", "flush sockets")
+             if (v := probe.get(k))]
+    print("      server ms p50/p99/max: " + "; ".join(parts), flush=True)
+    print("      " + "; ".join(sizes) + (f"; WAL fsyncs {wal['fsyncs']:.0f}, {wal['fsync_ms'] / max(1.0, wal['fsyncs']):.2f} ms each"
+                                      if wal.get("fsyncs") else ""), flush=True)
+
+
+def combine(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for `--repeat` runs of a step: the run with the median p99 (its other figures
+    with it), the spread of p99 over the runs, and a failure if any run failed."""
+    if len(repeats) == 1:
+        return {**repeats[0], "p99 runs": [repeats[0]["p99 ms"]]}
+    ordered = sorted(repeats, key=lambda r: r["p99 ms"])
+    row = dict(ordered[len(ordered) // 2])
+    row["p99 runs"] = [r["p99 ms"] for r in repeats]
+    failed = [r for r in repeats if not passed(r)]
+    if failed:  # a step passes only if every run of it did
+        worst = failed[0]
+        row.update({k: worst[k] for k in ("loss %", "lost", "errors")}, **{"p99 ms": max(row["p99 ms"], worst["p99 ms"])})
+    return row
+
+
+def saturated(row: dict[str, Any]) -> bool:
+    """The server no longer keeps up: under 95% of the offered msg/s acked, or it failed."""
+    return not passed(row) or row["msg/s"] < 0.95 * row["offered msg/s"]
 
 
 def passed(row: dict[str, Any]) -> bool:
@@ -143,7 +219,9 @@ def passed(row: dict[str, Any]) -> bool:
 
 
 async def studyhall_side(n: int, database_url: str, pg_pid: int, args: argparse.Namespace) -> tuple[Side, Any, Any]:
-    procs = start_servers(1, database_url, None, {"STUDYHALL_ROOM_HOST_GRACE": "600"})
+    probe = Path(tempfile.mkdtemp(prefix="studyhall-probe-")) / "probe.json" if args.probe else None
+    command = [sys.executable, "-m", "bench.latency_probe", str(probe), "serve"] if probe else None
+    procs = start_servers(1, database_url, None, {"STUDYHALL_ROOM_HOST_GRACE": "600"}, command=command)
     url = procs[0][1]
     try:
         await wait_up(url, attempts=1200)  # a busy shared machine: imports and migrations can take a while
@@ -169,7 +247,7 @@ async def studyhall_side(n: int, database_url: str, pg_pid: int, args: argparse.
         stop_servers(procs)
         raise
     await asyncio.sleep(1.0)  # the joins' room:participant broadcasts drain
-    return Side("studyhall", workers, procs[0][0].pid, pg_pid), procs, host
+    return Side("studyhall", workers, procs[0][0].pid, pg_pid, probe, database_url if probe else None), procs, host
 
 
 async def node_side(n: int, args: argparse.Namespace) -> tuple[Side, subprocess.Popen[bytes]]:
@@ -200,7 +278,8 @@ async def room_size(n: int, database_url: str, pg_pid: int, args: argparse.Names
                 for side in (study, node):
                     if senders in side.stopped:
                         continue
-                    row = await step(side, n, senders, rate, args)
+                    repeats = [await step(side, n, senders, rate, args) for _ in range(args.repeat)]
+                    row = combine(repeats)
                     rows.append(row)
                     if not passed(row):
                         side.stopped.add(senders)
@@ -248,6 +327,31 @@ def summary(rows: list[dict[str, Any]]) -> None:
               + (f"| {p99['studyhall']:.1f} vs {p99['node']:.1f} ({equal:,.0f}) | {p99['studyhall'] / p99['node']:.1f}× |" if equal else "| | |"))
 
 
+def ratios_per_step(rows: list[dict[str, Any]]) -> None:
+    """p99 Studyhall / Node at every offered load both servers ran, and which steps lie below
+    both servers' saturation (every step up to it kept up with the offer: at least 95% of the
+    offered msg/s acked, nothing lost). Issue 16's latency target is about those steps."""
+    print()
+    print("p99 at each equal offered load (Studyhall / Node); 'below saturation': both servers kept up "
+          "at this step and every lower one.")
+    print("| members | senders | offered msg/s | Studyhall p50 / p99 ms | Node p50 / p99 ms | p99 runs Studyhall; Node "
+          "| p99 ratio | below both saturations |")
+    print("|---|---|---|---|---|---|---|---|")
+    for key in dict.fromkeys((r["members"], r["senders"]) for r in rows):
+        mine = [r for r in rows if (r["members"], r["senders"]) == key]
+        below = True
+        for rate in sorted(dict.fromkeys(r["offered msg/s"] for r in mine)):
+            st = next((r for r in mine if r["server"] == "studyhall" and r["offered msg/s"] == rate), None)
+            nd = next((r for r in mine if r["server"] == "node" and r["offered msg/s"] == rate), None)
+            if st is None or nd is None:
+                break
+            below = below and not saturated(st) and not saturated(nd)
+            runs = "; ".join(", ".join(f"{v:.0f}" for v in r.get("p99 runs", [r["p99 ms"]])) for r in (st, nd))
+            print(f"| {key[0]:,} | {key[1]} | {rate:,.0f} | {st['p50 ms']:.1f} / {st['p99 ms']:.1f} "
+                  f"| {nd['p50 ms']:.1f} / {nd['p99 ms']:.1f} | {runs} | {st['p99 ms'] / nd['p99 ms']:.1f}× "
+                  f"| {'yes' if below else 'no'} |")
+
+
 def _best(row: dict[str, Any] | None) -> str:
     return "none passed" if row is None else f"{row['deliveries/s']:,.0f} ({row['msg/s']:,.0f})"
 
@@ -256,14 +360,21 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--members", default="10,100,1000")
     parser.add_argument("--senders", default="1,10")
-    parser.add_argument("--deliveries", default="500,1000,2000,5000,10000,20000,40000,80000,160000",
-                        help="the ladder of offered deliveries/s (msg/s × members)")
+    parser.add_argument("--deliveries", default="500,1000,2000,5000,10000,20000,40000,80000,160000,240000,320000",
+                        help="the ladder of offered deliveries/s (msg/s × members); past 160,000 since both servers "
+                             "passed it at N=100 (issue 16: find each server's saturation)")
     parser.add_argument("--min-rate", type=float, default=5,
                         help="skip ladder steps below this many msg/s (N=1,000 starts at 5,000 deliveries/s)")
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each step this many times; the row is the run with the median p99 (all p99s are "
+                             "printed): one stall of a shared machine is the p99 of a short step")
     parser.add_argument("--fsync", choices=["on", "off"], default="on",
                         help="off: PostgreSQL without fsync, to see CPU costs when the disk is slow (not durable: say so)")
+    parser.add_argument("--probe", action="store_true",
+                        help="time each step of the message path inside the server (bench/latency_probe.py) and "
+                             "PostgreSQL's WAL fsyncs, printed under each Studyhall step")
     args = parser.parse_args()
     raise_fd_limit()
 
@@ -272,6 +383,13 @@ async def main() -> None:
     os.chmod(pg.data_dir, 0o755)
     database_url = await asyncio.to_thread(pg.start)
     pg_pid = int((pg.pgdata / "postmaster.pid").read_text().split()[0])
+    if args.probe:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute("ALTER SYSTEM SET track_wal_io_timing = on")
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
     rows: list[dict[str, Any]] = []
     disk = [fsync_ms(pg.data_dir)]
     print(f"disk: 8 KiB write + fdatasync p50 {disk[0][0]:.2f} ms, p90 {disk[0][1]:.2f} ms", flush=True)
@@ -286,6 +404,7 @@ async def main() -> None:
     finally:
         pg.destroy()
     summary(rows)
+    ratios_per_step(rows)
     print(f"\nload average at the end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1 / 5 / 15 min)")
     print(f"\ndisk (PostgreSQL's data directory), 8 KiB write + fdatasync: before p50 {disk[0][0]:.2f} ms / p90 {disk[0][1]:.2f} ms"
           + (f", after p50 {disk[1][0]:.2f} ms / p90 {disk[1][1]:.2f} ms" if len(disk) > 1 else ""))

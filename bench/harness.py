@@ -29,16 +29,18 @@ BENCH_ENV = {"STUDYHALL_RATE_LIMIT": "100000", "STUDYHALL_RATE_BURST": "100000",
 
 
 def start_servers(
-    n: int, database_url: str, redis_url: str | None, extra_env: dict[str, str] | None = None
+    n: int, database_url: str, redis_url: str | None, extra_env: dict[str, str] | None = None,
+    command: list[str] | None = None,
 ) -> list[tuple[subprocess.Popen[bytes], str]]:
-    """Start `n` instances (sharing `redis_url` when given); returns (process, base URL) pairs."""
+    """Start `n` instances (sharing `redis_url` when given); returns (process, base URL) pairs.
+    `command`: what runs instead of `python -m server serve` (bench/latency_probe.py's wrapper)."""
     out = []
     for _ in range(n):
         port = free_port()
         env = {**os.environ, **BENCH_ENV, **(extra_env or {}), "DATABASE_URL": database_url, "STUDYHALL_PORT": str(port)}
         if redis_url:
             env["REDIS_URL"] = redis_url
-        proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=ROOT, env=env,
+        proc = subprocess.Popen(command or [sys.executable, "-m", "server", "serve"], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=(None if os.environ.get("BENCH_SERVER_STDERR") else subprocess.DEVNULL))
         out.append((proc, f"http://127.0.0.1:{port}"))
     return out
