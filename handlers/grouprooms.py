@@ -21,7 +21,10 @@ A notice reaches another instance later than the creator's first message can: th
 instance subscribes to the room's channel only once the notice made a socket enter it.
 So while a group is younger than `threads.group_room_settle_seconds` its events go to the
 group's room and to its members' own rooms (one copy per socket, server/roomchannels.py
-dedupes), which covers sockets whose notice is still on its way.
+dedupes), which covers sockets whose notice is still on its way. A single instance (no
+Redis) has no notice on its way: its events go to the group's room alone from the start
+(the window cost a new group of 100 about a fifth of its messages per second in
+`bench/threads_bench.py --scenario group`, which sends in the group's first seconds).
 
 Direct conversations (two members, no membership changes) and tutor conversations (whose
 members change as tickets seat agents: handlers/tickets/seating.py) keep their members'
@@ -52,6 +55,8 @@ def audience(core: Core, *, kind: str, conversation_id: UUID, created_at: dateti
     if not uses_group_room(core, kind):
         return None
     rooms = [group_room(conversation_id)]
+    if core.settings.cluster.redis_url is None:
+        return rooms  # one instance: `members_joined` entered every socket before the group was returned
     settle = timedelta(seconds=core.settings.threads.group_room_settle_seconds)
     if datetime.now(UTC) - created_at < settle:
         rooms.extend(user_room(m) for m in member_ids)

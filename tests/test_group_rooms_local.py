@@ -4,8 +4,9 @@ members see does not depend on Redis. The cross-instance cases are in test_group
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
-from handlers import threads
+from handlers import grouprooms, threads
 from handlers.events import group_room
 from server.grouprooms import GroupRoomCheck
 from server.keys import CORE, GATEWAY, SIO
@@ -49,3 +50,21 @@ async def test_a_groups_events_follow_its_room_on_one_instance(api: Api, server:
     check = GroupRoomCheck(server.app[CORE], server.app[GATEWAY], sio)
     assert await check.check_once() == 2
     assert _in_room(server, sb, room) and not _in_room(server, sd, room)
+
+
+async def test_on_one_instance_a_new_groups_events_go_to_its_room_alone(api: Api, server: Instance) -> None:
+    """Without Redis nothing is on its way to another instance: a group's events go to its
+    room alone from its first second (with Redis, members' own rooms are added while the
+    group settles: test_group_rooms.py), so a busy new group is not fanned out twice."""
+    a, b = [await api.register(n) for n in ("Ana", "Bob")]
+    sa, sb = await api.socket(a), await api.socket(b)
+    conv = (await sa.ok("conversation:create", {"kind": "group", "member_ids": [b.id]}))["conversation"]
+    core = server.app[CORE]
+    assert core.settings.cluster.redis_url is None
+    assert core.settings.threads.group_room_settle_seconds > 0  # the default window is on
+    rooms = grouprooms.audience(core, kind="group", conversation_id=uuid.UUID(conv["id"]),
+                                created_at=datetime.now(UTC), member_ids=[uuid.UUID(a.id), uuid.UUID(b.id)])
+    assert rooms == [group_room(conv["id"])]
+    await sa.ok("message:send", {"conversation_id": conv["id"], "content": "first", "client_id": "1"})
+    got = await sb.wait_for("message:new", lambda m: m["message"]["content"] == "first")
+    assert got["message"]["seq"] == 1
