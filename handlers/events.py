@@ -20,14 +20,14 @@ def conversation_room(conversation_id: UUID | str) -> str:
     return f"conv:{conversation_id}"
 
 
+GROUP_ROOM_PREFIX = "group:"
+
+
 def group_room(conversation_id: UUID | str) -> str:
     """Every connected socket of a group conversation's members (handlers/grouprooms.py):
     one emit to it reaches exactly the instances that host members. Its own prefix, so the
     periodic check (server/grouprooms.py) can tell group rooms from live rooms' `conv:`."""
-    return f"group:{conversation_id}"
-
-
-GROUP_ROOM_PREFIX = "group:"
+    return f"{GROUP_ROOM_PREFIX}{conversation_id}"
 
 STAFF_ROOM = "staff"  # sockets of agents and admins
 

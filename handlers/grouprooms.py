@@ -68,9 +68,7 @@ async def rooms_for_user(core: Core, user_id: UUID, role: str) -> list[str]:
     visitor) is never a group member (handlers/threads.py UNADDABLE_ROLES): no query."""
     if not core.settings.threads.group_rooms or role == Role.GUEST:
         return []
-    async with core.db.connection() as conn:
-        found = await conversations.group_ids_of_users(conn, [user_id])
-    return [group_room(cid) for cid in found.get(user_id, ())]
+    return list((await rooms_of_users(core, [user_id])).get(user_id, ()))
 
 
 async def rooms_of_users(core: Core, user_ids: Sequence[UUID]) -> dict[UUID, set[str]]:

@@ -134,7 +134,7 @@ async def ingest_paths(
     ahead: asyncio.Task[PreparedFile] | None = None
     inserting: asyncio.Task[None] | None = None
 
-    async def insert(item: FoundFile, source: str | None, ready: EmbeddedDocument | store.DocumentRow) -> None:
+    async def insert(source: str | None, ready: EmbeddedDocument | store.DocumentRow) -> None:
         if isinstance(ready, store.DocumentRow):
             document, created = ready, False
         else:
@@ -167,9 +167,11 @@ async def ingest_paths(
                     continue
                 if inserting is not None:
                     await inserting
-                inserting = asyncio.ensure_future(insert(item, source, ready)) if prefetch else None
-                if not prefetch:
-                    await insert(item, source, ready)
+                inserting = None
+                if prefetch:
+                    inserting = asyncio.ensure_future(insert(source, ready))
+                else:
+                    await insert(source, ready)
             if inserting is not None:
                 await inserting
         except BaseException:

@@ -396,26 +396,11 @@ class KnowledgeBase:
         course: str | None = None,
         created_by: UUID | None = None,
     ) -> EmbeddedDocument | store.DocumentRow:
-        """The first half of `ingest_prepared`: the stored document if this text is stored
-        already, else the document embedded and ready for `insert_embedded`. Split so that
-        `ingest_paths` inserts one file while it embeds the next."""
+        """A `prepare_file` result embedded (`_store` without the insert): the stored document
+        if this text is stored already, else the document ready for `insert_embedded`. Split
+        so that `ingest_paths` inserts one file while it embeds the next."""
         extracted = prepared.extracted
         return await self._embed_document(
-            extracted.title, extracted.text, extracted.content_hash, source=source or str(prepared.path),
-            language=None, course=course, created_by=created_by, chunks=prepared.chunks,
-        )
-
-    async def ingest_prepared(
-        self,
-        prepared: PreparedFile,
-        *,
-        source: str | None = None,
-        course: str | None = None,
-        created_by: UUID | None = None,
-    ) -> tuple[store.DocumentRow, bool]:
-        """Store a `prepare_file` result (embed, insert); duplicates as `ingest_text`."""
-        extracted = prepared.extracted
-        return await self._store(
             extracted.title, extracted.text, extracted.content_hash, source=source or str(prepared.path),
             language=None, course=course, created_by=created_by, chunks=prepared.chunks,
         )

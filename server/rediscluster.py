@@ -204,13 +204,9 @@ class ClusterListener:
             self._read(name)
 
     async def sunsubscribe(self, *channels: str) -> None:
-        by_node: dict[str, list[str]] = defaultdict(list)
-        for channel in channels:
+        for channel in channels:  # one command per channel: one slot per command here too
             name = self.where.pop(channel, None)
             if name is not None and name in self.pubsubs:
-                by_node[name].append(channel)
-        for name, group in by_node.items():
-            for channel in group:  # one slot per command here too
                 self.leaving[channel] = self.leaving.get(channel, 0) + 1
                 await self.pubsubs[name].sunsubscribe(channel)
 

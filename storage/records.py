@@ -164,7 +164,7 @@ class ConversationMembership(ConversationAccess):
         if row["room_id"] is not None:
             room = RoomAccess(id=row["room_id"], status=row["room_status"], host_id=row["room_host_id"],
                               present=row["room_present"], banned=row["room_banned"], muted=row["room_muted"])
-        return cls(**{name: row[name] for name in _names(ConversationMembership)[:-1]}, room=room)  # all but `room`
+        return cls(**{name: row[name] for name in _names(ConversationMembership) if name != "room"}, room=room)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,50 +9,34 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
 
 import aiohttp
 import pytest
 
 from bench.cluster_bench import outcome as emits
+from bench.cluster_bench import read_counters
 from handlers import threads
 from handlers.events import group_room
 from server.grouprooms import GroupRoomCheck
 from server.keys import CORE, GATEWAY, SIO
-from tests.client import Api, Instance, Socket, User
+from tests.client import Api, Instance, User
+from tests.redis_helpers import channel_prefix, eventually, in_room, instances, seqs
 from tests.services import RedisServer
-from tests.test_room_channels import _eventually, heard, redis_counters, shard_subscribers, slow_redis
+from tests.test_room_channels import received_all, shard_subscribers, slow_redis
 
 pytestmark = pytest.mark.cluster
 
 STEADY = {"threads__group_room_settle_seconds": 0.0}  # a group's room alone from its first message
 
 
-async def _instances(start_instance: Any, redis_url: str, n: int, **extra: Any) -> list[Instance]:
-    channel = f"groups-{uuid.uuid4().hex[:8]}"
-    return [await start_instance(cluster__redis_url=redis_url, cluster__redis_channel=channel, **extra)
-            for _ in range(n)]
-
-
 def _group_channel(instance: Instance, conversation_id: str) -> str:
-    from server.keys import SETTINGS
-
-    return f"{instance.app[SETTINGS].cluster.redis_channel}:room:/:{group_room(conversation_id)}"
-
-
-def _in_room(instance: Instance, sock: Socket, room: str) -> bool:
-    sid = sock.client.get_sid("/")
-    return sid in (instance.app[SIO].manager.rooms.get("/", {}).get(room) or {})
-
-
-def _seqs(sock: Socket, conversation_id: str, event: str = "message:new") -> list[int]:
-    return [d["message"]["seq"] for d in sock.received(event) if d["message"]["conversation_id"] == conversation_id]
+    return f"{channel_prefix(instance)}:room:/:{group_room(conversation_id)}"
 
 
 async def _subscribed(redis_url: str, channel: str, count: int) -> None:
     async def check() -> bool:
         return await shard_subscribers(redis_url, channel) == count
-    await _eventually(check)
+    await eventually(check)
 
 
 @pytest.mark.parametrize("fanout", ["fast", "stock"])
@@ -63,7 +47,7 @@ async def test_a_40_member_group_reaches_each_member_once_and_no_other_instance(
     read reach the other members, not the author's own sockets (on either instance); instance three receives
     nothing at all, and instance two receives one copy per event, not one per member. With
     the encode-once delivery and with python-socketio's own (STUDYHALL_FANOUT=stock)."""
-    one, two, three = await _instances(start_instance, redis_url, 3, gateway__fanout=fanout, **STEADY)
+    one, two, three = await instances(start_instance, redis_url, 3, gateway__fanout=fanout, **STEADY)
     async with aiohttp.ClientSession() as session:
         api = Api(session, one.url)
         members: list[User] = list(await asyncio.gather(*(api.register(f"M{i}") for i in range(40))))
@@ -76,7 +60,7 @@ async def test_a_40_member_group_reaches_each_member_once_and_no_other_instance(
         cid = group["id"]
         await _subscribed(redis_url, _group_channel(one, cid), 2)  # both member instances hear the room
         await asyncio.sleep(0.2)
-        before3, before2 = await redis_counters(session, three), await redis_counters(session, two)
+        before3, before2 = await read_counters(session, three.url), await read_counters(session, two.url)
 
         for i in range(10):
             sender = socks[0] if i % 2 == 0 else socks[25]
@@ -85,7 +69,7 @@ async def test_a_40_member_group_reaches_each_member_once_and_no_other_instance(
             await sock.wait_for("message:new", lambda d: d["message"]["conversation_id"] == cid
                                 and d["message"]["seq"] == 10)
         for sock in socks:
-            assert _seqs(sock, cid) == list(range(1, 11)), "each member gets every message once, in order"
+            assert seqs(sock, cid) == list(range(1, 11)), "each member gets every message once, in order"
 
         await socks[25].ok("typing", {"conversation_id": cid, "typing": True})
         await socks[3].ok("read", {"conversation_id": cid, "seq": 10})
@@ -97,23 +81,23 @@ async def test_a_40_member_group_reaches_each_member_once_and_no_other_instance(
         await asyncio.sleep(0.3)
         assert socks[25].received("typing") == [] and socks[3].received("read") == [], "no echo to the author"
         assert other_tab.received("typing") == [], "nor to the author's tab on another instance"
-        assert _seqs(other_tab, cid) == list(range(1, 11))
+        assert seqs(other_tab, cid) == list(range(1, 11))
         for i, sock in enumerate(socks):
             assert len(sock.received("typing")) == (i != 25) and len(sock.received("read")) == (i != 3)
 
-        after3, after2 = await redis_counters(session, three), await redis_counters(session, two)
-        assert heard(after3) == heard(before3), "an instance with no member heard the group"
+        after3, after2 = await read_counters(session, three.url), await read_counters(session, two.url)
+        assert received_all(after3) == received_all(before3), "an instance with no member heard the group"
         # Instance two hears one copy of each group event, not one per member: the 5 messages
         # sent on one and the read marker (delivered), and the echo of its own 5 and typing.
         assert emits(after2, "delivered") - emits(before2, "delivered") == 6
-        assert heard(after2) - heard(before2) == 12
+        assert received_all(after2) - received_all(before2) == 12
         await api.close_sockets()
 
 
 async def test_a_member_who_connects_later_gets_live_messages(start_instance, redis_url) -> None:
     """A member's socket that connects after the group exists, on an instance where no other
     member is, enters the group's room at connect: a message sent right after arrives live."""
-    one, two = await _instances(start_instance, redis_url, 2, **STEADY)
+    one, two = await instances(start_instance, redis_url, 2, **STEADY)
     async with aiohttp.ClientSession() as session:
         api = Api(session, one.url)
         a, b, late = [await api.register(n) for n in ("Ana", "Bob", "Late")]
@@ -121,7 +105,7 @@ async def test_a_member_who_connects_later_gets_live_messages(start_instance, re
         group = (await sa.ok("conversation:create", {"kind": "group", "member_ids": [b.id, late.id]}))["conversation"]
         await sa.ok("message:send", {"conversation_id": group["id"], "content": "before", "client_id": "b"})
         sl = await api.socket(late, url=two.url)
-        assert _in_room(two, sl, group_room(group["id"]))
+        assert in_room(two, sl, group_room(group["id"]))
         await sa.ok("message:send", {"conversation_id": group["id"], "content": "live", "client_id": "l"})
         got = await sl.wait_for("message:new", lambda d: d["message"]["content"] == "live")
         assert got["message"]["seq"] == 2
@@ -153,8 +137,8 @@ async def test_a_new_groups_first_message_reaches_a_member_on_a_slow_instance(st
             await sa.ok("message:send", {"conversation_id": cid, "content": "then", "client_id": "t"})
             await sb.wait_for("message:new", lambda m: m["message"]["seq"] == 4, timeout=5)
             await asyncio.sleep(0.2)
-            assert _seqs(sb, cid) == [1, 2, 3, 4], "live, once each, in order"
-            assert _in_room(two, sb, group_room(cid))
+            assert seqs(sb, cid) == [1, 2, 3, 4], "live, once each, in order"
+            assert in_room(two, sb, group_room(cid))
             await api.close_sockets()
 
 
@@ -162,7 +146,7 @@ async def test_a_removed_member_stops_receiving_on_every_instance(start_instance
     """A member on instance two is removed through instance one: their socket leaves the
     group's room at once (instance two drops the channel: it held no other member), the
     others keep receiving, and the removed member is told with `conversation:updated`."""
-    one, two = await _instances(start_instance, redis_url, 2, **STEADY)
+    one, two = await instances(start_instance, redis_url, 2, **STEADY)
     async with aiohttp.ClientSession() as session:
         api = Api(session, one.url)
         a, b, d = [await api.register(n) for n in ("Ana", "Bob", "Dee")]
@@ -177,7 +161,7 @@ async def test_a_removed_member_stops_receiving_on_every_instance(start_instance
         updated = await sb.wait_for("conversation:updated")
         assert b.id not in [m["id"] for m in updated["conversation"]["members"]]
         await _subscribed(redis_url, _group_channel(one, cid), 1)
-        assert not _in_room(two, sb, group_room(cid))
+        assert not in_room(two, sb, group_room(cid))
         await sa.ok("message:send", {"conversation_id": cid, "content": "without bob", "client_id": "2"})
         await sd.wait_for("message:new", lambda m: m["message"]["content"] == "without bob")
         await sb.expect_none("message:new", lambda m: m["message"]["content"] == "without bob", within=0.3)
@@ -194,7 +178,7 @@ async def test_a_lost_leave_notice_is_repaired_by_the_periodic_check(start_insta
     others and not the removed member. A socket that lost its room is put back the same way."""
     redis = RedisServer().start()
     try:
-        one, two = await _instances(start_instance, redis.url, 2, **STEADY)
+        one, two = await instances(start_instance, redis.url, 2, **STEADY)
         async with aiohttp.ClientSession() as session:
             api = Api(session, one.url)
             a, b, d = [await api.register(n) for n in ("Ana", "Bob", "Dee")]
@@ -209,13 +193,13 @@ async def test_a_lost_leave_notice_is_repaired_by_the_periodic_check(start_insta
             await asyncio.sleep(0.3)
             redis.start()
             await sb.wait_for("resync", timeout=15)
-            assert _in_room(two, sb, room), "the leave notice was lost with Redis"
+            assert in_room(two, sb, room), "the leave notice was lost with Redis"
 
             check = GroupRoomCheck(two.app[CORE], two.app[GATEWAY], two.app[SIO])
             # Also a socket that lost its room (as after a lost enter notice) is put back.
             await two.app[SIO].leave_room(sd.client.get_sid("/"), room)
             assert await check.check_once() == 2
-            assert not _in_room(two, sb, room) and _in_room(two, sd, room)
+            assert not in_room(two, sb, room) and in_room(two, sd, room)
             assert await check.check_once() == 0, "nothing left to repair"
 
             await sa.ok("message:send", {"conversation_id": cid, "content": "after", "client_id": "a"})

@@ -10,11 +10,8 @@ from handlers import grouprooms, threads
 from handlers.events import group_room
 from server.grouprooms import GroupRoomCheck
 from server.keys import CORE, GATEWAY, SIO
-from tests.client import Api, Instance, Socket
-
-
-def _in_room(server: Instance, sock: Socket, room: str) -> bool:
-    return sock.client.get_sid("/") in (server.app[SIO].manager.rooms.get("/", {}).get(room) or {})
+from tests.client import Api, Instance
+from tests.redis_helpers import in_room
 
 
 async def test_a_groups_events_follow_its_room_on_one_instance(api: Api, server: Instance) -> None:
@@ -26,9 +23,9 @@ async def test_a_groups_events_follow_its_room_on_one_instance(api: Api, server:
     sa, sb, sd = await api.socket(a), await api.socket(b), await api.socket(d)
     cid = (await sa.ok("conversation:create", {"kind": "group", "member_ids": [b.id, d.id]}))["conversation"]["id"]
     room = group_room(cid)
-    assert all(_in_room(server, s, room) for s in (sa, sb, sd))
+    assert all(in_room(server, s, room) for s in (sa, sb, sd))
     sa2 = await api.socket(a)  # a second tab, opened after the group exists
-    assert _in_room(server, sa2, room)
+    assert in_room(server, sa2, room)
 
     await sa.ok("typing", {"conversation_id": cid, "typing": True})
     await sb.wait_for("typing")
@@ -37,7 +34,7 @@ async def test_a_groups_events_follow_its_room_on_one_instance(api: Api, server:
     assert sa.received("typing") == []
 
     assert await threads.remove_member(server.app[CORE], uuid.UUID(cid), uuid.UUID(d.id)) is True
-    assert not _in_room(server, sd, room)
+    assert not in_room(server, sd, room)
     await sa.ok("message:send", {"conversation_id": cid, "content": "without dee", "client_id": "1"})
     for sock in (sa, sa2, sb):
         await sock.wait_for("message:new", lambda m: m["message"]["content"] == "without dee")
@@ -49,7 +46,7 @@ async def test_a_groups_events_follow_its_room_on_one_instance(api: Api, server:
     await sio.enter_room(sd.client.get_sid("/"), room)  # as after a lost leave notice
     check = GroupRoomCheck(server.app[CORE], server.app[GATEWAY], sio)
     assert await check.check_once() == 2
-    assert _in_room(server, sb, room) and not _in_room(server, sd, room)
+    assert in_room(server, sb, room) and not in_room(server, sd, room)
 
 
 async def test_on_one_instance_a_new_groups_events_go_to_its_room_alone(api: Api, server: Instance) -> None:

@@ -20,22 +20,19 @@ from typing import Any
 import aiohttp
 import pytest
 from redis import asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bench.cluster_bench import outcome as emits
 from bench.cluster_bench import read_counters, received
 from server.keys import SIO
 from server.rediscluster import ClusterListener
 from tests.client import Api, Instance, Socket
+from tests.redis_helpers import channel_prefix, eventually, instances, seqs
 from tests.services import RedisCluster
 from tests.test_hardening_auth import assert_rate_limited, post
 from tests.test_hardening_revoke import NO_SWEEP, _closed, _forget_rows
 
 pytestmark = pytest.mark.cluster
-
-
-async def _instances(start_instance: Any, url: str, count: int, **extra: Any) -> list[Instance]:
-    channel = f"cl-{uuid.uuid4().hex[:8]}"
-    return [await start_instance(cluster__redis_url=url, cluster__redis_channel=channel, **extra) for _ in range(count)]
 
 
 def _listener(instance: Instance) -> ClusterListener:
@@ -64,27 +61,11 @@ async def _owner(cluster: RedisCluster, channel: str) -> int:
     return cluster.port_of_slot(slot)
 
 
-async def _eventually(check: Any, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            if await check():
-                return
-        except Exception:
-            pass
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
-
-
-def _seqs(sock: Socket, conversation_id: str) -> list[int]:
-    return [m["message"]["seq"] for m in sock.received("message:new") if m["message"]["conversation_id"] == conversation_id]
-
-
 @pytest.mark.parametrize("fanout", ["fast", "stock"])
 async def test_direct_group_and_live_room_messages_cross_instances_on_a_cluster(start_instance, redis_cluster, db,
                                                                                 fanout) -> None:
     """With the encode-once delivery and with python-socketio's own (STUDYHALL_FANOUT=stock)."""
-    one, two, three = await _instances(start_instance, redis_cluster.url, 3, gateway__fanout=fanout)
+    one, two, three = await instances(start_instance, redis_cluster.url, 3, gateway__fanout=fanout)
     async with aiohttp.ClientSession() as session:
         api = Api(session, one.url)
         a, c = await api.register("Ana"), await api.register("Cy")
@@ -99,7 +80,7 @@ async def test_direct_group_and_live_room_messages_cross_instances_on_a_cluster(
             user = await api.register(f"Member{i}")
             members.append(user)
             sockets.append(await api.socket(user, url=two.url))
-            owners = {await _owner(redis_cluster, f"{_channel(one)}:room:/:user:{m.id}") for m in members}
+            owners = {await _owner(redis_cluster, f"{channel_prefix(one)}:room:/:user:{m.id}") for m in members}
             if len(members) >= 2 and len(owners) >= 2:
                 break
         b, sb = members[0], sockets[0]
@@ -124,15 +105,15 @@ async def test_direct_group_and_live_room_messages_cross_instances_on_a_cluster(
                           and m["message"]["content"] == "l3")
         for sock in sockets:
             await sock.wait_for("message:new", lambda m: m["message"]["conversation_id"] == group["id"] and m["message"]["seq"] == 4)
-            assert _seqs(sock, group["id"]) == [1, 2, 3, 4], "each member gets every group message once, in order"
-        assert _seqs(sb, direct["id"]) == [1, 2, 3, 4]
+            assert seqs(sock, group["id"]) == [1, 2, 3, 4], "each member gets every group message once, in order"
+        assert seqs(sb, direct["id"]) == [1, 2, 3, 4]
         assert [m["message"]["content"] for m in sb.received("message:new")
                 if m["message"]["conversation_id"] == live["conversation_id"]] == ["l0", "l1", "l2", "l3"]
 
         # Every room channel instance two holds is subscribed on the node that owns its slot
         # (and only there), and they are spread over more than one node.
         where = _listener(two).nodes_of()
-        assert f"{_channel(one)}:room:/:conv:{live['conversation_id']}" in where
+        assert f"{channel_prefix(one)}:room:/:conv:{live['conversation_id']}" in where
         ports = {n.port for n in redis_cluster.nodes}
         for channel, node in where.items():
             owner = await _owner(redis_cluster, channel)
@@ -152,18 +133,12 @@ async def test_direct_group_and_live_room_messages_cross_instances_on_a_cluster(
     assert emits(after, "ignored") == 0
 
 
-def _channel(instance: Instance) -> str:
-    from server.keys import SETTINGS
-
-    return instance.app[SETTINGS].cluster.redis_channel
-
-
 async def test_logout_notice_and_rate_limits_act_on_every_instance_of_a_cluster(start_instance, redis_cluster, db) -> None:
     """A logout on instance one closes the token's socket on instance two although its
     `connections` row is gone (the notice travels through the Cluster), and a sign-in limit
     counts the requests of both instances (the `limits` counters live in the Cluster: on
     this instance's memory each would allow 6)."""
-    one, two = await _instances(start_instance, redis_cluster.url, 2, auth__revocation_sweep_seconds=NO_SWEEP,
+    one, two = await instances(start_instance, redis_cluster.url, 2, auth__revocation_sweep_seconds=NO_SWEEP,
                                 auth__guest_limit_10min=6)
     async with aiohttp.ClientSession() as session:
         api = Api(session, one.url)
@@ -194,7 +169,7 @@ async def test_a_master_restart_loses_no_acked_message(start_instance) -> None:
     returns what was sent meanwhile, and later messages arrive live."""
     cluster = RedisCluster().start()
     try:
-        one, two = await _instances(start_instance, cluster.url, 2)
+        one, two = await instances(start_instance, cluster.url, 2)
         async with aiohttp.ClientSession() as session:
             api = Api(session, one.url)
             a, b = await api.register("Ana"), await api.register("Bob")
@@ -203,7 +178,7 @@ async def test_a_master_restart_loses_no_acked_message(start_instance) -> None:
             conv = (await sa.ok("conversation:create", {"kind": "direct", "member_ids": [b.id]}))["conversation"]
             await sa.ok("message:send", {"conversation_id": conv["id"], "content": "before", "client_id": "b0"})
             await sb.wait_for("message:new", lambda d: d["message"]["content"] == "before")
-            b_channel = f"{_channel(one)}:room:/:user:{b.id}"
+            b_channel = f"{channel_prefix(one)}:room:/:user:{b.id}"
             port = await _owner(cluster, b_channel)
             index = [n.port for n in cluster.nodes].index(port)
             assert await _shard_subscribers(port, b_channel) == 1
@@ -218,11 +193,16 @@ async def test_a_master_restart_loses_no_acked_message(start_instance) -> None:
             await asyncio.to_thread(cluster.nodes[index].start)
             await asyncio.to_thread(cluster.wait_ok)
 
-            await _eventually(lambda: _shard_subscribers(port, b_channel), timeout=15)
+            async def resubscribed() -> bool:
+                try:
+                    return await _shard_subscribers(port, b_channel) >= 1
+                except RedisConnectionError:  # the restarted node is still coming up
+                    return False
+            await eventually(resubscribed, timeout=15)
             await sb.wait_for("resync", timeout=15)
-            seen = max(s for s in _seqs(sb, conv["id"]) if s < acked[0]) if _seqs(sb, conv["id"]) else 0
+            seen = max(s for s in seqs(sb, conv["id"]) if s < acked[0]) if seqs(sb, conv["id"]) else 0
             synced = await sb.ok("sync", {"since": {conv["id"]: seen}})
-            recovered = {m["seq"] for m in synced["conversations"][conv["id"]]["messages"]} | set(_seqs(sb, conv["id"]))
+            recovered = {m["seq"] for m in synced["conversations"][conv["id"]]["messages"]} | set(seqs(sb, conv["id"]))
             assert set(acked) <= recovered, "a message acked while a master was down never reached the receiver"
 
             for i in range(3):
@@ -240,14 +220,14 @@ async def test_a_room_channel_whose_slot_moves_to_another_master_is_followed(sta
     subscribes the channel again on the new owner, and messages keep reaching the member."""
     cluster = RedisCluster().start()
     try:
-        one, two = await _instances(start_instance, cluster.url, 2)
+        one, two = await instances(start_instance, cluster.url, 2)
         async with aiohttp.ClientSession() as session:
             api = Api(session, one.url)
             a, b = await api.register("Ana"), await api.register("Bob")
             sa = await api.socket(a, url=one.url)
             sb = await api.socket(b, url=two.url)
             conv = (await sa.ok("conversation:create", {"kind": "direct", "member_ids": [b.id]}))["conversation"]
-            b_channel = f"{_channel(one)}:room:/:user:{b.id}"
+            b_channel = f"{channel_prefix(one)}:room:/:user:{b.id}"
             slot = int(await _node_command(cluster.nodes[0].port, "CLUSTER", "KEYSLOT", b_channel))
             old = cluster.port_of_slot(slot)
             new = next(n.port for n in cluster.nodes if n.port != old)
@@ -258,7 +238,7 @@ async def test_a_room_channel_whose_slot_moves_to_another_master_is_followed(sta
 
             async def moved() -> bool:
                 return await _shard_subscribers(new, b_channel) == 1 and await _shard_subscribers(old, b_channel) == 0
-            await _eventually(moved, timeout=15)
+            await eventually(moved, timeout=15)
             assert _listener(two).nodes_of()[b_channel] == f"127.0.0.1:{new}"
             for i in range(3):
                 await sa.ok("message:send", {"conversation_id": conv["id"], "content": f"moved {i}", "client_id": f"m{i}"})
@@ -303,15 +283,15 @@ async def test_a_deaf_connection_to_one_master_is_found_by_the_probe(start_insta
     but nothing is read from it any more (what a partition that never closes it looks
     like). The probe, sent on every master, goes unheard there: the instance reports the
     outage, rebuilds its listener and tells its sockets to `resync`; later messages arrive."""
-    one, two = await _instances(start_instance, redis_cluster.url, 2)
-    global_node = f"127.0.0.1:{await _owner(redis_cluster, _channel(one))}"
+    one, two = await instances(start_instance, redis_cluster.url, 2)
+    global_node = f"127.0.0.1:{await _owner(redis_cluster, channel_prefix(one))}"
     async with aiohttp.ClientSession() as session:
         api = Api(session, one.url)
         a = await api.register("Ana")
         sa = await api.socket(a, url=one.url)
         for i in range(20):  # a receiver whose channel is not on the global channels' master
             b = await api.register(f"Bob{i}")
-            node = f"127.0.0.1:{await _owner(redis_cluster, f'{_channel(one)}:room:/:user:{b.id}')}"
+            node = f"127.0.0.1:{await _owner(redis_cluster, f'{channel_prefix(one)}:room:/:user:{b.id}')}"
             if node != global_node:
                 break
         assert node != global_node
@@ -319,7 +299,7 @@ async def test_a_deaf_connection_to_one_master_is_found_by_the_probe(start_insta
         conv = (await sa.ok("conversation:create", {"kind": "direct", "member_ids": [b.id]}))["conversation"]
         await sb.wait_for("conversation:new")
         listener = _listener(two)
-        assert listener.nodes_of()[f"{_channel(one)}:room:/:user:{b.id}"] == node
+        assert listener.nodes_of()[f"{channel_prefix(one)}:room:/:user:{b.id}"] == node
         assert set(listener.probe_channels.values()) == {f"127.0.0.1:{n.port}" for n in redis_cluster.nodes}, \
             "every master carries a probe channel"
         listener.readers[node].cancel()  # the global channels' master still answers the usual probe

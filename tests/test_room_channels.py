@@ -20,18 +20,14 @@ from bench.cluster_bench import outcome as emits
 from bench.cluster_bench import read_counters, received
 from storage.embedded import free_port
 from tests.client import Api, Instance, Socket
+from tests.redis_helpers import channel_prefix, eventually
 from tests.services import RedisServer
 from tests.ticket_helpers import escalate, tutor_conversation
 
 pytestmark = pytest.mark.cluster
 
 
-async def redis_counters(session: aiohttp.ClientSession, instance: Instance) -> dict[str, float]:
-    """The instance's `studyhall_redis_*` samples, read as the cluster bench reads them."""
-    return await read_counters(session, instance.url)
-
-
-def heard(counters: dict[str, float]) -> float:
+def received_all(counters: dict[str, float]) -> float:
     """Every pub/sub message an instance received, whatever the channel, probes aside."""
     return received(counters, "received_total")
 
@@ -54,13 +50,6 @@ async def _three(start_instance: Any, redis_url: str, mode: str, **extra: Any) -
     ]
 
 
-async def _eventually(check: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.parametrize("mode,fanout", [("room", "fast"), ("room", "stock"), ("single", "fast")])
 async def test_threads_reach_members_and_only_their_instances(start_instance, redis_url, mode, fanout) -> None:
     """Direct and group threads across three instances; the third holds nobody in them.
@@ -81,7 +70,7 @@ async def test_threads_reach_members_and_only_their_instances(start_instance, re
         # Connects' presence notices have settled, and the one notice every instance hears
         # when a group is created (its members' sockets enter its room: handlers/grouprooms.py).
         await asyncio.sleep(0.3)
-        before = await redis_counters(session, three)
+        before = await read_counters(session, three.url)
         for i in range(6):
             sender = sa if i % 2 == 0 else sb
             await sender.ok("message:send", {"conversation_id": direct["id"], "content": f"d{i}", "client_id": f"d{i}"})
@@ -98,23 +87,23 @@ async def test_threads_reach_members_and_only_their_instances(start_instance, re
                 async def all_six(seqs: Any = seqs) -> bool:
                     return len(seqs()) >= 6
 
-                await _eventually(all_six)
+                await eventually(all_six)
                 await asyncio.sleep(0.1)  # room for a duplicate to show
                 got = seqs()
                 assert sorted(got) == list(range(1, 7)), "each member gets every message once"
                 assert [q for q in got if q % 2] == [1, 3, 5], "instance one's messages in their order"
                 assert [q for q in got if not q % 2] == [2, 4, 6], "instance two's messages in their order"
         await asyncio.sleep(0.3)
-        after = await redis_counters(session, three)
-        two_counters = await redis_counters(session, two)
+        after = await read_counters(session, three.url)
+        two_counters = await read_counters(session, two.url)
         await api.close_sockets()
 
     assert emits(two_counters, "delivered") >= 6, "instance two delivered the messages instance one sent"
     if mode == "room":
-        assert heard(after) == heard(before), "an instance with no member received events for these conversations"
+        assert received_all(after) == received_all(before), "an instance with no member received events for these conversations"
         assert emits(after, "ignored") == emits(before, "ignored") == 0
     else:
-        assert heard(after) - heard(before) >= 12, "the single channel brings every event to every instance"
+        assert received_all(after) - received_all(before) >= 12, "the single channel brings every event to every instance"
         assert emits(after, "ignored") - emits(before, "ignored") >= 12
 
 
@@ -134,7 +123,7 @@ async def test_live_rooms_and_tickets_across_instances_and_unsubscribe(start_ins
         live = await api.live_session(mentor, "Live", 5)
         await host.ok("room:join", {"live_session_id": live["id"]})
         await stu.ok("room:join", {"live_session_id": live["id"]})
-        conv_channel = f"{_channel(one)}:room:/:conv:{live['conversation_id']}"
+        conv_channel = f"{channel_prefix(one)}:room:/:conv:{live['conversation_id']}"
         assert await shard_subscribers(redis_url, conv_channel) == 2, "instances one and two hear the room"
 
         sent = (await host.ok("message:send", {"conversation_id": live["conversation_id"], "content": "hello class",
@@ -153,32 +142,26 @@ async def test_live_rooms_and_tickets_across_instances_and_unsubscribe(start_ins
 
         async def dropped() -> bool:
             return await shard_subscribers(redis_url, conv_channel) == 1
-        await _eventually(dropped)
-        before = await redis_counters(session, two)
+        await eventually(dropped)
+        before = await read_counters(session, two.url)
         await host.ok("message:send", {"conversation_id": live["conversation_id"], "content": "after", "client_id": "h2"})
         await host.wait_for("message:new", lambda d: d["message"]["content"] == "after")
         await stu.expect_none("message:new", lambda d: d["message"]["content"] == "after", within=0.3)
-        after = await redis_counters(session, two)
+        after = await read_counters(session, two.url)
         assert after.get('studyhall_redis_received_total{channel="room"}', 0) == \
             before.get('studyhall_redis_received_total{channel="room"}', 0)
 
         # Disconnecting: the student's own (user) channel is dropped too.
-        user_channel = f"{_channel(one)}:room:/:user:{student.id}"
+        user_channel = f"{channel_prefix(one)}:room:/:user:{student.id}"
         assert await shard_subscribers(redis_url, user_channel) == 1
         await stu.disconnect()
 
         async def gone() -> bool:
             return await shard_subscribers(redis_url, user_channel) == 0
-        await _eventually(gone)
-        counters = await redis_counters(session, two)
+        await eventually(gone)
+        counters = await read_counters(session, two.url)
         assert counters["studyhall_redis_room_channels"] == 0, "instance two holds no socket, so no room channel"
         await api.close_sockets()
-
-
-def _channel(instance: Instance) -> str:
-    from server.keys import SETTINGS
-
-    return instance.app[SETTINGS].cluster.redis_channel
 
 
 class SlowProxy:
@@ -294,15 +277,15 @@ async def test_an_emit_to_several_rooms_reaches_each_socket_once(start_instance,
         ag = await api.socket(agent, url=two.url)
         await api.socket(bystander, url=three.url)
         await asyncio.sleep(0.2)
-        before = await redis_counters(session, three)
+        before = await read_counters(session, three.url)
         for i in range(3):
             await core_of(one).events.to_rooms([user_room(agent.id), STAFF_ROOM], "ticket:note", {"n": i})
         await ag.wait_for("ticket:note", lambda d: d["n"] == 2)
         await asyncio.sleep(0.3)
         assert [d["n"] for d in ag.received("ticket:note")] == [0, 1, 2], "one copy each, in order"
-        two_counters = await redis_counters(session, two)
+        two_counters = await read_counters(session, two.url)
         assert two_counters['studyhall_redis_received_total{channel="room"}'] >= 6, "both rooms' copies came"
-        assert heard(await redis_counters(session, three)) == heard(before)
+        assert received_all(await read_counters(session, three.url)) == received_all(before)
         await api.close_sockets()
 
 
@@ -319,14 +302,14 @@ async def test_an_emit_to_more_rooms_than_the_limit_goes_once_to_every_instance(
         await api.socket(c, url=three.url)
         group = (await sa.ok("conversation:create", {"kind": "group", "title": "G", "member_ids": [b.id, d.id]}))["conversation"]
         await asyncio.sleep(0.3)
-        before = await redis_counters(session, three)
+        before = await read_counters(session, three.url)
         await sa.ok("message:send", {"conversation_id": group["id"], "content": "to all three", "client_id": "x"})
         for sock in (sb, sd):
             await sock.wait_for("message:new", lambda m: m["message"]["content"] == "to all three")
         await asyncio.sleep(0.3)
         for sock in (sb, sd):
             assert len([m for m in sock.received("message:new") if m["message"]["content"] == "to all three"]) == 1
-        after = await redis_counters(session, three)
+        after = await read_counters(session, three.url)
         assert after['studyhall_redis_received_total{channel="global"}'] - \
             before.get('studyhall_redis_received_total{channel="global"}', 0) == 1
         assert emits(after, "ignored") - emits(before, "ignored") == 1
@@ -359,7 +342,7 @@ async def test_after_a_redis_restart_every_room_channel_is_subscribed_again(star
                     return await shard_subscribers(redis.url, b_channel) == 1
                 except Exception:
                     return False
-            await _eventually(resubscribed, timeout=15)
+            await eventually(resubscribed, timeout=15)
             await sb.wait_for("resync", timeout=10)  # what was published meanwhile is recovered by seq
             for i in range(3):
                 await sa.ok("message:send", {"conversation_id": conv["id"], "content": f"after {i}", "client_id": f"r{i}"})

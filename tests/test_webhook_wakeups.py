@@ -140,3 +140,30 @@ async def test_a_sleeping_loop_is_woken_at_once_and_a_busy_one_is_not_rung_per_b
                 f"m{i}" for i in range(count))
         finally:
             await api.close_sockets()
+
+
+async def test_an_awake_loop_backs_off_while_its_claims_find_nothing(db: Database) -> None:
+    """A quiet spell before the loop sleeps: the busy poll doubles with each empty claim (to
+    8x), so 0.6 s of an awake, idle loop costs about 10 claims, not 60 at a fixed 10 ms."""
+    from handlers.webhooks.delivery import Dispatcher
+
+    dispatcher = Dispatcher(db, replace(SLEEPY, idle_seconds=5.0), uuid.uuid4())
+    claims: list[float] = []
+    claim = dispatcher.claim_and_send
+
+    async def counted(limit: int) -> int:
+        claims.append(time.monotonic())
+        return await claim(limit)
+
+    dispatcher.claim_and_send = counted  # type: ignore[method-assign]
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        await asyncio.sleep(0.6)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await dispatcher.close()
+    assert not dispatcher.asleep, "idle_seconds has not passed: still awake and polling"
+    assert 4 <= len(claims) <= 16, claims
+    gaps = [b - a for a, b in zip(claims, claims[1:], strict=False)]
+    assert max(gaps) >= 0.07, "the poll backed off to 8 busy polls"

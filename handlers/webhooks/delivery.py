@@ -35,7 +35,7 @@ from uuid import UUID
 
 from handlers.tokenbucket import TokenBucket
 from handlers.webhooks.pacing import PipelineLoad
-from handlers.webhooks.sender import Sender, body_of, webhook_id
+from handlers.webhooks.sender import Sender, webhook_id
 from handlers.webhooks.settings import WebhookSettings
 from storage import webhooks as store
 from storage.availability import DatabaseUnavailable
@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 JITTER = 0.2
 PACED_CLAIM_SECONDS = 0.1  # while yielding, claim this long's worth of the floor rate at once
 
-__all__ = ["Dispatcher", "body_of", "retry_delay", "webhook_id"]
+__all__ = ["Dispatcher", "retry_delay"]
+
+MAX_POLL_DOUBLINGS = 3  # an awake loop's busy poll backs off to at most 8x (Dispatcher._busy_poll_seconds)
 
 
 def retry_delay(schedule: tuple[float, ...], attempts: int) -> float | None:
@@ -84,6 +86,7 @@ class Dispatcher:
         self._found_at = time.monotonic()  # the last claim that found deliveries (awake after it)
         self._polled_at = 0.0  # the last claim made whatever the free slots (at most poll_seconds apart)
         self._claimed_at = 0.0  # the last claim: an awake loop polls busy_poll_seconds after it
+        self._empty_claims = 0  # claims in a row that found nothing: the busy poll backs off
 
     async def close(self) -> None:
         await self.sender.close()
@@ -141,7 +144,7 @@ class Dispatcher:
                 awake = not self.asleep and not failed
                 # Awake and nothing known due: until the next busy poll, counted from the last
                 # claim (a finished delivery wakes the loop meanwhile, and must not put it off).
-                next_poll = self._claimed_at + self.settings.busy_poll_seconds
+                next_poll = self._claimed_at + self._busy_poll_seconds()
                 timeout = max(0.0, next_poll - time.monotonic()) if awake and not due else self.settings.poll_seconds
                 try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
                     async with asyncio.timeout(timeout):
@@ -166,6 +169,13 @@ class Dispatcher:
                     await asyncio.shield(self._wake_up())
                 except Exception:  # a stale row only costs NOTIFYs, and is removed after a while
                     pass
+
+    def _busy_poll_seconds(self) -> float:
+        """An awake loop's wait before the next poll: `busy_poll_seconds` while claims find
+        deliveries, doubling with each empty one up to 8 times that, so a quiet spell before
+        the loop sleeps costs about 9 claims rather than `idle_seconds / busy_poll_seconds`
+        (50 by default), and a new delivery waits at most 8 busy polls while it lasts."""
+        return self.settings.busy_poll_seconds * (1 << min(self._empty_claims, MAX_POLL_DOUBLINGS))
 
     async def _settle_down(self) -> bool:
         """Announce this loop asleep once it has been idle for `idle_seconds` (nothing in
@@ -194,8 +204,16 @@ class Dispatcher:
             self.asleep, self._asleep_since = True, time.monotonic()
 
     async def _wake_up(self) -> None:
-        async with self.db.connection() as conn:
-            await store.wake_up(conn, self.instance_id)
+        """Withdraw the announcement. Best effort, as `_announce`: if it fails the loop stays
+        marked asleep and tries again after its next claim; a stale row only costs NOTIFYs."""
+        try:
+            async with self.db.connection() as conn:
+                await store.wake_up(conn, self.instance_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("webhook loop could not withdraw its sleep: %r", exc)
+            return
         self.asleep = False
 
     def _allowance(self, free: int) -> int:
@@ -244,6 +262,7 @@ class Dispatcher:
             task = asyncio.create_task(self._send(c), name="webhook-send")
             self._inflight.add(task)
             task.add_done_callback(self._finished)
+        self._empty_claims = 0 if claimed else self._empty_claims + 1
         if claimed:
             self._found_at = time.monotonic()
             if self.asleep:  # busy again: polls, so inserts stop ringing for it

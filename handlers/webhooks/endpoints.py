@@ -12,7 +12,7 @@ from uuid import UUID
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
 from handlers.webhooks import EVENTS
-from handlers.webhooks.delivery import webhook_id
+from handlers.webhooks.sender import webhook_id
 from handlers.webhooks.targets import TargetRefused, check_host
 from storage import apps, audit
 from storage import webhooks as store
