@@ -9,20 +9,19 @@ conversations (each writer its own, as the writer's per-conversation order guara
 a closed loop, for each variant in turn, `--rounds` times interleaved:
 
 - `no outbox`: no endpoint subscribed (the statement without its outbox CTE);
-- `outbox, NOTIFY`: one endpoint on `message.created`, the deliveries trigger of migration
-  0016 (a NOTIFY at every commit that inserted deliveries), a connection LISTENing;
-- `outbox, no NOTIFY`: the same with that trigger disabled (what a busy delivery loop that
-  polls would see);
-- `outbox as migrated`: whatever trigger the migrations leave (after 0019: NOTIFY only while
-  a delivery loop has announced it is asleep; none here, as while messages flow);
-- `outbox, empty payload`: the outbox CTE writing `{}` instead of the message's payload,
-  no NOTIFY (what a payload-less row would save);
-- `outbox, time-ordered ids`: delivery ids that grow with time (UUIDv7), no NOTIFY (what
-  random primary-key inserts cost).
+- `per message, NOTIFY`: one endpoint on `message.created`, one delivery row per message
+  (the CTE before migration 0020, `PER_MESSAGE_CTE` below) and the deliveries trigger of
+  migration 0016 (a NOTIFY at every commit), a connection LISTENing;
+- `per message`: the same rows with migration 0019's trigger (NOTIFY only while a delivery
+  loop has announced it is asleep; none here, as while messages flow);
+- `per batch (as migrated)`: one row per statement (migration 0020, `MESSAGE_CREATED_CTE`),
+  which the delivery loops expand later, off the message path.
 
 Prints messages/s and PostgreSQL CPU ms per message for each (median of the rounds). No
-deliveries are made: this isolates the write side. What it costs the whole pipeline is
-`bench/threads_bench.py --pairs`.
+deliveries are made and no batch is expanded: this isolates what the message path writes.
+What it costs the whole pipeline is `bench/threads_bench.py --pairs`. (Two more variants,
+an empty payload and time-ordered delivery ids, were measured in the eighth session and
+dropped: docs/performance.md, "Eighth session: webhook cost".)
 """
 
 from __future__ import annotations
@@ -48,13 +47,22 @@ from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
 from storage.messages import NewMessage  # noqa: E402
 from storage.webhooks import DELIVERIES_CHANNEL, MESSAGE_CREATED_CTE  # noqa: E402
 
-VARIANTS = ("no outbox", "outbox, NOTIFY", "outbox, no NOTIFY", "outbox as migrated", "outbox, empty payload",
-            "outbox, time-ordered ids")
-# A UUIDv7 in SQL for PostgreSQL before 18 (which has uuidv7()): 48 bits of milliseconds
-# over a random UUID, version 7: the primary key's inserts land at its right edge.
-UUID7 = """encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING
-        substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) FROM 1 FOR 6),
-        52, 1), 53, 1), 'hex')::uuid"""
+VARIANTS = ("no outbox", "per message, NOTIFY", "per message", "per batch (as migrated)")
+# The outbox CTE before migration 0020: one delivery row per message per endpoint.
+PER_MESSAGE_CTE = """
+hooks AS (
+    INSERT INTO webhook_deliveries (endpoint_id, event_type, payload)
+    SELECT e.id, 'message.created', jsonb_build_object(
+        'message', jsonb_build_object(
+            'id', i.id, 'conversation_id', i.conversation_id, 'seq', i.seq, 'sender_id', i.sender_id,
+            'role', i.role, 'content', i.content, 'client_id', i.client_id, 'metadata', i.metadata,
+            'created_at', i.created_at),
+        'conversation', jsonb_build_object('id', l.id, 'kind', l.kind, 'title', l.title))
+    FROM ins i JOIN locked l ON l.id = i.conversation_id
+    CROSS JOIN webhook_endpoints e
+    WHERE e.enabled AND 'message.created' = ANY(e.events)
+    ORDER BY i.conversation_id, i.seq
+)"""
 CONVERSATIONS = 100
 OLD_TRIGGER = """CREATE OR REPLACE TRIGGER webhook_deliveries_notify AFTER INSERT ON webhook_deliveries
     FOR EACH STATEMENT EXECUTE FUNCTION webhook_notify('studyhall_webhook_deliveries')"""
@@ -79,13 +87,11 @@ async def set_variant(url: str, variant: str, migrated_trigger: str | None) -> N
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("UPDATE webhook_endpoints SET enabled = $1", variant != "no outbox")
-        if variant == "outbox, NOTIFY":
+        if variant == "per message, NOTIFY":
             await conn.execute(OLD_TRIGGER)
-        elif variant == "outbox as migrated" and migrated_trigger:
+        elif migrated_trigger:
             await conn.execute(migrated_trigger.replace("CREATE TRIGGER", "CREATE OR REPLACE TRIGGER", 1))
-        await conn.execute("ALTER TABLE webhook_deliveries " + (
-            "ENABLE" if variant in ("outbox, NOTIFY", "outbox as migrated") else "DISABLE") + " TRIGGER webhook_deliveries_notify")
-        await conn.execute("TRUNCATE webhook_deliveries")
+        await conn.execute("TRUNCATE webhook_deliveries, webhook_message_batches")
         await conn.execute("CHECKPOINT")
     finally:
         await conn.close()
@@ -94,14 +100,8 @@ async def set_variant(url: str, variant: str, migrated_trigger: str | None) -> N
 async def writer(conn: asyncpg.Connection, user: uuid.UUID, convs: list[uuid.UUID], batch: int, variant: str,
                  deadline: float) -> int:
     sql = messages.statement(webhooks=variant != "no outbox")
-    if variant == "outbox, empty payload":
-        cte = MESSAGE_CREATED_CTE
-        start, end = cte.index("jsonb_build_object("), cte.index("    FROM ins i")
-        sql = sql.replace(cte, cte[:start] + "'{}'::jsonb\n" + cte[end:])
-    if variant == "outbox, time-ordered ids":
-        sql = sql.replace("INSERT INTO webhook_deliveries (endpoint_id, event_type, payload)\n    SELECT e.id,",
-                          f"INSERT INTO webhook_deliveries (id, endpoint_id, event_type, payload)\n    SELECT {UUID7}, e.id,")
-        assert UUID7 in sql
+    if variant.startswith("per message"):
+        sql = sql.replace(MESSAGE_CREATED_CTE, PER_MESSAGE_CTE)
     sent, n = 0, 0
     while time.monotonic() < deadline:
         picked = sorted(convs[(n * batch + i) % len(convs)] for i in range(batch))
@@ -136,7 +136,7 @@ async def run_variant(url: str, pgdata: Path, user: uuid.UUID, convs: list[uuid.
         await conn.close()
     await listener.close()
     total = sum(sent)
-    print(f"  {variant:22} {total / elapsed:9,.0f} msg/s  PostgreSQL {1000 * cpu / total:.4f} ms/msg  "
+    print(f"  {variant:24} {total / elapsed:9,.0f} msg/s  PostgreSQL {1000 * cpu / total:.4f} ms/msg  "
           f"NOTIFYs heard {heard[0]:,}", flush=True)
     return total / elapsed, 1000 * cpu / total
 

@@ -1,9 +1,10 @@
 """Webhook endpoints and the outbox of deliveries (migration 0016, docs/webhooks.md).
 
-The outbox rows are written by `enqueue` (for messages, by `MESSAGE_CREATED_CTE` in the
-batch's own statement) inside the transaction that makes the change; the delivery loops
-take them with `claim` (a lease, FOR UPDATE SKIP LOCKED; it records the last pass's
-successes too) and settle them with `succeeded_many` / `retry_later` / `give_up`, each
+The outbox rows are written by `enqueue` inside the transaction that makes the change;
+messages write one row per batch instead (`MESSAGE_CREATED_CTE` in the batch's own
+statement, migration 0020), which the claims expand into deliveries. The delivery loops
+take deliveries with `claim` (a lease, FOR UPDATE SKIP LOCKED; it records the last pass's
+successes and expands batches too) and settle them with `succeeded_many` / `retry_later` / `give_up`, each
 only while their claim is still the row's (a claim retaken after its lease ran out is not
 theirs).
 """
@@ -147,30 +148,63 @@ async def enqueue(conn: asyncpg.Connection, event_type: str, payloads: list[dict
 
 # `message.created` for a batch of messages: one more CTE of the batch's own statement
 # (storage/messages.py `insert_batch(..., webhooks=True)`), so the messages and their
-# deliveries are one statement and one commit, and roll back together. It reads the rows
-# the statement inserts (`ins`) and the conversations it locked (`locked`: id, kind, title);
-# the endpoints are picked here, so a stale subscription cache costs an empty INSERT.
+# outbox row are one statement and one commit, and roll back together. It reads the rows
+# the statement inserts (`ins`) and the conversations it locked (`locked`: id, kind, title)
+# and writes ONE row (migration 0020): the endpoints subscribed now, and a copy of the
+# committed messages in seq order per conversation. The delivery loops expand it into one
+# delivery per message per endpoint (`_CLAIM`, `_EXPAND`). The endpoints are picked here,
+# so a stale subscription cache costs an empty INSERT.
 MESSAGE_CREATED_CTE = """
 hooks AS (
-    INSERT INTO webhook_deliveries (endpoint_id, event_type, payload)
+    INSERT INTO webhook_message_batches (endpoint_ids, messages)
+    SELECT e.ids, m.rows
+    FROM (SELECT array_agg(id ORDER BY id) AS ids FROM webhook_endpoints
+          WHERE enabled AND 'message.created' = ANY(events)) e,
+         (SELECT array_agg(ROW(i.id, i.conversation_id, i.seq, i.sender_id, i.role, i.content, i.client_id,
+                               i.metadata, i.created_at, l.kind, l.title)::webhook_message
+                           ORDER BY i.conversation_id, i.seq) AS rows
+          FROM ins i JOIN locked l ON l.id = i.conversation_id) m
+    WHERE e.ids IS NOT NULL AND m.rows IS NOT NULL
+)"""
+
+# A claim expands up to this many message batches into deliveries (their rows become
+# claimable at the next pass); one while the pipeline is saturated, so the paced loop does
+# not turn a backlog of batches into thousands of rows on the message path's cores.
+EXPAND_BATCHES = 16
+
+# Batches of messages (`MESSAGE_CREATED_CTE`) taken by one claim, oldest first, skipping
+# those another instance is taking right now, and their deliveries: one per message per
+# endpoint that still exists, due since the batch committed (so the outbox lag counts from
+# the commit), with the payload documented in docs/webhooks.md.
+_EXPAND = """
+taken AS (
+    DELETE FROM webhook_message_batches b
+    WHERE b.id IN (SELECT id FROM webhook_message_batches ORDER BY id LIMIT $8 FOR UPDATE SKIP LOCKED)
+    RETURNING b.id, b.endpoint_ids, b.messages, b.created_at
+), expanded AS (
+    INSERT INTO webhook_deliveries (endpoint_id, event_type, payload, created_at, next_attempt_at)
     SELECT e.id, 'message.created', jsonb_build_object(
         'message', jsonb_build_object(
-            'id', i.id, 'conversation_id', i.conversation_id, 'seq', i.seq, 'sender_id', i.sender_id,
-            'role', i.role, 'content', i.content, 'client_id', i.client_id, 'metadata', i.metadata,
-            'created_at', i.created_at),
-        'conversation', jsonb_build_object('id', l.id, 'kind', l.kind, 'title', l.title))
-    FROM ins i JOIN locked l ON l.id = i.conversation_id
-    CROSS JOIN webhook_endpoints e
-    WHERE e.enabled AND 'message.created' = ANY(e.events)
-    ORDER BY i.conversation_id, i.seq
+            'id', m.id, 'conversation_id', m.conversation_id, 'seq', m.seq, 'sender_id', m.sender_id,
+            'role', m.role, 'content', m.content, 'client_id', m.client_id, 'metadata', m.metadata,
+            'created_at', m.created_at),
+        'conversation', jsonb_build_object('id', m.conversation_id, 'kind', m.kind, 'title', m.title)),
+        t.created_at, t.created_at
+    FROM taken t CROSS JOIN LATERAL unnest(t.messages) WITH ORDINALITY AS m
+    JOIN webhook_endpoints e ON e.id = ANY(t.endpoint_ids)
+    ORDER BY t.id, m.ordinality, e.id
+    RETURNING 1
 )"""
 
 
 # One statement per pass of a delivery loop: record the deliveries that succeeded since
-# the last pass (their claims must still be this loop's), then claim what is due, skipping
-# rows another instance is claiming right now. One commit for both. It is also the only
-# statement that records successes (`succeeded_many` runs it with a limit of 0), so the
-# success UPDATE exists once and is prepared once per connection.
+# the last pass (their claims must still be this loop's), expand up to $8 batches of
+# messages into deliveries, then claim what is due, skipping rows another instance is
+# claiming right now. One commit for all three. The rows it expands are not yet visible to
+# its own claim (one snapshot per statement): it says how many it made (`expanded`, on a
+# row of its own when nothing is claimed), and the loop claims again at once. It is also
+# the only statement that records successes (`succeeded_many` runs it with limits of 0),
+# so the success UPDATE exists once and is prepared once per connection.
 _CLAIM = """
 WITH done AS (
     UPDATE webhook_deliveries d SET status = 'succeeded', delivered_at = now(), claim = NULL,
@@ -178,46 +212,59 @@ WITH done AS (
     FROM unnest($4::uuid[], $5::uuid[], $6::int[], $7::real[]) AS x(id, claim, code, ms)
     WHERE d.id = x.id AND d.claim = x.claim
     RETURNING d.id
-), due AS (
+), """ + _EXPAND.strip() + """, due AS (
     SELECT d.id, d.next_attempt_at FROM webhook_deliveries d
     JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.enabled
     WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND d.id <> ALL($4::uuid[])
     ORDER BY d.next_attempt_at
     LIMIT $1
     FOR UPDATE OF d SKIP LOCKED
+), claimed AS (
+    UPDATE webhook_deliveries d
+    SET next_attempt_at = now() + make_interval(secs => $2), claim = gen_random_uuid(), claimed_by = $3,
+        attempts = d.attempts + 1, last_attempt_at = now()
+    FROM due, webhook_endpoints e
+    WHERE d.id = due.id AND e.id = d.endpoint_id
+    RETURNING d.id, d.claim, d.endpoint_id, e.url, e.secret, d.event_type, d.payload::text AS data, d.created_at,
+              d.attempts, greatest(0, extract(epoch FROM clock_timestamp() - due.next_attempt_at))::float8 AS late_seconds
 )
-UPDATE webhook_deliveries d
-SET next_attempt_at = now() + make_interval(secs => $2), claim = gen_random_uuid(), claimed_by = $3,
-    attempts = d.attempts + 1, last_attempt_at = now()
-FROM due, webhook_endpoints e
-WHERE d.id = due.id AND e.id = d.endpoint_id
-RETURNING d.id, d.claim, d.endpoint_id, e.url, e.secret, d.event_type, d.payload::text AS data, d.created_at,
-          d.attempts, greatest(0, extract(epoch FROM clock_timestamp() - due.next_attempt_at))::float8 AS late_seconds
+SELECT c.*, x.expanded FROM (SELECT count(*) AS expanded FROM expanded) x LEFT JOIN claimed c ON true
 """
 
 Succeeded = tuple[Claimed, int, float]  # the claim, the status code, the latency in ms
 
 
+@dataclass(frozen=True)
+class ClaimPass:
+    """What one claim did: the deliveries it took, and how many it made from batches of
+    messages (claimable from the next pass on)."""
+
+    claimed: list[Claimed]
+    expanded: int
+
+
 async def claim(
     conn: asyncpg.Connection, *, limit: int, lease_seconds: float, instance_id: UUID | None,
-    succeeded: list[Succeeded] | None = None,
-) -> list[Claimed]:
+    succeeded: list[Succeeded] | None = None, expand: int = EXPAND_BATCHES,
+) -> ClaimPass:
     """Take up to `limit` due deliveries of enabled endpoints for `lease_seconds`. Rows
     another instance is claiming right now are skipped, not waited for; a row it has
     claimed is not due until its lease runs out. `succeeded`: record these first, in the
-    same statement and commit."""
+    same statement and commit. `expand`: turn up to that many batches of messages into
+    deliveries too (none while `limit` is 0)."""
     done = succeeded or []
     rows = await conn.fetch(
         _CLAIM, limit, lease_seconds, instance_id,
         [c.id for c, _, _ in done], [c.claim for c, _, _ in done], [code for _, code, _ in done],
-        [ms for _, _, ms in done],
+        [ms for _, _, ms in done], expand if limit > 0 else 0,
     )
-    return [
+    claimed = [
         Claimed(id=r["id"], claim=r["claim"], endpoint_id=r["endpoint_id"], url=r["url"], secret=r["secret"],
                 event_type=r["event_type"], data=r["data"].encode(), created_at=r["created_at"],
                 attempts=r["attempts"], late_seconds=r["late_seconds"])
-        for r in rows
+        for r in rows if r["id"] is not None
     ]
+    return ClaimPass(claimed, rows[0]["expanded"] if rows else 0)
 
 
 async def succeeded_many(conn: asyncpg.Connection, done: list[Succeeded]) -> None:

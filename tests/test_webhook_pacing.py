@@ -124,6 +124,7 @@ async def test_a_saturated_pipeline_gets_deliveries_at_the_floor_then_full_speed
         assert metric(text, "studyhall_webhook_outbox_lag_seconds") == 0.0
         async with db.connection() as conn:
             assert await conn.fetchval("SELECT count(*) FROM webhook_deliveries WHERE status <> 'succeeded'") == 0
+            assert await conn.fetchval("SELECT count(*) FROM webhook_message_batches") == 0
         await api.close_sockets()
 
 

@@ -151,7 +151,7 @@ async def test_an_awake_loop_backs_off_while_its_claims_find_nothing(db: Databas
     claims: list[float] = []
     claim = dispatcher.claim_and_send
 
-    async def counted(limit: int) -> int:
+    async def counted(limit: int) -> bool:
         claims.append(time.monotonic())
         return await claim(limit)
 

@@ -99,24 +99,25 @@ async def test_no_subscription_writes_no_outbox_rows(hapi: Api, admin: User, rec
     await sa.ok("message:send", {"conversation_id": cid, "content": "nobody listens", "client_id": "n1"})
     async with db.connection() as conn:
         assert await conn.fetchval("SELECT count(*) FROM webhook_deliveries") == 0
+        assert await conn.fetchval("SELECT count(*) FROM webhook_message_batches") == 0
 
 
 async def test_a_rolled_back_change_sends_nothing(hapi: Api, admin: User, receiver: Receiver, db: Database) -> None:
     """The outbox row is written (by the batch's own statement), then the statement fails:
-    a trigger on webhook_deliveries sees the row and raises. The message and its delivery
-    roll back together and nothing is sent; the next message goes through."""
+    a trigger on the outbox of messages sees the row and raises. The message and its
+    outbox row roll back together and nothing is sent; the next message goes through."""
     await subscribe(hapi, admin, receiver, ["message.created"])
     sa, cid = await direct(hapi)
     async with db.connection() as conn:
         await conn.execute("""
             CREATE FUNCTION doom() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
-                IF NEW.payload #>> '{message,content}' = 'doomed' THEN
+                IF (NEW.messages[1]).content = 'doomed' THEN
                     RAISE EXCEPTION 'doomed after its delivery row was written';
                 END IF;
                 RETURN NEW;
             END $$;
-            CREATE TRIGGER doom AFTER INSERT ON webhook_deliveries FOR EACH ROW EXECUTE FUNCTION doom();
+            CREATE TRIGGER doom AFTER INSERT ON webhook_message_batches FOR EACH ROW EXECUTE FUNCTION doom();
         """)
     ack = await sa.call("message:send", {"conversation_id": cid, "content": "doomed", "client_id": "d1"})
     assert ack["ok"] is False  # a server-side failure, not the sender's input
@@ -124,6 +125,7 @@ async def test_a_rolled_back_change_sends_nothing(hapi: Api, admin: User, receiv
     assert receiver.attempts == []
     async with db.connection() as conn:
         assert await conn.fetchval("SELECT count(*) FROM webhook_deliveries") == 0
+        assert await conn.fetchval("SELECT count(*) FROM webhook_message_batches") == 0
         assert await conn.fetchval("SELECT count(*) FROM messages WHERE content = 'doomed'") == 0
     await sa.ok("message:send", {"conversation_id": cid, "content": "fine", "client_id": "d2"})
     await receiver.wait_for(lambda: receiver.delivered)

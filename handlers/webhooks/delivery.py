@@ -115,7 +115,7 @@ class Dispatcher:
                     if self._should_claim(free, allowed, due, force):
                         if force:
                             self._polled_at = time.monotonic()
-                        due = await self.claim_and_send(allowed) == allowed
+                        due = await self.claim_and_send(allowed)
                         force = False
                     elif self._record_alone(due):
                         await self.record_successes()
@@ -241,20 +241,23 @@ class Dispatcher:
         """Free slots worth a claim while others are in flight: half of them."""
         return max(1, self.settings.concurrency // 2)
 
-    async def claim_and_send(self, limit: int) -> int:
+    async def claim_and_send(self, limit: int) -> bool:
         """Record the successes so far and claim up to `limit` due deliveries, in one
-        statement; start sending them; returns how many were claimed."""
+        statement, which also expands batches of messages (one while yielding); start
+        sending them. True when more may be due at once: the claim came back full, or it
+        expanded batches whose deliveries the next claim takes."""
         done, self._succeeded = self._succeeded, []
         self._claimed_at = time.monotonic()
         try:
             async with self.db.connection() as conn:
-                claimed = await store.claim(
+                taken = await store.claim(
                     conn, limit=limit, lease_seconds=self.settings.lease_seconds, instance_id=self.instance_id,
-                    succeeded=done,
+                    succeeded=done, expand=1 if self.yielding else store.EXPAND_BATCHES,
                 )
         except BaseException:
             self._succeeded = done + self._succeeded
             raise
+        claimed = taken.claimed
         self.lag_seconds = max((c.late_seconds for c in claimed), default=0.0)
         if self.yielding:
             self.pacer.spend(len(claimed))
@@ -262,12 +265,13 @@ class Dispatcher:
             task = asyncio.create_task(self._send(c), name="webhook-send")
             self._inflight.add(task)
             task.add_done_callback(self._finished)
-        self._empty_claims = 0 if claimed else self._empty_claims + 1
-        if claimed:
+        found = bool(claimed or taken.expanded)
+        self._empty_claims = 0 if found else self._empty_claims + 1
+        if found:
             self._found_at = time.monotonic()
             if self.asleep:  # busy again: polls, so inserts stop ringing for it
                 await self._wake_up()
-        return len(claimed)
+        return len(claimed) == limit or taken.expanded > 0
 
     def notify(self) -> None:
         """New deliveries were committed (LISTEN/NOTIFY): claim at once."""
@@ -289,13 +293,6 @@ class Dispatcher:
         except BaseException:
             self._succeeded = done + self._succeeded
             raise
-
-    async def deliver_due(self) -> int:
-        """Claim what is due, send it all and record the outcomes (tests, one pass)."""
-        count = await self.claim_and_send(self.settings.concurrency)
-        await asyncio.gather(*self._inflight)
-        await self.record_successes()
-        return count
 
     async def _send(self, c: Claimed) -> None:
         self.sent += 1
