@@ -7,7 +7,9 @@ Starts its own PostgreSQL (embedded), runs `studyhall serve` as separate process
 receiver in this process (aiohttp, answering 204; `--verify` also checks every signature
 with the `standardwebhooks` library). An endpoint subscribed to message.created is added,
 then events are committed straight into the outbox at `--rate` per second (one INSERT per
-10 ms tick, as the message writer's batches do): this measures the delivery side alone;
+10 ms tick, as the message writer's batches do: one `webhook_message_batches` row of the
+tick's messages, which the delivery loops expand, migration 0020): this measures the
+delivery side alone;
 what the outbox costs the message path is measured by `bench/threads_bench.py --webhook`.
 
 Reports events/s delivered over the window, lag p50/p99 from commit (the row's
@@ -304,8 +306,10 @@ async def offer(database_url: str, endpoint_id: str, rate: float, seconds: float
             due = int(rate * elapsed) - sent
             if due > 0:
                 await conn.execute(
-                    """INSERT INTO webhook_deliveries (endpoint_id, event_type, payload)
-                       SELECT $1, 'message.created', jsonb_build_object('n', n) FROM generate_series(1, $2) n""",
+                    """INSERT INTO webhook_message_batches (endpoint_ids, messages)
+                       SELECT ARRAY[$1::uuid], array_agg(ROW(gen_random_uuid(), gen_random_uuid(), n, NULL, 'user',
+                              'bench', NULL, '{}'::jsonb, now(), 'direct', NULL)::webhook_message ORDER BY n)
+                       FROM generate_series(1, $2) n""",
                     endpoint_id, due)
                 sent += due
             await asyncio.sleep(tick)
@@ -317,7 +321,7 @@ async def offer(database_url: str, endpoint_id: str, rate: float, seconds: float
 async def run(database_url: str, instances: int, rate: float, seconds: float, verify: bool) -> dict[str, float]:
     sink = await Sink(verify).start()
     conn = await asyncpg.connect(database_url)
-    await conn.execute("TRUNCATE webhook_deliveries")
+    await conn.execute("TRUNCATE webhook_deliveries, webhook_message_batches")
     await conn.execute("DELETE FROM webhook_endpoints")
     await conn.close()
     procs = start_servers(instances, database_url, None, SERVER_ENV)
@@ -334,7 +338,9 @@ async def run(database_url: str, instances: int, rate: float, seconds: float, ve
             await asyncio.sleep(0.1)
         server_cpu, me_cpu = cpu_seconds(*pids) - cpu_before, cpu_seconds("self") - me_before
         conn = await asyncpg.connect(database_url)
-        pending = await conn.fetchval("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
+        pending = await conn.fetchval(
+            """SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending')
+                      + (SELECT coalesce(sum(cardinality(messages)), 0) FROM webhook_message_batches)""")
         await conn.close()
     finally:
         stop_servers(procs)

@@ -24,7 +24,7 @@ from standardwebhooks.webhooks import Webhook
 from handlers.batching import Batcher
 from handlers.tokenbucket import TokenBucket
 from handlers.webhooks.pacing import PipelineLoad
-from handlers.webhooks.sender import Signer
+from handlers.webhooks.sender import signed_headers
 from handlers.webhooks.targets import GuardedResolver, RefusedAddress
 from server.keys import CORE
 from server.webhooks import DISPATCHER
@@ -164,10 +164,10 @@ def test_signatures_verify_with_the_standard_library() -> None:
     secret = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     body = b'{"type":"message.created","data":{"a": 1}}'
     now = int(time.time())
-    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(now),
-               "webhook-signature": Signer(secret).sign("msg_1", now, body)}
+    headers = signed_headers(Webhook(secret), "msg_1", now, body)
+    assert headers["webhook-id"] == "msg_1" and headers["webhook-timestamp"] == str(now)
     assert Webhook(secret).verify(body, headers) == {"type": "message.created", "data": {"a": 1}}
-    headers["webhook-signature"] = Signer(secret).sign("msg_1", now, body + b" ")
+    headers = signed_headers(Webhook(secret), "msg_1", now, body + b" ")
     with pytest.raises(Exception, match="signature"):
         Webhook(secret).verify(body, headers)
 

@@ -5,7 +5,8 @@ message path shares the CPU with it (docs/performance.md#webhooks):
 
 - the body is built from the payload's bytes as PostgreSQL returned them (`Claimed.data`),
   never parsed and encoded again; the same bytes on every attempt;
-- each endpoint's HMAC key is decoded once (`Signer`), and its URL checked once, for as
+- each endpoint's HMAC key is decoded once (the `standardwebhooks` library's `Webhook`,
+  which signs), and its URL checked once, for as
   long as its URL and secret stay the same (an endpoint's are never edited, only replaced);
 - connections are kept alive and reused, at most `connections_per_endpoint` to one
   endpoint (aiohttp's `limit_per_host`), `concurrency` in all; a new connection resolves
@@ -14,15 +15,14 @@ message path shares the CPU with it (docs/performance.md#webhooks):
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from uuid import UUID
 
 import aiohttp
 import orjson
+from standardwebhooks import Webhook
 
 from handlers.webhooks.settings import WebhookSettings
 from handlers.webhooks.targets import GuardedResolver, RefusedAddress, TargetRefused, check_url
@@ -30,7 +30,6 @@ from storage.webhooks import Claimed
 
 USER_AGENT = "Studyhall-Webhooks/1"
 MAX_ERROR_CHARS = 500
-SECRET_PREFIX = "whsec_"
 MAX_CACHED_ENDPOINTS = 1000
 
 
@@ -44,26 +43,22 @@ def body_of(c: Claimed) -> bytes:
     return b'{"type":%b,"timestamp":%b,"data":%b}' % (orjson.dumps(c.event_type), orjson.dumps(c.created_at), c.data)
 
 
-class Signer:
-    """Standard Webhooks signatures (`v1,` + base64 HMAC-SHA256 of `id.timestamp.body`) under
-    one secret, decoded once. The tests verify them with the `standardwebhooks` library."""
-
-    def __init__(self, secret: str) -> None:
-        raw = secret[len(SECRET_PREFIX):] if secret.startswith(SECRET_PREFIX) else secret
-        self._key = base64.b64decode(raw + "==")  # padding, as the spec's libraries accept unpadded secrets
-        if not self._key:
-            raise ValueError("webhook secret may not be empty")
-
-    def sign(self, msg_id: str, timestamp: int, body: bytes) -> str:
-        digest = hmac.digest(self._key, b"%s.%d.%b" % (msg_id.encode(), timestamp, body), hashlib.sha256)
-        return "v1," + base64.b64encode(digest).decode()
+def signed_headers(signer: Webhook, msg_id: str, now: int, body: bytes) -> dict[str, str]:
+    """The request's headers: the Standard Webhooks ones, signed by the specification's own
+    library (`v1,` + base64 HMAC-SHA256 of `id.timestamp.body`), so what receivers verify
+    with that library is exactly what it signs."""
+    return {
+        "webhook-id": msg_id, "webhook-timestamp": str(now),
+        "webhook-signature": signer.sign(msg_id, datetime.fromtimestamp(now, UTC), body.decode()),
+        "Content-Type": "application/json",
+    }
 
 
 @dataclass(frozen=True)
 class _Target:
     url: str
     secret: str
-    signer: Signer
+    signer: Webhook  # the endpoint's secret, decoded once
     refused: str | None  # why the URL itself cannot be a target (a literal private IP, a bad URL)
 
 
@@ -103,7 +98,7 @@ class Sender:
                 refused = None
             except TargetRefused as exc:
                 refused = str(exc)
-            t = self._targets[c.endpoint_id] = _Target(c.url, c.secret, Signer(c.secret), refused)
+            t = self._targets[c.endpoint_id] = _Target(c.url, c.secret, Webhook(c.secret), refused)
         return t
 
     async def attempt(self, c: Claimed) -> tuple[int | None, str, float]:
@@ -118,10 +113,7 @@ class Sender:
             body = body_of(c)
             msg_id = webhook_id(c.id)
             now = int(time.time())
-            headers = {
-                "webhook-id": msg_id, "webhook-timestamp": str(now),
-                "webhook-signature": t.signer.sign(msg_id, now, body), "Content-Type": "application/json",
-            }
+            headers = signed_headers(t.signer, msg_id, now, body)
             async with self.session().post(c.url, data=body, headers=headers, allow_redirects=False) as resp:
                 status = resp.status
                 if 200 <= resp.status < 300:
