@@ -142,13 +142,42 @@ class FastFanout(socketio.AsyncManager):
         room = to or room
         if callback is not None or namespace not in self.rooms:
             return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs)
-        args = list(data) if isinstance(data, tuple) else ([data] if data is not None else [])
-        pkt = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args])
-        encoded = pkt.encode()
-        if isinstance(encoded, list):  # binary attachments: leave them to python-socketio
+        pkt = self._event_packet(event, data, namespace)
+        if pkt is None:  # binary attachments: leave them to python-socketio
             return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, **kwargs)
-        eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
-        frame = message_frame(eio_pkt)
+        await self._deliver(namespace, room, skip_sid, [pkt], message_frame(pkt))
+
+    async def emit_many(self, event: str, datas: Sequence[Any], namespace: str, room: Any) -> None:
+        """`emit(event, data)` for each of `datas`, in order, to the same room(s): the frames
+        are built once and joined, and the room's participants are walked once, so each
+        websocket gets the run as one piece of its next write (a batch of a conversation's
+        messages: one put per socket, not one per message). With a pub/sub manager (other
+        instances must hear each event) or anything but plain text events, one emit each."""
+        packets: list[eio_packet.Packet] = []
+        if len(datas) > 1 and not isinstance(self, AsyncPubSubManager) and namespace in self.rooms:
+            for data in datas:
+                pkt = self._event_packet(event, data, namespace)
+                if pkt is None:  # binary attachments
+                    break
+                packets.append(pkt)
+        if len(packets) != len(datas) or len(packets) < 2:  # one message (the usual run at low load), or not for here
+            for data in datas:
+                await self.emit(event, data, namespace, room=room)
+            return
+        await self._deliver(namespace, room, None, packets, b"".join(message_frame(p) for p in packets))
+
+    def _event_packet(self, event: str, data: Any, namespace: str) -> eio_packet.Packet | None:
+        """The event's Engine.IO packet, encoded once for every recipient; None for one with
+        binary attachments (several packets: python-socketio's own path)."""
+        args = list(data) if isinstance(data, tuple) else ([data] if data is not None else [])
+        encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args]).encode()
+        return None if isinstance(encoded, list) else eio_packet.Packet(eio_packet.MESSAGE, encoded)
+
+    async def _deliver(self, namespace: str, room: Any, skip_sid: Any, packets: list[eio_packet.Packet],
+                       frame: bytes) -> None:
+        """`frame` (the packets' websocket frames, joined) into the next write of every
+        upgraded websocket in the room(s); the packets one by one, through python-socketio's
+        queue, to every other socket (polling, upgrading, not yet connected)."""
         skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
         slow: list[str] = []
         for sid, eio_sid in self.get_participants(namespace, room):
@@ -160,35 +189,6 @@ class FastFanout(socketio.AsyncManager):
             else:
                 self.outbox.put(transport, frame)
         for eio_sid in slow:  # queue puts; nothing here waits on the network
-            await self.server._send_eio_packet(eio_sid, eio_pkt)
-
-    async def emit_many(self, event: str, datas: Sequence[Any], namespace: str, room: Any) -> None:
-        """`emit(event, data)` for each of `datas`, in order, to the same room(s): the frames
-        are built once and joined, and the room's participants are walked once, so each
-        websocket gets the run as one piece of its next write (a batch of a conversation's
-        messages: one put per socket, not one per message). With a pub/sub manager (other
-        instances must hear each event) or anything but plain text events, one emit each."""
-        packets: list[eio_packet.Packet] = []
-        if len(datas) > 1 and not isinstance(self, AsyncPubSubManager) and namespace in self.rooms:
-            for data in datas:
-                args = list(data) if isinstance(data, tuple) else [data]
-                encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args]).encode()
-                if isinstance(encoded, list):  # binary attachments
-                    break
-                packets.append(eio_packet.Packet(eio_packet.MESSAGE, encoded))
-        if len(packets) != len(datas) or len(packets) < 2:  # one message (the usual run at low load), or not for here
-            for data in datas:
-                await self.emit(event, data, namespace, room=room)
-            return
-        run = b"".join(message_frame(p) for p in packets)
-        slow: list[str] = []
-        for sid, eio_sid in self.get_participants(namespace, room):
-            transport = self._transport(sid, eio_sid, namespace)
-            if transport is None:
-                slow.append(eio_sid)
-            else:
-                self.outbox.put(transport, run)
-        for eio_sid in slow:
             for p in packets:
                 await self.server._send_eio_packet(eio_sid, p)
 
