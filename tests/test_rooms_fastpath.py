@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from handlers.core import Core, Pipeline
+from handlers.pipeline import AfterCommitHook, register
 from handlers.webhooks.settings import WebhookSettings
 from server.keys import CORE
 from storage import conversations
@@ -157,6 +158,28 @@ async def test_host_and_admin_send_on_the_fast_path_with_the_full_paths_role(roo
         assert warm[who]["message"]["role"] == cold[who]["message"]["role"], who
     assert warm["agent"]["message"]["role"] == "agent" and warm["admin"]["message"]["role"] == "user"
     assert warm["host"]["message"]["role"] == "user"
+
+
+async def test_a_hook_acting_on_rooms_keeps_the_full_path(room: Room) -> None:
+    """A hook that acts on every kind (no `kinds`) must see the whole conversation, so a
+    room send then takes the look-up; one registered for other kinds is not run for rooms."""
+    amy, sa = await room.join("Amy")
+    assert (await room.send(sa, "warm"))["ok"] is True
+    seen: list[tuple[str, str]] = []
+
+    async def every_kind(core: Any, conv: Any, message: Any) -> None:
+        seen.append(("every", conv.kind))
+
+    async def tutor_only(core: Any, conv: Any, message: Any) -> None:
+        seen.append(("tutor", conv.kind))
+
+    register(room.pipeline, [AfterCommitHook(tutor_only, kinds=frozenset({"tutor"}))])
+    lookups, _ = room.counters()
+    assert (await room.send(sa, "no hook for rooms"))["ok"] is True
+    assert room.counters()[0] == lookups and seen == []
+    register(room.pipeline, [AfterCommitHook(every_kind)])
+    assert (await room.send(sa, "hooked"))["ok"] is True
+    assert room.counters()[0] == lookups + 1 and seen == [("every", "room")]
 
 
 async def test_mute_then_unmute_on_the_fast_path(room: Room, db: Database) -> None:
