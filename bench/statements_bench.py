@@ -1,7 +1,7 @@
 """What the message pipeline's statements cost PostgreSQL, and whether they are re-planned.
 
     .venv/bin/python bench/statements_bench.py [--seconds 5] [--senders 100] [--rows 0]
-        [--plan-cache both|auto|generic]
+        [--plan-cache both|auto|generic] [--kind group|room]
 
 Starts its own embedded PostgreSQL with `pg_stat_statements` (planning tracked), migrates
 it, and drives the pipeline's two statements in this process, without sockets: each of
@@ -15,6 +15,10 @@ statement time per message; and the plan cache of the writer's connections
 `--plan-cache auto` runs the pipeline on a pool with PostgreSQL's default
 `plan_cache_mode`; `generic` on the pipeline's own connections as the server opens them
 (storage/db.py `Database.connection(pipeline=True)`); `both` runs one after the other.
+
+`--kind room`: the conversation is a live room's and the senders are its present
+participants; each send skips the look-up and carries the room's guard, checked in the
+insert statement (`RoomSendGuard`), as handlers/pipeline.py sends to a known room.
 
 `--rows N` first fills the messages table with N rows over 10,000 conversations (and
 ANALYZEs it), then prints EXPLAIN ANALYZE of the insert batch's custom and generic plans
@@ -41,7 +45,7 @@ from handlers.writer import ConversationLoader, MessageWriter  # noqa: E402
 from storage import messages  # noqa: E402
 from storage.db import Database  # noqa: E402
 from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
-from storage.messages import NewMessage  # noqa: E402
+from storage.messages import NewMessage, RoomSendGuard  # noqa: E402
 from storage.migrate import migrate  # noqa: E402
 
 
@@ -75,6 +79,20 @@ async def make_group(conn: asyncpg.Connection, members: int) -> tuple[uuid.UUID,
     return cid, users
 
 
+async def make_room(conn: asyncpg.Connection, members: int) -> tuple[uuid.UUID, list[uuid.UUID]]:
+    """A live session's room conversation with `members` present participants (and a host)."""
+    host, users = await make_group(conn, members)
+    await conn.execute("UPDATE conversations SET kind = 'room' WHERE id = $1", host)
+    cid = host
+    session = await conn.fetchval(
+        """INSERT INTO live_sessions (title, host_id, status, max_participants, conversation_id, started_at)
+           VALUES ('bench', $2, 'live', 10000, $1, now()) RETURNING id""", cid, users[0])
+    await conn.execute("DELETE FROM conversation_members WHERE conversation_id = $1", cid)
+    await conn.execute("""INSERT INTO room_participants (live_session_id, user_id)
+                          SELECT $1, unnest($2::uuid[])""", session, users[1:])
+    return cid, users
+
+
 async def fill_messages(conn: asyncpg.Connection, rows: int) -> None:
     """`rows` messages over 10,000 two-member conversations, then ANALYZE."""
     if rows <= 0:
@@ -98,21 +116,23 @@ async def fill_messages(conn: asyncpg.Connection, rows: int) -> None:
     print(f"filled messages with {per * len(convs):,} rows in {time.monotonic() - started:.0f} s", flush=True)
 
 
-async def drive(db: Database, cid: uuid.UUID, users: list[uuid.UUID], seconds: float) -> int:
+async def drive(db: Database, cid: uuid.UUID, users: list[uuid.UUID], seconds: float, *, room: bool = False) -> int:
     writer = MessageWriter(db)
     loader = ConversationLoader(db)
     deadline = time.monotonic() + seconds
     sent = 0
+    guard = RoomSendGuard(moderator=False) if room else None
 
     async def sender(user: uuid.UUID) -> None:
         nonlocal sent
         n = 0
         while time.monotonic() < deadline:
             n += 1
-            conv = await loader.load(cid, user)
-            assert conv is not None and conv.is_member
+            if not room:
+                conv = await loader.load(cid, user)
+                assert conv is not None and conv.is_member
             await writer.insert(NewMessage(conversation_id=cid, sender_id=user, role="user",
-                                           content="benchmark message", client_id=f"{user}-{n}"))
+                                           content="benchmark message", client_id=f"{user}-{n}", guard=guard))
             sent += 1
     await asyncio.gather(*(sender(u) for u in users))
     return sent
@@ -156,11 +176,12 @@ async def explain_at_size(url: str, rows: int) -> None:
     try:
         cid = await conn.fetchval("SELECT id FROM conversations WHERE title = 'filler' LIMIT 1")
         sender = await conn.fetchval("SELECT sender_id FROM messages WHERE conversation_id = $1 LIMIT 1", cid)
-        await conn.execute("PREPARE ins(uuid[], uuid[], text[], text[], text[], jsonb[], uuid[], text[]) AS "
+        await conn.execute("PREPARE ins(uuid[], uuid[], text[], text[], text[], jsonb[], uuid[], text[], boolean[], boolean[]) AS "
                            + messages.statement(webhooks=False))
         # EXECUTE takes no bind parameters: the one message's arrays as literals.
         arguments = (f"ARRAY['{cid}']::uuid[], ARRAY['{sender}']::uuid[], ARRAY['user'], ARRAY['x'], "
-                     "ARRAY['explained'], ARRAY['{}']::jsonb[], ARRAY[NULL]::uuid[], ARRAY[NULL]::text[]")
+                     "ARRAY['explained'], ARRAY['{}']::jsonb[], ARRAY[NULL]::uuid[], ARRAY[NULL]::text[], "
+                     "ARRAY[NULL]::boolean[], ARRAY[NULL]::boolean[]")
         for mode in ("force_custom_plan", "force_generic_plan"):
             await conn.execute(f"SET plan_cache_mode = {mode}")
             tx = conn.transaction()
@@ -182,6 +203,8 @@ async def main() -> None:
     parser.add_argument("--senders", type=int, default=100)
     parser.add_argument("--rows", type=int, default=0)
     parser.add_argument("--plan-cache", choices=["both", "auto", "generic"], default="both")
+    parser.add_argument("--kind", choices=["group", "room"], default="group",
+                        help="room: guarded sends without the look-up (a live room's, issue 16)")
     args = parser.parse_args()
     pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="studyhall-bench-pg-")), port=free_port())
     os.chmod(pg.data_dir, 0o755)
@@ -198,13 +221,14 @@ async def main() -> None:
         for mode in modes:
             conn = await asyncpg.connect(url)
             try:
-                cid, users = await make_group(conn, args.senders)
+                cid, users = await (make_room if args.kind == "room" else make_group)(conn, args.senders)
                 await conn.execute("SELECT pg_stat_statements_reset()")
             finally:
                 await conn.close()
             db = await Database.connect(url, pipeline_plan_cache_mode=None if mode == "auto" else "force_generic_plan")
             try:
-                sent = await drive(db, cid, users, args.seconds)
+                sent = await drive(db, cid, users[1:] if args.kind == "room" else users, args.seconds,
+                                   room=args.kind == "room")
                 label = "auto (the default)" if mode == "auto" else "force_generic_plan on the pipeline connections"
                 await report(url, db, sent, args.seconds, f"plan_cache_mode {label}")
             finally:

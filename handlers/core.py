@@ -31,6 +31,7 @@ from rag.retrieval import KnowledgeBase
 from storage.availability import DatabaseUnavailable
 from storage.connections import SocketRow
 from storage.db import Database
+from storage.messages import RoomSendGuard
 from storage.records import STAFF_ROLES, ConversationAccess, ConversationMembership, Message, Role
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,13 @@ class KindPolicy(Protocol):
 
     def fans_out_to_members(self, conv: ConversationAccess) -> bool: ...
 
+    def send_guard(self, actor: Actor) -> RoomSendGuard | None:
+        """`check_send` as a guard the writer's statement checks in SQL, if this kind has
+        one; then a send by `actor` to a conversation known to be of this kind skips the
+        look-up, and is delivered to the conversation's room (`fans_out_to_members` is
+        False). None: every send takes the look-up and `check_send`."""
+        ...
+
 
 @dataclass
 class Pipeline:
@@ -87,11 +95,24 @@ class Pipeline:
     policies: dict[str, KindPolicy] = field(default_factory=dict)
     after_commit: list[AfterCommit] = field(default_factory=list)
     before_commit: list[BeforeCommit] = field(default_factory=list)
+    # The kinds a hook acts on, as registered (handlers/pipeline.py `BeforeCommitHook(check,
+    # kinds=...)`); a hook not listed here acts on every kind.
+    hook_kinds: dict[BeforeCommit | AfterCommit, frozenset[str]] = field(default_factory=dict)
     # (user_id, conversation_id) -> when `typing: true` was last passed on.
     typing_sent: dict[tuple[UUID, UUID], float] = field(default_factory=dict)
 
     def policy(self, kind: str) -> KindPolicy:
         return self.policies.get(kind) or self.policies["_members"]
+
+    def acts_on(self, hook: BeforeCommit | AfterCommit, kind: str) -> bool:
+        kinds = self.hook_kinds.get(hook)
+        return kinds is None or kind in kinds
+
+    def hooked(self, kind: str) -> bool:
+        """Whether any hook acts on conversations of this kind: then every send takes the
+        full path, so that hooks always see the whole conversation."""
+        return (any(self.acts_on(check, kind) for check in self.before_commit)
+                or any(self.acts_on(hook, kind) for hook in self.after_commit))
 
 
 # ---- ports: what one feature uses of another --------------------------------------------

@@ -6,6 +6,20 @@ next seq, and only then is `message:new` fanned out and are the after-commit hoo
 (the tutor answers, tickets reopen). Who may read or write a conversation depends on its
 kind, through a `KindPolicy`. The hooks and policies are registered in one list, in
 server/assembly.py; their types live in handlers/core.py (they take a Core).
+
+A send first looks the conversation up (batched: handlers/writer.py `ConversationLoader`),
+checks its kind's policy, runs the before-commit hooks, and then queues the insert: two
+PostgreSQL round trips in a chain. A live room's send skips the look-up (issue 16): the
+loader remembers every conversation's kind, and a send to a conversation known to be a
+room, by a sender, with access checked, when no hook acts on rooms, goes straight to the
+writer with the room policy's `send_guard`, which the batch's statement checks in SQL as
+it locks the conversation (storage/messages.py `RoomSendGuard`). Its audience, the
+conversation's Socket.IO room, needs nothing from the look-up. A send the guard refuses
+(`GuardFailed`: banned, muted, gone, ended, never joined) then takes the full path, which
+gives the protocol's error exactly as before, or commits it if the state allows it by
+then (that second try is its acceptance: its seq comes after what was accepted meanwhile).
+Member kinds (direct, group, tutor, ticket) keep the look-up: their audience is the
+member list it loads (docs/architecture.md, "Room sends without the look-up").
 """
 
 from __future__ import annotations
@@ -22,7 +36,7 @@ from handlers import grouprooms
 from handlers.core import Actor, AfterCommit, BeforeCommit, Core, KindPolicy, Pipeline
 from handlers.errors import ApiError
 from handlers.events import conversation_room
-from handlers.writer import ConversationLoader, Delivery, MessageWriter
+from handlers.writer import ConversationLoader, Delivery, MessageWriter, unstorable
 from storage import conversations, messages
 from storage.db import Database
 from storage.records import ConversationAccess, ConversationMembership, Message
@@ -34,7 +48,7 @@ Conv = TypeVar("Conv", bound=ConversationAccess)
 __all__ = [
     "AfterCommit", "AfterCommitHook", "BeforeCommit", "BeforeCommitHook", "KindPolicy", "KindPolicyFor",
     "MemberPolicy", "Pipeline", "authorize", "commit_message", "fan_out", "get_pipeline", "load_conversation",
-    "message_delivery", "new_pipeline", "register",
+    "message_delivery", "new_pipeline", "register", "room_delivery",
 ]
 
 
@@ -51,6 +65,9 @@ class MemberPolicy:
     def fans_out_to_members(self, conv: ConversationAccess) -> bool:
         return True
 
+    def send_guard(self, actor: Actor) -> messages.RoomSendGuard | None:
+        return None  # the audience is the member list: every send needs the look-up
+
 
 def new_pipeline(db: Database) -> Pipeline:
     """The app's pipeline, with the members' policy as every kind's default; the app's
@@ -62,16 +79,21 @@ def new_pipeline(db: Database) -> Pipeline:
 
 @dataclass(frozen=True)
 class BeforeCommitHook:
-    """Runs before a sender's message is written; raising an ApiError refuses the send."""
+    """Runs before a sender's message is written; raising an ApiError refuses the send.
+    `kinds`: the conversation kinds it acts on (None: every kind); a send to a kind no hook
+    acts on may skip the look-up (the module docstring), so say it when you can."""
 
     check: BeforeCommit
+    kinds: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
 class AfterCommitHook:
-    """Runs after a message is committed and fanned out; a failure is logged, the message stands."""
+    """Runs after a message is committed and fanned out; a failure is logged, the message
+    stands. `kinds` as for `BeforeCommitHook`."""
 
     hook: AfterCommit
+    kinds: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,8 +110,12 @@ def register(pipeline: Pipeline, plugs: Iterable[BeforeCommitHook | AfterCommitH
     for plug in plugs:
         if isinstance(plug, BeforeCommitHook):
             pipeline.before_commit.append(plug.check)
+            if plug.kinds is not None:
+                pipeline.hook_kinds[plug.check] = plug.kinds
         elif isinstance(plug, AfterCommitHook):
             pipeline.after_commit.append(plug.hook)
+            if plug.kinds is not None:
+                pipeline.hook_kinds[plug.hook] = plug.kinds
         else:
             if plug.kind in pipeline.policies:
                 raise ValueError(f"two policies for conversations of kind {plug.kind!r}")
@@ -154,7 +180,12 @@ def message_delivery(core: Core, conv: ConversationMembership) -> Delivery:
             await core.events.to_users_many(members, "message:new", [{"message": m} for m in batch])
 
         return Delivery(("members", members), to_members)
-    room = conversation_room(conv.id)
+    return room_delivery(core, conv.id)
+
+
+def room_delivery(core: Core, conversation_id: UUID) -> Delivery:
+    """`message:new` to the conversation's Socket.IO room (a live room's chat)."""
+    room = conversation_room(conversation_id)
 
     async def to_room(batch: list[Message]) -> None:
         await core.events.to_rooms_many([room], "message:new", [{"message": m} for m in batch])
@@ -190,6 +221,19 @@ async def commit_message(
     `messages.ModeChanged` is raised and nothing is committed).
     """
     pipeline = get_pipeline(core)
+    if check_access and sender is not None and require_mode is None:
+        guard = _send_guard(pipeline, conversation_id, sender)
+        if guard is not None:
+            new = messages.NewMessage(
+                conversation_id=conversation_id, sender_id=sender.user_id, role=role or "user", content=content,
+                client_id=client_id, metadata=metadata, message_id=message_id,
+                guard=replace(guard, derive_agent=role is None and sender.is_staff),
+            )
+            if unstorable(new) is None:  # else the full path refuses it, in today's order of checks
+                try:
+                    return await pipeline.writer.insert(new, then=room_delivery(core, conversation_id))
+                except messages.GuardFailed:
+                    pass  # the full path gives the protocol's error, or commits it if it may by now
     # The look-up and access check need no order among a conversation's senders: outside
     # the lock, concurrent sends to one busy group share a look-up batch.
     conv = await pipeline.loader.load(conversation_id, sender.user_id if sender else None)
@@ -203,7 +247,8 @@ async def commit_message(
         role = "agent" if sender is not None and sender.is_staff and conv.member_role == "agent" else "user"
     if sender is not None:
         for check in pipeline.before_commit:
-            await check(core, conv, sender, role, client_id)
+            if pipeline.acts_on(check, conv.kind):
+                await check(core, conv, sender, role, client_id)
     # The writer commits the conversation's messages in batches, in the order they arrive
     # (their seq order), and delivers them in seq order after their commit.
     message, duplicate = await pipeline.writer.insert(messages.NewMessage(
@@ -214,8 +259,20 @@ async def commit_message(
     if not duplicate:
         conv = replace(conv, last_seq=message.seq)
         for hook in pipeline.after_commit:
+            if not pipeline.acts_on(hook, conv.kind):
+                continue
             try:
                 await hook(core, conv, message)
             except Exception:
                 log.exception("after-commit hook failed", extra={"conversation_id": str(conversation_id)})
     return message, duplicate
+
+
+def _send_guard(pipeline: Pipeline, conversation_id: UUID, sender: Actor) -> messages.RoomSendGuard | None:
+    """The guard under which this send may skip the look-up, or None (full path): the
+    conversation's kind is known (a look-up noted it), its policy has a guard, and no hook
+    acts on that kind (a hook must see the whole conversation)."""
+    kind = pipeline.loader.kinds.get(conversation_id)
+    if kind is None or pipeline.hooked(kind):
+        return None
+    return pipeline.policy(kind).send_guard(sender)

@@ -23,12 +23,16 @@ included (the outbox flushes a turn later). No timer: an idle conversation's mes
 committed at once, alone, and delivered as soon as it is committed.
 
 The look-up a send makes first (the conversation, the sender's membership and the member
-list) is batched the same way (`storage.conversations.get_many_with_membership`).
+list) is batched the same way (`storage.conversations.get_many_with_membership`). Every
+look-up also notes the conversation's kind (`KindCache`; a kind never changes), so that a
+live-room send can skip the look-up: it goes to the writer with a `RoomSendGuard`, which
+the batch's statement checks in SQL (handlers/pipeline.py `commit_message`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -105,10 +109,9 @@ class MessageWriter:
         in seq order with the conversation's other messages (with the run of them that
         shares its audience), before this returns; if that raises, this raises it (the
         message stays committed)."""
-        for value in (message.content, message.client_id):
-            what = unstorable_reason(value) if value is not None else None
-            if what is not None:
-                raise ApiError("bad_request", f"A message cannot contain {what}.")
+        refusal = unstorable(message)
+        if refusal is not None:
+            raise refusal
         outcome = self.batcher.enqueue(_Job(message, then))
         queued = QUEUED.get()
         if queued is not None:  # its place in the conversation's order is taken
@@ -140,18 +143,57 @@ class MessageWriter:
             return [*await self._commit(batch[:half]), *await self._commit(batch[half:])]
 
 
+def unstorable(message: NewMessage) -> ApiError | None:
+    """`bad_request` for text PostgreSQL cannot hold (refused before the batch is built)."""
+    for value in (message.content, message.client_id):
+        what = unstorable_reason(value) if value is not None else None
+        if what is not None:
+            return ApiError("bad_request", f"A message cannot contain {what}.")
+    return None
+
+
+class KindCache:
+    """Conversation id -> kind, for the conversations recently looked up (least recently
+    used dropped past `size`). A conversation's kind never changes, so an entry is never
+    stale; one whose conversation was deleted only sends a guarded send to the full path."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._kinds: OrderedDict[UUID, str] = OrderedDict()
+
+    def get(self, conversation_id: UUID) -> str | None:
+        kind = self._kinds.get(conversation_id)
+        if kind is not None:
+            self._kinds.move_to_end(conversation_id)
+        return kind
+
+    def put(self, conversation_id: UUID, kind: str) -> None:
+        self._kinds[conversation_id] = kind
+        self._kinds.move_to_end(conversation_id)
+        if len(self._kinds) > self.size:
+            self._kinds.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+
 class ConversationLoader:
     """`load(conversation_id, user_id)`: what `conversations.get_with_membership` returns,
-    looked up together with the other sends in flight."""
+    looked up together with the other sends in flight. `kinds` remembers the kind of each
+    conversation looked up."""
 
-    def __init__(self, db: Database, *, max_batch: int = 200, concurrency: int = 2) -> None:
+    def __init__(self, db: Database, *, max_batch: int = 200, concurrency: int = 2, kinds: int = 4096) -> None:
         self.db = db
         self.batcher: Batcher[tuple[UUID, UUID | None], ConversationMembership | None] = Batcher(
             self._load, max_batch=max_batch, concurrency=concurrency
         )
+        self.kinds = KindCache(kinds)
 
     async def load(self, conversation_id: UUID, user_id: UUID | None) -> ConversationMembership | None:
-        return await self.batcher.submit((conversation_id, user_id))
+        conv = await self.batcher.submit((conversation_id, user_id))
+        if conv is not None:
+            self.kinds.put(conv.id, conv.kind)
+        return conv
 
     async def _load(self, keys: list[tuple[UUID, UUID | None]]) -> list[ConversationMembership | BaseException | None]:
         async with self.db.connection(pipeline=True) as conn:

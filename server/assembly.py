@@ -49,6 +49,8 @@ from storage.connections import SocketRow
 
 log = logging.getLogger(__name__)
 
+TUTOR = frozenset({"tutor"})
+
 
 @dataclass
 class Assembly:
@@ -107,11 +109,15 @@ def assemble(app: web.Application, core: Core, gateway: Gateway) -> Assembly:
     app[webhooks.DISPATCHER] = dispatcher = Dispatcher(core.db, settings.webhooks, core.instance_id, load)
     webhooks.install_metrics(metrics, dispatcher)
 
-    # 2. The pipeline's one list of hooks and policies; hooks run in this order.
+    # 2. The pipeline's one list of hooks and policies; hooks run in this order, each only
+    # for the kinds it names (a kind no hook acts on may skip the send's look-up: rooms).
     register(pipeline, [
-        BeforeCommitHook(tutor.check_question),  # a question over the tutor's limit: refused, nothing stored
-        AfterCommitHook(tutor.on_message_committed),  # a student's message in an AI conversation is queued
-        AfterCommitHook(ticket_service.reopen_after_close),  # writing in a closed one reopens a ticket
+        # a question over the tutor's limit: refused, nothing stored
+        BeforeCommitHook(tutor.check_question, kinds=TUTOR),
+        # a student's message in an AI conversation is queued
+        AfterCommitHook(tutor.on_message_committed, kinds=TUTOR),
+        # writing in a closed one reopens a ticket
+        AfterCommitHook(ticket_service.reopen_after_close, kinds=TUTOR),
         KindPolicyFor("room", rooms_live.RoomPolicy()),  # every other kind: MemberPolicy
     ])
     gateway.add_events([*threads.EVENTS, *tutor_transport.EVENTS, *rooms.EVENTS, *tickets.EVENTS,

@@ -27,20 +27,43 @@ MSG_COLUMNS = "id, conversation_id, seq, sender_id, role, content, client_id, me
 # analyses it only every minute or so), it scanned the whole messages table per batch.
 _BATCH_CTES = f"""
 WITH req AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::uuid[], $8::text[])
-        WITH ORDINALITY AS r(conversation_id, sender_id, role, content, client_id, metadata, message_id, require_mode, idx)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::uuid[], $8::text[],
+                         $9::boolean[], $10::boolean[])
+        WITH ORDINALITY AS r(conversation_id, sender_id, role, content, client_id, metadata, message_id, require_mode,
+                             guard_moderator, guard_agent, idx)
 ), locked AS MATERIALIZED (
     SELECT id, last_seq, mode, kind, title FROM conversations WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
+), refused AS MATERIALIZED (
+    -- Guarded room sends (`RoomSendGuard`) the sender may not make now: handlers/rooms/live.py
+    -- `RoomPolicy.check_send` in SQL, read once the conversation row is locked. Refused
+    -- before the duplicate check, so a resend tells a refused sender nothing.
+    SELECT r.idx FROM req r
+    LEFT JOIN locked l ON l.id = r.conversation_id
+    LEFT JOIN live_sessions s ON s.conversation_id = r.conversation_id
+    LEFT JOIN room_participants p ON p.live_session_id = s.id AND p.user_id = r.sender_id
+    WHERE r.guard_moderator IS NOT NULL AND NOT coalesce(
+        l.kind = 'room' AND s.status = 'live' AND (
+            s.host_id = r.sender_id OR r.guard_moderator
+            OR (p.user_id IS NOT NULL AND p.left_at IS NULL AND NOT p.banned AND NOT p.muted)
+        ), false)
 ), existing AS MATERIALIZED (
     SELECT r.idx, m.* FROM req r CROSS JOIN LATERAL (
         SELECT {MSG_COLUMNS} FROM messages
         WHERE conversation_id = r.conversation_id AND sender_id = r.sender_id AND client_id = r.client_id
         LIMIT 1  -- unique anyway; keeps the planner from turning this into a join
     ) m
+    WHERE r.idx NOT IN (SELECT idx FROM refused)
 ), todo AS MATERIALIZED (
-    SELECT r.*, l.last_seq + row_number() OVER (PARTITION BY r.conversation_id ORDER BY r.idx) AS seq
+    -- A guarded send whose role the pipeline left to derive (`guard_agent`: a staff sender)
+    -- writes as `agent` when the sender is the conversation's agent, as `commit_message` does.
+    SELECT r.*, l.last_seq + row_number() OVER (PARTITION BY r.conversation_id ORDER BY r.idx) AS seq,
+           CASE WHEN NOT coalesce(r.guard_agent, false) THEN r.role
+                WHEN EXISTS (SELECT 1 FROM conversation_members cm WHERE cm.conversation_id = r.conversation_id
+                             AND cm.user_id = r.sender_id AND cm.member_role = 'agent') THEN 'agent'
+                ELSE r.role END AS role_written
     FROM req r JOIN locked l ON l.id = r.conversation_id
-    WHERE r.idx NOT IN (SELECT idx FROM existing) AND (r.require_mode IS NULL OR l.mode = r.require_mode)
+    WHERE r.idx NOT IN (SELECT idx FROM existing) AND r.idx NOT IN (SELECT idx FROM refused)
+      AND (r.require_mode IS NULL OR l.mode = r.require_mode)
 ), bump AS (
     UPDATE conversations c SET last_seq = t.top,
         updated_at = CASE WHEN c.updated_at < now() - interval '1 second' THEN now() ELSE c.updated_at END
@@ -48,7 +71,7 @@ WITH req AS (
     WHERE c.id = t.conversation_id AND c.id = ANY($1::uuid[])
 ), ins AS (
     INSERT INTO messages (id, conversation_id, seq, sender_id, role, content, client_id, metadata)
-    SELECT coalesce(message_id, gen_random_uuid()), conversation_id, seq, sender_id, role, content, client_id, metadata
+    SELECT coalesce(message_id, gen_random_uuid()), conversation_id, seq, sender_id, role_written, content, client_id, metadata
     FROM todo
     RETURNING {MSG_COLUMNS}
 )"""
@@ -69,6 +92,25 @@ class ModeChanged(LookupError):
     """`require_mode` was given and the conversation is no longer in that mode."""
 
 
+class GuardFailed(LookupError):
+    """A guarded send (`NewMessage.guard`) was refused by its guard, or its conversation is
+    gone: nothing was written and nothing about why is said. The caller takes the full
+    path (look-up and policy), which gives the protocol's error or lets it through."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSendGuard:
+    """Insert only if the sender may send to this live room now, checked in the batch's own
+    statement once it holds the conversation's row lock (handlers/rooms/live.py
+    `RoomPolicy.check_send`, in SQL): the conversation is a room whose live session is
+    `live`, and the sender is its host, or `moderator` (an admin), or a present participant
+    who is neither banned nor muted. `derive_agent`: the role was left to derive for a staff
+    sender, who then writes as `agent` if they are the conversation's agent member."""
+
+    moderator: bool
+    derive_agent: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class NewMessage:
     """One message to insert. `message_id` gives the row a chosen id (the tutor streams
@@ -83,6 +125,7 @@ class NewMessage:
     metadata: dict[str, Any] | None = None
     message_id: UUID | None = None
     require_mode: str | None = None
+    guard: RoomSendGuard | None = None
 
 
 Inserted = tuple[Message, bool]
@@ -94,11 +137,14 @@ def statement(*, webhooks: bool) -> str:
 
 
 def batch_arguments(batch: list[NewMessage]) -> tuple[list[Any], ...]:
-    """The statement's eight arrays, one element per message."""
+    """The statement's ten arrays, one element per message (the guard's two are NULL for
+    an unguarded message)."""
     return (
         [m.conversation_id for m in batch], [m.sender_id for m in batch], [m.role for m in batch],
         [m.content for m in batch], [m.client_id for m in batch], [m.metadata or {} for m in batch],
         [m.message_id for m in batch], [m.require_mode for m in batch],
+        [m.guard.moderator if m.guard else None for m in batch],
+        [m.guard.derive_agent if m.guard else None for m in batch],
     )
 
 
@@ -106,8 +152,8 @@ async def insert_batch(
     conn: asyncpg.Connection, batch: list[NewMessage], *, webhooks: bool = False
 ) -> list[Inserted | LookupError]:
     """Insert and commit several messages in one statement; per message, in order:
-    (message, duplicate), or ModeChanged / LookupError (no such conversation) for one
-    that was not inserted. Any other error fails the whole batch (nothing is written).
+    (message, duplicate), or ModeChanged / GuardFailed / LookupError (no such
+    conversation) for one that was not inserted. Any other error fails the whole batch (nothing is written).
     `webhooks`: the same statement queues `message.created` for every subscribed endpoint."""
     for attempt in range(2):
         try:
@@ -126,6 +172,8 @@ async def insert_batch(
         inserted = by_index.get(i)
         if inserted is not None:
             results.append(inserted)
+        elif m.guard is not None:
+            results.append(GuardFailed(f"guarded send to {m.conversation_id} refused"))
         elif m.conversation_id in existing:
             results.append(ModeChanged(f"conversation {m.conversation_id} is not in mode {m.require_mode}"))
         else:

@@ -33,7 +33,7 @@ from handlers.events import conversation_room
 from handlers.rooms import sessions
 from storage import audit, connections, messages, rooms, users
 from storage.availability import DatabaseUnavailable
-from storage.records import ConversationAccess, ConversationMembership, LiveSession, RoomAccess
+from storage.records import ConversationAccess, ConversationMembership, LiveSession, Role, RoomAccess
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,14 @@ class RoomPolicy:
 
     def fans_out_to_members(self, conv: ConversationAccess) -> bool:
         return False
+
+    def send_guard(self, actor: Actor) -> messages.RoomSendGuard:
+        """`check_send` in SQL (storage/messages.py `RoomSendGuard`, keep the two in step):
+        a room send skips the look-up, and the writer's statement refuses it unless the
+        room is live and the sender is its host, an admin (`sessions.may_moderate`), or a
+        present participant neither banned nor muted. A refusal takes the full path, whose
+        `check_send` says why."""
+        return messages.RoomSendGuard(moderator=actor.role == Role.ADMIN)
 
 
 async def _announce(core: Core, session: LiveSession, user: dict[str, Any], action: str) -> None:
