@@ -32,11 +32,10 @@ from uuid import UUID
 
 import asyncpg
 
-from handlers import grouprooms
+from handlers.audience import Audience, audience_of, room_audience
 from handlers.core import Actor, AfterCommit, BeforeCommit, Core, KindPolicy, Pipeline
 from handlers.errors import ApiError
-from handlers.events import conversation_room
-from handlers.writer import ConversationLoader, Delivery, MessageWriter, unstorable
+from handlers.writer import ConversationLoader, MessageWriter, unstorable
 from storage import conversations, messages
 from storage.db import Database
 from storage.records import ConversationAccess, ConversationMembership, Message
@@ -47,8 +46,8 @@ Conv = TypeVar("Conv", bound=ConversationAccess)
 
 __all__ = [
     "AfterCommit", "AfterCommitHook", "BeforeCommit", "BeforeCommitHook", "KindPolicy", "KindPolicyFor",
-    "MemberPolicy", "Pipeline", "authorize", "commit_message", "fan_out", "get_pipeline", "load_conversation",
-    "message_delivery", "new_pipeline", "register", "room_delivery",
+    "MemberPolicy", "Pipeline", "authorize", "commit_message", "conversation_audience", "fan_out", "get_pipeline",
+    "load_conversation", "new_pipeline", "register",
 ]
 
 
@@ -151,51 +150,17 @@ async def load_conversation(
     return await authorize(core, conn, conv, actor, send=send)
 
 
+def conversation_audience(core: Core, conv: ConversationMembership, *, skip_user: UUID | None = None) -> Audience:
+    """Who hears `conv`'s events (handlers/audience.py): its group's room, its members
+    (loaded with it by `conversations.get_with_membership`), or its room, by its kind."""
+    return audience_of(core, kind=conv.kind, conversation_id=conv.id, created_at=conv.created_at,
+                       member_ids=conv.member_ids, skip_user=skip_user,
+                       to_members=get_pipeline(core).policy(conv.kind).fans_out_to_members(conv))
+
+
 async def fan_out(core: Core, conv: ConversationMembership, event: str, data: dict[str, Any]) -> None:
-    """Deliver an event about a conversation to whoever follows it: its members (loaded
-    with the conversation by `conversations.get_with_membership`; a group's through its
-    room, handlers/grouprooms.py), or its room."""
-    if (rooms := _group_rooms(core, conv)) is not None:
-        await core.events.to_rooms(rooms, event, data)
-    elif get_pipeline(core).policy(conv.kind).fans_out_to_members(conv):
-        await core.events.to_users(conv.member_ids, event, data)
-    else:
-        await core.events.to_rooms([conversation_room(conv.id)], event, data)
-
-
-def message_delivery(core: Core, conv: ConversationMembership) -> Delivery:
-    """How the writer fans out `message:new` for messages sent to `conv`: to its members or
-    its room (as `fan_out`), several in one go when consecutive messages share the audience."""
-    if (rooms := _group_rooms(core, conv)) is not None:
-        to = tuple(rooms)
-
-        async def to_group(batch: list[Message]) -> None:
-            await core.events.to_rooms_many(to, "message:new", [{"message": m} for m in batch])
-
-        return Delivery(("rooms", to), to_group)
-    if get_pipeline(core).policy(conv.kind).fans_out_to_members(conv):
-        members = tuple(conv.member_ids)
-
-        async def to_members(batch: list[Message]) -> None:
-            await core.events.to_users_many(members, "message:new", [{"message": m} for m in batch])
-
-        return Delivery(("members", members), to_members)
-    return room_delivery(core, conv.id)
-
-
-def room_delivery(core: Core, conversation_id: UUID) -> Delivery:
-    """`message:new` to the conversation's Socket.IO room (a live room's chat)."""
-    room = conversation_room(conversation_id)
-
-    async def to_room(batch: list[Message]) -> None:
-        await core.events.to_rooms_many([room], "message:new", [{"message": m} for m in batch])
-
-    return Delivery(("room", room), to_room)
-
-
-def _group_rooms(core: Core, conv: ConversationMembership) -> list[str] | None:
-    return grouprooms.audience(core, kind=conv.kind, conversation_id=conv.id, created_at=conv.created_at,
-                               member_ids=conv.member_ids)
+    """Deliver an event about a conversation to whoever follows it."""
+    await conversation_audience(core, conv).emit(core, event, data)
 
 
 async def commit_message(
@@ -231,7 +196,7 @@ async def commit_message(
             )
             if unstorable(new) is None:  # else the full path refuses it, in today's order of checks
                 try:
-                    return await pipeline.writer.insert(new, then=room_delivery(core, conversation_id))
+                    return await pipeline.writer.insert(new, then=room_audience(conversation_id).delivery(core))
                 except messages.GuardFailed:
                     pass  # the full path gives the protocol's error, or commits it if it may by now
     # The look-up and access check need no order among a conversation's senders: outside
@@ -255,7 +220,7 @@ async def commit_message(
         conversation_id=conversation_id, sender_id=sender.user_id if sender else None,
         role=role, content=content, client_id=client_id, metadata=metadata,
         message_id=message_id, require_mode=require_mode,
-    ), then=message_delivery(core, conv))
+    ), then=conversation_audience(core, conv).delivery(core))
     if not duplicate:
         conv = replace(conv, last_seq=message.seq)
         for hook in pipeline.after_commit:

@@ -10,9 +10,10 @@ from uuid import UUID
 import orjson
 
 from handlers import grouprooms
+from handlers.audience import audience_of
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
-from handlers.pipeline import authorize, commit_message, fan_out, get_pipeline, load_conversation
+from handlers.pipeline import authorize, commit_message, conversation_audience, fan_out, get_pipeline, load_conversation
 from handlers.webhooks import outbox as webhooks
 from storage import conversations, messages, users
 from storage.records import Conversation, ConversationMembership, Message, Role
@@ -48,13 +49,10 @@ async def describe(core: Core, conversation_id: UUID, user_id: UUID | None = Non
 async def announce_conversation(core: Core, conversation_id: UUID, event: str = "conversation:updated") -> dict[str, Any]:
     """Send a conversation's new state to its members (each gets it without per-user unread)."""
     conv = await describe(core, conversation_id)
-    member_ids = [m["id"] for m in conv["members"]]
-    rooms = grouprooms.audience(core, kind=conv["kind"], conversation_id=conversation_id,
-                                created_at=conv["created_at"], member_ids=member_ids)
-    if rooms is not None:
-        await core.events.to_rooms(rooms, event, {"conversation": conv})
-    else:
-        await core.events.to_users(member_ids, event, {"conversation": conv})
+    # A ticket's or tutor's conversation (its callers'): members, never a live room's room.
+    to = audience_of(core, kind=conv["kind"], conversation_id=conversation_id, created_at=conv["created_at"],
+                     member_ids=[m["id"] for m in conv["members"]], to_members=True)
+    await to.emit(core, event, {"conversation": conv})
     return conv
 
 
@@ -186,15 +184,9 @@ async def typing(core: Core, actor: Actor, *, conversation_id: UUID, is_typing: 
 
 
 async def _to_others(core: Core, conv: ConversationMembership, actor: Actor, event: str, data: dict[str, Any]) -> None:
-    """Everyone who follows the conversation but the actor (whose other tabs need no echo)."""
-    rooms = grouprooms.audience(core, kind=conv.kind, conversation_id=conv.id, created_at=conv.created_at,
-                                member_ids=[m for m in conv.member_ids if m != actor.user_id])
-    if rooms is not None:
-        await core.events.to_rooms_except_user(rooms, actor.user_id, event, data)
-    elif get_pipeline(core).policy(conv.kind).fans_out_to_members(conv):
-        await core.events.to_users([m for m in conv.member_ids if m != actor.user_id], event, data)
-    else:
-        await fan_out(core, conv, event, data)
+    """Everyone who follows the conversation but the actor (whose other tabs need no echo;
+    a live room's chat echoes to every socket in its room, handlers/audience.py)."""
+    await conversation_audience(core, conv, skip_user=actor.user_id).emit(core, event, data)
 
 
 async def read(core: Core, actor: Actor, *, conversation_id: UUID, seq: int) -> dict[str, Any]:
