@@ -38,7 +38,9 @@ class WebhookSettings:
     dns_cache_seconds: float = 10.0
     # While the message pipeline is saturated, deliveries per second per instance (the floor
     # the outbox still drains at); full speed again once it is not (handlers/webhooks/pacing.py).
-    saturated_rate: float = 200.0
+    # 50: about 2 % of a saturated instance's acked messages per second on the 2-core bench
+    # machine, where 200 measurably slowed it (docs/performance.md#ninth-session-one-outbox-row-per-batch).
+    saturated_rate: float = 50.0
     # The pipeline counts as saturated while its writer's batches average at least this
     # many messages over a quarter second (messages queue behind the commits).
     saturated_batch_size: float = 8.0
