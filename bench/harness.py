@@ -10,6 +10,9 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -17,7 +20,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from storage.embedded import free_port  # noqa: E402
+from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
+from storage.migrate import migrate  # noqa: E402
 
 # No rate limit: the benchmark is the only client and wants the server's own ceiling (it
 # registers hundreds of users from 127.0.0.1, over the sign-in limits' defaults).
@@ -44,6 +48,20 @@ def start_servers(
                                 stdout=subprocess.DEVNULL, stderr=(None if os.environ.get("BENCH_SERVER_STDERR") else subprocess.DEVNULL))
         out.append((proc, f"http://127.0.0.1:{port}"))
     return out
+
+
+@asynccontextmanager
+async def migrated_postgres() -> AsyncIterator[EmbeddedPostgres]:
+    """An embedded PostgreSQL of the bench's own in a new directory, migrated; destroyed
+    after the block (its `url()` and `pgdata` for what the bench needs)."""
+    pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="studyhall-bench-pg-")), port=free_port())
+    os.chmod(pg.data_dir, 0o755)
+    await asyncio.to_thread(pg.start)
+    try:
+        await migrate(pg.url())
+        yield pg
+    finally:
+        await asyncio.to_thread(pg.destroy)
 
 
 async def wait_up(url: str, attempts: int = 300) -> None:

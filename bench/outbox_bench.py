@@ -31,7 +31,6 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -41,9 +40,9 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import migrated_postgres  # noqa: E402
 from storage import messages  # noqa: E402
 from storage.db import _init_connection  # noqa: E402
-from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
 from storage.messages import NewMessage  # noqa: E402
 from storage.webhooks import DELIVERIES_CHANNEL, MESSAGE_CREATED_CTE  # noqa: E402
 
@@ -148,14 +147,9 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="studyhall-bench-pg-")), port=free_port())
-    os.chmod(pg.data_dir, 0o755)
-    url = await asyncio.to_thread(pg.start)
     results: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
-    try:
-        from storage.migrate import migrate
-
-        await migrate(url)
+    async with migrated_postgres() as pg:
+        url = pg.url()
         conn = await asyncpg.connect(url)
         migrated_trigger = await conn.fetchval(
             "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'webhook_deliveries_notify'")
@@ -166,8 +160,6 @@ async def main() -> None:
                   f"load {os.getloadavg()[0]:.1f}", flush=True)
             for variant in VARIANTS:
                 results[variant].append(await run_variant(url, pg.pgdata, user, convs, args, variant, migrated_trigger))
-    finally:
-        pg.destroy()
     print()
     print(f"| variant ({args.writers} writers, {args.batch} messages a batch) | messages/s (median, min-max) "
           "| PostgreSQL CPU ms per message (median, min-max) |")

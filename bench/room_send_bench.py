@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,12 +32,11 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import migrated_postgres  # noqa: E402
 from bench.statements_bench import make_room  # noqa: E402
 from handlers.writer import ConversationLoader, MessageWriter  # noqa: E402
 from storage.db import Database  # noqa: E402
-from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
 from storage.messages import NewMessage, RoomSendGuard  # noqa: E402
-from storage.migrate import migrate  # noqa: E402
 
 VARIANTS = ("look-up + insert", "guarded insert", "unguarded insert")
 
@@ -50,11 +47,8 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--participants", type=int, default=10)
     args = parser.parse_args()
-    pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="studyhall-bench-pg-")), port=free_port())
-    os.chmod(pg.data_dir, 0o755)
-    url = await asyncio.to_thread(pg.start)
-    try:
-        await migrate(url)
+    async with migrated_postgres() as pg:
+        url = pg.url()
         conn = await asyncpg.connect(url)
         try:
             cid, users = await make_room(conn, args.participants + 1)
@@ -85,8 +79,6 @@ async def main() -> None:
                       f"| {statistics.mean(times):.3f} |")
         finally:
             await db.close()
-    finally:
-        await asyncio.to_thread(pg.destroy)
 
 
 if __name__ == "__main__":

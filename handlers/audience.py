@@ -17,7 +17,7 @@ pipeline.py `conversation_audience`); this module only knows the rooms.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -48,7 +48,7 @@ class Audience:
         a read marker) in a group or a member list; a live room's chat echoes to every
         socket in its room, as it always has (its participants are only known as the room)."""
         if self.route == "members":
-            await core.events.to_users(_without(self.members, self.skip_user), event, data)
+            await core.events.to_users((m for m in self.members if m != self.skip_user), event, data)
         elif self.route == "group" and self.skip_user is not None:
             await core.events.to_rooms_except_user(self.rooms, self.skip_user, event, data)
         else:
@@ -79,14 +79,13 @@ def audience_of(core: Core, *, kind: str, conversation_id: UUID, created_at: dat
     """The audience of a conversation, from what the caller has loaded. `to_members` is
     the kind's policy (`fans_out_to_members`); `skip_user` hears none of the events sent
     to it (but in a live room's room, see `Audience.emit`)."""
+    # Lazy: only a group still settling across instances reads its members (per message,
+    # the list is not copied for nothing).
     rooms = grouprooms.audience(core, kind=kind, conversation_id=conversation_id, created_at=created_at,
-                                member_ids=_without(member_ids, skip_user))
+                                member_ids=(m for m in member_ids if m != skip_user))
     if rooms is not None:
         return Audience("group", rooms=tuple(rooms), skip_user=skip_user)
     if to_members:
         return Audience("members", members=tuple(member_ids), skip_user=skip_user)
     return room_audience(conversation_id)
 
-
-def _without(member_ids: Iterable[UUID], user_id: UUID | None) -> list[UUID]:
-    return [m for m in member_ids if m != user_id]

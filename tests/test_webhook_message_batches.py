@@ -19,7 +19,7 @@ from storage import messages
 from storage import webhooks as store
 from storage.db import Database
 from storage.messages import NewMessage
-from tests.test_webhook_wakeups import endpoint_row
+from tests.test_webhook_wakeups import endpoint_row, outbox_notifications
 
 # The payload as the outbox wrote it per message before migration 0020, built from the
 # messages table: what each delivery must still carry.
@@ -138,10 +138,7 @@ async def test_a_loop_does_not_fall_asleep_while_a_batch_is_in_flight_and_is_run
     """The sleep protocol of migration 0019 holds for the batch rows too: an uncommitted
     batch refuses the announcement, and a committed one rings a sleeping loop."""
     me = uuid.uuid4()
-    heard: list[str] = []
-    listener = await asyncpg.connect(db.url)
-    try:
-        await listener.add_listener(store.DELIVERIES_CHANNEL, lambda *a: heard.append(a[2]))
+    async with outbox_notifications(db) as heard:
         async with db.connection() as conn:
             await endpoint_row(conn)
             user, conv = await conversation(conn)
@@ -157,5 +154,3 @@ async def test_a_loop_does_not_fall_asleep_while_a_batch_is_in_flight_and_is_run
                 break
             await asyncio.sleep(0.02)
         assert len(heard) == 1
-    finally:
-        await listener.close()

@@ -13,6 +13,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -47,8 +48,21 @@ async def endpoint_row(conn: asyncpg.Connection) -> uuid.UUID:
         "'{message.created}', 'whsec_dGVzdA==') RETURNING id", app_id)
 
 
-async def heard_after_insert(db: Database, listener: asyncpg.Connection, heard: list[str]) -> int:
-    """NOTIFYs the listener gets for one committed insert into the outbox."""
+@asynccontextmanager
+async def outbox_notifications(db: Database) -> AsyncIterator[list[str]]:
+    """The payloads of the NOTIFYs on the deliveries' channel while the block runs, heard
+    by a connection of its own (as a server's listener hears them)."""
+    heard: list[str] = []
+    listener = await asyncpg.connect(db.url)
+    try:
+        await listener.add_listener(store.DELIVERIES_CHANNEL, lambda *a: heard.append(a[2]))
+        yield heard
+    finally:
+        await listener.close()
+
+
+async def heard_after_insert(db: Database, heard: list[str]) -> int:
+    """NOTIFYs heard for one committed insert into the outbox."""
     before = len(heard)
     async with db.transaction() as conn:
         await store.enqueue(conn, "message.created", [{"n": 1}])
@@ -57,23 +71,18 @@ async def heard_after_insert(db: Database, listener: asyncpg.Connection, heard: 
 
 
 async def test_inserts_notify_only_while_a_loop_has_announced_it_sleeps(db: Database) -> None:
-    heard: list[str] = []
-    listener = await asyncpg.connect(db.url)
-    try:
-        await listener.add_listener(store.DELIVERIES_CHANNEL, lambda *a: heard.append(a[2]))
+    async with outbox_notifications(db) as heard:
         async with db.connection() as conn:
             await endpoint_row(conn)
             assert await conn.fetchval("SELECT count(*) FROM webhook_sleepers") == 0
-        assert await heard_after_insert(db, listener, heard) == 0  # every loop busy: it polls
+        assert await heard_after_insert(db, heard) == 0  # every loop busy: it polls
         me = uuid.uuid4()
         async with db.connection() as conn:
             assert await store.fall_asleep(conn, me)
-        assert await heard_after_insert(db, listener, heard) == 1  # one asleep: rung
+        assert await heard_after_insert(db, heard) == 1  # one asleep: rung
         async with db.connection() as conn:
             await store.wake_up(conn, me)
-        assert await heard_after_insert(db, listener, heard) == 0
-    finally:
-        await listener.close()
+        assert await heard_after_insert(db, heard) == 0
 
 
 async def test_a_loop_does_not_fall_asleep_while_an_insert_is_in_flight(db: Database) -> None:
@@ -124,17 +133,12 @@ async def test_a_sleeping_loop_is_woken_at_once_and_a_busy_one_is_not_rung_per_b
             assert receiver.delivered[0].at - sent < 1.0
 
             # Busy: a stream of batches, each its own commit; the loop, awake, polls for them.
-            heard: list[str] = []
-            listener = await asyncpg.connect(db.url)
-            try:
-                await listener.add_listener(store.DELIVERIES_CHANNEL, lambda *a: heard.append(a[2]))
+            async with outbox_notifications(db) as heard:
                 count = 40
                 for i in range(count):
                     await sa.ok("message:send", {"conversation_id": cid, "content": f"m{i}", "client_id": f"b{i}"})
                     await asyncio.sleep(0.01)
                 await receiver.wait_for(lambda: len(receiver.delivered) == count + 1, timeout=10.0)
-            finally:
-                await listener.close()
             assert len(heard) <= 5, f"{len(heard)} NOTIFYs for {count} batches: the busy loop was rung per batch"
             assert sorted(r.payload["data"]["message"]["content"] for r in receiver.delivered[1:]) == sorted(
                 f"m{i}" for i in range(count))
