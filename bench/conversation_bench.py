@@ -19,8 +19,10 @@ delivery.
 Per step: msg/s acked, deliveries/s (delivered / time from first send to last delivery),
 delivery latency p50/p99 (send → `message:new` at every member), CPU of the server
 process, of PostgreSQL (postmaster and its backends; Studyhall only) and of the load
-generator, as % of one core, and µs of server CPU per delivery (PostgreSQL included for
-Studyhall). The summary prints, per N and senders, each server's best step and the ratios
+generator, as % of one core, µs of server CPU per delivery (PostgreSQL included for
+Studyhall), and the CPU of the other side meanwhile (its server, PostgreSQL for Studyhall,
+and its idle members' workers: about 0, or the server under test shared its cores). The
+summary prints, per N and senders, each server's best step and the ratios
 Studyhall / Node: deliveries/s, CPU efficiency (Node µs per delivery / Studyhall's) and
 p99 at the highest offered load both passed; then the p99 ratio at every offered load both
 ran, marking the steps below both servers' saturation (each kept up: ≥ 95% of the offered
@@ -139,8 +141,10 @@ class Side:
         return tree_cpu_seconds(self.server_pid), pg, workers
 
 
-async def step(side: Side, n: int, senders: int, rate: float, args: argparse.Namespace) -> dict[str, Any]:
-    """Offer `rate` msg/s from `senders` members for `args.seconds`; measure."""
+async def step(side: Side, idle: Side, n: int, senders: int, rate: float, args: argparse.Namespace) -> dict[str, Any]:
+    """Offer `rate` msg/s from `senders` members for `args.seconds`; measure. `idle`: the
+    other server, up and holding its members meanwhile; its CPU should be about nothing (a
+    background loop spinning there once took a core's half from the server under test)."""
     per_worker = max(1, senders // args.workers)
     used = per_worker * args.workers if senders >= args.workers else 1
     tag = f"{side.name[:2]}{rate:g}-{uuid.uuid4().hex[:4]}"
@@ -150,9 +154,9 @@ async def step(side: Side, n: int, senders: int, rate: float, args: argparse.Nam
         params = [{**p, "senders": [] if i else [0]} for i, p in enumerate(params)]
     await side.probe_read()  # forget what came before this step
     wal0 = await side.wal_io()
-    (s0, p0, w0), t0 = side.cpu(), time.monotonic()
+    (s0, p0, w0), t0, i0 = side.cpu(), time.monotonic(), idle.cpu()
     r = await side.workers.all("chat", params)
-    (s1, p1, w1), wall = side.cpu(), time.monotonic() - t0
+    (s1, p1, w1), wall, i1 = side.cpu(), time.monotonic() - t0, idle.cpu()
     probe, wal1 = await side.probe_read(), await side.wal_io()
     lat = [v for x in r for v in x["latencies"]]
     sent = sum(x["sent"] for x in r)
@@ -166,13 +170,15 @@ async def step(side: Side, n: int, senders: int, rate: float, args: argparse.Nam
         "p50 ms": quantile_ms(lat, 50), "p99 ms": quantile_ms(lat, 99),
         "server cpu %": 100 * (s1 - s0) / wall, "pg cpu %": 100 * (p1 - p0) / wall, "load gen cpu %": 100 * (w1 - w0) / wall,
         "us/delivery": 1e6 * server_cpu / len(lat) if lat else float("nan"),
+        "idle side cpu %": 100 * sum(b - a for a, b in zip(i0, i1, strict=True)) / wall,
         "errors": {k: v for x in r for k, v in x["acks"].items() if k != "ok"},
         "lost": sum(x["counts"].get("connections lost", 0) for x in r),
     }
     print(f"  N={n} senders={used} {side.name:9s} offered {rate:>7,.0f} msg/s → {row['msg/s']:>7,.0f} msg/s, "
           f"{row['deliveries/s']:>8,.0f} deliveries/s, p50 {row['p50 ms']:.1f} ms, p99 {row['p99 ms']:.1f} ms, "
           f"loss {row['loss %']:.2f}%, cpu server {row['server cpu %']:.0f}% pg {row['pg cpu %']:.0f}% "
-          f"loadgen {row['load gen cpu %']:.0f}%, {row['us/delivery']:.1f} µs/delivery {row['errors'] or ''}", flush=True)
+          f"loadgen {row['load gen cpu %']:.0f}%, {row['us/delivery']:.1f} µs/delivery, "
+          f"idle {idle.name} {row['idle side cpu %']:.0f}% {row['errors'] or ''}", flush=True)
     if probe:
         row["probe"] = probe
         print_probe(probe, {k: wal1[k] - wal0.get(k, 0.0) for k in wal1})
@@ -275,10 +281,10 @@ async def room_size(n: int, database_url: str, pg_pid: int, args: argparse.Names
                 rate = deliveries / n
                 if rate < args.min_rate:  # 0.5 msg/s in 3 s is a message or two: no figure
                     continue
-                for side in (study, node):
+                for side, idle in ((study, node), (node, study)):
                     if senders in side.stopped:
                         continue
-                    repeats = [await step(side, n, senders, rate, args) for _ in range(args.repeat)]
+                    repeats = [await step(side, idle, n, senders, rate, args) for _ in range(args.repeat)]
                     row = combine(repeats)
                     rows.append(row)
                     if not passed(row):

@@ -85,6 +85,51 @@ async def test_inserts_notify_only_while_a_loop_has_announced_it_sleeps(db: Data
         assert await heard_after_insert(db, heard) == 0
 
 
+async def test_an_insert_of_no_rows_does_not_ring_even_for_a_sleeper(db: Database) -> None:
+    """A statement that inserts nothing (an event nobody subscribes to; a loop's claim that
+    expanded no batch) must not ring: a sleeping loop's own last claim would wake it, and
+    its next claim again, for as long as it is idle (migration 0021)."""
+    me = uuid.uuid4()
+    async with outbox_notifications(db) as heard:
+        async with db.connection() as conn:
+            await endpoint_row(conn)  # subscribed to message.created only
+            assert await store.fall_asleep(conn, me)
+        async with db.transaction() as conn:
+            await store.enqueue(conn, "ticket.created", [{"n": 1}])
+        async with db.connection() as conn:
+            taken = await store.claim(conn, limit=10, lease_seconds=30, instance_id=me, succeeded=[],
+                                      expand=store.EXPAND_BATCHES)
+        assert taken.claimed == [] and taken.expanded == 0
+        await asyncio.sleep(0.3)
+        assert heard == []
+        assert await heard_after_insert(db, heard) == 1  # a real insert still rings
+
+
+async def test_an_idle_instance_with_no_endpoint_sleeps_quietly(start_instance: Any, db: Database) -> None:
+    """Once its loop has announced it sleeps, an idle instance makes no claims until
+    something is inserted or its poll comes round (30 s here). Before migration 0021 the
+    sleeper's own empty claim rang for it, about a thousand claims a second."""
+    inst: Instance = await start_instance(webhooks=replace(SLEEPY, idle_seconds=0.3))
+    dispatcher = inst.app[DISPATCHER]
+    deadline = time.monotonic() + 5
+    while not dispatcher.asleep:
+        assert time.monotonic() < deadline, "the idle loop never announced it sleeps"
+        await asyncio.sleep(0.05)
+    claims = 0
+    claim = dispatcher.claim_and_send
+
+    async def counted(limit: int) -> bool:
+        nonlocal claims
+        claims += 1
+        return await claim(limit)
+
+    dispatcher.claim_and_send = counted  # type: ignore[method-assign]
+    async with outbox_notifications(db) as heard:
+        await asyncio.sleep(1.0)
+    assert dispatcher.asleep
+    assert claims <= 1 and heard == [], f"{claims} claims and {len(heard)} NOTIFYs in 1 s of an idle instance"
+
+
 async def test_a_loop_does_not_fall_asleep_while_an_insert_is_in_flight(db: Database) -> None:
     """The insert below has looked for sleepers (none) and not committed yet: were the loop
     to sleep now, its last claim would not see the insert and nobody would ring for it. So

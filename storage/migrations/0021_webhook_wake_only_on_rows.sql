@@ -1,0 +1,36 @@
+-- The doorbell rings only for an insert that inserted something (migrations 0019, 0020).
+--
+-- Statement-level triggers fire once per INSERT statement, even one that inserts no row.
+-- Since migration 0020 every delivery loop's claim is such a statement: its `expanded` CTE
+-- inserts the deliveries of the batches it took, usually none. A loop that had announced it
+-- sleeps made that claim once more, its own empty INSERT found its own row in
+-- webhook_sleepers and rang, the NOTIFY woke it, it claimed again, and so on: an idle
+-- instance ran about a thousand claims a second for as long as it stayed idle (half a core
+-- of PostgreSQL, a quarter of the server's; docs/performance.md, "Tenth session"). An empty
+-- `enqueue` (an event nobody subscribes to) rang the same way.
+--
+-- The triggers now see the statement's inserted rows (a transition table) and do nothing,
+-- not even take the sleep lock, when there are none. The lock's protocol is unchanged for
+-- inserts that did insert rows: every such insert either saw a sleeper (and rang) or had
+-- committed before the sleeper's last claim.
+CREATE OR REPLACE FUNCTION webhook_deliveries_wake() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM inserted) THEN
+        PERFORM pg_advisory_xact_lock_shared(x'5748534C4550'::bigint);
+        IF EXISTS (SELECT 1 FROM webhook_sleepers) THEN
+            PERFORM pg_notify('studyhall_webhook_deliveries', '');
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER webhook_deliveries_notify ON webhook_deliveries;
+CREATE TRIGGER webhook_deliveries_notify AFTER INSERT ON webhook_deliveries
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION webhook_deliveries_wake();
+
+DROP TRIGGER webhook_message_batches_notify ON webhook_message_batches;
+CREATE TRIGGER webhook_message_batches_notify AFTER INSERT ON webhook_message_batches
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION webhook_deliveries_wake();
