@@ -1,7 +1,7 @@
 """One busy conversation, Studyhall beside Node's socket.io in the same run (issue 16).
 
     .venv/bin/python bench/conversation_bench.py [--members 10,100,1000] [--senders 1,10]
-        [--deliveries 500,...,160000,240000,320000] [--seconds 3] [--repeat 1] [--workers 2] [--probe]
+        [--deliveries 500,...,160000,240000,320000] [--seconds 3] [--repeat 1] [--warmup 1] [--workers 2] [--probe]
 
 For each room size N, both servers are up at once and hold N websocket members each:
   studyhall  `studyhall serve` (one process) with PostgreSQL: a mentor's live room, N guests
@@ -28,7 +28,8 @@ p99 at the highest offered load both passed; then the p99 ratio at every offered
 ran, marking the steps below both servers' saturation (each kept up: ≥ 95% of the offered
 msg/s acked, nothing lost, at that step and every lower one). `--repeat K` runs every step
 K times and keeps the run with the median p99 (a 3 s step's p99 is one stall of a shared
-machine); `--probe` prints, under each Studyhall step, the server's own per-step timings
+machine); `--warmup K` (1) first runs the ladder's first step K times on each server and
+keeps none of it; `--probe` prints, under each Studyhall step, the server's own per-step timings
 (bench/latency_probe.py: look-up, queue wait, commit, fan-out, outbox flush, loop lag, GC)
 and PostgreSQL's WAL fsyncs in that step.
 
@@ -277,6 +278,11 @@ async def room_size(n: int, database_url: str, pg_pid: int, args: argparse.Names
         raise
     try:
         for senders in (int(x) for x in args.senders.split(",")):
+            first = next((d / n for d in (float(x) for x in args.deliveries.split(",")) if d / n >= args.min_rate), None)
+            for side, idle in ((study, node), (node, study)):
+                for _ in range(args.warmup if first else 0):  # not kept: caches, plans, pools, the JIT
+                    print("  (warm-up, not kept)", end="")
+                    await step(side, idle, n, senders, first, args)
             for deliveries in (float(x) for x in args.deliveries.split(",")):
                 rate = deliveries / n
                 if rate < args.min_rate:  # 0.5 msg/s in 3 s is a message or two: no figure
@@ -376,6 +382,9 @@ async def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run each step this many times; the row is the run with the median p99 (all p99s are "
                              "printed): one stall of a shared machine is the p99 of a short step")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="unkept runs of the first step on each server before the ladder: the first run of a "
+                             "fresh server had the highest p99 of five, on both servers")
     parser.add_argument("--fsync", choices=["on", "off"], default="on",
                         help="off: PostgreSQL without fsync, to see CPU costs when the disk is slow (not durable: say so)")
     parser.add_argument("--probe", action="store_true",
