@@ -62,7 +62,7 @@ async def test_a_saturated_pipeline_gets_deliveries_at_the_floor_then_full_speed
 ) -> None:
     """Bursts of messages keep the writer's batches large for a few seconds: delivery
     falls to the floor rate (no less: the outbox still drains; not much more: it yields),
-    the outbox lag metric grows, and once the bursts stop the backlog goes out at full
+    batches are expanded only as the floor needs them, the outbox lag metric grows, and once the bursts stop the backlog goes out at full
     speed, every event exactly once."""
     hooked: Instance = await start_instance(webhooks=PACED)
     dispatcher = hooked.app[DISPATCHER]
@@ -91,6 +91,12 @@ async def test_a_saturated_pipeline_gets_deliveries_at_the_floor_then_full_speed
                 assert status == 200
                 lag_seen = metric(text, "studyhall_webhook_outbox_lag_seconds")
                 assert metric(text, "studyhall_webhook_yielding") == 1.0
+                async with db.connection() as conn:  # the backlog waits as batches, not rows
+                    pending = await conn.fetchval("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
+                    waiting = await conn.fetchval("SELECT count(*) FROM webhook_message_batches")
+                # A batch holds up to 60 messages here; the floor sends 2 a claim. Expanding a
+                # batch per claim (10 a second) left hundreds of rows pending by now.
+                assert pending <= 150 and waiting > 0, (pending, waiting)
         end = time.time()
         # From half a second in (the first quarter second's batches tell it the pipeline is busy).
         paced_for = end - (start + 0.5)

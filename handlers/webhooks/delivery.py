@@ -87,6 +87,7 @@ class Dispatcher:
         self._polled_at = 0.0  # the last claim made whatever the free slots (at most poll_seconds apart)
         self._claimed_at = 0.0  # the last claim: an awake loop polls busy_poll_seconds after it
         self._empty_claims = 0  # claims in a row that found nothing: the busy poll backs off
+        self._ran_short = True  # the last claim found fewer due deliveries than it asked for
 
     async def close(self) -> None:
         await self.sender.close()
@@ -243,21 +244,27 @@ class Dispatcher:
 
     async def claim_and_send(self, limit: int) -> bool:
         """Record the successes so far and claim up to `limit` due deliveries, in one
-        statement, which also expands batches of messages (one while yielding); start
-        sending them. True when more may be due at once: the claim came back full, or it
-        expanded batches whose deliveries the next claim takes."""
+        statement, which also expands batches of messages; start sending them. True when
+        more may be due at once: the claim came back full, or it expanded batches whose
+        deliveries the next claim takes.
+
+        While yielding, a claim expands one batch, and only once the last claim ran short
+        of due deliveries: the floor sends a few a claim, a batch holds dozens, and
+        expanding one per claim regardless wrote hundreds of delivery rows a second on the
+        saturated pipeline's cores that nobody would send before it was idle again."""
         done, self._succeeded = self._succeeded, []
         self._claimed_at = time.monotonic()
         try:
             async with self.db.connection() as conn:
                 taken = await store.claim(
                     conn, limit=limit, lease_seconds=self.settings.lease_seconds, instance_id=self.instance_id,
-                    succeeded=done, expand=1 if self.yielding else store.EXPAND_BATCHES,
+                    succeeded=done, expand=self._expand_now(),
                 )
         except BaseException:
             self._succeeded = done + self._succeeded
             raise
         claimed = taken.claimed
+        self._ran_short = len(claimed) < limit
         self.lag_seconds = max((c.late_seconds for c in claimed), default=0.0)
         if self.yielding:
             self.pacer.spend(len(claimed))
@@ -272,6 +279,12 @@ class Dispatcher:
             if self.asleep:  # busy again: polls, so inserts stop ringing for it
                 await self._wake_up()
         return len(claimed) == limit or taken.expanded > 0
+
+    def _expand_now(self) -> int:
+        """How many batches of messages the next claim expands (see `claim_and_send`)."""
+        if not self.yielding:
+            return store.EXPAND_BATCHES
+        return 1 if self._ran_short else 0
 
     def notify(self) -> None:
         """New deliveries were committed (LISTEN/NOTIFY): claim at once."""
