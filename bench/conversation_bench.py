@@ -280,9 +280,9 @@ async def room_size(n: int, database_url: str, pg_pid: int, args: argparse.Names
         for senders in (int(x) for x in args.senders.split(",")):
             first = next((d / n for d in (float(x) for x in args.deliveries.split(",")) if d / n >= args.min_rate), None)
             for side, idle in ((study, node), (node, study)):
-                for _ in range(args.warmup if first else 0):  # not kept: caches, plans, pools, the JIT
+                for _ in range(args.warmup if first is not None else 0):  # not kept: caches, plans, pools, the JIT
                     print("  (warm-up, not kept)", end="")
-                    await step(side, idle, n, senders, first, args)
+                    await step(side, idle, n, senders, first or 0.0, args)
             for deliveries in (float(x) for x in args.deliveries.split(",")):
                 rate = deliveries / n
                 if rate < args.min_rate:  # 0.5 msg/s in 3 s is a message or two: no figure
