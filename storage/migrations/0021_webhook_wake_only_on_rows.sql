@@ -1,19 +1,27 @@
--- The doorbell rings only for an insert that inserted something (migrations 0019, 0020).
+-- A delivery loop's claim no longer rings for itself (migrations 0019, 0020).
 --
 -- Statement-level triggers fire once per INSERT statement, even one that inserts no row.
--- Since migration 0020 every delivery loop's claim is such a statement: its `expanded` CTE
--- inserts the deliveries of the batches it took, usually none. A loop that had announced it
--- sleeps made that claim once more, its own empty INSERT found its own row in
--- webhook_sleepers and rang, the NOTIFY woke it, it claimed again, and so on: an idle
--- instance ran about a thousand claims a second for as long as it stayed idle (half a core
--- of PostgreSQL, a quarter of the server's; docs/performance.md, "Tenth session"). An empty
--- `enqueue` (an event nobody subscribes to) rang the same way.
+-- Since migration 0020 every delivery loop's claim is such a statement on
+-- webhook_deliveries: its `expanded` CTE inserts the deliveries of the batches it took,
+-- usually none. A loop that had announced it sleeps made that claim once more, its own
+-- empty INSERT found its own row in webhook_sleepers and rang, the NOTIFY woke it, it
+-- claimed again, and so on: an idle instance ran about a thousand claims a second for as
+-- long as it stayed idle (a quarter of a core for the server, half or more for
+-- PostgreSQL; docs/performance.md, "Tenth session"). An empty `enqueue` (an event nobody
+-- subscribes to) rang the same way, once.
 --
--- The triggers now see the statement's inserted rows (a transition table) and do nothing,
--- not even take the sleep lock, when there are none. The lock's protocol is unchanged for
--- inserts that did insert rows: every such insert either saw a sleeper (and rang) or had
--- committed before the sleeper's last claim.
-CREATE OR REPLACE FUNCTION webhook_deliveries_wake() RETURNS trigger LANGUAGE plpgsql AS $$
+-- The deliveries' trigger now sees the statement's inserted rows (a transition table) and
+-- does nothing, not even take the sleep lock, when there are none. The lock's protocol is
+-- unchanged for inserts that did insert rows: every such insert either saw a sleeper (and
+-- rang) or had committed before the sleeper's last claim.
+--
+-- The message batches' trigger (0020) stays as it was. Only the writer's statement inserts
+-- there, and it inserts nothing only while its subscription cache is stale (one ring per
+-- batch then, never a loop); a transition table there would copy every batch row, every
+-- message of it, on the message path: PostgreSQL's cost of the outbox row rose from about
+-- +19 % to +31-36 % of the statement without one when both triggers had it
+-- (bench/outbox_bench.py).
+CREATE FUNCTION webhook_deliveries_wake_if_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM inserted) THEN
         PERFORM pg_advisory_xact_lock_shared(x'5748534C4550'::bigint);
@@ -28,9 +36,4 @@ $$;
 DROP TRIGGER webhook_deliveries_notify ON webhook_deliveries;
 CREATE TRIGGER webhook_deliveries_notify AFTER INSERT ON webhook_deliveries
     REFERENCING NEW TABLE AS inserted
-    FOR EACH STATEMENT EXECUTE FUNCTION webhook_deliveries_wake();
-
-DROP TRIGGER webhook_message_batches_notify ON webhook_message_batches;
-CREATE TRIGGER webhook_message_batches_notify AFTER INSERT ON webhook_message_batches
-    REFERENCING NEW TABLE AS inserted
-    FOR EACH STATEMENT EXECUTE FUNCTION webhook_deliveries_wake();
+    FOR EACH STATEMENT EXECUTE FUNCTION webhook_deliveries_wake_if_inserted();
