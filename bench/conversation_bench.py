@@ -60,7 +60,7 @@ import socketio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import TICK, quantile_ms, start_servers, stop_servers, wait_up  # noqa: E402
+from bench.harness import postmaster_pid, quantile_ms, start_servers, stop_servers, tree_cpu_seconds, wait_up  # noqa: E402
 from bench.rooms_bench import Workers, setup_room  # noqa: E402
 from bench.socket_memory_bench import raise_fd_limit, start_node  # noqa: E402
 from storage.embedded import EmbeddedPostgres, free_port  # noqa: E402
@@ -86,21 +86,6 @@ def fsync_ms(directory: Path, n: int = 50) -> tuple[float, float]:
         path.unlink()
     times.sort()
     return times[n // 2], times[n * 9 // 10]
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """User+system CPU seconds of `root` and its live children (PostgreSQL's backends)."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry.name) == root or int(fields[1]) == root:
-            total += (int(fields[11]) + int(fields[12])) / TICK
-    return total
 
 
 class Side:
@@ -397,7 +382,7 @@ async def main() -> None:
     pg = kind(Path(tempfile.mkdtemp(prefix="studyhall-bench-pg-")), port=free_port(), listen_tcp=True)
     os.chmod(pg.data_dir, 0o755)
     database_url = await asyncio.to_thread(pg.start)
-    pg_pid = int((pg.pgdata / "postmaster.pid").read_text().split()[0])
+    pg_pid = postmaster_pid(pg)
     if args.probe:
         conn = await asyncpg.connect(database_url)
         try:

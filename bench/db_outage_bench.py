@@ -33,6 +33,7 @@ import asyncpg
 import socketio
 from aiohttp import web
 
+from bench.harness import postmaster_pid
 from handlers.settings import Settings
 from server.app import create_app
 from storage.embedded import EmbeddedPostgres, free_port
@@ -40,7 +41,7 @@ from storage.migrate import migrate
 
 
 def _kill(pg: EmbeddedPostgres) -> None:
-    pid = int((pg.pgdata / "postmaster.pid").read_text().split()[0])
+    pid = postmaster_pid(pg)
     os.kill(pid, signal.SIGKILL)
     while Path(f"/proc/{pid}").exists():  # gone, not even a zombie, before it may start again
         time.sleep(0.02)

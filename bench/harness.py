@@ -96,6 +96,26 @@ def cpu_seconds(*pids: int | str) -> float:
     return total
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """User+system CPU seconds of `root` and its live children (PostgreSQL's backends)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == root or int(fields[1]) == root:
+            total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
+def postmaster_pid(pg: EmbeddedPostgres) -> int:
+    """The running PostgreSQL's postmaster (its backends are its children)."""
+    return int((pg.pgdata / "postmaster.pid").read_text().split()[0])
+
+
 def quantile_ms(seconds: list[float], q: int) -> float:
     """The q-th percentile of latencies in seconds, in ms (NaN under two samples)."""
     if len(seconds) < 2:

@@ -22,8 +22,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.conversation_bench import tree_cpu_seconds  # noqa: E402
-from bench.harness import migrated_postgres, start_servers, stop_servers, wait_up  # noqa: E402
+from bench.harness import (  # noqa: E402
+    migrated_postgres,
+    postmaster_pid,
+    start_servers,
+    stop_servers,
+    tree_cpu_seconds,
+    wait_up,
+)
 
 
 async def main() -> None:
@@ -33,7 +39,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     async with migrated_postgres() as pg:
-        pg_pid = int((pg.pgdata / "postmaster.pid").read_text().split()[0])
+        pg_pid = postmaster_pid(pg)
         procs = start_servers(args.instances, pg.url(), None)
         try:
             for _, url in procs:

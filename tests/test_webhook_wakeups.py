@@ -55,10 +55,24 @@ async def outbox_notifications(db: Database) -> AsyncIterator[list[str]]:
     heard: list[str] = []
     listener = await asyncpg.connect(db.url)
     try:
-        await listener.add_listener(store.DELIVERIES_CHANNEL, lambda *a: heard.append(a[2]))
+        await listener.add_listener(store.DELIVERIES_CHANNEL, lambda _conn, _pid, _channel, payload: heard.append(payload))
         yield heard
     finally:
         await listener.close()
+
+
+def recorded_claims(dispatcher: Any) -> list[float]:
+    """When each claim of `dispatcher` starts from now on (its `claim_and_send`, wrapped:
+    the loop looks the method up on every pass)."""
+    claims: list[float] = []
+    claim = dispatcher.claim_and_send
+
+    async def counted(limit: int) -> bool:
+        claims.append(time.monotonic())
+        return bool(await claim(limit))
+
+    dispatcher.claim_and_send = counted
+    return claims
 
 
 async def heard_after_insert(db: Database, heard: list[str]) -> int:
@@ -115,19 +129,11 @@ async def test_an_idle_instance_with_no_endpoint_sleeps_quietly(start_instance: 
     while not dispatcher.asleep:
         assert time.monotonic() < deadline, "the idle loop never announced it sleeps"
         await asyncio.sleep(0.05)
-    claims = 0
-    claim = dispatcher.claim_and_send
-
-    async def counted(limit: int) -> bool:
-        nonlocal claims
-        claims += 1
-        return await claim(limit)
-
-    dispatcher.claim_and_send = counted  # type: ignore[method-assign]
+    claims = recorded_claims(dispatcher)
     async with outbox_notifications(db) as heard:
         await asyncio.sleep(1.0)
     assert dispatcher.asleep
-    assert claims <= 1 and heard == [], f"{claims} claims and {len(heard)} NOTIFYs in 1 s of an idle instance"
+    assert len(claims) <= 1 and heard == [], f"{len(claims)} claims and {len(heard)} NOTIFYs in 1 s of an idle instance"
 
 
 async def test_a_loop_does_not_fall_asleep_while_an_insert_is_in_flight(db: Database) -> None:
@@ -197,14 +203,7 @@ async def test_an_awake_loop_backs_off_while_its_claims_find_nothing(db: Databas
     from handlers.webhooks.delivery import Dispatcher
 
     dispatcher = Dispatcher(db, replace(SLEEPY, idle_seconds=5.0), uuid.uuid4())
-    claims: list[float] = []
-    claim = dispatcher.claim_and_send
-
-    async def counted(limit: int) -> bool:
-        claims.append(time.monotonic())
-        return await claim(limit)
-
-    dispatcher.claim_and_send = counted  # type: ignore[method-assign]
+    claims = recorded_claims(dispatcher)
     task = asyncio.create_task(dispatcher.run())
     try:
         await asyncio.sleep(0.6)

@@ -15,19 +15,34 @@
 -- unchanged for inserts that did insert rows: every such insert either saw a sleeper (and
 -- rang) or had committed before the sleeper's last claim.
 --
--- The message batches' trigger (0020) stays as it was. Only the writer's statement inserts
+-- The message batches' trigger (0020) keeps no transition table. Only the writer's statement inserts
 -- there, and it inserts nothing only while its subscription cache is stale (one ring per
 -- batch then, never a loop); a transition table there would copy every batch row, every
 -- message of it, on the message path: PostgreSQL's cost of the outbox row rose from about
 -- +19 % to +31-36 % of the statement without one when both triggers had it
 -- (bench/outbox_bench.py).
+-- One place rings (both triggers call it), so the lock key and the channel, which
+-- storage/webhooks.py also names, are written once in the live schema.
+CREATE FUNCTION webhook_ring_sleepers() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(x'5748534C4550'::bigint);
+    IF EXISTS (SELECT 1 FROM webhook_sleepers) THEN
+        PERFORM pg_notify('studyhall_webhook_deliveries', '');
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhook_deliveries_wake() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM webhook_ring_sleepers();
+    RETURN NULL;
+END
+$$;
+
 CREATE FUNCTION webhook_deliveries_wake_if_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM inserted) THEN
-        PERFORM pg_advisory_xact_lock_shared(x'5748534C4550'::bigint);
-        IF EXISTS (SELECT 1 FROM webhook_sleepers) THEN
-            PERFORM pg_notify('studyhall_webhook_deliveries', '');
-        END IF;
+        PERFORM webhook_ring_sleepers();
     END IF;
     RETURN NULL;
 END
