@@ -69,6 +69,19 @@ def error_ack(code: str, message: str, retry_after_ms: int | None = None) -> dic
     return {"ok": False, "error": ApiError(code, message, retry_after_ms=retry_after_ms).to_dict()}
 
 
+def closing_ack() -> dict[str, Any]:
+    """The ack for an event from a socket whose disconnect has begun.
+
+    python-socketio runs only events of connected sockets (a socket still in its connect
+    handler is not one), but it starts each event as a task: one accepted just before the
+    socket began to close runs after `_disconnect` dropped the socket's state, while the
+    disconnect hooks still hold the transport open, so its ack reaches the client. A drain
+    does exactly that to every in-flight send. Nothing was done, so the answer is the one
+    clients retry (`unavailable`): send it again once reconnected, with the same
+    `client_id`. It was `unauthorized`, which the JavaScript client took as final."""
+    return error_ack("unavailable", "This connection is closing; send again once reconnected.")
+
+
 class Gateway:
     """Binds a Core to a Socket.IO server."""
 
@@ -162,7 +175,7 @@ class Gateway:
     async def _dispatch(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
         state = self.sockets.get(sid)
         if state is None:
-            return error_ack("unauthorized", "Not connected.")
+            return closing_ack()
         refusal = self.limits.take(state.bucket, state.actor.user_id)
         if refusal is not None:
             self.metrics.event_errors.labels("rate_limited", "socket").inc()
@@ -195,7 +208,7 @@ class Gateway:
         user's buckets like any event, so refusals cannot be sent faster than events."""
         state = self.sockets.get(sid) if sid is not None else None
         if state is None:
-            return error_ack("unauthorized", "Not connected.")
+            return closing_ack()
         wait: int | None = None
         refusal = self.limits.take(state.bucket, state.actor.user_id) if count else None
         if refusal is not None:

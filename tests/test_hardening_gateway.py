@@ -23,7 +23,8 @@ import socketio
 from handlers.errors import ApiError
 from handlers.events import user_room
 from handlers.writer import MessageWriter
-from server.keys import SIO
+from server.keys import GATEWAY, SIO
+from server.lifecycle import close_transports
 from storage import messages as message_store
 from storage.messages import NewMessage
 from tests.client import Api, Instance, Socket, User
@@ -530,3 +531,47 @@ async def test_a_polling_client_disconnects_at_once(api: Api, server: Instance) 
             break
         await asyncio.sleep(0.05)
     assert not eio.sockets
+
+
+async def test_a_send_caught_by_a_closing_socket_is_answered_retry_not_unauthorized(
+    api: Api, server: Instance, db: Any,
+) -> None:
+    """A drain closes every transport while sends are in flight. python-socketio starts an
+    event it accepted as a task, so one accepted just before its socket began to close runs
+    after the gateway dropped the socket, while the disconnect hooks (presence) still hold
+    the transport open: its ack reaches the client. It was `unauthorized` "Not connected.",
+    which socket.io clients take as final (the nginx drain test's client gave up on it);
+    it is `unavailable`, which they retry, and nothing was stored, so the retry on the new
+    connection stores the message once. The network cannot be timed to hit that window, so
+    the test holds the disconnect hooks and runs the accepted event as python-socketio's
+    task does."""
+    a, b = await api.register("Cleo"), await api.register("Dov")
+    cid = await direct_conversation(api, a, b)
+    async with aiohttp.ClientSession() as session:
+        raw = await RawSocket.connect(session, api.url, a.token)
+        gateway, sio = server.app[GATEWAY], server.app[SIO]
+        (sid,) = [s for s, st in gateway.sockets.items() if str(st.actor.user_id) == a.id]
+        eio_sid = sio.manager.eio_sid_from_sid(sid, "/")
+        hooks_entered, release_hooks = asyncio.Event(), asyncio.Event()
+
+        async def slow_presence(*_: Any) -> None:
+            hooks_entered.set()
+            await release_hooks.wait()
+
+        gateway.on_disconnect.append(slow_presence)
+        draining = asyncio.create_task(close_transports(sio, 5))
+        await asyncio.wait_for(hooks_entered.wait(), 5)
+        payload = {"conversation_id": cid, "content": "caught by the drain", "client_id": "drain-1"}
+        await sio._handle_event_internal(sio, sid, eio_sid, ["message:send", payload], "/", 7)
+        ack = await raw.ack(7)
+        release_hooks.set()
+        await draining
+        await raw.close()
+    assert ack["ok"] is False and ack["error"]["code"] == "unavailable", ack
+    async with db.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM messages WHERE conversation_id = $1", uuid.UUID(cid)) == 0
+    again = await api.socket(a)
+    sent = await again.ok("message:send", payload)
+    assert sent["message"]["content"] == "caught by the drain"
+    async with db.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM messages WHERE conversation_id = $1", uuid.UUID(cid)) == 1
