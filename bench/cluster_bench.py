@@ -14,7 +14,7 @@ global channel). Conversations are direct threads whose two members sit on two o
 first three instances (pairs 1-2, 2-3, 3-1); the fourth instance holds `--idle` connected
 users who are in none of them (an instance with no member of any conversation). `--group N`
 adds one group of N members spread over instances 1 and 2 only; two of them send its
-`--messages`. The group is measured as it is after its first seconds
+`--messages`, in turns (or each half at the same time, `--concurrent`). The group is measured as it is after its first seconds
 (STUDYHALL_GROUP_ROOM_SETTLE=0; the load starts a second after it is created).
 
 The load: each conversation's members take turns sending `--messages` messages, waiting
@@ -24,6 +24,12 @@ per instance, from its /metrics (`studyhall_redis_*`) and /proc/<pid>/stat:
   events and bytes received from Redis per message sent (probes excluded), how many of
   those events were delivered to a local socket, ignored (no local recipient) or its own
   echo, and the CPU the instance used over the load, in total and per message sent.
+
+For the group, every member also records when each of its `message:new` arrived: a seq that
+jumps (one below it missing) is a hole, which across instances usually fills by itself (a
+message from the other instance came through Redis after the next local one). The report
+gives holes per message per member and how long each took to fill (p50, p99, max): the
+pages wait `GAP_GRACE_MS` (static/js/timeline.js) for a hole before they `sync`.
 
 The fourth instance's figures are the point: with one channel it receives every event and
 spends CPU on each; with room channels it receives nothing for these conversations. The
@@ -75,6 +81,41 @@ class InstanceFigures:
     ignored: float
     own: float
     cpu_s: float
+
+
+@dataclass
+class HoleFigures:
+    holes: int  # seq jumps seen, summed over members
+    fills_ms: list[float]  # how long each missing seq took to arrive, sorted
+    unfilled: int  # missing seqs that never arrived live
+
+
+def hole_figures(arrivals: list[list[tuple[float, int]]]) -> HoleFigures:
+    """Holes in each member's live stream (arrival time, seq), and when each missing seq came."""
+    holes, fills, unfilled = 0, [], 0
+    for stream in arrivals:
+        held: set[int] = set()
+        missing: dict[int, float] = {}  # seq -> when its hole opened
+        contiguous = min((seq for _, seq in stream), default=1) - 1
+        for at, seq in stream:
+            if seq in missing:
+                fills.append((at - missing.pop(seq)) * 1000)
+            if seq in held or seq <= contiguous:
+                continue
+            if seq > contiguous + 1:
+                holes += 1
+                for gap in range(contiguous + 1, seq):
+                    if gap not in held:
+                        missing.setdefault(gap, at)
+            held.add(seq)
+            while contiguous + 1 in held:
+                contiguous += 1
+        unfilled += len(missing)
+    return HoleFigures(holes, sorted(fills), unfilled)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * q))] if values else 0.0
 
 
 async def read_counters(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
@@ -130,7 +171,22 @@ async def run_mode(mode: str, args: argparse.Namespace, database_url: str, redis
         if group:
             ack = await clients[group[0].user_id].call(
                 "conversation:create", {"kind": "group", "title": "bench", "member_ids": [u.user_id for u in group[1:]]})
-            conversations.append((ack["conversation"]["id"], group[:2]))  # two of them send
+            if args.concurrent:  # each of the two senders its own stream, at the same time
+                conversations += [(ack["conversation"]["id"], [u]) for u in group[:2]]
+            else:  # two of them take turns
+                conversations.append((ack["conversation"]["id"], group[:2]))
+        group_cid = conversations[-1][0] if group else None
+        arrivals: list[list[tuple[float, int]]] = [[] for _ in group]
+
+        def recorder(stream: list[tuple[float, int]]) -> object:
+            async def on_new(data: dict[str, object]) -> None:
+                message = data["message"]
+                if message["conversation_id"] == group_cid:  # type: ignore[index]
+                    stream.append((time.perf_counter(), int(message["seq"])))  # type: ignore[index]
+            return on_new
+
+        for u, stream in zip(group, arrivals):
+            clients[u.user_id].on("message:new", recorder(stream))
         await asyncio.sleep(1.0)  # creation events and presence settle before counting
 
         async with aiohttp.ClientSession() as session:
@@ -140,11 +196,12 @@ async def run_mode(mode: str, args: argparse.Namespace, database_url: str, redis
 
             async def talk(cid: str, senders: list[User]) -> int:
                 sent = 0
-                for n in range(args.messages):
+                count = args.messages // 2 if cid == group_cid and args.concurrent else args.messages
+                for n in range(count):
                     sender = senders[n % len(senders)]
                     ack = await clients[sender.user_id].call(
                         "message:send", {"conversation_id": cid, "content": f"bench message {n} " + "x" * 80,
-                                         "client_id": f"c{n}"}, timeout=30)
+                                         "client_id": f"{sender.user_id}-{n}"}, timeout=30)
                     sent += bool(ack.get("ok"))
                 return sent
 
@@ -170,7 +227,8 @@ async def run_mode(mode: str, args: argparse.Namespace, database_url: str, redis
     hosted = [0] * INSTANCES  # conversation members connected to each instance
     for u in [x for pair in members for x in pair] + group:
         hosted[urls.index(u.url)] += 1
-    return {"mode": mode, "sent": sent, "elapsed": elapsed, "instances": figures, "hosted": hosted}
+    return {"mode": mode, "sent": sent, "elapsed": elapsed, "instances": figures, "hosted": hosted,
+            "holes": hole_figures(arrivals) if group else None, "group": len(group), "group_sent": args.messages}
 
 
 def node_publishes(redis: RedisServer | RedisCluster) -> list[dict[str, int]]:
@@ -205,6 +263,12 @@ def report(results: list[dict[str, object]]) -> None:
     for r in results:
         print(f"{r['mode']}: {r['sent']:,} messages in {r['elapsed']:.1f} s "  # type: ignore[str-format]
               f"({int(r['sent']) / r['elapsed']:,.0f} msg/s)")  # type: ignore[call-overload, operator]
+        h = r["holes"]
+        if isinstance(h, HoleFigures):
+            per = h.holes / max(1, int(r["group"]) * int(r["group_sent"]))  # type: ignore[call-overload]
+            print(f"{r['mode']}: group holes {h.holes} ({per:.1%} of messages per member); filled in "
+                  f"p50 {percentile(h.fills_ms, 0.5):.1f} ms, p99 {percentile(h.fills_ms, 0.99):.1f} ms, "
+                  f"max {max(h.fills_ms, default=0):.1f} ms; never filled live {h.unfilled}")
 
 
 async def main() -> None:
@@ -213,6 +277,8 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=40, help="messages per conversation")
     parser.add_argument("--idle", type=int, default=20, help="connected users on the fourth instance")
     parser.add_argument("--group", type=int, default=0, help="add one group of N members on instances 1 and 2")
+    parser.add_argument("--concurrent", action="store_true",
+                        help="the group's two senders send at the same time, not in turns")
     parser.add_argument("--modes", default="single,room", help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--redis", choices=("single", "cluster"), default="single",
                         help="one redis-server, or a 3-master Redis Cluster on loopback")

@@ -8,8 +8,8 @@ import { ApiError, isRetryable, newId } from "./client.js";
 /**
  * How long a hole in seqs may stay open before `sync` asks for it. With several instances a
  * message from another instance comes through Redis and can arrive a few milliseconds after
- * the next local one (measured: holes filled within 2-13 ms at up to 180 msg/s in one
- * group); syncing at once made every member on that instance sync for every such hole.
+ * the next local one (bench/cluster_bench.py: every hole filled within 6-55 ms); syncing
+ * at once made every member on that instance sync for every such hole.
  */
 export const GAP_GRACE_MS = 250;
 
