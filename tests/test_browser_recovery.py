@@ -188,13 +188,13 @@ async def test_widget_waits_out_holes_that_fill_themselves(browser, start_instan
         async with db.connection() as conn:
             last = await conn.fetchval("SELECT last_seq FROM conversations WHERE id = $1", uuid.UUID(cid))
         before, sent = syncs(), 0
-        while holes_seen(near_sock, cid, last) < 10 and sent < 400:
+        while holes_seen(near_sock, cid, last) < 20 and sent < 400:
             await asyncio.gather(*(
                 sock.ok("message:send", {"conversation_id": cid, "content": f"{tag}{sent + k}", "client_id": f"{tag}{sent + k}"})
                 for k in range(5) for sock, tag in ((near_sock, "n"), (far_sock, "f"))))
             sent += 5
         holes = holes_seen(near_sock, cid, last)
-        assert holes >= 10, f"in {2 * sent} sends no message from the far instance came after a later near one"
+        assert holes >= 20, f"in {2 * sent} sends no message from the far instance came after a later near one"
 
         async with db.connection() as conn:
             stored, _ = await message_store.history(conn, uuid.UUID(cid), before_seq=None, limit=10_000)
@@ -203,7 +203,10 @@ async def test_widget_waits_out_holes_that_fill_themselves(browser, start_instan
         await asyncio.sleep(0.5)  # past the grace of the last hole
         widget_syncs = syncs() - before
         print(f"holes seen on the near instance {holes} in {2 * sent} sends; the widget's syncs {widget_syncs:.0f}")
-        # One sync is allowed for a hole that took longer than the grace on a loaded machine;
-        # syncing at once, the widget made 3 for 7-9 holes here.
-        assert widget_syncs <= 1, f"the widget synced {widget_syncs:.0f} times for {holes} holes that filled"
+        # Allowed: one sync for a hole that took longer than the grace on a loaded machine,
+        # and one for each `resync` the instance sent (a late Redis probe under load sends
+        # one to every socket; the agent's socket on the same instance hears it too).
+        # Syncing at once, the widget made 9 for 20-21 holes here.
+        allowed = 1 + len(near_sock.received("resync"))
+        assert widget_syncs <= allowed, f"the widget synced {widget_syncs:.0f} times for {holes} holes that filled"
         assert_clean(guest)
