@@ -14,13 +14,13 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from playwright.async_api import expect
+from playwright.async_api import Page, expect
 
 from handlers.settings import Settings
 from server.app import create_app
 from server.keys import METRICS
 from storage import messages as message_store
-from tests.client import Api, Instance, Socket
+from tests.client import Api, Instance, Socket, User
 from tests.pagekit import assert_clean, browser, open_page, screenshot, seqs  # noqa: F401
 
 AWAY = [f"While you were away, part {i}" for i in range(1, 6)]
@@ -34,6 +34,22 @@ async def serve_on_port(settings: Settings, port: int, runners: list[web.AppRunn
     await web.TCPSite(runner, "127.0.0.1", port).start()
     runners.append(runner)
     return Instance(f"http://127.0.0.1:{port}", app, runner)
+
+
+async def handed_to_an_agent(browser: Any, api: Api, db: Any, near: Instance) -> tuple[Page, User, Socket, str]:  # noqa: F811
+    """A guest's widget on `near` asks for a person and agent Alex claims the ticket through
+    a socket on `near`: the guest's page, the agent, its socket and the conversation's id."""
+    agent = await api.staff(db, "agent", "Alex")
+    guest = await open_page(browser, near.url + "/static/demo.html")
+    w = guest.locator("#studyhall-widget")
+    await w.get_by_role("button", name="Ask the tutor").click()
+    await expect(guest.get_by_label("Your question")).to_be_enabled()
+    await w.get_by_role("button", name="Talk to a person").click()
+    await expect(w.locator("#sh-mode")).to_contain_text("Waiting for a person")
+    sock = await api.socket(agent)
+    _, body = await api.request("GET", "/api/tickets", agent)
+    await sock.ok("ticket:claim", {"ticket_id": body["tickets"][0]["id"]})
+    return guest, agent, sock, str(body["tickets"][0]["conversation_id"])
 
 
 async def test_widget_recovers_every_message_once_after_server_restart(
@@ -52,19 +68,8 @@ async def test_widget_recovers_every_message_once_after_server_restart(
 
 async def run(browser: Any, first: Instance, port: int, settings: Settings, runners: list[web.AppRunner],  # noqa: F811
               start_instance: Any, api: Api, db: Any) -> None:
-    agent = await api.staff(db, "agent", "Alex")
-    guest = await open_page(browser, first.url + "/static/demo.html")
+    guest, agent, sock, cid = await handed_to_an_agent(browser, api, db, first)
     w = guest.locator("#studyhall-widget")
-    await w.get_by_role("button", name="Ask the tutor").click()
-    await expect(guest.get_by_label("Your question")).to_be_enabled()
-    await w.get_by_role("button", name="Talk to a person").click()
-    await expect(w.locator("#sh-mode")).to_contain_text("Waiting for a person")
-
-    sock = await api.socket(agent)
-    _, body = await api.request("GET", "/api/tickets", agent)
-    ticket = body["tickets"][0]
-    cid = ticket["conversation_id"]
-    await sock.ok("ticket:claim", {"ticket_id": ticket["id"]})
     await sock.ok("message:send", {"conversation_id": cid, "content": "Before the cut", "client_id": "before-1"})
     await expect(w.locator("li.msg-agent .msg-body")).to_have_text(["Before the cut"])
 
@@ -115,17 +120,8 @@ async def test_widget_fills_a_seq_gap_without_reconnecting(browser, start_instan
     near, far = await start_instance(), await start_instance()
     async with aiohttp.ClientSession() as http:
         api = Api(http, near.url)
-        agent = await api.staff(db, "agent", "Alex")
-        guest = await open_page(browser, near.url + "/static/demo.html")
+        guest, agent, sock, cid = await handed_to_an_agent(browser, api, db, near)
         w = guest.locator("#studyhall-widget")
-        await w.get_by_role("button", name="Ask the tutor").click()
-        await expect(guest.get_by_label("Your question")).to_be_enabled()
-        await w.get_by_role("button", name="Talk to a person").click()
-        await expect(w.locator("#sh-mode")).to_contain_text("Waiting for a person")
-        sock = await api.socket(agent)
-        _, body = await api.request("GET", "/api/tickets", agent)
-        cid = body["tickets"][0]["conversation_id"]
-        await sock.ok("ticket:claim", {"ticket_id": body["tickets"][0]["id"]})
 
         far_sock = await api.socket(agent, url=far.url)
         for i in range(3):
@@ -168,17 +164,9 @@ async def test_widget_waits_out_holes_that_fill_themselves(browser, start_instan
     near, far = await start_instance(**shared), await start_instance(**shared)
     async with aiohttp.ClientSession() as http:
         api = Api(http, near.url)
-        agent = await api.staff(db, "agent", "Alex")
-        guest = await open_page(browser, near.url + "/static/demo.html")
+        # The agent's socket on the near instance sees what every socket there sees.
+        guest, agent, near_sock, cid = await handed_to_an_agent(browser, api, db, near)
         w = guest.locator("#studyhall-widget")
-        await w.get_by_role("button", name="Ask the tutor").click()
-        await expect(guest.get_by_label("Your question")).to_be_enabled()
-        await w.get_by_role("button", name="Talk to a person").click()
-        await expect(w.locator("#sh-mode")).to_contain_text("Waiting for a person")
-        near_sock = await api.socket(agent)  # sees what every socket on the near instance sees
-        _, body = await api.request("GET", "/api/tickets", agent)
-        cid = body["tickets"][0]["conversation_id"]
-        await near_sock.ok("ticket:claim", {"ticket_id": body["tickets"][0]["id"]})
         await expect(w.locator("#sh-mode")).not_to_contain_text("Waiting for a person")
         far_sock = await api.socket(agent, url=far.url)
 
