@@ -130,6 +130,12 @@ class FakeLLM:
         """The next `n` requests are never answered (until the server stops)."""
         self._faults.hang += n
 
+    def clear_faults(self) -> None:
+        """Drop the faults armed and not yet met. A request the client gave up on before it
+        arrived (its timeout ran out while connecting, on a loaded machine) never took its
+        fault, which would otherwise meet the next request."""
+        self._faults = _Faults()
+
     def break_stream_after(self, chunks: int, times: int = 1) -> None:
         """The next `times` streaming requests send `chunks` content deltas, then drop the connection."""
         self._faults.break_after.extend([chunks] * times)
