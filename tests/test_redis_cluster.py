@@ -231,7 +231,13 @@ async def test_a_room_channel_whose_slot_moves_to_another_master_is_followed(sta
             slot = int(await _node_command(cluster.nodes[0].port, "CLUSTER", "KEYSLOT", b_channel))
             old = cluster.port_of_slot(slot)
             new = next(n.port for n in cluster.nodes if n.port != old)
-            assert await _shard_subscribers(old, b_channel) == 1
+            # One subscriber (instance two's listener) before the move. Eventually: CI once saw
+            # 2 here under load, a second subscription that was gone by the move's own check
+            # (which wants exactly 1 on the new owner). Not explained; a listener reset (a late
+            # health probe) leaving its old connection subscribed for a moment would do it.
+            async def on_old_only() -> bool:
+                return await _shard_subscribers(old, b_channel) == 1
+            await eventually(on_old_only, timeout=10)
             new_id = (await _node_command(new, "CLUSTER", "MYID")).decode()
             for port in [new, old] + [n.port for n in cluster.nodes if n.port not in (old, new)]:
                 await _node_command(port, "CLUSTER", "SETSLOT", slot, "NODE", new_id)
