@@ -90,13 +90,14 @@ class HoleFigures:
     unfilled: int  # missing seqs that never arrived live
 
 
-def hole_figures(arrivals: list[list[tuple[float, int]]]) -> HoleFigures:
-    """Holes in each member's live stream (arrival time, seq), and when each missing seq came."""
+def hole_figures(arrivals: list[list[tuple[float, int]]], after: int | None = None) -> HoleFigures:
+    """Holes in each member's live stream (arrival time, seq), and when each missing seq came.
+    `after`: the last seq before the streams began (default: each stream's first seq - 1)."""
     holes, fills, unfilled = 0, [], 0
     for stream in arrivals:
         held: set[int] = set()
         missing: dict[int, float] = {}  # seq -> when its hole opened
-        contiguous = min((seq for _, seq in stream), default=1) - 1
+        contiguous = after if after is not None else min((seq for _, seq in stream), default=1) - 1
         for at, seq in stream:
             if seq in missing:
                 fills.append((at - missing.pop(seq)) * 1000)

@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 from playwright.async_api import Page, expect
 
+from bench.cluster_bench import hole_figures
 from handlers.settings import Settings
 from server.app import create_app
 from server.keys import METRICS
@@ -137,18 +138,10 @@ async def test_widget_fills_a_seq_gap_without_reconnecting(browser, start_instan
 
 
 def holes_seen(sock: Socket, cid: str, after: int) -> int:
-    """How many times a seq past `after` arrived with one below it still missing."""
-    held: set[int] = set()
-    contiguous, holes = after, 0
-    for data in sock.received("message:new"):
-        seq = data["message"]["seq"]
-        if data["message"]["conversation_id"] != cid or seq <= after or seq in held:
-            continue
-        holes += seq > contiguous + 1
-        held.add(seq)
-        while contiguous + 1 in held:
-            contiguous += 1
-    return holes
+    """How many times a seq past `after` arrived with one below it still missing
+    (bench/cluster_bench.py counts them the same way)."""
+    stream = [(0.0, int(d["message"]["seq"])) for d in sock.received("message:new") if d["message"]["conversation_id"] == cid]
+    return hole_figures([stream], after).holes
 
 
 async def test_widget_waits_out_holes_that_fill_themselves(browser, start_instance, redis_url, db) -> None:  # noqa: F811
