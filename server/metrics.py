@@ -61,6 +61,11 @@ class Metrics:
             "Events received from Redis: delivered to a local socket, ignored (none here), or own (this instance's echo)",
             ["outcome"], registry=r,
         )
+        self.redis_probes_late = Counter(
+            "studyhall_redis_probes_late_total",
+            "Health probes this instance's listener did not hear within the timeout, short of counting it deaf "
+            "(a busy instance or a slow link; not an outage)", registry=r,
+        )
         self.redis_room_channels = Gauge(
             "studyhall_redis_room_channels", "Room channels this instance subscribes to", registry=r
         )

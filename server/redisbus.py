@@ -16,8 +16,9 @@ It also logs two errors per failed publish and one per listener retry.
 - Health: the watcher (`watch`) publishes a probe on a channel only this instance listens
   to and waits for its own listener to hear it. That checks both directions and sees a hang
   (no answer within the timeout) as well as a refused connection. A listener that stays
-  deaf is reset. When probes come back after an outage, this instance's sockets get
-  `resync` (its listener may have missed events from the others).
+  deaf (none of its probes heard for `deaf_after` seconds, `ProbeHearing`) is reset. When
+  probes come back after an outage, this instance's sockets get `resync` (its listener may
+  have missed events from the others).
 - Logging: one `RedisHealth` per instance logs the start of an outage once and its end once,
   and counts the outage once in `studyhall_fanout_degraded_total`.
 
@@ -54,6 +55,7 @@ from server.roomchannels import RoomChannels
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 1.0  # after a failed publish, drop without trying for this long
+DEAF_AFTER_SECONDS = 5.0  # a listener that hears none of its probes for this long is deaf
 LISTEN_RETRY_FIRST, LISTEN_RETRY_MAX = 0.25, 2.0  # listener resubscribe back-off
 
 PUBLISH_BATCH = 256  # queued publishes sent in one pipeline
@@ -92,6 +94,38 @@ class RedisHealth:
         return True
 
 
+class ProbeHearing:
+    """Which of this instance's probe channels go unheard, and since when.
+
+    A probe not heard within the timeout does not make the listener deaf: a busy instance
+    (a full event loop, a listener working through a burst) hears it late, and resetting
+    that listener would throw away everything it was about to deliver, so every socket
+    would resync, adding load when the instance has least to spare. CI saw exactly that:
+    a probe heard after 1 s under load, the listener reset, a room's `kicked` lost. A
+    channel counts as deaf only when none of its probes was heard for `deaf_after`
+    seconds while they were published, which a half-open connection (the case the probe
+    exists for) shows and a late listener does not."""
+
+    def __init__(self, deaf_after: float) -> None:
+        self.deaf_after = deaf_after
+        self.unheard_since: dict[str, float] = {}
+
+    def published(self, channel: str) -> None:
+        self.unheard_since.setdefault(channel, time.monotonic())
+
+    def heard(self, channel: str) -> None:
+        """Any probe heard on the channel, however late: the listener reads it."""
+        self.unheard_since.pop(channel, None)
+
+    def forget(self) -> None:
+        """A new listener connection: nothing it could have heard is owed yet."""
+        self.unheard_since.clear()
+
+    def deaf(self, channels: list[str]) -> list[str]:
+        now = time.monotonic()
+        return [c for c in channels if now - self.unheard_since.get(c, now) >= self.deaf_after]
+
+
 class ResilientRedis:
     """Mixin for socketio.AsyncRedisManager (see the module docstring). Call `configure`
     once after construction."""
@@ -120,6 +154,8 @@ class ResilientRedis:
         self._client: aioredis.Redis | None = None
         self._probes: dict[int, asyncio.Future[None]] = {}
         self._probe_seq = 0
+        # At least two whole probe waits, so one late probe is never enough.
+        self.hearing = ProbeHearing(max(DEAF_AFTER_SECONDS, 4 * timeout))
         self._closed = False
         self._own_marker = f'"host_id":"{self.host_id}"'.encode()
         self._server_checked = False
@@ -225,6 +261,7 @@ class ResilientRedis:
                     )
                     subscribed = True
                     self.listening = True
+                    self.hearing.forget()
                     await self._listener_subscribed()
                     retry = LISTEN_RETRY_FIRST
                 async for message in self.pubsub.listen():
@@ -255,6 +292,7 @@ class ResilientRedis:
 
     def _listener_lost(self) -> None:
         """Hook: the listener's connection (and every subscription on it) is gone."""
+        self.hearing.forget()
 
     async def _check_server(self) -> bool:
         """Hook: once Redis answers, check it can do what this manager needs; False: ask again."""
@@ -288,6 +326,7 @@ class ResilientRedis:
                 yield data
             elif message["channel"] == probes:
                 self._count("probe", len(message["data"]))
+                self.hearing.heard(self.probe_channel)
                 waiter = self._probes.pop(int(message["data"]), None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
@@ -312,9 +351,11 @@ class ResilientRedis:
 
     # --- health -----------------------------------------------------------------------
 
-    async def probe(self) -> bool:
+    async def probe(self) -> bool | None:
         """Publish to our own probe channel and wait for our listener to hear it. A publish
-        that fails or hangs, or a listener that does not hear it, is an outage."""
+        that fails or hangs is an outage (False); so is a listener that heard none of its
+        probes for `hearing.deaf_after` seconds. A probe heard late is neither: None,
+        nothing is decided this round (see `ProbeHearing`)."""
         self._probe_seq += 1
         seq = self._probe_seq
         heard = asyncio.get_running_loop().create_future()
@@ -328,14 +369,26 @@ class ResilientRedis:
             return False
         if self.listening is None:  # no socket has connected yet: nothing listens, nothing to tell
             return True
+        self.hearing.published(self.probe_channel)
         try:
             await asyncio.wait_for(heard, self.timeout * 2)
         except TimeoutError:
-            self.health.report_down("listen", "the listener did not hear this instance's probe")
-            if self.listening:
-                self.reset_listener()
-            return False
+            return self._unheard([self.probe_channel], lambda _: "the listener heard none of this instance's probes")
         return True
+
+    def _unheard(self, channels: list[str], describe: Callable[[list[str]], str]) -> bool | None:
+        """Probes on these channels were not heard in time: late (None), or deaf (False:
+        the outage is reported and the listener reset)."""
+        deaf = self.hearing.deaf(channels)
+        if not deaf:
+            if self.metrics is not None:
+                self.metrics.redis_probes_late.inc()
+            log.debug("probe heard late: not deaf yet", extra={"channels": channels})
+            return None
+        self.health.report_down("listen", f"{describe(deaf)} for {self.hearing.deaf_after:g} s")
+        if self.listening:
+            self.reset_listener()
+        return False
 
     async def watch(self, sio: socketio.AsyncServer, interval: float) -> None:
         """Probe every `interval`; after an outage, tell local sockets to resync."""

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -122,6 +122,7 @@ class ClusterListener:
         self.initialized = False
         self.probe_channels: dict[str, str] = {}  # one per master (`subscribe_probes`): channel -> node
         self.probe_waiters: dict[str, asyncio.Future[None]] = {}
+        self.on_probe_heard: Callable[[str], None] | None = None  # every probe heard, however late
 
     async def _ensure_topology(self) -> None:
         if not self.initialized:
@@ -164,11 +165,14 @@ class ClusterListener:
                     else:
                         self.leaving[name] = left - 1
                     continue
-                if message.get("type") == "smessage" and self.probe_waiters:
+                if message.get("type") == "smessage" and self.probe_channels:
                     channel = message.get("channel")
-                    waiter = self.probe_waiters.pop(channel.decode() if isinstance(channel, bytes) else str(channel), None)
-                    if waiter is not None:
-                        if not waiter.done():
+                    name = channel.decode() if isinstance(channel, bytes) else str(channel)
+                    if name in self.probe_channels:
+                        if self.on_probe_heard is not None:
+                            self.on_probe_heard(name)
+                        waiter = self.probe_waiters.pop(name, None)
+                        if waiter is not None and not waiter.done():
                             waiter.set_result(None)
                         continue
                 self.queue.put_nowait(message)
@@ -270,6 +274,7 @@ class ClusterRedis:
     listening: bool | None
     health: Any
     probe_channel: str
+    hearing: Any  # server/redisbus.py ProbeHearing
     _client: Any
 
     @property
@@ -295,6 +300,7 @@ class ClusterRedis:
             return super()._redis_connect()  # type: ignore[misc]
         self.redis = cluster_client(self.redis_url, timeout=max(self.timeout, 1.0))
         self.pubsub = ClusterListener(self.redis, connect_timeout=max(self.timeout, 1.0))
+        self.pubsub.on_probe_heard = self.hearing.heard
         self.connected = True
 
     async def _listener_subscribed(self) -> None:
@@ -302,11 +308,12 @@ class ClusterRedis:
         if isinstance(self.pubsub, ClusterListener):
             await self.pubsub.subscribe_probes(f"{self.probe_channel}:shard")
 
-    async def probe(self) -> bool:
-        """The global channels' probe, then on a Cluster one SPUBLISH per master, each heard."""
-        answered: bool = await super().probe()  # type: ignore[misc]
+    async def probe(self) -> bool | None:
+        """The global channels' probe, then on a Cluster one SPUBLISH per master, each heard
+        (late: None, as for the global one; see server/redisbus.py `ProbeHearing`)."""
+        answered: bool | None = await super().probe()  # type: ignore[misc]
         listener = self.pubsub
-        if not answered or not self.listening or not isinstance(listener, ClusterListener) or not listener.probe_channels:
+        if answered is False or not self.listening or not isinstance(listener, ClusterListener) or not listener.probe_channels:
             return answered
         loop = asyncio.get_running_loop()
         waiters = {channel: loop.create_future() for channel in listener.probe_channels}
@@ -321,15 +328,17 @@ class ClusterRedis:
         except Exception as exc:
             self.health.report_down("probe", exc)
             return False
+        for channel in waiters:
+            self.hearing.published(channel)
         try:
             await asyncio.wait_for(asyncio.gather(*waiters.values()), self.timeout * 2)
         except TimeoutError:
             # wait_for cancelled the unheard ones; the heard ones hold a result
-            deaf = sorted(listener.probe_channels[c] for c, w in waiters.items() if w.cancelled() or not w.done())
-            self.health.report_down("listen", f"the listener did not hear its probe on every Cluster master ({deaf})")
-            self.reset_listener()
-            return False
-        return True
+            unheard = [c for c, w in waiters.items() if w.cancelled() or not w.done()]
+            nodes = listener.probe_channels
+            return self._unheard(  # type: ignore[attr-defined]
+                unheard, lambda deaf: f"the listener heard no probe on Cluster masters {sorted(nodes[c] for c in deaf)}")
+        return answered
 
     def reset_listener(self) -> None:
         if isinstance(self.pubsub, ClusterListener):

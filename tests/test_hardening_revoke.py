@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from server.keys import SIO
 from storage import messages as message_store
 from storage.db import Database
 from tests.client import Api, Socket, User
@@ -275,7 +276,8 @@ async def test_a_redis_outage_is_logged_once_not_per_message(start_instance, cap
 
 class BlackholeProxy:
     """A TCP proxy in front of Redis that can go silent on the connections it already has
-    (a partition the kernel never reports: no reset, no close) while new ones get through."""
+    (a partition the kernel never reports: no reset, no close) while new ones get through,
+    or hold back what Redis sends the subscribed ones (a listener that hears late)."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
@@ -294,18 +296,37 @@ class BlackholeProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        pair: dict[str, Any] = {"silent": False, "writers": (writer, up_writer)}
+        pair: dict[str, Any] = {"silent": False, "writers": (writer, up_writer), "subscriber": False, "held": None}
         self.pairs.append(pair)
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
             try:
                 while data := await src.read(65536):
-                    if not pair["silent"]:
-                        dst.write(data)
+                    if upstream and b"SUBSCRIBE" in data:
+                        pair["subscriber"] = True
+                    if pair["silent"]:
+                        continue
+                    if not upstream and pair["held"] is not None:
+                        pair["held"].append(data)
+                        continue
+                    dst.write(data)
             except (ConnectionError, asyncio.CancelledError):
                 pass
 
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
+
+    def hold_subscribers(self) -> int:
+        """Keep what Redis sends each subscribed connection until `release`; how many."""
+        held = [pair for pair in self.pairs if pair["subscriber"]]
+        for pair in held:
+            pair["held"] = []
+        return len(held)
+
+    def release(self) -> None:
+        for pair in self.pairs:
+            held, pair["held"] = pair["held"], None
+            if held:
+                pair["writers"][0].write(b"".join(held))
 
     def silence_existing(self) -> None:
         for pair in self.pairs:
@@ -339,6 +360,47 @@ async def test_a_listener_deafened_by_a_silent_partition_is_found_and_reset(star
             await sb.wait_for("resync", timeout=15)
             await sa.ok("message:send", {"conversation_id": conv["id"], "content": "heard again", "client_id": "h1"})
             await sb.wait_for("message:new", lambda d: d["message"]["content"] == "heard again", timeout=5)
+            await api.close_sockets()
+    finally:
+        await proxy.stop()
+        redis.stop()
+
+
+@pytest.mark.cluster
+async def test_a_listener_that_hears_late_is_not_reset_and_loses_nothing(start_instance) -> None:
+    """A busy instance hears its own probe after the timeout (CI saw 1 s with the machine
+    loaded). The listener is late, not deaf: resetting it dropped the events it was about to
+    deliver (a room's `kicked` went missing) and sent every socket a `resync`. Here what
+    Redis sends the receiving instance's listener is held back 2.5 s: every event arrives
+    once, in order, no resync, the same listener, and the late probes are counted."""
+    redis = RedisServer().start()
+    proxy = await BlackholeProxy(redis.port).start()
+    try:
+        channel = f"late-{uuid.uuid4().hex[:8]}"
+        one = await start_instance(cluster__redis_url=redis.url, cluster__redis_channel=channel)
+        two = await start_instance(cluster__redis_url=proxy.url, cluster__redis_channel=channel)
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, one.url)
+            a, b = await api.register("La"), await api.register("Lb")
+            sa, sb = await api.socket(a, url=one.url), await api.socket(b, url=two.url)
+            conv = (await sa.ok("conversation:create", {"kind": "direct", "member_ids": [b.id]}))["conversation"]
+            await sb.wait_for("conversation:new")
+            listener = two.app[SIO].manager.pubsub
+            assert proxy.hold_subscribers() == 1, "instance two's listener goes through the proxy"
+            for i in range(5):
+                await sa.ok("message:send", {"conversation_id": conv["id"], "content": f"late {i}", "client_id": f"l{i}"})
+            await asyncio.sleep(2.5)  # over two probe timeouts (2 x 0.5 s), under deaf_after (5 s)
+            assert not sb.received("message:new"), "the hold did not hold"
+            proxy.release()
+            await sb.wait_for("message:new", lambda d: d["message"]["content"] == "late 4", timeout=5)
+            await sb.expect_none("resync", within=1.5)
+            assert [d["message"]["content"] for d in sb.received("message:new")] == [f"late {i}" for i in range(5)]
+            assert two.app[SIO].manager.pubsub is listener, "the late listener was reset"
+            async with session.get(f"{two.url}/metrics") as r:
+                text = await r.text()
+            late = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                    if line.startswith(("studyhall_redis_probes_late_total", "studyhall_fanout_degraded_total"))}
+            assert late["studyhall_redis_probes_late_total"] >= 1 and late["studyhall_fanout_degraded_total"] == 0, late
             await api.close_sockets()
     finally:
         await proxy.stop()
