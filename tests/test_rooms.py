@@ -8,8 +8,11 @@ from typing import Any
 
 import pytest
 
+from handlers.events import conversation_room
+from server.keys import SIO
 from storage.db import Database
 from tests.client import Api, Socket, User
+from tests.redis_helpers import in_room
 
 
 async def _session(api: Api, host: User, *, max_participants: int = 10, start: bool = True, **extra: Any) -> dict:
@@ -314,6 +317,34 @@ async def test_mute_unmute_kick_ban_and_hands(api: Api, db: Database) -> None:
 
     rows = await db.pool.fetch("SELECT action FROM audit_log WHERE action LIKE 'room.%' ORDER BY id")
     assert [r["action"] for r in rows] == ["room.mute", "room.unmute", "room.kick", "room.ban"]
+
+
+async def test_the_removed_user_hears_it_even_when_already_out_of_the_chat(api: Api, db: Database, server: Any) -> None:
+    """On another instance the notice that takes a kicked user's sockets out of the chat can
+    arrive before the `kicked` event (on a Redis Cluster they come through different
+    masters). Here one of Ben's two tabs is already out of the chat when the host kicks
+    and then bans him: both tabs hear each, once."""
+    mentor = await api.staff(db, "mentor")
+    session = await _session(api, mentor)
+    sid = session["id"]
+    host = await api.socket(mentor)
+    await host.ok("room:join", {"live_session_id": sid})
+    ben, tab1, _ = await _joined(api, session, "Ben")
+    tab2 = await api.socket(ben)
+    sio = server.app[SIO]
+    for action, verb in (("kick", "kicked"), ("ban", "banned")):
+        if action == "ban":
+            await tab1.ok("room:join", {"live_session_id": sid})
+        chat = conversation_room(session["conversation_id"])
+        await sio.leave_room(tab1.client.get_sid("/"), chat)
+        assert not in_room(server, tab1, chat) and in_room(server, tab2, chat)
+        await host.ok("room:moderate", {"live_session_id": sid, "user_id": ben.id, "action": action})
+        for tab in (tab1, tab2):
+            await tab.wait_for("room:participant", lambda d, verb=verb: d["action"] == verb and d["user"]["id"] == ben.id)
+        await asyncio.sleep(0.2)
+        for tab in (tab1, tab2):
+            heard = [d for d in tab.received("room:participant") if d["action"] == verb]
+            assert len(heard) == 1, (verb, heard)
 
 
 async def test_end_notifies_and_stops_chat(api: Api, db: Database) -> None:

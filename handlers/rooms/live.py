@@ -29,7 +29,7 @@ from handlers import registry
 from handlers.background import repeat
 from handlers.core import Actor, Core
 from handlers.errors import ApiError
-from handlers.events import conversation_room
+from handlers.events import conversation_room, user_room
 from handlers.rooms import sessions
 from storage import audit, connections, messages, rooms, users
 from storage.availability import DatabaseUnavailable
@@ -93,9 +93,15 @@ class RoomPolicy:
         return messages.RoomSendGuard(moderator=actor.role == Role.ADMIN)
 
 
-async def _announce(core: Core, session: LiveSession, user: dict[str, Any], action: str) -> None:
+async def _announce(core: Core, session: LiveSession, user: dict[str, Any], action: str,
+                    *, also_to: UUID | None = None) -> None:
+    """`also_to`: this user's sockets hear it through their own room too, whether or not
+    they are still in the room's chat when it arrives (see `_seat_freed`)."""
+    audience = sessions.audience(session)
+    if also_to is not None:
+        audience.append(user_room(also_to))
     await core.events.to_rooms(
-        sessions.audience(session), "room:participant", {"live_session_id": session.id, "user": user, "action": action}
+        audience, "room:participant", {"live_session_id": session.id, "user": user, "action": action}
     )
 
 
@@ -136,13 +142,18 @@ async def join(core: Core, actor: Actor, session_id: UUID) -> dict[str, Any]:
 
 
 async def _seat_freed(core: Core, session_id: UUID, user_id: UUID, action: str, *, remove_sockets: bool) -> None:
-    """Tell the room someone is gone; take their sockets out of its chat."""
+    """Tell the room someone is gone; take their sockets out of its chat.
+
+    The user hears it through their own room as well: on another instance the notice that
+    takes their sockets out of the chat can arrive before the event (on a Redis Cluster the
+    two travel through different masters), and a kicked user must learn they were kicked.
+    Each socket gets it once (server/roomchannels.py `RecentEmits`)."""
     async with core.db.connection() as conn:
         row = await rooms.get_session(conn, session_id)
         user = await rooms.participant_out(conn, session_id, user_id)
     if row is None or user is None:
         return
-    await _announce(core, row, user, action)
+    await _announce(core, row, user, action, also_to=user_id)
     if remove_sockets:
         await core.events.leave_user_sockets(user_id, conversation_room(row.conversation_id))
     sessions.schedule_update(core, session_id)
