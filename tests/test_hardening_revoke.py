@@ -340,6 +340,16 @@ class BlackholeProxy:
             self.server.close()
 
 
+async def _direct_across(api: Api, one: Any, two: Any) -> tuple[Socket, Socket, dict[str, Any]]:
+    """Two new users, the first's socket on instance one and the second's on two, in a
+    direct conversation both sockets know of."""
+    a, b = await api.register("Across A"), await api.register("Across B")
+    sa, sb = await api.socket(a, url=one.url), await api.socket(b, url=two.url)
+    conv = (await sa.ok("conversation:create", {"kind": "direct", "member_ids": [b.id]}))["conversation"]
+    await sb.wait_for("conversation:new")
+    return sa, sb, conv
+
+
 @pytest.mark.cluster
 async def test_a_listener_deafened_by_a_silent_partition_is_found_and_reset(start_instance) -> None:
     """Connections that go silent without being closed: python-socketio's listener would wait
@@ -352,10 +362,7 @@ async def test_a_listener_deafened_by_a_silent_partition_is_found_and_reset(star
         one, two = [await start_instance(cluster__redis_url=proxy.url, cluster__redis_channel=channel) for _ in range(2)]
         async with aiohttp.ClientSession() as session:
             api = Api(session, one.url)
-            a, b = await api.register("Da"), await api.register("Db")
-            sa, sb = await api.socket(a, url=one.url), await api.socket(b, url=two.url)
-            conv = (await sa.ok("conversation:create", {"kind": "direct", "member_ids": [b.id]}))["conversation"]
-            await sb.wait_for("conversation:new")
+            sa, sb, conv = await _direct_across(api, one, two)
             proxy.silence_existing()
             await sb.wait_for("resync", timeout=15)
             await sa.ok("message:send", {"conversation_id": conv["id"], "content": "heard again", "client_id": "h1"})
@@ -381,10 +388,7 @@ async def test_a_listener_that_hears_late_is_not_reset_and_loses_nothing(start_i
         two = await start_instance(cluster__redis_url=proxy.url, cluster__redis_channel=channel)
         async with aiohttp.ClientSession() as session:
             api = Api(session, one.url)
-            a, b = await api.register("La"), await api.register("Lb")
-            sa, sb = await api.socket(a, url=one.url), await api.socket(b, url=two.url)
-            conv = (await sa.ok("conversation:create", {"kind": "direct", "member_ids": [b.id]}))["conversation"]
-            await sb.wait_for("conversation:new")
+            sa, sb, conv = await _direct_across(api, one, two)
             listener = two.app[SIO].manager.pubsub
             assert proxy.hold_subscribers() == 1, "instance two's listener goes through the proxy"
             for i in range(5):
