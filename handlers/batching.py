@@ -60,6 +60,12 @@ class Batcher(Generic[T, R]):
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0  # batches run; requests / batches is the mean batch size
         self.requests = 0
+        self.in_flight = 0  # requests in the batches running now
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued behind the batches in flight."""
+        return len(self._queue)
 
     async def submit(self, request: T) -> R:
         return await self.enqueue(request)
@@ -124,6 +130,7 @@ class Batcher(Generic[T, R]):
         return batch, held
 
     async def _run_one(self, batch: list[_Pending[T, R]]) -> None:
+        self.in_flight += len(batch)
         try:
             outcomes = await self._run([p.request for p in batch])
         except Exception as exc:
@@ -132,6 +139,8 @@ class Batcher(Generic[T, R]):
             for p in batch:
                 _settle(p, ConnectionError("the server is shutting down"))
             raise
+        finally:
+            self.in_flight -= len(batch)
         self.batches += 1
         self.requests += len(batch)
         for p, outcome in zip(batch, outcomes, strict=True):
