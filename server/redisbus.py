@@ -111,6 +111,7 @@ class ProbeHearing:
         self.unheard_since: dict[str, float] = {}
 
     def published(self, channel: str) -> None:
+        """Called before the probe is sent, so a hearing can never come first."""
         self.unheard_since.setdefault(channel, time.monotonic())
 
     def heard(self, channel: str) -> None:
@@ -118,7 +119,7 @@ class ProbeHearing:
         self.unheard_since.pop(channel, None)
 
     def forget(self) -> None:
-        """A new listener connection: nothing it could have heard is owed yet."""
+        """A new listener connection, or a probe that could not be sent: nothing is owed yet."""
         self.unheard_since.clear()
 
     def deaf(self, channels: list[str]) -> list[str]:
@@ -292,7 +293,6 @@ class ResilientRedis:
 
     def _listener_lost(self) -> None:
         """Hook: the listener's connection (and every subscription on it) is gone."""
-        self.hearing.forget()
 
     async def _check_server(self) -> bool:
         """Hook: once Redis answers, check it can do what this manager needs; False: ask again."""
@@ -360,16 +360,18 @@ class ResilientRedis:
         seq = self._probe_seq
         heard = asyncio.get_running_loop().create_future()
         self._probes = {seq: heard}  # older probes are abandoned
+        if self.listening is not None:
+            self.hearing.published(self.probe_channel)  # before sending: the listener may hear it first
         try:
             await asyncio.wait_for(self.client().publish(self.probe_channel, str(seq)), self.timeout * 2)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.health.report_down("probe", exc)
+            self.hearing.forget()  # Redis is down: the deaf clock runs only while probes go out
             return False
         if self.listening is None:  # no socket has connected yet: nothing listens, nothing to tell
             return True
-        self.hearing.published(self.probe_channel)
         try:
             await asyncio.wait_for(heard, self.timeout * 2)
         except TimeoutError:

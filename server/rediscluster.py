@@ -121,6 +121,7 @@ class ClusterListener:
         self.queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
         self.initialized = False
         self.probe_channels: dict[str, str] = {}  # one per master (`subscribe_probes`): channel -> node
+        self._probe_wire: set[bytes] = set()  # the same names as they arrive: no decode per room message
         self.probe_waiters: dict[str, asyncio.Future[None]] = {}
         self.on_probe_heard: Callable[[str], None] | None = None  # every probe heard, however late
 
@@ -165,16 +166,14 @@ class ClusterListener:
                     else:
                         self.leaving[name] = left - 1
                     continue
-                if message.get("type") == "smessage" and self.probe_channels:
-                    channel = message.get("channel")
-                    name = channel.decode() if isinstance(channel, bytes) else str(channel)
-                    if name in self.probe_channels:
-                        if self.on_probe_heard is not None:
-                            self.on_probe_heard(name)
-                        waiter = self.probe_waiters.pop(name, None)
-                        if waiter is not None and not waiter.done():
-                            waiter.set_result(None)
-                        continue
+                if message.get("type") == "smessage" and message.get("channel") in self._probe_wire:
+                    name = message["channel"].decode()
+                    if self.on_probe_heard is not None:
+                        self.on_probe_heard(name)
+                    waiter = self.probe_waiters.pop(name, None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(None)
+                    continue
                 self.queue.put_nowait(message)
         except asyncio.CancelledError:
             raise
@@ -227,6 +226,7 @@ class ClusterListener:
             found.setdefault(node.name, channel)
             n += 1
         self.probe_channels = {channel: name for name, channel in found.items()}
+        self._probe_wire = {channel.encode() for channel in self.probe_channels}
         await self.ssubscribe(*self.probe_channels)
         for channel in self.probe_channels:
             self.where.pop(channel, None)  # not a room channel: never unsubscribed on its own
@@ -318,6 +318,8 @@ class ClusterRedis:
         loop = asyncio.get_running_loop()
         waiters = {channel: loop.create_future() for channel in listener.probe_channels}
         listener.probe_waiters = dict(waiters)
+        for channel in waiters:
+            self.hearing.published(channel)
         try:
             pipe = self.client().pipeline(transaction=False)
             for channel in waiters:
@@ -327,9 +329,8 @@ class ClusterRedis:
             raise
         except Exception as exc:
             self.health.report_down("probe", exc)
+            self.hearing.forget()
             return False
-        for channel in waiters:
-            self.hearing.published(channel)
         try:
             await asyncio.wait_for(asyncio.gather(*waiters.values()), self.timeout * 2)
         except TimeoutError:

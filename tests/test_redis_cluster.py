@@ -233,8 +233,9 @@ async def test_a_room_channel_whose_slot_moves_to_another_master_is_followed(sta
             new = next(n.port for n in cluster.nodes if n.port != old)
             # One subscriber (instance two's listener) before the move. Eventually: CI once saw
             # 2 here under load, a second subscription that was gone by the move's own check
-            # (which wants exactly 1 on the new owner). Not explained; a listener reset (a late
-            # health probe) leaving its old connection subscribed for a moment would do it.
+            # (which wants exactly 1 on the new owner). Likely a listener reset by a late health
+            # probe leaving its old connection subscribed for a moment; late probes no longer
+            # reset the listener (server/redisbus.py `ProbeHearing`), the wait stays harmless.
             async def on_old_only() -> bool:
                 return await _shard_subscribers(old, b_channel) == 1
             await eventually(on_old_only, timeout=10)

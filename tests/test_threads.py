@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 from server.keys import CORE
+from storage import conversations
 from storage.db import Database
 from tests.client import Api, Instance
 from tests.redis_helpers import eventually
@@ -58,7 +59,7 @@ async def test_pipelined_sends_from_one_socket_keep_their_order_and_share_commit
     writer = server.app[CORE].pipeline.writer
     before = writer.batcher.batches
     async with db.transaction() as conn:
-        await conn.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", uuid.UUID(conv["id"]))
+        await conversations.get(conn, uuid.UUID(conv["id"]), for_update=True)
         sends = asyncio.gather(*[
             sa.call("message:send", {"conversation_id": conv["id"], "content": f"m{i}", "client_id": f"p{i}"})
             for i in range(30)
